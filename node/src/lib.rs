@@ -1,3 +1,2 @@
-
 pub mod store;
 pub mod transport;

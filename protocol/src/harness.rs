@@ -13,7 +13,9 @@
 //! real federation.
 
 use crate::authority::Authority;
-use crate::directory::{Directory, KeyStatus, Member, MemberKey, Role, SignedDirectory, TrustedDirectory};
+use crate::directory::{
+    Directory, KeyStatus, Member, MemberKey, Role, SignedDirectory, TrustedDirectory,
+};
 use crate::hub::{Hub, HubConfig};
 use crate::ids::{LookupId, NhsNumber, OdsCode};
 use crate::machine::{Event, StateMachine, Transmit};
@@ -85,11 +87,18 @@ impl TestFederation {
         }
     }
     /// Signs the next directory version (2 of the 3 test roots), after `change` edits it.
-    pub fn next_directory(&self, current: &Directory, change: impl FnOnce(&mut Directory)) -> SignedDirectory {
+    pub fn next_directory(
+        &self,
+        current: &Directory,
+        change: impl FnOnce(&mut Directory),
+    ) -> SignedDirectory {
         let mut d = current.clone();
         d.version += 1;
         change(&mut d);
-        let roots = [test_identity(&self.name, "ROOT1"), test_identity(&self.name, "ROOT2")];
+        let roots = [
+            test_identity(&self.name, "ROOT1"),
+            test_identity(&self.name, "ROOT2"),
+        ];
         SignedDirectory::sign(d, &[&roots[0], &roots[1]])
     }
 }
@@ -104,8 +113,14 @@ fn code(text: &str) -> OdsCode {
 impl FederationSpec {
     /// A federation starting on 2026-11-24.
     pub fn new(name: &str) -> Self {
-        let start = Date::from_ymd(2026, 11, 24).map(Date::start).unwrap_or_default();
-        FederationSpec { name: name.to_string(), start, members: Vec::new() }
+        let start = Date::from_ymd(2026, 11, 24)
+            .map(Date::start)
+            .unwrap_or_default();
+        FederationSpec {
+            name: name.to_string(),
+            start,
+            members: Vec::new(),
+        }
     }
 
     fn key(&self, code: &str) -> MemberKey {
@@ -149,7 +164,13 @@ impl FederationSpec {
         s
     }
 
-    pub fn setting(self, code: &str, name: &str, setting_type: SettingType, home_hubs: &[&str]) -> Self {
+    pub fn setting(
+        self,
+        code: &str,
+        name: &str,
+        setting_type: SettingType,
+        home_hubs: &[&str],
+    ) -> Self {
         let mut s = self.add(code, Role::Setting, name, home_hubs);
         if let Some(m) = s.members.last_mut() {
             m.setting_type = Some(setting_type);
@@ -158,7 +179,9 @@ impl FederationSpec {
     }
 
     pub fn build(self) -> TestFederation {
-        let roots: Vec<Identity> = (1..=3).map(|i| test_identity(&self.name, &format!("ROOT{i}"))).collect();
+        let roots: Vec<Identity> = (1..=3)
+            .map(|i| test_identity(&self.name, &format!("ROOT{i}")))
+            .collect();
         let directory = Directory {
             federation: self.name.clone(),
             version: 1,
@@ -168,7 +191,11 @@ impl FederationSpec {
             members: self.members,
         };
         let directory = SignedDirectory::sign(directory, &[&roots[0], &roots[1]]);
-        TestFederation { name: self.name, start: self.start, directory }
+        TestFederation {
+            name: self.name,
+            start: self.start,
+            directory,
+        }
     }
 }
 
@@ -259,7 +286,11 @@ pub struct Net {
 }
 
 fn ordered(a: &OdsCode, b: &OdsCode) -> (OdsCode, OdsCode) {
-    if a <= b { (a.clone(), b.clone()) } else { (b.clone(), a.clone()) }
+    if a <= b {
+        (a.clone(), b.clone())
+    } else {
+        (b.clone(), a.clone())
+    }
 }
 
 impl Net {
@@ -297,14 +328,26 @@ impl Net {
     fn start_machine(&mut self, code: &OdsCode) {
         let rows: Vec<StoredRow> = self.disks[code]
             .iter()
-            .map(|((table, key), value)| StoredRow { table: *table, key: key.clone(), value: value.clone() })
+            .map(|((table, key), value)| StoredRow {
+                table: *table,
+                key: key.clone(),
+                value: value.clone(),
+            })
             .collect();
         let identity = self.fed.identity(code.as_str());
         let trusted = self.fed.trusted();
         let machine = match self.roles[code] {
-            Role::Hub => Hub::restore(code.clone(), identity, trusted, self.config.hub.clone(), &rows, self.now)
-                .map(|h| Machine::Hub(Box::new(h))),
-            _ => Authority::restore(code.clone(), identity, trusted, &rows, self.now).map(|a| Machine::Authority(Box::new(a))),
+            Role::Hub => Hub::restore(
+                code.clone(),
+                identity,
+                trusted,
+                self.config.hub.clone(),
+                &rows,
+                self.now,
+            )
+            .map(|h| Machine::Hub(Box::new(h))),
+            _ => Authority::restore(code.clone(), identity, trusted, &rows, self.now)
+                .map(|a| Machine::Authority(Box::new(a))),
         };
         match machine {
             Ok(m) => {
@@ -335,7 +378,11 @@ impl Net {
     }
 
     /// Runs `f` on an authority (an operator command), then lets its outputs out.
-    pub fn with_authority<R>(&mut self, code: &str, f: impl FnOnce(&mut Authority, Timestamp) -> R) -> R {
+    pub fn with_authority<R>(
+        &mut self,
+        code: &str,
+        f: impl FnOnce(&mut Authority, Timestamp) -> R,
+    ) -> R {
         let now = self.now;
         let c = self::code(code);
         let r = match self.machines.get_mut(&c) {
@@ -369,7 +416,10 @@ impl Net {
                 want.insert(ordered(a, b));
             }
         }
-        for m in dir.with_role(Role::Authority).chain(dir.with_role(Role::Setting)) {
+        for m in dir
+            .with_role(Role::Authority)
+            .chain(dir.with_role(Role::Setting))
+        {
             for h in &m.home_hubs {
                 want.insert(ordered(&m.code, h));
             }
@@ -383,7 +433,11 @@ impl Net {
 
     /// Connects and disconnects pairs to match who is up and which links are cut.
     fn refresh_connections(&mut self) {
-        let want: BTreeSet<_> = self.wanted_links().into_iter().filter(|(a, b)| self.link_up(a, b)).collect();
+        let want: BTreeSet<_> = self
+            .wanted_links()
+            .into_iter()
+            .filter(|(a, b)| self.link_up(a, b))
+            .collect();
         let gone: Vec<_> = self.connections.difference(&want).cloned().collect();
         let new: Vec<_> = want.difference(&self.connections).cloned().collect();
         for (a, b) in gone {
@@ -400,7 +454,9 @@ impl Net {
 
     fn notify_link(&mut self, node: &OdsCode, peer: &OdsCode, up: bool) {
         let (now, role) = (self.now, self.roles[peer]);
-        let Some(m) = self.machines.get_mut(node) else { return };
+        let Some(m) = self.machines.get_mut(node) else {
+            return;
+        };
         if up {
             m.as_dyn().handle_connected(peer, role, now);
         } else {
@@ -458,12 +514,22 @@ impl Net {
     }
 
     /// A setting looks up `nhs` at hub `hub`. Returns the lookup id.
-    pub fn lookup(&mut self, setting: &str, hub: &str, nhs: NhsNumber, kind: LookupKind) -> LookupId {
+    pub fn lookup(
+        &mut self,
+        setting: &str,
+        hub: &str,
+        nhs: NhsNumber,
+        kind: LookupKind,
+    ) -> LookupId {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
         id[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
         let lookup_id = LookupId(id);
-        let person = Person { id: "U1".into(), name: "Dr A Clinician".into(), role: "Nurse".into() };
+        let person = Person {
+            id: "U1".into(),
+            name: "Dr A Clinician".into(),
+            role: "Nurse".into(),
+        };
         let s = self.setting(setting);
         let signed = match s.lookup(nhs, person, kind, lookup_id, self.now) {
             Ok(s) => s,
@@ -475,7 +541,11 @@ impl Net {
 
     /// The setting's machine, for verifying answers.
     pub fn setting(&self, setting: &str) -> Setting {
-        match Setting::new(code(setting), self.fed.identity(setting), self.fed.trusted()) {
+        match Setting::new(
+            code(setting),
+            self.fed.identity(setting),
+            self.fed.trusted(),
+        ) {
             Some(s) => s,
             None => panic!("{setting} is not a setting"),
         }
@@ -510,14 +580,19 @@ impl Net {
         }
         let delay = self.config.latency_ms + self.rng.below(self.config.jitter_ms + 1);
         self.next_msg += 1;
-        self.inflight.insert((self.now.plus_ms(delay), self.next_msg), InFlight { from, to, frame });
+        self.inflight.insert(
+            (self.now.plus_ms(delay), self.next_msg),
+            InFlight { from, to, frame },
+        );
     }
 
     /// Lets a machine's outputs out: writes to its disk, messages onto the network, events to
     /// the log.
     fn pump(&mut self, node: &OdsCode) {
         for _round in 0..1_000 {
-            let Some(m) = self.machines.get_mut(node) else { return };
+            let Some(m) = self.machines.get_mut(node) else {
+                return;
+            };
             let m = m.as_dyn();
             let writes: Vec<WriteBatch> = std::iter::from_fn(|| m.poll_write()).collect();
             let transmits: Vec<Transmit> = std::iter::from_fn(|| m.poll_transmit()).collect();
@@ -545,7 +620,9 @@ impl Net {
     /// Makes every write that is due durable and tells its machine.
     fn flush_writes(&mut self) {
         let now = self.now;
-        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_writes).into_iter().partition(|(t, _, _)| *t <= now);
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_writes)
+            .into_iter()
+            .partition(|(t, _, _)| *t <= now);
         self.pending_writes = rest;
         let mut touched = BTreeSet::new();
         for (_, node, batch) in due {
@@ -577,19 +654,29 @@ impl Net {
         let now = self.now;
         if self.roles.get(&m.to) == Some(&Role::Setting) {
             if let Ok(message) = wire::decode_frame(&m.frame) {
-                self.received.push(Received { setting: m.to, from: m.from, message });
+                self.received.push(Received {
+                    setting: m.to,
+                    from: m.from,
+                    message,
+                });
             }
             return;
         }
         let message = match wire::decode_frame(&m.frame) {
             Ok(message) => message,
             Err(e) => {
-                let event = Event::MessageRefused { from: m.from.clone(), kind: "frame", reason: e.to_string() };
+                let event = Event::MessageRefused {
+                    from: m.from.clone(),
+                    kind: "frame",
+                    reason: e.to_string(),
+                };
                 self.events.push((m.to.clone(), event));
                 return;
             }
         };
-        let Some(machine) = self.machines.get_mut(&m.to) else { return };
+        let Some(machine) = self.machines.get_mut(&m.to) else {
+            return;
+        };
         machine.as_dyn().handle_message(&m.from, message, now);
         self.pump(&m.to);
     }
@@ -598,7 +685,9 @@ impl Net {
         let now = self.now;
         let nodes: Vec<OdsCode> = self.machines.keys().cloned().collect();
         for node in nodes {
-            let Some(m) = self.machines.get_mut(&node) else { continue };
+            let Some(m) = self.machines.get_mut(&node) else {
+                continue;
+            };
             m.as_dyn().handle_tick(now);
             self.pump(&node);
         }
@@ -611,7 +700,11 @@ impl Net {
         for _step in 0..10_000_000u64 {
             let next_msg = self.inflight.keys().next().map(|k| k.0);
             let next_write = self.pending_writes.iter().map(|w| w.0).min();
-            let next = [next_msg, next_write, Some(self.next_tick_at)].into_iter().flatten().min().unwrap_or(end);
+            let next = [next_msg, next_write, Some(self.next_tick_at)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(end);
             if next > end {
                 break;
             }
@@ -633,7 +726,11 @@ impl Net {
     /// Events reported so far by `node` that match `f`.
     pub fn events_of(&self, node: &str, f: impl Fn(&Event) -> bool) -> Vec<&Event> {
         let n = code(node);
-        self.events.iter().filter(|(who, e)| *who == n && f(e)).map(|(_, e)| e).collect()
+        self.events
+            .iter()
+            .filter(|(who, e)| *who == n && f(e))
+            .map(|(_, e)| e)
+            .collect()
     }
 
     /// The answer (or refusal) a setting received for a lookup.
@@ -645,4 +742,3 @@ impl Net {
         })
     }
 }
-

@@ -77,9 +77,17 @@ impl std::fmt::Debug for StoreOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreOp::Put { table, key, value } => {
-                write!(f, "Put({}, {} key bytes, {} value bytes)", table.name(), key.len(), value.len())
+                write!(
+                    f,
+                    "Put({}, {} key bytes, {} value bytes)",
+                    table.name(),
+                    key.len(),
+                    value.len()
+                )
             }
-            StoreOp::Delete { table, key } => write!(f, "Delete({}, {} key bytes)", table.name(), key.len()),
+            StoreOp::Delete { table, key } => {
+                write!(f, "Delete({}, {} key bytes)", table.name(), key.len())
+            }
         }
     }
 }

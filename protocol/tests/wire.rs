@@ -1,0 +1,120 @@
+//! The wire never panics, and the signed bytes never change unseen.
+
+use cpis_protocol::feed::{EntryBody, FeedEntry};
+use cpis_protocol::harness::test_identity;
+use cpis_protocol::ids::{NhsNumber, OdsCode, PlanRef};
+use cpis_protocol::records::{Plan, PlanType};
+use cpis_protocol::sign::signing_bytes;
+use cpis_protocol::time::{Date, Timestamp};
+use cpis_protocol::wire::{self, FRAME_BYTES_MAX, FeedBatch, Message, WireError};
+use proptest::prelude::*;
+
+fn golden_entry() -> FeedEntry {
+    FeedEntry {
+        origin: OdsCode::parse("204").unwrap(),
+        seq: 7,
+        at: Timestamp(1_795_478_400_000),
+        body: EntryBody::Plan(Plan {
+            reference: PlanRef::parse("LAC-2026-0001").unwrap(),
+            nhs: NhsNumber::parse("943 476 5919").unwrap(),
+            plan_type: PlanType::LookedAfter,
+            start: Date::parse("2026-01-05").unwrap(),
+            end: None,
+            due: None,
+            withdrawn: false,
+        }),
+    }
+}
+
+/// Golden vector: if this changes, the signed format changed and FORMAT_VERSION must go up.
+#[test]
+fn signed_entry_bytes_and_signature_match_golden_vector() {
+    let entry = golden_entry();
+    let bytes = signing_bytes(&entry);
+    assert_eq!(hex(&bytes), GOLDEN_BYTES);
+    let signed = test_identity("golden", "204").sign(entry);
+    assert_eq!(
+        hex(&[signed.signature.0, signed.signature.1].concat()),
+        GOLDEN_SIGNATURE
+    );
+}
+
+const GOLDEN_BYTES: &str = "637069732f656e74727900000103000000000000003230340700000000000000002cda0aa2010000000000000d000000000000004c41432d323032362d303030315f1a5b320200000001000000ea4f0000000000";
+const GOLDEN_SIGNATURE: &str = "bbae324877b5dd57c86502bd31443fb681cffd02a400cf1a77bfae44185b276a352b2fee4bb6cfc6aaa21a486004fa81f88aa205c208084019efd83f53d8f502";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn frame_round_trip() {
+    let signed = test_identity("golden", "204").sign(golden_entry());
+    let batch = FeedBatch {
+        origin: OdsCode::parse("204").unwrap(),
+        after: 6,
+        upto: 7,
+        entries: vec![signed],
+    };
+    let message = Message::Feed(batch);
+    assert_eq!(
+        wire::decode_frame(&wire::encode_frame(&message)).unwrap(),
+        message
+    );
+}
+
+#[test]
+fn oversized_frame_is_refused_from_its_header() {
+    let header = ((FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
+    assert!(matches!(
+        wire::frame_len(header),
+        Err(WireError::FrameTooLarge { .. })
+    ));
+}
+
+#[test]
+fn other_protocol_version_is_refused_by_name() {
+    let mut payload = wire::encode_payload(&Message::Sync {
+        directory_version: 1,
+        have: vec![],
+    });
+    payload[1] = 9;
+    assert!(matches!(
+        wire::decode_payload(&payload),
+        Err(WireError::UnsupportedVersion(9))
+    ));
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    let mut payload = wire::encode_payload(&Message::Sync {
+        directory_version: 1,
+        have: vec![],
+    });
+    payload.push(0);
+    assert!(matches!(
+        wire::decode_payload(&payload),
+        Err(WireError::Decode(_))
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn any_bytes_decode_to_a_message_or_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = wire::decode_payload(&bytes);
+        let _ = wire::decode_frame(&bytes);
+    }
+
+    #[test]
+    fn corrupted_real_frames_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+        let signed = test_identity("golden", "204").sign(golden_entry());
+        let batch = FeedBatch { origin: OdsCode::parse("204").unwrap(), after: 6, upto: 7, entries: vec![signed] };
+        let mut frame = wire::encode_frame(&Message::Feed(batch));
+        for (i, b) in flips {
+            let at = i.index(frame.len());
+            frame[at] ^= b;
+        }
+        let _ = wire::decode_frame(&frame);
+    }
+}

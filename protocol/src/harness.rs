@@ -230,6 +230,9 @@ impl Default for NetConfig {
     }
 }
 
+/// The durable rows of one node, by table and key.
+pub type Disk = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
 /// A machine under test.
 pub enum Machine {
     Hub(Box<Hub>),
@@ -269,7 +272,7 @@ pub struct Net {
     machines: BTreeMap<OdsCode, Machine>,
     roles: BTreeMap<OdsCode, Role>,
     /// Durable rows per node.
-    disks: BTreeMap<OdsCode, BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+    disks: BTreeMap<OdsCode, Disk>,
     pending_writes: Vec<(Timestamp, OdsCode, WriteBatch)>,
     inflight: BTreeMap<(Timestamp, u64), InFlight>,
     next_msg: u64,
@@ -403,7 +406,7 @@ impl Net {
     }
 
     /// The durable rows of a node.
-    pub fn disk(&self, code: &str) -> &BTreeMap<(Table, Vec<u8>), Vec<u8>> {
+    pub fn disk(&self, code: &str) -> &Disk {
         &self.disks[&self::code(code)]
     }
 

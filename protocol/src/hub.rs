@@ -100,7 +100,7 @@ struct OriginFeed {
 
 /// Work held until a write is durable.
 enum After {
-    Send(Transmit),
+    Send(Box<Transmit>),
     Event(Event),
     Queue(Box<OutboxRecord>),
     Forward(FeedBatch, Option<OdsCode>),
@@ -355,10 +355,11 @@ impl Hub {
         for (peer, role) in &self.peers {
             if Some(peer) != from && *role != Role::Setting {
                 let chain = self.dir.after(before);
-                after.push(After::Send(Transmit {
+                let message = Message::Directories(chain);
+                after.push(After::Send(Box::new(Transmit {
                     to: peer.clone(),
-                    message: Message::Directories(chain),
-                }));
+                    message,
+                })));
             }
         }
         self.out.write(ops, after);
@@ -425,7 +426,7 @@ impl Hub {
     pub fn handle_durable(&mut self, write_id: u64, now: Timestamp) {
         for action in self.out.durable(write_id) {
             match action {
-                After::Send(t) => self.out.transmits.push_back(t),
+                After::Send(t) => self.out.transmits.push_back(*t),
                 After::Event(e) => self.out.event(e),
                 After::Queue(record) => {
                     self.queue(*record, now);

@@ -197,11 +197,11 @@ impl DirectoryState {
             .collect();
         stored.sort_by_key(|d: &SignedDirectory| d.directory.version);
         for d in stored {
-            if d.directory.version == self.trusted.version() + 1 {
-                if let Ok(t) = self.trusted.accept_update(d.clone(), now) {
-                    self.chain.insert(d.directory.version, d);
-                    self.trusted = t;
-                }
+            if d.directory.version == self.trusted.version() + 1
+                && let Ok(t) = self.trusted.accept_update(d.clone(), now)
+            {
+                self.chain.insert(d.directory.version, d);
+                self.trusted = t;
             }
         }
     }

@@ -125,15 +125,15 @@ impl Plan {
         if self.withdrawn {
             return false;
         }
-        if let Some(end) = self.end {
-            if today > end.plus_days(VISIBLE_AFTER_END_DAYS) {
-                return false;
-            }
+        if let Some(end) = self.end
+            && today > end.plus_days(VISIBLE_AFTER_END_DAYS)
+        {
+            return false;
         }
-        if let Some(due) = self.due {
-            if today > due.plus_days(VISIBLE_AFTER_DUE_DAYS) {
-                return false;
-            }
+        if let Some(due) = self.due
+            && today > due.plus_days(VISIBLE_AFTER_DUE_DAYS)
+        {
+            return false;
         }
         true
     }

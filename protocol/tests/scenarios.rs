@@ -276,8 +276,10 @@ fn authority_crashes_and_restarts__notification_delivered_once_after_restart() {
 
 #[test]
 fn hub_crashes_before_lookup_is_durable__no_answer_released__nothing_half_done() {
-    let mut cfg = NetConfig::default();
-    cfg.durable_delay_ms = 500;
+    let cfg = NetConfig {
+        durable_delay_ms: 500,
+        ..Default::default()
+    };
     let mut net = Net::new(federation(), cfg);
     record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
     net.run_for(5_000);
@@ -630,9 +632,11 @@ fn hub_recovers_from_empty_database__catches_up_from_peer() {
 
 #[test]
 fn lossy_network__everything_converges_and_every_notice_arrives_once() {
-    let mut cfg = NetConfig::default();
-    cfg.loss_per_million = 200_000;
-    cfg.seed = 42;
+    let cfg = NetConfig {
+        loss_per_million: 200_000,
+        seed: 42,
+        ..Default::default()
+    };
     let mut net = Net::new(federation(), cfg);
     let mut children = Vec::new();
     for i in 0..20 {

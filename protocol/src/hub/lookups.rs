@@ -58,10 +58,10 @@ impl Hub {
             }
         }
         self.recent_lookups.insert(lookup_id, event.at);
-        after.push(After::Send(Transmit {
+        after.push(After::Send(Box::new(Transmit {
             to: from.clone(),
             message: Message::Answer(answer),
-        }));
+        })));
         after.push(After::Event(Event::LookupAnswered {
             lookup_id,
             setting: from.clone(),

@@ -166,10 +166,10 @@ impl Hub {
                 latency_ms,
             }));
         } else if self.peers.get(&r.hub) == Some(&Role::Hub) {
-            after.push(After::Send(Transmit {
+            after.push(After::Send(Box::new(Transmit {
                 to: r.hub.clone(),
                 message: Message::Receipt(signed),
-            }));
+            })));
         }
         let op = StoreOp::Delete {
             table: Table::Outbox,

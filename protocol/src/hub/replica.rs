@@ -107,37 +107,36 @@ impl Hub {
         }
         let role = self.peers.get(from).copied();
         for h in have {
-            if let Some(feed) = self.feeds.get_mut(&h.origin) {
-                if feed.hw >= h.seq {
-                    // The sender knew of nothing newer at h.as_of (an authority's own word is now).
-                    let as_of = if role == Some(Role::Authority) && h.origin == *from {
-                        now
-                    } else {
-                        h.as_of
-                    };
-                    feed.as_of = feed.as_of.max(as_of);
-                }
+            if let Some(feed) = self.feeds.get_mut(&h.origin)
+                && feed.hw >= h.seq
+            {
+                // The sender knew of nothing newer at h.as_of (an authority's own word is now).
+                let as_of = if role == Some(Role::Authority) && h.origin == *from {
+                    now
+                } else {
+                    h.as_of
+                };
+                feed.as_of = feed.as_of.max(as_of);
             }
         }
-        if role == Some(Role::Authority) {
-            if let Some(h) = have.iter().find(|h| h.origin == *from) {
-                if self.feeds.get(from).is_none_or(|f| f.hw < h.seq) {
-                    // The authority has more than we do: ask for it.
-                    let seq = self.feeds.get(from).map_or(0, |f| f.hw);
-                    let have = vec![HighWater {
-                        origin: from.clone(),
-                        seq,
-                        as_of: now,
-                    }];
-                    self.out.send(
-                        from,
-                        Message::Sync {
-                            directory_version: self.dir.version(),
-                            have,
-                        },
-                    );
-                }
-            }
+        if role == Some(Role::Authority)
+            && let Some(h) = have.iter().find(|h| h.origin == *from)
+            && self.feeds.get(from).is_none_or(|f| f.hw < h.seq)
+        {
+            // The authority has more than we do: ask for it.
+            let seq = self.feeds.get(from).map_or(0, |f| f.hw);
+            let have = vec![HighWater {
+                origin: from.clone(),
+                seq,
+                as_of: now,
+            }];
+            self.out.send(
+                from,
+                Message::Sync {
+                    directory_version: self.dir.version(),
+                    have,
+                },
+            );
         }
         if role == Some(Role::Hub) {
             self.send_missing(from, have);

@@ -119,6 +119,8 @@ pub struct Hub {
     recent_lookups: HashMap<LookupId, Timestamp>,
     outbox: BTreeMap<(LookupId, OdsCode), OutboxItem>,
     peers: BTreeMap<OdsCode, Role>,
+    /// Origins and sequences at which an equivocation was proven (proof in the store).
+    equivocations: BTreeSet<(OdsCode, u64)>,
     next_sync_at: Timestamp,
     next_prune_at: Timestamp,
     out: Outputs<After>,
@@ -150,6 +152,7 @@ impl Hub {
             recent_lookups: HashMap::new(),
             outbox: BTreeMap::new(),
             peers: BTreeMap::new(),
+            equivocations: BTreeSet::new(),
             next_sync_at: now,
             next_prune_at: now,
             out: Outputs::new(),
@@ -182,6 +185,10 @@ impl Hub {
                     if now.since(e.body.at) <= 2 * self.config.clock_skew_max_ms {
                         self.recent_lookups.insert(e.body.lookup_id, e.body.at);
                     }
+                }
+                Table::Equivocations => {
+                    let (mine, _): (SignedEntry, SignedEntry) = codec::decode(&row.value, u64::MAX)?;
+                    self.equivocations.insert((mine.body.origin, mine.body.seq));
                 }
                 Table::Outbox => {
                     let record: OutboxRecord = codec::decode(&row.value, u64::MAX)?;
@@ -227,6 +234,11 @@ impl Hub {
             *depths.entry(authority.clone()).or_insert(0) += 1;
         }
         depths
+    }
+
+    /// Where equivocations were proven.
+    pub fn equivocations(&self) -> &BTreeSet<(OdsCode, u64)> {
+        &self.equivocations
     }
 
     /// Peers connected now, with their roles.

@@ -28,6 +28,8 @@ pub(super) enum BatchError {
     Entry(#[from] crate::feed::EntryError),
     #[error("equivocation at sequence {0}")]
     Equivocation(u64),
+    #[error("entry {0} equivocates (already proven): refused")]
+    KnownEquivocation(u64),
 }
 
 impl Hub {
@@ -253,7 +255,9 @@ impl Hub {
                 Some(mine) => {
                     let mine = mine.clone();
                     verify_entry(&self.dir.trusted, e.clone())?;
-                    self.keep_equivocation(mine, e.clone());
+                    if !self.keep_equivocation(mine, e.clone()) {
+                        return Err(BatchError::KnownEquivocation(e.body.seq));
+                    }
                     return Err(BatchError::Equivocation(e.body.seq));
                 }
                 None if e.body.seq <= hw => continue,
@@ -263,17 +267,15 @@ impl Hub {
         Ok(new)
     }
 
-    fn keep_equivocation(&mut self, mine: SignedEntry, theirs: SignedEntry) {
+    /// Keeps the proof of an equivocation; false if this one was already proven.
+    fn keep_equivocation(&mut self, mine: SignedEntry, theirs: SignedEntry) -> bool {
+        if !self.equivocations.insert((mine.body.origin.clone(), mine.body.seq)) {
+            return false;
+        }
         let key = entry_key(&mine.body.origin, mine.body.seq);
         let value = codec::encode(&(mine, theirs));
-        self.out.write(
-            vec![StoreOp::Put {
-                table: Table::Equivocations,
-                key,
-                value,
-            }],
-            vec![],
-        );
+        self.out.write(vec![StoreOp::Put { table: Table::Equivocations, key, value }], vec![]);
+        true
     }
 
     fn apply_batch(

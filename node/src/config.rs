@@ -1,0 +1,466 @@
+//! Configuration of a node (hub or authority) and of a care setting's lookup client.
+//!
+//! Plain structs with defaults and a `validate()` that names the field at fault. The binary
+//! reads them from TOML ([`NodeConfig::load`]); relative paths are taken from the config file's
+//! folder. Every field is documented with its default.
+
+use cpis_protocol::directory::{Role, SignedDirectory};
+use cpis_protocol::hub::HubConfig;
+use cpis_protocol::ids::OdsCode;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Why a configuration (or a file it names) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML does not parse, or a field has the wrong type; the message names the field.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A field's value breaks a rule.
+    #[error("config field `{field}`: {rule}")]
+    Invalid { field: &'static str, rule: String },
+    /// The key file is missing, malformed or readable by others.
+    #[error("key file {path}: {problem}")]
+    Key { path: PathBuf, problem: String },
+    /// The directory file is missing or malformed.
+    #[error("directory file {path}: {problem}")]
+    Directory { path: PathBuf, problem: String },
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Readable lines (default).
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Timings. Every field is optional in the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Timing {
+    /// How often the state machine is ticked. Default 1000 ms.
+    pub tick_ms: u64,
+    /// Anti-entropy with each peer. Default 30000 ms.
+    pub sync_interval_ms: u64,
+    /// First notification retry. Default 1000 ms.
+    pub retry_base_ms: u64,
+    /// Longest notification retry interval. Default 60000 ms.
+    pub retry_cap_ms: u64,
+    /// A notification waiting longer is reported. Default 3600000 ms (1 hour).
+    pub overdue_after_ms: u64,
+    /// Largest accepted difference between a lookup's time and the hub's clock. Default 300000 ms.
+    pub clock_skew_max_ms: u64,
+    /// How often summaries past visibility are pruned. Default 3600000 ms.
+    pub prune_interval_ms: u64,
+    /// Visits kept for the history. Default 365 days.
+    pub visit_retention_days: u64,
+    /// First reconnect delay. Default 200 ms.
+    pub reconnect_base_ms: u64,
+    /// Longest reconnect delay. Default 10000 ms.
+    pub reconnect_cap_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        let hub = HubConfig::default();
+        Timing {
+            tick_ms: 1_000,
+            sync_interval_ms: hub.sync_interval_ms,
+            retry_base_ms: hub.retry_base_ms,
+            retry_cap_ms: hub.retry_cap_ms,
+            overdue_after_ms: hub.overdue_after_ms,
+            clock_skew_max_ms: hub.clock_skew_max_ms,
+            prune_interval_ms: hub.prune_interval_ms,
+            visit_retention_days: hub.visit_retention_days,
+            reconnect_base_ms: 200,
+            reconnect_cap_ms: 10_000,
+        }
+    }
+}
+
+impl Timing {
+    pub fn hub_config(&self) -> HubConfig {
+        HubConfig {
+            sync_interval_ms: self.sync_interval_ms,
+            retry_base_ms: self.retry_base_ms,
+            retry_cap_ms: self.retry_cap_ms,
+            overdue_after_ms: self.overdue_after_ms,
+            clock_skew_max_ms: self.clock_skew_max_ms,
+            prune_interval_ms: self.prune_interval_ms,
+            visit_retention_days: self.visit_retention_days,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("timing.tick_ms", self.tick_ms),
+            ("timing.sync_interval_ms", self.sync_interval_ms),
+            ("timing.retry_base_ms", self.retry_base_ms),
+            ("timing.retry_cap_ms", self.retry_cap_ms),
+            ("timing.reconnect_base_ms", self.reconnect_base_ms),
+            ("timing.reconnect_cap_ms", self.reconnect_cap_ms),
+            ("timing.prune_interval_ms", self.prune_interval_ms),
+        ];
+        for (field, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    rule: "must be above zero".into(),
+                });
+            }
+        }
+        if self.retry_cap_ms < self.retry_base_ms {
+            return Err(ConfigError::Invalid {
+                field: "timing.retry_cap_ms",
+                rule: "must be at least retry_base_ms".into(),
+            });
+        }
+        if self.reconnect_cap_ms < self.reconnect_base_ms {
+            return Err(ConfigError::Invalid {
+                field: "timing.reconnect_cap_ms",
+                rule: "must be at least reconnect_base_ms".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A node: one hub or one authority.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// `hub` or `authority`. Required.
+    pub role: NodeRole,
+    /// This member's ODS code in the directory. Required.
+    pub code: String,
+    /// Folder for the store (`node.redb`) and the API token (`api.token`). Required.
+    pub data_dir: PathBuf,
+    /// The node's secret key (hex seed, owner-only permissions). Default `<data_dir>/node.key`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The directory version to start from (later versions arrive from peers and are kept in the
+    /// store). Default `<data_dir>/directory.cpis`.
+    #[serde(default)]
+    pub directory_file: Option<PathBuf>,
+    /// QUIC address to listen on. Required for a hub; an authority only dials out (default none).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Local HTTP API (operator commands, status, metrics). Default `127.0.0.1:0` (a free port,
+    /// written to `<data_dir>/api.addr`). Must be a loopback address unless `api_public` is set.
+    #[serde(default = "default_api_listen")]
+    pub api_listen: SocketAddr,
+    /// Allow the API on a non-loopback address. Default false.
+    #[serde(default)]
+    pub api_public: bool,
+    /// Hub addresses to use instead of those in the directory (`CODE = "host:port"`). Default none.
+    #[serde(default)]
+    pub hub_addresses: BTreeMap<String, SocketAddr>,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default)]
+    pub timing: Timing,
+}
+
+/// The role a node runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Hub,
+    Authority,
+}
+
+impl NodeRole {
+    pub fn role(self) -> Role {
+        match self {
+            NodeRole::Hub => Role::Hub,
+            NodeRole::Authority => Role::Authority,
+        }
+    }
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Makes a relative path relative to `base`.
+fn anchor(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+impl NodeConfig {
+    /// Reads, anchors and validates a TOML config file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = read(path)?;
+        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.data_dir = anchor(base, &config.data_dir);
+        config.key_file = config.key_file.map(|p| anchor(base, &p));
+        config.directory_file = config.directory_file.map(|p| anchor(base, &p));
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every rule, naming the field that breaks one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let code = OdsCode::parse(&self.code).map_err(|e| ConfigError::Invalid {
+            field: "code",
+            rule: e.to_string(),
+        })?;
+        if self.role == NodeRole::Authority && !code.is_authority_form() {
+            return Err(ConfigError::Invalid {
+                field: "code",
+                rule: "an authority's code is 3 digits or letter-digit-letter-digit-letter".into(),
+            });
+        }
+        if self.role == NodeRole::Hub && self.listen.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "listen",
+                rule: "a hub must listen for QUIC connections".into(),
+            });
+        }
+        if !self.api_public && !self.api_listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                field: "api_listen",
+                rule: "must be a loopback address (set api_public = true to override)".into(),
+            });
+        }
+        for code in self.hub_addresses.keys() {
+            OdsCode::parse(code).map_err(|e| ConfigError::Invalid {
+                field: "hub_addresses",
+                rule: format!("{code}: {e}"),
+            })?;
+        }
+        self.timing.validate()
+    }
+
+    pub fn code(&self) -> OdsCode {
+        // validate() has checked it.
+        OdsCode::parse(&self.code).unwrap_or_else(|_| unreachable!("validated code"))
+    }
+    pub fn key_path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("node.key"))
+    }
+    pub fn directory_path(&self) -> PathBuf {
+        self.directory_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("directory.cpis"))
+    }
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("node.redb")
+    }
+    pub fn token_path(&self) -> PathBuf {
+        self.data_dir.join("api.token")
+    }
+    /// Where the node writes the API address it bound.
+    pub fn api_addr_path(&self) -> PathBuf {
+        self.data_dir.join("api.addr")
+    }
+    /// Where the node writes the QUIC address it bound.
+    pub fn quic_addr_path(&self) -> PathBuf {
+        self.data_dir.join("quic.addr")
+    }
+}
+
+/// A care setting's lookup client (the `cpis lookup` command).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingConfig {
+    /// The setting's ODS site code in the directory. Required.
+    pub code: String,
+    /// The setting's secret key. Required.
+    pub key_file: PathBuf,
+    /// The directory to trust. Required.
+    pub directory_file: PathBuf,
+    /// Hub addresses to use instead of those in the directory. Default none.
+    #[serde(default)]
+    pub hub_addresses: BTreeMap<String, SocketAddr>,
+    /// How long to wait for each hub before trying the next. Default 5000 ms.
+    #[serde(default = "default_hub_timeout_ms")]
+    pub hub_timeout_ms: u64,
+}
+
+fn default_hub_timeout_ms() -> u64 {
+    5_000
+}
+
+impl SettingConfig {
+    pub fn load(path: &Path) -> Result<SettingConfig, ConfigError> {
+        let text = read(path)?;
+        let mut config: SettingConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.key_file = anchor(base, &config.key_file);
+        config.directory_file = anchor(base, &config.directory_file);
+        OdsCode::parse(&config.code).map_err(|e| ConfigError::Invalid {
+            field: "code",
+            rule: e.to_string(),
+        })?;
+        if config.hub_timeout_ms == 0 {
+            return Err(ConfigError::Invalid {
+                field: "hub_timeout_ms",
+                rule: "must be above zero".into(),
+            });
+        }
+        Ok(config)
+    }
+}
+
+/// Reads a secret key file: 64 hex characters, readable only by its owner.
+pub fn read_key(path: &Path) -> Result<[u8; 32], ConfigError> {
+    let problem = |p: &str| ConfigError::Key {
+        path: path.to_path_buf(),
+        problem: p.to_string(),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|e| problem(&e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(problem("readable by others than its owner: chmod 600 it"));
+        }
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| problem(&e.to_string()))?;
+    let bytes = hex::decode(text.trim()).map_err(|_| problem("not a hex-encoded key"))?;
+    bytes
+        .try_into()
+        .map_err(|_| problem("a key is 32 bytes (64 hex characters)"))
+}
+
+/// Writes a secret key file with owner-only permissions; refuses to overwrite one.
+pub fn write_key(path: &Path, seed: &[u8; 32]) -> Result<(), ConfigError> {
+    write_private(path, hex::encode(seed).as_bytes()).map_err(|e| ConfigError::Key {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    })
+}
+
+/// Creates a file readable only by its owner; refuses to overwrite an existing one.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+/// Largest directory file accepted.
+pub const DIRECTORY_FILE_BYTES_MAX: u64 = 16 << 20;
+
+/// Reads a directory file (the canonical encoding of a `SignedDirectory`).
+pub fn read_directory(path: &Path) -> Result<SignedDirectory, ConfigError> {
+    let problem = |p: String| ConfigError::Directory {
+        path: path.to_path_buf(),
+        problem: p,
+    };
+    let bytes = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
+    cpis_protocol::codec::decode(&bytes, DIRECTORY_FILE_BYTES_MAX)
+        .map_err(|e| problem(e.to_string()))
+}
+
+/// Writes a directory file (replacing any).
+pub fn write_directory(path: &Path, directory: &SignedDirectory) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, cpis_protocol::codec::encode(directory))?;
+    std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        NodeConfig::load(&path)
+    }
+
+    #[test]
+    fn minimal_hub_config_takes_defaults() {
+        let c = parse(
+            "role = \"hub\"\ncode = \"HUBN\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:7401\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.timing, Timing::default());
+        assert!(c.api_listen.ip().is_loopback());
+        assert!(c.data_dir.is_absolute());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse("role = \"hub\"\ncode = \"HUBN\"\ndata_dir = \"d\"\n").unwrap_err();
+        assert!(e.to_string().contains("`listen`"), "{e}");
+        let e = parse("role = \"authority\"\ncode = \"HUBN\"\ndata_dir = \"d\"\n").unwrap_err();
+        assert!(e.to_string().contains("`code`"), "{e}");
+        let e = parse(
+            "role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\napi_listen = \"0.0.0.0:80\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("`api_listen`"), "{e}");
+        let e = parse(
+            "role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\n[timing]\ntick_ms = 0\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("timing.tick_ms"), "{e}");
+        let e = parse("role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\nbogus = 1\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn key_files_are_owner_only_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        write_key(&path, &[7; 32]).unwrap();
+        assert_eq!(read_key(&path).unwrap(), [7; 32]);
+        assert!(write_key(&path, &[8; 32]).is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            assert!(
+                read_key(&path)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("chmod 600")
+            );
+        }
+    }
+}

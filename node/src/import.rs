@@ -1,0 +1,205 @@
+//! Bulk import of plans from a CSV file exported from a case-management system (format in
+//! docs/api.md). Every row is answered: applied, unchanged, or refused with its reason; valid rows
+//! are applied and refused ones change nothing.
+
+use cpis_protocol::authority::{Authority, Change};
+use cpis_protocol::ids::{NhsNumber, PlanRef};
+use cpis_protocol::records::{Plan, PlanType};
+use cpis_protocol::time::{Date, Timestamp};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+
+/// Most data rows in one file.
+pub const IMPORT_ROWS_MAX: usize = 200_000;
+
+/// One data row: its line number (the header is row 1) and the plan or why it was refused.
+pub struct ImportRow {
+    pub row: usize,
+    pub reference: String,
+    pub plan: Result<Plan, String>,
+}
+
+/// Columns by name.
+struct Columns {
+    reference: usize,
+    nhs: usize,
+    plan_type: usize,
+    start: usize,
+    end: Option<usize>,
+    due: Option<usize>,
+    withdrawn: Option<usize>,
+}
+
+fn columns(header: &csv::StringRecord) -> Result<Columns, String> {
+    let find = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(name))
+    };
+    let need = |name: &str| find(name).ok_or_else(|| format!("the header has no `{name}` column"));
+    Ok(Columns {
+        reference: need("reference")?,
+        nhs: need("nhs_number")?,
+        plan_type: need("plan_type")?,
+        start: need("start_date")?,
+        end: find("end_date"),
+        due: find("due_date"),
+        withdrawn: find("withdrawn"),
+    })
+}
+
+/// Parses the whole file; an error means the file itself is unusable (no header, too big).
+pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let header = reader
+        .headers()
+        .map_err(|e| format!("cannot read the header row: {e}"))?
+        .clone();
+    let cols = columns(&header)?;
+    let mut rows = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, record) in reader.records().enumerate() {
+        if rows.len() >= IMPORT_ROWS_MAX {
+            return Err(format!("more than {IMPORT_ROWS_MAX} rows: split the file"));
+        }
+        let row = i + 2;
+        let (reference, plan) = match record {
+            Ok(r) => {
+                let reference = r.get(cols.reference).unwrap_or("").to_string();
+                let plan = parse_row(&cols, &r).and_then(|p| {
+                    if seen.insert(p.reference.clone()) {
+                        Ok(p)
+                    } else {
+                        Err("this reference appears twice in the file".into())
+                    }
+                });
+                (reference, plan)
+            }
+            Err(e) => (String::new(), Err(format!("unreadable row: {e}"))),
+        };
+        rows.push(ImportRow {
+            row,
+            reference,
+            plan,
+        });
+    }
+    Ok(rows)
+}
+
+fn parse_row(cols: &Columns, r: &csv::StringRecord) -> Result<Plan, String> {
+    let field = |i: usize| r.get(i).unwrap_or("").trim();
+    let optional = |i: Option<usize>| i.map(field).filter(|t| !t.is_empty());
+    let date = |name: &str, text: &str| Date::parse(text).map_err(|e| format!("{name}: {e}"));
+    let plan = Plan {
+        reference: PlanRef::parse(field(cols.reference)).map_err(|e| format!("reference: {e}"))?,
+        nhs: NhsNumber::parse(field(cols.nhs)).map_err(|e| format!("nhs_number: {e}"))?,
+        plan_type: PlanType::parse(field(cols.plan_type)).ok_or_else(|| {
+            "plan_type: unknown plan type (use CPP, LAC, UCPP or the SNOMED CT code)".to_string()
+        })?,
+        start: date("start_date", field(cols.start))?,
+        end: optional(cols.end)
+            .map(|t| date("end_date", t))
+            .transpose()?,
+        due: optional(cols.due)
+            .map(|t| date("due_date", t))
+            .transpose()?,
+        withdrawn: match optional(cols.withdrawn)
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("false" | "no" | "n" | "0") => false,
+            Some("true" | "yes" | "y" | "1") => true,
+            Some(_) => return Err("withdrawn: use true or false".into()),
+        },
+    };
+    plan.check().map_err(|e| e.to_string())?;
+    Ok(plan)
+}
+
+/// Applies the valid rows; returns the write to wait for (if any) and the report.
+pub fn apply(
+    authority: &mut Authority,
+    rows: Vec<ImportRow>,
+    now: Timestamp,
+) -> (Option<u64>, Value) {
+    let (mut applied, mut unchanged, mut refused) = (0usize, 0usize, 0usize);
+    let mut last_write = None;
+    let mut report = Vec::with_capacity(rows.len());
+    for ImportRow {
+        row,
+        reference,
+        plan,
+    } in rows
+    {
+        let outcome = plan.and_then(|p| authority.record_plan(p, now).map_err(|e| e.to_string()));
+        let entry = match outcome {
+            Ok(Change::Applied { write_id }) => {
+                applied += 1;
+                last_write = Some(write_id);
+                json!({ "row": row, "reference": reference, "result": "applied" })
+            }
+            Ok(Change::Unchanged) => {
+                unchanged += 1;
+                json!({ "row": row, "reference": reference, "result": "unchanged" })
+            }
+            Err(reason) => {
+                refused += 1;
+                json!({ "row": row, "reference": reference, "result": "refused", "reason": reason })
+            }
+        };
+        report.push(entry);
+    }
+    (
+        last_write,
+        json!({ "applied": applied, "unchanged": unchanged, "refused": refused, "rows": report }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_answered_with_row_numbers_and_reasons() {
+        let csv = "reference,nhs_number,plan_type,start_date,end_date,due_date,withdrawn\n\
+                   LAC-1,943 476 5919,LAC,2026-01-05,,,\n\
+                   CPP-2,9876544321,CPP,2026-01-05,,,\n\
+                   X-3,4010232137,ZZZ,2026-01-05,,,\n\
+                   CPP-4,4010232137,CPP,2026-02-01,2026-01-01,,\n\
+                   U-5,4010232137,UCPP,2026-02-01,,,\n\
+                   LAC-1,4010232137,LAC,2026-01-05,,,\n";
+        let rows = parse_csv(csv.as_bytes()).unwrap();
+        let reasons: Vec<(usize, Result<(), String>)> = rows
+            .iter()
+            .map(|r| (r.row, r.plan.as_ref().map(|_| ()).map_err(Clone::clone)))
+            .collect();
+        assert_eq!(reasons[0], (2, Ok(())));
+        assert!(reasons[1].1.as_ref().unwrap_err().contains("check digit"));
+        assert!(
+            reasons[2]
+                .1
+                .as_ref()
+                .unwrap_err()
+                .contains("unknown plan type")
+        );
+        assert!(
+            reasons[3]
+                .1
+                .as_ref()
+                .unwrap_err()
+                .contains("end date is before")
+        );
+        assert!(reasons[4].1.as_ref().unwrap_err().contains("due date"));
+        assert_eq!(reasons[5].0, 7);
+        assert!(reasons[5].1.as_ref().unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn a_file_without_the_needed_columns_is_refused_whole() {
+        let err = parse_csv(b"ref,nhs\nA,1\n").err().unwrap();
+        assert!(err.contains("`reference`"));
+    }
+}

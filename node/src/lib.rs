@@ -5,6 +5,7 @@
 //! `cpis-node run --config FILE` binary does exactly this). The node restores its machine from
 //! the store, listens (hubs), dials its peers, and serves the local operator API (docs/api.md).
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod import;

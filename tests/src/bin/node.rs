@@ -1,0 +1,7 @@
+//! The node daemon, built inside the test crate so that tests can run it as a real process
+//! (and kill it).
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    cpis_node::cli::main().await
+}

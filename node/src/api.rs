@@ -76,18 +76,12 @@ pub fn router(inputs: mpsc::Sender<Input>, token: String) -> Router {
     Router::new()
         .route("/status", get(|s, h| call(s, h, ApiCall::Status)))
         .route("/metrics", get(metrics))
-        .route(
-            "/plans",
-            get(|s, h| call(s, h, ApiCall::ListPlans)).post(record_plan),
-        )
+        .route("/plans", get(|s, h| call(s, h, ApiCall::ListPlans)).post(record_plan))
         .route("/plans/import", post(import_csv))
         .route("/plans/{reference}/end", post(end_plan))
         .route("/plans/{reference}/withdraw", post(withdraw_plan))
         .route("/contacts", put(set_contacts))
-        .route(
-            "/notifications",
-            get(|s, h| call(s, h, ApiCall::ListNotifications)),
-        )
+        .route("/notifications", get(|s, h| call(s, h, ApiCall::ListNotifications)))
         .route("/notifications/{lookup_id}/ack", post(acknowledge))
         .route("/directory", post(publish_directory))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
@@ -100,41 +94,25 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 
 fn authorised(state: &ApiState, headers: &HeaderMap) -> bool {
     let expected = format!("Bearer {}", state.token);
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == expected)
+    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|v| v == expected)
 }
 
 async fn call(State(state): State<ApiState>, headers: HeaderMap, call_: ApiCall) -> Response {
     if !authorised(&state, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (see <data_dir>/api.token)",
-        );
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see <data_dir>/api.token)");
     }
     ask(&state, call_).await
 }
 
 async fn ask(state: &ApiState, call: ApiCall) -> Response {
     let (reply, rx) = oneshot::channel();
-    if state
-        .inputs
-        .send(Input::Api(ApiRequest { call, reply }))
-        .await
-        .is_err()
-    {
+    if state.inputs.send(Input::Api(ApiRequest { call, reply })).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
     }
     match rx.await {
         Ok(ApiReply::Json(status, body)) => (status, axum::Json(body)).into_response(),
-        Ok(ApiReply::Text(text)) => {
-            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-        }
-        Err(_) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the node stopped before the change was durable",
-        ),
+        Ok(ApiReply::Text(text)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node stopped before the change was durable"),
     }
 }
 
@@ -155,9 +133,7 @@ struct PlanBody {
 fn optional_date(field: &str, text: Option<&str>) -> Result<Option<Date>, String> {
     match text.map(str::trim).filter(|t| !t.is_empty()) {
         None => Ok(None),
-        Some(t) => Date::parse(t)
-            .map(Some)
-            .map_err(|e| format!("{field}: {e}")),
+        Some(t) => Date::parse(t).map(Some).map_err(|e| format!("{field}: {e}")),
     }
 }
 
@@ -165,8 +141,7 @@ fn parse_plan(b: &PlanBody) -> Result<Plan, String> {
     let plan = Plan {
         reference: PlanRef::parse(&b.reference).map_err(|e| format!("reference: {e}"))?,
         nhs: NhsNumber::parse(&b.nhs).map_err(|e| format!("nhs: {e}"))?,
-        plan_type: PlanType::parse(&b.plan_type)
-            .ok_or("plan_type: use CPP, LAC, UCPP or the SNOMED CT code")?,
+        plan_type: PlanType::parse(&b.plan_type).ok_or("plan_type: use CPP, LAC, UCPP or the SNOMED CT code")?,
         start: Date::parse(&b.start).map_err(|e| format!("start: {e}"))?,
         end: optional_date("end", b.end.as_deref())?,
         due: optional_date("due", b.due.as_deref())?,
@@ -177,9 +152,7 @@ fn parse_plan(b: &PlanBody) -> Result<Plan, String> {
 }
 
 async fn record_plan(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
-    let parsed = serde_json::from_slice::<PlanBody>(&body)
-        .map_err(|e| e.to_string())
-        .and_then(|b| parse_plan(&b));
+    let parsed = serde_json::from_slice::<PlanBody>(&body).map_err(|e| e.to_string()).and_then(|b| parse_plan(&b));
     match parsed {
         Ok(plan) => call(State(state), headers, ApiCall::RecordPlan(plan)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
@@ -196,23 +169,17 @@ async fn end_plan(
     struct EndBody {
         end: String,
     }
-    let parsed = PlanRef::parse(&reference)
-        .map_err(|e| format!("reference: {e}"))
-        .and_then(|r| {
-            let b: EndBody = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-            Ok((r, Date::parse(&b.end).map_err(|e| format!("end: {e}"))?))
-        });
+    let parsed = PlanRef::parse(&reference).map_err(|e| format!("reference: {e}")).and_then(|r| {
+        let b: EndBody = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        Ok((r, Date::parse(&b.end).map_err(|e| format!("end: {e}"))?))
+    });
     match parsed {
         Ok((r, end)) => call(State(state), headers, ApiCall::EndPlan(r, end)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
-async fn withdraw_plan(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(reference): Path<String>,
-) -> Response {
+async fn withdraw_plan(State(state): State<ApiState>, headers: HeaderMap, Path(reference): Path<String>) -> Response {
     match PlanRef::parse(&reference) {
         Ok(r) => call(State(state), headers, ApiCall::WithdrawPlan(r)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, format!("reference: {e}")),
@@ -221,10 +188,7 @@ async fn withdraw_plan(
 
 async fn import_csv(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     if !authorised(&state, &headers) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (see <data_dir>/api.token)",
-        );
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see <data_dir>/api.token)");
     }
     match import::parse_csv(&body) {
         Ok(rows) => ask(&state, ApiCall::Import(rows)).await,
@@ -258,20 +222,10 @@ async fn acknowledge(
     }
 }
 
-async fn publish_directory(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match cpis_protocol::codec::decode::<Vec<SignedDirectory>>(
-        &body,
-        crate::config::DIRECTORY_FILE_BYTES_MAX,
-    ) {
+async fn publish_directory(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    match cpis_protocol::codec::decode::<Vec<SignedDirectory>>(&body, crate::config::DIRECTORY_FILE_BYTES_MAX) {
         Ok(chain) => call(State(state), headers, ApiCall::Directories(chain)).await,
-        Err(e) => error(
-            StatusCode::BAD_REQUEST,
-            format!("not a list of signed directory versions: {e}"),
-        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, format!("not a list of signed directory versions: {e}")),
     }
 }
 
@@ -290,10 +244,7 @@ fn result_json(change: Change) -> Value {
 
 /// Answers what can be answered now; holds the rest until durable.
 pub fn handle(node: &mut Node, request: ApiRequest) {
-    let ApiRequest {
-        call,
-        reply: sender,
-    } = request;
+    let ApiRequest { call, reply: sender } = request;
     let now = crate::net::now();
     match call {
         ApiCall::Status => reply(sender, StatusCode::OK, crate::status::status(node)),
@@ -301,16 +252,8 @@ pub fn handle(node: &mut Node, request: ApiRequest) {
             let _ = sender.send(ApiReply::Text(crate::status::metrics(node)));
         }
         ApiCall::Directories(chain) => match node.machine.as_dyn().handle_directories(chain, now) {
-            Ok(version) => reply(
-                sender,
-                StatusCode::OK,
-                json!({ "directory_version": version }),
-            ),
-            Err(e) => reply(
-                sender,
-                StatusCode::BAD_REQUEST,
-                json!({ "error": e.to_string() }),
-            ),
+            Ok(version) => reply(sender, StatusCode::OK, json!({ "directory_version": version })),
+            Err(e) => reply(sender, StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
         },
         call => {
             let NodeMachine::Authority(authority) = &mut node.machine else {
@@ -322,10 +265,7 @@ pub fn handle(node: &mut Node, request: ApiRequest) {
             };
             match authority_call(authority, call, now) {
                 Ok((Some(write_id), body)) => {
-                    node.waiting_api.entry(write_id).or_default().push(Pending {
-                        reply: sender,
-                        body,
-                    })
+                    node.waiting_api.entry(write_id).or_default().push(Pending { reply: sender, body })
                 }
                 Ok((None, body)) => reply(sender, StatusCode::OK, body),
                 Err((status, e)) => reply(sender, status, json!({ "error": e })),
@@ -343,9 +283,7 @@ fn command(r: Result<Change, CommandError>) -> CallResult {
         Err(e @ (CommandError::UnknownPlan(_) | CommandError::UnknownNotification(_))) => {
             Err((StatusCode::NOT_FOUND, e.to_string()))
         }
-        Err(e @ CommandError::KeyNotActive(_)) => {
-            Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
-        }
+        Err(e @ CommandError::KeyNotActive(_)) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
         Err(e) => Err((StatusCode::BAD_REQUEST, e.to_string())),
     }
 }
@@ -356,14 +294,10 @@ fn authority_call(
     now: cpis_protocol::time::Timestamp,
 ) -> CallResult {
     match call {
-        ApiCall::ListPlans => Ok((
-            None,
-            json!({ "plans": a.plans().map(plan_json).collect::<Vec<_>>() }),
-        )),
-        ApiCall::ListNotifications => Ok((
-            None,
-            json!({ "notifications": a.inbox().map(notification_json).collect::<Vec<_>>() }),
-        )),
+        ApiCall::ListPlans => Ok((None, json!({ "plans": a.plans().map(plan_json).collect::<Vec<_>>() }))),
+        ApiCall::ListNotifications => {
+            Ok((None, json!({ "notifications": a.inbox().map(notification_json).collect::<Vec<_>>() })))
+        }
         ApiCall::RecordPlan(plan) => command(a.record_plan(plan, now)),
         ApiCall::EndPlan(r, end) => command(a.end_plan(&r, end, now)),
         ApiCall::WithdrawPlan(r) => command(a.withdraw_plan(&r, now)),

@@ -8,11 +8,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "cpis-node",
-    version,
-    about = "A node of the child protection federation (hub or authority)"
-)]
+#[command(name = "cpis-node", version, about = "A node of the child protection federation (hub or authority)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,11 +25,8 @@ enum Command {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -45,9 +38,7 @@ pub async fn main() -> anyhow::Result<()> {
     let Command::Run { config } = Cli::parse().command;
     let config = NodeConfig::load(&config)?;
     init_logs(config.log_format);
-    let mut node = RunningNode::start(config)
-        .await
-        .context("starting the node")?;
+    let mut node = RunningNode::start(config).await.context("starting the node")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),

@@ -17,10 +17,7 @@ use std::path::{Path, PathBuf};
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// The TOML does not parse, or a field has the wrong type; the message names the field.
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -115,10 +112,7 @@ impl Timing {
         ];
         for (field, v) in positive {
             if v == 0 {
-                return Err(ConfigError::Invalid {
-                    field,
-                    rule: "must be above zero".into(),
-                });
+                return Err(ConfigError::Invalid { field, rule: "must be above zero".into() });
             }
         }
         if self.retry_cap_ms < self.retry_base_ms {
@@ -196,29 +190,20 @@ fn default_api_listen() -> SocketAddr {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
 }
 
 /// Makes a relative path relative to `base`.
 fn anchor(base: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        base.join(path)
-    }
+    if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
 }
 
 impl NodeConfig {
     /// Reads, anchors and validates a TOML config file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let text = read(path)?;
-        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut config: NodeConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.data_dir = anchor(base, &config.data_dir);
         config.key_file = config.key_file.map(|p| anchor(base, &p));
@@ -229,10 +214,8 @@ impl NodeConfig {
 
     /// Checks every rule, naming the field that breaks one.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let code = OdsCode::parse(&self.code).map_err(|e| ConfigError::Invalid {
-            field: "code",
-            rule: e.to_string(),
-        })?;
+        let code =
+            OdsCode::parse(&self.code).map_err(|e| ConfigError::Invalid { field: "code", rule: e.to_string() })?;
         if self.role == NodeRole::Authority && !code.is_authority_form() {
             return Err(ConfigError::Invalid {
                 field: "code",
@@ -252,10 +235,8 @@ impl NodeConfig {
             });
         }
         for code in self.hub_addresses.keys() {
-            OdsCode::parse(code).map_err(|e| ConfigError::Invalid {
-                field: "hub_addresses",
-                rule: format!("{code}: {e}"),
-            })?;
+            OdsCode::parse(code)
+                .map_err(|e| ConfigError::Invalid { field: "hub_addresses", rule: format!("{code}: {e}") })?;
         }
         self.timing.validate()
     }
@@ -265,14 +246,10 @@ impl NodeConfig {
         OdsCode::parse(&self.code).unwrap_or_else(|_| unreachable!("validated code"))
     }
     pub fn key_path(&self) -> PathBuf {
-        self.key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("node.key"))
+        self.key_file.clone().unwrap_or_else(|| self.data_dir.join("node.key"))
     }
     pub fn directory_path(&self) -> PathBuf {
-        self.directory_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("directory.cpis"))
+        self.directory_file.clone().unwrap_or_else(|| self.data_dir.join("directory.cpis"))
     }
     pub fn store_path(&self) -> PathBuf {
         self.data_dir.join("node.redb")
@@ -315,22 +292,14 @@ fn default_hub_timeout_ms() -> u64 {
 impl SettingConfig {
     pub fn load(path: &Path) -> Result<SettingConfig, ConfigError> {
         let text = read(path)?;
-        let mut config: SettingConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut config: SettingConfig = toml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.key_file = anchor(base, &config.key_file);
         config.directory_file = anchor(base, &config.directory_file);
-        OdsCode::parse(&config.code).map_err(|e| ConfigError::Invalid {
-            field: "code",
-            rule: e.to_string(),
-        })?;
+        OdsCode::parse(&config.code).map_err(|e| ConfigError::Invalid { field: "code", rule: e.to_string() })?;
         if config.hub_timeout_ms == 0 {
-            return Err(ConfigError::Invalid {
-                field: "hub_timeout_ms",
-                rule: "must be above zero".into(),
-            });
+            return Err(ConfigError::Invalid { field: "hub_timeout_ms", rule: "must be above zero".into() });
         }
         Ok(config)
     }
@@ -338,10 +307,7 @@ impl SettingConfig {
 
 /// Reads a secret key file: 64 hex characters, readable only by its owner.
 pub fn read_key(path: &Path) -> Result<[u8; 32], ConfigError> {
-    let problem = |p: &str| ConfigError::Key {
-        path: path.to_path_buf(),
-        problem: p.to_string(),
-    };
+    let problem = |p: &str| ConfigError::Key { path: path.to_path_buf(), problem: p.to_string() };
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -352,17 +318,13 @@ pub fn read_key(path: &Path) -> Result<[u8; 32], ConfigError> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| problem(&e.to_string()))?;
     let bytes = hex::decode(text.trim()).map_err(|_| problem("not a hex-encoded key"))?;
-    bytes
-        .try_into()
-        .map_err(|_| problem("a key is 32 bytes (64 hex characters)"))
+    bytes.try_into().map_err(|_| problem("a key is 32 bytes (64 hex characters)"))
 }
 
 /// Writes a secret key file with owner-only permissions; refuses to overwrite one.
 pub fn write_key(path: &Path, seed: &[u8; 32]) -> Result<(), ConfigError> {
-    write_private(path, hex::encode(seed).as_bytes()).map_err(|e| ConfigError::Key {
-        path: path.to_path_buf(),
-        problem: e.to_string(),
-    })
+    write_private(path, hex::encode(seed).as_bytes())
+        .map_err(|e| ConfigError::Key { path: path.to_path_buf(), problem: e.to_string() })
 }
 
 /// Creates a file readable only by its owner; refuses to overwrite an existing one.
@@ -385,13 +347,9 @@ pub const DIRECTORY_FILE_BYTES_MAX: u64 = 16 << 20;
 
 /// Reads a directory file (the canonical encoding of a `SignedDirectory`).
 pub fn read_directory(path: &Path) -> Result<SignedDirectory, ConfigError> {
-    let problem = |p: String| ConfigError::Directory {
-        path: path.to_path_buf(),
-        problem: p,
-    };
+    let problem = |p: String| ConfigError::Directory { path: path.to_path_buf(), problem: p };
     let bytes = std::fs::read(path).map_err(|e| problem(e.to_string()))?;
-    cpis_protocol::codec::decode(&bytes, DIRECTORY_FILE_BYTES_MAX)
-        .map_err(|e| problem(e.to_string()))
+    cpis_protocol::codec::decode(&bytes, DIRECTORY_FILE_BYTES_MAX).map_err(|e| problem(e.to_string()))
 }
 
 /// Writes a directory file (replacing any).
@@ -414,10 +372,7 @@ mod tests {
 
     #[test]
     fn minimal_hub_config_takes_defaults() {
-        let c = parse(
-            "role = \"hub\"\ncode = \"HUBN\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:7401\"\n",
-        )
-        .unwrap();
+        let c = parse("role = \"hub\"\ncode = \"HUBN\"\ndata_dir = \"data\"\nlisten = \"127.0.0.1:7401\"\n").unwrap();
         assert_eq!(c.timing, Timing::default());
         assert!(c.api_listen.ip().is_loopback());
         assert!(c.data_dir.is_absolute());
@@ -429,18 +384,12 @@ mod tests {
         assert!(e.to_string().contains("`listen`"), "{e}");
         let e = parse("role = \"authority\"\ncode = \"HUBN\"\ndata_dir = \"d\"\n").unwrap_err();
         assert!(e.to_string().contains("`code`"), "{e}");
-        let e = parse(
-            "role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\napi_listen = \"0.0.0.0:80\"\n",
-        )
-        .unwrap_err();
+        let e =
+            parse("role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\napi_listen = \"0.0.0.0:80\"\n").unwrap_err();
         assert!(e.to_string().contains("`api_listen`"), "{e}");
-        let e = parse(
-            "role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\n[timing]\ntick_ms = 0\n",
-        )
-        .unwrap_err();
+        let e = parse("role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\n[timing]\ntick_ms = 0\n").unwrap_err();
         assert!(e.to_string().contains("timing.tick_ms"), "{e}");
-        let e = parse("role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\nbogus = 1\n")
-            .unwrap_err();
+        let e = parse("role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\nbogus = 1\n").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
     }
 
@@ -455,12 +404,7 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            assert!(
-                read_key(&path)
-                    .unwrap_err()
-                    .to_string()
-                    .contains("chmod 600")
-            );
+            assert!(read_key(&path).unwrap_err().to_string().contains("chmod 600"));
         }
     }
 }

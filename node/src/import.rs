@@ -31,11 +31,7 @@ struct Columns {
 }
 
 fn columns(header: &csv::StringRecord) -> Result<Columns, String> {
-    let find = |name: &str| {
-        header
-            .iter()
-            .position(|h| h.trim().eq_ignore_ascii_case(name))
-    };
+    let find = |name: &str| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
     let need = |name: &str| find(name).ok_or_else(|| format!("the header has no `{name}` column"));
     Ok(Columns {
         reference: need("reference")?,
@@ -50,14 +46,8 @@ fn columns(header: &csv::StringRecord) -> Result<Columns, String> {
 
 /// Parses the whole file; an error means the file itself is unusable (no header, too big).
 pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(bytes);
-    let header = reader
-        .headers()
-        .map_err(|e| format!("cannot read the header row: {e}"))?
-        .clone();
+    let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(bytes);
+    let header = reader.headers().map_err(|e| format!("cannot read the header row: {e}"))?.clone();
     let cols = columns(&header)?;
     let mut rows = Vec::new();
     let mut seen = BTreeSet::new();
@@ -80,11 +70,7 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
             }
             Err(e) => (String::new(), Err(format!("unreadable row: {e}"))),
         };
-        rows.push(ImportRow {
-            row,
-            reference,
-            plan,
-        });
+        rows.push(ImportRow { row, reference, plan });
     }
     Ok(rows)
 }
@@ -96,20 +82,12 @@ fn parse_row(cols: &Columns, r: &csv::StringRecord) -> Result<Plan, String> {
     let plan = Plan {
         reference: PlanRef::parse(field(cols.reference)).map_err(|e| format!("reference: {e}"))?,
         nhs: NhsNumber::parse(field(cols.nhs)).map_err(|e| format!("nhs_number: {e}"))?,
-        plan_type: PlanType::parse(field(cols.plan_type)).ok_or_else(|| {
-            "plan_type: unknown plan type (use CPP, LAC, UCPP or the SNOMED CT code)".to_string()
-        })?,
+        plan_type: PlanType::parse(field(cols.plan_type))
+            .ok_or_else(|| "plan_type: unknown plan type (use CPP, LAC, UCPP or the SNOMED CT code)".to_string())?,
         start: date("start_date", field(cols.start))?,
-        end: optional(cols.end)
-            .map(|t| date("end_date", t))
-            .transpose()?,
-        due: optional(cols.due)
-            .map(|t| date("due_date", t))
-            .transpose()?,
-        withdrawn: match optional(cols.withdrawn)
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+        end: optional(cols.end).map(|t| date("end_date", t)).transpose()?,
+        due: optional(cols.due).map(|t| date("due_date", t)).transpose()?,
+        withdrawn: match optional(cols.withdrawn).map(str::to_ascii_lowercase).as_deref() {
             None | Some("false" | "no" | "n" | "0") => false,
             Some("true" | "yes" | "y" | "1") => true,
             Some(_) => return Err("withdrawn: use true or false".into()),
@@ -120,20 +98,11 @@ fn parse_row(cols: &Columns, r: &csv::StringRecord) -> Result<Plan, String> {
 }
 
 /// Applies the valid rows; returns the write to wait for (if any) and the report.
-pub fn apply(
-    authority: &mut Authority,
-    rows: Vec<ImportRow>,
-    now: Timestamp,
-) -> (Option<u64>, Value) {
+pub fn apply(authority: &mut Authority, rows: Vec<ImportRow>, now: Timestamp) -> (Option<u64>, Value) {
     let (mut applied, mut unchanged, mut refused) = (0usize, 0usize, 0usize);
     let mut last_write = None;
     let mut report = Vec::with_capacity(rows.len());
-    for ImportRow {
-        row,
-        reference,
-        plan,
-    } in rows
-    {
+    for ImportRow { row, reference, plan } in rows {
         let outcome = plan.and_then(|p| authority.record_plan(p, now).map_err(|e| e.to_string()));
         let entry = match outcome {
             Ok(Change::Applied { write_id }) => {
@@ -152,10 +121,7 @@ pub fn apply(
         };
         report.push(entry);
     }
-    (
-        last_write,
-        json!({ "applied": applied, "unchanged": unchanged, "refused": refused, "rows": report }),
-    )
+    (last_write, json!({ "applied": applied, "unchanged": unchanged, "refused": refused, "rows": report }))
 }
 
 #[cfg(test)]
@@ -172,26 +138,12 @@ mod tests {
                    U-5,4010232137,UCPP,2026-02-01,,,\n\
                    LAC-1,4010232137,LAC,2026-01-05,,,\n";
         let rows = parse_csv(csv.as_bytes()).unwrap();
-        let reasons: Vec<(usize, Result<(), String>)> = rows
-            .iter()
-            .map(|r| (r.row, r.plan.as_ref().map(|_| ()).map_err(Clone::clone)))
-            .collect();
+        let reasons: Vec<(usize, Result<(), String>)> =
+            rows.iter().map(|r| (r.row, r.plan.as_ref().map(|_| ()).map_err(Clone::clone))).collect();
         assert_eq!(reasons[0], (2, Ok(())));
         assert!(reasons[1].1.as_ref().unwrap_err().contains("check digit"));
-        assert!(
-            reasons[2]
-                .1
-                .as_ref()
-                .unwrap_err()
-                .contains("unknown plan type")
-        );
-        assert!(
-            reasons[3]
-                .1
-                .as_ref()
-                .unwrap_err()
-                .contains("end date is before")
-        );
+        assert!(reasons[2].1.as_ref().unwrap_err().contains("unknown plan type"));
+        assert!(reasons[3].1.as_ref().unwrap_err().contains("end date is before"));
         assert!(reasons[4].1.as_ref().unwrap_err().contains("due date"));
         assert_eq!(reasons[5].0, 7);
         assert!(reasons[5].1.as_ref().unwrap_err().contains("twice"));

@@ -70,47 +70,23 @@ impl Metrics {
 
     /// Prometheus text for the counters (gauges are added by the caller).
     pub fn render(&self, out: &mut String) {
-        let mut counter =
-            |name: &str, help: &str, label: &str, values: &BTreeMap<&'static str, u64>| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-                for (k, v) in values {
-                    let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
-                }
-            };
-        counter(
-            "cpis_messages_received_total",
-            "Messages received, by kind.",
-            "kind",
-            &self.messages_in,
-        );
-        counter(
-            "cpis_messages_sent_total",
-            "Messages sent, by kind.",
-            "kind",
-            &self.messages_out,
-        );
+        let mut counter = |name: &str, help: &str, label: &str, values: &BTreeMap<&'static str, u64>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (k, v) in values {
+                let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+            }
+        };
+        counter("cpis_messages_received_total", "Messages received, by kind.", "kind", &self.messages_in);
+        counter("cpis_messages_sent_total", "Messages sent, by kind.", "kind", &self.messages_out);
         counter(
             "cpis_connections_refused_total",
             "Connections or messages refused, by reason.",
             "reason",
             &self.refused,
         );
-        counter(
-            "cpis_events_total",
-            "State machine events, by kind.",
-            "event",
-            &self.events,
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE cpis_bytes_sent_total counter\ncpis_bytes_sent_total {}",
-            self.bytes_out
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE cpis_store_writes_total counter\ncpis_store_writes_total {}",
-            self.writes
-        );
+        counter("cpis_events_total", "State machine events, by kind.", "event", &self.events);
+        let _ = writeln!(out, "# TYPE cpis_bytes_sent_total counter\ncpis_bytes_sent_total {}", self.bytes_out);
+        let _ = writeln!(out, "# TYPE cpis_store_writes_total counter\ncpis_store_writes_total {}", self.writes);
         let _ = writeln!(
             out,
             "# HELP cpis_lookup_seconds Time from a lookup's arrival to its answer leaving (includes the durable write)."
@@ -119,11 +95,7 @@ impl Metrics {
         for (bound, count) in LATENCY_BUCKETS_S.iter().zip(self.lookup_buckets) {
             let _ = writeln!(out, "cpis_lookup_seconds_bucket{{le=\"{bound}\"}} {count}");
         }
-        let _ = writeln!(
-            out,
-            "cpis_lookup_seconds_bucket{{le=\"+Inf\"}} {}",
-            self.lookup_count
-        );
+        let _ = writeln!(out, "cpis_lookup_seconds_bucket{{le=\"+Inf\"}} {}", self.lookup_count);
         let _ = writeln!(out, "cpis_lookup_seconds_sum {}", self.lookup_sum_s);
         let _ = writeln!(out, "cpis_lookup_seconds_count {}", self.lookup_count);
     }

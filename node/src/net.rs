@@ -45,9 +45,7 @@ pub struct NetContext {
 
 /// The current time as a protocol timestamp.
 pub fn now() -> Timestamp {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     Timestamp(ms)
 }
 
@@ -57,18 +55,9 @@ impl NetContext {
     }
 
     /// Who the peer of a finished handshake is, if its key is still admitted with one of `roles`.
-    fn identify(
-        &self,
-        conn: &quinn::Connection,
-        roles: &[Role],
-    ) -> Result<(OdsCode, Role, PublicKey), String> {
-        let key = transport::peer_public_key(conn)
-            .map(PublicKey)
-            .ok_or("no peer key")?;
-        let dir = self
-            .directory
-            .read()
-            .map_err(|_| "directory lock poisoned")?;
+    fn identify(&self, conn: &quinn::Connection, roles: &[Role]) -> Result<(OdsCode, Role, PublicKey), String> {
+        let key = transport::peer_public_key(conn).map(PublicKey).ok_or("no peer key")?;
+        let dir = self.directory.read().map_err(|_| "directory lock poisoned")?;
         let member = dir.admit(&key, now(), roles).map_err(|e| e.to_string())?;
         Ok((member.code.clone(), member.role, key))
     }
@@ -77,16 +66,10 @@ impl NetContext {
 /// The admission check run inside the TLS handshake: any active key of any member.
 pub fn admit_fn(directory: Arc<RwLock<TrustedDirectory>>) -> transport::Admit {
     Arc::new(move |key: &[u8; 32]| {
-        let dir = directory
-            .read()
-            .map_err(|_| "directory unavailable".to_string())?;
-        dir.admit(
-            &PublicKey(*key),
-            now(),
-            &[Role::Hub, Role::Authority, Role::Setting],
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        let dir = directory.read().map_err(|_| "directory unavailable".to_string())?;
+        dir.admit(&PublicKey(*key), now(), &[Role::Hub, Role::Authority, Role::Setting])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
 }
 
@@ -106,12 +89,7 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, ctx: NetContext, roles: &'st
                 Ok(conn) => serve_incoming(conn, ctx, roles).await,
                 Err(e) => {
                     info!(%remote, reason = %e, "connection refused in handshake");
-                    let _ = ctx
-                        .inputs
-                        .send(Input::Refused {
-                            reason: refusal_reason(&e.to_string()),
-                        })
-                        .await;
+                    let _ = ctx.inputs.send(Input::Refused { reason: refusal_reason(&e.to_string()) }).await;
                 }
             }
         });
@@ -136,12 +114,7 @@ async fn serve_incoming(conn: quinn::Connection, ctx: NetContext, roles: &[Role]
         Ok(who) => who,
         Err(reason) => {
             info!(remote = %conn.remote_address(), %reason, "connection refused after handshake");
-            let _ = ctx
-                .inputs
-                .send(Input::Refused {
-                    reason: "role_not_allowed",
-                })
-                .await;
+            let _ = ctx.inputs.send(Input::Refused { reason: "role_not_allowed" }).await;
             conn.close(CLOSE_NOT_ADMITTED.into(), b"not admitted");
             return;
         }
@@ -168,10 +141,8 @@ pub async fn dial_loop(
         if *shutdown.borrow() {
             return;
         }
-        let attempt = tokio::time::timeout(
-            Duration::from_millis(CONNECT_TIMEOUT_MS),
-            transport::connect(&endpoint, addr),
-        );
+        let attempt =
+            tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), transport::connect(&endpoint, addr));
         match attempt.await {
             Ok(Ok(conn)) => match ctx.identify(&conn, &[Role::Hub]) {
                 Ok((code, role, key)) if code == peer => {
@@ -201,23 +172,10 @@ pub async fn dial_loop(
 }
 
 /// A member connection: one outgoing and one incoming unidirectional stream.
-async fn run_member_session(
-    conn: quinn::Connection,
-    peer: OdsCode,
-    role: Role,
-    key: PublicKey,
-    ctx: NetContext,
-) {
+async fn run_member_session(conn: quinn::Connection, peer: OdsCode, role: Role, key: PublicKey, ctx: NetContext) {
     let conn_id = ctx.conn_id();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(PEER_QUEUE_FRAMES_MAX);
-    let connected = Input::Connected {
-        peer: peer.clone(),
-        role,
-        conn_id,
-        out: tx,
-        key,
-        conn: conn.clone(),
-    };
+    let connected = Input::Connected { peer: peer.clone(), role, conn_id, out: tx, key, conn: conn.clone() };
     if ctx.inputs.send(connected).await.is_err() {
         return;
     }
@@ -241,12 +199,7 @@ async fn write_frames_uni(conn: quinn::Connection, mut rx: mpsc::Receiver<Vec<u8
 }
 
 /// Reads frames from the peer until the connection ends; returns why it ended.
-async fn read_member_frames(
-    conn: &quinn::Connection,
-    peer: &OdsCode,
-    conn_id: u64,
-    ctx: &NetContext,
-) -> String {
+async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u64, ctx: &NetContext) -> String {
     let mut shutdown = ctx.shutdown.clone();
     let mut recv = tokio::select! {
         r = conn.accept_uni() => match r {
@@ -260,34 +213,17 @@ async fn read_member_frames(
             f = read_frame(&mut recv, FRAME_BYTES_MAX) => f,
             _ = shutdown.changed() => return "shutting down".into(),
         };
-        let message = match frame
-            .map_err(|e| e.to_string())
-            .and_then(|f| decode(f.as_deref()))
-        {
+        let message = match frame.map_err(|e| e.to_string()).and_then(|f| decode(f.as_deref())) {
             Ok(Some(m)) => m,
             Ok(None) => return "stream finished".into(),
             Err(reason) => {
                 warn!(%peer, %reason, "bad frame: closing the connection");
-                let _ = ctx
-                    .inputs
-                    .send(Input::Refused {
-                        reason: "bad_frame",
-                    })
-                    .await;
+                let _ = ctx.inputs.send(Input::Refused { reason: "bad_frame" }).await;
                 conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
                 return reason;
             }
         };
-        if ctx
-            .inputs
-            .send(Input::Frame {
-                from: peer.clone(),
-                conn_id,
-                message: Box::new(message),
-            })
-            .await
-            .is_err()
-        {
+        if ctx.inputs.send(Input::Frame { from: peer.clone(), conn_id, message: Box::new(message) }).await.is_err() {
             return "node stopping".into();
         }
     }
@@ -296,9 +232,7 @@ async fn read_member_frames(
 fn decode(frame: Option<&[u8]>) -> Result<Option<Message>, String> {
     match frame {
         None => Ok(None),
-        Some(bytes) => wire::decode_payload(bytes)
-            .map(Some)
-            .map_err(|e| e.to_string()),
+        Some(bytes) => wire::decode_payload(bytes).map(Some).map_err(|e| e.to_string()),
     }
 }
 
@@ -311,14 +245,7 @@ async fn serve_setting(conn: quinn::Connection, code: OdsCode, key: PublicKey, c
             _ = shutdown.changed() => return,
         };
         let Ok((send, recv)) = stream else { return };
-        tokio::spawn(setting_session(
-            conn.clone(),
-            code.clone(),
-            key,
-            send,
-            recv,
-            ctx.clone(),
-        ));
+        tokio::spawn(setting_session(conn.clone(), code.clone(), key, send, recv, ctx.clone()));
     }
 }
 
@@ -332,14 +259,8 @@ async fn setting_session(
 ) {
     let conn_id = ctx.conn_id();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    let connected = Input::Connected {
-        peer: code.clone(),
-        role: Role::Setting,
-        conn_id,
-        out: tx,
-        key,
-        conn: conn.clone(),
-    };
+    let connected =
+        Input::Connected { peer: code.clone(), role: Role::Setting, conn_id, out: tx, key, conn: conn.clone() };
     if ctx.inputs.send(connected).await.is_err() {
         return;
     }
@@ -353,19 +274,12 @@ async fn setting_session(
     });
     // A session is a Sync then a Lookup: at most a few frames.
     for _ in 0..4 {
-        match read_frame(&mut recv, FRAME_BYTES_MAX)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|f| decode(f.as_deref()))
+        match read_frame(&mut recv, FRAME_BYTES_MAX).await.map_err(|e| e.to_string()).and_then(|f| decode(f.as_deref()))
         {
             Ok(Some(message)) => {
                 if ctx
                     .inputs
-                    .send(Input::Frame {
-                        from: code.clone(),
-                        conn_id,
-                        message: Box::new(message),
-                    })
+                    .send(Input::Frame { from: code.clone(), conn_id, message: Box::new(message) })
                     .await
                     .is_err()
                 {
@@ -375,12 +289,7 @@ async fn setting_session(
             Ok(None) => break,
             Err(reason) => {
                 warn!(setting = %code, %reason, "bad frame from a setting: closing the connection");
-                let _ = ctx
-                    .inputs
-                    .send(Input::Refused {
-                        reason: "bad_frame",
-                    })
-                    .await;
+                let _ = ctx.inputs.send(Input::Refused { reason: "bad_frame" }).await;
                 conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
                 break;
             }
@@ -388,11 +297,5 @@ async fn setting_session(
     }
     // The event loop drops its sender once the session is answered (or the peer left).
     let _ = tokio::time::timeout(Duration::from_secs(30), writer).await;
-    let _ = ctx
-        .inputs
-        .send(Input::Disconnected {
-            peer: code,
-            conn_id,
-        })
-        .await;
+    let _ = ctx.inputs.send(Input::Disconnected { peer: code, conn_id }).await;
 }

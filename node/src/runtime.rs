@@ -44,11 +44,7 @@ pub enum Input {
     /// That connection (or setting session) ended.
     Disconnected { peer: OdsCode, conn_id: u64 },
     /// A decoded message from a connection.
-    Frame {
-        from: OdsCode,
-        conn_id: u64,
-        message: Box<Message>,
-    },
+    Frame { from: OdsCode, conn_id: u64, message: Box<Message> },
     /// A connection was refused (for metrics).
     Refused { reason: &'static str },
     /// Every write up to this id is durable.
@@ -109,8 +105,7 @@ impl RunningNode {
     /// Binds QUIC (hubs) and the API, restores from the store, returns once listening.
     pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
         let code = config.code();
         let span = info_span!("node", code = %code);
         start(config, code).instrument(span).await
@@ -129,8 +124,7 @@ impl RunningNode {
     /// Graceful stop: closes connections, waits for the store's last commit.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        self.endpoint
-            .close(net::CLOSE_SHUTDOWN.into(), b"shutting down");
+        self.endpoint.close(net::CLOSE_SHUTDOWN.into(), b"shutting down");
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
@@ -150,8 +144,7 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     let identity = Identity::from_seed(seed);
     let initial = config::read_directory(&config.directory_path())?;
     let now = net::now();
-    let trusted = TrustedDirectory::bootstrap(initial, now)
-        .context("the directory file is not trustworthy")?;
+    let trusted = TrustedDirectory::bootstrap(initial, now).context("the directory file is not trustworthy")?;
     let store = Store::open(&config.store_path())?;
     let rows = store.load_all()?;
     let machine = match config.role {
@@ -163,30 +156,15 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
             &rows,
             now,
         )?)),
-        NodeRole::Authority => NodeMachine::Authority(Box::new(Authority::restore(
-            code.clone(),
-            identity,
-            trusted,
-            &rows,
-            now,
-        )?)),
+        NodeRole::Authority => {
+            NodeMachine::Authority(Box::new(Authority::restore(code.clone(), identity, trusted, &rows, now)?))
+        }
     };
-    check_own_key(
-        &machine,
-        &code,
-        config.role.role(),
-        PublicKey(Identity::from_seed(seed).public().0),
-    )?;
-    info!(
-        rows = rows.len(),
-        directory_version = machine.directory().version(),
-        "restored from the store"
-    );
+    check_own_key(&machine, &code, config.role.role(), PublicKey(Identity::from_seed(seed).public().0))?;
+    info!(rows = rows.len(), directory_version = machine.directory().version(), "restored from the store");
 
     let directory = Arc::new(RwLock::new(machine.directory().clone()));
-    let bind = config
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let bind = config.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let endpoint = transport::endpoint(bind, &seed, net::admit_fn(directory.clone()))?;
     let quic_addr = config.listen.map(|_| endpoint.local_addr()).transpose()?;
     if let Some(addr) = quic_addr {
@@ -210,25 +188,13 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     };
     let span = tracing::Span::current();
     let mut tasks = Vec::new();
-    let node = Node::new(
-        machine,
-        store,
-        directory,
-        ctx.clone(),
-        config.clone(),
-        endpoint.clone(),
-    );
-    tasks.push(tokio::spawn(
-        node.run(inputs_rx, shutdown_rx.clone())
-            .instrument(span.clone()),
-    ));
+    let node = Node::new(machine, store, directory, ctx.clone(), config.clone(), endpoint.clone());
+    tasks.push(tokio::spawn(node.run(inputs_rx, shutdown_rx.clone()).instrument(span.clone())));
     let roles: &'static [Role] = match config.role {
         NodeRole::Hub => &[Role::Hub, Role::Authority, Role::Setting],
         NodeRole::Authority => &[],
     };
-    tasks.push(tokio::spawn(
-        net::accept_loop(endpoint.clone(), ctx.clone(), roles).instrument(span.clone()),
-    ));
+    tasks.push(tokio::spawn(net::accept_loop(endpoint.clone(), ctx.clone(), roles).instrument(span.clone())));
     let app = api::router(inputs_tx, token.clone());
     let mut api_shutdown = shutdown_rx.clone();
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -240,38 +206,17 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
         }
     }));
     info!(%api_addr, quic = ?quic_addr, "node running");
-    Ok(RunningNode {
-        api_addr,
-        quic_addr,
-        token,
-        shutdown: shutdown_tx,
-        tasks,
-        endpoint,
-    })
+    Ok(RunningNode { api_addr, quic_addr, token, shutdown: shutdown_tx, tasks, endpoint })
 }
 
-fn check_own_key(
-    machine: &NodeMachine,
-    code: &OdsCode,
-    role: Role,
-    key: PublicKey,
-) -> anyhow::Result<()> {
+fn check_own_key(machine: &NodeMachine, code: &OdsCode, role: Role, key: PublicKey) -> anyhow::Result<()> {
     let dir = machine.directory();
-    let Some(member) = dir.member(code) else {
-        bail!("{code} is not a member of the directory")
-    };
+    let Some(member) = dir.member(code) else { bail!("{code} is not a member of the directory") };
     if member.role != role {
-        bail!(
-            "{code} is a {} in the directory, not a {}",
-            member.role.name(),
-            role.name()
-        );
+        bail!("{code} is a {} in the directory, not a {}", member.role.name(), role.name());
     }
     if member.key(key.id()).is_none() {
-        bail!(
-            "this node's key {} is not a key of {code} in the directory",
-            key.id()
-        );
+        bail!("this node's key {} is not a key of {code} in the directory", key.id());
     }
     Ok(())
 }
@@ -350,8 +295,7 @@ impl Node {
             handle.abort();
         }
         for peer in self.peers.values() {
-            peer.conn
-                .close(net::CLOSE_SHUTDOWN.into(), b"shutting down");
+            peer.conn.close(net::CLOSE_SHUTDOWN.into(), b"shutting down");
         }
         info!("node stopped");
     }
@@ -380,20 +324,11 @@ impl Node {
     fn handle(&mut self, input: Input) -> bool {
         let now = net::now();
         match input {
-            Input::Connected {
-                peer,
-                role,
-                conn_id,
-                out,
-                key,
-                conn,
-            } => self.on_connected(peer, role, conn_id, out, key, conn),
+            Input::Connected { peer, role, conn_id, out, key, conn } => {
+                self.on_connected(peer, role, conn_id, out, key, conn)
+            }
             Input::Disconnected { peer, conn_id } => self.on_disconnected(&peer, conn_id),
-            Input::Frame {
-                from,
-                conn_id,
-                message,
-            } => self.on_frame(from, conn_id, *message),
+            Input::Frame { from, conn_id, message } => self.on_frame(from, conn_id, *message),
             Input::Refused { reason } => self.metrics.refused(reason),
             Input::Durable { write_id } => {
                 self.machine.as_dyn().handle_durable(write_id, now);
@@ -420,25 +355,13 @@ impl Node {
         let now = net::now();
         if role == Role::Setting {
             let first = !self.settings.values().any(|s| s.code == peer);
-            self.settings.insert(
-                conn_id,
-                SettingSession {
-                    code: peer.clone(),
-                    out: Some(out),
-                },
-            );
+            self.settings.insert(conn_id, SettingSession { code: peer.clone(), out: Some(out) });
             if first {
                 self.machine.as_dyn().handle_connected(&peer, role, now);
             }
             return;
         }
-        let new = PeerConn {
-            conn_id,
-            role,
-            key,
-            out,
-            conn,
-        };
+        let new = PeerConn { conn_id, role, key, out, conn };
         if let Some(old) = self.peers.insert(peer.clone(), new) {
             old.conn.close(net::CLOSE_REPLACED.into(), b"replaced");
             self.machine.as_dyn().handle_disconnected(&peer);
@@ -461,16 +384,15 @@ impl Node {
 
     fn on_frame(&mut self, from: OdsCode, conn_id: u64, message: Message) {
         let now = net::now();
-        let current = self.peers.get(&from).is_some_and(|p| p.conn_id == conn_id)
-            || self.settings.contains_key(&conn_id);
+        let current =
+            self.peers.get(&from).is_some_and(|p| p.conn_id == conn_id) || self.settings.contains_key(&conn_id);
         if !current {
             return;
         }
         if self.settings.contains_key(&conn_id) {
             match &message {
                 Message::Lookup(l) => {
-                    self.lookup_routes
-                        .insert(l.body.lookup_id, (conn_id, Instant::now()));
+                    self.lookup_routes.insert(l.body.lookup_id, (conn_id, Instant::now()));
                 }
                 Message::Sync { .. } => {
                     self.sync_routes.insert(from.clone(), conn_id);
@@ -548,53 +470,27 @@ impl Node {
             Event::Equivocation { origin, seq, from } => {
                 error!(%origin, seq, %from, "EQUIVOCATION: two different entries with one sequence; proof kept")
             }
-            Event::NotificationOverdue {
-                lookup_id,
-                authority,
-                waiting_ms,
-            } => {
+            Event::NotificationOverdue { lookup_id, authority, waiting_ms } => {
                 warn!(%lookup_id, %authority, waiting_ms, "notification overdue")
             }
-            Event::BatchRefused {
-                from,
-                origin,
-                reason,
-            } => warn!(%from, %origin, %reason, "feed batch refused"),
+            Event::BatchRefused { from, origin, reason } => warn!(%from, %origin, %reason, "feed batch refused"),
             Event::MessageRefused { from, kind, reason } => {
                 warn!(%from, kind, %reason, "message refused")
             }
-            Event::LookupRefused {
-                lookup_id,
-                from,
-                reason,
-            } => warn!(%lookup_id, %from, %reason, "lookup refused"),
+            Event::LookupRefused { lookup_id, from, reason } => warn!(%lookup_id, %from, %reason, "lookup refused"),
             Event::DirectoryRefused { from, reason } => {
                 warn!(from = ?from, %reason, "directory version refused")
             }
-            Event::LookupAnswered {
-                lookup_id,
-                setting,
-                kind,
-                authorities,
-            } => {
+            Event::LookupAnswered { lookup_id, setting, kind, authorities } => {
                 info!(%lookup_id, %setting, ?kind, ?authorities, "lookup answered")
             }
-            Event::NotificationDelivered {
-                lookup_id,
-                authority,
-                latency_ms,
-            } => {
+            Event::NotificationDelivered { lookup_id, authority, latency_ms } => {
                 info!(%lookup_id, %authority, latency_ms, "notification delivered")
             }
             Event::NotificationReceived { lookup_id, hub } => {
                 info!(%lookup_id, %hub, "notification received")
             }
-            Event::EntriesAccepted {
-                origin,
-                from,
-                count,
-                upto,
-            } => {
+            Event::EntriesAccepted { origin, from, count, upto } => {
                 tracing::debug!(%origin, %from, count, upto, "entries accepted")
             }
         }
@@ -617,8 +513,7 @@ impl Node {
         for code in doomed {
             if let Some(p) = self.peers.remove(&code) {
                 warn!(peer = %code, "closing a connection whose key the new directory no longer admits");
-                p.conn
-                    .close(net::CLOSE_NOT_ADMITTED.into(), b"key no longer admitted");
+                p.conn.close(net::CLOSE_NOT_ADMITTED.into(), b"key no longer admitted");
                 self.machine.as_dyn().handle_disconnected(&code);
             }
         }
@@ -631,15 +526,8 @@ impl Node {
         let dir = self.machine.directory().clone();
         let me = self.ctx.me.clone();
         let targets: Vec<OdsCode> = match self.config.role {
-            NodeRole::Authority => dir
-                .member(&me)
-                .map(|m| m.home_hubs.clone())
-                .unwrap_or_default(),
-            NodeRole::Hub => dir
-                .with_role(Role::Hub)
-                .map(|m| m.code.clone())
-                .filter(|c| *c > me)
-                .collect(),
+            NodeRole::Authority => dir.member(&me).map(|m| m.home_hubs.clone()).unwrap_or_default(),
+            NodeRole::Hub => dir.with_role(Role::Hub).map(|m| m.code.clone()).filter(|c| *c > me).collect(),
         };
         for target in targets {
             if self.dialing.contains_key(&target) {
@@ -649,22 +537,9 @@ impl Node {
                 warn!(peer = %target, "no usable address for this hub: set hub_addresses in the config");
                 continue;
             };
-            let (base, cap) = (
-                self.config.timing.reconnect_base_ms,
-                self.config.timing.reconnect_cap_ms,
-            );
-            let task = net::dial_loop(
-                self.endpoint.clone(),
-                self.ctx.clone(),
-                target.clone(),
-                addr,
-                base,
-                cap,
-            );
-            self.dialing.insert(
-                target,
-                tokio::spawn(task.instrument(tracing::Span::current())),
-            );
+            let (base, cap) = (self.config.timing.reconnect_base_ms, self.config.timing.reconnect_cap_ms);
+            let task = net::dial_loop(self.endpoint.clone(), self.ctx.clone(), target.clone(), addr, base, cap);
+            self.dialing.insert(target, tokio::spawn(task.instrument(tracing::Span::current())));
         }
     }
 
@@ -673,10 +548,7 @@ impl Node {
             return Some(*addr);
         }
         let member = dir.member(hub)?;
-        member
-            .addresses
-            .iter()
-            .find_map(|a| std::net::ToSocketAddrs::to_socket_addrs(a).ok()?.next())
+        member.addresses.iter().find_map(|a| std::net::ToSocketAddrs::to_socket_addrs(a).ok()?.next())
     }
 
     pub fn setting_sessions(&self) -> usize {

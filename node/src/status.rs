@@ -11,9 +11,9 @@ fn peers(node: &Node) -> Vec<Value> {
     let dir = node.machine.directory();
     let me = dir.member(&node.config.code());
     let mut expected: Vec<(OdsCode, Role)> = match &node.machine {
-        NodeMachine::Authority(_) => me
-            .map(|m| m.home_hubs.iter().map(|h| (h.clone(), Role::Hub)).collect())
-            .unwrap_or_default(),
+        NodeMachine::Authority(_) => {
+            me.map(|m| m.home_hubs.iter().map(|h| (h.clone(), Role::Hub)).collect()).unwrap_or_default()
+        }
         NodeMachine::Hub(h) => dir
             .members()
             .iter()
@@ -32,11 +32,7 @@ fn peers(node: &Node) -> Vec<Value> {
     expected
         .into_iter()
         .map(|(code, role)| {
-            let state = if node.peers.contains_key(&code) {
-                "connected"
-            } else {
-                "disconnected"
-            };
+            let state = if node.peers.contains_key(&code) { "connected" } else { "disconnected" };
             json!({ "code": code.as_str(), "role": role.name(), "state": state })
         })
         .collect()
@@ -45,10 +41,7 @@ fn peers(node: &Node) -> Vec<Value> {
 pub fn status(node: &Node) -> Value {
     let dir = node.machine.directory();
     let code = node.config.code();
-    let name = dir
-        .member(&code)
-        .map(|m| m.name.clone())
-        .unwrap_or_default();
+    let name = dir.member(&code).map(|m| m.name.clone()).unwrap_or_default();
     let now = crate::net::now();
     match &node.machine {
         NodeMachine::Authority(a) => {
@@ -67,11 +60,8 @@ pub fn status(node: &Node) -> Value {
                 .into_iter()
                 .map(|hw| json!({ "origin": hw.origin.as_str(), "seq": hw.seq, "as_of": hw.as_of.to_string(), "lag_ms": now.since(hw.as_of) }))
                 .collect();
-            let waiting: Vec<Value> = h
-                .outbox_depths()
-                .into_iter()
-                .map(|(a, n)| json!({ "authority": a.as_str(), "waiting": n }))
-                .collect();
+            let waiting: Vec<Value> =
+                h.outbox_depths().into_iter().map(|(a, n)| json!({ "authority": a.as_str(), "waiting": n })).collect();
             json!({
                 "role": "hub", "code": code.as_str(), "name": name, "directory_version": dir.version(),
                 "peers": peers(node), "settings_connected": node.setting_sessions(),
@@ -91,16 +81,8 @@ pub fn metrics(node: &Node) -> String {
         "# TYPE cpis_directory_version gauge\ncpis_directory_version {}",
         node.machine.directory().version()
     );
-    let _ = writeln!(
-        out,
-        "# TYPE cpis_peers_connected gauge\ncpis_peers_connected {}",
-        node.peers.len()
-    );
-    let _ = writeln!(
-        out,
-        "# TYPE cpis_api_waiting_durable gauge\ncpis_api_waiting_durable {}",
-        node.waiting_api.len()
-    );
+    let _ = writeln!(out, "# TYPE cpis_peers_connected gauge\ncpis_peers_connected {}", node.peers.len());
+    let _ = writeln!(out, "# TYPE cpis_api_waiting_durable gauge\ncpis_api_waiting_durable {}", node.waiting_api.len());
     if let NodeMachine::Hub(h) = &node.machine {
         let _ = writeln!(
             out,
@@ -121,23 +103,13 @@ pub fn metrics(node: &Node) -> String {
         );
         let _ = writeln!(out, "# TYPE cpis_notifications_waiting gauge");
         for (authority, n) in h.outbox_depths() {
-            let _ = writeln!(
-                out,
-                "cpis_notifications_waiting{{authority=\"{authority}\"}} {n}"
-            );
+            let _ = writeln!(out, "cpis_notifications_waiting{{authority=\"{authority}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# TYPE cpis_equivocations gauge\ncpis_equivocations {}",
-            h.equivocations().len()
-        );
+        let _ = writeln!(out, "# TYPE cpis_equivocations gauge\ncpis_equivocations {}", h.equivocations().len());
     }
     if let NodeMachine::Authority(a) = &node.machine {
         let unread = a.inbox().filter(|i| i.acknowledged.is_none()).count();
-        let _ = writeln!(
-            out,
-            "# TYPE cpis_inbox_unacknowledged gauge\ncpis_inbox_unacknowledged {unread}"
-        );
+        let _ = writeln!(out, "# TYPE cpis_inbox_unacknowledged gauge\ncpis_inbox_unacknowledged {unread}");
     }
     out
 }

@@ -53,9 +53,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use cpis_protocol::store::{StoreOp, StoredRow, Table, WriteBatch};
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
 /// Most batches one write transaction takes from the queue.
@@ -148,9 +146,7 @@ pub struct Store {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.inner.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("path", &self.inner.path).finish_non_exhaustive()
     }
 }
 
@@ -196,10 +192,7 @@ fn definition(table: Table) -> Def {
 }
 
 fn index(table: Table) -> usize {
-    Table::ALL
-        .iter()
-        .position(|t| *t == table)
-        .expect("every table is in Table::ALL")
+    Table::ALL.iter().position(|t| *t == table).expect("every table is in Table::ALL")
 }
 
 fn arc(e: impl Into<redb::Error>) -> Arc<redb::Error> {
@@ -210,17 +203,12 @@ impl Store {
     /// Opens the store file at `path`, creating it if missing, creates every table in
     /// [`Table::ALL`] that does not exist yet, and starts the writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let open_err = |e: redb::Error| StoreError::Open {
-            path: path.to_path_buf(),
-            source: Arc::new(e),
-        };
+        let open_err = |e: redb::Error| StoreError::Open { path: path.to_path_buf(), source: Arc::new(e) };
         let db = Database::create(path).map_err(|e| open_err(e.into()))?;
         let mut txn = db.begin_write().map_err(|e| open_err(e.into()))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| open_err(e.into()))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| open_err(e.into()))?;
         for table in Table::ALL {
-            txn.open_table(definition(table))
-                .map_err(|e| open_err(e.into()))?;
+            txn.open_table(definition(table)).map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
 
@@ -240,13 +228,7 @@ impl Store {
             .spawn(move || writer.run())
             .map_err(|e| open_err(e.into()))?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                db,
-                path: path.to_path_buf(),
-                stats,
-                queue: Some(queue),
-                writer: Some(writer),
-            }),
+            inner: Arc::new(Inner { db, path: path.to_path_buf(), stats, queue: Some(queue), writer: Some(writer) }),
         })
     }
 
@@ -262,11 +244,7 @@ impl Store {
         let mut rows = Vec::new();
         for table in Table::ALL {
             scan_into(&txn, table, |key, value| {
-                rows.push(StoredRow {
-                    table,
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                })
+                rows.push(StoredRow { table, key: key.to_vec(), value: value.to_vec() })
             })?;
         }
         Ok(rows)
@@ -276,10 +254,7 @@ impl Store {
     pub fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.begin_read()?;
         let t = open_read(&txn, table)?;
-        let read_err = |e: redb::StorageError| StoreError::Read {
-            table: table.name(),
-            source: arc(e),
-        };
+        let read_err = |e: redb::StorageError| StoreError::Read { table: table.name(), source: arc(e) };
         Ok(t.get(key).map_err(read_err)?.map(|v| v.value().to_vec()))
     }
 
@@ -287,9 +262,7 @@ impl Store {
     pub fn scan(&self, table: Table) -> Result<Vec<KeyValue>, StoreError> {
         let txn = self.begin_read()?;
         let mut rows = Vec::new();
-        scan_into(&txn, table, |key, value| {
-            rows.push((key.to_vec(), value.to_vec()))
-        })?;
+        scan_into(&txn, table, |key, value| rows.push((key.to_vec(), value.to_vec())))?;
         Ok(rows)
     }
 
@@ -328,10 +301,7 @@ impl Store {
     }
 
     fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
-        self.inner.db.begin_read().map_err(|e| StoreError::Begin {
-            path: self.inner.path.clone(),
-            source: arc(e),
-        })
+        self.inner.db.begin_read().map_err(|e| StoreError::Begin { path: self.inner.path.clone(), source: arc(e) })
     }
 }
 
@@ -339,23 +309,12 @@ fn open_read(
     txn: &redb::ReadTransaction,
     table: Table,
 ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
-    txn.open_table(definition(table))
-        .map_err(|e| StoreError::Table {
-            table: table.name(),
-            source: arc(e),
-        })
+    txn.open_table(definition(table)).map_err(|e| StoreError::Table { table: table.name(), source: arc(e) })
 }
 
-fn scan_into(
-    txn: &redb::ReadTransaction,
-    table: Table,
-    mut row: impl FnMut(&[u8], &[u8]),
-) -> Result<(), StoreError> {
+fn scan_into(txn: &redb::ReadTransaction, table: Table, mut row: impl FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
     let t = open_read(txn, table)?;
-    let read_err = |e: redb::StorageError| StoreError::Read {
-        table: table.name(),
-        source: arc(e),
-    };
+    let read_err = |e: redb::StorageError| StoreError::Read { table: table.name(), source: arc(e) };
     for entry in t.iter().map_err(read_err)? {
         let (key, value) = entry.map_err(read_err)?;
         row(key.value(), value.value());
@@ -388,9 +347,7 @@ impl Writer {
             match self.apply(&group) {
                 Ok(()) => {
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .batches
-                        .fetch_add(group.len() as u64, Ordering::Relaxed);
+                    self.stats.batches.fetch_add(group.len() as u64, Ordering::Relaxed);
                     self.stats.ops.fetch_add(ops as u64, Ordering::Relaxed);
                     tracing::trace!(batches = group.len(), ops, "store group committed");
                     for job in group {
@@ -437,32 +394,22 @@ impl Writer {
 
     /// Applies every batch of `group`, in order, in one durable transaction.
     fn apply(&self, group: &[Job]) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(|e| StoreError::Begin {
-            path: self.path.clone(),
-            source: arc(e),
-        })?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| self.commit_err(e))?;
+        let mut txn =
+            self.db.begin_write().map_err(|e| StoreError::Begin { path: self.path.clone(), source: arc(e) })?;
+        txn.set_durability(Durability::Immediate).map_err(|e| self.commit_err(e))?;
         // On an error the transaction is dropped here, which aborts it.
         apply_ops(&txn, group.iter().flat_map(|j| &j.batch.ops))?;
         txn.commit().map_err(|e| self.commit_err(e))
     }
 
     fn commit_err(&self, e: impl Into<redb::Error>) -> StoreError {
-        StoreError::Commit {
-            path: self.path.clone(),
-            source: arc(e),
-        }
+        StoreError::Commit { path: self.path.clone(), source: arc(e) }
     }
 }
 
-fn apply_ops<'a>(
-    txn: &WriteTransaction,
-    ops: impl Iterator<Item = &'a StoreOp>,
-) -> Result<(), StoreError> {
+fn apply_ops<'a>(txn: &WriteTransaction, ops: impl Iterator<Item = &'a StoreOp>) -> Result<(), StoreError> {
     // Each table is opened at most once per transaction, when first written.
-    let mut tables: [Option<redb::Table<'_, &'static [u8], &'static [u8]>>; Table::ALL.len()] =
-        Default::default();
+    let mut tables: [Option<redb::Table<'_, &'static [u8], &'static [u8]>>; Table::ALL.len()] = Default::default();
     for op in ops {
         let table = match op {
             StoreOp::Put { table, .. } | StoreOp::Delete { table, .. } => *table,
@@ -470,20 +417,13 @@ fn apply_ops<'a>(
         let slot = &mut tables[index(table)];
         if slot.is_none() {
             let opened = txn.open_table(definition(table));
-            *slot = Some(opened.map_err(|e| StoreError::Table {
-                table: table.name(),
-                source: arc(e),
-            })?);
+            *slot = Some(opened.map_err(|e| StoreError::Table { table: table.name(), source: arc(e) })?);
         }
         let t = slot.as_mut().expect("opened above");
-        let write_err = |e: redb::StorageError| StoreError::Write {
-            table: table.name(),
-            source: arc(e),
-        };
+        let write_err = |e: redb::StorageError| StoreError::Write { table: table.name(), source: arc(e) };
         match op {
             StoreOp::Put { key, value, .. } => {
-                t.insert(key.as_slice(), value.as_slice())
-                    .map_err(write_err)?;
+                t.insert(key.as_slice(), value.as_slice()).map_err(write_err)?;
             }
             StoreOp::Delete { key, .. } => {
                 t.remove(key.as_slice()).map_err(write_err)?;
@@ -499,18 +439,11 @@ mod tests {
     use std::time::Instant;
 
     fn put(table: Table, key: &[u8], value: &[u8]) -> StoreOp {
-        StoreOp::Put {
-            table,
-            key: key.to_vec(),
-            value: value.to_vec(),
-        }
+        StoreOp::Put { table, key: key.to_vec(), value: value.to_vec() }
     }
 
     fn del(table: Table, key: &[u8]) -> StoreOp {
-        StoreOp::Delete {
-            table,
-            key: key.to_vec(),
-        }
+        StoreOp::Delete { table, key: key.to_vec() }
     }
 
     fn batch(id: u64, ops: Vec<StoreOp>) -> WriteBatch {
@@ -523,11 +456,7 @@ mod tests {
     }
 
     fn row(table: Table, key: &[u8], value: &[u8]) -> StoredRow {
-        StoredRow {
-            table,
-            key: key.to_vec(),
-            value: value.to_vec(),
-        }
+        StoredRow { table, key: key.to_vec(), value: value.to_vec() }
     }
 
     #[tokio::test]
@@ -563,14 +492,8 @@ mod tests {
                 ))
                 .await
                 .unwrap();
-            assert_eq!(
-                store.get(Table::Directory, b"current").unwrap(),
-                Some(b"dir-v2".to_vec())
-            );
-            assert_eq!(
-                store.get(Table::Outbox, b"lookup-0000000001xx").unwrap(),
-                None
-            );
+            assert_eq!(store.get(Table::Directory, b"current").unwrap(), Some(b"dir-v2".to_vec()));
+            assert_eq!(store.get(Table::Outbox, b"lookup-0000000001xx").unwrap(), None);
             assert_eq!(
                 store.scan(Table::Entries).unwrap(),
                 vec![(b"ab\0\0\0\0\0\0\0\0\x02".to_vec(), b"entry-2".to_vec())]
@@ -592,13 +515,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         let id = store
-            .commit(batch(
-                7,
-                vec![
-                    del(Table::AccessLog, b"never-written"),
-                    del(Table::Equivocations, b""),
-                ],
-            ))
+            .commit(batch(7, vec![del(Table::AccessLog, b"never-written"), del(Table::Equivocations, b"")]))
             .await
             .unwrap();
         assert_eq!(id, 7);
@@ -636,11 +553,7 @@ mod tests {
         let store = Store::open(&path).unwrap();
         assert_eq!(
             store.scan(Table::Inbox).unwrap(),
-            vec![
-                (b"h".to_vec(), b"y".to_vec()),
-                (b"i".to_vec(), b"c".to_vec()),
-                (b"j".to_vec(), b"b".to_vec()),
-            ]
+            vec![(b"h".to_vec(), b"y".to_vec()), (b"i".to_vec(), b"c".to_vec()), (b"j".to_vec(), b"b".to_vec()),]
         );
     }
 
@@ -659,10 +572,7 @@ mod tests {
                     for i in 0..PER_TASK {
                         let id = t * PER_TASK + i;
                         let key = id.to_be_bytes();
-                        let got = store
-                            .commit(batch(id, vec![put(Table::Entries, &key, &key)]))
-                            .await
-                            .unwrap();
+                        let got = store.commit(batch(id, vec![put(Table::Entries, &key, &key)])).await.unwrap();
                         assert_eq!(got, id);
                     }
                 }));
@@ -711,12 +621,9 @@ mod tests {
     fn store_large_batch_is_committed_whole_and_groups_respect_limits() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
-        let big: Vec<StoreOp> = (0..MAX_OPS_PER_COMMIT as u64 + 10)
-            .map(|i| put(Table::Entries, &i.to_be_bytes(), b""))
-            .collect();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let big: Vec<StoreOp> =
+            (0..MAX_OPS_PER_COMMIT as u64 + 10).map(|i| put(Table::Entries, &i.to_be_bytes(), b"")).collect();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let a = store.submit(batch(1, vec![put(Table::Inbox, b"a", b"1")]));
         let b = store.submit(batch(2, big));
         let c = store.submit(batch(3, vec![put(Table::Inbox, b"c", b"3")]));
@@ -727,10 +634,7 @@ mod tests {
         });
         // The oversized batch cannot share a commit with either neighbour.
         assert!(store.stats().commits >= 3);
-        assert_eq!(
-            store.scan(Table::Entries).unwrap().len(),
-            MAX_OPS_PER_COMMIT + 10
-        );
+        assert_eq!(store.scan(Table::Entries).unwrap().len(), MAX_OPS_PER_COMMIT + 10);
     }
 
     #[test]
@@ -760,17 +664,8 @@ mod tests {
     #[ignore = "benchmark: prints figures, asserts no timing"]
     fn store_bench_commit_throughput() {
         const N: u64 = 10_000;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let one = |id: u64| {
-            batch(
-                id,
-                vec![put(Table::Entries, &id.to_be_bytes(), &[0u8; 200])],
-            )
-        };
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let one = |id: u64| batch(id, vec![put(Table::Entries, &id.to_be_bytes(), &[0u8; 200])]);
         let report = |label: &str, store: &Store, start: Instant| {
             let secs = start.elapsed().as_secs_f64();
             let s = store.stats();

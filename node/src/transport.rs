@@ -27,10 +27,7 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{NoServerSessionStorage, ParsedCertificate};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, PeerMisbehaved,
-    SignatureScheme,
-};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, PeerMisbehaved, SignatureScheme};
 
 /// ALPN protocol identifier; both sides must offer it.
 pub const ALPN: &[u8] = b"cpis/1";
@@ -126,13 +123,10 @@ impl KeyVerifier {
         intermediates: &[CertificateDer<'_>],
     ) -> Result<(), rustls::Error> {
         if !intermediates.is_empty() {
-            return Err(rustls::Error::General(
-                "unexpected certificate chain".into(),
-            ));
+            return Err(rustls::Error::General("unexpected certificate chain".into()));
         }
-        let key = cert_public_key(end_entity).ok_or(rustls::Error::InvalidCertificate(
-            CertificateError::BadEncoding,
-        ))?;
+        let key =
+            cert_public_key(end_entity).ok_or(rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         (self.admit)(&key).map_err(|reason| {
             let other = OtherError(Arc::new(Refused(reason)));
             rustls::Error::InvalidCertificate(CertificateError::Other(other))
@@ -243,13 +237,9 @@ fn cert_public_key(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
 }
 
 /// A self-signed certificate and its PKCS#8 private key, both from the member seed.
-fn identity(
-    seed: &[u8; 32],
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TransportError> {
+fn identity(seed: &[u8; 32]) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TransportError> {
     let signing = SigningKey::from_bytes(seed);
-    let pkcs8 = signing
-        .to_pkcs8_der()
-        .map_err(|e| TransportError::KeyEncoding(e.to_string()))?;
+    let pkcs8 = signing.to_pkcs8_der().map_err(|e| TransportError::KeyEncoding(e.to_string()))?;
     let key_der = PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
     let key_pair = rcgen::KeyPair::try_from(&key_der)?;
     let params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])?;
@@ -308,11 +298,7 @@ pub fn client_config(seed: &[u8; 32], admit: Admit) -> Result<quinn::ClientConfi
 }
 
 /// An endpoint that both accepts connections and connects out (must run inside tokio).
-pub fn endpoint(
-    bind: SocketAddr,
-    seed: &[u8; 32],
-    admit: Admit,
-) -> Result<quinn::Endpoint, TransportError> {
+pub fn endpoint(bind: SocketAddr, seed: &[u8; 32], admit: Admit) -> Result<quinn::Endpoint, TransportError> {
     let server = server_config(seed, admit.clone())?;
     let client = client_config(seed, admit)?;
     let mut endpoint = quinn::Endpoint::server(server, bind).map_err(TransportError::Bind)?;
@@ -323,10 +309,7 @@ pub fn endpoint(
 /// Connects to `addr` with the endpoint's default client config and waits for the handshake.
 ///
 /// A refused client may still get a connection here; the refusal then shows on the first stream.
-pub async fn connect(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
-) -> Result<quinn::Connection, TransportError> {
+pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
     Ok(endpoint.connect(addr, SERVER_NAME)?.await?)
 }
 
@@ -338,14 +321,9 @@ pub fn peer_public_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
 }
 
 /// Writes one frame: a 4-byte big-endian length, then the payload.
-pub async fn write_frame(
-    send: &mut quinn::SendStream,
-    payload: &[u8],
-) -> Result<(), TransportError> {
-    let len = u32::try_from(payload.len()).map_err(|_| TransportError::FrameTooLarge {
-        len: payload.len(),
-        max: u32::MAX as usize,
-    })?;
+pub async fn write_frame(send: &mut quinn::SendStream, payload: &[u8]) -> Result<(), TransportError> {
+    let len = u32::try_from(payload.len())
+        .map_err(|_| TransportError::FrameTooLarge { len: payload.len(), max: u32::MAX as usize })?;
     send.write_all(&len.to_be_bytes()).await?;
     send.write_all(payload).await?;
     Ok(())
@@ -366,15 +344,10 @@ pub async fn read_frame(
     }
     let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
     if len > max_frame_bytes {
-        return Err(TransportError::FrameTooLarge {
-            len,
-            max: max_frame_bytes,
-        });
+        return Err(TransportError::FrameTooLarge { len, max: max_frame_bytes });
     }
     let mut payload = vec![0u8; len];
-    recv.read_exact(&mut payload)
-        .await
-        .map_err(|e| exact_error(e, len))?;
+    recv.read_exact(&mut payload).await.map_err(|e| exact_error(e, len))?;
     Ok(Some(payload))
 }
 
@@ -409,11 +382,7 @@ mod tests {
     fn allow(keys: Vec<[u8; 32]>, calls: Arc<AtomicUsize>) -> Admit {
         Arc::new(move |key| {
             calls.fetch_add(1, Ordering::SeqCst);
-            if keys.contains(key) {
-                Ok(())
-            } else {
-                Err("not a member".into())
-            }
+            if keys.contains(key) { Ok(()) } else { Err("not a member".into()) }
         })
     }
 
@@ -422,19 +391,12 @@ mod tests {
     }
 
     /// Two mutually admitted endpoints and the connection between them (client, server).
-    async fn pair() -> (
-        quinn::Endpoint,
-        quinn::Endpoint,
-        quinn::Connection,
-        quinn::Connection,
-    ) {
+    async fn pair() -> (quinn::Endpoint, quinn::Endpoint, quinn::Connection, quinn::Connection) {
         let a = endpoint(local(), &seed(1), open(vec![public(2)])).unwrap();
         let b = endpoint(local(), &seed(2), open(vec![public(1)])).unwrap();
         let addr = b.local_addr().unwrap();
         let accept = async { b.accept().await.unwrap().await.unwrap() };
-        let (client, server) = timeout(WAIT, async { tokio::join!(connect(&a, addr), accept) })
-            .await
-            .unwrap();
+        let (client, server) = timeout(WAIT, async { tokio::join!(connect(&a, addr), accept) }).await.unwrap();
         (a, b, client.unwrap(), server)
     }
 
@@ -467,24 +429,12 @@ mod tests {
     async fn every_connection_goes_through_admission() {
         let client_calls = Arc::new(AtomicUsize::new(0));
         let server_calls = Arc::new(AtomicUsize::new(0));
-        let a = endpoint(
-            local(),
-            &seed(1),
-            allow(vec![public(2)], client_calls.clone()),
-        )
-        .unwrap();
-        let b = endpoint(
-            local(),
-            &seed(2),
-            allow(vec![public(1)], server_calls.clone()),
-        )
-        .unwrap();
+        let a = endpoint(local(), &seed(1), allow(vec![public(2)], client_calls.clone())).unwrap();
+        let b = endpoint(local(), &seed(2), allow(vec![public(1)], server_calls.clone())).unwrap();
         let addr = b.local_addr().unwrap();
         for round in 1..=3 {
             let accept = async { b.accept().await.unwrap().await.unwrap() };
-            let (client, server) = timeout(WAIT, async { tokio::join!(connect(&a, addr), accept) })
-                .await
-                .unwrap();
+            let (client, server) = timeout(WAIT, async { tokio::join!(connect(&a, addr), accept) }).await.unwrap();
             let client = client.unwrap();
             // Resumption would skip the verifiers: each side must have been asked again.
             assert_eq!(client_calls.load(Ordering::SeqCst), round);
@@ -520,10 +470,7 @@ mod tests {
         .unwrap();
         assert!(attempt.is_err(), "request must fail, got {attempt:?}");
         timeout(WAIT, serve).await.unwrap().unwrap();
-        assert!(
-            server_calls.load(Ordering::SeqCst) >= 1,
-            "admit was consulted"
-        );
+        assert!(server_calls.load(Ordering::SeqCst) >= 1, "admit was consulted");
     }
 
     #[tokio::test]
@@ -538,15 +485,9 @@ mod tests {
             assert!(incoming.await.is_err(), "server side handshake must fail");
         });
         let result = timeout(WAIT, connect(&a, addr)).await.unwrap();
-        assert!(
-            matches!(result, Err(TransportError::Connection(_))),
-            "connect must fail, got {result:?}"
-        );
+        assert!(matches!(result, Err(TransportError::Connection(_))), "connect must fail, got {result:?}");
         timeout(WAIT, serve).await.unwrap().unwrap();
-        assert!(
-            client_calls.load(Ordering::SeqCst) >= 1,
-            "admit was consulted"
-        );
+        assert!(client_calls.load(Ordering::SeqCst) >= 1, "admit was consulted");
     }
 
     #[tokio::test]
@@ -557,19 +498,10 @@ mod tests {
         send.write_all(b"body").await.unwrap();
         let (_send, mut recv) = timeout(WAIT, server.accept_bi()).await.unwrap().unwrap();
         let result = timeout(WAIT, read_frame(&mut recv, 1000)).await.unwrap();
-        assert!(matches!(
-            result,
-            Err(TransportError::FrameTooLarge {
-                len: 2000,
-                max: 1000
-            })
-        ));
+        assert!(matches!(result, Err(TransportError::FrameTooLarge { len: 2000, max: 1000 })));
         // The body was left unread on the stream.
         let mut rest = [0u8; 4];
-        timeout(WAIT, recv.read_exact(&mut rest))
-            .await
-            .unwrap()
-            .unwrap();
+        timeout(WAIT, recv.read_exact(&mut rest)).await.unwrap().unwrap();
         assert_eq!(&rest, b"body");
     }
 
@@ -582,12 +514,6 @@ mod tests {
         send.finish().unwrap();
         let (_send, mut recv) = timeout(WAIT, server.accept_bi()).await.unwrap().unwrap();
         let result = timeout(WAIT, read_frame(&mut recv, 1000)).await.unwrap();
-        assert!(matches!(
-            result,
-            Err(TransportError::TruncatedFrame {
-                expected: 100,
-                got: 10
-            })
-        ));
+        assert!(matches!(result, Err(TransportError::TruncatedFrame { expected: 100, got: 10 })));
     }
 }

@@ -119,8 +119,7 @@ impl Authority {
                 }
                 Table::Inbox => {
                     let item: InboxItem = codec::decode(&row.value, u64::MAX)?;
-                    a.inbox
-                        .insert(item.notification.body.event.body.lookup_id, item);
+                    a.inbox.insert(item.notification.body.event.body.lookup_id, item);
                 }
                 _ => {}
             }
@@ -184,39 +183,20 @@ impl Authority {
     }
 
     /// Ends a plan on `end`.
-    pub fn end_plan(
-        &mut self,
-        reference: &PlanRef,
-        end: Date,
-        now: Timestamp,
-    ) -> Result<Change, CommandError> {
-        let mut plan = self
-            .plan(reference)
-            .cloned()
-            .ok_or_else(|| CommandError::UnknownPlan(reference.clone()))?;
+    pub fn end_plan(&mut self, reference: &PlanRef, end: Date, now: Timestamp) -> Result<Change, CommandError> {
+        let mut plan = self.plan(reference).cloned().ok_or_else(|| CommandError::UnknownPlan(reference.clone()))?;
         plan.end = Some(end);
         self.record_plan(plan, now)
     }
 
     /// Withdraws a plan entered in error: it is shown nowhere from now on.
-    pub fn withdraw_plan(
-        &mut self,
-        reference: &PlanRef,
-        now: Timestamp,
-    ) -> Result<Change, CommandError> {
-        let mut plan = self
-            .plan(reference)
-            .cloned()
-            .ok_or_else(|| CommandError::UnknownPlan(reference.clone()))?;
+    pub fn withdraw_plan(&mut self, reference: &PlanRef, now: Timestamp) -> Result<Change, CommandError> {
+        let mut plan = self.plan(reference).cloned().ok_or_else(|| CommandError::UnknownPlan(reference.clone()))?;
         plan.withdrawn = true;
         self.record_plan(plan, now)
     }
 
-    pub fn set_contacts(
-        &mut self,
-        contacts: Contacts,
-        now: Timestamp,
-    ) -> Result<Change, CommandError> {
+    pub fn set_contacts(&mut self, contacts: Contacts, now: Timestamp) -> Result<Change, CommandError> {
         contacts.check()?;
         if self.contacts() == Some(&contacts) {
             return Ok(Change::Unchanged);
@@ -225,57 +205,30 @@ impl Authority {
     }
 
     /// Marks a notification as read by `by`.
-    pub fn acknowledge(
-        &mut self,
-        lookup_id: LookupId,
-        by: &str,
-        now: Timestamp,
-    ) -> Result<Change, CommandError> {
+    pub fn acknowledge(&mut self, lookup_id: LookupId, by: &str, now: Timestamp) -> Result<Change, CommandError> {
         crate::records::check_text("acknowledged by", by)?;
-        let item = self
-            .inbox
-            .get_mut(&lookup_id)
-            .ok_or(CommandError::UnknownNotification(lookup_id))?;
+        let item = self.inbox.get_mut(&lookup_id).ok_or(CommandError::UnknownNotification(lookup_id))?;
         if item.acknowledged.is_some() {
             return Ok(Change::Unchanged);
         }
         item.acknowledged = Some((now, by.to_string()));
-        let op = StoreOp::Put {
-            table: Table::Inbox,
-            key: lookup_id.0.to_vec(),
-            value: codec::encode(item),
-        };
-        Ok(Change::Applied {
-            write_id: self.out.write(vec![op], vec![]),
-        })
+        let op = StoreOp::Put { table: Table::Inbox, key: lookup_id.0.to_vec(), value: codec::encode(item) };
+        Ok(Change::Applied { write_id: self.out.write(vec![op], vec![]) })
     }
 
     fn append(&mut self, body: EntryBody, now: Timestamp) -> Result<Change, CommandError> {
         self.check_own_key(now)?;
         let seq = self.last_seq + 1;
-        let entry = self.identity.sign(FeedEntry {
-            origin: self.code.clone(),
-            seq,
-            at: now,
-            body,
-        });
-        let mut ops = vec![StoreOp::Put {
-            table: Table::Entries,
-            key: entry_key(&self.code, seq),
-            value: codec::encode(&entry),
-        }];
+        let entry = self.identity.sign(FeedEntry { origin: self.code.clone(), seq, at: now, body });
+        let mut ops =
+            vec![StoreOp::Put { table: Table::Entries, key: entry_key(&self.code, seq), value: codec::encode(&entry) }];
         if let Some(old) = self.latest.insert(entry.body.key(), seq) {
             self.entries.remove(&old);
-            ops.push(StoreOp::Delete {
-                table: Table::Entries,
-                key: entry_key(&self.code, old),
-            });
+            ops.push(StoreOp::Delete { table: Table::Entries, key: entry_key(&self.code, old) });
         }
         self.last_seq = seq;
         self.entries.insert(seq, entry.clone());
-        Ok(Change::Applied {
-            write_id: self.out.write(ops, vec![After::Push(entry)]),
-        })
+        Ok(Change::Applied { write_id: self.out.write(ops, vec![After::Push(entry)]) })
     }
 
     fn check_own_key(&self, now: Timestamp) -> Result<(), CommandError> {
@@ -294,18 +247,8 @@ impl Authority {
     /// A hub connected (the driver has checked its key against the directory).
     pub fn handle_connected(&mut self, hub: &OdsCode, now: Timestamp) {
         self.hubs.insert(hub.clone());
-        let have = vec![HighWater {
-            origin: self.code.clone(),
-            seq: self.durable_seq,
-            as_of: now,
-        }];
-        self.out.send(
-            hub,
-            Message::Sync {
-                directory_version: self.dir.version(),
-                have,
-            },
-        );
+        let have = vec![HighWater { origin: self.code.clone(), seq: self.durable_seq, as_of: now }];
+        self.out.send(hub, Message::Sync { directory_version: self.dir.version(), have });
     }
 
     pub fn handle_disconnected(&mut self, hub: &OdsCode) {
@@ -320,18 +263,8 @@ impl Authority {
         }
         self.next_sync_at = now.plus_ms(AUTHORITY_SYNC_INTERVAL_MS);
         for hub in self.hubs.clone() {
-            let have = vec![HighWater {
-                origin: self.code.clone(),
-                seq: self.durable_seq,
-                as_of: now,
-            }];
-            self.out.send(
-                &hub,
-                Message::Sync {
-                    directory_version: self.dir.version(),
-                    have,
-                },
-            );
+            let have = vec![HighWater { origin: self.code.clone(), seq: self.durable_seq, as_of: now }];
+            self.out.send(&hub, Message::Sync { directory_version: self.dir.version(), have });
         }
     }
 
@@ -339,10 +272,7 @@ impl Authority {
     pub fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
         let kind = message.kind();
         match message {
-            Message::Sync {
-                directory_version,
-                have,
-            } => self.on_sync(from, directory_version, &have),
+            Message::Sync { directory_version, have } => self.on_sync(from, directory_version, &have),
             Message::Directories(chain) => self.on_directories(Some(from), chain, now),
             Message::Notify(n) => self.on_notify(from, n, now),
             _ => self.refuse(from, kind, "an authority does not take this message".into()),
@@ -357,12 +287,7 @@ impl Authority {
     ) -> Result<u64, crate::directory::DirectoryError> {
         let ops = self.dir.accept(chain, now)?;
         if !ops.is_empty() {
-            self.out.write(
-                ops,
-                vec![After::Event(Event::DirectoryUpdated {
-                    version: self.dir.version(),
-                })],
-            );
+            self.out.write(ops, vec![After::Event(Event::DirectoryUpdated { version: self.dir.version() })]);
             self.republish_revoked(now);
         }
         Ok(self.dir.version())
@@ -375,17 +300,13 @@ impl Authority {
         now: Timestamp,
     ) {
         if let Err(e) = self.handle_directories(chain, now) {
-            self.out.event(Event::DirectoryRefused {
-                from: from.cloned(),
-                reason: e.to_string(),
-            });
+            self.out.event(Event::DirectoryRefused { from: from.cloned(), reason: e.to_string() });
         }
     }
 
     fn on_sync(&mut self, hub: &OdsCode, directory_version: u64, have: &[HighWater]) {
         if directory_version < self.dir.version() {
-            self.out
-                .send(hub, Message::Directories(self.dir.after(directory_version)));
+            self.out.send(hub, Message::Directories(self.dir.after(directory_version)));
         }
         if let Some(h) = have.iter().find(|h| h.origin == self.code) {
             self.push_from(hub, h.seq);
@@ -398,34 +319,16 @@ impl Authority {
             return;
         }
         let mut after = seq;
-        let live: Vec<SignedEntry> = self
-            .entries
-            .range(seq + 1..=self.durable_seq)
-            .map(|(_, e)| e.clone())
-            .collect();
+        let live: Vec<SignedEntry> = self.entries.range(seq + 1..=self.durable_seq).map(|(_, e)| e.clone()).collect();
         let chunks: Vec<&[SignedEntry]> = live.chunks(BATCH_ENTRIES_MAX).collect();
         if chunks.is_empty() {
             // Everything after `seq` was superseded: an empty batch still moves the hub on.
-            let batch = FeedBatch {
-                origin: self.code.clone(),
-                after,
-                upto: self.durable_seq,
-                entries: vec![],
-            };
+            let batch = FeedBatch { origin: self.code.clone(), after, upto: self.durable_seq, entries: vec![] };
             return self.out.send(hub, Message::Feed(batch));
         }
         for (i, chunk) in chunks.iter().enumerate() {
-            let upto = if i + 1 == chunks.len() {
-                self.durable_seq
-            } else {
-                chunk[chunk.len() - 1].body.seq
-            };
-            let batch = FeedBatch {
-                origin: self.code.clone(),
-                after,
-                upto,
-                entries: chunk.to_vec(),
-            };
+            let upto = if i + 1 == chunks.len() { self.durable_seq } else { chunk[chunk.len() - 1].body.seq };
+            let batch = FeedBatch { origin: self.code.clone(), after, upto, entries: chunk.to_vec() };
             self.out.send(hub, Message::Feed(batch));
             after = upto;
         }
@@ -442,23 +345,12 @@ impl Authority {
             return self.out.send(from, Message::Receipt(receipt));
         }
         let hub = signed.body.hub.clone();
-        let item = InboxItem {
-            notification: signed,
-            received_at: now,
-            acknowledged: None,
-        };
+        let item = InboxItem { notification: signed, received_at: now, acknowledged: None };
         let receipt = self.receipt(&item.notification.body, now);
-        let op = StoreOp::Put {
-            table: Table::Inbox,
-            key: lookup_id.0.to_vec(),
-            value: codec::encode(&item),
-        };
+        let op = StoreOp::Put { table: Table::Inbox, key: lookup_id.0.to_vec(), value: codec::encode(&item) };
         self.inbox.insert(lookup_id, item);
         let after = vec![
-            After::Send(Transmit {
-                to: from.clone(),
-                message: Message::Receipt(receipt),
-            }),
+            After::Send(Transmit { to: from.clone(), message: Message::Receipt(receipt) }),
             After::Event(Event::NotificationReceived { lookup_id, hub }),
         ];
         self.out.write(vec![op], after);
@@ -467,16 +359,11 @@ impl Authority {
     fn check_notification(&self, signed: &Signed<Notification>) -> Result<(), String> {
         let n = &signed.body;
         if n.authority != self.code {
-            return Err(format!(
-                "notification is for {}, not {}",
-                n.authority, self.code
-            ));
+            return Err(format!("notification is for {}, not {}", n.authority, self.code));
         }
         let dir = &self.dir.trusted;
-        dir.verify(signed.clone(), &n.hub, Role::Hub)
-            .map_err(|e| e.to_string())?;
-        dir.verify(n.event.clone(), &n.event.body.setting, Role::Setting)
-            .map_err(|e| e.to_string())?;
+        dir.verify(signed.clone(), &n.hub, Role::Hub).map_err(|e| e.to_string())?;
+        dir.verify(n.event.clone(), &n.event.body.setting, Role::Setting).map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -497,10 +384,7 @@ impl Authority {
         let revoked: Vec<SignedEntry> = self
             .entries
             .values()
-            .filter(|e| {
-                me.key(e.key_id)
-                    .is_none_or(|k| matches!(k.status, KeyStatus::Revoked { .. }))
-            })
+            .filter(|e| me.key(e.key_id).is_none_or(|k| matches!(k.status, KeyStatus::Revoked { .. })))
             .cloned()
             .collect();
         for e in revoked {
@@ -513,11 +397,7 @@ impl Authority {
     }
 
     fn refuse(&mut self, from: &OdsCode, kind: &'static str, reason: String) {
-        self.out.event(Event::MessageRefused {
-            from: from.clone(),
-            kind,
-            reason,
-        });
+        self.out.event(Event::MessageRefused { from: from.clone(), kind, reason });
     }
 
     /// Every write up to `write_id` is durable.
@@ -534,10 +414,7 @@ impl Authority {
                             upto: seq,
                             entries: vec![entry.clone()],
                         };
-                        self.out.transmits.push_back(Transmit {
-                            to: hub.clone(),
-                            message: Message::Feed(batch),
-                        });
+                        self.out.transmits.push_back(Transmit { to: hub.clone(), message: Message::Feed(batch) });
                     }
                 }
                 After::Send(t) => self.out.transmits.push_back(t),

@@ -8,9 +8,7 @@
 
 use crate::ids::OdsCode;
 use crate::records::{Contacts, SettingType, check_text};
-use crate::sign::{
-    KeyId, PublicKey, Signable, SignatureBytes, Signed, Verified, signing_bytes, verify_raw,
-};
+use crate::sign::{KeyId, PublicKey, Signable, SignatureBytes, Signed, Verified, signing_bytes, verify_raw};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -134,17 +132,9 @@ impl SignedDirectory {
     /// Signs `directory` with each of `roots`.
     pub fn sign(directory: Directory, roots: &[&crate::sign::Identity]) -> SignedDirectory {
         let bytes = signing_bytes(&directory);
-        let signatures = roots
-            .iter()
-            .map(|r| RootSignature {
-                key_id: r.key_id(),
-                signature: r.sign_raw(&bytes),
-            })
-            .collect();
-        SignedDirectory {
-            directory,
-            signatures,
-        }
+        let signatures =
+            roots.iter().map(|r| RootSignature { key_id: r.key_id(), signature: r.sign_raw(&bytes) }).collect();
+        SignedDirectory { directory, signatures }
     }
 }
 
@@ -173,20 +163,14 @@ pub enum DirectoryError {
     #[error("directory version {offered} is not newer than the trusted version {current}")]
     NotNewer { current: u64, offered: u64 },
     /// The offered version skips one or more versions.
-    #[error(
-        "directory version {offered} skips versions after {current}: only {current}+1 is accepted"
-    )]
+    #[error("directory version {offered} skips versions after {current}: only {current}+1 is accepted")]
     SkipsVersion { current: u64, offered: u64 },
     /// The offered version has expired.
     #[error("directory version {version} expired at {expires_at}")]
     Expired { version: u64, expires_at: Timestamp },
     /// Too few distinct valid root signatures.
     #[error("directory signed by {valid} of {set} root keys, {need} needed")]
-    ThresholdNotMet {
-        set: RootSet,
-        valid: usize,
-        need: usize,
-    },
+    ThresholdNotMet { set: RootSet, valid: usize, need: usize },
     /// A signature by a root key does not verify.
     #[error("the signature by root key {0} does not verify")]
     BadRootSignature(KeyId),
@@ -207,11 +191,7 @@ pub enum DirectoryError {
     BadMember { code: OdsCode, rule: String },
     /// A list is longer than its maximum.
     #[error("too many {what}: {len} (at most {max})")]
-    TooMany {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooMany { what: &'static str, len: usize, max: usize },
 }
 
 /// Why a peer's key is not admitted to a connection.
@@ -239,11 +219,7 @@ pub enum RecordError {
     UnknownSigner(OdsCode),
     /// The signer may not sign this kind of record.
     #[error("{code} is a {actual}; this record must be signed by a {expected}")]
-    WrongRole {
-        code: OdsCode,
-        expected: &'static str,
-        actual: &'static str,
-    },
+    WrongRole { code: OdsCode, expected: &'static str, actual: &'static str },
     /// The key id is not one of the signer's keys.
     #[error("key {key} is not a key of {code}")]
     UnknownKey { code: OdsCode, key: KeyId },
@@ -265,21 +241,13 @@ pub struct TrustedDirectory {
 
 impl fmt::Debug for TrustedDirectory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "TrustedDirectory(v{}, {} members)",
-            self.version(),
-            self.signed.directory.members.len()
-        )
+        write!(f, "TrustedDirectory(v{}, {} members)", self.version(), self.signed.directory.members.len())
     }
 }
 
 impl TrustedDirectory {
     /// Trusts a first directory: well formed, unexpired, signed by a threshold of its own roots.
-    pub fn bootstrap(
-        signed: SignedDirectory,
-        now: Timestamp,
-    ) -> Result<TrustedDirectory, DirectoryError> {
+    pub fn bootstrap(signed: SignedDirectory, now: Timestamp) -> Result<TrustedDirectory, DirectoryError> {
         let d = &signed.directory;
         check_unexpired(d, now)?;
         check_rules(d)?;
@@ -288,23 +256,13 @@ impl TrustedDirectory {
     }
 
     /// Accepts the next version, or says which rule it breaks. `self` is unchanged either way.
-    pub fn accept_update(
-        &self,
-        next: SignedDirectory,
-        now: Timestamp,
-    ) -> Result<TrustedDirectory, DirectoryError> {
+    pub fn accept_update(&self, next: SignedDirectory, now: Timestamp) -> Result<TrustedDirectory, DirectoryError> {
         let (cur, new) = (self.directory(), &next.directory);
         if new.version <= cur.version {
-            return Err(DirectoryError::NotNewer {
-                current: cur.version,
-                offered: new.version,
-            });
+            return Err(DirectoryError::NotNewer { current: cur.version, offered: new.version });
         }
         if new.version != cur.version + 1 {
-            return Err(DirectoryError::SkipsVersion {
-                current: cur.version,
-                offered: new.version,
-            });
+            return Err(DirectoryError::SkipsVersion { current: cur.version, offered: new.version });
         }
         if new.federation != cur.federation {
             return Err(DirectoryError::OtherFederation {
@@ -330,11 +288,7 @@ impl TrustedDirectory {
                 by_key.insert(k.id(), i);
             }
         }
-        Ok(TrustedDirectory {
-            signed,
-            by_code,
-            by_key,
-        })
+        Ok(TrustedDirectory { signed, by_code, by_key })
     }
 
     pub fn directory(&self) -> &Directory {
@@ -350,9 +304,7 @@ impl TrustedDirectory {
         &self.signed.directory.members
     }
     pub fn member(&self, code: &OdsCode) -> Option<&Member> {
-        self.by_code
-            .get(code)
-            .map(|&i| &self.signed.directory.members[i])
+        self.by_code.get(code).map(|&i| &self.signed.directory.members[i])
     }
 
     /// Members with a role, in directory order.
@@ -362,37 +314,20 @@ impl TrustedDirectory {
 
     /// The member a connecting peer's key belongs to, if the key is active and in its window
     /// and the member has one of `roles`.
-    pub fn admit(
-        &self,
-        key: &PublicKey,
-        now: Timestamp,
-        roles: &[Role],
-    ) -> Result<&Member, AdmissionError> {
+    pub fn admit(&self, key: &PublicKey, now: Timestamp, roles: &[Role]) -> Result<&Member, AdmissionError> {
         let id = key.id();
-        let member = self
-            .by_key
-            .get(&id)
-            .map(|&i| &self.signed.directory.members[i]);
+        let member = self.by_key.get(&id).map(|&i| &self.signed.directory.members[i]);
         let (member, mk) = member
             .and_then(|m| m.key(id).filter(|k| k.public == *key).map(|k| (m, k)))
             .ok_or(AdmissionError::UnknownKey(id))?;
         if mk.status != KeyStatus::Active {
-            return Err(AdmissionError::NotActive {
-                code: member.code.clone(),
-                key: id,
-            });
+            return Err(AdmissionError::NotActive { code: member.code.clone(), key: id });
         }
         if !mk.usable_at(now) {
-            return Err(AdmissionError::OutsideWindow {
-                code: member.code.clone(),
-                key: id,
-            });
+            return Err(AdmissionError::OutsideWindow { code: member.code.clone(), key: id });
         }
         if !roles.contains(&member.role) {
-            return Err(AdmissionError::WrongRole {
-                code: member.code.clone(),
-                actual: member.role.name(),
-            });
+            return Err(AdmissionError::WrongRole { code: member.code.clone(), actual: member.role.name() });
         }
         Ok(member)
     }
@@ -405,9 +340,7 @@ impl TrustedDirectory {
         signer: &OdsCode,
         role: Role,
     ) -> Result<Verified<T>, RecordError> {
-        let member = self
-            .member(signer)
-            .ok_or_else(|| RecordError::UnknownSigner(signer.clone()))?;
+        let member = self.member(signer).ok_or_else(|| RecordError::UnknownSigner(signer.clone()))?;
         if member.role != role {
             return Err(RecordError::WrongRole {
                 code: signer.clone(),
@@ -417,30 +350,17 @@ impl TrustedDirectory {
         }
         let key = member
             .key(signed.key_id)
-            .ok_or_else(|| RecordError::UnknownKey {
-                code: signer.clone(),
-                key: signed.key_id,
-            })?;
+            .ok_or_else(|| RecordError::UnknownKey { code: signer.clone(), key: signed.key_id })?;
         if matches!(key.status, KeyStatus::Revoked { .. }) {
-            return Err(RecordError::RevokedKey {
-                code: signer.clone(),
-                key: signed.key_id,
-            });
+            return Err(RecordError::RevokedKey { code: signer.clone(), key: signed.key_id });
         }
-        signed
-            .verify_with(&key.public)
-            .map_err(|_| RecordError::BadSignature {
-                code: signer.clone(),
-            })
+        signed.verify_with(&key.public).map_err(|_| RecordError::BadSignature { code: signer.clone() })
     }
 }
 
 fn check_unexpired(d: &Directory, now: Timestamp) -> Result<(), DirectoryError> {
     if now >= d.expires_at {
-        return Err(DirectoryError::Expired {
-            version: d.version,
-            expires_at: d.expires_at,
-        });
+        return Err(DirectoryError::Expired { version: d.version, expires_at: d.expires_at });
     }
     Ok(())
 }
@@ -459,17 +379,12 @@ fn check_threshold(
         let Some(root) = roots.iter().find(|r| r.id() == sig.key_id) else {
             continue;
         };
-        verify_raw(root, &bytes, &sig.signature)
-            .map_err(|_| DirectoryError::BadRootSignature(sig.key_id))?;
+        verify_raw(root, &bytes, &sig.signature).map_err(|_| DirectoryError::BadRootSignature(sig.key_id))?;
         counted.insert(sig.key_id);
     }
     let need = usize::from(threshold).max(1);
     if counted.len() < need {
-        return Err(DirectoryError::ThresholdNotMet {
-            set,
-            valid: counted.len(),
-            need,
-        });
+        return Err(DirectoryError::ThresholdNotMet { set, valid: counted.len(), need });
     }
     Ok(())
 }
@@ -485,10 +400,7 @@ fn check_rules(d: &Directory) -> Result<(), DirectoryError> {
     too_many("root keys", d.roots.len(), ROOTS_MAX)?;
     too_many("members", d.members.len(), MEMBERS_MAX)?;
     if d.threshold == 0 || usize::from(d.threshold) > d.roots.len() {
-        return Err(DirectoryError::BadThreshold {
-            threshold: d.threshold,
-            roots: d.roots.len(),
-        });
+        return Err(DirectoryError::BadThreshold { threshold: d.threshold, roots: d.roots.len() });
     }
     let mut key_ids = BTreeSet::new();
     for root in &d.roots {
@@ -509,32 +421,19 @@ fn check_rules(d: &Directory) -> Result<(), DirectoryError> {
     Ok(())
 }
 
-fn check_member(
-    d: &Directory,
-    m: &Member,
-    key_ids: &mut BTreeSet<KeyId>,
-) -> Result<(), DirectoryError> {
-    let bad = |rule: String| DirectoryError::BadMember {
-        code: m.code.clone(),
-        rule,
-    };
+fn check_member(d: &Directory, m: &Member, key_ids: &mut BTreeSet<KeyId>) -> Result<(), DirectoryError> {
+    let bad = |rule: String| DirectoryError::BadMember { code: m.code.clone(), rule };
     too_many("keys of one member", m.keys.len(), MEMBER_KEYS_MAX)?;
     too_many("addresses of one hub", m.addresses.len(), ADDRESSES_MAX)?;
     check_text("member name", &m.name).map_err(|e| bad(e.to_string()))?;
     if m.role == Role::Authority && !m.code.is_authority_form() {
-        return Err(bad(
-            "an authority's code is 3 digits or letter-digit-letter-digit-letter".into(),
-        ));
+        return Err(bad("an authority's code is 3 digits or letter-digit-letter-digit-letter".into()));
     }
     if let Some(c) = &m.contacts {
         c.check().map_err(|e| bad(e.to_string()))?;
     }
     for hub in &m.home_hubs {
-        if !d
-            .members
-            .iter()
-            .any(|h| h.code == *hub && h.role == Role::Hub)
-        {
+        if !d.members.iter().any(|h| h.code == *hub && h.role == Role::Hub) {
             return Err(bad(format!("home hub {hub} is not a hub of the directory")));
         }
     }
@@ -543,20 +442,13 @@ fn check_member(
     }
     for k in &m.keys {
         if !k.public.is_strong() {
-            return Err(DirectoryError::WeakKey(format!(
-                "key {} of {}",
-                k.id(),
-                m.code
-            )));
+            return Err(DirectoryError::WeakKey(format!("key {} of {}", k.id(), m.code)));
         }
         if !key_ids.insert(k.id()) {
             return Err(DirectoryError::Duplicate(format!("key {}", k.id())));
         }
         if k.valid_from >= k.valid_until {
-            return Err(bad(format!(
-                "key {} is valid from after it is valid until",
-                k.id()
-            )));
+            return Err(bad(format!("key {} is valid from after it is valid until", k.id())));
         }
     }
     Ok(())
@@ -598,10 +490,7 @@ mod tests {
             expires_at: Timestamp(100 * DAY),
             roots: roots.iter().map(Identity::public).collect(),
             threshold: 2,
-            members: vec![
-                member("HUB01", Role::Hub, 10),
-                member("204", Role::Authority, 11),
-            ],
+            members: vec![member("HUB01", Role::Hub, 10), member("204", Role::Authority, 11)],
         }
     }
 
@@ -612,21 +501,10 @@ mod tests {
     #[test]
     fn bootstrap_needs_threshold_of_own_roots() {
         let r = roots();
-        assert!(
-            TrustedDirectory::bootstrap(
-                SignedDirectory::sign(directory(1, &r), &[&r[0], &r[1]]),
-                now()
-            )
-            .is_ok()
-        );
+        assert!(TrustedDirectory::bootstrap(SignedDirectory::sign(directory(1, &r), &[&r[0], &r[1]]), now()).is_ok());
         assert_eq!(
-            TrustedDirectory::bootstrap(SignedDirectory::sign(directory(1, &r), &[&r[0]]), now())
-                .unwrap_err(),
-            DirectoryError::ThresholdNotMet {
-                set: RootSet::Offered,
-                valid: 1,
-                need: 2
-            }
+            TrustedDirectory::bootstrap(SignedDirectory::sign(directory(1, &r), &[&r[0]]), now()).unwrap_err(),
+            DirectoryError::ThresholdNotMet { set: RootSet::Offered, valid: 1, need: 2 }
         );
     }
 
@@ -634,73 +512,39 @@ mod tests {
     fn one_root_signing_twice_counts_once() {
         let r = roots();
         let d = SignedDirectory::sign(directory(1, &r), &[&r[0], &r[0]]);
-        assert!(matches!(
-            TrustedDirectory::bootstrap(d, now()),
-            Err(DirectoryError::ThresholdNotMet { valid: 1, .. })
-        ));
+        assert!(matches!(TrustedDirectory::bootstrap(d, now()), Err(DirectoryError::ThresholdNotMet { valid: 1, .. })));
     }
 
     #[test]
     fn update_must_be_exactly_next_version_and_unexpired() {
         let r = roots();
-        let v1 = TrustedDirectory::bootstrap(
-            SignedDirectory::sign(directory(1, &r), &[&r[0], &r[1]]),
-            now(),
-        )
-        .unwrap();
+        let v1 = TrustedDirectory::bootstrap(SignedDirectory::sign(directory(1, &r), &[&r[0], &r[1]]), now()).unwrap();
         let same = SignedDirectory::sign(directory(1, &r), &[&r[0], &r[1]]);
-        assert_eq!(
-            v1.accept_update(same, now()).unwrap_err(),
-            DirectoryError::NotNewer {
-                current: 1,
-                offered: 1
-            }
-        );
+        assert_eq!(v1.accept_update(same, now()).unwrap_err(), DirectoryError::NotNewer { current: 1, offered: 1 });
         let skip = SignedDirectory::sign(directory(3, &r), &[&r[0], &r[1]]);
-        assert_eq!(
-            v1.accept_update(skip, now()).unwrap_err(),
-            DirectoryError::SkipsVersion {
-                current: 1,
-                offered: 3
-            }
-        );
+        assert_eq!(v1.accept_update(skip, now()).unwrap_err(), DirectoryError::SkipsVersion { current: 1, offered: 3 });
         let v2 = SignedDirectory::sign(directory(2, &r), &[&r[1], &r[2]]);
-        assert!(matches!(
-            v1.accept_update(v2.clone(), Timestamp(200 * DAY)),
-            Err(DirectoryError::Expired { .. })
-        ));
+        assert!(matches!(v1.accept_update(v2.clone(), Timestamp(200 * DAY)), Err(DirectoryError::Expired { .. })));
         assert_eq!(v1.accept_update(v2, now()).unwrap().version(), 2);
     }
 
     #[test]
     fn rotating_roots_needs_threshold_of_old_and_new() {
         let r = roots();
-        let v1 = TrustedDirectory::bootstrap(
-            SignedDirectory::sign(directory(1, &r), &[&r[0], &r[1]]),
-            now(),
-        )
-        .unwrap();
+        let v1 = TrustedDirectory::bootstrap(SignedDirectory::sign(directory(1, &r), &[&r[0], &r[1]]), now()).unwrap();
         let new_roots: Vec<Identity> = (4..=6).map(|i| Identity::from_seed([i; 32])).collect();
         let d2 = directory(2, &new_roots);
         // Only the new roots sign: the old ones did not agree.
         let only_new = SignedDirectory::sign(d2.clone(), &[&new_roots[0], &new_roots[1]]);
         assert_eq!(
             v1.accept_update(only_new, now()).unwrap_err(),
-            DirectoryError::ThresholdNotMet {
-                set: RootSet::Previous,
-                valid: 0,
-                need: 2
-            }
+            DirectoryError::ThresholdNotMet { set: RootSet::Previous, valid: 0, need: 2 }
         );
         // Only the old roots sign: the new ones never proved they hold their keys.
         let only_old = SignedDirectory::sign(d2.clone(), &[&r[0], &r[1]]);
         assert_eq!(
             v1.accept_update(only_old, now()).unwrap_err(),
-            DirectoryError::ThresholdNotMet {
-                set: RootSet::Offered,
-                valid: 0,
-                need: 2
-            }
+            DirectoryError::ThresholdNotMet { set: RootSet::Offered, valid: 0, need: 2 }
         );
         let both = SignedDirectory::sign(d2, &[&r[0], &r[1], &new_roots[0], &new_roots[2]]);
         assert!(v1.accept_update(both, now()).is_ok());
@@ -711,10 +555,7 @@ mod tests {
         let r = roots();
         let mut d = SignedDirectory::sign(directory(1, &r), &[&r[0], &r[1], &r[2]]);
         d.signatures[2].signature.0[0] ^= 1;
-        assert_eq!(
-            TrustedDirectory::bootstrap(d, now()).unwrap_err(),
-            DirectoryError::BadRootSignature(r[2].key_id())
-        );
+        assert_eq!(TrustedDirectory::bootstrap(d, now()).unwrap_err(), DirectoryError::BadRootSignature(r[2].key_id()));
     }
 
     #[test]
@@ -729,32 +570,19 @@ mod tests {
         );
 
         let mut d = directory(1, &r);
-        d.members[1]
-            .home_hubs
-            .push(OdsCode::parse("NOHUB").unwrap());
-        let err = TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now())
-            .unwrap_err();
-        assert!(
-            matches!(err, DirectoryError::BadMember { ref rule, .. } if rule.contains("home hub NOHUB"))
-        );
+        d.members[1].home_hubs.push(OdsCode::parse("NOHUB").unwrap());
+        let err = TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now()).unwrap_err();
+        assert!(matches!(err, DirectoryError::BadMember { ref rule, .. } if rule.contains("home hub NOHUB")));
 
         let mut d = directory(1, &r);
         d.members[1].keys[0].public = PublicKey([0; 32]);
-        let err = TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now())
-            .unwrap_err();
+        let err = TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now()).unwrap_err();
         assert!(matches!(err, DirectoryError::WeakKey(_)));
 
         let mut d = directory(1, &r);
         d.threshold = 4;
-        let err = TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now())
-            .unwrap_err();
-        assert_eq!(
-            err,
-            DirectoryError::BadThreshold {
-                threshold: 4,
-                roots: 3
-            }
-        );
+        let err = TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now()).unwrap_err();
+        assert_eq!(err, DirectoryError::BadThreshold { threshold: 4, roots: 3 });
     }
 
     #[test]
@@ -763,27 +591,17 @@ mod tests {
         let mut d = directory(1, &r);
         d.members.push(member("RXH01", Role::Setting, 13));
         d.members[2].keys[0].status = KeyStatus::Revoked { at: Timestamp(0) };
-        let t =
-            TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now()).unwrap();
+        let t = TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now()).unwrap();
         let hub_key = Identity::from_seed([10; 32]).public();
         assert!(t.admit(&hub_key, now(), &[Role::Hub]).is_ok());
-        assert!(matches!(
-            t.admit(&hub_key, now(), &[Role::Setting]),
-            Err(AdmissionError::WrongRole { .. })
-        ));
+        assert!(matches!(t.admit(&hub_key, now(), &[Role::Setting]), Err(AdmissionError::WrongRole { .. })));
         assert!(matches!(
             t.admit(&hub_key, Timestamp(2000 * DAY), &[Role::Hub]),
             Err(AdmissionError::OutsideWindow { .. })
         ));
         let revoked = Identity::from_seed([13; 32]).public();
-        assert!(matches!(
-            t.admit(&revoked, now(), &[Role::Setting]),
-            Err(AdmissionError::NotActive { .. })
-        ));
+        assert!(matches!(t.admit(&revoked, now(), &[Role::Setting]), Err(AdmissionError::NotActive { .. })));
         let stranger = Identity::from_seed([99; 32]).public();
-        assert!(matches!(
-            t.admit(&stranger, now(), &[Role::Hub]),
-            Err(AdmissionError::UnknownKey(_))
-        ));
+        assert!(matches!(t.admit(&stranger, now(), &[Role::Hub]), Err(AdmissionError::UnknownKey(_))));
     }
 }

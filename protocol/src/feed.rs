@@ -76,32 +76,16 @@ impl FeedEntry {
 pub enum EntryError {
     /// The origin's signature does not hold (unknown signer, wrong role, revoked key...).
     #[error("entry {seq} of {origin}: {source}")]
-    Signature {
-        origin: OdsCode,
-        seq: u64,
-        source: RecordError,
-    },
+    Signature { origin: OdsCode, seq: u64, source: RecordError },
     /// The care setting's signature inside a visit does not hold.
     #[error("visit in entry {seq} of {origin}: {source}")]
-    VisitSignature {
-        origin: OdsCode,
-        seq: u64,
-        source: RecordError,
-    },
+    VisitSignature { origin: OdsCode, seq: u64, source: RecordError },
     /// The plan breaks a plan rule.
     #[error("entry {seq} of {origin}: {source}")]
-    Plan {
-        origin: OdsCode,
-        seq: u64,
-        source: PlanError,
-    },
+    Plan { origin: OdsCode, seq: u64, source: PlanError },
     /// A text field breaks a rule.
     #[error("entry {seq} of {origin}: {source}")]
-    Text {
-        origin: OdsCode,
-        seq: u64,
-        source: TextError,
-    },
+    Text { origin: OdsCode, seq: u64, source: TextError },
     /// Sequence zero is never used.
     #[error("entry of {0} has sequence 0")]
     ZeroSequence(OdsCode),
@@ -109,44 +93,25 @@ pub enum EntryError {
 
 /// Verifies an entry end to end: the origin's signature with a non-revoked key, the rules of its
 /// body, and for a visit the care setting's signature too.
-pub fn verify_entry(
-    dir: &TrustedDirectory,
-    entry: SignedEntry,
-) -> Result<Verified<FeedEntry>, EntryError> {
+pub fn verify_entry(dir: &TrustedDirectory, entry: SignedEntry) -> Result<Verified<FeedEntry>, EntryError> {
     let (origin, seq) = (entry.body.origin.clone(), entry.body.seq);
     if seq == 0 {
         return Err(EntryError::ZeroSequence(origin));
     }
     match &entry.body.body {
-        EntryBody::Plan(p) => p.check().map_err(|source| EntryError::Plan {
-            origin: origin.clone(),
-            seq,
-            source,
-        })?,
-        EntryBody::Contacts(c) => c.check().map_err(|source| EntryError::Text {
-            origin: origin.clone(),
-            seq,
-            source,
-        })?,
+        EntryBody::Plan(p) => p.check().map_err(|source| EntryError::Plan { origin: origin.clone(), seq, source })?,
+        EntryBody::Contacts(c) => {
+            c.check().map_err(|source| EntryError::Text { origin: origin.clone(), seq, source })?
+        }
         EntryBody::Visit(v) => {
-            v.body.check().map_err(|source| EntryError::Text {
+            v.body.check().map_err(|source| EntryError::Text { origin: origin.clone(), seq, source })?;
+            dir.verify(v.clone(), &v.body.setting, Role::Setting).map_err(|source| EntryError::VisitSignature {
                 origin: origin.clone(),
                 seq,
                 source,
             })?;
-            dir.verify(v.clone(), &v.body.setting, Role::Setting)
-                .map_err(|source| EntryError::VisitSignature {
-                    origin: origin.clone(),
-                    seq,
-                    source,
-                })?;
         }
     }
     let role = entry.body.writer_role();
-    dir.verify(entry, &origin, role)
-        .map_err(|source| EntryError::Signature {
-            origin,
-            seq,
-            source,
-        })
+    dir.verify(entry, &origin, role).map_err(|source| EntryError::Signature { origin, seq, source })
 }

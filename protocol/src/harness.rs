@@ -13,9 +13,7 @@
 //! real federation.
 
 use crate::authority::Authority;
-use crate::directory::{
-    Directory, KeyStatus, Member, MemberKey, Role, SignedDirectory, TrustedDirectory,
-};
+use crate::directory::{Directory, KeyStatus, Member, MemberKey, Role, SignedDirectory, TrustedDirectory};
 use crate::hub::{Hub, HubConfig};
 use crate::ids::{LookupId, NhsNumber, OdsCode};
 use crate::machine::{Event, StateMachine, Transmit};
@@ -87,18 +85,11 @@ impl TestFederation {
         }
     }
     /// Signs the next directory version (2 of the 3 test roots), after `change` edits it.
-    pub fn next_directory(
-        &self,
-        current: &Directory,
-        change: impl FnOnce(&mut Directory),
-    ) -> SignedDirectory {
+    pub fn next_directory(&self, current: &Directory, change: impl FnOnce(&mut Directory)) -> SignedDirectory {
         let mut d = current.clone();
         d.version += 1;
         change(&mut d);
-        let roots = [
-            test_identity(&self.name, "ROOT1"),
-            test_identity(&self.name, "ROOT2"),
-        ];
+        let roots = [test_identity(&self.name, "ROOT1"), test_identity(&self.name, "ROOT2")];
         SignedDirectory::sign(d, &[&roots[0], &roots[1]])
     }
 }
@@ -113,14 +104,8 @@ fn code(text: &str) -> OdsCode {
 impl FederationSpec {
     /// A federation starting on 2026-11-24.
     pub fn new(name: &str) -> Self {
-        let start = Date::from_ymd(2026, 11, 24)
-            .map(Date::start)
-            .unwrap_or_default();
-        FederationSpec {
-            name: name.to_string(),
-            start,
-            members: Vec::new(),
-        }
+        let start = Date::from_ymd(2026, 11, 24).map(Date::start).unwrap_or_default();
+        FederationSpec { name: name.to_string(), start, members: Vec::new() }
     }
 
     fn key(&self, code: &str) -> MemberKey {
@@ -164,13 +149,7 @@ impl FederationSpec {
         s
     }
 
-    pub fn setting(
-        self,
-        code: &str,
-        name: &str,
-        setting_type: SettingType,
-        home_hubs: &[&str],
-    ) -> Self {
+    pub fn setting(self, code: &str, name: &str, setting_type: SettingType, home_hubs: &[&str]) -> Self {
         let mut s = self.add(code, Role::Setting, name, home_hubs);
         if let Some(m) = s.members.last_mut() {
             m.setting_type = Some(setting_type);
@@ -179,9 +158,7 @@ impl FederationSpec {
     }
 
     pub fn build(self) -> TestFederation {
-        let roots: Vec<Identity> = (1..=3)
-            .map(|i| test_identity(&self.name, &format!("ROOT{i}")))
-            .collect();
+        let roots: Vec<Identity> = (1..=3).map(|i| test_identity(&self.name, &format!("ROOT{i}"))).collect();
         let directory = Directory {
             federation: self.name.clone(),
             version: 1,
@@ -191,11 +168,7 @@ impl FederationSpec {
             members: self.members,
         };
         let directory = SignedDirectory::sign(directory, &[&roots[0], &roots[1]]);
-        TestFederation {
-            name: self.name,
-            start: self.start,
-            directory,
-        }
+        TestFederation { name: self.name, start: self.start, directory }
     }
 }
 
@@ -289,11 +262,7 @@ pub struct Net {
 }
 
 fn ordered(a: &OdsCode, b: &OdsCode) -> (OdsCode, OdsCode) {
-    if a <= b {
-        (a.clone(), b.clone())
-    } else {
-        (b.clone(), a.clone())
-    }
+    if a <= b { (a.clone(), b.clone()) } else { (b.clone(), a.clone()) }
 }
 
 impl Net {
@@ -331,24 +300,13 @@ impl Net {
     fn start_machine(&mut self, code: &OdsCode) {
         let rows: Vec<StoredRow> = self.disks[code]
             .iter()
-            .map(|((table, key), value)| StoredRow {
-                table: *table,
-                key: key.clone(),
-                value: value.clone(),
-            })
+            .map(|((table, key), value)| StoredRow { table: *table, key: key.clone(), value: value.clone() })
             .collect();
         let identity = self.fed.identity(code.as_str());
         let trusted = self.fed.trusted();
         let machine = match self.roles[code] {
-            Role::Hub => Hub::restore(
-                code.clone(),
-                identity,
-                trusted,
-                self.config.hub.clone(),
-                &rows,
-                self.now,
-            )
-            .map(|h| Machine::Hub(Box::new(h))),
+            Role::Hub => Hub::restore(code.clone(), identity, trusted, self.config.hub.clone(), &rows, self.now)
+                .map(|h| Machine::Hub(Box::new(h))),
             _ => Authority::restore(code.clone(), identity, trusted, &rows, self.now)
                 .map(|a| Machine::Authority(Box::new(a))),
         };
@@ -381,11 +339,7 @@ impl Net {
     }
 
     /// Runs `f` on an authority (an operator command), then lets its outputs out.
-    pub fn with_authority<R>(
-        &mut self,
-        code: &str,
-        f: impl FnOnce(&mut Authority, Timestamp) -> R,
-    ) -> R {
+    pub fn with_authority<R>(&mut self, code: &str, f: impl FnOnce(&mut Authority, Timestamp) -> R) -> R {
         let now = self.now;
         let c = self::code(code);
         let r = match self.machines.get_mut(&c) {
@@ -419,10 +373,7 @@ impl Net {
                 want.insert(ordered(a, b));
             }
         }
-        for m in dir
-            .with_role(Role::Authority)
-            .chain(dir.with_role(Role::Setting))
-        {
+        for m in dir.with_role(Role::Authority).chain(dir.with_role(Role::Setting)) {
             for h in &m.home_hubs {
                 want.insert(ordered(&m.code, h));
             }
@@ -436,11 +387,7 @@ impl Net {
 
     /// Connects and disconnects pairs to match who is up and which links are cut.
     fn refresh_connections(&mut self) {
-        let want: BTreeSet<_> = self
-            .wanted_links()
-            .into_iter()
-            .filter(|(a, b)| self.link_up(a, b))
-            .collect();
+        let want: BTreeSet<_> = self.wanted_links().into_iter().filter(|(a, b)| self.link_up(a, b)).collect();
         let gone: Vec<_> = self.connections.difference(&want).cloned().collect();
         let new: Vec<_> = want.difference(&self.connections).cloned().collect();
         for (a, b) in gone {
@@ -517,22 +464,12 @@ impl Net {
     }
 
     /// A setting looks up `nhs` at hub `hub`. Returns the lookup id.
-    pub fn lookup(
-        &mut self,
-        setting: &str,
-        hub: &str,
-        nhs: NhsNumber,
-        kind: LookupKind,
-    ) -> LookupId {
+    pub fn lookup(&mut self, setting: &str, hub: &str, nhs: NhsNumber, kind: LookupKind) -> LookupId {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
         id[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
         let lookup_id = LookupId(id);
-        let person = Person {
-            id: "U1".into(),
-            name: "Dr A Clinician".into(),
-            role: "Nurse".into(),
-        };
+        let person = Person { id: "U1".into(), name: "Dr A Clinician".into(), role: "Nurse".into() };
         let s = self.setting(setting);
         let signed = match s.lookup(nhs, person, kind, lookup_id, self.now) {
             Ok(s) => s,
@@ -544,11 +481,7 @@ impl Net {
 
     /// The setting's machine, for verifying answers.
     pub fn setting(&self, setting: &str) -> Setting {
-        match Setting::new(
-            code(setting),
-            self.fed.identity(setting),
-            self.fed.trusted(),
-        ) {
+        match Setting::new(code(setting), self.fed.identity(setting), self.fed.trusted()) {
             Some(s) => s,
             None => panic!("{setting} is not a setting"),
         }
@@ -583,10 +516,7 @@ impl Net {
         }
         let delay = self.config.latency_ms + self.rng.below(self.config.jitter_ms + 1);
         self.next_msg += 1;
-        self.inflight.insert(
-            (self.now.plus_ms(delay), self.next_msg),
-            InFlight { from, to, frame },
-        );
+        self.inflight.insert((self.now.plus_ms(delay), self.next_msg), InFlight { from, to, frame });
     }
 
     /// Lets a machine's outputs out: writes to its disk, messages onto the network, events to
@@ -623,9 +553,8 @@ impl Net {
     /// Makes every write that is due durable and tells its machine.
     fn flush_writes(&mut self) {
         let now = self.now;
-        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_writes)
-            .into_iter()
-            .partition(|(t, _, _)| *t <= now);
+        let (due, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending_writes).into_iter().partition(|(t, _, _)| *t <= now);
         self.pending_writes = rest;
         let mut touched = BTreeSet::new();
         for (_, node, batch) in due {
@@ -657,22 +586,14 @@ impl Net {
         let now = self.now;
         if self.roles.get(&m.to) == Some(&Role::Setting) {
             if let Ok(message) = wire::decode_frame(&m.frame) {
-                self.received.push(Received {
-                    setting: m.to,
-                    from: m.from,
-                    message,
-                });
+                self.received.push(Received { setting: m.to, from: m.from, message });
             }
             return;
         }
         let message = match wire::decode_frame(&m.frame) {
             Ok(message) => message,
             Err(e) => {
-                let event = Event::MessageRefused {
-                    from: m.from.clone(),
-                    kind: "frame",
-                    reason: e.to_string(),
-                };
+                let event = Event::MessageRefused { from: m.from.clone(), kind: "frame", reason: e.to_string() };
                 self.events.push((m.to.clone(), event));
                 return;
             }
@@ -703,11 +624,7 @@ impl Net {
         for _step in 0..10_000_000u64 {
             let next_msg = self.inflight.keys().next().map(|k| k.0);
             let next_write = self.pending_writes.iter().map(|w| w.0).min();
-            let next = [next_msg, next_write, Some(self.next_tick_at)]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(end);
+            let next = [next_msg, next_write, Some(self.next_tick_at)].into_iter().flatten().min().unwrap_or(end);
             if next > end {
                 break;
             }
@@ -729,11 +646,7 @@ impl Net {
     /// Events reported so far by `node` that match `f`.
     pub fn events_of(&self, node: &str, f: impl Fn(&Event) -> bool) -> Vec<&Event> {
         let n = code(node);
-        self.events
-            .iter()
-            .filter(|(who, e)| *who == n && f(e))
-            .map(|(_, e)| e)
-            .collect()
+        self.events.iter().filter(|(who, e)| *who == n && f(e)).map(|(_, e)| e).collect()
     }
 
     /// The answer (or refusal) a setting received for a lookup.

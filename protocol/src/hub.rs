@@ -67,11 +67,7 @@ pub enum LookupError {
     Text(#[from] crate::records::TextError),
     /// The event's time is too far from the hub's clock.
     #[error("lookup time {at} is more than {skew_ms} ms from the hub's clock {now}")]
-    Stale {
-        at: Timestamp,
-        now: Timestamp,
-        skew_ms: u64,
-    },
+    Stale { at: Timestamp, now: Timestamp, skew_ms: u64 },
     /// This lookup id was seen before.
     #[error("lookup {0} was already made: a replay is refused")]
     Replayed(LookupId),
@@ -162,11 +158,7 @@ impl Hub {
         Ok(hub)
     }
 
-    fn restore_rows(
-        &mut self,
-        rows: &[StoredRow],
-        now: Timestamp,
-    ) -> Result<(), codec::DecodeError> {
+    fn restore_rows(&mut self, rows: &[StoredRow], now: Timestamp) -> Result<(), codec::DecodeError> {
         for row in rows {
             match row.table {
                 Table::Entries => {
@@ -212,14 +204,7 @@ impl Hub {
 
     /// High-water mark and freshness of every origin held.
     pub fn high_waters(&self) -> Vec<HighWater> {
-        self.feeds
-            .iter()
-            .map(|(origin, f)| HighWater {
-                origin: origin.clone(),
-                seq: f.hw,
-                as_of: f.as_of,
-            })
-            .collect()
+        self.feeds.iter().map(|(origin, f)| HighWater { origin: origin.clone(), seq: f.hw, as_of: f.as_of }).collect()
     }
 
     /// Every entry held, in origin and sequence order.
@@ -253,18 +238,8 @@ impl Hub {
             Role::Hub => self.send_sync(peer),
             Role::Authority => {
                 let seq = self.feeds.get(peer).map_or(0, |f| f.hw);
-                let have = vec![HighWater {
-                    origin: peer.clone(),
-                    seq,
-                    as_of: now,
-                }];
-                self.out.send(
-                    peer,
-                    Message::Sync {
-                        directory_version: self.dir.version(),
-                        have,
-                    },
-                );
+                let have = vec![HighWater { origin: peer.clone(), seq, as_of: now }];
+                self.out.send(peer, Message::Sync { directory_version: self.dir.version(), have });
             }
             Role::Setting => {}
         }
@@ -279,8 +254,7 @@ impl Hub {
     pub fn handle_tick(&mut self, now: Timestamp) {
         if now >= self.next_sync_at {
             self.next_sync_at = now.plus_ms(self.config.sync_interval_ms);
-            let peers: Vec<(OdsCode, Role)> =
-                self.peers.iter().map(|(p, r)| (p.clone(), *r)).collect();
+            let peers: Vec<(OdsCode, Role)> = self.peers.iter().map(|(p, r)| (p.clone(), *r)).collect();
             for (peer, role) in peers {
                 if role != Role::Setting {
                     self.send_sync(&peer);
@@ -299,31 +273,17 @@ impl Hub {
         let role = self.peers.get(from).copied();
         let kind = message.kind();
         match (role, message) {
-            (
-                Some(_),
-                Message::Sync {
-                    directory_version,
-                    have,
-                },
-            ) => self.on_sync(from, directory_version, &have, now),
+            (Some(_), Message::Sync { directory_version, have }) => self.on_sync(from, directory_version, &have, now),
             (Some(_), Message::Directories(chain)) => self.on_directories(Some(from), chain, now),
-            (Some(Role::Hub | Role::Authority), Message::Feed(batch)) => {
-                self.on_feed(from, batch, now)
-            }
+            (Some(Role::Hub | Role::Authority), Message::Feed(batch)) => self.on_feed(from, batch, now),
             (Some(Role::Setting), Message::Lookup(event)) => self.on_lookup(from, event, now),
             (Some(Role::Hub), Message::Notify(n)) => self.on_relay(from, n, now),
-            (Some(Role::Hub | Role::Authority), Message::Receipt(r)) => {
-                self.on_receipt(from, r, now)
-            }
+            (Some(Role::Hub | Role::Authority), Message::Receipt(r)) => self.on_receipt(from, r, now),
             (Some(Role::Hub), Message::Refused(r)) => {
                 self.refuse(from, kind, format!("peer refused something: {}", r.reason));
             }
             (None, _) => self.refuse(from, kind, "not connected".into()),
-            (Some(role), _) => self.refuse(
-                from,
-                kind,
-                format!("a {} may not send this to a hub", role.name()),
-            ),
+            (Some(role), _) => self.refuse(from, kind, format!("a {} may not send this to a hub", role.name())),
         }
     }
 
@@ -336,17 +296,9 @@ impl Hub {
         self.accept_directories(None, chain, now)
     }
 
-    fn on_directories(
-        &mut self,
-        from: Option<&OdsCode>,
-        chain: Vec<SignedDirectory>,
-        now: Timestamp,
-    ) {
+    fn on_directories(&mut self, from: Option<&OdsCode>, chain: Vec<SignedDirectory>, now: Timestamp) {
         if let Err(e) = self.accept_directories(from, chain, now) {
-            self.out.event(Event::DirectoryRefused {
-                from: from.cloned(),
-                reason: e.to_string(),
-            });
+            self.out.event(Event::DirectoryRefused { from: from.cloned(), reason: e.to_string() });
         }
     }
 
@@ -368,10 +320,7 @@ impl Hub {
             if Some(peer) != from && *role != Role::Setting {
                 let chain = self.dir.after(before);
                 let message = Message::Directories(chain);
-                after.push(After::Send(Box::new(Transmit {
-                    to: peer.clone(),
-                    message,
-                })));
+                after.push(After::Send(Box::new(Transmit { to: peer.clone(), message })));
             }
         }
         self.out.write(ops, after);
@@ -382,9 +331,7 @@ impl Hub {
     fn purge_revoked(&mut self) -> Vec<StoreOp> {
         let dir = &self.dir.trusted;
         let revoked = |code: &OdsCode, key_id: crate::sign::KeyId| {
-            dir.member(code)
-                .and_then(|m| m.key(key_id))
-                .is_none_or(|k| matches!(k.status, KeyStatus::Revoked { .. }))
+            dir.member(code).and_then(|m| m.key(key_id)).is_none_or(|k| matches!(k.status, KeyStatus::Revoked { .. }))
         };
         let doomed: Vec<(OdsCode, u64)> = self
             .entries()
@@ -394,44 +341,21 @@ impl Hub {
             })
             .map(|e| (e.body.origin.clone(), e.body.seq))
             .collect();
-        doomed
-            .into_iter()
-            .filter_map(|(origin, seq)| self.remove_entry(&origin, seq))
-            .collect()
+        doomed.into_iter().filter_map(|(origin, seq)| self.remove_entry(&origin, seq)).collect()
     }
 
     fn send_sync(&mut self, peer: &OdsCode) {
         let have = self.high_waters();
-        self.out.send(
-            peer,
-            Message::Sync {
-                directory_version: self.dir.version(),
-                have,
-            },
-        );
+        self.out.send(peer, Message::Sync { directory_version: self.dir.version(), have });
     }
 
     fn refuse(&mut self, from: &OdsCode, kind: &'static str, reason: String) {
-        self.out.event(Event::MessageRefused {
-            from: from.clone(),
-            kind,
-            reason,
-        });
+        self.out.event(Event::MessageRefused { from: from.clone(), kind, reason });
     }
 
     fn refuse_lookup(&mut self, from: &OdsCode, lookup_id: LookupId, reason: String) {
-        self.out.send(
-            from,
-            Message::Refused(Refusal {
-                lookup_id: Some(lookup_id),
-                reason: reason.clone(),
-            }),
-        );
-        self.out.event(Event::LookupRefused {
-            lookup_id,
-            from: from.clone(),
-            reason,
-        });
+        self.out.send(from, Message::Refused(Refusal { lookup_id: Some(lookup_id), reason: reason.clone() }));
+        self.out.event(Event::LookupRefused { lookup_id, from: from.clone(), reason });
     }
 
     /// Every write up to `write_id` is durable.
@@ -464,15 +388,8 @@ impl Hub {
         self.out.writes_pending()
     }
 
-    fn today_visible(
-        &self,
-        origin: &OdsCode,
-        reference: &PlanRef,
-        now: Timestamp,
-    ) -> Option<&SignedEntry> {
-        let seq = self
-            .latest
-            .get(&(origin.clone(), EntryKey::Plan(reference.clone())))?;
+    fn today_visible(&self, origin: &OdsCode, reference: &PlanRef, now: Timestamp) -> Option<&SignedEntry> {
+        let seq = self.latest.get(&(origin.clone(), EntryKey::Plan(reference.clone())))?;
         let entry = self.feeds.get(origin)?.entries.get(seq)?;
         match &entry.body.body {
             EntryBody::Plan(p) if p.visible_on(now.date()) => Some(entry),

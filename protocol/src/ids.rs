@@ -49,11 +49,7 @@ impl NhsNumber {
     }
 
     fn from_digits(d: [u8; 10]) -> Result<NhsNumber, NhsNumberError> {
-        let sum: u32 = d[..9]
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| u32::from(x) * (10 - i as u32))
-            .sum();
+        let sum: u32 = d[..9].iter().enumerate().map(|(i, &x)| u32::from(x) * (10 - i as u32)).sum();
         let check = match 11 - sum % 11 {
             11 => 0,
             10 => return Err(NhsNumberError::CheckDigit),
@@ -62,9 +58,7 @@ impl NhsNumber {
         if check != u32::from(d[9]) {
             return Err(NhsNumberError::CheckDigit);
         }
-        Ok(NhsNumber(
-            d.iter().fold(0u64, |acc, &x| acc * 10 + u64::from(x)),
-        ))
+        Ok(NhsNumber(d.iter().fold(0u64, |acc, &x| acc * 10 + u64::from(x))))
     }
 
     /// The ten digits, unmasked.
@@ -139,9 +133,7 @@ pub enum OdsCodeError {
     #[error("an ODS code holds only upper-case letters and digits")]
     Character,
     /// Not of an authority's form: 3 digits, or letter-digit-letter-digit-letter.
-    #[error(
-        "an authority's ODS code is 3 digits or letter-digit-letter-digit-letter (e.g. 204 or E5A1B)"
-    )]
+    #[error("an authority's ODS code is 3 digits or letter-digit-letter-digit-letter (e.g. 204 or E5A1B)")]
     AuthorityForm,
 }
 
@@ -155,10 +147,7 @@ impl OdsCode {
         if !(3..=ODS_CODE_LEN_MAX).contains(&t.len()) {
             return Err(OdsCodeError::Length(t.chars().count()));
         }
-        if !t
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-        {
+        if !t.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
             return Err(OdsCodeError::Character);
         }
         Ok(OdsCode(t.to_string()))
@@ -178,13 +167,9 @@ impl OdsCode {
         let b = self.0.as_bytes();
         match b.len() {
             3 => b.iter().all(u8::is_ascii_digit),
-            5 => b.iter().enumerate().all(|(i, c)| {
-                if i % 2 == 0 {
-                    c.is_ascii_uppercase()
-                } else {
-                    c.is_ascii_digit()
-                }
-            }),
+            5 => {
+                b.iter().enumerate().all(|(i, c)| if i % 2 == 0 { c.is_ascii_uppercase() } else { c.is_ascii_digit() })
+            }
             _ => false,
         }
     }
@@ -320,22 +305,10 @@ mod tests {
 
     #[test]
     fn nhs_number_refusals_name_the_rule() {
-        assert_eq!(
-            NhsNumber::parse("9876544321"),
-            Err(NhsNumberError::CheckDigit)
-        );
-        assert_eq!(
-            NhsNumber::parse("943476591"),
-            Err(NhsNumberError::Length(9))
-        );
-        assert_eq!(
-            NhsNumber::parse("94347659199"),
-            Err(NhsNumberError::Length(11))
-        );
-        assert_eq!(
-            NhsNumber::parse("94347659l9"),
-            Err(NhsNumberError::NonDigit)
-        );
+        assert_eq!(NhsNumber::parse("9876544321"), Err(NhsNumberError::CheckDigit));
+        assert_eq!(NhsNumber::parse("943476591"), Err(NhsNumberError::Length(9)));
+        assert_eq!(NhsNumber::parse("94347659199"), Err(NhsNumberError::Length(11)));
+        assert_eq!(NhsNumber::parse("94347659l9"), Err(NhsNumberError::NonDigit));
         assert_eq!(NhsNumber::parse(""), Err(NhsNumberError::Length(0)));
     }
 
@@ -343,10 +316,7 @@ mod tests {
     fn nhs_number_whose_check_would_be_ten_is_invalid() {
         // digits 1..9 of 000000006 sum to 6*2=12 -> 11-1 = 10: no number with this stem is valid.
         for last in 0..10 {
-            assert_eq!(
-                NhsNumber::parse(&format!("000000006{last}")),
-                Err(NhsNumberError::CheckDigit)
-            );
+            assert_eq!(NhsNumber::parse(&format!("000000006{last}")), Err(NhsNumberError::CheckDigit));
         }
     }
 
@@ -360,10 +330,7 @@ mod tests {
     #[test]
     fn nhs_number_decoding_validates() {
         assert!(NhsNumber::try_from(9_434_765_919).is_ok());
-        assert_eq!(
-            NhsNumber::try_from(9_876_544_321),
-            Err(NhsNumberError::CheckDigit)
-        );
+        assert_eq!(NhsNumber::try_from(9_876_544_321), Err(NhsNumberError::CheckDigit));
         assert!(NhsNumber::try_from(99_999_999_999).is_err());
     }
 

@@ -22,64 +22,27 @@ pub struct Transmit {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// New entries of `origin` were accepted.
-    EntriesAccepted {
-        origin: OdsCode,
-        from: OdsCode,
-        count: usize,
-        upto: u64,
-    },
+    EntriesAccepted { origin: OdsCode, from: OdsCode, count: usize, upto: u64 },
     /// A feed batch was refused; nothing changed.
-    BatchRefused {
-        from: OdsCode,
-        origin: OdsCode,
-        reason: String,
-    },
+    BatchRefused { from: OdsCode, origin: OdsCode, reason: String },
     /// Two different signed entries with one origin and sequence: the proof is kept.
-    Equivocation {
-        origin: OdsCode,
-        seq: u64,
-        from: OdsCode,
-    },
+    Equivocation { origin: OdsCode, seq: u64, from: OdsCode },
     /// A new directory version is trusted.
     DirectoryUpdated { version: u64 },
     /// A directory version was refused.
-    DirectoryRefused {
-        from: Option<OdsCode>,
-        reason: String,
-    },
+    DirectoryRefused { from: Option<OdsCode>, reason: String },
     /// A lookup was made durable and answered.
-    LookupAnswered {
-        lookup_id: LookupId,
-        setting: OdsCode,
-        kind: LookupKind,
-        authorities: Vec<OdsCode>,
-    },
+    LookupAnswered { lookup_id: LookupId, setting: OdsCode, kind: LookupKind, authorities: Vec<OdsCode> },
     /// A lookup was refused; nothing changed.
-    LookupRefused {
-        lookup_id: LookupId,
-        from: OdsCode,
-        reason: String,
-    },
+    LookupRefused { lookup_id: LookupId, from: OdsCode, reason: String },
     /// The owning authority stored a notification this hub queued.
-    NotificationDelivered {
-        lookup_id: LookupId,
-        authority: OdsCode,
-        latency_ms: u64,
-    },
+    NotificationDelivered { lookup_id: LookupId, authority: OdsCode, latency_ms: u64 },
     /// A notification has waited longer than the overdue limit (reported once).
-    NotificationOverdue {
-        lookup_id: LookupId,
-        authority: OdsCode,
-        waiting_ms: u64,
-    },
+    NotificationOverdue { lookup_id: LookupId, authority: OdsCode, waiting_ms: u64 },
     /// An authority stored a new notification.
     NotificationReceived { lookup_id: LookupId, hub: OdsCode },
     /// A message was refused; nothing changed.
-    MessageRefused {
-        from: OdsCode,
-        kind: &'static str,
-        reason: String,
-    },
+    MessageRefused { from: OdsCode, kind: &'static str, reason: String },
 }
 
 /// The output queues of a machine, with transmits and actions held until writes are durable.
@@ -103,10 +66,7 @@ impl<A> Outputs<A> {
     }
 
     pub fn send(&mut self, to: &OdsCode, message: Message) {
-        self.transmits.push_back(Transmit {
-            to: to.clone(),
-            message,
-        });
+        self.transmits.push_back(Transmit { to: to.clone(), message });
     }
 
     pub fn event(&mut self, event: Event) {
@@ -156,11 +116,7 @@ impl DirectoryState {
 
     /// Applies the versions of `chain` newer than the trusted one, in order. On error nothing
     /// changes. Returns the store ops for the versions accepted (empty if none were new).
-    pub fn accept(
-        &mut self,
-        chain: Vec<SignedDirectory>,
-        now: Timestamp,
-    ) -> Result<Vec<StoreOp>, DirectoryError> {
+    pub fn accept(&mut self, chain: Vec<SignedDirectory>, now: Timestamp) -> Result<Vec<StoreOp>, DirectoryError> {
         let mut trusted = self.trusted.clone();
         let mut accepted = Vec::new();
         for next in chain {
@@ -180,11 +136,7 @@ impl DirectoryState {
 
     /// Versions after `version`, oldest first, at most [`DIRECTORY_CHAIN_MAX`].
     pub fn after(&self, version: u64) -> Vec<SignedDirectory> {
-        self.chain
-            .range(version + 1..)
-            .take(DIRECTORY_CHAIN_MAX)
-            .map(|(_, d)| d.clone())
-            .collect()
+        self.chain.range(version + 1..).take(DIRECTORY_CHAIN_MAX).map(|(_, d)| d.clone()).collect()
     }
 
     /// Restores stored versions (rows of [`Table::Directory`]), silently keeping only those that
@@ -208,11 +160,7 @@ impl DirectoryState {
 }
 
 pub(crate) fn directory_op(d: &SignedDirectory) -> StoreOp {
-    StoreOp::Put {
-        table: Table::Directory,
-        key: d.directory.version.to_be_bytes().to_vec(),
-        value: codec::encode(d),
-    }
+    StoreOp::Put { table: Table::Directory, key: d.directory.version.to_be_bytes().to_vec(), value: codec::encode(d) }
 }
 
 /// Key of an entry row: origin, 0x00, sequence big-endian.
@@ -248,11 +196,7 @@ pub trait StateMachine {
     /// Every write up to `write_id` is durable.
     fn handle_durable(&mut self, write_id: u64, now: Timestamp);
     /// Directory versions from the operator.
-    fn handle_directories(
-        &mut self,
-        chain: Vec<SignedDirectory>,
-        now: Timestamp,
-    ) -> Result<u64, DirectoryError>;
+    fn handle_directories(&mut self, chain: Vec<SignedDirectory>, now: Timestamp) -> Result<u64, DirectoryError>;
     fn poll_write(&mut self) -> Option<WriteBatch>;
     fn poll_transmit(&mut self) -> Option<Transmit>;
     fn poll_event(&mut self) -> Option<Event>;
@@ -262,12 +206,7 @@ pub trait StateMachine {
 macro_rules! impl_state_machine {
     ($t:ty, connected: |$s:ident, $p:ident, $r:ident, $n:ident| $conn:expr, durable: |$s2:ident, $id:ident, $n2:ident| $dur:expr) => {
         impl $crate::machine::StateMachine for $t {
-            fn handle_connected(
-                &mut self,
-                peer: &OdsCode,
-                role: $crate::directory::Role,
-                now: Timestamp,
-            ) {
+            fn handle_connected(&mut self, peer: &OdsCode, role: $crate::directory::Role, now: Timestamp) {
                 let ($s, $p, $r, $n) = (self, peer, role, now);
                 $conn
             }

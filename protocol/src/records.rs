@@ -24,11 +24,7 @@ pub enum PlanType {
 }
 
 impl PlanType {
-    pub const ALL: [PlanType; 3] = [
-        PlanType::ChildProtection,
-        PlanType::LookedAfter,
-        PlanType::UnbornChildProtection,
-    ];
+    pub const ALL: [PlanType; 3] = [PlanType::ChildProtection, PlanType::LookedAfter, PlanType::UnbornChildProtection];
 
     pub fn snomed_code(self) -> &'static str {
         match self {
@@ -58,9 +54,7 @@ impl PlanType {
     /// Parses a short name (`CPP`, `LAC`, `UCPP`, any case) or a SNOMED CT code.
     pub fn parse(text: &str) -> Option<PlanType> {
         let t = text.trim();
-        PlanType::ALL
-            .into_iter()
-            .find(|p| p.short_name().eq_ignore_ascii_case(t) || p.snomed_code() == t)
+        PlanType::ALL.into_iter().find(|p| p.short_name().eq_ignore_ascii_case(t) || p.snomed_code() == t)
     }
 }
 
@@ -112,9 +106,7 @@ impl Plan {
         }
         match (self.plan_type, self.due) {
             (PlanType::UnbornChildProtection, None) => Err(PlanError::MissingDueDate),
-            (PlanType::ChildProtection | PlanType::LookedAfter, Some(_)) => {
-                Err(PlanError::UnexpectedDueDate)
-            }
+            (PlanType::ChildProtection | PlanType::LookedAfter, Some(_)) => Err(PlanError::UnexpectedDueDate),
             _ => Ok(()),
         }
     }
@@ -203,9 +195,7 @@ impl SettingType {
     }
 
     pub fn parse(text: &str) -> Option<SettingType> {
-        SettingType::ALL
-            .into_iter()
-            .find(|s| s.name() == text.trim())
+        SettingType::ALL.into_iter().find(|s| s.name() == text.trim())
     }
 }
 
@@ -228,9 +218,7 @@ pub struct Person {
 
 impl fmt::Debug for Person {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Person")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
+        f.debug_struct("Person").field("id", &self.id).finish_non_exhaustive()
     }
 }
 
@@ -324,26 +312,15 @@ mod tests {
     fn plan_types_carry_their_snomed_codes() {
         assert_eq!(PlanType::ChildProtection.snomed_code(), "342191000000101");
         assert_eq!(PlanType::LookedAfter.snomed_code(), "764841000000100");
-        assert_eq!(
-            PlanType::UnbornChildProtection.snomed_code(),
-            "818901000000100"
-        );
-        assert_eq!(
-            PlanType::parse("764841000000100"),
-            Some(PlanType::LookedAfter)
-        );
+        assert_eq!(PlanType::UnbornChildProtection.snomed_code(), "818901000000100");
+        assert_eq!(PlanType::parse("764841000000100"), Some(PlanType::LookedAfter));
         assert_eq!(PlanType::parse("lac"), Some(PlanType::LookedAfter));
         assert_eq!(PlanType::parse("XYZ"), None);
     }
 
     #[test]
     fn ended_plan_is_visible_for_365_days_after_its_end() {
-        let p = plan(
-            PlanType::ChildProtection,
-            "2024-01-01",
-            Some("2025-01-01"),
-            None,
-        );
+        let p = plan(PlanType::ChildProtection, "2024-01-01", Some("2025-01-01"), None);
         assert!(p.visible_on(Date::parse("2026-01-01").unwrap()));
         assert!(!p.visible_on(Date::parse("2026-01-02").unwrap()));
         assert!(!p.open_on(Date::parse("2025-01-02").unwrap()));
@@ -351,12 +328,7 @@ mod tests {
 
     #[test]
     fn unborn_plan_is_visible_until_28_days_after_due_date() {
-        let p = plan(
-            PlanType::UnbornChildProtection,
-            "2026-01-01",
-            None,
-            Some("2026-06-01"),
-        );
+        let p = plan(PlanType::UnbornChildProtection, "2026-01-01", None, Some("2026-06-01"));
         assert!(p.visible_on(Date::parse("2026-06-29").unwrap()));
         assert!(!p.visible_on(Date::parse("2026-06-30").unwrap()));
     }
@@ -371,13 +343,7 @@ mod tests {
     #[test]
     fn plan_rules_name_what_is_wrong() {
         assert_eq!(
-            plan(
-                PlanType::ChildProtection,
-                "2026-01-02",
-                Some("2026-01-01"),
-                None
-            )
-            .check(),
+            plan(PlanType::ChildProtection, "2026-01-02", Some("2026-01-01"), None).check(),
             Err(PlanError::EndBeforeStart)
         );
         assert_eq!(
@@ -385,34 +351,16 @@ mod tests {
             Err(PlanError::MissingDueDate)
         );
         assert_eq!(
-            plan(
-                PlanType::LookedAfter,
-                "2026-01-01",
-                None,
-                Some("2026-02-01")
-            )
-            .check(),
+            plan(PlanType::LookedAfter, "2026-01-01", None, Some("2026-02-01")).check(),
             Err(PlanError::UnexpectedDueDate)
         );
-        assert_eq!(
-            plan(PlanType::LookedAfter, "2026-01-01", None, None).check(),
-            Ok(())
-        );
+        assert_eq!(plan(PlanType::LookedAfter, "2026-01-01", None, None).check(), Ok(()));
     }
 
     #[test]
     fn text_checks_name_the_field() {
-        assert_eq!(
-            check_text("person id", " "),
-            Err(TextError::Empty("person id"))
-        );
-        assert_eq!(
-            check_text("person id", &"x".repeat(129)),
-            Err(TextError::TooLong("person id"))
-        );
-        assert_eq!(
-            check_text("person id", "a\nb"),
-            Err(TextError::Control("person id"))
-        );
+        assert_eq!(check_text("person id", " "), Err(TextError::Empty("person id")));
+        assert_eq!(check_text("person id", &"x".repeat(129)), Err(TextError::TooLong("person id")));
+        assert_eq!(check_text("person id", "a\nb"), Err(TextError::Control("person id")));
     }
 }

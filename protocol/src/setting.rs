@@ -71,17 +71,9 @@ pub enum AnswerError {
 impl Setting {
     /// The setting `code`, as listed in `directory`.
     pub fn new(code: OdsCode, identity: Identity, directory: TrustedDirectory) -> Option<Setting> {
-        let member = directory
-            .member(&code)
-            .filter(|m| m.role == Role::Setting)?;
+        let member = directory.member(&code).filter(|m| m.role == Role::Setting)?;
         let (name, setting_type) = (member.name.clone(), member.setting_type?);
-        Some(Setting {
-            code,
-            name,
-            setting_type,
-            identity,
-            dir: DirectoryState::new(directory),
-        })
+        Some(Setting { code, name, setting_type, identity, dir: DirectoryState::new(directory) })
     }
 
     pub fn code(&self) -> &OdsCode {
@@ -95,11 +87,7 @@ impl Setting {
     }
 
     /// Newer directory versions from the hub.
-    pub fn handle_directories(
-        &mut self,
-        chain: Vec<SignedDirectory>,
-        now: Timestamp,
-    ) -> Result<u64, DirectoryError> {
+    pub fn handle_directories(&mut self, chain: Vec<SignedDirectory>, now: Timestamp) -> Result<u64, DirectoryError> {
         self.dir.accept(chain, now)?;
         Ok(self.dir.version())
     }
@@ -128,11 +116,7 @@ impl Setting {
     }
 
     /// Checks every record of `answer` against the directory and against the lookup it answers.
-    pub fn verify_answer(
-        &self,
-        lookup: &AccessEvent,
-        answer: LookupAnswer,
-    ) -> Result<VerifiedAnswer, AnswerError> {
+    pub fn verify_answer(&self, lookup: &AccessEvent, answer: LookupAnswer) -> Result<VerifiedAnswer, AnswerError> {
         if answer.lookup_id != lookup.lookup_id || answer.nhs != lookup.nhs {
             return Err(AnswerError::NotOurLookup);
         }
@@ -153,9 +137,7 @@ impl Setting {
                 return Err(AnswerError::Misplaced("plan"));
             };
             if plan.nhs != lookup.nhs || !plan.visible_on(answer.answered_at.date()) {
-                return Err(AnswerError::Misplaced(
-                    "plan of another child, or not visible",
-                ));
+                return Err(AnswerError::Misplaced("plan of another child, or not visible"));
             }
             if !seen.insert((e.body.origin.clone(), plan.reference.clone())) {
                 return Err(AnswerError::Misplaced("one plan twice"));
@@ -164,39 +146,18 @@ impl Setting {
             let member = dir.member(&authority);
             plans.push(ShownPlan {
                 authority_name: member.map_or_else(|| authority.to_string(), |m| m.name.clone()),
-                contacts: contacts
-                    .get(&authority)
-                    .cloned()
-                    .or_else(|| member.and_then(|m| m.contacts.clone())),
-                freshness: answer
-                    .freshness
-                    .iter()
-                    .find(|f| f.authority == authority)
-                    .cloned(),
+                contacts: contacts.get(&authority).cloned().or_else(|| member.and_then(|m| m.contacts.clone())),
+                freshness: answer.freshness.iter().find(|f| f.authority == authority).cloned(),
                 authority,
                 plan,
             });
         }
-        let history = answer
-            .history
-            .into_iter()
-            .map(|e| shown_visit(dir, e, lookup.nhs))
-            .collect::<Result<_, _>>()?;
-        Ok(VerifiedAnswer {
-            lookup_id: answer.lookup_id,
-            nhs: answer.nhs,
-            hub: answer.hub,
-            plans,
-            history,
-        })
+        let history = answer.history.into_iter().map(|e| shown_visit(dir, e, lookup.nhs)).collect::<Result<_, _>>()?;
+        Ok(VerifiedAnswer { lookup_id: answer.lookup_id, nhs: answer.nhs, hub: answer.hub, plans, history })
     }
 }
 
-fn shown_visit(
-    dir: &TrustedDirectory,
-    e: SignedEntry,
-    nhs: NhsNumber,
-) -> Result<ShownVisit, AnswerError> {
+fn shown_visit(dir: &TrustedDirectory, e: SignedEntry, nhs: NhsNumber) -> Result<ShownVisit, AnswerError> {
     let e = verify_entry(dir, e)?.into_signed();
     let EntryBody::Visit(v) = e.body.body else {
         return Err(AnswerError::Misplaced("visit"));

@@ -107,9 +107,7 @@ pub struct Identity {
 impl Identity {
     /// The identity whose secret is this 32-byte seed.
     pub fn from_seed(seed: [u8; 32]) -> Identity {
-        Identity {
-            key: SigningKey::from_bytes(&seed),
-        }
+        Identity { key: SigningKey::from_bytes(&seed) }
     }
 
     /// The secret seed, for the node to keep in its key file.
@@ -128,11 +126,7 @@ impl Identity {
     /// Signs `body`.
     pub fn sign<T: Signable>(&self, body: T) -> Signed<T> {
         let signature = self.sign_raw(&signing_bytes(&body));
-        Signed {
-            body,
-            key_id: self.key_id(),
-            signature,
-        }
+        Signed { body, key_id: self.key_id(), signature }
     }
 
     pub(crate) fn sign_raw(&self, bytes: &[u8]) -> SignatureBytes {
@@ -162,18 +156,13 @@ pub enum SignatureError {
 }
 
 /// Strictly verifies `signature` over `bytes` with `key`.
-pub fn verify_raw(
-    key: &PublicKey,
-    bytes: &[u8],
-    signature: &SignatureBytes,
-) -> Result<(), SignatureError> {
+pub fn verify_raw(key: &PublicKey, bytes: &[u8], signature: &SignatureBytes) -> Result<(), SignatureError> {
     let vk = VerifyingKey::from_bytes(&key.0).map_err(|_| SignatureError::BadKey)?;
     if vk.is_weak() {
         return Err(SignatureError::BadKey);
     }
     let sig = ed25519_dalek::Signature::from_bytes(&signature.to_bytes());
-    vk.verify_strict(bytes, &sig)
-        .map_err(|_| SignatureError::BadSignature)
+    vk.verify_strict(bytes, &sig).map_err(|_| SignatureError::BadSignature)
 }
 
 /// A record with its signer's key id and signature, not yet checked.
@@ -186,10 +175,7 @@ pub struct Signed<T> {
 
 impl<T: fmt::Debug> fmt::Debug for Signed<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Signed")
-            .field("body", &self.body)
-            .field("key_id", &self.key_id)
-            .finish()
+        f.debug_struct("Signed").field("body", &self.body).field("key_id", &self.key_id).finish()
     }
 }
 
@@ -250,21 +236,14 @@ mod tests {
         assert!(signed.clone().verify_with(&b.public()).is_err());
         let mut tampered = signed;
         tampered.body.0 = 8;
-        assert_eq!(
-            tampered.verify_with(&a.public()).unwrap_err(),
-            SignatureError::BadSignature
-        );
+        assert_eq!(tampered.verify_with(&a.public()).unwrap_err(), SignatureError::BadSignature);
     }
 
     #[test]
     fn domain_separation_keeps_one_kind_from_passing_as_another() {
         let a = Identity::from_seed([1; 32]);
         let note = a.sign(Note(7));
-        let forged = Signed {
-            body: Other(7),
-            key_id: note.key_id,
-            signature: note.signature,
-        };
+        let forged = Signed { body: Other(7), key_id: note.key_id, signature: note.signature };
         assert!(forged.verify_with(&a.public()).is_err());
     }
 

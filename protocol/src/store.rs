@@ -63,11 +63,7 @@ impl Table {
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreOp {
     /// Insert or replace the row at `key`.
-    Put {
-        table: Table,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
+    Put { table: Table, key: Vec<u8>, value: Vec<u8> },
     /// Remove the row at `key`, if any.
     Delete { table: Table, key: Vec<u8> },
 }
@@ -77,13 +73,7 @@ impl std::fmt::Debug for StoreOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreOp::Put { table, key, value } => {
-                write!(
-                    f,
-                    "Put({}, {} key bytes, {} value bytes)",
-                    table.name(),
-                    key.len(),
-                    value.len()
-                )
+                write!(f, "Put({}, {} key bytes, {} value bytes)", table.name(), key.len(), value.len())
             }
             StoreOp::Delete { table, key } => {
                 write!(f, "Delete({}, {} key bytes)", table.name(), key.len())

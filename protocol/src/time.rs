@@ -10,9 +10,7 @@ use std::fmt;
 pub const DAY_MS: u64 = 86_400_000;
 
 /// An instant, in milliseconds since 1970-01-01T00:00:00Z.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
@@ -41,11 +39,7 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms_of_day = self.0 % DAY_MS;
-        let (h, m, s) = (
-            ms_of_day / 3_600_000,
-            ms_of_day / 60_000 % 60,
-            ms_of_day / 1000 % 60,
-        );
+        let (h, m, s) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60);
         write!(f, "{}T{h:02}:{m:02}:{s:02}Z", self.date())
     }
 }
@@ -68,11 +62,7 @@ pub enum DateError {
 impl Date {
     /// The date `y-m-d`, if it exists.
     pub fn from_ymd(y: i32, m: u32, d: u32) -> Result<Date, DateError> {
-        if !(1..=12).contains(&m)
-            || d == 0
-            || d > days_in_month(y, m)
-            || !(1900..=2200).contains(&y)
-        {
+        if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) || !(1900..=2200).contains(&y) {
             return Err(DateError::NoSuchDay);
         }
         Ok(Date(days_from_civil(y, m, d)))
@@ -163,10 +153,7 @@ mod tests {
             assert_eq!(Date::parse(text).unwrap().to_string(), text);
         }
         assert_eq!(Date::parse("1970-01-02").unwrap(), Date(1));
-        assert_eq!(
-            Date::parse("2026-11-24").unwrap().start().date(),
-            Date::parse("2026-11-24").unwrap()
-        );
+        assert_eq!(Date::parse("2026-11-24").unwrap().start().date(), Date::parse("2026-11-24").unwrap());
     }
 
     #[test]
@@ -180,10 +167,7 @@ mod tests {
 
     #[test]
     fn timestamps_print_as_utc() {
-        let t = Date::parse("2026-11-24")
-            .unwrap()
-            .start()
-            .plus_ms(3_723_000);
+        let t = Date::parse("2026-11-24").unwrap().start().plus_ms(3_723_000);
         assert_eq!(t.to_string(), "2026-11-24T01:02:03Z");
     }
 }

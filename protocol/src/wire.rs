@@ -116,10 +116,7 @@ pub struct Refusal {
 pub enum Message {
     /// Sent on connect and periodically: the sender's directory version and high-water marks.
     /// The receiver answers with what the sender lacks.
-    Sync {
-        directory_version: u64,
-        have: Vec<HighWater>,
-    },
+    Sync { directory_version: u64, have: Vec<HighWater> },
     /// Directory versions, oldest first, each the successor of the one before.
     Directories(Vec<SignedDirectory>),
     /// Feed entries.
@@ -169,11 +166,7 @@ pub enum WireError {
     Decode(#[from] DecodeError),
     /// A list in the message is longer than its maximum.
     #[error("too many {what}: {len} (at most {max})")]
-    TooMany {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooMany { what: &'static str, len: usize, max: usize },
 }
 
 /// Encodes a message as a frame payload (version + message), without the length prefix.
@@ -196,10 +189,7 @@ pub fn encode_frame(message: &Message) -> Vec<u8> {
 pub fn frame_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, WireError> {
     let len = u32::from_be_bytes(header) as usize;
     if len > FRAME_BYTES_MAX {
-        return Err(WireError::FrameTooLarge {
-            len,
-            max: FRAME_BYTES_MAX,
-        });
+        return Err(WireError::FrameTooLarge { len, max: FRAME_BYTES_MAX });
     }
     Ok(len)
 }
@@ -207,10 +197,7 @@ pub fn frame_len(header: [u8; FRAME_HEADER_BYTES]) -> Result<usize, WireError> {
 /// Decodes a frame payload into a message and checks its list limits.
 pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
     if payload.len() > FRAME_BYTES_MAX {
-        return Err(WireError::FrameTooLarge {
-            len: payload.len(),
-            max: FRAME_BYTES_MAX,
-        });
+        return Err(WireError::FrameTooLarge { len: payload.len(), max: FRAME_BYTES_MAX });
     }
     let (version, body) = payload.split_at_checked(2).ok_or(WireError::Truncated)?;
     let version = u16::from_be_bytes([version[0], version[1]]);
@@ -224,9 +211,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
 
 /// Decodes one whole frame (length prefix + payload) from `bytes`, which must hold exactly it.
 pub fn decode_frame(bytes: &[u8]) -> Result<Message, WireError> {
-    let (header, payload) = bytes
-        .split_at_checked(FRAME_HEADER_BYTES)
-        .ok_or(WireError::Truncated)?;
+    let (header, payload) = bytes.split_at_checked(FRAME_HEADER_BYTES).ok_or(WireError::Truncated)?;
     let len = frame_len([header[0], header[1], header[2], header[3]])?;
     if payload.len() != len {
         return Err(WireError::Truncated);
@@ -244,9 +229,7 @@ fn limit(what: &'static str, len: usize, max: usize) -> Result<(), WireError> {
 fn check_limits(message: &Message) -> Result<(), WireError> {
     match message {
         Message::Sync { have, .. } => limit("high-water marks", have.len(), SYNC_ORIGINS_MAX),
-        Message::Directories(chain) => {
-            limit("directory versions", chain.len(), DIRECTORY_CHAIN_MAX)
-        }
+        Message::Directories(chain) => limit("directory versions", chain.len(), DIRECTORY_CHAIN_MAX),
         Message::Feed(batch) => limit("batch entries", batch.entries.len(), BATCH_ENTRIES_MAX),
         Message::Answer(a) => {
             limit("plans in an answer", a.plans.len(), ANSWER_PLANS_MAX)?;

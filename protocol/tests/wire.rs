@@ -33,10 +33,7 @@ fn signed_entry_bytes_and_signature_match_golden_vector() {
     let bytes = signing_bytes(&entry);
     assert_eq!(hex(&bytes), GOLDEN_BYTES);
     let signed = test_identity("golden", "204").sign(entry);
-    assert_eq!(
-        hex(&[signed.signature.0, signed.signature.1].concat()),
-        GOLDEN_SIGNATURE
-    );
+    assert_eq!(hex(&[signed.signature.0, signed.signature.1].concat()), GOLDEN_SIGNATURE);
 }
 
 const GOLDEN_BYTES: &str = "637069732f656e74727900000103000000000000003230340700000000000000002cda0aa2010000000000000d000000000000004c41432d323032362d303030315f1a5b320200000001000000ea4f0000000000";
@@ -49,52 +46,29 @@ fn hex(b: &[u8]) -> String {
 #[test]
 fn frame_round_trip() {
     let signed = test_identity("golden", "204").sign(golden_entry());
-    let batch = FeedBatch {
-        origin: OdsCode::parse("204").unwrap(),
-        after: 6,
-        upto: 7,
-        entries: vec![signed],
-    };
+    let batch = FeedBatch { origin: OdsCode::parse("204").unwrap(), after: 6, upto: 7, entries: vec![signed] };
     let message = Message::Feed(batch);
-    assert_eq!(
-        wire::decode_frame(&wire::encode_frame(&message)).unwrap(),
-        message
-    );
+    assert_eq!(wire::decode_frame(&wire::encode_frame(&message)).unwrap(), message);
 }
 
 #[test]
 fn oversized_frame_is_refused_from_its_header() {
     let header = ((FRAME_BYTES_MAX + 1) as u32).to_be_bytes();
-    assert!(matches!(
-        wire::frame_len(header),
-        Err(WireError::FrameTooLarge { .. })
-    ));
+    assert!(matches!(wire::frame_len(header), Err(WireError::FrameTooLarge { .. })));
 }
 
 #[test]
 fn other_protocol_version_is_refused_by_name() {
-    let mut payload = wire::encode_payload(&Message::Sync {
-        directory_version: 1,
-        have: vec![],
-    });
+    let mut payload = wire::encode_payload(&Message::Sync { directory_version: 1, have: vec![] });
     payload[1] = 9;
-    assert!(matches!(
-        wire::decode_payload(&payload),
-        Err(WireError::UnsupportedVersion(9))
-    ));
+    assert!(matches!(wire::decode_payload(&payload), Err(WireError::UnsupportedVersion(9))));
 }
 
 #[test]
 fn trailing_bytes_are_refused() {
-    let mut payload = wire::encode_payload(&Message::Sync {
-        directory_version: 1,
-        have: vec![],
-    });
+    let mut payload = wire::encode_payload(&Message::Sync { directory_version: 1, have: vec![] });
     payload.push(0);
-    assert!(matches!(
-        wire::decode_payload(&payload),
-        Err(WireError::Decode(_))
-    ));
+    assert!(matches!(wire::decode_payload(&payload), Err(WireError::Decode(_))));
 }
 
 proptest! {

@@ -48,21 +48,12 @@ impl Fed {
         for m in trusted.with_role(Role::Hub) {
             hub_addresses.insert(m.code.to_string(), free_udp_port());
         }
-        let fed_on_disk = Fed {
-            dir,
-            fed,
-            hub_addresses,
-        };
+        let fed_on_disk = Fed { dir, fed, hub_addresses };
         for m in trusted.members() {
             let home = fed_on_disk.home(m.code.as_str());
             std::fs::create_dir_all(&home).expect("member dir");
-            config::write_key(
-                &home.join("node.key"),
-                &fed_on_disk.fed.identity(m.code.as_str()).seed(),
-            )
-            .expect("key");
-            config::write_directory(&home.join("directory.cpis"), &fed_on_disk.fed.directory)
-                .expect("directory");
+            config::write_key(&home.join("node.key"), &fed_on_disk.fed.identity(m.code.as_str()).seed()).expect("key");
+            config::write_directory(&home.join("directory.cpis"), &fed_on_disk.fed.directory).expect("directory");
         }
         fed_on_disk
     }
@@ -73,12 +64,7 @@ impl Fed {
     }
 
     pub fn node_config(&self, code: &str) -> NodeConfig {
-        let role = match self
-            .fed
-            .trusted()
-            .member(&code.parse_code())
-            .map(|m| m.role)
-        {
+        let role = match self.fed.trusted().member(&code.parse_code()).map(|m| m.role) {
             Some(Role::Hub) => NodeRole::Hub,
             Some(Role::Authority) => NodeRole::Authority,
             other => panic!("{code} is not a node ({other:?})"),
@@ -118,9 +104,7 @@ impl Fed {
     }
 
     pub async fn start(&self, code: &str) -> RunningNode {
-        RunningNode::start(self.node_config(code))
-            .await
-            .unwrap_or_else(|e| panic!("starting {code}: {e:#}"))
+        RunningNode::start(self.node_config(code)).await.unwrap_or_else(|e| panic!("starting {code}: {e:#}"))
     }
 
     /// The API address and token a node wrote to its folder.
@@ -128,10 +112,7 @@ impl Fed {
         let home = self.home(code);
         let addr = std::fs::read_to_string(home.join("api.addr")).expect("api.addr");
         let token = std::fs::read_to_string(home.join("api.token")).expect("api.token");
-        (
-            addr.trim().parse().expect("address"),
-            token.trim().to_string(),
-        )
+        (addr.trim().parse().expect("address"), token.trim().to_string())
     }
 }
 
@@ -150,11 +131,8 @@ fn toml_of(c: &NodeConfig) -> String {
         NodeRole::Hub => "hub",
         NodeRole::Authority => "authority",
     };
-    let mut text = format!(
-        "role = \"{role}\"\ncode = \"{}\"\ndata_dir = {:?}\n",
-        c.code,
-        c.data_dir.display().to_string()
-    );
+    let mut text =
+        format!("role = \"{role}\"\ncode = \"{}\"\ndata_dir = {:?}\n", c.code, c.data_dir.display().to_string());
     if let Some(listen) = c.listen {
         text += &format!("listen = \"{listen}\"\n");
     }
@@ -165,12 +143,7 @@ fn toml_of(c: &NodeConfig) -> String {
     let t = &c.timing;
     text += &format!(
         "[timing]\ntick_ms = {}\nsync_interval_ms = {}\nretry_base_ms = {}\nretry_cap_ms = {}\nreconnect_base_ms = {}\nreconnect_cap_ms = {}\n",
-        t.tick_ms,
-        t.sync_interval_ms,
-        t.retry_base_ms,
-        t.retry_cap_ms,
-        t.reconnect_base_ms,
-        t.reconnect_cap_ms
+        t.tick_ms, t.sync_interval_ms, t.retry_base_ms, t.retry_cap_ms, t.reconnect_base_ms, t.reconnect_cap_ms
     );
     text
 }
@@ -183,35 +156,31 @@ pub async fn http(
     path: &str,
     body: Option<(&str, &[u8])>,
 ) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the API");
+    try_http(addr, token, method, path, body).await.expect("the API answers")
+}
+
+/// Like [`http`], but `None` when the node does not answer (it was killed, say).
+pub async fn try_http(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &[u8])>,
+) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (content_type, bytes) = body.unwrap_or(("application/json", b""));
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         bytes.len()
     );
-    stream
-        .write_all(head.as_bytes())
-        .await
-        .expect("write request");
-    stream.write_all(bytes).await.expect("write body");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(bytes).await.ok()?;
     let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .expect("read response");
+    stream.read_to_end(&mut response).await.ok()?;
     let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok())?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
 }
 
 /// Calls the API and parses the JSON answer.
@@ -224,18 +193,8 @@ pub async fn api_json(
 ) -> (u16, serde_json::Value) {
     let (addr, token) = fed.api_of(code);
     let bytes = body.map(|b| b.to_string().into_bytes());
-    let (status, text) = http(
-        addr,
-        &token,
-        method,
-        path,
-        bytes.as_deref().map(|b| ("application/json", b)),
-    )
-    .await;
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
+    let (status, text) = http(addr, &token, method, path, bytes.as_deref().map(|b| ("application/json", b))).await;
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
 }
 
 /// Polls `check` every 50 ms until it is true or `timeout` passes; panics naming `what`.

@@ -18,20 +18,11 @@ fn spec() -> FederationSpec {
         .authority("204", "Hackney", &["HUBN"])
         .authority("316", "Newham", &["HUBN", "HUBS"])
         .authority("E5A1B", "Brighton and Hove", &["HUBS"])
-        .setting(
-            "RXH01",
-            "Royal Sussex County UTC",
-            SettingType::UrgentTreatmentCentre,
-            &["HUBS"],
-        )
+        .setting("RXH01", "Royal Sussex County UTC", SettingType::UrgentTreatmentCentre, &["HUBS"])
 }
 
 fn nurse() -> Person {
-    Person {
-        id: "N1234".into(),
-        name: "A Nurse".into(),
-        role: "Staff nurse".into(),
-    }
+    Person { id: "N1234".into(), name: "A Nurse".into(), role: "Staff nurse".into() }
 }
 
 async fn add_plan(fed: &Fed, authority: &str, reference: &str, plan_type: &str) {
@@ -52,15 +43,11 @@ async fn hub_seq(fed: &Fed, hub: &str, origin: &str) -> u64 {
 
 async fn inbox(fed: &Fed, authority: &str) -> Vec<serde_json::Value> {
     let (_, answer) = api_json(fed, authority, "GET", "/notifications", None).await;
-    answer["notifications"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    answer["notifications"].as_array().cloned().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hubs_three_authorities__lookup_at_far_hub__plans_contacts_history_and_one_notice_each()
-{
+async fn two_hubs_three_authorities__lookup_at_far_hub__plans_contacts_history_and_one_notice_each() {
     let fed = Fed::create(spec());
     let mut nodes = Vec::new();
     for code in ["HUBN", "HUBS", "204", "316", "E5A1B"] {
@@ -68,99 +55,48 @@ async fn two_hubs_three_authorities__lookup_at_far_hub__plans_contacts_history_a
     }
     add_plan(&fed, "204", "LAC-1", "LAC").await;
     add_plan(&fed, "316", "CPP-9", "CPP").await;
-    let contacts = json!({ "name": "Hackney CSC", "office_phone": "020 8356 5500", "out_of_hours_phone": "020 8356 2710" });
-    assert_eq!(
-        api_json(&fed, "204", "PUT", "/contacts", Some(contacts))
-            .await
-            .0,
-        200
-    );
+    let contacts =
+        json!({ "name": "Hackney CSC", "office_phone": "020 8356 5500", "out_of_hours_phone": "020 8356 2710" });
+    assert_eq!(api_json(&fed, "204", "PUT", "/contacts", Some(contacts)).await.0, 200);
     for hub in ["HUBN", "HUBS"] {
-        wait_until(
-            "plans replicate to both hubs",
-            Duration::from_secs(20),
-            || async {
-                hub_seq(&fed, hub, "204").await == 2 && hub_seq(&fed, hub, "316").await == 1
-            },
-        )
+        wait_until("plans replicate to both hubs", Duration::from_secs(20), || async {
+            hub_seq(&fed, hub, "204").await == 2 && hub_seq(&fed, hub, "316").await == 1
+        })
         .await;
     }
 
     let setting = fed.setting_config("RXH01");
     let nhs = NhsNumber::parse(CHILD).unwrap();
-    let first = lookup(
-        &setting,
-        LookupRequest {
-            nhs,
-            person: nurse(),
-            kind: LookupKind::Unscheduled,
-        },
-    )
-    .await
-    .expect("first lookup");
-    assert_eq!(
-        first.answer.hub.as_str(),
-        "HUBS",
-        "the setting's home hub answers"
-    );
-    let second = lookup(
-        &setting,
-        LookupRequest {
-            nhs,
-            person: nurse(),
-            kind: LookupKind::Unscheduled,
-        },
-    )
-    .await
-    .expect("second lookup");
+    let first = lookup(&setting, LookupRequest { nhs, person: nurse(), kind: LookupKind::Unscheduled })
+        .await
+        .expect("first lookup");
+    assert_eq!(first.answer.hub.as_str(), "HUBS", "the setting's home hub answers");
+    let second = lookup(&setting, LookupRequest { nhs, person: nurse(), kind: LookupKind::Unscheduled })
+        .await
+        .expect("second lookup");
     let plans = &second.answer.plans;
     let authorities: Vec<&str> = plans.iter().map(|p| p.authority.as_str()).collect();
     assert_eq!(authorities, ["204", "316"]);
-    assert_eq!(
-        plans[0]
-            .contacts
-            .as_ref()
-            .map(|c| c.out_of_hours_phone.as_str()),
-        Some("020 8356 2710")
-    );
+    assert_eq!(plans[0].contacts.as_ref().map(|c| c.out_of_hours_phone.as_str()), Some("020 8356 2710"));
     assert!(plans.iter().all(|p| p.freshness.is_some()));
-    assert_eq!(
-        second.answer.history.len(),
-        1,
-        "the first lookup is in the second's history"
-    );
+    assert_eq!(second.answer.history.len(), 1, "the first lookup is in the second's history");
 
     for authority in ["204", "316"] {
-        wait_until(
-            "each owning authority has its notifications",
-            Duration::from_secs(20),
-            || async { inbox(&fed, authority).await.len() == 2 },
-        )
+        wait_until("each owning authority has its notifications", Duration::from_secs(20), || async {
+            inbox(&fed, authority).await.len() == 2
+        })
         .await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     for authority in ["204", "316"] {
         let items = inbox(&fed, authority).await;
-        let ids: std::collections::BTreeSet<_> = items
-            .iter()
-            .map(|i| i["lookup_id"].as_str().unwrap_or("").to_string())
-            .collect();
-        assert_eq!(
-            items.len(),
-            2,
-            "{authority}: exactly one notification per lookup"
-        );
+        let ids: std::collections::BTreeSet<_> =
+            items.iter().map(|i| i["lookup_id"].as_str().unwrap_or("").to_string()).collect();
+        assert_eq!(items.len(), 2, "{authority}: exactly one notification per lookup");
         assert_eq!(ids.len(), 2);
-        assert!(
-            items
-                .iter()
-                .all(|i| i["setting"]["code"] == "RXH01" && i["person"]["id"] == "N1234")
-        );
+        assert!(items.iter().all(|i| i["setting"]["code"] == "RXH01" && i["person"]["id"] == "N1234"));
     }
-    assert!(
-        inbox(&fed, "E5A1B").await.is_empty(),
-        "no plan, no notification"
-    );
+    assert!(inbox(&fed, "E5A1B").await.is_empty(), "no plan, no notification");
     for node in nodes {
         node.shutdown().await;
     }
@@ -173,38 +109,23 @@ async fn owning_authority_down__lookup_still_answered__notice_arrives_after_rest
     let hubs = fed.start("HUBS").await;
     let hackney = fed.start("204").await;
     add_plan(&fed, "204", "LAC-1", "LAC").await;
-    wait_until(
-        "the plan reaches the far hub",
-        Duration::from_secs(20),
-        || async { hub_seq(&fed, "HUBS", "204").await == 1 },
-    )
+    wait_until("the plan reaches the far hub", Duration::from_secs(20), || async {
+        hub_seq(&fed, "HUBS", "204").await == 1
+    })
     .await;
     hackney.shutdown().await;
 
     let setting = fed.setting_config("RXH01");
     let nhs = NhsNumber::parse(CHILD).unwrap();
-    let outcome = lookup(
-        &setting,
-        LookupRequest {
-            nhs,
-            person: nurse(),
-            kind: LookupKind::Unscheduled,
-        },
-    )
-    .await
-    .expect("answered");
-    assert_eq!(
-        outcome.answer.plans.len(),
-        1,
-        "answered from the replica while Hackney is down"
-    );
+    let outcome = lookup(&setting, LookupRequest { nhs, person: nurse(), kind: LookupKind::Unscheduled })
+        .await
+        .expect("answered");
+    assert_eq!(outcome.answer.plans.len(), 1, "answered from the replica while Hackney is down");
 
     let hackney = fed.start("204").await;
-    wait_until(
-        "the notification arrives after the restart",
-        Duration::from_secs(20),
-        || async { inbox(&fed, "204").await.len() == 1 },
-    )
+    wait_until("the notification arrives after the restart", Duration::from_secs(20), || async {
+        inbox(&fed, "204").await.len() == 1
+    })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(inbox(&fed, "204").await.len(), 1, "exactly once");

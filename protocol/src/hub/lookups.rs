@@ -14,12 +14,7 @@ use crate::wire::{Freshness, HISTORY_LEN_MAX, LookupAnswer, Message, Notificatio
 use std::collections::BTreeMap;
 
 impl Hub {
-    pub(super) fn on_lookup(
-        &mut self,
-        from: &OdsCode,
-        signed: Signed<AccessEvent>,
-        now: Timestamp,
-    ) {
+    pub(super) fn on_lookup(&mut self, from: &OdsCode, signed: Signed<AccessEvent>, now: Timestamp) {
         let lookup_id = signed.body.lookup_id;
         if let Err(e) = self.check_lookup(from, &signed, now) {
             return self.refuse_lookup(from, lookup_id, e.to_string());
@@ -27,11 +22,8 @@ impl Hub {
         let event = &signed.body;
         let plans = self.visible_plans(event.nhs, now);
         let answer = self.answer(&signed, plans.clone(), now);
-        let mut ops = vec![StoreOp::Put {
-            table: Table::AccessLog,
-            key: lookup_id.0.to_vec(),
-            value: codec::encode(&signed),
-        }];
+        let mut ops =
+            vec![StoreOp::Put { table: Table::AccessLog, key: lookup_id.0.to_vec(), value: codec::encode(&signed) }];
         let mut after = Vec::new();
         let by_authority = group_by_authority(&plans);
         if event.kind == LookupKind::Unscheduled && !plans.is_empty() {
@@ -44,24 +36,14 @@ impl Hub {
                     hub: self.code.clone(),
                     answered_at: now,
                 });
-                let record = OutboxRecord {
-                    notification,
-                    queued_at: now,
-                };
+                let record = OutboxRecord { notification, queued_at: now };
                 let key = outbox_key(lookup_id, authority);
-                ops.push(StoreOp::Put {
-                    table: Table::Outbox,
-                    key,
-                    value: codec::encode(&record),
-                });
+                ops.push(StoreOp::Put { table: Table::Outbox, key, value: codec::encode(&record) });
                 after.push(After::Queue(Box::new(record)));
             }
         }
         self.recent_lookups.insert(lookup_id, event.at);
-        after.push(After::Send(Box::new(Transmit {
-            to: from.clone(),
-            message: Message::Answer(answer),
-        })));
+        after.push(After::Send(Box::new(Transmit { to: from.clone(), message: Message::Answer(answer) })));
         after.push(After::Event(Event::LookupAnswered {
             lookup_id,
             setting: from.clone(),
@@ -71,30 +53,16 @@ impl Hub {
         self.out.write(ops, after);
     }
 
-    fn check_lookup(
-        &self,
-        from: &OdsCode,
-        signed: &Signed<AccessEvent>,
-        now: Timestamp,
-    ) -> Result<(), LookupError> {
+    fn check_lookup(&self, from: &OdsCode, signed: &Signed<AccessEvent>, now: Timestamp) -> Result<(), LookupError> {
         let event = &signed.body;
         if event.setting != *from {
-            return Err(LookupError::NotFromSetting {
-                claimed: event.setting.clone(),
-                from: from.clone(),
-            });
+            return Err(LookupError::NotFromSetting { claimed: event.setting.clone(), from: from.clone() });
         }
-        self.dir
-            .trusted
-            .verify(signed.clone(), from, Role::Setting)?;
+        self.dir.trusted.verify(signed.clone(), from, Role::Setting)?;
         event.check()?;
         let skew_ms = self.config.clock_skew_max_ms;
         if now.since(event.at) > skew_ms || event.at.since(now) > skew_ms {
-            return Err(LookupError::Stale {
-                at: event.at,
-                now,
-                skew_ms,
-            });
+            return Err(LookupError::Stale { at: event.at, now, skew_ms });
         }
         if self.recent_lookups.contains_key(&event.lookup_id) {
             return Err(LookupError::Replayed(event.lookup_id));
@@ -103,27 +71,14 @@ impl Hub {
     }
 
     /// Adds the visit to this hub's own feed; returns the work to do once it is durable.
-    fn record_visit(
-        &mut self,
-        signed: &Signed<AccessEvent>,
-        now: Timestamp,
-        ops: &mut Vec<StoreOp>,
-    ) -> Vec<After> {
+    fn record_visit(&mut self, signed: &Signed<AccessEvent>, now: Timestamp, ops: &mut Vec<StoreOp>) -> Vec<After> {
         let own = self.code.clone();
         let hw = self.feeds.get(&own).map_or(0, |f| f.hw);
         // Sequence by clock, so that a hub restored from an empty store never reuses a number.
         let seq = (hw + 1).max(now.as_millis());
-        let entry = self.identity.sign(FeedEntry {
-            origin: own.clone(),
-            seq,
-            at: now,
-            body: EntryBody::Visit(signed.clone()),
-        });
-        ops.push(StoreOp::Put {
-            table: Table::Entries,
-            key: entry_key(&own, seq),
-            value: codec::encode(&entry),
-        });
+        let entry =
+            self.identity.sign(FeedEntry { origin: own.clone(), seq, at: now, body: EntryBody::Visit(signed.clone()) });
+        ops.push(StoreOp::Put { table: Table::Entries, key: entry_key(&own, seq), value: codec::encode(&entry) });
         ops.push(StoreOp::Put {
             table: Table::HighWater,
             key: own.as_str().as_bytes().to_vec(),
@@ -133,27 +88,14 @@ impl Hub {
         let feed = self.feeds.entry(own.clone()).or_default();
         feed.hw = seq;
         feed.as_of = now;
-        let batch = crate::wire::FeedBatch {
-            origin: own,
-            after: hw,
-            upto: seq,
-            entries: vec![entry],
-        };
+        let batch = crate::wire::FeedBatch { origin: own, after: hw, upto: seq, entries: vec![entry] };
         vec![After::Forward(batch, None)]
     }
 
-    fn answer(
-        &self,
-        signed: &Signed<AccessEvent>,
-        plans: Vec<SignedEntry>,
-        now: Timestamp,
-    ) -> LookupAnswer {
+    fn answer(&self, signed: &Signed<AccessEvent>, plans: Vec<SignedEntry>, now: Timestamp) -> LookupAnswer {
         let event = &signed.body;
         let authorities: Vec<OdsCode> = group_by_authority(&plans).into_keys().collect();
-        let contacts = authorities
-            .iter()
-            .filter_map(|a| self.contacts_entry(a).cloned())
-            .collect();
+        let contacts = authorities.iter().filter_map(|a| self.contacts_entry(a).cloned()).collect();
         let freshness = authorities
             .iter()
             .map(|a| {
@@ -211,9 +153,7 @@ fn group_by_authority(plans: &[SignedEntry]) -> BTreeMap<OdsCode, Vec<PlanRef>> 
     let mut by: BTreeMap<OdsCode, Vec<PlanRef>> = BTreeMap::new();
     for e in plans {
         if let EntryBody::Plan(p) = &e.body.body {
-            by.entry(e.body.origin.clone())
-                .or_default()
-                .push(p.reference.clone());
+            by.entry(e.body.origin.clone()).or_default().push(p.reference.clone());
         }
     }
     by

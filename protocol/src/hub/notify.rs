@@ -31,11 +31,8 @@ impl Hub {
             return Some(authority.clone());
         }
         let member = self.dir.trusted.member(authority)?;
-        let hubs: Vec<&OdsCode> = member
-            .home_hubs
-            .iter()
-            .filter(|h| **h != self.code && self.peers.get(*h) == Some(&Role::Hub))
-            .collect();
+        let hubs: Vec<&OdsCode> =
+            member.home_hubs.iter().filter(|h| **h != self.code && self.peers.get(*h) == Some(&Role::Hub)).collect();
         if hubs.is_empty() {
             return None;
         }
@@ -44,42 +41,30 @@ impl Hub {
 
     /// Sends every notification whose retry time has come.
     pub(super) fn deliver_due(&mut self, now: Timestamp) {
-        let due: Vec<_> = self
-            .outbox
-            .iter()
-            .filter(|(_, i)| i.next_attempt_at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let due: Vec<_> =
+            self.outbox.iter().filter(|(_, i)| i.next_attempt_at <= now).map(|(k, _)| k.clone()).collect();
         for key in due {
             let Some(item) = self.outbox.get(&key) else {
                 continue;
             };
             let route = self.route(&key.1, item.attempts);
             let salt = u64::from_le_bytes(key.0.0[..8].try_into().unwrap_or([0; 8]));
-            let (base, cap, overdue) = (
-                self.config.retry_base_ms,
-                self.config.retry_cap_ms,
-                self.config.overdue_after_ms,
-            );
+            let (base, cap, overdue) =
+                (self.config.retry_base_ms, self.config.retry_cap_ms, self.config.overdue_after_ms);
             let Some(item) = self.outbox.get_mut(&key) else {
                 continue;
             };
             if let Some(to) = route {
-                self.out.transmits.push_back(Transmit {
-                    to,
-                    message: Message::Notify(item.record.notification.clone()),
-                });
+                self.out
+                    .transmits
+                    .push_back(Transmit { to, message: Message::Notify(item.record.notification.clone()) });
             }
             item.next_attempt_at = now.plus_ms(backoff_ms(item.attempts, base, cap, salt));
             item.attempts = item.attempts.saturating_add(1);
             let waiting_ms = now.since(item.record.queued_at);
             if !item.overdue_reported && waiting_ms > overdue {
                 item.overdue_reported = true;
-                self.out.event(Event::NotificationOverdue {
-                    lookup_id: key.0,
-                    authority: key.1.clone(),
-                    waiting_ms,
-                });
+                self.out.event(Event::NotificationOverdue { lookup_id: key.0, authority: key.1.clone(), waiting_ms });
             }
         }
     }
@@ -88,9 +73,7 @@ impl Hub {
     pub(super) fn wake_notifications_for(&mut self, peer: &OdsCode, now: Timestamp) {
         let dir = &self.dir.trusted;
         for ((_, authority), item) in self.outbox.iter_mut() {
-            let via_home_hub = dir
-                .member(authority)
-                .is_some_and(|m| m.home_hubs.contains(peer));
+            let via_home_hub = dir.member(authority).is_some_and(|m| m.home_hubs.contains(peer));
             if authority == peer || via_home_hub {
                 item.next_attempt_at = item.next_attempt_at.min(now);
             }
@@ -99,24 +82,11 @@ impl Hub {
     }
 
     /// Another hub hands us a notification for an authority we are a home hub of.
-    pub(super) fn on_relay(
-        &mut self,
-        from: &OdsCode,
-        signed: Signed<Notification>,
-        now: Timestamp,
-    ) {
+    pub(super) fn on_relay(&mut self, from: &OdsCode, signed: Signed<Notification>, now: Timestamp) {
         let n = &signed.body;
-        let serves = self
-            .dir
-            .trusted
-            .member(&n.authority)
-            .is_some_and(|m| m.home_hubs.contains(&self.code));
+        let serves = self.dir.trusted.member(&n.authority).is_some_and(|m| m.home_hubs.contains(&self.code));
         if !serves {
-            return self.refuse(
-                from,
-                "notify",
-                format!("{} is not a home hub of {}", self.code, n.authority),
-            );
+            return self.refuse(from, "notify", format!("{} is not a home hub of {}", self.code, n.authority));
         }
         let dir = &self.dir.trusted;
         let checked = dir
@@ -129,28 +99,16 @@ impl Hub {
         if self.outbox.contains_key(&key) {
             return self.deliver_due(now);
         }
-        let record = OutboxRecord {
-            notification: signed,
-            queued_at: now,
-        };
-        let op = StoreOp::Put {
-            table: Table::Outbox,
-            key: outbox_key(key.0, &key.1),
-            value: codec::encode(&record),
-        };
-        self.out
-            .write(vec![op], vec![After::Queue(Box::new(record))]);
+        let record = OutboxRecord { notification: signed, queued_at: now };
+        let op = StoreOp::Put { table: Table::Outbox, key: outbox_key(key.0, &key.1), value: codec::encode(&record) };
+        self.out.write(vec![op], vec![After::Queue(Box::new(record))]);
     }
 
     /// An authority's receipt, directly or relayed: the notification is done here, and the
     /// receipt goes on to the hub that answered if that is not us.
     pub(super) fn on_receipt(&mut self, from: &OdsCode, signed: Signed<Receipt>, now: Timestamp) {
         let r = signed.body.clone();
-        if let Err(e) = self
-            .dir
-            .trusted
-            .verify(signed.clone(), &r.authority, Role::Authority)
-        {
+        if let Err(e) = self.dir.trusted.verify(signed.clone(), &r.authority, Role::Authority) {
             return self.refuse(from, "receipt", e.to_string());
         }
         let key = (r.lookup_id, r.authority.clone());
@@ -166,15 +124,9 @@ impl Hub {
                 latency_ms,
             }));
         } else if self.peers.get(&r.hub) == Some(&Role::Hub) {
-            after.push(After::Send(Box::new(Transmit {
-                to: r.hub.clone(),
-                message: Message::Receipt(signed),
-            })));
+            after.push(After::Send(Box::new(Transmit { to: r.hub.clone(), message: Message::Receipt(signed) })));
         }
-        let op = StoreOp::Delete {
-            table: Table::Outbox,
-            key: outbox_key(key.0, &key.1),
-        };
+        let op = StoreOp::Delete { table: Table::Outbox, key: outbox_key(key.0, &key.1) };
         self.out.write(vec![op], after);
     }
 }

@@ -44,17 +44,10 @@ impl Hub {
         }
         match &e.body.body {
             EntryBody::Plan(p) => {
-                self.plans_by_nhs
-                    .entry(p.nhs)
-                    .or_default()
-                    .insert((origin.clone(), p.reference.clone()));
+                self.plans_by_nhs.entry(p.nhs).or_default().insert((origin.clone(), p.reference.clone()));
             }
             EntryBody::Visit(v) => {
-                self.visits_by_nhs.entry(v.body.nhs).or_default().insert((
-                    v.body.at,
-                    origin.clone(),
-                    seq,
-                ));
+                self.visits_by_nhs.entry(v.body.nhs).or_default().insert((v.body.at, origin.clone(), seq));
             }
             EntryBody::Contacts(_) => {}
         }
@@ -88,24 +81,12 @@ impl Hub {
             }
             EntryBody::Contacts(_) => {}
         }
-        Some(StoreOp::Delete {
-            table: Table::Entries,
-            key: entry_key(origin, seq),
-        })
+        Some(StoreOp::Delete { table: Table::Entries, key: entry_key(origin, seq) })
     }
 
-    pub(super) fn on_sync(
-        &mut self,
-        from: &OdsCode,
-        directory_version: u64,
-        have: &[HighWater],
-        now: Timestamp,
-    ) {
+    pub(super) fn on_sync(&mut self, from: &OdsCode, directory_version: u64, have: &[HighWater], now: Timestamp) {
         if directory_version < self.dir.version() {
-            self.out.send(
-                from,
-                Message::Directories(self.dir.after(directory_version)),
-            );
+            self.out.send(from, Message::Directories(self.dir.after(directory_version)));
         }
         let role = self.peers.get(from).copied();
         for h in have {
@@ -113,11 +94,7 @@ impl Hub {
                 && feed.hw >= h.seq
             {
                 // The sender knew of nothing newer at h.as_of (an authority's own word is now).
-                let as_of = if role == Some(Role::Authority) && h.origin == *from {
-                    now
-                } else {
-                    h.as_of
-                };
+                let as_of = if role == Some(Role::Authority) && h.origin == *from { now } else { h.as_of };
                 feed.as_of = feed.as_of.max(as_of);
             }
         }
@@ -127,18 +104,8 @@ impl Hub {
         {
             // The authority has more than we do: ask for it.
             let seq = self.feeds.get(from).map_or(0, |f| f.hw);
-            let have = vec![HighWater {
-                origin: from.clone(),
-                seq,
-                as_of: now,
-            }];
-            self.out.send(
-                from,
-                Message::Sync {
-                    directory_version: self.dir.version(),
-                    have,
-                },
-            );
+            let have = vec![HighWater { origin: from.clone(), seq, as_of: now }];
+            self.out.send(from, Message::Sync { directory_version: self.dir.version(), have });
         }
         if role == Some(Role::Hub) {
             self.send_missing(from, have);
@@ -147,8 +114,7 @@ impl Hub {
 
     /// Sends a hub every entry it lacks according to its high-water marks.
     fn send_missing(&mut self, to: &OdsCode, have: &[HighWater]) {
-        let theirs: std::collections::HashMap<&OdsCode, u64> =
-            have.iter().map(|h| (&h.origin, h.seq)).collect();
+        let theirs: std::collections::HashMap<&OdsCode, u64> = have.iter().map(|h| (&h.origin, h.seq)).collect();
         let mut batches = Vec::new();
         for (origin, feed) in &self.feeds {
             let their = theirs.get(origin).copied().unwrap_or(0);
@@ -159,26 +125,12 @@ impl Hub {
             let mut after = their;
             let chunks: Vec<&[&SignedEntry]> = live.chunks(BATCH_ENTRIES_MAX).collect();
             if chunks.is_empty() {
-                batches.push(FeedBatch {
-                    origin: origin.clone(),
-                    after,
-                    upto: feed.hw,
-                    entries: vec![],
-                });
+                batches.push(FeedBatch { origin: origin.clone(), after, upto: feed.hw, entries: vec![] });
             }
             for (i, chunk) in chunks.iter().enumerate() {
-                let upto = if i + 1 == chunks.len() {
-                    feed.hw
-                } else {
-                    chunk[chunk.len() - 1].body.seq
-                };
+                let upto = if i + 1 == chunks.len() { feed.hw } else { chunk[chunk.len() - 1].body.seq };
                 let entries = chunk.iter().map(|e| (*e).clone()).collect();
-                batches.push(FeedBatch {
-                    origin: origin.clone(),
-                    after,
-                    upto,
-                    entries,
-                });
+                batches.push(FeedBatch { origin: origin.clone(), after, upto, entries });
                 after = upto;
             }
         }
@@ -193,41 +145,21 @@ impl Hub {
         if batch.after > hw {
             // A gap: ask the sender for everything after our mark.
             let have = self.high_waters();
-            return self.out.send(
-                from,
-                Message::Sync {
-                    directory_version: self.dir.version(),
-                    have,
-                },
-            );
+            return self.out.send(from, Message::Sync { directory_version: self.dir.version(), have });
         }
         match self.check_batch(from, &batch, hw) {
             Ok(new) => self.apply_batch(from, batch, new, hw, now),
-            Err(BatchError::Equivocation(seq)) => self.out.event(Event::Equivocation {
-                origin,
-                seq,
-                from: from.clone(),
-            }),
-            Err(e) => self.out.event(Event::BatchRefused {
-                from: from.clone(),
-                origin,
-                reason: e.to_string(),
-            }),
+            Err(BatchError::Equivocation(seq)) => {
+                self.out.event(Event::Equivocation { origin, seq, from: from.clone() })
+            }
+            Err(e) => self.out.event(Event::BatchRefused { from: from.clone(), origin, reason: e.to_string() }),
         }
     }
 
     /// Checks a whole batch before anything changes. Returns the verified entries above `hw`.
-    fn check_batch(
-        &mut self,
-        from: &OdsCode,
-        batch: &FeedBatch,
-        hw: u64,
-    ) -> Result<Vec<SignedEntry>, BatchError> {
+    fn check_batch(&mut self, from: &OdsCode, batch: &FeedBatch, hw: u64) -> Result<Vec<SignedEntry>, BatchError> {
         if batch.after >= batch.upto || batch.entries.len() > BATCH_ENTRIES_MAX {
-            return Err(BatchError::Bounds {
-                after: batch.after,
-                upto: batch.upto,
-            });
+            return Err(BatchError::Bounds { after: batch.after, upto: batch.upto });
         }
         if self.peers.get(from) == Some(&Role::Authority) && batch.origin != *from {
             return Err(BatchError::NotOwnFeed);
@@ -246,10 +178,7 @@ impl Hub {
                 return Err(BatchError::Order { seq: e.body.seq });
             }
             prev = e.body.seq;
-            let held = self
-                .feeds
-                .get(&batch.origin)
-                .and_then(|f| f.entries.get(&e.body.seq));
+            let held = self.feeds.get(&batch.origin).and_then(|f| f.entries.get(&e.body.seq));
             match held {
                 Some(mine) if mine.body == e.body => continue,
                 Some(mine) => {
@@ -278,14 +207,7 @@ impl Hub {
         true
     }
 
-    fn apply_batch(
-        &mut self,
-        from: &OdsCode,
-        batch: FeedBatch,
-        new: Vec<SignedEntry>,
-        hw: u64,
-        now: Timestamp,
-    ) {
+    fn apply_batch(&mut self, from: &OdsCode, batch: FeedBatch, new: Vec<SignedEntry>, hw: u64, now: Timestamp) {
         let origin = batch.origin.clone();
         let upto = batch.upto.max(hw);
         let mut ops = Vec::new();
@@ -314,19 +236,9 @@ impl Hub {
             value: upto.to_be_bytes().to_vec(),
         });
         let count = new.len();
-        let forward = FeedBatch {
-            origin: origin.clone(),
-            after: hw,
-            upto,
-            entries: new,
-        };
+        let forward = FeedBatch { origin: origin.clone(), after: hw, upto, entries: new };
         let after = vec![
-            After::Event(Event::EntriesAccepted {
-                origin,
-                from: from.clone(),
-                count,
-                upto,
-            }),
+            After::Event(Event::EntriesAccepted { origin, from: from.clone(), count, upto }),
             After::Forward(forward, Some(from.clone())),
         ];
         self.out.write(ops, after);
@@ -334,12 +246,8 @@ impl Hub {
 
     /// Sends newly accepted entries on to every connected hub but the one they came from.
     pub(super) fn forward(&mut self, batch: FeedBatch, except: Option<&OdsCode>) {
-        let hubs: Vec<OdsCode> = self
-            .peers
-            .iter()
-            .filter(|(p, r)| **r == Role::Hub && Some(*p) != except)
-            .map(|(p, _)| p.clone())
-            .collect();
+        let hubs: Vec<OdsCode> =
+            self.peers.iter().filter(|(p, r)| **r == Role::Hub && Some(*p) != except).map(|(p, _)| p.clone()).collect();
         for hub in hubs {
             self.out.send(&hub, Message::Feed(batch.clone()));
         }
@@ -358,10 +266,7 @@ impl Hub {
             })
             .map(|e| (e.body.origin.clone(), e.body.seq))
             .collect();
-        let ops: Vec<StoreOp> = doomed
-            .into_iter()
-            .filter_map(|(o, s)| self.remove_entry(&o, s))
-            .collect();
+        let ops: Vec<StoreOp> = doomed.into_iter().filter_map(|(o, s)| self.remove_entry(&o, s)).collect();
         if !ops.is_empty() {
             self.out.write(ops, vec![]);
         }

@@ -1,0 +1,174 @@
+//! Nodes killed with SIGKILL mid-work: nothing they acknowledged is lost.
+#![allow(non_snake_case)]
+
+use cpis_node::client::{LookupRequest, lookup};
+use cpis_protocol::harness::FederationSpec;
+use cpis_protocol::ids::NhsNumber;
+use cpis_protocol::records::{LookupKind, Person, SettingType};
+use cpis_tests::{Fed, api_json, spawn_node, wait_until};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const NODE: &str = env!("CARGO_BIN_EXE_cpis-node-under-test");
+
+fn spec() -> FederationSpec {
+    FederationSpec::new("crash").hub("HUBN").hub("HUBS").authority("204", "Hackney", &["HUBN"]).setting(
+        "RXH01",
+        "Royal Sussex County UTC",
+        SettingType::UrgentTreatmentCentre,
+        &["HUBS"],
+    )
+}
+
+/// Valid NHS numbers, deterministically.
+fn children(n: usize) -> Vec<NhsNumber> {
+    (0..)
+        .map(|i| 400_000_000u64 + i * 7_919)
+        .filter_map(|stem| (0..10).find_map(|d| NhsNumber::try_from(stem * 10 + d).ok()))
+        .take(n)
+        .collect()
+}
+
+fn plan_json(i: usize, nhs: NhsNumber) -> serde_json::Value {
+    json!({ "reference": format!("LAC-{i}"), "nhs": nhs.digits(), "plan_type": "LAC", "start": "2026-01-05" })
+}
+
+async fn wait_for_api(fed: &Fed, code: &str) {
+    let path = fed.home(code).join("api.addr");
+    let _ = std::fs::remove_file(&path);
+    wait_until("the node's API is up", Duration::from_secs(20), || async {
+        path.exists() && tokio::net::TcpStream::connect(fed.api_of(code).0).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_killed_while_answering_and_replicating__restarted__nothing_acknowledged_lost_and_converges() {
+    let fed = Fed::create(spec());
+    let hubn = fed.start("HUBN").await;
+    let hackney = fed.start("204").await;
+    let config = fed.write_node_config("HUBS");
+    let mut hubs = spawn_node(NODE, &config);
+    wait_for_api(&fed, "HUBS").await;
+    let kids = children(120);
+    for (i, nhs) in kids.iter().take(20).enumerate() {
+        assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan_json(i, *nhs))).await.0, 200);
+    }
+    wait_until("the first plans reach HUBS", Duration::from_secs(20), || async {
+        let (_, s) = api_json(&fed, "HUBS", "GET", "/status", None).await;
+        s["origins"].as_array().is_some_and(|o| o.iter().any(|x| x["origin"] == "204" && x["seq"] == 20))
+    })
+    .await;
+
+    // Lookups at HUBS and new plans at Hackney, while HUBS is killed.
+    let mut setting = fed.setting_config("RXH01");
+    setting.hub_timeout_ms = 500;
+    let mut answered = BTreeSet::new();
+    for (i, nhs) in kids.iter().enumerate().skip(20) {
+        let _ = api_json(&fed, "204", "POST", "/plans", Some(plan_json(i, *nhs))).await;
+        let child = kids[i % 20];
+        let request = LookupRequest {
+            nhs: child,
+            person: Person { id: "N1".into(), name: "A Nurse".into(), role: "Nurse".into() },
+            kind: LookupKind::Unscheduled,
+        };
+        if let Ok(outcome) = lookup(&setting, request).await {
+            assert_eq!(outcome.answer.plans.len(), 1, "every answer shows the plan");
+            answered.insert(outcome.lookup_id.to_hex());
+        }
+        if i == 50 {
+            hubs.kill().expect("SIGKILL");
+            let _ = hubs.wait();
+        }
+        if i == 65 {
+            hubs = spawn_node(NODE, &config);
+            wait_for_api(&fed, "HUBS").await;
+        }
+    }
+    assert!(
+        answered.len() >= 60,
+        "most lookups were answered (by HUBS or, while it was down, by HUBN): {}",
+        answered.len()
+    );
+
+    wait_until("every answered lookup reached Hackney's inbox", Duration::from_secs(60), || async {
+        let (_, inbox) = api_json(&fed, "204", "GET", "/notifications", None).await;
+        let ids: BTreeSet<String> = inbox["notifications"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|n| n["lookup_id"].as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        answered.is_subset(&ids)
+    })
+    .await;
+    let (_, inbox) = api_json(&fed, "204", "GET", "/notifications", None).await;
+    let all: Vec<String> = inbox["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["lookup_id"].as_str().unwrap().to_string())
+        .collect();
+    let unique: BTreeSet<_> = all.iter().cloned().collect();
+    assert_eq!(all.len(), unique.len(), "no notification twice");
+
+    let (_, status) = api_json(&fed, "204", "GET", "/status", None).await;
+    let feed_seq = status["feed_seq"].as_u64().unwrap();
+    wait_until("HUBS converges with Hackney's feed", Duration::from_secs(30), || async {
+        let (_, s) = api_json(&fed, "HUBS", "GET", "/status", None).await;
+        s["origins"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|x| x["origin"] == "204" && x["seq"].as_u64() == Some(feed_seq)))
+    })
+    .await;
+    hubs.kill().expect("stop");
+    let _ = hubs.wait();
+    hackney.shutdown().await;
+    hubn.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authority_killed_during_plan_writes__every_acknowledged_plan_survives() {
+    let fed = Fed::create(spec());
+    let config = fed.write_node_config("204");
+    let mut node = spawn_node(NODE, &config);
+    wait_for_api(&fed, "204").await;
+    let kids = children(400);
+    let writer = {
+        let (addr, token) = fed.api_of("204");
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for (i, nhs) in kids.iter().enumerate() {
+                let body = plan_json(i, *nhs).to_string();
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    cpis_tests::try_http(addr, &token, "POST", "/plans", Some(("application/json", body.as_bytes()))),
+                )
+                .await;
+                match reply {
+                    Ok(Some((200, _))) => acknowledged.push(format!("LAC-{i}")),
+                    _ => break,
+                }
+            }
+            acknowledged
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    node.kill().expect("SIGKILL");
+    let _ = node.wait();
+    let acknowledged = writer.await.unwrap();
+    assert!(
+        !acknowledged.is_empty() && acknowledged.len() < 400,
+        "killed mid-way: {} acknowledged",
+        acknowledged.len()
+    );
+
+    let mut node = spawn_node(NODE, &config);
+    wait_for_api(&fed, "204").await;
+    let (_, plans) = api_json(&fed, "204", "GET", "/plans", None).await;
+    let held: BTreeSet<String> =
+        plans["plans"].as_array().unwrap().iter().map(|p| p["reference"].as_str().unwrap().to_string()).collect();
+    let lost: Vec<_> = acknowledged.iter().filter(|r| !held.contains(*r)).collect();
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+    node.kill().expect("stop");
+    let _ = node.wait();
+}

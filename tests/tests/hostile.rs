@@ -1,0 +1,137 @@
+//! Peers the federation must refuse: unknown and revoked keys, garbage and oversized frames.
+#![allow(non_snake_case)]
+
+use cpis_node::client::{LookupRequest, lookup};
+use cpis_node::store::Store;
+use cpis_node::transport;
+use cpis_protocol::directory::KeyStatus;
+use cpis_protocol::harness::FederationSpec;
+use cpis_protocol::ids::NhsNumber;
+use cpis_protocol::records::{LookupKind, Person, SettingType};
+use cpis_protocol::store::StoredRow;
+use cpis_tests::{Fed, http, wait_until};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn spec() -> FederationSpec {
+    FederationSpec::new("hostile").hub("HUBS").authority("204", "Hackney", &["HUBS"]).setting(
+        "RXH01",
+        "Royal Sussex County UTC",
+        SettingType::UrgentTreatmentCentre,
+        &["HUBS"],
+    )
+}
+
+fn request() -> LookupRequest {
+    LookupRequest {
+        nhs: NhsNumber::parse("9434765919").unwrap(),
+        person: Person { id: "N1".into(), name: "A Nurse".into(), role: "Nurse".into() },
+        kind: LookupKind::Unscheduled,
+    }
+}
+
+async fn metric(fed: &Fed, code: &str, line_start: &str) -> u64 {
+    let (addr, token) = fed.api_of(code);
+    let (_, text) = http(addr, &token, "GET", "/metrics", None).await;
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_whose_key_is_not_in_the_directory__refused_in_the_handshake() {
+    let fed = Fed::create(spec());
+    let hub = fed.start("HUBS").await;
+    // A well-formed session (a Sync frame) from a key no member holds.
+    let sync =
+        cpis_protocol::wire::encode_frame(&cpis_protocol::wire::Message::Sync { directory_version: 1, have: vec![] });
+    let outcome = send_raw(&fed, [42; 32], sync).await;
+    assert!(outcome.is_err(), "no reply to a stranger: {outcome:?}");
+    wait_until("the hub counts the refusal", Duration::from_secs(5), || async {
+        metric(&fed, "HUBS", "cpis_connections_refused_total{reason=\"unknown_key\"}").await >= 1
+    })
+    .await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_whose_key_was_revoked__refused_in_the_handshake() {
+    let fed = Fed::create(spec());
+    let hub = fed.start("HUBS").await;
+    let setting = fed.setting_config("RXH01");
+    lookup(&setting, request()).await.expect("allowed before the revocation");
+
+    let v1 = fed.fed.trusted().directory().clone();
+    let v2 = fed.fed.next_directory(&v1, |d| {
+        if let Some(m) = d.members.iter_mut().find(|m| m.code.as_str() == "RXH01") {
+            m.keys[0].status = KeyStatus::Revoked { at: fed.fed.start };
+        }
+    });
+    let (addr, token) = fed.api_of("HUBS");
+    let body = cpis_protocol::codec::encode(&vec![v2]);
+    let (status, answer) = http(addr, &token, "POST", "/directory", Some(("application/octet-stream", &body))).await;
+    assert_eq!(status, 200, "{answer}");
+
+    let err = lookup(&setting, request()).await.expect_err("a revoked key is refused");
+    assert!(err.to_string().contains("HUBS"), "{err}");
+    wait_until("the hub counts the refusal", Duration::from_secs(5), || async {
+        metric(&fed, "HUBS", "cpis_connections_refused_total{reason=\"key_not_active\"}").await >= 1
+    })
+    .await;
+    hub.shutdown().await;
+}
+
+fn rows(fed: &Fed, code: &str) -> Vec<StoredRow> {
+    Store::open(&fed.home(code).join("node.redb")).unwrap().load_all().unwrap()
+}
+
+/// Connects with key `seed` and writes `bytes` on a stream; returns the reply or why it ended.
+async fn send_raw(fed: &Fed, seed: [u8; 32], bytes: Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+    let admit: transport::Admit = Arc::new(|_| Ok(()));
+    let endpoint = transport::endpoint("127.0.0.1:0".parse().unwrap(), &seed, admit).map_err(|e| e.to_string())?;
+    let conn = transport::connect(&endpoint, fed.hub_addresses["HUBS"]).await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&bytes).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    let reply = tokio::time::timeout(Duration::from_secs(5), transport::read_frame(&mut recv, 1 << 20)).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    endpoint.close(0u32.into(), b"");
+    match (reply, closed) {
+        (Ok(Ok(frame)), _) => Ok(frame),
+        (_, Ok(reason)) => Err(reason.to_string()),
+        (Ok(Err(e)), Err(_)) => Err(e.to_string()),
+        (Err(_), Err(_)) => Err("no reply and no close".into()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bytes_and_oversized_frame__connection_closed__nothing_stored_changes() {
+    let fed = Fed::create(spec());
+    let hub = fed.start("HUBS").await;
+    hub.shutdown().await;
+    let before = rows(&fed, "HUBS");
+
+    let hub = fed.start("HUBS").await;
+    let mut garbage = 64u32.to_be_bytes().to_vec();
+    garbage.extend((0..64u8).map(|i| i.wrapping_mul(37)));
+    let outcome = send_raw(&fed, fed.fed.identity("RXH01").seed(), garbage).await;
+    assert!(matches!(&outcome, Err(reason) if reason.contains("bad frame")), "{outcome:?}");
+
+    let oversized = ((cpis_protocol::wire::FRAME_BYTES_MAX + 1) as u32).to_be_bytes().to_vec();
+    let outcome = send_raw(&fed, fed.fed.identity("RXH01").seed(), oversized).await;
+    assert!(matches!(&outcome, Err(reason) if reason.contains("bad frame")), "{outcome:?}");
+    assert_eq!(metric(&fed, "HUBS", "cpis_connections_refused_total{reason=\"bad_frame\"}").await, 2);
+
+    let setting = fed.setting_config("RXH01");
+    lookup(&setting, request()).await.expect("the hub still serves well-behaved peers");
+    hub.shutdown().await;
+    let after = rows(&fed, "HUBS");
+    let changed: Vec<_> = after.iter().filter(|r| !before.contains(r)).map(|r| r.table).collect();
+    assert!(
+        changed.iter().all(|t| *t == cpis_protocol::store::Table::AccessLog),
+        "only the good lookup was stored: {changed:?}"
+    );
+    assert_eq!(changed.len(), 1);
+}

@@ -126,16 +126,27 @@ async fn serve_incoming(conn: quinn::Connection, ctx: NetContext, roles: &[Role]
     }
 }
 
-/// Keeps a connection to `peer` open, redialling with capped, jittered backoff until shutdown.
+/// Whether to keep a connection open or dial just once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dial {
+    /// Redial whenever the connection ends.
+    Keep,
+    /// One attempt (the session runs until it ends).
+    Once,
+}
+
+/// Keeps a connection to `peer` open (or dials it once), redialling with capped, jittered
+/// backoff (`backoff_ms` = base, cap) until shutdown.
 pub async fn dial_loop(
     endpoint: quinn::Endpoint,
     ctx: NetContext,
     peer: OdsCode,
     addr: SocketAddr,
-    base_ms: u64,
-    cap_ms: u64,
+    dial: Dial,
+    backoff_ms: (u64, u64),
 ) {
     let mut shutdown = ctx.shutdown.clone();
+    let (base_ms, cap_ms) = backoff_ms;
     let mut delay_ms = base_ms;
     loop {
         if *shutdown.borrow() {
@@ -160,6 +171,9 @@ pub async fn dial_loop(
             },
             Ok(Err(e)) => debug!(%peer, %addr, error = %e, "dial failed"),
             Err(_) => debug!(%peer, %addr, "dial timed out"),
+        }
+        if dial == Dial::Once {
+            return;
         }
         let jitter = rand::random::<u64>() % (delay_ms / 2 + 1);
         let wait = Duration::from_millis(delay_ms / 2 + jitter);

@@ -128,7 +128,8 @@ impl RunningNode {
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
-        self.endpoint.wait_idle().await;
+        // Closing connections is announced to peers; do not wait on a peer that never answers.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 
     /// Resolves when the node has stopped by itself (a fatal store error).
@@ -371,6 +372,10 @@ impl Node {
 
     fn on_disconnected(&mut self, peer: &OdsCode, conn_id: u64) {
         if self.settings.remove(&conn_id).is_some() {
+            self.lookup_routes.retain(|_, (c, _)| *c != conn_id);
+            if self.sync_routes.get(peer) == Some(&conn_id) {
+                self.sync_routes.remove(peer);
+            }
             if !self.settings.values().any(|s| s.code == *peer) {
                 self.machine.as_dyn().handle_disconnected(peer);
             }
@@ -520,16 +525,26 @@ impl Node {
         self.refresh_dialers();
     }
 
-    /// Starts a dial loop for each peer this node should connect to: an authority its home
-    /// hubs; a hub every hub with a greater code (the other dials us).
+    /// Starts a dial loop for each peer this node keeps a connection to: an authority its home
+    /// hubs; a hub every hub with a greater code (those with a smaller code dial us). A hub also
+    /// dials each hub with a smaller code once at start, so that a peer still holding a dead
+    /// connection from before a crash replaces it (and redials) at once rather than after the
+    /// idle timeout.
     fn refresh_dialers(&mut self) {
         let dir = self.machine.directory().clone();
         let me = self.ctx.me.clone();
-        let targets: Vec<OdsCode> = match self.config.role {
-            NodeRole::Authority => dir.member(&me).map(|m| m.home_hubs.clone()).unwrap_or_default(),
-            NodeRole::Hub => dir.with_role(Role::Hub).map(|m| m.code.clone()).filter(|c| *c > me).collect(),
+        let targets: Vec<(OdsCode, net::Dial)> = match self.config.role {
+            NodeRole::Authority => dir
+                .member(&me)
+                .map(|m| m.home_hubs.iter().map(|h| (h.clone(), net::Dial::Keep)).collect())
+                .unwrap_or_default(),
+            NodeRole::Hub => dir
+                .with_role(Role::Hub)
+                .filter(|m| m.code != me)
+                .map(|m| (m.code.clone(), if m.code > me { net::Dial::Keep } else { net::Dial::Once }))
+                .collect(),
         };
-        for target in targets {
+        for (target, dial) in targets {
             if self.dialing.contains_key(&target) {
                 continue;
             }
@@ -538,7 +553,7 @@ impl Node {
                 continue;
             };
             let (base, cap) = (self.config.timing.reconnect_base_ms, self.config.timing.reconnect_cap_ms);
-            let task = net::dial_loop(self.endpoint.clone(), self.ctx.clone(), target.clone(), addr, base, cap);
+            let task = net::dial_loop(self.endpoint.clone(), self.ctx.clone(), target.clone(), addr, dial, (base, cap));
             self.dialing.insert(target, tokio::spawn(task.instrument(tracing::Span::current())));
         }
     }

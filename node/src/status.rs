@@ -58,7 +58,16 @@ pub fn status(node: &Node) -> Value {
             let origins: Vec<Value> = h
                 .high_waters()
                 .into_iter()
-                .map(|hw| json!({ "origin": hw.origin.as_str(), "seq": hw.seq, "as_of": hw.as_of.to_string(), "lag_ms": now.since(hw.as_of) }))
+                .map(|hw| {
+                    // Zero: the hub has not yet heard how current its copy is.
+                    let known = hw.as_of.as_millis() > 0;
+                    json!({
+                        "origin": hw.origin.as_str(),
+                        "seq": hw.seq,
+                        "as_of": known.then(|| hw.as_of.to_string()),
+                        "lag_ms": known.then(|| now.since(hw.as_of)),
+                    })
+                })
                 .collect();
             let waiting: Vec<Value> =
                 h.outbox_depths().into_iter().map(|(a, n)| json!({ "authority": a.as_str(), "waiting": n })).collect();
@@ -89,7 +98,7 @@ pub fn metrics(node: &Node) -> String {
             "# HELP cpis_replication_lag_seconds Time since the hub last knew its copy of an origin's feed to be current."
         );
         let _ = writeln!(out, "# TYPE cpis_replication_lag_seconds gauge");
-        for hw in h.high_waters() {
+        for hw in h.high_waters().into_iter().filter(|hw| hw.as_of.as_millis() > 0) {
             let _ = writeln!(
                 out,
                 "cpis_replication_lag_seconds{{origin=\"{}\"}} {:.3}",

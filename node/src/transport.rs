@@ -34,8 +34,9 @@ pub const ALPN: &[u8] = b"cpis/1";
 /// Server name used when connecting (not checked: the key is the identity).
 pub const SERVER_NAME: &str = "cpis";
 
-const IDLE_TIMEOUT_MS: u32 = 30_000;
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// A peer silent this long is gone (keep-alives make silence mean death).
+const IDLE_TIMEOUT_MS: u32 = 10_000;
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 

@@ -323,12 +323,14 @@ impl Authority {
         let chunks: Vec<&[SignedEntry]> = live.chunks(BATCH_ENTRIES_MAX).collect();
         if chunks.is_empty() {
             // Everything after `seq` was superseded: an empty batch still moves the hub on.
-            let batch = FeedBatch { origin: self.code.clone(), after, upto: self.durable_seq, entries: vec![] };
+            let as_of = Timestamp(0);
+            let batch = FeedBatch { origin: self.code.clone(), after, upto: self.durable_seq, entries: vec![], as_of };
             return self.out.send(hub, Message::Feed(batch));
         }
         for (i, chunk) in chunks.iter().enumerate() {
             let upto = if i + 1 == chunks.len() { self.durable_seq } else { chunk[chunk.len() - 1].body.seq };
-            let batch = FeedBatch { origin: self.code.clone(), after, upto, entries: chunk.to_vec() };
+            let as_of = chunk.iter().map(|e| e.body.at).max().unwrap_or_default();
+            let batch = FeedBatch { origin: self.code.clone(), after, upto, entries: chunk.to_vec(), as_of };
             self.out.send(hub, Message::Feed(batch));
             after = upto;
         }
@@ -413,6 +415,7 @@ impl Authority {
                             after: seq - 1,
                             upto: seq,
                             entries: vec![entry.clone()],
+                            as_of: entry.body.at,
                         };
                         self.out.transmits.push_back(Transmit { to: hub.clone(), message: Message::Feed(batch) });
                     }

@@ -49,6 +49,10 @@ pub struct FeedBatch {
     pub after: u64,
     pub upto: u64,
     pub entries: Vec<SignedEntry>,
+    /// When the sender last knew `upto` to be the origin's latest (a hub's freshness for the
+    /// origin; an authority's batches carry their newest entry's time, and hubs use their own
+    /// clock for what an authority sends directly).
+    pub as_of: Timestamp,
 }
 
 /// A notification that a child with a plan at `authority` was looked up: signed by the hub that

@@ -120,7 +120,12 @@ fn lookup_at_far_hub__two_authorities__plans_contacts_and_history_returned() {
     assert_eq!(authorities, ["204", "316"]);
     let hackney = &verified.plans[0];
     assert_eq!(hackney.contacts.as_ref().unwrap().out_of_hours_phone, "020 8356 2710");
-    assert!(hackney.freshness.as_ref().is_some_and(|f| f.seq == 2));
+    let freshness = hackney.freshness.as_ref().expect("freshness per authority");
+    assert_eq!(freshness.seq, 2);
+    assert!(
+        freshness.as_of.as_millis() > 0,
+        "the far hub knows how fresh its copy is without waiting for a periodic sync"
+    );
     assert_eq!(
         verified.plans[1].contacts.as_ref().unwrap().name,
         "Newham children's social care",
@@ -277,6 +282,7 @@ fn forged_batch(fed: &TestFederation, origin: &str, signer: &str, seq: u64) -> M
         after: seq - 1,
         upto: seq,
         entries: vec![signed],
+        as_of: fed.start,
     })
 }
 

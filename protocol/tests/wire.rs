@@ -46,7 +46,13 @@ fn hex(b: &[u8]) -> String {
 #[test]
 fn frame_round_trip() {
     let signed = test_identity("golden", "204").sign(golden_entry());
-    let batch = FeedBatch { origin: OdsCode::parse("204").unwrap(), after: 6, upto: 7, entries: vec![signed] };
+    let batch = FeedBatch {
+        origin: OdsCode::parse("204").unwrap(),
+        after: 6,
+        upto: 7,
+        entries: vec![signed],
+        as_of: Timestamp(0),
+    };
     let message = Message::Feed(batch);
     assert_eq!(wire::decode_frame(&wire::encode_frame(&message)).unwrap(), message);
 }
@@ -83,7 +89,7 @@ proptest! {
     #[test]
     fn corrupted_real_frames_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
         let signed = test_identity("golden", "204").sign(golden_entry());
-        let batch = FeedBatch { origin: OdsCode::parse("204").unwrap(), after: 6, upto: 7, entries: vec![signed] };
+        let batch = FeedBatch { origin: OdsCode::parse("204").unwrap(), after: 6, upto: 7, entries: vec![signed], as_of: Timestamp(0) };
         let mut frame = wire::encode_frame(&Message::Feed(batch));
         for (i, b) in flips {
             let at = i.index(frame.len());

@@ -1,1 +1,338 @@
-fn main() {}
+//! `cpis`: the command line of the child protection federation, for administrators, councils
+//! and care settings, with a one-command demonstration. See docs/cli.md.
+//!
+//! Exit codes: 0 done; 1 failed (nothing, or only what the message says, was done); 2 the
+//! command line or an input was wrong and nothing was sent; 3 an import finished but refused
+//! some rows.
+
+mod commands;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "cpis",
+    version,
+    about = "The child protection federation's command line: administrators, councils and care settings",
+    after_help = "Try `cpis demo` to see the whole federation at work. Exit codes: 0 done, 1 failed, 2 bad input (nothing sent), 3 import with refused rows."
+)]
+struct Cli {
+    /// Print one JSON document instead of text (shapes in docs/cli.md).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Administrators: create the federation, enrol members, show and publish the directory.
+    #[command(subcommand)]
+    Federation(FederationCommand),
+    /// Councils: record, end, withdraw, list and import plans at the authority node.
+    #[command(subcommand)]
+    Plans(PlansCommand),
+    /// Councils: the authority's contact details shown to clinicians.
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// Councils: notifications of your children being looked up, and acknowledging them.
+    #[command(subcommand)]
+    Inbox(InboxCommand),
+    /// Care settings: look a child up by NHS number.
+    Lookup(LookupArgs),
+    /// Anyone running a node: its role, peers, replication lag and queues.
+    Status(NodeArg),
+    /// Plays DESIGN §1's story on an embedded federation on loopback, checking every step.
+    Demo(DemoArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Hub,
+    Authority,
+    Setting,
+}
+
+#[derive(Subcommand)]
+enum FederationCommand {
+    /// Creates the root keys and directory version 1 in a new federation folder.
+    Create {
+        /// The federation folder to create (root keys go in DIR/roots/).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The federation's name, e.g. "England CPIS".
+        #[arg(long)]
+        name: String,
+        /// How many root keys.
+        #[arg(long, default_value_t = 3)]
+        roots: u8,
+        /// How many root keys must sign each directory version.
+        #[arg(long, default_value_t = 2)]
+        threshold: u8,
+        /// Days until directory version 1 expires.
+        #[arg(long, default_value_t = 365)]
+        valid_days: u64,
+    },
+    /// Enrols a hub, an authority or a care setting: its key, a ready config, the next version.
+    Enrol(Box<EnrolArgs>),
+    /// Shows a directory: version, expiry, roots and every member with its keys.
+    Show {
+        /// The federation folder (shows DIR/directory.cpis).
+        #[arg(long, conflicts_with = "file")]
+        dir: Option<PathBuf>,
+        /// A directory file (e.g. a node's directory.cpis).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Adds a new key for a member (written to --key-out) beside its current one (DESIGN §5).
+    RotateKey {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// Where to write the new secret key (owner-only); install it as the member's key file.
+        #[arg(long)]
+        key_out: PathBuf,
+        /// Days the new key is valid.
+        #[arg(long, default_value_t = 730)]
+        key_valid_days: u64,
+    },
+    /// Retires a member's old key once its new key is in use: what it signed stays valid.
+    RetireKey {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The key id, as `cpis federation show` prints it.
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Revokes a key believed stolen: every record it signed becomes invalid.
+    RevokeKey {
+        #[command(flatten)]
+        key: KeyArgs,
+        /// The key id, as `cpis federation show` prints it.
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Sends a node the directory versions it lacks; hubs spread them to everyone.
+    Publish {
+        /// The federation folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node's config file.
+        #[arg(long, default_value = "node.toml")]
+        node: PathBuf,
+        /// Send from this version on (default: the one after the node's).
+        #[arg(long)]
+        from_version: Option<u64>,
+    },
+}
+
+#[derive(Args)]
+struct KeyArgs {
+    /// The federation folder.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where the root keys are (default DIR/roots).
+    #[arg(long)]
+    roots_dir: Option<PathBuf>,
+    /// The member's code.
+    #[arg(long)]
+    code: String,
+    /// Days until the new directory version expires.
+    #[arg(long, default_value_t = 365)]
+    valid_days: u64,
+}
+
+#[derive(Args)]
+struct EnrolArgs {
+    /// The federation folder.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Where the root keys are (default DIR/roots): bring them from offline storage.
+    #[arg(long)]
+    roots_dir: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    role: RoleArg,
+    /// The member's ODS code (an authority: 3 digits or letter-digit-letter-digit-letter).
+    #[arg(long)]
+    code: String,
+    #[arg(long)]
+    name: String,
+    /// A hub's address, host:port, where settings and peers reach it (repeat for more).
+    #[arg(long = "address")]
+    addresses: Vec<String>,
+    /// A hub's QUIC listen address (default: from its first --address).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// An authority's or setting's home hub, in order of preference (repeat for more).
+    #[arg(long = "home-hub")]
+    home_hubs: Vec<String>,
+    /// A setting's type, e.g. urgent-treatment-centre, emergency-department, general-practice.
+    #[arg(long)]
+    setting_type: Option<String>,
+    /// An authority's contact name (default "NAME children's social care").
+    #[arg(long)]
+    contact_name: Option<String>,
+    /// An authority's office-hours phone.
+    #[arg(long)]
+    office_phone: Option<String>,
+    /// An authority's out-of-hours (emergency duty team) phone.
+    #[arg(long)]
+    out_of_hours_phone: Option<String>,
+    /// The member's folder to create: key, directory and config.
+    #[arg(long)]
+    out: PathBuf,
+    /// Days the member's key is valid.
+    #[arg(long, default_value_t = 730)]
+    key_valid_days: u64,
+    /// Days until the new directory version expires.
+    #[arg(long, default_value_t = 365)]
+    valid_days: u64,
+}
+
+#[derive(Args)]
+struct NodeArg {
+    /// The node's config file (its data_dir holds api.addr and api.token).
+    #[arg(long, default_value = "node.toml")]
+    node: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum PlansCommand {
+    /// Records a plan (or changes it: the reference names it).
+    Add {
+        #[arg(long)]
+        reference: String,
+        /// The NHS number (the pregnant woman's for an unborn-child plan).
+        #[arg(long)]
+        nhs: String,
+        /// CPP, LAC, UCPP or the SNOMED CT code.
+        #[arg(long = "type")]
+        plan_type: String,
+        /// YYYY-MM-DD
+        #[arg(long)]
+        start: String,
+        /// YYYY-MM-DD
+        #[arg(long)]
+        end: Option<String>,
+        /// Expected due date, YYYY-MM-DD (unborn-child plans only).
+        #[arg(long)]
+        due: Option<String>,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Ends a plan: it stays visible for 365 days after the end date.
+    End {
+        reference: String,
+        /// YYYY-MM-DD
+        #[arg(long)]
+        end: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Withdraws a plan entered in error: it is shown nowhere from now on.
+    Withdraw {
+        reference: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Lists the plans held at the node.
+    List {
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Imports a CSV file from a case-management system (format in docs/cli.md).
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContactsCommand {
+    /// Sets the contacts clinicians see with every alert of this authority.
+    Set {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        office_phone: String,
+        #[arg(long)]
+        out_of_hours_phone: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum InboxCommand {
+    /// Lists notifications: who looked, where, when, which plan.
+    List {
+        /// Only those not yet acknowledged.
+        #[arg(long)]
+        unacknowledged: bool,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+    /// Acknowledges a notification.
+    Ack {
+        /// The lookup id (32 hex characters, from `cpis inbox list`).
+        lookup_id: String,
+        /// Who read it and is following up.
+        #[arg(long)]
+        by: String,
+        #[command(flatten)]
+        node: NodeArg,
+    },
+}
+
+#[derive(Args)]
+struct LookupArgs {
+    /// The NHS number, e.g. "943 476 5919"; checked before anything is sent.
+    #[arg(long)]
+    nhs: String,
+    /// The setting's config file.
+    #[arg(long, default_value = "setting.toml")]
+    config: PathBuf,
+    /// The user id of the person looking.
+    #[arg(long)]
+    user_id: String,
+    #[arg(long)]
+    user_name: String,
+    /// Their role, e.g. "Staff nurse".
+    #[arg(long)]
+    role: String,
+    /// A scheduled read (GP, health visiting, school nursing): audited, nobody notified.
+    #[arg(long)]
+    scheduled: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Keep the federation's files in this new folder instead of a temporary one.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let json = cli.json;
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            if json {
+                println!("{}", failure.json());
+            }
+            eprintln!("error: {}", commands::message(&failure.error));
+            ExitCode::from(failure.code)
+        }
+    }
+}

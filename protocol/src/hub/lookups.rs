@@ -88,7 +88,7 @@ impl Hub {
         let feed = self.feeds.entry(own.clone()).or_default();
         feed.hw = seq;
         feed.as_of = now;
-        let batch = crate::wire::FeedBatch { origin: own, after: hw, upto: seq, entries: vec![entry] };
+        let batch = crate::wire::FeedBatch { origin: own, after: hw, upto: seq, entries: vec![entry], as_of: now };
         vec![After::Forward(batch, None)]
     }
 

@@ -125,12 +125,18 @@ impl Hub {
             let mut after = their;
             let chunks: Vec<&[&SignedEntry]> = live.chunks(BATCH_ENTRIES_MAX).collect();
             if chunks.is_empty() {
-                batches.push(FeedBatch { origin: origin.clone(), after, upto: feed.hw, entries: vec![] });
+                batches.push(FeedBatch {
+                    origin: origin.clone(),
+                    after,
+                    upto: feed.hw,
+                    entries: vec![],
+                    as_of: feed.as_of,
+                });
             }
             for (i, chunk) in chunks.iter().enumerate() {
                 let upto = if i + 1 == chunks.len() { feed.hw } else { chunk[chunk.len() - 1].body.seq };
                 let entries = chunk.iter().map(|e| (*e).clone()).collect();
-                batches.push(FeedBatch { origin: origin.clone(), after, upto, entries });
+                batches.push(FeedBatch { origin: origin.clone(), after, upto, entries, as_of: feed.as_of });
                 after = upto;
             }
         }
@@ -222,21 +228,23 @@ impl Hub {
             }
             self.index_entry(e.clone());
         }
+        // The sender's copy was current at its as_of; the origin's own word is current now.
+        let fresh = if self.peers.get(from) == Some(&Role::Authority) { now } else { batch.as_of };
         let feed: &mut OriginFeed = self.feeds.entry(origin.clone()).or_default();
+        if batch.upto >= feed.hw {
+            feed.as_of = feed.as_of.max(fresh);
+        }
         if upto == feed.hw {
             return;
         }
         feed.hw = upto;
-        if self.peers.get(from) == Some(&Role::Authority) {
-            feed.as_of = feed.as_of.max(now);
-        }
         ops.push(StoreOp::Put {
             table: Table::HighWater,
             key: origin.as_str().as_bytes().to_vec(),
             value: upto.to_be_bytes().to_vec(),
         });
         let count = new.len();
-        let forward = FeedBatch { origin: origin.clone(), after: hw, upto, entries: new };
+        let forward = FeedBatch { origin: origin.clone(), after: hw, upto, entries: new, as_of: feed.as_of };
         let after = vec![
             After::Event(Event::EntriesAccepted { origin, from: from.clone(), count, upto }),
             After::Forward(forward, Some(from.clone())),

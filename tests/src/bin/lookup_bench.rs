@@ -24,7 +24,13 @@ fn children(n: usize, offset: u64) -> Vec<NhsNumber> {
         .collect()
 }
 
-async fn worker(fed: Arc<Fed>, code: String, flagged: Arc<Vec<NhsNumber>>, others: Arc<Vec<NhsNumber>>, n: usize) -> Vec<Duration> {
+async fn worker(
+    fed: Arc<Fed>,
+    code: String,
+    flagged: Arc<Vec<NhsNumber>>,
+    others: Arc<Vec<NhsNumber>>,
+    n: usize,
+) -> Vec<Duration> {
     let setting = cpis_protocol::setting::Setting::new(code.parse_code(), fed.fed.identity(&code), fed.fed.trusted())
         .expect("setting in directory");
     let admit: transport::Admit = Arc::new(|_| Ok(()));
@@ -69,7 +75,11 @@ impl ParseCode for String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let (workers, per_worker, plans) = (args.first().copied().unwrap_or(16), args.get(1).copied().unwrap_or(500), args.get(2).copied().unwrap_or(20_000));
+    let (workers, per_worker, plans) = (
+        args.first().copied().unwrap_or(16),
+        args.get(1).copied().unwrap_or(500),
+        args.get(2).copied().unwrap_or(20_000),
+    );
     let mut spec = FederationSpec::new("bench").hub("HUBS").authority("204", "Hackney", &["HUBS"]);
     let codes: Vec<String> = (0..workers).map(|i| format!("S{i:04}")).collect();
     for code in &codes {
@@ -98,7 +108,10 @@ async fn main() -> anyhow::Result<()> {
     println!("loaded {} plans: import {:.2?}, replicated after {:.2?}", flagged.len(), imported, load.elapsed());
 
     let started = Instant::now();
-    let tasks: Vec<_> = codes.iter().map(|c| tokio::spawn(worker(fed.clone(), c.clone(), flagged.clone(), others.clone(), per_worker))).collect();
+    let tasks: Vec<_> = codes
+        .iter()
+        .map(|c| tokio::spawn(worker(fed.clone(), c.clone(), flagged.clone(), others.clone(), per_worker)))
+        .collect();
     let mut latencies = Vec::new();
     for t in tasks {
         latencies.extend(t.await?);

@@ -394,6 +394,15 @@ mod tests {
     }
 
     #[test]
+    fn example_configs_in_the_repository_are_valid() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let hub = NodeConfig::load(&examples.join("hub.toml")).unwrap();
+        assert_eq!((hub.role, hub.timing), (NodeRole::Hub, Timing::default()));
+        assert_eq!(NodeConfig::load(&examples.join("authority.toml")).unwrap().role, NodeRole::Authority);
+        assert_eq!(SettingConfig::load(&examples.join("setting.toml")).unwrap().code, "RXH01");
+    }
+
+    #[test]
     fn key_files_are_owner_only_and_never_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k");

@@ -85,6 +85,13 @@ pub struct PeerConn {
     conn: quinn::Connection,
 }
 
+impl PeerConn {
+    /// Frames queued towards this peer and not yet written.
+    pub fn queued(&self) -> usize {
+        self.out.max_capacity() - self.out.capacity()
+    }
+}
+
 /// One lookup session of a care setting.
 struct SettingSession {
     code: OdsCode,
@@ -564,6 +571,11 @@ impl Node {
         }
         let member = dir.member(hub)?;
         member.addresses.iter().find_map(|a| std::net::ToSocketAddrs::to_socket_addrs(a).ok()?.next())
+    }
+
+    /// Inputs waiting for the event loop.
+    pub fn inputs_queued(&self) -> usize {
+        self.ctx.inputs.max_capacity() - self.ctx.inputs.capacity()
     }
 
     pub fn setting_sessions(&self) -> usize {

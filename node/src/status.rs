@@ -91,6 +91,12 @@ pub fn metrics(node: &Node) -> String {
         node.machine.directory().version()
     );
     let _ = writeln!(out, "# TYPE cpis_peers_connected gauge\ncpis_peers_connected {}", node.peers.len());
+    let _ = writeln!(out, "# HELP cpis_queue_depth Items waiting: the event loop's inputs, frames towards each peer.");
+    let _ =
+        writeln!(out, "# TYPE cpis_queue_depth gauge\ncpis_queue_depth{{queue=\"inputs\"}} {}", node.inputs_queued());
+    for (code, peer) in &node.peers {
+        let _ = writeln!(out, "cpis_queue_depth{{queue=\"peer\",peer=\"{code}\"}} {}", peer.queued());
+    }
     let _ = writeln!(out, "# TYPE cpis_api_waiting_durable gauge\ncpis_api_waiting_durable {}", node.waiting_api.len());
     if let NodeMachine::Hub(h) = &node.machine {
         let _ = writeln!(

@@ -97,6 +97,16 @@ async fn two_hubs_three_authorities__lookup_at_far_hub__plans_contacts_history_a
         assert!(items.iter().all(|i| i["setting"]["code"] == "RXH01" && i["person"]["id"] == "N1234"));
     }
     assert!(inbox(&fed, "E5A1B").await.is_empty(), "no plan, no notification");
+    let (addr, token) = fed.api_of("HUBS");
+    let (_, metrics) = cpis_tests::http(addr, &token, "GET", "/metrics", None).await;
+    for line in [
+        "cpis_lookup_seconds_count 2",
+        "cpis_replication_lag_seconds{origin=\"204\"}",
+        "cpis_queue_depth{queue=\"inputs\"}",
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line}");
+    }
+    assert!(!metrics.contains(CHILD), "no NHS number in metrics");
     for node in nodes {
         node.shutdown().await;
     }

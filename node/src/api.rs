@@ -94,7 +94,9 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 
 fn authorised(state: &ApiState, headers: &HeaderMap) -> bool {
     let expected = format!("Bearer {}", state.token);
-    headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|v| v == expected)
+    let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+    // Constant time in the content: compare every byte whatever differs first.
+    given.len() == expected.len() && given.iter().zip(expected.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 async fn call(State(state): State<ApiState>, headers: HeaderMap, call_: ApiCall) -> Response {
@@ -252,7 +254,7 @@ pub fn handle(node: &mut Node, request: ApiRequest) {
             let _ = sender.send(ApiReply::Text(crate::status::metrics(node)));
         }
         ApiCall::Directories(chain) => match node.machine.as_dyn().handle_directories(chain, now) {
-            Ok(version) => reply(sender, StatusCode::OK, json!({ "directory_version": version })),
+            Ok(version) => reply_when_durable(node, sender, json!({ "directory_version": version })),
             Err(e) => reply(sender, StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
         },
         call => {
@@ -263,23 +265,21 @@ pub fn handle(node: &mut Node, request: ApiRequest) {
                     json!({ "error": "only an authority node keeps plans and notifications" }),
                 );
             };
+            let read_only = matches!(call, ApiCall::ListPlans | ApiCall::ListNotifications);
             match authority_call(authority, call, now) {
-                Ok((Some(write_id), body)) => {
-                    node.waiting_api.entry(write_id).or_default().push(Pending { reply: sender, body })
-                }
-                Ok((None, body)) => reply(sender, StatusCode::OK, body),
+                Ok(body) if read_only => reply(sender, StatusCode::OK, body),
+                Ok(body) => reply_when_durable(node, sender, body),
                 Err((status, e)) => reply(sender, status, json!({ "error": e })),
             }
         }
     }
 }
 
-type CallResult = Result<(Option<u64>, Value), (StatusCode, String)>;
+type CallResult = Result<Value, (StatusCode, String)>;
 
 fn command(r: Result<Change, CommandError>) -> CallResult {
     match r {
-        Ok(change @ Change::Applied { write_id }) => Ok((Some(write_id), result_json(change))),
-        Ok(change) => Ok((None, result_json(change))),
+        Ok(change) => Ok(result_json(change)),
         Err(e @ (CommandError::UnknownPlan(_) | CommandError::UnknownNotification(_))) => {
             Err((StatusCode::NOT_FOUND, e.to_string()))
         }
@@ -294,9 +294,9 @@ fn authority_call(
     now: cpis_protocol::time::Timestamp,
 ) -> CallResult {
     match call {
-        ApiCall::ListPlans => Ok((None, json!({ "plans": a.plans().map(plan_json).collect::<Vec<_>>() }))),
+        ApiCall::ListPlans => Ok(json!({ "plans": a.plans().map(plan_json).collect::<Vec<_>>() })),
         ApiCall::ListNotifications => {
-            Ok((None, json!({ "notifications": a.inbox().map(notification_json).collect::<Vec<_>>() })))
+            Ok(json!({ "notifications": a.inbox().map(notification_json).collect::<Vec<_>>() }))
         }
         ApiCall::RecordPlan(plan) => command(a.record_plan(plan, now)),
         ApiCall::EndPlan(r, end) => command(a.end_plan(&r, end, now)),
@@ -307,6 +307,17 @@ fn authority_call(
         ApiCall::Status | ApiCall::Metrics | ApiCall::Directories(_) => {
             Err((StatusCode::INTERNAL_SERVER_ERROR, "misrouted call".into()))
         }
+    }
+}
+
+/// Answers once every write handed out so far is durable: a change's own write, and any earlier
+/// one its answer depends on ("unchanged" may describe a change still being written).
+fn reply_when_durable(node: &mut Node, sender: oneshot::Sender<ApiReply>, body: Value) {
+    node.drain();
+    if node.writes_submitted > node.writes_durable {
+        node.waiting_api.entry(node.writes_submitted).or_default().push(Pending { reply: sender, body });
+    } else {
+        reply(sender, StatusCode::OK, body);
     }
 }
 

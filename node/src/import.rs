@@ -97,17 +97,15 @@ fn parse_row(cols: &Columns, r: &csv::StringRecord) -> Result<Plan, String> {
     Ok(plan)
 }
 
-/// Applies the valid rows; returns the write to wait for (if any) and the report.
-pub fn apply(authority: &mut Authority, rows: Vec<ImportRow>, now: Timestamp) -> (Option<u64>, Value) {
+/// Applies the valid rows; returns the report (answered once the writes are durable).
+pub fn apply(authority: &mut Authority, rows: Vec<ImportRow>, now: Timestamp) -> Value {
     let (mut applied, mut unchanged, mut refused) = (0usize, 0usize, 0usize);
-    let mut last_write = None;
     let mut report = Vec::with_capacity(rows.len());
     for ImportRow { row, reference, plan } in rows {
         let outcome = plan.and_then(|p| authority.record_plan(p, now).map_err(|e| e.to_string()));
         let entry = match outcome {
-            Ok(Change::Applied { write_id }) => {
+            Ok(Change::Applied { .. }) => {
                 applied += 1;
-                last_write = Some(write_id);
                 json!({ "row": row, "reference": reference, "result": "applied" })
             }
             Ok(Change::Unchanged) => {
@@ -121,7 +119,7 @@ pub fn apply(authority: &mut Authority, rows: Vec<ImportRow>, now: Timestamp) ->
         };
         report.push(entry);
     }
-    (last_write, json!({ "applied": applied, "unchanged": unchanged, "refused": refused, "rows": report }))
+    json!({ "applied": applied, "unchanged": unchanged, "refused": refused, "rows": report })
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::NotificationDelivered { .. } => "notification_delivered",
         Event::NotificationOverdue { .. } => "notification_overdue",
         Event::NotificationReceived { .. } => "notification_received",
+        Event::FeedBehindHub { .. } => "feed_behind_hub",
         Event::MessageRefused { .. } => "message_refused",
     }
 }

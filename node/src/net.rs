@@ -207,6 +207,8 @@ async fn write_frames_uni(conn: quinn::Connection, mut rx: mpsc::Receiver<Vec<u8
     };
     while let Some(payload) = rx.recv().await {
         if write_frame(&mut send, &payload).await.is_err() {
+            // A connection that can no longer carry our frames must not look alive.
+            conn.close(CLOSE_BAD_FRAME.into(), b"stream failed");
             return;
         }
     }

@@ -19,7 +19,7 @@ use cpis_protocol::ids::{LookupId, OdsCode};
 use cpis_protocol::machine::{Event, StateMachine, Transmit};
 use cpis_protocol::sign::{Identity, PublicKey};
 use cpis_protocol::wire::{self, Message};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
@@ -223,8 +223,12 @@ fn check_own_key(machine: &NodeMachine, code: &OdsCode, role: Role, key: PublicK
     if member.role != role {
         bail!("{code} is a {} in the directory, not a {}", member.role.name(), role.name());
     }
-    if member.key(key.id()).is_none() {
-        bail!("this node's key {} is not a key of {code} in the directory", key.id());
+    match member.key(key.id()) {
+        None => bail!("this node's key {} is not a key of {code} in the directory", key.id()),
+        Some(k) if !k.usable_at(net::now()) => {
+            bail!("this node's key {} is not active (retired, revoked or outside its validity window)", key.id())
+        }
+        Some(_) => {}
     }
     Ok(())
 }
@@ -240,12 +244,16 @@ pub struct Node {
     pub peers: BTreeMap<OdsCode, PeerConn>,
     /// Setting sessions by id (one lookup each); the sender is dropped once answered.
     settings: HashMap<u64, SettingSession>,
-    lookup_routes: HashMap<LookupId, (u64, Instant)>,
+    /// Sessions waiting for the answer to a lookup id, oldest first (a retry adds one).
+    lookup_routes: HashMap<LookupId, VecDeque<(u64, Instant)>>,
     sync_routes: HashMap<OdsCode, u64>,
     dialing: BTreeMap<OdsCode, tokio::task::JoinHandle<()>>,
     durable_queue: mpsc::UnboundedSender<oneshot::Receiver<crate::store::CommitResult>>,
     durable_rx: Option<mpsc::UnboundedReceiver<oneshot::Receiver<crate::store::CommitResult>>>,
     pub waiting_api: BTreeMap<u64, Vec<api::Pending>>,
+    /// Highest write id handed to the store, and highest known durable.
+    pub writes_submitted: u64,
+    pub writes_durable: u64,
     pub metrics: Metrics,
     pub started: Instant,
 }
@@ -275,6 +283,8 @@ impl Node {
             durable_queue,
             durable_rx: Some(durable_rx),
             waiting_api: BTreeMap::new(),
+            writes_submitted: 0,
+            writes_durable: 0,
             metrics: Metrics::default(),
             started: Instant::now(),
         }
@@ -339,6 +349,7 @@ impl Node {
             Input::Frame { from, conn_id, message } => self.on_frame(from, conn_id, *message),
             Input::Refused { reason } => self.metrics.refused(reason),
             Input::Durable { write_id } => {
+                self.writes_durable = self.writes_durable.max(write_id);
                 self.machine.as_dyn().handle_durable(write_id, now);
                 api::release(self, write_id);
             }
@@ -379,7 +390,10 @@ impl Node {
 
     fn on_disconnected(&mut self, peer: &OdsCode, conn_id: u64) {
         if self.settings.remove(&conn_id).is_some() {
-            self.lookup_routes.retain(|_, (c, _)| *c != conn_id);
+            self.lookup_routes.retain(|_, waiting| {
+                waiting.retain(|(c, _)| *c != conn_id);
+                !waiting.is_empty()
+            });
             if self.sync_routes.get(peer) == Some(&conn_id) {
                 self.sync_routes.remove(peer);
             }
@@ -404,7 +418,7 @@ impl Node {
         if self.settings.contains_key(&conn_id) {
             match &message {
                 Message::Lookup(l) => {
-                    self.lookup_routes.insert(l.body.lookup_id, (conn_id, Instant::now()));
+                    self.lookup_routes.entry(l.body.lookup_id).or_default().push_back((conn_id, Instant::now()));
                 }
                 Message::Sync { .. } => {
                     self.sync_routes.insert(from.clone(), conn_id);
@@ -429,6 +443,7 @@ impl Node {
             }
             for w in writes {
                 self.metrics.write_submitted();
+                self.writes_submitted = self.writes_submitted.max(w.id);
                 let _ = self.durable_queue.send(self.store.submit(w));
             }
             for t in transmits {
@@ -450,8 +465,8 @@ impl Node {
             return;
         }
         let route = match &t.message {
-            Message::Answer(a) => self.lookup_routes.remove(&a.lookup_id),
-            Message::Refused(r) => r.lookup_id.and_then(|id| self.lookup_routes.remove(&id)),
+            Message::Answer(a) => self.next_lookup_route(a.lookup_id),
+            Message::Refused(r) => r.lookup_id.and_then(|id| self.next_lookup_route(id)),
             _ => self.sync_routes.get(&t.to).map(|c| (*c, Instant::now())),
         };
         let Some((conn_id, since)) = route else {
@@ -477,6 +492,12 @@ impl Node {
         match &e {
             Event::DirectoryUpdated { version } => {
                 info!(version, "directory updated");
+                // The file a restart begins from follows the newest version (an old one may
+                // have expired by then).
+                let signed = self.machine.directory().signed().clone();
+                if let Err(e) = config::write_directory(&self.config.directory_path(), &signed) {
+                    warn!(error = %e, "could not update the directory file");
+                }
                 self.directory_changed();
             }
             Event::Equivocation { origin, seq, from } => {
@@ -501,6 +522,9 @@ impl Node {
             }
             Event::NotificationReceived { lookup_id, hub } => {
                 info!(%lookup_id, %hub, "notification received")
+            }
+            Event::FeedBehindHub { hub, hub_seq, own_seq } => {
+                error!(%hub, hub_seq, own_seq, "a hub holds more of our feed than we do (restored from an old backup?): skipping past it and re-signing live records")
             }
             Event::EntriesAccepted { origin, from, count, upto } => {
                 tracing::debug!(%origin, %from, count, upto, "entries accepted")
@@ -571,6 +595,16 @@ impl Node {
         }
         let member = dir.member(hub)?;
         member.addresses.iter().find_map(|a| std::net::ToSocketAddrs::to_socket_addrs(a).ok()?.next())
+    }
+
+    /// The oldest session waiting for this lookup's answer.
+    fn next_lookup_route(&mut self, id: LookupId) -> Option<(u64, Instant)> {
+        let waiting = self.lookup_routes.get_mut(&id)?;
+        let route = waiting.pop_front();
+        if waiting.is_empty() {
+            self.lookup_routes.remove(&id);
+        }
+        route
     }
 
     /// Inputs waiting for the event loop.

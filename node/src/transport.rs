@@ -39,6 +39,8 @@ const IDLE_TIMEOUT_MS: u32 = 10_000;
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Most streams of each kind a peer may have open at once.
+const STREAMS_MAX: u32 = 16;
 
 /// Admission callback: given a peer's raw ed25519 public key, `Err(reason)` refuses it.
 ///
@@ -258,7 +260,11 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
         .max_idle_timeout(Some(VarInt::from_u32(IDLE_TIMEOUT_MS).into()))
         .keep_alive_interval(Some(KEEP_ALIVE))
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
-        .receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+        .receive_window(VarInt::from_u32(CONNECTION_WINDOW))
+        // A peer needs one stream per direction (members) or one per lookup session (settings):
+        // a low limit bounds what one connection can make the other side hold.
+        .max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_MAX))
+        .max_concurrent_uni_streams(VarInt::from_u32(STREAMS_MAX));
     Arc::new(transport)
 }
 

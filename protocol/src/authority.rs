@@ -83,6 +83,10 @@ pub struct Authority {
     out: Outputs<After>,
 }
 
+/// Highest sequence an authority will skip to when a hub has seen more of its feed than it
+/// holds (far beyond any real feed; keeps a lying peer from exhausting the sequence space).
+pub const SEQ_SKIP_MAX: u64 = 1 << 48;
+
 /// How often an authority re-announces its feed head to its hubs.
 pub const AUTHORITY_SYNC_INTERVAL_MS: u64 = 30_000;
 
@@ -272,7 +276,7 @@ impl Authority {
     pub fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
         let kind = message.kind();
         match message {
-            Message::Sync { directory_version, have } => self.on_sync(from, directory_version, &have),
+            Message::Sync { directory_version, have } => self.on_sync(from, directory_version, &have, now),
             Message::Directories(chain) => self.on_directories(Some(from), chain, now),
             Message::Notify(n) => self.on_notify(from, n, now),
             _ => self.refuse(from, kind, "an authority does not take this message".into()),
@@ -304,12 +308,28 @@ impl Authority {
         }
     }
 
-    fn on_sync(&mut self, hub: &OdsCode, directory_version: u64, have: &[HighWater]) {
+    fn on_sync(&mut self, hub: &OdsCode, directory_version: u64, have: &[HighWater], now: Timestamp) {
         if directory_version < self.dir.version() {
             self.out.send(hub, Message::Directories(self.dir.after(directory_version)));
         }
-        if let Some(h) = have.iter().find(|h| h.origin == self.code) {
-            self.push_from(hub, h.seq);
+        let Some(h) = have.iter().find(|h| h.origin == self.code) else { return };
+        if h.seq > self.last_seq && h.seq < SEQ_SKIP_MAX {
+            self.skip_past(hub, h.seq, now);
+        }
+        self.push_from(hub, h.seq);
+    }
+
+    /// A hub has seen more of our feed than we hold (we were restored from an old backup): never
+    /// reuse those sequences; re-sign every live record after them so hubs converge on ours.
+    fn skip_past(&mut self, hub: &OdsCode, hub_seq: u64, now: Timestamp) {
+        self.out.event(Event::FeedBehindHub { hub: hub.clone(), hub_seq, own_seq: self.last_seq });
+        self.last_seq = hub_seq;
+        self.durable_seq = self.durable_seq.max(hub_seq);
+        let live: Vec<SignedEntry> = self.entries.values().cloned().collect();
+        for e in live {
+            if self.append(e.body.body, now).is_err() {
+                return;
+            }
         }
     }
 
@@ -342,9 +362,12 @@ impl Authority {
             return self.refuse(from, "notify", reason);
         }
         if let Some(item) = self.inbox.get(&lookup_id) {
-            // A retry: it is already stored, so answer with the same receipt.
+            // A retry: answer with the same receipt, but only once the first copy's write is
+            // durable (writes become durable in order, so an empty write after it will do).
             let receipt = self.receipt(&item.notification.body, item.received_at);
-            return self.out.send(from, Message::Receipt(receipt));
+            let send = After::Send(Transmit { to: from.clone(), message: Message::Receipt(receipt) });
+            self.out.write(vec![], vec![send]);
+            return;
         }
         let hub = signed.body.hub.clone();
         let item = InboxItem { notification: signed, received_at: now, acknowledged: None };

@@ -229,6 +229,9 @@ pub enum RecordError {
     /// The signature does not verify.
     #[error("the signature by {code} does not verify")]
     BadSignature { code: OdsCode },
+    /// The record's time is outside the signing key's validity window.
+    #[error("key {key} of {code} was not valid at {at}")]
+    OutsideWindow { code: OdsCode, key: KeyId, at: Timestamp },
 }
 
 /// A directory whose signatures and rules have been checked; what a node trusts.
@@ -294,6 +297,11 @@ impl TrustedDirectory {
     pub fn directory(&self) -> &Directory {
         &self.signed.directory
     }
+
+    /// Refuses a directory that has expired at `now`.
+    pub fn check_unexpired(&self, now: Timestamp) -> Result<(), DirectoryError> {
+        check_unexpired(self.directory(), now)
+    }
     pub fn signed(&self) -> &SignedDirectory {
         &self.signed
     }
@@ -355,6 +363,23 @@ impl TrustedDirectory {
             return Err(RecordError::RevokedKey { code: signer.clone(), key: signed.key_id });
         }
         signed.verify_with(&key.public).map_err(|_| RecordError::BadSignature { code: signer.clone() })
+    }
+
+    /// [`Self::verify`], and the record's own time `at` must fall in the key's validity window.
+    pub fn verify_at<T: Signable>(
+        &self,
+        signed: Signed<T>,
+        signer: &OdsCode,
+        role: Role,
+        at: Timestamp,
+    ) -> Result<Verified<T>, RecordError> {
+        let key_id = signed.key_id;
+        let verified = self.verify(signed, signer, role)?;
+        let key = self.member(signer).and_then(|m| m.key(key_id));
+        if !key.is_some_and(|k| k.valid_from <= at && at < k.valid_until) {
+            return Err(RecordError::OutsideWindow { code: signer.clone(), key: key_id, at });
+        }
+        Ok(verified)
     }
 }
 

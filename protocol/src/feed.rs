@@ -105,13 +105,10 @@ pub fn verify_entry(dir: &TrustedDirectory, entry: SignedEntry) -> Result<Verifi
         }
         EntryBody::Visit(v) => {
             v.body.check().map_err(|source| EntryError::Text { origin: origin.clone(), seq, source })?;
-            dir.verify(v.clone(), &v.body.setting, Role::Setting).map_err(|source| EntryError::VisitSignature {
-                origin: origin.clone(),
-                seq,
-                source,
-            })?;
+            dir.verify_at(v.clone(), &v.body.setting, Role::Setting, v.body.at)
+                .map_err(|source| EntryError::VisitSignature { origin: origin.clone(), seq, source })?;
         }
     }
-    let role = entry.body.writer_role();
-    dir.verify(entry, &origin, role).map_err(|source| EntryError::Signature { origin, seq, source })
+    let (role, at) = (entry.body.writer_role(), entry.body.at);
+    dir.verify_at(entry, &origin, role, at).map_err(|source| EntryError::Signature { origin, seq, source })
 }

@@ -455,6 +455,11 @@ impl Net {
         self.refresh_connections();
     }
 
+    /// Replaces a (crashed) node's durable rows, as a restore from a backup would.
+    pub fn replace_disk(&mut self, node: &str, rows: Disk) {
+        self.disks.insert(code(node), rows);
+    }
+
     /// Crashes a node and throws away its store too.
     pub fn wipe(&mut self, node: &str) {
         self.crash(node);

@@ -68,9 +68,12 @@ pub enum LookupError {
     /// The event's time is too far from the hub's clock.
     #[error("lookup time {at} is more than {skew_ms} ms from the hub's clock {now}")]
     Stale { at: Timestamp, now: Timestamp, skew_ms: u64 },
-    /// This lookup id was seen before.
+    /// This lookup id was seen before with other content.
     #[error("lookup {0} was already made: a replay is refused")]
     Replayed(LookupId),
+    /// The event's setting type is not the one the directory lists for the setting.
+    #[error("the setting is listed as {listed}, not {claimed}")]
+    WrongSettingType { listed: &'static str, claimed: &'static str },
 }
 
 /// A notification the hub must still see acknowledged.
@@ -112,7 +115,8 @@ pub struct Hub {
     latest: HashMap<(OdsCode, EntryKey), u64>,
     plans_by_nhs: HashMap<NhsNumber, BTreeSet<(OdsCode, PlanRef)>>,
     visits_by_nhs: HashMap<NhsNumber, BTreeSet<(Timestamp, OdsCode, u64)>>,
-    recent_lookups: HashMap<LookupId, Timestamp>,
+    /// Lookups seen within the replay window: their time and signature.
+    recent_lookups: HashMap<LookupId, (Timestamp, crate::sign::SignatureBytes)>,
     outbox: BTreeMap<(LookupId, OdsCode), OutboxItem>,
     peers: BTreeMap<OdsCode, Role>,
     /// Origins and sequences at which an equivocation was proven (proof in the store).
@@ -174,8 +178,8 @@ impl Hub {
                 }
                 Table::AccessLog => {
                     let e: Signed<AccessEvent> = codec::decode(&row.value, u64::MAX)?;
-                    if now.since(e.body.at) <= 2 * self.config.clock_skew_max_ms {
-                        self.recent_lookups.insert(e.body.lookup_id, e.body.at);
+                    if now.since(e.body.at) <= self.config.clock_skew_max_ms.saturating_mul(2) {
+                        self.recent_lookups.insert(e.body.lookup_id, (e.body.at, e.signature));
                     }
                 }
                 Table::Equivocations => {

@@ -41,6 +41,9 @@ pub enum Event {
     NotificationOverdue { lookup_id: LookupId, authority: OdsCode, waiting_ms: u64 },
     /// An authority stored a new notification.
     NotificationReceived { lookup_id: LookupId, hub: OdsCode },
+    /// A hub holds more of this authority's feed than the authority itself (restored from an old
+    /// backup): the authority skips past it and re-signs its live records.
+    FeedBehindHub { hub: OdsCode, hub_seq: u64, own_seq: u64 },
     /// A message was refused; nothing changed.
     MessageRefused { from: OdsCode, kind: &'static str, reason: String },
 }
@@ -123,8 +126,13 @@ impl DirectoryState {
             if next.directory.version <= trusted.version() {
                 continue;
             }
-            trusted = trusted.accept_update(next.clone(), now)?;
+            // Versions passed through on the way may have expired since; only the newest must
+            // be current (as in TUF).
+            trusted = trusted.accept_update(next.clone(), Timestamp(0))?;
             accepted.push(next);
+        }
+        if !accepted.is_empty() {
+            trusted.check_unexpired(now)?;
         }
         let ops = accepted.iter().map(directory_op).collect();
         for d in accepted {
@@ -134,9 +142,19 @@ impl DirectoryState {
         Ok(ops)
     }
 
-    /// Versions after `version`, oldest first, at most [`DIRECTORY_CHAIN_MAX`].
+    /// Versions after `version`, oldest first: at most [`DIRECTORY_CHAIN_MAX`] and half a frame
+    /// of bytes (a peer still behind asks again on its next sync). Always at least one.
     pub fn after(&self, version: u64) -> Vec<SignedDirectory> {
-        self.chain.range(version + 1..).take(DIRECTORY_CHAIN_MAX).map(|(_, d)| d.clone()).collect()
+        let mut bytes = 0usize;
+        let mut chain = Vec::new();
+        for (_, d) in self.chain.range(version.saturating_add(1)..).take(DIRECTORY_CHAIN_MAX) {
+            bytes += codec::encode(d).len();
+            if !chain.is_empty() && bytes > crate::wire::FRAME_BYTES_MAX / 2 {
+                break;
+            }
+            chain.push(d.clone());
+        }
+        chain
     }
 
     /// Restores stored versions (rows of [`Table::Directory`]), silently keeping only those that
@@ -148,12 +166,10 @@ impl DirectoryState {
             .filter_map(|r| codec::decode(&r.value, crate::wire::FRAME_BYTES_MAX as u64).ok())
             .collect();
         stored.sort_by_key(|d: &SignedDirectory| d.directory.version);
-        for d in stored {
-            if d.directory.version == self.trusted.version() + 1
-                && let Ok(t) = self.trusted.accept_update(d.clone(), now)
-            {
-                self.chain.insert(d.directory.version, d);
-                self.trusted = t;
+        // The longest prefix that chains and ends in a current version.
+        for len in (1..=stored.len()).rev() {
+            if self.accept(stored[..len].to_vec(), now).is_ok() {
+                return;
             }
         }
     }

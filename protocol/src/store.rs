@@ -91,9 +91,16 @@ pub struct WriteBatch {
 }
 
 /// A row read back from the store on restart.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredRow {
     pub table: Table,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for StoredRow {
+    // Values hold case data: show only where the row lives.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredRow({}, {} key bytes, {} value bytes)", self.table.name(), self.key.len(), self.value.len())
+    }
 }

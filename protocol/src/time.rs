@@ -22,7 +22,7 @@ impl Timestamp {
     }
     /// The UTC date this instant falls on.
     pub fn date(self) -> Date {
-        Date((self.0 / DAY_MS) as i32)
+        Date((self.0 / DAY_MS).min(i32::MAX as u64) as i32)
     }
     pub fn plus_ms(self, ms: u64) -> Self {
         Timestamp(self.0.saturating_add(ms))
@@ -44,9 +44,28 @@ impl fmt::Display for Timestamp {
     }
 }
 
-/// A civil date (UTC), as days since 1970-01-01.
+/// A civil date (UTC), as days since 1970-01-01. Decoding checks it is within the years
+/// 1900–2200, the range [`Date::from_ymd`] accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "i32", into = "i32")]
 pub struct Date(pub i32);
+
+impl TryFrom<i32> for Date {
+    type Error = DateError;
+    fn try_from(days: i32) -> Result<Date, DateError> {
+        let (first, last) = (days_from_civil(1900, 1, 1), days_from_civil(2200, 12, 31));
+        if !(first..=last).contains(&days) {
+            return Err(DateError::NoSuchDay);
+        }
+        Ok(Date(days))
+    }
+}
+
+impl From<Date> for i32 {
+    fn from(d: Date) -> i32 {
+        d.0
+    }
+}
 
 /// Why a date string was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -131,7 +150,7 @@ fn days_from_civil(y: i32, m: u32, d: u32) -> i32 {
 }
 
 fn civil_from_days(z: i32) -> (i32, u32, u32) {
-    let z = z + 719_468;
+    let z = i64::from(z) + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -139,8 +158,8 @@ fn civil_from_days(z: i32) -> (i32, u32, u32) {
     let mp = (5 * doy + 2) / 153;
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i32::from(m <= 2);
-    (y, m, d)
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32, m, d)
 }
 
 #[cfg(test)]
@@ -163,6 +182,15 @@ mod tests {
         assert_eq!(Date::parse("25-01-01"), Err(DateError::Format));
         assert_eq!(Date::parse("2025/01/01"), Err(DateError::Format));
         assert_eq!(Date::parse("2025-0a-01"), Err(DateError::Format));
+    }
+
+    #[test]
+    fn extreme_values_print_without_panicking_and_decode_checks_the_range() {
+        let _ = Timestamp(u64::MAX).to_string();
+        let _ = Date(i32::MAX).to_string();
+        let _ = Date(i32::MIN).to_string();
+        assert!(Date::try_from(i32::MAX).is_err());
+        assert_eq!(Date::try_from(20_000), Ok(Date(20_000)));
     }
 
     #[test]

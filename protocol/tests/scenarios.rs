@@ -387,29 +387,129 @@ fn invalid_nhs_number__refused_before_any_state_changes() {
     assert_eq!(refused.len(), 1);
 }
 
+fn stored_lookup(net: &Net) -> cpis_protocol::sign::Signed<cpis_protocol::records::AccessEvent> {
+    let Some((_, access)) = net.disk("HUBS").iter().find(|((t, _), _)| *t == Table::AccessLog) else {
+        panic!("no access log")
+    };
+    cpis_protocol::codec::decode(access, 1 << 20).unwrap()
+}
+
+fn access_rows(net: &Net) -> usize {
+    net.disk("HUBS").keys().filter(|(t, _)| *t == Table::AccessLog).count()
+}
+
 #[test]
-fn replayed_lookup__refused__no_second_notification() {
+fn same_signed_lookup_sent_again__answered_again__no_second_notification_or_visit() {
     let mut net = net();
     record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
     net.run_for(2_000);
     let lookup = net.lookup("RXH01", "HUBS", nhs(CHILD), LookupKind::Unscheduled);
     net.run_for(2_000);
-    let Some((_, access)) = net.disk("HUBS").iter().find(|((t, _), _)| *t == Table::AccessLog) else {
-        panic!("no access log")
-    };
-    let signed: cpis_protocol::sign::Signed<cpis_protocol::records::AccessEvent> =
-        cpis_protocol::codec::decode(access, 1 << 20).unwrap();
+    let signed = stored_lookup(&net);
     assert_eq!(signed.body.lookup_id, lookup);
-    let before = net.disk("HUBS").clone();
+    let before = access_rows(&net);
     net.send_from_setting("RXH01", "HUBS", Message::Lookup(signed));
     net.run_for(60_000);
-    assert!(
-        net.events_of("HUBS", |e| matches!(e, Event::LookupRefused { reason, .. } if reason.contains("replay"))).len()
-            == 1
-    );
+    let answers = net.received.iter().filter(|r| matches!(&r.message, Message::Answer(a) if a.lookup_id == lookup));
+    assert_eq!(answers.count(), 2, "a setting retrying after a lost answer gets it again");
     assert_eq!(inbox_len(&net, "204"), 1);
-    let after: Vec<_> = net.disk("HUBS").keys().filter(|(t, _)| *t == Table::AccessLog).collect();
-    assert_eq!(after.len(), before.keys().filter(|(t, _)| *t == Table::AccessLog).count());
+    assert_eq!(access_rows(&net), before);
+    assert_eq!(net.hub("HUBS").history(nhs(CHILD)).len(), 1);
+}
+
+#[test]
+fn replayed_lookup_id_with_other_content__refused__nothing_changes() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    let lookup = net.lookup("RXH01", "HUBS", nhs(CHILD), LookupKind::Unscheduled);
+    net.run_for(2_000);
+    let mut event = stored_lookup(&net).body;
+    event.person.id = "SOMEONE-ELSE".into();
+    let replay = net.fed.identity("RXH01").sign(event);
+    let before = net.disk("HUBS").clone();
+    net.send_from_setting("RXH01", "HUBS", Message::Lookup(replay));
+    net.run_for(60_000);
+    let refused =
+        net.events_of("HUBS", |e| matches!(e, Event::LookupRefused { reason, .. } if reason.contains("replay")));
+    assert_eq!(refused.len(), 1);
+    assert!(matches!(net.reply_to(lookup), Some(Message::Answer(_))));
+    assert_eq!(inbox_len(&net, "204"), 1);
+    assert_eq!(net.disk("HUBS"), &before);
+}
+
+#[test]
+fn duplicate_notification_before_the_first_is_durable__receipt_waits_for_the_write() {
+    let cfg = NetConfig { durable_delay_ms: 2_000, latency_ms: 5, jitter_ms: 0, ..Default::default() };
+    let mut net = Net::new(federation(), cfg);
+    record(&mut net, "316", plan("CPP-1", CHILD, PlanType::ChildProtection));
+    net.run_for(10_000);
+    net.lookup("RXH01", "HUBS", nhs(CHILD), LookupKind::Unscheduled);
+    // The hub's first send arrives at about 2 s; its retry at about 3 s, while Newham's first copy
+    // is still being written (durable at about 4 s). Newham crashes in between.
+    net.run_for(3_500);
+    net.crash("316");
+    net.restart("316");
+    net.run_for(120_000);
+    assert_eq!(inbox_len(&net, "316"), 1, "the notification survived the crash, once");
+    assert!(net.hub("HUBS").outbox_depths().is_empty() && net.hub("HUBN").outbox_depths().is_empty());
+}
+
+#[test]
+fn relaying_hub_claims_a_higher_mark_than_it_sends__others_do_not_skip_entries() {
+    let mut net = net();
+    net.run_for(1_000);
+    let lie = Message::Feed(FeedBatch {
+        origin: OdsCode::parse("204").unwrap(),
+        after: 0,
+        upto: 1_000_000,
+        entries: vec![],
+        as_of: net.now,
+    });
+    net.with_hub("HUBS", |h, now| h.handle_message(&OdsCode::parse("HUBN").unwrap(), lie, now));
+    assert!(net.hub("HUBS").high_waters().iter().all(|h| h.origin.as_str() != "204" || h.seq == 0));
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(5_000);
+    assert_eq!(net.hub("HUBS").visible_plans(nhs(CHILD), net.now).len(), 1, "the real entry still arrives");
+}
+
+#[test]
+fn setting_claims_freshness_for_an_authority__ignored() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    let before = net.hub("HUBS").high_waters();
+    let claim = cpis_protocol::wire::HighWater {
+        origin: OdsCode::parse("204").unwrap(),
+        seq: 0,
+        as_of: net.now.plus_ms(365 * DAY_MS),
+    };
+    net.send_from_setting("RXH01", "HUBS", Message::Sync { directory_version: 1, have: vec![claim] });
+    net.run_for(100);
+    assert_eq!(net.hub("HUBS").high_waters(), before);
+}
+
+#[test]
+fn authority_restored_from_an_old_backup__skips_past_what_hubs_hold__new_plans_replicate() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    let backup = net.disk("204").clone();
+    record(&mut net, "204", plan("LAC-2", OTHER_CHILD, PlanType::LookedAfter));
+    record(&mut net, "204", plan("LAC-3", OTHER_CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    net.crash("204");
+    net.replace_disk("204", backup);
+    net.restart("204");
+    net.run_for(2_000);
+    record(&mut net, "204", plan("LAC-4", "9990001235", PlanType::LookedAfter));
+    net.run_for(5_000);
+    assert_eq!(net.events_of("204", |e| matches!(e, Event::FeedBehindHub { .. })).len(), 1);
+    assert!(
+        net.events.iter().all(|(_, e)| !matches!(e, Event::Equivocation { .. })),
+        "an honest authority is not an equivocator"
+    );
+    assert_eq!(net.hub("HUBS").visible_plans(nhs("9990001235"), net.now).len(), 1);
 }
 
 #[test]

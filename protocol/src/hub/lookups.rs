@@ -16,8 +16,10 @@ use std::collections::BTreeMap;
 impl Hub {
     pub(super) fn on_lookup(&mut self, from: &OdsCode, signed: Signed<AccessEvent>, now: Timestamp) {
         let lookup_id = signed.body.lookup_id;
-        if let Err(e) = self.check_lookup(from, &signed, now) {
-            return self.refuse_lookup(from, lookup_id, e.to_string());
+        match self.check_lookup(from, &signed, now) {
+            Err(e) => return self.refuse_lookup(from, lookup_id, e.to_string()),
+            Ok(Seen::Retry) => return self.answer_retry(from, &signed, now),
+            Ok(Seen::New) => {}
         }
         let event = &signed.body;
         let plans = self.visible_plans(event.nhs, now);
@@ -42,7 +44,7 @@ impl Hub {
                 after.push(After::Queue(Box::new(record)));
             }
         }
-        self.recent_lookups.insert(lookup_id, event.at);
+        self.recent_lookups.insert(lookup_id, (event.at, signed.signature));
         after.push(After::Send(Box::new(Transmit { to: from.clone(), message: Message::Answer(answer) })));
         after.push(After::Event(Event::LookupAnswered {
             lookup_id,
@@ -53,21 +55,36 @@ impl Hub {
         self.out.write(ops, after);
     }
 
-    fn check_lookup(&self, from: &OdsCode, signed: &Signed<AccessEvent>, now: Timestamp) -> Result<(), LookupError> {
+    /// The same signed lookup again (a setting retrying after a lost answer): answered again,
+    /// once everything before it is durable, with no new notification or visit.
+    fn answer_retry(&mut self, from: &OdsCode, signed: &Signed<AccessEvent>, now: Timestamp) {
+        let plans = self.visible_plans(signed.body.nhs, now);
+        let answer = self.answer(signed, plans, now);
+        let send = After::Send(Box::new(Transmit { to: from.clone(), message: Message::Answer(answer) }));
+        self.out.write(vec![], vec![send]);
+    }
+
+    fn check_lookup(&self, from: &OdsCode, signed: &Signed<AccessEvent>, now: Timestamp) -> Result<Seen, LookupError> {
         let event = &signed.body;
         if event.setting != *from {
             return Err(LookupError::NotFromSetting { claimed: event.setting.clone(), from: from.clone() });
         }
-        self.dir.trusted.verify(signed.clone(), from, Role::Setting)?;
+        self.dir.trusted.verify_at(signed.clone(), from, Role::Setting, signed.body.at)?;
         event.check()?;
         let skew_ms = self.config.clock_skew_max_ms;
         if now.since(event.at) > skew_ms || event.at.since(now) > skew_ms {
             return Err(LookupError::Stale { at: event.at, now, skew_ms });
         }
-        if self.recent_lookups.contains_key(&event.lookup_id) {
-            return Err(LookupError::Replayed(event.lookup_id));
+        let listed = self.dir.trusted.member(from).and_then(|m| m.setting_type);
+        if listed != Some(event.setting_type) {
+            let listed = listed.map_or("no setting type", |t| t.name());
+            return Err(LookupError::WrongSettingType { listed, claimed: event.setting_type.name() });
         }
-        Ok(())
+        match self.recent_lookups.get(&event.lookup_id) {
+            None => Ok(Seen::New),
+            Some((_, signature)) if *signature == signed.signature => Ok(Seen::Retry),
+            Some(_) => Err(LookupError::Replayed(event.lookup_id)),
+        }
     }
 
     /// Adds the visit to this hub's own feed; returns the work to do once it is durable.
@@ -75,7 +92,7 @@ impl Hub {
         let own = self.code.clone();
         let hw = self.feeds.get(&own).map_or(0, |f| f.hw);
         // Sequence by clock, so that a hub restored from an empty store never reuses a number.
-        let seq = (hw + 1).max(now.as_millis());
+        let seq = hw.saturating_add(1).max(now.as_millis());
         let entry =
             self.identity.sign(FeedEntry { origin: own.clone(), seq, at: now, body: EntryBody::Visit(signed.clone()) });
         ops.push(StoreOp::Put { table: Table::Entries, key: entry_key(&own, seq), value: codec::encode(&entry) });
@@ -146,6 +163,12 @@ impl Hub {
         shown.truncate(HISTORY_LEN_MAX);
         shown
     }
+}
+
+/// Whether a lookup id is new or a retry of the very same signed lookup.
+enum Seen {
+    New,
+    Retry,
 }
 
 /// Plan references per owning authority.

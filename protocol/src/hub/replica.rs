@@ -89,12 +89,14 @@ impl Hub {
             self.out.send(from, Message::Directories(self.dir.after(directory_version)));
         }
         let role = self.peers.get(from).copied();
-        for h in have {
+        // Freshness is taken from hubs, and from an authority for its own feed only.
+        let trusted = |h: &&HighWater| role == Some(Role::Hub) || (role == Some(Role::Authority) && h.origin == *from);
+        for h in have.iter().filter(trusted) {
             if let Some(feed) = self.feeds.get_mut(&h.origin)
                 && feed.hw >= h.seq
             {
                 // The sender knew of nothing newer at h.as_of (an authority's own word is now).
-                let as_of = if role == Some(Role::Authority) && h.origin == *from { now } else { h.as_of };
+                let as_of = if role == Some(Role::Authority) { now } else { h.as_of.min(now) };
                 feed.as_of = feed.as_of.max(as_of);
             }
         }
@@ -215,7 +217,11 @@ impl Hub {
 
     fn apply_batch(&mut self, from: &OdsCode, batch: FeedBatch, new: Vec<SignedEntry>, hw: u64, now: Timestamp) {
         let origin = batch.origin.clone();
-        let upto = batch.upto.max(hw);
+        // Only the origin's own word moves the mark past the entries it signed: a relaying hub
+        // cannot make others skip entries they have not seen.
+        let last_signed = batch.entries.last().map_or(0, |e| e.body.seq);
+        let claimed = if *from == origin { batch.upto } else { batch.upto.min(last_signed) };
+        let upto = claimed.max(hw);
         let mut ops = Vec::new();
         for e in &new {
             ops.push(StoreOp::Put {
@@ -232,7 +238,7 @@ impl Hub {
         let fresh = if self.peers.get(from) == Some(&Role::Authority) { now } else { batch.as_of };
         let feed: &mut OriginFeed = self.feeds.entry(origin.clone()).or_default();
         if batch.upto >= feed.hw {
-            feed.as_of = feed.as_of.max(fresh);
+            feed.as_of = feed.as_of.max(fresh.min(now));
         }
         if upto == feed.hw {
             return;
@@ -264,7 +270,7 @@ impl Hub {
     /// Drops plan summaries past visibility (data minimisation) and visits past retention.
     pub(super) fn prune(&mut self, now: Timestamp) {
         let today = now.date();
-        let visit_cutoff = now.minus_ms(self.config.visit_retention_days * DAY_MS);
+        let visit_cutoff = now.minus_ms(self.config.visit_retention_days.saturating_mul(DAY_MS));
         let doomed: Vec<(OdsCode, u64)> = self
             .entries()
             .filter(|e| match &e.body.body {
@@ -278,8 +284,8 @@ impl Hub {
         if !ops.is_empty() {
             self.out.write(ops, vec![]);
         }
-        let window = 2 * self.config.clock_skew_max_ms;
-        self.recent_lookups.retain(|_, at| now.since(*at) <= window);
+        let window = self.config.clock_skew_max_ms.saturating_mul(2);
+        self.recent_lookups.retain(|_, (at, _)| now.since(*at) <= window);
     }
 
     /// The signed contacts entry of an authority, if its feed has one.

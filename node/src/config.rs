@@ -63,6 +63,9 @@ pub struct Timing {
     pub prune_interval_ms: u64,
     /// Visits kept for the history. Default 365 days.
     pub visit_retention_days: u64,
+    /// A plan no longer visible keeps its last entry this long at hubs, so a hub cut off when it
+    /// changed still learns of it. Default 30 days.
+    pub tombstone_retention_days: u64,
     /// First reconnect delay. Default 200 ms.
     pub reconnect_base_ms: u64,
     /// Longest reconnect delay. Default 10000 ms.
@@ -81,6 +84,7 @@ impl Default for Timing {
             clock_skew_max_ms: hub.clock_skew_max_ms,
             prune_interval_ms: hub.prune_interval_ms,
             visit_retention_days: hub.visit_retention_days,
+            tombstone_retention_days: hub.tombstone_retention_days,
             reconnect_base_ms: 200,
             reconnect_cap_ms: 10_000,
         }
@@ -97,6 +101,7 @@ impl Timing {
             clock_skew_max_ms: self.clock_skew_max_ms,
             prune_interval_ms: self.prune_interval_ms,
             visit_retention_days: self.visit_retention_days,
+            tombstone_retention_days: self.tombstone_retention_days,
         }
     }
 

@@ -37,6 +37,9 @@ pub struct HubConfig {
     pub prune_interval_ms: u64,
     /// How long visits are kept for the history. Default 365 days.
     pub visit_retention_days: u64,
+    /// How long a plan's last entry is kept once the plan is no longer visible (withdrawn, or
+    /// past its window), so that a hub cut off when it changed still learns of it. Default 30.
+    pub tombstone_retention_days: u64,
 }
 
 impl Default for HubConfig {
@@ -49,6 +52,7 @@ impl Default for HubConfig {
             clock_skew_max_ms: 300_000,
             prune_interval_ms: 3_600_000,
             visit_retention_days: 365,
+            tombstone_retention_days: 30,
         }
     }
 }
@@ -97,6 +101,15 @@ struct OriginFeed {
     entries: BTreeMap<u64, SignedEntry>,
 }
 
+/// Whether a hub that started from an empty store has taken back its own earlier visits from
+/// its peers (it asks for them in its syncs for two sync intervals after first meeting a hub).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OwnRecovery {
+    Done,
+    AwaitingPeer,
+    Until(Timestamp),
+}
+
 /// Work held until a write is durable.
 enum After {
     Send(Box<Transmit>),
@@ -121,6 +134,7 @@ pub struct Hub {
     peers: BTreeMap<OdsCode, Role>,
     /// Origins and sequences at which an equivocation was proven (proof in the store).
     equivocations: BTreeSet<(OdsCode, u64)>,
+    own_recovery: OwnRecovery,
     next_sync_at: Timestamp,
     next_prune_at: Timestamp,
     out: Outputs<After>,
@@ -153,6 +167,7 @@ impl Hub {
             outbox: BTreeMap::new(),
             peers: BTreeMap::new(),
             equivocations: BTreeSet::new(),
+            own_recovery: if rows.is_empty() { OwnRecovery::AwaitingPeer } else { OwnRecovery::Done },
             next_sync_at: now,
             next_prune_at: now,
             out: Outputs::new(),
@@ -239,7 +254,13 @@ impl Hub {
     pub fn handle_connected(&mut self, peer: &OdsCode, role: Role, now: Timestamp) {
         self.peers.insert(peer.clone(), role);
         match role {
-            Role::Hub => self.send_sync(peer),
+            Role::Hub => {
+                if self.own_recovery == OwnRecovery::AwaitingPeer {
+                    let until = now.plus_ms(self.config.sync_interval_ms.saturating_mul(2));
+                    self.own_recovery = OwnRecovery::Until(until);
+                }
+                self.send_sync(peer)
+            }
             Role::Authority => {
                 let seq = self.feeds.get(peer).map_or(0, |f| f.hw);
                 let have = vec![HighWater { origin: peer.clone(), seq, as_of: now }];
@@ -256,6 +277,9 @@ impl Hub {
 
     /// Periodic work: anti-entropy, notification retries, pruning.
     pub fn handle_tick(&mut self, now: Timestamp) {
+        if matches!(self.own_recovery, OwnRecovery::Until(t) if now >= t) {
+            self.own_recovery = OwnRecovery::Done;
+        }
         if now >= self.next_sync_at {
             self.next_sync_at = now.plus_ms(self.config.sync_interval_ms);
             let peers: Vec<(OdsCode, Role)> = self.peers.iter().map(|(p, r)| (p.clone(), *r)).collect();
@@ -349,7 +373,11 @@ impl Hub {
     }
 
     fn send_sync(&mut self, peer: &OdsCode) {
-        let have = self.high_waters();
+        let mut have = self.high_waters();
+        if self.own_recovery != OwnRecovery::Done {
+            // Ask peers for every visit of ours they hold: our store started empty.
+            have.retain(|h| h.origin != self.code);
+        }
         self.out.send(peer, Message::Sync { directory_version: self.dir.version(), have });
     }
 

@@ -1,1 +1,167 @@
-fn main() {}
+//! `cpis-sim`: runs seeds, ranges of seeds and named scenarios of the federation simulator.
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use cpis_simulations::report::{RunReport, Summary};
+use cpis_simulations::run::{LoadMode, RunConfig, violation_lines};
+use cpis_simulations::scenarios::Scenario;
+use std::process::ExitCode;
+
+/// Deterministic simulation of the federation under partitions, crashes and faults.
+#[derive(Parser, Debug)]
+#[command(name = "cpis-sim", version)]
+struct Cli {
+    /// Run one seed (faults drawn at random from it).
+    #[arg(long, conflicts_with = "seeds")]
+    seed: Option<u64>,
+    /// Run a range of seeds, `A..B` (B excluded) or `A..=B`.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Run a named scenario, or `all` (every scenario).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Size of the federation: 1.0 is England (7 hubs, 152 authorities, 1,200 settings,
+    /// 135,000 plans); below 0.1 there are 3 hubs.
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Hours of the measured period (default 24, or the scenario's own).
+    #[arg(long)]
+    hours: Option<u64>,
+    /// How the caseloads reach the hubs first: `replicate` (through the protocol) or `snapshot`.
+    #[arg(long, default_value = "replicate")]
+    load: String,
+    /// The liveness bound in ms: how long the network must have been whole before checks are strict.
+    #[arg(long, default_value_t = 600_000)]
+    bound_ms: u64,
+    /// Run without any fault.
+    #[arg(long)]
+    no_faults: bool,
+    /// Open plans at the start, instead of the scale's share of 135,000.
+    #[arg(long)]
+    plans: Option<usize>,
+    /// Scales every lookup rate (1.0 is the real workload).
+    #[arg(long, default_value_t = 1.0)]
+    intensity: f64,
+    /// Print one JSON object per run and a summary object last.
+    #[arg(long)]
+    json: bool,
+    /// List the named scenarios and exit.
+    #[arg(long)]
+    list: bool,
+}
+
+fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
+    let (a, b, inclusive) = match (text.split_once("..="), text.split_once("..")) {
+        (Some((a, b)), _) => (a, b, true),
+        (None, Some((a, b))) => (a, b, false),
+        _ => bail!("--seeds takes A..B or A..=B, not {text:?}"),
+    };
+    let a: u64 = a.trim().parse().context("the start of --seeds")?;
+    let b: u64 = b.trim().parse().context("the end of --seeds")?;
+    let end = if inclusive { b.saturating_add(1) } else { b };
+    if end <= a {
+        bail!("--seeds {text} is empty");
+    }
+    Ok((a..end).collect())
+}
+
+fn configs(cli: &Cli) -> anyhow::Result<Vec<RunConfig>> {
+    let load = match cli.load.as_str() {
+        "replicate" => LoadMode::Replicate,
+        "snapshot" => LoadMode::Snapshot,
+        other => bail!("--load is replicate or snapshot, not {other:?}"),
+    };
+    if !(cli.scale > 0.0 && cli.scale <= 1.0) {
+        bail!("--scale must be in (0, 1], not {}", cli.scale);
+    }
+    let base = RunConfig {
+        seed: 1,
+        scale: cli.scale,
+        hours: cli.hours,
+        load,
+        bound_ms: cli.bound_ms,
+        scenario: None,
+        no_faults: cli.no_faults,
+        plans: cli.plans,
+        intensity: cli.intensity,
+    };
+    let seeds = match (&cli.seed, &cli.seeds) {
+        (Some(s), _) => vec![*s],
+        (None, Some(range)) => parse_seeds(range)?,
+        (None, None) => vec![1],
+    };
+    let scenarios: Vec<Option<Scenario>> = match cli.scenario.as_deref() {
+        None => vec![None],
+        Some("all") => Scenario::ALL.into_iter().map(Some).collect(),
+        Some(name) => vec![Some(Scenario::parse(name).with_context(|| format!("no scenario {name:?}; try --list"))?)],
+    };
+    let mut out = vec![];
+    for scenario in &scenarios {
+        for seed in &seeds {
+            out.push(RunConfig { seed: *seed, scenario: *scenario, ..base.clone() });
+        }
+    }
+    Ok(out)
+}
+
+fn print_run(r: &RunReport, json: bool) {
+    if json {
+        match serde_json::to_string(r) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("cannot print the report of seed {}: {e}", r.seed),
+        }
+        return;
+    }
+    println!("{}", r.line());
+    if !r.ok {
+        println!("  FAILED seed {} ({}); faults: {}", r.seed, r.scenario, r.faults.join(", "));
+        for line in violation_lines(&r.lost) {
+            println!("  lost: {line}");
+        }
+        for line in violation_lines(&r.unexpected) {
+            println!("  unexpected: {line}");
+        }
+        println!("  reproduce with: {}", r.reproduce);
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.list {
+        for s in Scenario::ALL {
+            println!("{}", s.name());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let configs = match configs(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cpis-sim: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let reports = cpis_simulations::run::run_all(&configs, |r| print_run(r, cli.json));
+    let summary = Summary::of(&reports);
+    if cli.json {
+        match serde_json::to_string(&serde_json::json!({ "summary": summary })) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("cannot print the summary: {e}"),
+        }
+    } else if reports.len() > 1 {
+        println!(
+            "{} runs: {} passed, {} failed{}; simulated {:.1} h in {:.1} s ({:.0}x real time)",
+            summary.runs,
+            summary.passed,
+            summary.runs - summary.passed,
+            if summary.failed_seeds.is_empty() {
+                String::new()
+            } else {
+                format!(" (seeds {})", summary.failed_seeds.join(", "))
+            },
+            summary.simulated_ms as f64 / 3.6e6,
+            summary.real_ms as f64 / 1e3,
+            summary.sim_to_real
+        );
+    }
+    if summary.passed == summary.runs { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

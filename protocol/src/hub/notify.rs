@@ -24,11 +24,15 @@ impl Hub {
         });
     }
 
-    /// Where a notification for `authority` goes next: the authority itself if connected, else a
-    /// connected home hub of it (rotating with each attempt).
-    fn route(&self, authority: &OdsCode, attempt: u32) -> Option<OdsCode> {
+    /// Where a notification for `authority` goes next: the authority itself if connected, else
+    /// (only for lookups this hub answered: relayed ones go no further) a connected home hub of
+    /// it, rotating with each attempt.
+    fn route(&self, authority: &OdsCode, answered_here: bool, attempt: u32) -> Option<OdsCode> {
         if self.peers.get(authority) == Some(&Role::Authority) {
             return Some(authority.clone());
+        }
+        if !answered_here {
+            return None;
         }
         let member = self.dir.trusted.member(authority)?;
         let hubs: Vec<&OdsCode> =
@@ -47,7 +51,8 @@ impl Hub {
             let Some(item) = self.outbox.get(&key) else {
                 continue;
             };
-            let route = self.route(&key.1, item.attempts);
+            let answered_here = item.record.notification.body.hub == self.code;
+            let route = self.route(&key.1, answered_here, item.attempts);
             let salt = u64::from_le_bytes(key.0.0[..8].try_into().unwrap_or([0; 8]));
             let (base, cap, overdue) =
                 (self.config.retry_base_ms, self.config.retry_cap_ms, self.config.overdue_after_ms);
@@ -84,6 +89,11 @@ impl Hub {
     /// Another hub hands us a notification for an authority we are a home hub of.
     pub(super) fn on_relay(&mut self, from: &OdsCode, signed: Signed<Notification>, now: Timestamp) {
         let n = &signed.body;
+        let key = (n.event.body.lookup_id, n.authority.clone());
+        if self.outbox.contains_key(&key) {
+            // Already held (and verified when it arrived): a retry changes nothing.
+            return;
+        }
         let serves = self.dir.trusted.member(&n.authority).is_some_and(|m| m.home_hubs.contains(&self.code));
         if !serves {
             return self.refuse(from, "notify", format!("{} is not a home hub of {}", self.code, n.authority));
@@ -94,10 +104,6 @@ impl Hub {
             .and_then(|_| dir.verify(n.event.clone(), &n.event.body.setting, Role::Setting));
         if let Err(e) = checked {
             return self.refuse(from, "notify", e.to_string());
-        }
-        let key = (n.event.body.lookup_id, n.authority.clone());
-        if self.outbox.contains_key(&key) {
-            return self.deliver_due(now);
         }
         let record = OutboxRecord { notification: signed, queued_at: now };
         let op = StoreOp::Put { table: Table::Outbox, key: outbox_key(key.0, &key.1), value: codec::encode(&record) };

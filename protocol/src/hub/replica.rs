@@ -197,7 +197,9 @@ impl Hub {
                     }
                     return Err(BatchError::Equivocation(e.body.seq));
                 }
-                None if e.body.seq <= hw => continue,
+                // Below the mark and not held: superseded or pruned here, skip it; except our own
+                // entries, which a hub restored from an empty store takes back from its peers.
+                None if e.body.seq <= hw && batch.origin != self.code => continue,
                 None => new.push(verify_entry(&self.dir.trusted, e.clone())?.into_signed()),
             }
         }
@@ -240,21 +242,23 @@ impl Hub {
         if batch.upto >= feed.hw {
             feed.as_of = feed.as_of.max(fresh.min(now));
         }
-        if upto == feed.hw {
+        let moved = upto != feed.hw;
+        if moved {
+            feed.hw = upto;
+            let key = origin.as_str().as_bytes().to_vec();
+            ops.push(StoreOp::Put { table: Table::HighWater, key, value: upto.to_be_bytes().to_vec() });
+        }
+        if ops.is_empty() {
             return;
         }
-        feed.hw = upto;
-        ops.push(StoreOp::Put {
-            table: Table::HighWater,
-            key: origin.as_str().as_bytes().to_vec(),
-            value: upto.to_be_bytes().to_vec(),
-        });
         let count = new.len();
-        let forward = FeedBatch { origin: origin.clone(), after: hw, upto, entries: new, as_of: feed.as_of };
-        let after = vec![
-            After::Event(Event::EntriesAccepted { origin, from: from.clone(), count, upto }),
-            After::Forward(forward, Some(from.clone())),
-        ];
+        let as_of = feed.as_of;
+        let mut after =
+            vec![After::Event(Event::EntriesAccepted { origin: origin.clone(), from: from.clone(), count, upto })];
+        if moved {
+            let forward = FeedBatch { origin, after: hw, upto, entries: new, as_of };
+            after.push(After::Forward(forward, Some(from.clone())));
+        }
         self.out.write(ops, after);
     }
 
@@ -271,10 +275,11 @@ impl Hub {
     pub(super) fn prune(&mut self, now: Timestamp) {
         let today = now.date();
         let visit_cutoff = now.minus_ms(self.config.visit_retention_days.saturating_mul(DAY_MS));
+        let tombstone_cutoff = now.minus_ms(self.config.tombstone_retention_days.saturating_mul(DAY_MS));
         let doomed: Vec<(OdsCode, u64)> = self
             .entries()
             .filter(|e| match &e.body.body {
-                EntryBody::Plan(p) => !p.visible_on(today),
+                EntryBody::Plan(p) => !p.visible_on(today) && e.body.at < tombstone_cutoff,
                 EntryBody::Visit(v) => v.body.at < visit_cutoff,
                 EntryBody::Contacts(_) => false,
             })

@@ -132,9 +132,12 @@ async fn authority_killed_during_plan_writes__every_acknowledged_plan_survives()
     let config = fed.write_node_config("204");
     let mut node = spawn_node(NODE, &config);
     wait_for_api(&fed, "204").await;
-    let kids = children(400);
+    const PLANS: usize = 20_000;
+    let kids = children(PLANS);
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writer = {
         let (addr, token) = fed.api_of("204");
+        let progress = progress.clone();
         tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for (i, nhs) in kids.iter().enumerate() {
@@ -148,16 +151,22 @@ async fn authority_killed_during_plan_writes__every_acknowledged_plan_survives()
                     Ok(Some((200, _))) => acknowledged.push(format!("LAC-{i}")),
                     _ => break,
                 }
+                progress.store(acknowledged.len(), std::sync::atomic::Ordering::Relaxed);
             }
             acknowledged
         })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Kill it in the middle of the writes, whatever the speed of the machine.
+    wait_until("a hundred plans are acknowledged", Duration::from_secs(60), || {
+        let done = progress.load(std::sync::atomic::Ordering::Relaxed);
+        async move { done >= 100 }
+    })
+    .await;
     node.kill().expect("SIGKILL");
     let _ = node.wait();
     let acknowledged = writer.await.unwrap();
     assert!(
-        !acknowledged.is_empty() && acknowledged.len() < 400,
+        acknowledged.len() >= 100 && acknowledged.len() < PLANS,
         "killed mid-way: {} acknowledged",
         acknowledged.len()
     );

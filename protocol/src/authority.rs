@@ -362,11 +362,13 @@ impl Authority {
             return self.refuse(from, "notify", reason);
         }
         if let Some(item) = self.inbox.get(&lookup_id) {
-            // A retry: answer with the same receipt, but only once the first copy's write is
-            // durable (writes become durable in order, so an empty write after it will do).
+            // A retry: answer with the same receipt, but only once the first copy's write (and
+            // every write before it) is durable.
             let receipt = self.receipt(&item.notification.body, item.received_at);
             let send = After::Send(Transmit { to: from.clone(), message: Message::Receipt(receipt) });
-            self.out.write(vec![], vec![send]);
+            if let Some(After::Send(t)) = self.out.after_pending(send) {
+                self.out.transmits.push_back(t);
+            }
             return;
         }
         let hub = signed.body.hub.clone();

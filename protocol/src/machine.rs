@@ -93,6 +93,18 @@ impl<A> Outputs<A> {
         done.into_values().flatten().collect()
     }
 
+    /// Holds `action` until every write handed out so far is durable; if none is pending, gives
+    /// it back to be done now.
+    pub fn after_pending(&mut self, action: A) -> Option<A> {
+        match self.held.values_mut().next_back() {
+            Some(actions) => {
+                actions.push(action);
+                None
+            }
+            None => Some(action),
+        }
+    }
+
     /// Writes handed out whose durability has not been reported yet.
     pub fn writes_pending(&self) -> usize {
         self.held.len()

@@ -61,7 +61,9 @@ impl Hub {
         let plans = self.visible_plans(signed.body.nhs, now);
         let answer = self.answer(signed, plans, now);
         let send = After::Send(Box::new(Transmit { to: from.clone(), message: Message::Answer(answer) }));
-        self.out.write(vec![], vec![send]);
+        if let Some(After::Send(t)) = self.out.after_pending(send) {
+            self.out.transmits.push_back(*t);
+        }
     }
 
     fn check_lookup(&self, from: &OdsCode, signed: &Signed<AccessEvent>, now: Timestamp) -> Result<Seen, LookupError> {

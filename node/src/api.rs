@@ -17,7 +17,6 @@ use cpis_protocol::records::{Contacts, LookupKind, Plan, PlanType};
 use cpis_protocol::time::Date;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest request body (a CSV import).
@@ -358,13 +357,4 @@ fn notification_json(item: &InboxItem) -> Value {
         "matched": n.matched.iter().map(PlanRef::as_str).collect::<Vec<_>>(),
         "acknowledged": item.acknowledged.as_ref().map(|(at, by)| json!({ "at": at.to_string(), "by": by })),
     })
-}
-
-/// Counts for the status page.
-pub fn count_by<K: Ord, I: IntoIterator<Item = K>>(items: I) -> BTreeMap<K, usize> {
-    let mut m = BTreeMap::new();
-    for k in items {
-        *m.entry(k).or_insert(0) += 1;
-    }
-    m
 }

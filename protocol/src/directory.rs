@@ -255,7 +255,7 @@ impl TrustedDirectory {
         check_unexpired(d, now)?;
         check_rules(d)?;
         check_threshold(&signed, &d.roots, d.threshold, RootSet::Offered)?;
-        TrustedDirectory::index(signed)
+        Ok(TrustedDirectory::index(signed))
     }
 
     /// Accepts the next version, or says which rule it breaks. `self` is unchanged either way.
@@ -279,10 +279,10 @@ impl TrustedDirectory {
         if new.roots != cur.roots || new.threshold != cur.threshold {
             check_threshold(&next, &new.roots, new.threshold, RootSet::Offered)?;
         }
-        TrustedDirectory::index(next)
+        Ok(TrustedDirectory::index(next))
     }
 
-    fn index(signed: SignedDirectory) -> Result<TrustedDirectory, DirectoryError> {
+    fn index(signed: SignedDirectory) -> TrustedDirectory {
         let mut by_code = HashMap::new();
         let mut by_key = HashMap::new();
         for (i, m) in signed.directory.members.iter().enumerate() {
@@ -291,7 +291,7 @@ impl TrustedDirectory {
                 by_key.insert(k.id(), i);
             }
         }
-        Ok(TrustedDirectory { signed, by_code, by_key })
+        TrustedDirectory { signed, by_code, by_key }
     }
 
     pub fn directory(&self) -> &Directory {

@@ -415,11 +415,6 @@ impl Hub {
         self.out.events.pop_front()
     }
 
-    /// Writes handed out and not yet reported durable.
-    pub fn writes_pending(&self) -> usize {
-        self.out.writes_pending()
-    }
-
     fn today_visible(&self, origin: &OdsCode, reference: &PlanRef, now: Timestamp) -> Option<&SignedEntry> {
         let seq = self.latest.get(&(origin.clone(), EntryKey::Plan(reference.clone())))?;
         let entry = self.feeds.get(origin)?.entries.get(seq)?;

@@ -104,11 +104,6 @@ impl<A> Outputs<A> {
             None => Some(action),
         }
     }
-
-    /// Writes handed out whose durability has not been reported yet.
-    pub fn writes_pending(&self) -> usize {
-        self.held.len()
-    }
 }
 
 /// The trusted directory and the chain of versions this node has seen, to pass on to peers that

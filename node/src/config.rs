@@ -92,6 +92,20 @@ impl Default for Timing {
 }
 
 impl Timing {
+    /// Short timings for demonstrations and tests: ticks of 100 ms, syncs every second, retries
+    /// and reconnects from 100 ms to 1 s.
+    pub fn short() -> Timing {
+        Timing {
+            tick_ms: 100,
+            sync_interval_ms: 1_000,
+            retry_base_ms: 100,
+            retry_cap_ms: 1_000,
+            reconnect_base_ms: 100,
+            reconnect_cap_ms: 1_000,
+            ..Timing::default()
+        }
+    }
+
     pub fn hub_config(&self) -> HubConfig {
         HubConfig {
             sync_interval_ms: self.sync_interval_ms,

@@ -392,17 +392,23 @@ impl Hub {
 
     /// Every write up to `write_id` is durable.
     pub fn handle_durable(&mut self, write_id: u64, now: Timestamp) {
+        let mut queued = false;
         for action in self.out.durable(write_id) {
             match action {
                 After::Send(t) => self.out.transmits.push_back(*t),
                 After::Event(e) => self.out.event(e),
                 After::Queue(record) => {
                     self.queue(*record, now);
+                    queued = true;
                 }
                 After::Forward(batch, except) => self.forward(batch, except.as_ref()),
             }
         }
-        self.deliver_due(now);
+        // Only new notifications become due here; the rest wait for the tick (which scans the
+        // outbox), so a busy hub does not scan it on every write.
+        if queued {
+            self.deliver_due(now);
+        }
     }
 
     pub fn poll_write(&mut self) -> Option<WriteBatch> {

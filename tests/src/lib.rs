@@ -25,19 +25,6 @@ pub fn free_udp_port() -> SocketAddr {
     socket.local_addr().expect("its address")
 }
 
-/// Short timings so that tests run in seconds.
-pub fn fast_timing() -> Timing {
-    Timing {
-        tick_ms: 100,
-        sync_interval_ms: 1_000,
-        retry_base_ms: 100,
-        retry_cap_ms: 1_000,
-        reconnect_base_ms: 100,
-        reconnect_cap_ms: 1_000,
-        ..Timing::default()
-    }
-}
-
 impl Fed {
     /// Writes every member's key, the directory and each node's config.
     pub fn create(spec: FederationSpec) -> Fed {
@@ -80,7 +67,7 @@ impl Fed {
             api_public: false,
             hub_addresses: self.hub_addresses.clone(),
             log_format: LogFormat::Text,
-            timing: fast_timing(),
+            timing: Timing::short(),
         }
     }
 

@@ -237,19 +237,6 @@ struct Demo {
     answer: Option<LookupOutcome>,
 }
 
-/// Short timings, so that the story takes seconds.
-fn demo_timing() -> Timing {
-    Timing {
-        tick_ms: 100,
-        sync_interval_ms: 1_000,
-        retry_base_ms: 100,
-        retry_cap_ms: 1_000,
-        reconnect_base_ms: 100,
-        reconnect_cap_ms: 1_000,
-        ..Timing::default()
-    }
-}
-
 /// A UDP port free at the moment (bound and released).
 fn free_udp_port() -> Result<u16, String> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("no free UDP port: {e}"))?;
@@ -364,7 +351,7 @@ impl Demo {
             self.settings.insert(m.code, config);
         } else {
             let mut config = NodeConfig::load(config_file)?;
-            config.timing = demo_timing();
+            config.timing = Timing::short();
             self.nodes.insert(m.code, Slot { config, running: None });
         }
         Ok(())

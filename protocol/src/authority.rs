@@ -1,41 +1,96 @@
-//! The authority's state machine: its feed of plans and contacts, pushed to its home hubs, and
-//! its inbox of notifications.
+//! The authority's state machine: its own records of its plans, the feed it publishes from them
+//! with a signed head, pushed to its home hubs, and its inbox of notifications.
 //!
-//! Call order: `restore` once with the stored rows; then, as things happen, `handle_connected`,
-//! `handle_disconnected`, `handle_message`, `handle_tick` and the operator's commands
-//! (`record_plan`, `end_plan`, `withdraw_plan`, `set_contacts`, `acknowledge`); after each, drain
-//! `poll_write` (make each batch durable, then `handle_durable`), `poll_transmit` and `poll_event`.
-//! A command's change is acknowledged to the operator only once its write id is durable.
+//! A plan is published (as an entry of the feed) while it is visible; once withdrawn, or past its
+//! visibility window, a `Removed` entry takes its place and hubs drop it. Entries are numbered by
+//! the authority's clock (`max(last + 1, now in ms)`), so a node restored from an older copy of
+//! its store never reuses a number; it takes back from its hubs what it signed since the copy
+//! (they hold it under its own signature) and re-signs it.
+//!
+//! Every change is acknowledged (its command's reply released) only once durable; only durable
+//! entries are ever sent; a head is signed over the durable live set whenever it changes and at
+//! least every `head_interval_ms` while the node is up.
 
-use crate::codec;
-use crate::directory::{KeyStatus, Role, TrustedDirectory};
-use crate::feed::{EntryBody, EntryKey, FeedEntry, SignedEntry};
-use crate::ids::{LookupId, OdsCode, PlanRef};
-use crate::machine::{DirectoryState, Event, Outputs, Transmit, entry_key};
-use crate::records::{Contacts, Plan, PlanError};
-use crate::sign::{Identity, Signed};
-use crate::store::{StoreOp, StoredRow, Table, WriteBatch};
-use crate::time::{Date, Timestamp};
-use crate::wire::{BATCH_ENTRIES_MAX, FeedBatch, HighWater, Message, Notification, Receipt};
+use crate::directory::{DirectoryError, KeyStatus, Role, SignedDirectory, TrustedDirectory};
+use crate::feed::{
+    Applied, EntryBody, EntryKey, FeedEntry, FeedHead, LiveFeed, Removal, RemovalReason, SignedEntry, SignedHead,
+    verify_entry, verify_head,
+};
+use crate::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
+use crate::machine::{Command, CommandId, DirectoryState, Event, Queues, Reply, RestoreError, Transmit, earliest};
+use crate::records::{Contacts, LookupKind, Plan, PlanError, TextError, check_text};
+use crate::refusal::Refusal;
+use crate::schema::{self, RowError, StoreOp, StoredRow};
+use crate::sign::{Identity, KeyId, Signed};
+use crate::time::{DAY_MS, Date, Timestamp};
+use crate::wire::{BATCH_ENTRIES_MAX, FeedBatch, Mark, Message, Notification, Receipt, Refused};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Timings and windows of an authority; every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorityConfig {
+    /// How often the head is re-signed while nothing changes (hubs and settings judge freshness
+    /// by it). Default 60 s.
+    pub head_interval_ms: u64,
+    /// How often plans past their visibility window are looked for and removed. Default 1 hour.
+    pub sweep_interval_ms: u64,
+    /// Notifications of lookups older than this are refused. Default 30 days.
+    pub notification_age_max_days: u64,
+    /// How far a lookup's time may be ahead of this node's clock. Default 5 minutes.
+    pub clock_skew_max_ms: u64,
+}
+
+impl Default for AuthorityConfig {
+    fn default() -> Self {
+        AuthorityConfig {
+            head_interval_ms: 60_000,
+            sweep_interval_ms: 3_600_000,
+            notification_age_max_days: 30,
+            clock_skew_max_ms: 300_000,
+        }
+    }
+}
 
 /// A notification as the authority keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxItem {
     pub notification: Signed<Notification>,
     pub received_at: Timestamp,
-    /// When and by whom a social worker acknowledged it.
-    pub acknowledged: Option<(Timestamp, String)>,
 }
 
-/// The result of a command.
+/// A member of staff's acknowledgement of a notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acknowledgement {
+    pub at: Timestamp,
+    pub by: String,
+    pub note: String,
+}
+
+/// Longest note on an acknowledgement, in bytes.
+pub const NOTE_LEN_MAX: usize = 2_000;
+
+/// The result of a change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// Applied; acknowledge once write `write_id` is durable.
-    Applied { write_id: u64 },
+    /// Applied (and durable by the time it is reported).
+    Applied,
     /// Nothing to change: the state already says this.
     Unchanged,
+}
+
+/// How one row of an import went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowOutcome {
+    Applied,
+    Unchanged,
+    Refused(CommandError),
+}
+
+/// Per row of an import: its number and outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub rows: Vec<(usize, RowOutcome)>,
 }
 
 /// Why an operator's command was refused; nothing changed.
@@ -50,87 +105,157 @@ pub enum CommandError {
     /// No notification has this lookup id.
     #[error("no notification with lookup id {0}")]
     UnknownNotification(LookupId),
-    /// The contacts break a text rule.
+    /// A text field breaks a rule.
     #[error(transparent)]
-    Text(#[from] crate::records::TextError),
+    Text(#[from] TextError),
+    /// A note is longer than [`NOTE_LEN_MAX`].
+    #[error("the note is longer than {NOTE_LEN_MAX} bytes")]
+    NoteTooLong,
     /// The node's own key is not an active key of this authority in the directory.
     #[error("this node's key {0} is not an active key of the authority in the directory")]
-    KeyNotActive(crate::sign::KeyId),
+    KeyNotActive(KeyId),
+    /// Plans and notifications are kept by authorities only.
+    #[error("only an authority node keeps plans and notifications")]
+    NotAnAuthority,
+    /// A directory version was refused.
+    #[error(transparent)]
+    Directory(#[from] DirectoryError),
 }
 
 /// Work held until a write is durable.
-enum After {
-    Push(SignedEntry),
+pub(crate) enum After {
+    /// A feed entry became durable.
+    Durable(SignedEntry),
     Send(Transmit),
     Event(Event),
 }
+
+/// What the authority knows of a notification without holding it in memory.
+#[derive(Clone, Copy, Debug)]
+struct InboxEntry {
+    received_at: Timestamp,
+    acknowledged: bool,
+}
+
+/// How often connected peers' keys are checked against the directory.
+pub const ADMISSION_CHECK_INTERVAL_MS: u64 = 1_000;
+/// Most entries of its own feed an authority takes back from a hub in one run.
+pub const FEED_ENTRIES_MAX: usize = 1 << 20;
 
 /// An authority's state machine.
 pub struct Authority {
     code: OdsCode,
     identity: Identity,
+    config: AuthorityConfig,
     dir: DirectoryState,
+    /// The authority's own records, with every command applied (durable or not).
+    plans: BTreeMap<PlanRef, Plan>,
+    contacts: Option<Contacts>,
+    /// The published live set, durable entries only.
+    feed: LiveFeed,
+    /// Entries appended and not yet durable, oldest first.
+    pending: VecDeque<SignedEntry>,
     last_seq: u64,
-    /// Highest sequence known durable: only entries up to it are ever sent, so a crash can never
-    /// make the authority reuse a sequence a hub has seen.
     durable_seq: u64,
-    /// Live entries: the latest for each key.
-    entries: BTreeMap<u64, SignedEntry>,
-    latest: BTreeMap<EntryKey, u64>,
-    inbox: BTreeMap<LookupId, InboxItem>,
-    hubs: BTreeSet<OdsCode>,
-    next_sync_at: Timestamp,
-    out: Outputs<After>,
+    head: Option<SignedHead>,
+    inbox: BTreeMap<LookupId, InboxEntry>,
+    hubs: BTreeMap<OdsCode, KeyId>,
+    /// Chunks of a run of our own feed a hub is sending back, until its head arrives.
+    staging: BTreeMap<OdsCode, Vec<SignedEntry>>,
+    next_head_at: Timestamp,
+    next_sweep_at: Timestamp,
+    next_admission_at: Timestamp,
+    pub(crate) out: Queues<After>,
 }
 
-/// Highest sequence an authority will skip to when a hub has seen more of its feed than it
-/// holds (far beyond any real feed; keeps a lying peer from exhausting the sequence space).
-pub const SEQ_SKIP_MAX: u64 = 1 << 48;
-
-/// How often an authority re-announces its feed head to its hubs.
-pub const AUTHORITY_SYNC_INTERVAL_MS: u64 = 30_000;
-
 impl Authority {
-    /// A fresh machine, then the stored rows applied.
-    pub fn restore(
+    /// The machine for `code`, restored from its rows (see [`crate::machine::Machine::restore`]).
+    pub(crate) fn restore(
         code: OdsCode,
         identity: Identity,
-        directory: TrustedDirectory,
+        dir: DirectoryState,
+        config: AuthorityConfig,
         rows: &[StoredRow],
         now: Timestamp,
-    ) -> Result<Authority, codec::DecodeError> {
+    ) -> Result<Authority, RestoreError> {
         let mut a = Authority {
             code,
             identity,
-            dir: DirectoryState::new(directory),
+            config,
+            dir,
+            plans: BTreeMap::new(),
+            contacts: None,
+            feed: LiveFeed::new(),
+            pending: VecDeque::new(),
             last_seq: 0,
             durable_seq: 0,
-            entries: BTreeMap::new(),
-            latest: BTreeMap::new(),
+            head: None,
             inbox: BTreeMap::new(),
-            hubs: BTreeSet::new(),
-            next_sync_at: now,
-            out: Outputs::new(),
+            hubs: BTreeMap::new(),
+            staging: BTreeMap::new(),
+            next_head_at: now,
+            next_sweep_at: now,
+            next_admission_at: now,
+            out: Queues::new(),
         };
-        a.dir.restore(rows, now);
-        for row in rows {
-            match row.table {
-                Table::Entries => {
-                    let e: SignedEntry = codec::decode(&row.value, u64::MAX)?;
-                    a.last_seq = a.last_seq.max(e.body.seq);
-                    a.latest.insert(e.body.key(), e.body.seq);
-                    a.entries.insert(e.body.seq, e);
-                }
-                Table::Inbox => {
-                    let item: InboxItem = codec::decode(&row.value, u64::MAX)?;
-                    a.inbox.insert(item.notification.body.event.body.lookup_id, item);
-                }
-                _ => {}
+        a.restore_rows(rows)?;
+        if rows.is_empty() {
+            a.out.write(vec![schema::schema_op()], vec![]);
+        }
+        a.sign_head(now);
+        Ok(a)
+    }
+
+    fn restore_rows(&mut self, rows: &[StoredRow]) -> Result<(), RowError> {
+        let mismatch = |t: schema::Table| RowError::Mismatch(t.name());
+        for row in schema::PLANS.decode_all(rows) {
+            let (reference, plan) = row?;
+            if plan.reference != reference {
+                return Err(mismatch(schema::Table::Plans));
+            }
+            self.plans.insert(reference, plan);
+        }
+        for row in schema::ENTRIES.decode_all(rows) {
+            let ((origin, seq), entry) = row?;
+            if origin != self.code || entry.body.origin != origin || entry.body.seq != seq {
+                return Err(mismatch(schema::Table::Entries));
+            }
+            if let EntryBody::Contacts(c) = &entry.body.body {
+                self.contacts = Some(c.clone());
+            }
+            self.last_seq = self.last_seq.max(seq);
+            self.feed.apply(entry);
+        }
+        for row in schema::MARKS.decode_all(rows) {
+            let (origin, seq) = row?;
+            if origin == self.code {
+                self.last_seq = self.last_seq.max(seq);
             }
         }
-        a.durable_seq = a.last_seq;
-        a.republish_revoked(now);
-        Ok(a)
+        self.durable_seq = self.last_seq;
+        for row in schema::HEADS.decode_all(rows) {
+            let (origin, head) = row?;
+            // The head is written after its entries: it may lag them, never disagree with them.
+            if origin == self.code && head.body.seq == self.durable_seq && !self.feed.matches(&head.body) {
+                return Err(RowError::Inconsistent {
+                    table: schema::Table::Heads.name(),
+                    problem: "the stored head does not match the stored feed",
+                });
+            }
+        }
+        for row in schema::INBOX.decode_all(rows) {
+            let (id, item) = row?;
+            if item.notification.body.event.body.lookup_id != id {
+                return Err(mismatch(schema::Table::Inbox));
+            }
+            self.inbox.insert(id, InboxEntry { received_at: item.received_at, acknowledged: false });
+        }
+        for row in schema::INBOX_ACKS.decode_all(rows) {
+            let (id, _) = row?;
+            let entry = self.inbox.get_mut(&id).ok_or(mismatch(schema::Table::InboxAcks))?;
+            entry.acknowledged = true;
+        }
+        Ok(())
     }
 
     pub fn code(&self) -> &OdsCode {
@@ -139,100 +264,244 @@ impl Authority {
     pub fn directory(&self) -> &TrustedDirectory {
         &self.dir.trusted
     }
-    /// Highest sequence number of the feed.
+    pub fn config(&self) -> &AuthorityConfig {
+        &self.config
+    }
+    /// Highest sequence of the feed.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+    /// The newest head signed.
+    pub fn head(&self) -> Option<&SignedHead> {
+        self.head.as_ref()
+    }
+    /// The key this node signs with.
+    pub fn key_id(&self) -> KeyId {
+        self.identity.key_id()
     }
 
     /// Every plan the authority holds, by reference.
     pub fn plans(&self) -> impl Iterator<Item = &Plan> {
-        self.entries.values().filter_map(|e| match &e.body.body {
-            EntryBody::Plan(p) => Some(p),
-            _ => None,
-        })
+        self.plans.values()
     }
 
     pub fn plan(&self, reference: &PlanRef) -> Option<&Plan> {
-        let seq = self.latest.get(&EntryKey::Plan(reference.clone()))?;
-        match &self.entries.get(seq)?.body.body {
-            EntryBody::Plan(p) => Some(p),
-            _ => None,
-        }
+        self.plans.get(reference)
+    }
+
+    /// The published live feed (durable entries).
+    pub fn feed(&self) -> &LiveFeed {
+        &self.feed
     }
 
     pub fn contacts(&self) -> Option<&Contacts> {
-        let seq = self.latest.get(&EntryKey::Contacts)?;
-        match &self.entries.get(seq)?.body.body {
-            EntryBody::Contacts(c) => Some(c),
-            _ => None,
-        }
+        self.contacts.as_ref()
     }
 
-    pub fn inbox(&self) -> impl Iterator<Item = &InboxItem> {
-        self.inbox.values()
+    /// Notifications held: how many, and how many not yet acknowledged.
+    pub fn inbox_counts(&self) -> (usize, usize) {
+        (self.inbox.len(), self.inbox.values().filter(|e| !e.acknowledged).count())
+    }
+
+    /// Lookup ids of every notification held (their bodies are in the store only).
+    pub fn inbox_ids(&self) -> impl Iterator<Item = &LookupId> {
+        self.inbox.keys()
+    }
+
+    /// When each notification arrived, and whether it is acknowledged.
+    pub fn inbox_state(&self, id: &LookupId) -> Option<(Timestamp, bool)> {
+        self.inbox.get(id).map(|e| (e.received_at, e.acknowledged))
     }
 
     /// Hubs currently connected.
     pub fn connected_hubs(&self) -> impl Iterator<Item = &OdsCode> {
-        self.hubs.iter()
+        self.hubs.keys()
     }
 
-    /// Records a new plan or a new state of an existing one (same reference).
-    pub fn record_plan(&mut self, plan: Plan, now: Timestamp) -> Result<Change, CommandError> {
-        plan.check()?;
-        if self.plan(&plan.reference) == Some(&plan) {
-            return Ok(Change::Unchanged);
-        }
-        self.append(EntryBody::Plan(plan), now)
+    pub(crate) fn poll_timeout(&self) -> Option<Timestamp> {
+        let admission = (!self.hubs.is_empty()).then_some(self.next_admission_at);
+        earliest([Some(self.next_head_at), Some(self.next_sweep_at), admission])
     }
 
-    /// Ends a plan on `end`.
-    pub fn end_plan(&mut self, reference: &PlanRef, end: Date, now: Timestamp) -> Result<Change, CommandError> {
-        let mut plan = self.plan(reference).cloned().ok_or_else(|| CommandError::UnknownPlan(reference.clone()))?;
-        plan.end = Some(end);
-        self.record_plan(plan, now)
+    // ---- Commands ----
+
+    pub(crate) fn handle_command(&mut self, id: CommandId, command: Command, now: Timestamp) {
+        let result = match command {
+            Command::PublishDirectories(chain) => return self.publish_directories(id, chain, now),
+            Command::ImportPlans(rows) => return self.import(id, rows, now),
+            Command::RecordPlan(plan) => self.change(now, |a, ops, after| a.record(plan, now, ops, after)),
+            Command::EndPlan { reference, end } => self.change(now, |a, ops, after| {
+                let mut plan = a.plans.get(&reference).cloned().ok_or(CommandError::UnknownPlan(reference))?;
+                plan.end = Some(end);
+                a.record(plan, now, ops, after)
+            }),
+            Command::WithdrawPlan(reference) => self.change(now, |a, ops, after| {
+                let mut plan = a.plans.get(&reference).cloned().ok_or(CommandError::UnknownPlan(reference))?;
+                plan.withdrawn = true;
+                a.record(plan, now, ops, after)
+            }),
+            Command::SetContacts(contacts) => {
+                self.change(now, |a, ops, after| a.set_contacts(contacts, now, ops, after))
+            }
+            Command::Acknowledge { lookup_id, by, note } => self.acknowledge(lookup_id, &by, note, now),
+        };
+        self.reply(id, result.map_or_else(Reply::Refused, Reply::Changed));
     }
 
-    /// Withdraws a plan entered in error: it is shown nowhere from now on.
-    pub fn withdraw_plan(&mut self, reference: &PlanRef, now: Timestamp) -> Result<Change, CommandError> {
-        let mut plan = self.plan(reference).cloned().ok_or_else(|| CommandError::UnknownPlan(reference.clone()))?;
-        plan.withdrawn = true;
-        self.record_plan(plan, now)
-    }
-
-    pub fn set_contacts(&mut self, contacts: Contacts, now: Timestamp) -> Result<Change, CommandError> {
-        contacts.check()?;
-        if self.contacts() == Some(&contacts) {
-            return Ok(Change::Unchanged);
-        }
-        self.append(EntryBody::Contacts(contacts), now)
-    }
-
-    /// Marks a notification as read by `by`.
-    pub fn acknowledge(&mut self, lookup_id: LookupId, by: &str, now: Timestamp) -> Result<Change, CommandError> {
-        crate::records::check_text("acknowledged by", by)?;
-        let item = self.inbox.get_mut(&lookup_id).ok_or(CommandError::UnknownNotification(lookup_id))?;
-        if item.acknowledged.is_some() {
-            return Ok(Change::Unchanged);
-        }
-        item.acknowledged = Some((now, by.to_string()));
-        let op = StoreOp::Put { table: Table::Inbox, key: lookup_id.0.to_vec(), value: codec::encode(item) };
-        Ok(Change::Applied { write_id: self.out.write(vec![op], vec![]) })
-    }
-
-    fn append(&mut self, body: EntryBody, now: Timestamp) -> Result<Change, CommandError> {
+    /// Runs one change, writing whatever it produced in one batch.
+    fn change(
+        &mut self,
+        now: Timestamp,
+        f: impl FnOnce(&mut Self, &mut Vec<StoreOp>, &mut Vec<After>) -> Result<Change, CommandError>,
+    ) -> Result<Change, CommandError> {
         self.check_own_key(now)?;
-        let seq = self.last_seq + 1;
-        let entry = self.identity.sign(FeedEntry { origin: self.code.clone(), seq, at: now, body });
-        let mut ops =
-            vec![StoreOp::Put { table: Table::Entries, key: entry_key(&self.code, seq), value: codec::encode(&entry) }];
-        if let Some(old) = self.latest.insert(entry.body.key(), seq) {
-            self.entries.remove(&old);
-            ops.push(StoreOp::Delete { table: Table::Entries, key: entry_key(&self.code, old) });
+        let (mut ops, mut after) = (Vec::new(), Vec::new());
+        let change = f(self, &mut ops, &mut after)?;
+        if !ops.is_empty() {
+            self.out.write(ops, after);
         }
+        Ok(change)
+    }
+
+    /// Releases a reply once every write handed out so far is durable.
+    fn reply(&mut self, id: CommandId, reply: Reply) {
+        let event = After::Event(Event::Replied { command: id, reply });
+        if let Some(After::Event(e)) = self.out.after_pending(event) {
+            self.out.event(e);
+        }
+    }
+
+    fn publish_directories(&mut self, id: CommandId, chain: Vec<SignedDirectory>, now: Timestamp) {
+        let reply = match self.accept_directories(chain, now) {
+            Ok(version) => Reply::Directory { version },
+            Err(e) => Reply::Refused(e.into()),
+        };
+        self.reply(id, reply);
+    }
+
+    fn import(&mut self, id: CommandId, rows: Vec<(usize, Plan)>, now: Timestamp) {
+        let mut report = ImportReport::default();
+        if let Err(e) = self.check_own_key(now) {
+            report.rows = rows.into_iter().map(|(row, _)| (row, RowOutcome::Refused(e.clone()))).collect();
+            return self.reply(id, Reply::Imported(report));
+        }
+        let (mut ops, mut after) = (Vec::new(), Vec::new());
+        for (row, plan) in rows {
+            let outcome = match self.record(plan, now, &mut ops, &mut after) {
+                Ok(Change::Applied) => RowOutcome::Applied,
+                Ok(Change::Unchanged) => RowOutcome::Unchanged,
+                Err(e) => RowOutcome::Refused(e),
+            };
+            report.rows.push((row, outcome));
+        }
+        if !ops.is_empty() {
+            self.out.write(ops, after);
+        }
+        self.reply(id, Reply::Imported(report));
+    }
+
+    /// Records a new plan or a new state of one, and publishes what changed.
+    fn record(
+        &mut self,
+        plan: Plan,
+        now: Timestamp,
+        ops: &mut Vec<StoreOp>,
+        after: &mut Vec<After>,
+    ) -> Result<Change, CommandError> {
+        plan.check()?;
+        if self.plans.get(&plan.reference) == Some(&plan) {
+            return Ok(Change::Unchanged);
+        }
+        ops.push(schema::PLANS.put(&plan.reference, &plan));
+        let reference = plan.reference.clone();
+        self.plans.insert(reference.clone(), plan);
+        self.publish(&reference, now, ops, after);
+        Ok(Change::Applied)
+    }
+
+    fn set_contacts(
+        &mut self,
+        contacts: Contacts,
+        now: Timestamp,
+        ops: &mut Vec<StoreOp>,
+        after: &mut Vec<After>,
+    ) -> Result<Change, CommandError> {
+        contacts.check()?;
+        if self.contacts.as_ref() == Some(&contacts) {
+            return Ok(Change::Unchanged);
+        }
+        self.contacts = Some(contacts.clone());
+        self.append(EntryBody::Contacts(contacts), now, ops, after);
+        Ok(Change::Applied)
+    }
+
+    fn acknowledge(
+        &mut self,
+        lookup_id: LookupId,
+        by: &str,
+        note: String,
+        now: Timestamp,
+    ) -> Result<Change, CommandError> {
+        check_text("acknowledged by", by)?;
+        if note.len() > NOTE_LEN_MAX {
+            return Err(CommandError::NoteTooLong);
+        }
+        let entry = self.inbox.get_mut(&lookup_id).ok_or(CommandError::UnknownNotification(lookup_id))?;
+        if entry.acknowledged {
+            return Ok(Change::Unchanged);
+        }
+        entry.acknowledged = true;
+        let ack = Acknowledgement { at: now, by: by.to_string(), note };
+        self.out.write(vec![schema::INBOX_ACKS.put(&lookup_id, &ack)], vec![]);
+        Ok(Change::Applied)
+    }
+
+    /// What the feed should say of a plan today.
+    fn desired(plan: &Plan, today: Date) -> EntryBody {
+        let removed = |reason| EntryBody::Removed(Removal { reference: plan.reference.clone(), reason });
+        if plan.withdrawn {
+            removed(RemovalReason::Withdrawn)
+        } else if !plan.visible_on(today) {
+            removed(RemovalReason::PastVisibility)
+        } else {
+            EntryBody::Plan(plan.clone())
+        }
+    }
+
+    /// The newest entry of `key`, pending or durable.
+    fn published(&self, key: &EntryKey) -> Option<&SignedEntry> {
+        self.pending.iter().rev().find(|e| e.body.key() == *key).or_else(|| self.feed.latest(key))
+    }
+
+    /// Appends the entry the plan's record calls for, if the feed does not say it already.
+    fn publish(&mut self, reference: &PlanRef, now: Timestamp, ops: &mut Vec<StoreOp>, after: &mut Vec<After>) {
+        let Some(plan) = self.plans.get(reference) else { return };
+        let desired = Authority::desired(plan, now.date());
+        let key = EntryKey::Plan(reference.clone());
+        let same = match (self.published(&key).map(|e| &e.body.body), &desired) {
+            (None, EntryBody::Removed(_)) => true,
+            (Some(EntryBody::Removed(_)), EntryBody::Removed(_)) => true,
+            (Some(current), wanted) => current == wanted,
+            (None, _) => false,
+        };
+        if !same {
+            self.append(desired, now, ops, after);
+        }
+    }
+
+    /// Signs `body` as the next entry; it becomes part of the live feed once durable.
+    fn append(&mut self, body: EntryBody, now: Timestamp, ops: &mut Vec<StoreOp>, after: &mut Vec<After>) {
+        // Numbered by the clock: a node restored from an older copy never reuses a number.
+        let seq = self.last_seq.saturating_add(1).max(now.as_millis());
+        let entry = self.identity.sign(FeedEntry { origin: self.code.clone(), seq, at: now, body });
+        if let Some(old) = self.published(&entry.body.key()) {
+            ops.push(schema::ENTRIES.delete(&(self.code.clone(), old.body.seq)));
+        }
+        ops.push(schema::ENTRIES.put(&(self.code.clone(), seq), &entry));
+        ops.push(schema::MARKS.put(&self.code, &seq));
         self.last_seq = seq;
-        self.entries.insert(seq, entry.clone());
-        Ok(Change::Applied { write_id: self.out.write(ops, vec![After::Push(entry)]) })
+        self.pending.push_back(entry.clone());
+        after.push(After::Durable(entry));
     }
 
     fn check_own_key(&self, now: Timestamp) -> Result<(), CommandError> {
@@ -248,123 +517,259 @@ impl Authority {
         Ok(())
     }
 
-    /// A hub connected (the driver has checked its key against the directory).
-    pub fn handle_connected(&mut self, hub: &OdsCode, now: Timestamp) {
-        self.hubs.insert(hub.clone());
-        let have = vec![HighWater { origin: self.code.clone(), seq: self.durable_seq, as_of: now }];
-        self.out.send(hub, Message::Sync { directory_version: self.dir.version(), have });
-    }
-
-    pub fn handle_disconnected(&mut self, hub: &OdsCode) {
-        self.hubs.remove(hub);
-    }
-
-    /// Periodic work: nothing is timed at an authority beyond its hubs' syncs, but a tick lets it
-    /// re-announce its feed head so hubs can tell how fresh their copy is.
-    pub fn handle_tick(&mut self, now: Timestamp) {
-        if now < self.next_sync_at {
+    /// Signs a head over the durable live set (if our key may sign), and stores it.
+    fn sign_head(&mut self, now: Timestamp) {
+        self.next_head_at = now.plus_ms(self.config.head_interval_ms);
+        if self.check_own_key(now).is_err() {
             return;
         }
-        self.next_sync_at = now.plus_ms(AUTHORITY_SYNC_INTERVAL_MS);
-        for hub in self.hubs.clone() {
-            let have = vec![HighWater { origin: self.code.clone(), seq: self.durable_seq, as_of: now }];
-            self.out.send(&hub, Message::Sync { directory_version: self.dir.version(), have });
-        }
+        let (plans_root, children, contacts) = self.feed.commitment();
+        let head = self.identity.sign(FeedHead {
+            origin: self.code.clone(),
+            seq: self.durable_seq,
+            at: now,
+            plans_root,
+            children,
+            contacts,
+        });
+        self.out.write(vec![schema::HEADS.put(&self.code, &head)], vec![]);
+        self.head = Some(head);
     }
 
-    /// A message from a connected peer.
-    pub fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
-        let kind = message.kind();
-        match message {
-            Message::Sync { directory_version, have } => self.on_sync(from, directory_version, &have, now),
-            Message::Directories(chain) => self.on_directories(Some(from), chain, now),
-            Message::Notify(n) => self.on_notify(from, n, now),
-            _ => self.refuse(from, kind, "an authority does not take this message".into()),
-        }
+    fn mark(&self) -> Mark {
+        let head_at = self.head.as_ref().map_or(Timestamp(0), |h| h.body.at);
+        Mark { origin: self.code.clone(), seq: self.durable_seq, head_at }
     }
 
-    /// A directory chain given by the operator (or a peer).
-    pub fn handle_directories(
-        &mut self,
-        chain: Vec<crate::directory::SignedDirectory>,
-        now: Timestamp,
-    ) -> Result<u64, crate::directory::DirectoryError> {
-        let ops = self.dir.accept(chain, now)?;
-        if !ops.is_empty() {
-            self.out.write(ops, vec![After::Event(Event::DirectoryUpdated { version: self.dir.version() })]);
-            self.republish_revoked(now);
+    // ---- Peers and time ----
+
+    pub(crate) fn handle_connected(&mut self, hub: &OdsCode, key: KeyId, now: Timestamp) {
+        match self.dir.admits(hub, key, now) {
+            Ok(Role::Hub) => {}
+            Ok(role) => {
+                let reason = crate::directory::AdmissionError::WrongRole { code: hub.clone(), actual: role.name() };
+                return self.out.event(Event::PeerNotAdmitted { peer: hub.clone(), reason });
+            }
+            Err(reason) => return self.out.event(Event::PeerNotAdmitted { peer: hub.clone(), reason }),
         }
-        Ok(self.dir.version())
+        self.hubs.insert(hub.clone(), key);
+        let marks = vec![self.mark()];
+        self.out.send(hub, Message::Sync { directory_version: self.dir.version(), marks });
     }
 
-    fn on_directories(
-        &mut self,
-        from: Option<&OdsCode>,
-        chain: Vec<crate::directory::SignedDirectory>,
-        now: Timestamp,
-    ) {
-        if let Err(e) = self.handle_directories(chain, now) {
-            self.out.event(Event::DirectoryRefused { from: from.cloned(), reason: e.to_string() });
-        }
+    pub(crate) fn handle_disconnected(&mut self, hub: &OdsCode) {
+        self.hubs.remove(hub);
+        self.staging.remove(hub);
     }
 
-    fn on_sync(&mut self, hub: &OdsCode, directory_version: u64, have: &[HighWater], now: Timestamp) {
-        if directory_version < self.dir.version() {
-            self.out.send(hub, Message::Directories(self.dir.after(directory_version)));
+    pub(crate) fn handle_timeout(&mut self, now: Timestamp) {
+        if now >= self.next_admission_at {
+            self.next_admission_at = now.plus_ms(ADMISSION_CHECK_INTERVAL_MS);
+            self.check_admissions(now);
         }
-        let Some(h) = have.iter().find(|h| h.origin == self.code) else { return };
-        if h.seq > self.last_seq && h.seq < SEQ_SKIP_MAX {
-            self.skip_past(hub, h.seq, now);
+        if now >= self.next_sweep_at {
+            self.next_sweep_at = now.plus_ms(self.config.sweep_interval_ms);
+            self.sweep(now);
         }
-        self.push_from(hub, h.seq);
-    }
-
-    /// A hub has seen more of our feed than we hold (we were restored from an old backup): never
-    /// reuse those sequences; re-sign every live record after them so hubs converge on ours.
-    fn skip_past(&mut self, hub: &OdsCode, hub_seq: u64, now: Timestamp) {
-        self.out.event(Event::FeedBehindHub { hub: hub.clone(), hub_seq, own_seq: self.last_seq });
-        self.last_seq = hub_seq;
-        self.durable_seq = self.durable_seq.max(hub_seq);
-        let live: Vec<SignedEntry> = self.entries.values().cloned().collect();
-        for e in live {
-            if self.append(e.body.body, now).is_err() {
-                return;
+        if now >= self.next_head_at {
+            self.sign_head(now);
+            if let Some(head) = self.head.clone() {
+                for hub in self.hubs.keys() {
+                    self.out.transmits.push_back(Transmit { to: hub.clone(), message: Message::Head(head.clone()) });
+                }
             }
         }
     }
 
-    /// Sends `hub` every live, durable entry after `seq`, in batches.
-    fn push_from(&mut self, hub: &OdsCode, seq: u64) {
-        if seq >= self.durable_seq {
+    fn check_admissions(&mut self, now: Timestamp) {
+        let refused: Vec<(OdsCode, crate::directory::AdmissionError)> =
+            self.hubs.iter().filter_map(|(h, k)| self.dir.admits(h, *k, now).err().map(|e| (h.clone(), e))).collect();
+        for (peer, reason) in refused {
+            self.handle_disconnected(&peer);
+            self.out.event(Event::PeerNotAdmitted { peer, reason });
+        }
+    }
+
+    /// Removes, from the feed, plans whose visibility window has passed.
+    fn sweep(&mut self, now: Timestamp) {
+        if self.check_own_key(now).is_err() {
             return;
         }
-        let mut after = seq;
-        let live: Vec<SignedEntry> = self.entries.range(seq + 1..=self.durable_seq).map(|(_, e)| e.clone()).collect();
-        let chunks: Vec<&[SignedEntry]> = live.chunks(BATCH_ENTRIES_MAX).collect();
-        if chunks.is_empty() {
-            // Everything after `seq` was superseded: an empty batch still moves the hub on.
-            let as_of = Timestamp(0);
-            let batch = FeedBatch { origin: self.code.clone(), after, upto: self.durable_seq, entries: vec![], as_of };
-            return self.out.send(hub, Message::Feed(batch));
+        let today = now.date();
+        let due: Vec<PlanRef> = self
+            .feed
+            .entries()
+            .values()
+            .filter_map(|e| match &e.body.body {
+                EntryBody::Plan(p) if !p.visible_on(today) => Some(p.reference.clone()),
+                _ => None,
+            })
+            .collect();
+        let (mut ops, mut after) = (Vec::new(), Vec::new());
+        for reference in due {
+            self.publish(&reference, now, &mut ops, &mut after);
         }
-        for (i, chunk) in chunks.iter().enumerate() {
-            let upto = if i + 1 == chunks.len() { self.durable_seq } else { chunk[chunk.len() - 1].body.seq };
-            let as_of = chunk.iter().map(|e| e.body.at).max().unwrap_or_default();
-            let batch = FeedBatch { origin: self.code.clone(), after, upto, entries: chunk.to_vec(), as_of };
+        if !ops.is_empty() {
+            self.out.write(ops, after);
+        }
+    }
+
+    // ---- Messages ----
+
+    pub(crate) fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
+        if !self.hubs.contains_key(from) {
+            return self.refuse(from, message.kind(), Refusal::NotConnected);
+        }
+        let kind = message.kind();
+        match message {
+            Message::Sync { directory_version, marks } => self.on_sync(from, directory_version, &marks),
+            Message::Directories(chain) => {
+                if let Err(reason) = self.accept_directories(chain, now) {
+                    self.out.event(Event::DirectoryRefused { from: Some(from.clone()), reason });
+                }
+            }
+            Message::Feed(batch) => self.on_own_feed(from, batch, now),
+            Message::Notify(n) => self.on_notify(from, n, now),
+            Message::Refused(_) => {}
+            _ => self.refuse(from, kind, Refusal::NotAllowed { sender: "hub", kind, receiver: "authority" }),
+        }
+    }
+
+    /// A directory chain from the operator or a peer.
+    fn accept_directories(&mut self, chain: Vec<SignedDirectory>, now: Timestamp) -> Result<u64, DirectoryError> {
+        let ops = self.dir.accept(chain, now)?;
+        if !ops.is_empty() {
+            self.out.write(ops, vec![After::Event(Event::DirectoryUpdated { version: self.dir.version() })]);
+            self.republish_revoked(now);
+            self.check_admissions(now);
+        }
+        Ok(self.dir.version())
+    }
+
+    fn on_sync(&mut self, hub: &OdsCode, directory_version: u64, marks: &[Mark]) {
+        if directory_version < self.dir.version() {
+            self.out.send(hub, Message::Directories(self.dir.after(directory_version)));
+        }
+        let theirs = marks.iter().find(|m| m.origin == self.code).map_or(0, |m| m.seq);
+        match theirs.cmp(&self.durable_seq) {
+            std::cmp::Ordering::Less => self.push_from(hub, theirs),
+            // The hub holds more of our feed than we do: ask it for all of it (it must come
+            // under our own signature; a claim alone changes nothing).
+            std::cmp::Ordering::Greater => {
+                let marks = vec![Mark { origin: self.code.clone(), seq: 0, head_at: Timestamp(0) }];
+                self.out.send(hub, Message::Sync { directory_version: self.dir.version(), marks });
+            }
+            std::cmp::Ordering::Equal => {
+                let newer = marks
+                    .iter()
+                    .find(|m| m.origin == self.code)
+                    .is_none_or(|m| self.head.as_ref().is_some_and(|h| h.body.at > m.head_at));
+                if let Some(head) = self.head.clone().filter(|_| newer) {
+                    self.out.send(hub, Message::Head(head));
+                }
+            }
+        }
+    }
+
+    /// Sends `hub` every live, durable entry after `seq`, in batches, the head on the last.
+    fn push_from(&mut self, hub: &OdsCode, seq: u64) {
+        let Some(head) = self.head.clone().filter(|h| h.body.seq == self.durable_seq) else { return };
+        let live: Vec<SignedEntry> = self.feed.entries().range(seq + 1..).map(|(_, e)| e.clone()).collect();
+        for batch in run_batches(&self.code, seq, live, head) {
             self.out.send(hub, Message::Feed(batch));
-            after = upto;
+        }
+    }
+
+    /// A hub sends back our own feed (we were restored from an older copy): take back, under our
+    /// own signature and head, what we lack, and re-sign it as new entries.
+    fn on_own_feed(&mut self, hub: &OdsCode, batch: FeedBatch, now: Timestamp) {
+        if batch.origin != self.code || batch.after != 0 {
+            let reason = Refusal::NotAllowed { sender: "hub", kind: "feed of another origin", receiver: "authority" };
+            return self.refuse(hub, "feed", reason);
+        }
+        let staged = self.staging.entry(hub.clone()).or_default();
+        if staged.len() + batch.entries.len() > FEED_ENTRIES_MAX {
+            self.staging.remove(hub);
+            return self.refuse(hub, "feed", Refusal::RunTooLong(FEED_ENTRIES_MAX));
+        }
+        staged.extend(batch.entries);
+        let Some(head) = batch.head else { return };
+        let entries = self.staging.remove(hub).unwrap_or_default();
+        match self.check_own_run(entries, head, batch.upto) {
+            Ok(held) => self.take_back(hub, held, now),
+            Err(reason) => self.refuse(hub, "feed", reason),
+        }
+    }
+
+    /// Checks a run of our own feed against our own head; returns the live set it holds.
+    fn check_own_run(&self, entries: Vec<SignedEntry>, head: SignedHead, upto: u64) -> Result<LiveFeed, Refusal> {
+        let head = verify_head(&self.dir.trusted, head)
+            .map_err(|source| Refusal::Head { origin: self.code.clone(), source })?;
+        if head.body().origin != self.code || head.body().seq != upto {
+            return Err(Refusal::HeadNotAtUpto { head_seq: head.body().seq, upto });
+        }
+        let mut held = LiveFeed::new();
+        for e in entries {
+            if e.body.origin != self.code || e.body.seq > upto {
+                return Err(Refusal::EntryOrder { seq: e.body.seq });
+            }
+            held.apply(verify_entry(&self.dir.trusted, e)?.into_signed());
+        }
+        if !held.matches(head.body()) {
+            return Err(Refusal::HeadMismatch { origin: self.code.clone(), seq: upto });
+        }
+        Ok(held)
+    }
+
+    /// Re-signs, as new entries, what a hub holds of our feed that is newer than what we hold.
+    fn take_back(&mut self, hub: &OdsCode, held: LiveFeed, now: Timestamp) {
+        if self.check_own_key(now).is_err() {
+            return;
+        }
+        let newer: Vec<SignedEntry> = held
+            .entries()
+            .values()
+            .filter(|e| self.published(&e.body.key()).is_none_or(|mine| mine.body.seq < e.body.seq))
+            .cloned()
+            .collect();
+        // Never number a new entry at or below one we signed before the copy was taken.
+        self.last_seq = self.last_seq.max(held.entries().keys().next_back().copied().unwrap_or(0));
+        let (mut ops, mut after) = (Vec::new(), Vec::new());
+        for e in &newer {
+            match &e.body.body {
+                EntryBody::Plan(p) => {
+                    self.plans.insert(p.reference.clone(), p.clone());
+                    ops.push(schema::PLANS.put(&p.reference, p));
+                }
+                EntryBody::Removed(r) => {
+                    let Some(mut plan) = self.plans.get(&r.reference).cloned() else { continue };
+                    if r.reason == RemovalReason::Withdrawn {
+                        plan.withdrawn = true;
+                    }
+                    ops.push(schema::PLANS.put(&plan.reference, &plan));
+                    self.plans.insert(plan.reference.clone(), plan);
+                }
+                EntryBody::Contacts(c) => self.contacts = Some(c.clone()),
+                EntryBody::Visit(_) => continue,
+            }
+            self.append(e.body.body.clone(), now, &mut ops, &mut after);
+        }
+        if !newer.is_empty() {
+            after.push(After::Event(Event::FeedRecovered { hub: hub.clone(), entries: newer.len() }));
+            self.out.write(ops, after);
         }
     }
 
     fn on_notify(&mut self, from: &OdsCode, signed: Signed<Notification>, now: Timestamp) {
         let lookup_id = signed.body.event.body.lookup_id;
-        if let Err(reason) = self.check_notification(&signed) {
+        if let Err(reason) = self.check_notification(&signed, now) {
+            self.out.send(from, Message::Refused(Refused { lookup_id: Some(lookup_id), code: reason.code() }));
             return self.refuse(from, "notify", reason);
         }
-        if let Some(item) = self.inbox.get(&lookup_id) {
-            // A retry: answer with the same receipt, but only once the first copy's write (and
-            // every write before it) is durable.
-            let receipt = self.receipt(&item.notification.body, item.received_at);
+        if let Some(entry) = self.inbox.get(&lookup_id) {
+            // A retry: answer with a receipt, but only once the first copy's write (and every
+            // write before it) is durable.
+            let receipt = self.receipt(&signed.body, entry.received_at);
             let send = After::Send(Transmit { to: from.clone(), message: Message::Receipt(receipt) });
             if let Some(After::Send(t)) = self.out.after_pending(send) {
                 self.out.transmits.push_back(t);
@@ -372,26 +777,60 @@ impl Authority {
             return;
         }
         let hub = signed.body.hub.clone();
-        let item = InboxItem { notification: signed, received_at: now, acknowledged: None };
-        let receipt = self.receipt(&item.notification.body, now);
-        let op = StoreOp::Put { table: Table::Inbox, key: lookup_id.0.to_vec(), value: codec::encode(&item) };
-        self.inbox.insert(lookup_id, item);
+        let receipt = self.receipt(&signed.body, now);
+        let item = InboxItem { notification: signed, received_at: now };
+        self.inbox.insert(lookup_id, InboxEntry { received_at: now, acknowledged: false });
         let after = vec![
             After::Send(Transmit { to: from.clone(), message: Message::Receipt(receipt) }),
             After::Event(Event::NotificationReceived { lookup_id, hub }),
         ];
-        self.out.write(vec![op], after);
+        self.out.write(vec![schema::INBOX.put(&lookup_id, &item)], after);
     }
 
-    fn check_notification(&self, signed: &Signed<Notification>) -> Result<(), String> {
+    /// A notification is taken only if it is for us, signed by the hub that answered and the
+    /// setting that looked, of an unscheduled lookup within the age window, and the plans it
+    /// names are our own plans for that child, in their window on the day of the lookup.
+    fn check_notification(&self, signed: &Signed<Notification>, now: Timestamp) -> Result<(), Refusal> {
         let n = &signed.body;
+        let e = &n.event.body;
         if n.authority != self.code {
-            return Err(format!("notification is for {}, not {}", n.authority, self.code));
+            return Err(Refusal::WrongAuthority(n.authority.clone()));
         }
         let dir = &self.dir.trusted;
-        dir.verify(signed.clone(), &n.hub, Role::Hub).map_err(|e| e.to_string())?;
-        dir.verify(n.event.clone(), &n.event.body.setting, Role::Setting).map_err(|e| e.to_string())?;
+        dir.verify_at(signed.clone(), &n.hub, Role::Hub, n.answered_at)?;
+        dir.verify_at(n.event.clone(), &e.setting, Role::Setting, e.at)?;
+        let kind = dir.member(&e.setting).and_then(|m| m.setting_type).map(|t| t.lookup_kind());
+        if kind != Some(LookupKind::Unscheduled) {
+            return Err(Refusal::Scheduled);
+        }
+        let days = self.config.notification_age_max_days;
+        if now.since(e.at) > days.saturating_mul(DAY_MS) || e.at.since(now) > self.config.clock_skew_max_ms {
+            return Err(Refusal::TooOld { at: e.at, days });
+        }
+        let ours = self.plans_in_window(e.nhs, e.at);
+        if ours.is_empty() {
+            return Err(Refusal::NoMatchingPlan);
+        }
+        if n.matched.is_empty() || !n.matched.iter().all(|r| ours.contains(&r)) {
+            return Err(Refusal::MatchesDiffer);
+        }
         Ok(())
+    }
+
+    /// Our plans for `nhs` that were in their window around `at` (a withdrawal recorded since
+    /// does not undo a lookup that happened).
+    fn plans_in_window(&self, nhs: NhsNumber, at: Timestamp) -> Vec<&PlanRef> {
+        let skew = self.config.clock_skew_max_ms;
+        let days = [at.minus_ms(skew).date(), at.date(), at.plus_ms(skew).date()];
+        self.plans
+            .values()
+            .filter(|p| p.nhs == nhs)
+            .filter(|p| {
+                let unwithdrawn = Plan { withdrawn: false, ..(*p).clone() };
+                days.iter().any(|d| unwithdrawn.visible_on(*d))
+            })
+            .map(|p| &p.reference)
+            .collect()
     }
 
     fn receipt(&self, n: &Notification, stored_at: Timestamp) -> Signed<Receipt> {
@@ -405,63 +844,94 @@ impl Authority {
 
     /// Re-signs, as new entries, every live entry whose key is now revoked.
     fn republish_revoked(&mut self, now: Timestamp) {
-        let Some(me) = self.dir.trusted.member(&self.code).cloned() else {
+        if self.check_own_key(now).is_err() {
+            // Nothing can be re-signed until the node runs on an active key.
             return;
-        };
-        let revoked: Vec<SignedEntry> = self
-            .entries
+        }
+        let Some(me) = self.dir.trusted.member(&self.code).cloned() else { return };
+        let revoked: Vec<EntryBody> = self
+            .feed
+            .entries()
             .values()
+            .chain(self.pending.iter())
             .filter(|e| me.key(e.key_id).is_none_or(|k| matches!(k.status, KeyStatus::Revoked { .. })))
-            .cloned()
+            .map(|e| e.body.body.clone())
             .collect();
-        for e in revoked {
-            // A command error here means our own key is unusable: nothing can be re-signed until
-            // the operator installs the new key; the next restart tries again.
-            if self.append(e.body.body, now).is_err() {
-                return;
-            }
+        let (mut ops, mut after) = (Vec::new(), Vec::new());
+        for body in revoked {
+            self.append(body, now, &mut ops, &mut after);
+        }
+        if !ops.is_empty() {
+            self.out.write(ops, after);
+        } else if self.head.as_ref().is_some_and(|h| me.key(h.key_id).is_none_or(|k| k.status != KeyStatus::Active)) {
+            // Nothing to re-sign, but the head itself must be under an active key.
+            self.sign_head(now);
         }
     }
 
-    fn refuse(&mut self, from: &OdsCode, kind: &'static str, reason: String) {
+    fn refuse(&mut self, from: &OdsCode, kind: &'static str, reason: Refusal) {
         self.out.event(Event::MessageRefused { from: from.clone(), kind, reason });
     }
 
-    /// Every write up to `write_id` is durable.
-    pub fn handle_durable(&mut self, write_id: u64) {
+    pub(crate) fn handle_durable(&mut self, write_id: u64, now: Timestamp) {
+        let before = self.durable_seq;
+        let mut fresh = Vec::new();
         for action in self.out.durable(write_id) {
             match action {
-                After::Push(entry) => {
-                    let seq = entry.body.seq;
-                    self.durable_seq = self.durable_seq.max(seq);
-                    for hub in &self.hubs {
-                        let batch = FeedBatch {
-                            origin: self.code.clone(),
-                            after: seq - 1,
-                            upto: seq,
-                            entries: vec![entry.clone()],
-                            as_of: entry.body.at,
-                        };
-                        self.out.transmits.push_back(Transmit { to: hub.clone(), message: Message::Feed(batch) });
+                After::Durable(entry) => {
+                    let front = self.pending.pop_front();
+                    assert_eq!(
+                        front.as_ref().map(|e| e.body.seq),
+                        Some(entry.body.seq),
+                        "entries become durable in order"
+                    );
+                    self.durable_seq = self.durable_seq.max(entry.body.seq);
+                    if matches!(self.feed.apply(entry.clone()), Applied::New { .. }) {
+                        fresh.push(entry.body.seq);
                     }
                 }
                 After::Send(t) => self.out.transmits.push_back(t),
                 After::Event(e) => self.out.event(e),
             }
         }
-    }
-
-    pub fn poll_write(&mut self) -> Option<WriteBatch> {
-        self.out.writes.pop_front()
-    }
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.transmits.pop_front()
-    }
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.out.events.pop_front()
+        if fresh.is_empty() {
+            return;
+        }
+        self.sign_head(now);
+        let Some(head) = self.head.clone() else { return };
+        let live: Vec<SignedEntry> = fresh.iter().filter_map(|s| self.feed.at(*s).cloned()).collect();
+        for hub in self.hubs.keys() {
+            for batch in run_batches(&self.code, before, live.clone(), head.clone()) {
+                self.out.transmits.push_back(Transmit { to: hub.clone(), message: Message::Feed(batch) });
+            }
+        }
     }
 }
 
-crate::machine::impl_state_machine!(Authority,
-    connected: |a, peer, _role, now| Authority::handle_connected(a, peer, now),
-    durable: |a, id, _now| Authority::handle_durable(a, id));
+/// A run of `origin`'s live entries after `after` cut into batches, the head on the last.
+pub(crate) fn run_batches(origin: &OdsCode, after: u64, live: Vec<SignedEntry>, head: SignedHead) -> Vec<FeedBatch> {
+    let upto = head.body.seq;
+    let mut batches: Vec<FeedBatch> = live
+        .chunks(BATCH_ENTRIES_MAX)
+        .map(|chunk| FeedBatch {
+            origin: origin.clone(),
+            after,
+            upto,
+            entries: chunk.to_vec(),
+            head: None,
+            more: false,
+        })
+        .collect();
+    match batches.last_mut() {
+        Some(last) => last.head = Some(head),
+        None => batches.push(FeedBatch {
+            origin: origin.clone(),
+            after,
+            upto,
+            entries: vec![],
+            head: Some(head),
+            more: false,
+        }),
+    }
+    batches
+}

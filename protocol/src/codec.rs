@@ -5,7 +5,7 @@ use bincode::Options;
 use serde::{Serialize, de::DeserializeOwned};
 
 /// Why bytes could not be decoded.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// The bytes do not hold a well-formed value (or one that breaks a record rule).
     #[error("malformed bytes: {0}")]

@@ -1,4 +1,4 @@
-//! The directory: who is in the federation, with which keys (DESIGN §5).
+//! The directory: who is in the federation, with which keys (docs/keys.md).
 //!
 //! A [`SignedDirectory`] is signed by a threshold of the federation's root keys. A node starts
 //! from one it is given ([`TrustedDirectory::bootstrap`]) and then accepts only the next version
@@ -22,6 +22,10 @@ pub const MEMBER_KEYS_MAX: usize = 8;
 pub const ROOTS_MAX: usize = 16;
 /// Most network addresses a hub may list.
 pub const ADDRESSES_MAX: usize = 8;
+/// Most home hubs an authority or a setting may list.
+pub const HOME_HUBS_MAX: usize = 8;
+/// Longest network address (`host:port`) a hub may list, in bytes.
+pub const ADDRESS_LEN_MAX: usize = 255;
 
 /// What a member does in the federation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -180,18 +184,47 @@ pub enum DirectoryError {
     /// The threshold is zero or above the number of roots.
     #[error("threshold {threshold} does not fit {roots} root keys")]
     BadThreshold { threshold: u8, roots: usize },
-    /// A root or member key is malformed or weak.
-    #[error("a weak or malformed key is listed ({0})")]
-    WeakKey(String),
-    /// Two members share a code, or two keys an id.
-    #[error("listed twice: {0}")]
-    Duplicate(String),
-    /// A member's entry breaks a rule; the text says which member and which rule.
+    /// A root key is malformed or weak.
+    #[error("root key {0} is weak or malformed")]
+    WeakRootKey(KeyId),
+    /// Two root keys, or two keys anywhere in the directory, share an id.
+    #[error("key {0} is listed twice")]
+    DuplicateKey(KeyId),
+    /// Two members share a code.
+    #[error("member {0} is listed twice")]
+    DuplicateMember(OdsCode),
+    /// A member's entry breaks a rule.
     #[error("member {code}: {rule}")]
-    BadMember { code: OdsCode, rule: String },
+    BadMember { code: OdsCode, rule: MemberRule },
     /// A list is longer than its maximum.
     #[error("too many {what}: {len} (at most {max})")]
     TooMany { what: &'static str, len: usize, max: usize },
+}
+
+/// The rule a member's entry in the directory breaks.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MemberRule {
+    /// The member's name (or its contacts) breaks a text rule.
+    #[error(transparent)]
+    Text(#[from] crate::records::TextError),
+    /// An authority's code is not of an authority's form.
+    #[error("an authority's code is 3 digits or letter-digit-letter-digit-letter")]
+    AuthorityCode,
+    /// A home hub is not a hub of the directory.
+    #[error("home hub {0} is not a hub of the directory")]
+    UnknownHomeHub(OdsCode),
+    /// A setting does not say what type of setting it is.
+    #[error("a setting must say what type of setting it is")]
+    MissingSettingType,
+    /// One of its keys is weak or malformed.
+    #[error("key {0} is weak or malformed")]
+    WeakKey(KeyId),
+    /// One of its keys is valid from after it is valid until.
+    #[error("key {0} is valid from after it is valid until")]
+    EmptyKeyWindow(KeyId),
+    /// A hub address is empty, too long or holds a control character.
+    #[error("a hub address is empty, longer than 255 bytes or holds a control character")]
+    BadAddress,
 }
 
 /// Why a peer's key is not admitted to a connection.
@@ -209,6 +242,9 @@ pub enum AdmissionError {
     /// The member does not have the role the connection needs.
     #[error("{code} is a {actual}, not one of the roles allowed here")]
     WrongRole { code: OdsCode, actual: &'static str },
+    /// The directory itself has expired: nobody is admitted until a newer one arrives.
+    #[error("the directory has expired")]
+    DirectoryExpired,
 }
 
 /// Why a signed record is refused.
@@ -232,6 +268,9 @@ pub enum RecordError {
     /// The record's time is outside the signing key's validity window.
     #[error("key {key} of {code} was not valid at {at}")]
     OutsideWindow { code: OdsCode, key: KeyId, at: Timestamp },
+    /// The record says it was made after its key was retired.
+    #[error("key {key} of {code} was retired at {retired_at}: it signs nothing made at {at}")]
+    SignedAfterRetirement { code: OdsCode, key: KeyId, at: Timestamp, retired_at: Timestamp },
 }
 
 /// A directory whose signatures and rules have been checked; what a node trusts.
@@ -253,8 +292,10 @@ impl TrustedDirectory {
     pub fn bootstrap(signed: SignedDirectory, now: Timestamp) -> Result<TrustedDirectory, DirectoryError> {
         let d = &signed.directory;
         check_unexpired(d, now)?;
-        check_rules(d)?;
+        check_roots(d)?;
+        // Signatures before the member rules: an unsigned directory costs only its signatures.
         check_threshold(&signed, &d.roots, d.threshold, RootSet::Offered)?;
+        check_rules(d)?;
         Ok(TrustedDirectory::index(signed))
     }
 
@@ -274,11 +315,14 @@ impl TrustedDirectory {
             });
         }
         check_unexpired(new, now)?;
-        check_rules(new)?;
+        // Signatures by the trusted roots before anything else: a version no root signed costs
+        // only the signatures it carries.
         check_threshold(&next, &cur.roots, cur.threshold, RootSet::Previous)?;
+        check_roots(new)?;
         if new.roots != cur.roots || new.threshold != cur.threshold {
             check_threshold(&next, &new.roots, new.threshold, RootSet::Offered)?;
         }
+        check_rules(new)?;
         Ok(TrustedDirectory::index(next))
     }
 
@@ -376,8 +420,13 @@ impl TrustedDirectory {
         let key_id = signed.key_id;
         let verified = self.verify(signed, signer, role)?;
         let key = self.member(signer).and_then(|m| m.key(key_id));
-        if !key.is_some_and(|k| k.valid_from <= at && at < k.valid_until) {
+        let Some(key) = key.filter(|k| k.valid_from <= at && at < k.valid_until) else {
             return Err(RecordError::OutsideWindow { code: signer.clone(), key: key_id, at });
+        };
+        if let KeyStatus::Retired { at: retired_at } = key.status
+            && at >= retired_at
+        {
+            return Err(RecordError::SignedAfterRetirement { code: signer.clone(), key: key_id, at, retired_at });
         }
         Ok(verified)
     }
@@ -391,19 +440,24 @@ fn check_unexpired(d: &Directory, now: Timestamp) -> Result<(), DirectoryError> 
 }
 
 /// Counts distinct valid signatures by `roots`; any signature by one of them that fails refuses
-/// the directory, signatures by other keys are ignored.
+/// the directory, signatures by other keys are ignored. At most [`ROOTS_MAX`] signatures are
+/// looked at, and each root key's signature is verified once.
 fn check_threshold(
     signed: &SignedDirectory,
     roots: &[PublicKey],
     threshold: u8,
     set: RootSet,
 ) -> Result<(), DirectoryError> {
+    too_many("root signatures", signed.signatures.len(), ROOTS_MAX)?;
     let bytes = signing_bytes(&signed.directory);
     let mut counted = BTreeSet::new();
     for sig in &signed.signatures {
         let Some(root) = roots.iter().find(|r| r.id() == sig.key_id) else {
             continue;
         };
+        if counted.contains(&sig.key_id) {
+            continue;
+        }
         verify_raw(root, &bytes, &sig.signature).map_err(|_| DirectoryError::BadRootSignature(sig.key_id))?;
         counted.insert(sig.key_id);
     }
@@ -421,59 +475,69 @@ fn too_many(what: &'static str, len: usize, max: usize) -> Result<(), DirectoryE
     Ok(())
 }
 
-fn check_rules(d: &Directory) -> Result<(), DirectoryError> {
+/// The root keys and threshold: checked before any signature is, since the signatures are
+/// counted against them.
+fn check_roots(d: &Directory) -> Result<(), DirectoryError> {
     too_many("root keys", d.roots.len(), ROOTS_MAX)?;
-    too_many("members", d.members.len(), MEMBERS_MAX)?;
     if d.threshold == 0 || usize::from(d.threshold) > d.roots.len() {
         return Err(DirectoryError::BadThreshold { threshold: d.threshold, roots: d.roots.len() });
     }
-    let mut key_ids = BTreeSet::new();
+    let mut ids = BTreeSet::new();
     for root in &d.roots {
         if !root.is_strong() {
-            return Err(DirectoryError::WeakKey(format!("root key {}", root.id())));
+            return Err(DirectoryError::WeakRootKey(root.id()));
         }
-        if !key_ids.insert(root.id()) {
-            return Err(DirectoryError::Duplicate(format!("root key {}", root.id())));
+        if !ids.insert(root.id()) {
+            return Err(DirectoryError::DuplicateKey(root.id()));
         }
-    }
-    let mut codes = BTreeSet::new();
-    for m in &d.members {
-        if !codes.insert(&m.code) {
-            return Err(DirectoryError::Duplicate(format!("member {}", m.code)));
-        }
-        check_member(d, m, &mut key_ids)?;
     }
     Ok(())
 }
 
-fn check_member(d: &Directory, m: &Member, key_ids: &mut BTreeSet<KeyId>) -> Result<(), DirectoryError> {
-    let bad = |rule: String| DirectoryError::BadMember { code: m.code.clone(), rule };
+fn check_rules(d: &Directory) -> Result<(), DirectoryError> {
+    too_many("members", d.members.len(), MEMBERS_MAX)?;
+    let mut key_ids: BTreeSet<KeyId> = d.roots.iter().map(PublicKey::id).collect();
+    let hubs: BTreeSet<&OdsCode> = d.members.iter().filter(|m| m.role == Role::Hub).map(|m| &m.code).collect();
+    let mut codes = BTreeSet::new();
+    for m in &d.members {
+        if !codes.insert(&m.code) {
+            return Err(DirectoryError::DuplicateMember(m.code.clone()));
+        }
+        check_member(&hubs, m, &mut key_ids)?;
+    }
+    Ok(())
+}
+
+fn check_member(hubs: &BTreeSet<&OdsCode>, m: &Member, key_ids: &mut BTreeSet<KeyId>) -> Result<(), DirectoryError> {
+    let bad = |rule: MemberRule| DirectoryError::BadMember { code: m.code.clone(), rule };
     too_many("keys of one member", m.keys.len(), MEMBER_KEYS_MAX)?;
     too_many("addresses of one hub", m.addresses.len(), ADDRESSES_MAX)?;
-    check_text("member name", &m.name).map_err(|e| bad(e.to_string()))?;
+    too_many("home hubs of one member", m.home_hubs.len(), HOME_HUBS_MAX)?;
+    check_text("member name", &m.name).map_err(|e| bad(e.into()))?;
     if m.role == Role::Authority && !m.code.is_authority_form() {
-        return Err(bad("an authority's code is 3 digits or letter-digit-letter-digit-letter".into()));
+        return Err(bad(MemberRule::AuthorityCode));
     }
     if let Some(c) = &m.contacts {
-        c.check().map_err(|e| bad(e.to_string()))?;
+        c.check().map_err(|e| bad(e.into()))?;
     }
-    for hub in &m.home_hubs {
-        if !d.members.iter().any(|h| h.code == *hub && h.role == Role::Hub) {
-            return Err(bad(format!("home hub {hub} is not a hub of the directory")));
-        }
+    if let Some(hub) = m.home_hubs.iter().find(|h| !hubs.contains(h)) {
+        return Err(bad(MemberRule::UnknownHomeHub(hub.clone())));
+    }
+    if m.addresses.iter().any(|a| a.is_empty() || a.len() > ADDRESS_LEN_MAX || a.chars().any(char::is_control)) {
+        return Err(bad(MemberRule::BadAddress));
     }
     if m.role == Role::Setting && m.setting_type.is_none() {
-        return Err(bad("a setting must say what type of setting it is".into()));
+        return Err(bad(MemberRule::MissingSettingType));
     }
     for k in &m.keys {
         if !k.public.is_strong() {
-            return Err(DirectoryError::WeakKey(format!("key {} of {}", k.id(), m.code)));
+            return Err(bad(MemberRule::WeakKey(k.id())));
         }
         if !key_ids.insert(k.id()) {
-            return Err(DirectoryError::Duplicate(format!("key {}", k.id())));
+            return Err(DirectoryError::DuplicateKey(k.id()));
         }
         if k.valid_from >= k.valid_until {
-            return Err(bad(format!("key {} is valid from after it is valid until", k.id())));
+            return Err(bad(MemberRule::EmptyKeyWindow(k.id())));
         }
     }
     Ok(())
@@ -591,18 +655,20 @@ mod tests {
         let signed = SignedDirectory::sign(d, &[&r[0], &r[1]]);
         assert_eq!(
             TrustedDirectory::bootstrap(signed, now()).unwrap_err(),
-            DirectoryError::Duplicate("member 204".into())
+            DirectoryError::DuplicateMember(OdsCode::parse("204").unwrap())
         );
 
         let mut d = directory(1, &r);
         d.members[1].home_hubs.push(OdsCode::parse("NOHUB").unwrap());
         let err = TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now()).unwrap_err();
-        assert!(matches!(err, DirectoryError::BadMember { ref rule, .. } if rule.contains("home hub NOHUB")));
+        assert!(
+            matches!(err, DirectoryError::BadMember { rule: MemberRule::UnknownHomeHub(ref h), .. } if h.as_str() == "NOHUB")
+        );
 
         let mut d = directory(1, &r);
         d.members[1].keys[0].public = PublicKey([0; 32]);
         let err = TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now()).unwrap_err();
-        assert!(matches!(err, DirectoryError::WeakKey(_)));
+        assert!(matches!(err, DirectoryError::BadMember { rule: MemberRule::WeakKey(_), .. }));
 
         let mut d = directory(1, &r);
         d.threshold = 4;

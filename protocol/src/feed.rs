@@ -1,16 +1,25 @@
-//! Feeds: each origin's signed, numbered entries (DESIGN §6).
+//! Feeds: each origin's signed, numbered entries, and the signed heads that commit to them
+//! (docs/protocol.md).
 //!
-//! An authority's feed holds every change to its plans and contacts; a hub's feed holds the visits
-//! (unscheduled lookups) it answered. Only the origin writes its feed, so for one key the entry
-//! with the higher sequence wins; two different entries with one origin and sequence are an
-//! equivocation.
+//! An authority's feed holds every change to the plans it publishes and to its contacts; a hub's
+//! feed holds the visits (unscheduled lookups of flagged children) it answered. Only the origin
+//! writes its feed, so for one key the entry with the higher sequence wins; two different entries
+//! with one origin and sequence are an equivocation.
+//!
+//! An authority also signs a [`FeedHead`]: its sequence, its time, the root of the
+//! [`PlanMap`](crate::merkle::PlanMap) of the plans it publishes, and the digest of its contacts
+//! entry. [`LiveFeed`] is the live set of one origin (the latest entry of each key) with that map
+//! kept up to date, shared by the authority (its own feed) and the hubs (their replicas): both
+//! compute the same root from the same entries, which is how a hub proves what it holds.
 
 use crate::directory::{RecordError, Role, TrustedDirectory};
-use crate::ids::{LookupId, OdsCode, PlanRef};
+use crate::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
+use crate::merkle::{Digest, MapProof, PlanMap, key_of};
 use crate::records::{AccessEvent, Contacts, Plan, PlanError, TextError};
-use crate::sign::{Signable, Signed, Verified};
+use crate::sign::{Signable, Signed, Verified, signing_bytes};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 
 impl Signable for AccessEvent {
     const DOMAIN: &'static str = "cpis/access-event";
@@ -34,8 +43,26 @@ pub enum EntryBody {
     Plan(Plan),
     /// The authority's contacts.
     Contacts(Contacts),
+    /// The authority no longer publishes this plan: hubs drop it (a tombstone).
+    Removed(Removal),
     /// An unscheduled lookup a hub answered, as the care setting signed it.
     Visit(Signed<AccessEvent>),
+}
+
+/// A plan the authority stops publishing, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    pub reference: PlanRef,
+    pub reason: RemovalReason,
+}
+
+/// Why a plan stopped being published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemovalReason {
+    /// Entered in error: shown nowhere.
+    Withdrawn,
+    /// Past its visibility window (365 days after its end, 28 after an unborn child's due date).
+    PastVisibility,
 }
 
 impl Signable for FeedEntry {
@@ -57,6 +84,7 @@ impl FeedEntry {
     pub fn key(&self) -> EntryKey {
         match &self.body {
             EntryBody::Plan(p) => EntryKey::Plan(p.reference.clone()),
+            EntryBody::Removed(r) => EntryKey::Plan(r.reference.clone()),
             EntryBody::Contacts(_) => EntryKey::Contacts,
             EntryBody::Visit(v) => EntryKey::Visit(v.body.lookup_id),
         }
@@ -65,9 +93,14 @@ impl FeedEntry {
     /// The role whose members may write this kind of entry.
     pub fn writer_role(&self) -> Role {
         match self.body {
-            EntryBody::Plan(_) | EntryBody::Contacts(_) => Role::Authority,
+            EntryBody::Plan(_) | EntryBody::Contacts(_) | EntryBody::Removed(_) => Role::Authority,
             EntryBody::Visit(_) => Role::Hub,
         }
+    }
+
+    /// The digest a head commits to: SHA-256 of the entry's signed bytes.
+    pub fn digest(&self) -> Digest {
+        Digest::of(&[&signing_bytes(self)])
     }
 }
 
@@ -91,24 +124,300 @@ pub enum EntryError {
     ZeroSequence(OdsCode),
 }
 
-/// Verifies an entry end to end: the origin's signature with a non-revoked key, the rules of its
-/// body, and for a visit the care setting's signature too.
-pub fn verify_entry(dir: &TrustedDirectory, entry: SignedEntry) -> Result<Verified<FeedEntry>, EntryError> {
-    let (origin, seq) = (entry.body.origin.clone(), entry.body.seq);
+/// Checks the rules of an entry's body (not its signature).
+pub fn check_body(entry: &FeedEntry) -> Result<(), EntryError> {
+    let (origin, seq) = (entry.origin.clone(), entry.seq);
     if seq == 0 {
         return Err(EntryError::ZeroSequence(origin));
     }
-    match &entry.body.body {
-        EntryBody::Plan(p) => p.check().map_err(|source| EntryError::Plan { origin: origin.clone(), seq, source })?,
-        EntryBody::Contacts(c) => {
-            c.check().map_err(|source| EntryError::Text { origin: origin.clone(), seq, source })?
-        }
-        EntryBody::Visit(v) => {
-            v.body.check().map_err(|source| EntryError::Text { origin: origin.clone(), seq, source })?;
-            dir.verify_at(v.clone(), &v.body.setting, Role::Setting, v.body.at)
-                .map_err(|source| EntryError::VisitSignature { origin: origin.clone(), seq, source })?;
-        }
+    match &entry.body {
+        EntryBody::Plan(p) => p.check().map_err(|source| EntryError::Plan { origin, seq, source }),
+        EntryBody::Contacts(c) => c.check().map_err(|source| EntryError::Text { origin, seq, source }),
+        EntryBody::Visit(v) => v.body.check().map_err(|source| EntryError::Text { origin, seq, source }),
+        EntryBody::Removed(_) => Ok(()),
+    }
+}
+
+/// Verifies an entry end to end: the origin's signature with a key valid at the entry's time, the
+/// rules of its body, and for a visit the care setting's signature too.
+pub fn verify_entry(dir: &TrustedDirectory, entry: SignedEntry) -> Result<Verified<FeedEntry>, EntryError> {
+    check_body(&entry.body)?;
+    let (origin, seq) = (entry.body.origin.clone(), entry.body.seq);
+    if let EntryBody::Visit(v) = &entry.body.body {
+        dir.verify_at(v.clone(), &v.body.setting, Role::Setting, v.body.at)
+            .map_err(|source| EntryError::VisitSignature { origin: origin.clone(), seq, source })?;
     }
     let (role, at) = (entry.body.writer_role(), entry.body.at);
     dir.verify_at(entry, &origin, role, at).map_err(|source| EntryError::Signature { origin, seq, source })
+}
+
+/// An authority's signed word on its whole feed at `seq`: the plans it publishes and its contacts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedHead {
+    pub origin: OdsCode,
+    /// Every entry up to this sequence is reflected.
+    pub seq: u64,
+    /// When the authority signed it: how fresh a copy under this head is.
+    pub at: Timestamp,
+    /// Root of the map from NHS numbers to the plans published for them.
+    pub plans_root: Digest,
+    /// How many NHS numbers have published plans.
+    pub children: u64,
+    /// Digest of the latest contacts entry, if any.
+    pub contacts: Option<Digest>,
+}
+
+impl Signable for FeedHead {
+    const DOMAIN: &'static str = "cpis/head";
+}
+
+/// A signed head as it travels and is stored.
+pub type SignedHead = Signed<FeedHead>;
+
+impl FeedHead {
+    /// Whether `self` is newer than `other` (a higher sequence, or the same one signed later).
+    pub fn newer_than(&self, other: &FeedHead) -> bool {
+        (self.seq, self.at) > (other.seq, other.at)
+    }
+
+    /// Whether two heads of one origin and sequence say different things (an equivocation).
+    pub fn conflicts_with(&self, other: &FeedHead) -> bool {
+        self.origin == other.origin
+            && self.seq == other.seq
+            && (self.plans_root, self.children, self.contacts) != (other.plans_root, other.children, other.contacts)
+    }
+}
+
+/// Verifies a head: signed by its origin, an authority, with a key valid at the head's time.
+pub fn verify_head(dir: &TrustedDirectory, head: SignedHead) -> Result<Verified<FeedHead>, RecordError> {
+    let (origin, at) = (head.body.origin.clone(), head.body.at);
+    dir.verify_at(head, &origin, Role::Authority, at)
+}
+
+/// The value a plan map holds for one NHS number: a digest of every published plan entry for it,
+/// in order of plan reference.
+pub fn plans_value<'a>(nhs: NhsNumber, entries: impl Iterator<Item = &'a FeedEntry>) -> Digest {
+    let mut sorted: Vec<(&PlanRef, Digest)> = entries
+        .filter_map(|e| match &e.body {
+            EntryBody::Plan(p) => Some((&p.reference, e.digest())),
+            _ => None,
+        })
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut parts: Vec<Vec<u8>> = vec![b"cpis/plans\0".to_vec(), nhs.as_u64().to_be_bytes().to_vec()];
+    parts.push((sorted.len() as u64).to_be_bytes().to_vec());
+    parts.extend(sorted.iter().map(|(_, d)| d.0.to_vec()));
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    Digest::of(&refs)
+}
+
+/// The live set of one origin's feed: the latest entry of every key (tombstones included), the
+/// plans it publishes by NHS number, and the map whose root a head signs.
+#[derive(Clone, Default)]
+pub struct LiveFeed {
+    entries: BTreeMap<u64, SignedEntry>,
+    latest: HashMap<EntryKey, u64>,
+    by_nhs: HashMap<NhsNumber, BTreeMap<PlanRef, u64>>,
+    map: PlanMap,
+}
+
+impl std::fmt::Debug for LiveFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LiveFeed({} entries, {} children)", self.entries.len(), self.by_nhs.len())
+    }
+}
+
+/// What [`LiveFeed::apply`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The entry is the newest of its key; the older one at `superseded` (if any) left.
+    New { superseded: Option<Box<SignedEntry>> },
+    /// A newer entry of the key is already held: nothing changed.
+    Stale,
+    /// The very same entry is already held.
+    Held,
+}
+
+impl LiveFeed {
+    pub fn new() -> LiveFeed {
+        LiveFeed::default()
+    }
+
+    /// Every live entry, by sequence.
+    pub fn entries(&self) -> &BTreeMap<u64, SignedEntry> {
+        &self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The live entry of `key`.
+    pub fn latest(&self, key: &EntryKey) -> Option<&SignedEntry> {
+        self.entries.get(self.latest.get(key)?)
+    }
+
+    /// The entry held at `seq`, if it is live.
+    pub fn at(&self, seq: u64) -> Option<&SignedEntry> {
+        self.entries.get(&seq)
+    }
+
+    /// Puts `entry` in if it is the newest of its key.
+    pub fn apply(&mut self, entry: SignedEntry) -> Applied {
+        let key = entry.body.key();
+        if let Some(&held) = self.latest.get(&key) {
+            if held == entry.body.seq {
+                return Applied::Held;
+            }
+            if held > entry.body.seq {
+                return Applied::Stale;
+            }
+        }
+        let superseded = self.latest.get(&key).copied().and_then(|seq| self.take(seq)).map(Box::new);
+        self.latest.insert(key, entry.body.seq);
+        let nhs = match &entry.body.body {
+            EntryBody::Plan(p) => {
+                self.by_nhs.entry(p.nhs).or_default().insert(p.reference.clone(), entry.body.seq);
+                Some(p.nhs)
+            }
+            _ => None,
+        };
+        self.entries.insert(entry.body.seq, entry);
+        if let Some(nhs) = nhs {
+            self.refresh(nhs);
+        }
+        Applied::New { superseded }
+    }
+
+    /// Takes the entry at `seq` out (pruning, or a newer one replacing it); returns it.
+    pub fn take(&mut self, seq: u64) -> Option<SignedEntry> {
+        let e = self.entries.remove(&seq)?;
+        let key = e.body.key();
+        if self.latest.get(&key) == Some(&seq) {
+            self.latest.remove(&key);
+        }
+        if let EntryBody::Plan(p) = &e.body.body {
+            if let Some(refs) = self.by_nhs.get_mut(&p.nhs) {
+                refs.remove(&p.reference);
+                if refs.is_empty() {
+                    self.by_nhs.remove(&p.nhs);
+                }
+            }
+            self.refresh(p.nhs);
+        }
+        Some(e)
+    }
+
+    /// Recomputes the map's value for `nhs` from the plans held for it.
+    fn refresh(&mut self, nhs: NhsNumber) {
+        let key = key_of(nhs);
+        match self.by_nhs.get(&nhs) {
+            None => self.map.remove(&key),
+            Some(refs) => {
+                let entries = refs.values().filter_map(|seq| self.entries.get(seq)).map(|e| &e.body);
+                self.map.insert(key, plans_value(nhs, entries));
+            }
+        }
+    }
+
+    /// Every published plan entry for `nhs`, in order of reference.
+    pub fn plans_of(&self, nhs: NhsNumber) -> Vec<&SignedEntry> {
+        self.by_nhs.get(&nhs).map_or(vec![], |refs| refs.values().filter_map(|s| self.entries.get(s)).collect())
+    }
+
+    /// Every NHS number with a published plan.
+    pub fn children(&self) -> impl Iterator<Item = &NhsNumber> {
+        self.by_nhs.keys()
+    }
+
+    /// The map's root, the number of children and the contacts digest: what a head signs.
+    pub fn commitment(&mut self) -> (Digest, u64, Option<Digest>) {
+        let contacts = self.latest(&EntryKey::Contacts).map(|e| e.body.digest());
+        (self.map.root(), self.by_nhs.len() as u64, contacts)
+    }
+
+    /// Whether `head` signs exactly this live set.
+    pub fn matches(&mut self, head: &FeedHead) -> bool {
+        self.commitment() == (head.plans_root, head.children, head.contacts)
+    }
+
+    /// A proof for `nhs` under the current root ([`LiveFeed::commitment`] first caches it).
+    pub fn prove(&self, nhs: NhsNumber) -> MapProof {
+        self.map.prove(&key_of(nhs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::PlanType;
+    use crate::sign::Identity;
+    use crate::time::Date;
+
+    fn entry(seq: u64, reference: &str, nhs: &str, withdrawn: bool) -> SignedEntry {
+        let body = if withdrawn {
+            EntryBody::Removed(Removal {
+                reference: PlanRef::parse(reference).unwrap(),
+                reason: RemovalReason::Withdrawn,
+            })
+        } else {
+            EntryBody::Plan(Plan {
+                reference: PlanRef::parse(reference).unwrap(),
+                nhs: NhsNumber::parse(nhs).unwrap(),
+                plan_type: PlanType::LookedAfter,
+                start: Date::parse("2026-01-05").unwrap(),
+                end: None,
+                due: None,
+                withdrawn: false,
+            })
+        };
+        Identity::from_seed([4; 32]).sign(FeedEntry {
+            origin: OdsCode::parse("204").unwrap(),
+            seq,
+            at: Timestamp(seq),
+            body,
+        })
+    }
+
+    #[test]
+    fn the_same_live_set_gives_the_same_commitment_in_any_order() {
+        let es =
+            [entry(1, "A", "9434765919", false), entry(2, "B", "4010232137", false), entry(3, "A", "9434765919", true)];
+        let mut forward = LiveFeed::new();
+        for e in es.iter().cloned() {
+            forward.apply(e);
+        }
+        let mut backward = LiveFeed::new();
+        for e in es.iter().rev().cloned() {
+            backward.apply(e);
+        }
+        assert_eq!(forward.commitment(), backward.commitment());
+        assert_eq!(forward.plans_of(NhsNumber::parse("9434765919").unwrap()).len(), 0, "removed");
+        assert_eq!(forward.commitment().1, 1, "one child has a published plan");
+    }
+
+    #[test]
+    fn a_missing_entry_changes_the_commitment() {
+        let mut full = LiveFeed::new();
+        let mut partial = LiveFeed::new();
+        for e in [entry(1, "A", "9434765919", false), entry(2, "B", "4010232137", false)] {
+            full.apply(e.clone());
+            if e.body.seq != 2 {
+                partial.apply(e);
+            }
+        }
+        assert_ne!(full.commitment(), partial.commitment());
+    }
+
+    #[test]
+    fn an_older_entry_of_a_key_is_stale() {
+        let mut f = LiveFeed::new();
+        f.apply(entry(5, "A", "9434765919", false));
+        assert_eq!(f.apply(entry(3, "A", "9434765919", true)), Applied::Stale);
+        assert_eq!(f.apply(entry(5, "A", "9434765919", false)), Applied::Held);
+    }
 }

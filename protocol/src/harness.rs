@@ -1,26 +1,27 @@
-//! A deterministic test network: the role state machines over a simulated network in virtual
-//! time, with message delay, loss, cut links, crashes and restarts.
+//! A deterministic test network (behind the `test-support` feature): role machines over a
+//! simulated network in virtual time, with message delay, loss, cut links, crashes and restarts,
+//! every message crossing as the very frames the node sends.
 //!
 //! ```
 //! use cpis_protocol::harness::{FederationSpec, Net, NetConfig};
 //! let spec = FederationSpec::new("doc").hub("HUB01").authority("204", "Hackney", &["HUB01"]);
 //! let mut net = Net::new(spec.build(), NetConfig::default());
 //! net.run_for(5_000);
-//! assert!(net.hub("HUB01").peers().len() == 1);
+//! assert_eq!(net.hub("HUB01").peers().count(), 1);
 //! ```
 //!
 //! Identities here are derived from the member's code: fine for tests and simulation, never for a
 //! real federation.
 
-use crate::authority::Authority;
+use crate::authority::{Authority, AuthorityConfig};
 use crate::directory::{Directory, KeyStatus, Member, MemberKey, Role, SignedDirectory, TrustedDirectory};
+use crate::driver::MemDisk;
 use crate::hub::{Hub, HubConfig};
 use crate::ids::{LookupId, NhsNumber, OdsCode};
-use crate::machine::{Event, StateMachine, Transmit};
-use crate::records::{Contacts, LookupKind, Person, SettingType};
-use crate::setting::Setting;
-use crate::sign::Identity;
-use crate::store::{StoreOp, StoredRow, Table, WriteBatch};
+use crate::machine::{Command, CommandId, Event, Machine, Reply, RoleConfig, Transmit};
+use crate::records::{AccessEvent, Contacts, Person, SettingType};
+use crate::setting::{AnswerError, Setting, VerifiedAnswer};
+use crate::sign::{Identity, Signed};
 use crate::time::{DAY_MS, Date, Timestamp};
 use crate::wire::{self, Message};
 use sha2::{Digest, Sha256};
@@ -55,6 +56,13 @@ impl SplitMix64 {
     /// True with probability `per_million / 1e6`.
     pub fn chance(&mut self, per_million: u32) -> bool {
         self.below(1_000_000) < u64::from(per_million)
+    }
+    /// A fresh random lookup id.
+    pub fn lookup_id(&mut self) -> LookupId {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.next_u64().to_le_bytes());
+        id[8..].copy_from_slice(&self.next_u64().to_le_bytes());
+        LookupId(id)
     }
 }
 
@@ -94,7 +102,7 @@ impl TestFederation {
     }
 }
 
-fn code(text: &str) -> OdsCode {
+pub fn code(text: &str) -> OdsCode {
     match OdsCode::parse(text) {
         Ok(c) => c,
         Err(e) => panic!("bad test code {text:?}: {e}"),
@@ -111,7 +119,7 @@ impl FederationSpec {
     fn key(&self, code: &str) -> MemberKey {
         MemberKey {
             public: test_identity(&self.name, code).public(),
-            valid_from: self.start.minus_ms(DAY_MS),
+            valid_from: self.start.minus_ms(60 * DAY_MS),
             valid_until: self.start.plus_ms(3 * 365 * DAY_MS),
             status: KeyStatus::Active,
         }
@@ -182,11 +190,10 @@ pub struct NetConfig {
     pub jitter_ms: u64,
     /// Chance that a message is lost, per million.
     pub loss_per_million: u32,
-    /// How often every machine is ticked.
-    pub tick_ms: u64,
     /// How long after a write is handed out it becomes durable (0: at once).
     pub durable_delay_ms: u64,
     pub hub: HubConfig,
+    pub authority: AuthorityConfig,
 }
 
 impl Default for NetConfig {
@@ -196,27 +203,9 @@ impl Default for NetConfig {
             latency_ms: 20,
             jitter_ms: 10,
             loss_per_million: 0,
-            tick_ms: 1_000,
             durable_delay_ms: 0,
             hub: HubConfig::default(),
-        }
-    }
-}
-
-/// The durable rows of one node, by table and key.
-pub type Disk = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
-
-/// A machine under test.
-pub enum Machine {
-    Hub(Box<Hub>),
-    Authority(Box<Authority>),
-}
-
-impl Machine {
-    pub fn as_dyn(&mut self) -> &mut dyn StateMachine {
-        match self {
-            Machine::Hub(h) => h.as_mut(),
-            Machine::Authority(a) => a.as_mut(),
+            authority: AuthorityConfig::default(),
         }
     }
 }
@@ -244,20 +233,21 @@ pub struct Net {
     pub rng: SplitMix64,
     machines: BTreeMap<OdsCode, Machine>,
     roles: BTreeMap<OdsCode, Role>,
-    /// Durable rows per node.
-    disks: BTreeMap<OdsCode, Disk>,
-    pending_writes: Vec<(Timestamp, OdsCode, WriteBatch)>,
+    disks: BTreeMap<OdsCode, MemDisk>,
+    pending_writes: Vec<(Timestamp, OdsCode, crate::schema::WriteBatch)>,
     inflight: BTreeMap<(Timestamp, u64), InFlight>,
     next_msg: u64,
+    next_command: u64,
     down: BTreeSet<OdsCode>,
     cut: BTreeSet<(OdsCode, OdsCode)>,
     connections: BTreeSet<(OdsCode, OdsCode)>,
-    next_tick_at: Timestamp,
+    /// Lookups sent, for checking their answers.
+    lookups: BTreeMap<LookupId, (OdsCode, Signed<AccessEvent>)>,
     /// Every event reported, with the node that reported it.
     pub events: Vec<(OdsCode, Event)>,
     /// Every message a setting received.
     pub received: Vec<Received>,
-    /// Messages sent, per node.
+    /// Messages and bytes sent, per node.
     pub sent: BTreeMap<OdsCode, (u64, u64)>,
 }
 
@@ -276,10 +266,11 @@ impl Net {
             pending_writes: Vec::new(),
             inflight: BTreeMap::new(),
             next_msg: 0,
+            next_command: 0,
             down: BTreeSet::new(),
             cut: BTreeSet::new(),
             connections: BTreeSet::new(),
-            next_tick_at: fed.start,
+            lookups: BTreeMap::new(),
             events: Vec::new(),
             received: Vec::new(),
             sent: BTreeMap::new(),
@@ -289,7 +280,7 @@ impl Net {
         for m in net.fed.trusted().members().to_vec() {
             net.roles.insert(m.code.clone(), m.role);
             if m.role != Role::Setting {
-                net.disks.insert(m.code.clone(), BTreeMap::new());
+                net.disks.insert(m.code.clone(), MemDisk::new());
                 net.start_machine(&m.code);
             }
         }
@@ -298,19 +289,13 @@ impl Net {
     }
 
     fn start_machine(&mut self, code: &OdsCode) {
-        let rows: Vec<StoredRow> = self.disks[code]
-            .iter()
-            .map(|((table, key), value)| StoredRow { table: *table, key: key.clone(), value: value.clone() })
-            .collect();
+        let rows = self.disks[code].rows();
         let identity = self.fed.identity(code.as_str());
-        let trusted = self.fed.trusted();
-        let machine = match self.roles[code] {
-            Role::Hub => Hub::restore(code.clone(), identity, trusted, self.config.hub.clone(), &rows, self.now)
-                .map(|h| Machine::Hub(Box::new(h))),
-            _ => Authority::restore(code.clone(), identity, trusted, &rows, self.now)
-                .map(|a| Machine::Authority(Box::new(a))),
+        let config = match self.roles[code] {
+            Role::Hub => RoleConfig::Hub(self.config.hub.clone()),
+            _ => RoleConfig::Authority(self.config.authority.clone()),
         };
-        match machine {
+        match Machine::restore(code.clone(), identity, self.fed.trusted(), config, &rows, self.now) {
             Ok(m) => {
                 self.machines.insert(code.clone(), m);
             }
@@ -319,48 +304,58 @@ impl Net {
         self.pump(code);
     }
 
-    pub fn hub(&self, code: &str) -> &Hub {
+    pub fn machine(&self, code: &str) -> &Machine {
         match self.machines.get(&self::code(code)) {
-            Some(Machine::Hub(h)) => h,
-            _ => panic!("{code} is not a running hub"),
-        }
-    }
-    pub fn hub_mut(&mut self, code: &str) -> &mut Hub {
-        match self.machines.get_mut(&self::code(code)) {
-            Some(Machine::Hub(h)) => h,
-            _ => panic!("{code} is not a running hub"),
-        }
-    }
-    pub fn authority(&self, code: &str) -> &Authority {
-        match self.machines.get(&self::code(code)) {
-            Some(Machine::Authority(a)) => a,
-            _ => panic!("{code} is not a running authority"),
+            Some(m) => m,
+            None => panic!("{code} is not running"),
         }
     }
 
-    /// Runs `f` on an authority (an operator command), then lets its outputs out.
-    pub fn with_authority<R>(&mut self, code: &str, f: impl FnOnce(&mut Authority, Timestamp) -> R) -> R {
-        let now = self.now;
-        let c = self::code(code);
+    pub fn hub(&self, code: &str) -> &Hub {
+        match self.machine(code).as_hub() {
+            Some(h) => h,
+            None => panic!("{code} is not a hub"),
+        }
+    }
+
+    pub fn authority(&self, code: &str) -> &Authority {
+        match self.machine(code).as_authority() {
+            Some(a) => a,
+            None => panic!("{code} is not an authority"),
+        }
+    }
+
+    /// Runs an operator's command at `node` and lets its outputs out; returns the reply if it is
+    /// already released (writes become durable at once unless `durable_delay_ms` is set).
+    pub fn command(&mut self, node: &str, command: Command) -> Option<Reply> {
+        self.next_command += 1;
+        let id = CommandId(self.next_command);
+        let (c, now) = (self::code(node), self.now);
+        let seen = self.events.len();
+        match self.machines.get_mut(&c) {
+            Some(m) => m.handle_command(id, command, now),
+            None => panic!("{node} is not running"),
+        }
+        self.pump(&c);
+        self.events[seen..].iter().find_map(|(_, e)| match e {
+            Event::Replied { command, reply } if *command == id => Some(reply.clone()),
+            _ => None,
+        })
+    }
+
+    /// Lets a driver's hand into a machine (a test's own step), then lets its outputs out.
+    pub fn with_machine<R>(&mut self, node: &str, f: impl FnOnce(&mut Machine, Timestamp) -> R) -> R {
+        let (c, now) = (self::code(node), self.now);
         let r = match self.machines.get_mut(&c) {
-            Some(Machine::Authority(a)) => f(a, now),
-            _ => panic!("{code} is not a running authority"),
+            Some(m) => f(m, now),
+            None => panic!("{node} is not running"),
         };
         self.pump(&c);
         r
     }
 
-    /// Runs `f` on a hub, then lets its outputs out.
-    pub fn with_hub<R>(&mut self, code: &str, f: impl FnOnce(&mut Hub, Timestamp) -> R) -> R {
-        let now = self.now;
-        let c = self::code(code);
-        let r = f(self.hub_mut(code), now);
-        self.pump(&c);
-        r
-    }
-
     /// The durable rows of a node.
-    pub fn disk(&self, code: &str) -> &Disk {
+    pub fn disk(&self, code: &str) -> &MemDisk {
         &self.disks[&self::code(code)]
     }
 
@@ -373,7 +368,7 @@ impl Net {
                 want.insert(ordered(a, b));
             }
         }
-        for m in dir.with_role(Role::Authority).chain(dir.with_role(Role::Setting)) {
+        for m in dir.with_role(Role::Authority) {
             for h in &m.home_hubs {
                 want.insert(ordered(&m.code, h));
             }
@@ -387,7 +382,14 @@ impl Net {
 
     /// Connects and disconnects pairs to match who is up and which links are cut.
     fn refresh_connections(&mut self) {
-        let want: BTreeSet<_> = self.wanted_links().into_iter().filter(|(a, b)| self.link_up(a, b)).collect();
+        let mut want: BTreeSet<_> = self.wanted_links().into_iter().filter(|(a, b)| self.link_up(a, b)).collect();
+        // Setting sessions stand while their link is up.
+        for (a, b) in &self.connections {
+            let setting = self.roles.get(a) == Some(&Role::Setting) || self.roles.get(b) == Some(&Role::Setting);
+            if setting && self.link_up(a, b) {
+                want.insert((a.clone(), b.clone()));
+            }
+        }
         let gone: Vec<_> = self.connections.difference(&want).cloned().collect();
         let new: Vec<_> = want.difference(&self.connections).cloned().collect();
         for (a, b) in gone {
@@ -403,14 +405,15 @@ impl Net {
     }
 
     fn notify_link(&mut self, node: &OdsCode, peer: &OdsCode, up: bool) {
-        let (now, role) = (self.now, self.roles[peer]);
+        let now = self.now;
+        let key = self.fed.identity(peer.as_str()).key_id();
         let Some(m) = self.machines.get_mut(node) else {
             return;
         };
         if up {
-            m.as_dyn().handle_connected(peer, role, now);
+            m.handle_connected(peer, key, now);
         } else {
-            m.as_dyn().handle_disconnected(peer);
+            m.handle_disconnected(peer);
         }
         self.pump(node);
     }
@@ -456,8 +459,8 @@ impl Net {
     }
 
     /// Replaces a (crashed) node's durable rows, as a restore from a backup would.
-    pub fn replace_disk(&mut self, node: &str, rows: Disk) {
-        self.disks.insert(code(node), rows);
+    pub fn replace_disk(&mut self, node: &str, disk: MemDisk) {
+        self.disks.insert(code(node), disk);
     }
 
     /// Crashes a node and throws away its store too.
@@ -469,27 +472,33 @@ impl Net {
     }
 
     /// A setting looks up `nhs` at hub `hub`. Returns the lookup id.
-    pub fn lookup(&mut self, setting: &str, hub: &str, nhs: NhsNumber, kind: LookupKind) -> LookupId {
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.rng.next_u64().to_le_bytes());
-        id[8..].copy_from_slice(&self.rng.next_u64().to_le_bytes());
-        let lookup_id = LookupId(id);
+    pub fn lookup(&mut self, setting: &str, hub: &str, nhs: NhsNumber) -> LookupId {
+        let lookup_id = self.rng.lookup_id();
         let person = Person { id: "U1".into(), name: "Dr A Clinician".into(), role: "Nurse".into() };
-        let s = self.setting(setting);
-        let signed = match s.lookup(nhs, person, kind, lookup_id, self.now) {
+        let signed = match self.setting(setting).lookup(nhs, person, lookup_id, self.now) {
             Ok(s) => s,
             Err(e) => panic!("test lookup is invalid: {e}"),
         };
+        self.lookups.insert(lookup_id, (code(hub), signed.clone()));
         self.send_from_setting(setting, hub, Message::Lookup(signed));
         lookup_id
     }
 
-    /// The setting's machine, for verifying answers.
+    /// The setting's side, for verifying answers.
     pub fn setting(&self, setting: &str) -> Setting {
         match Setting::new(code(setting), self.fed.identity(setting), self.fed.trusted()) {
             Some(s) => s,
             None => panic!("{setting} is not a setting"),
         }
+    }
+
+    /// The answer a lookup got, checked by its setting at the current time.
+    pub fn verified(&self, setting: &str, lookup_id: LookupId) -> Result<VerifiedAnswer, AnswerError> {
+        let Some((_, signed)) = self.lookups.get(&lookup_id) else { panic!("no lookup {lookup_id}") };
+        let Some(Message::Answer(answer)) = self.reply_to(lookup_id).cloned() else {
+            panic!("lookup {lookup_id} got no answer: {:?}", self.reply_to(lookup_id))
+        };
+        self.setting(setting).verify_answer(&signed.body, answer, self.now)
     }
 
     /// Sends a message as a setting (connecting it to the hub for the purpose).
@@ -500,6 +509,11 @@ impl Net {
             self.notify_link(&h, &s, true);
         }
         self.transmit(&s, Transmit { to: h, message });
+    }
+
+    /// Sends a message as `from` to `to`, as a hostile or broken peer would.
+    pub fn send_as(&mut self, from: &str, to: &str, message: Message) {
+        self.transmit(&code(from), Transmit { to: code(to), message });
     }
 
     /// Sends raw bytes as `from` to `to`, as a hostile or broken peer would.
@@ -531,21 +545,18 @@ impl Net {
             let Some(m) = self.machines.get_mut(node) else {
                 return;
             };
-            let m = m.as_dyn();
-            let writes: Vec<WriteBatch> = std::iter::from_fn(|| m.poll_write()).collect();
-            let transmits: Vec<Transmit> = std::iter::from_fn(|| m.poll_transmit()).collect();
-            let events: Vec<Event> = std::iter::from_fn(|| m.poll_event()).collect();
-            for e in events {
+            let out = m.drain();
+            for e in out.events {
                 self.events.push((node.clone(), e));
             }
-            for t in transmits {
+            for t in out.transmits {
                 self.transmit(node, t);
             }
-            if writes.is_empty() {
+            if out.writes.is_empty() {
                 return;
             }
             let due = self.now.plus_ms(self.config.durable_delay_ms);
-            for w in writes {
+            for w in out.writes {
                 self.pending_writes.push((due, node.clone(), w));
             }
             if self.config.durable_delay_ms > 0 {
@@ -563,19 +574,9 @@ impl Net {
         self.pending_writes = rest;
         let mut touched = BTreeSet::new();
         for (_, node, batch) in due {
-            let disk = self.disks.entry(node.clone()).or_default();
-            for op in batch.ops {
-                match op {
-                    StoreOp::Put { table, key, value } => {
-                        disk.insert((table, key), value);
-                    }
-                    StoreOp::Delete { table, key } => {
-                        disk.remove(&(table, key));
-                    }
-                }
-            }
+            self.disks.entry(node.clone()).or_default().apply(&batch);
             if let Some(m) = self.machines.get_mut(&node) {
-                m.as_dyn().handle_durable(batch.id, now);
+                m.handle_durable(batch.id, now);
             }
             touched.insert(node);
         }
@@ -589,35 +590,38 @@ impl Net {
             return;
         }
         let now = self.now;
+        let decoded = wire::decode_frame(&m.frame);
         if self.roles.get(&m.to) == Some(&Role::Setting) {
-            if let Ok(message) = wire::decode_frame(&m.frame) {
+            if let Ok(message) = decoded {
                 self.received.push(Received { setting: m.to, from: m.from, message });
             }
             return;
         }
-        let message = match wire::decode_frame(&m.frame) {
-            Ok(message) => message,
-            Err(e) => {
-                let event = Event::MessageRefused { from: m.from.clone(), kind: "frame", reason: e.to_string() };
-                self.events.push((m.to.clone(), event));
-                return;
-            }
+        let Ok(message) = decoded else {
+            // A driver closes a connection that carries a bad frame.
+            self.connections.remove(&ordered(&m.from, &m.to));
+            self.notify_link(&m.to, &m.from, false);
+            return;
         };
         let Some(machine) = self.machines.get_mut(&m.to) else {
             return;
         };
-        machine.as_dyn().handle_message(&m.from, message, now);
+        machine.handle_message(&m.from, message, now);
         self.pump(&m.to);
     }
 
-    fn tick_all(&mut self) {
+    fn timeouts(&mut self) {
         let now = self.now;
-        let nodes: Vec<OdsCode> = self.machines.keys().cloned().collect();
-        for node in nodes {
-            let Some(m) = self.machines.get_mut(&node) else {
-                continue;
-            };
-            m.as_dyn().handle_tick(now);
+        let due: Vec<OdsCode> = self
+            .machines
+            .iter()
+            .filter(|(_, m)| m.poll_timeout().is_some_and(|t| t <= now))
+            .map(|(c, _)| c.clone())
+            .collect();
+        for node in due {
+            if let Some(m) = self.machines.get_mut(&node) {
+                m.handle_timeout(now);
+            }
             self.pump(&node);
         }
     }
@@ -625,27 +629,27 @@ impl Net {
     /// Runs the network for `ms` of virtual time.
     pub fn run_for(&mut self, ms: u64) {
         let end = self.now.plus_ms(ms);
-        // Bounded: each step either delivers a message, makes writes durable or ticks.
+        // Bounded: each step delivers a message, makes writes durable or fires timeouts.
         for _step in 0..10_000_000u64 {
+            self.timeouts();
             let next_msg = self.inflight.keys().next().map(|k| k.0);
             let next_write = self.pending_writes.iter().map(|w| w.0).min();
-            let next = [next_msg, next_write, Some(self.next_tick_at)].into_iter().flatten().min().unwrap_or(end);
+            let next_timeout = self.machines.values().filter_map(Machine::poll_timeout).min();
+            let Some(next) = [next_msg, next_write, next_timeout].into_iter().flatten().min() else { break };
             if next > end {
                 break;
             }
             self.now = next.max(self.now);
             if next_write == Some(next) {
                 self.flush_writes();
-            } else if next_msg == Some(next) {
-                if let Some((_, m)) = self.inflight.pop_first() {
-                    self.deliver(m);
-                }
-            } else {
-                self.next_tick_at = self.now.plus_ms(self.config.tick_ms);
-                self.tick_all();
+            } else if next_msg == Some(next)
+                && let Some((_, m)) = self.inflight.pop_first()
+            {
+                self.deliver(m);
             }
         }
         self.now = end;
+        self.timeouts();
     }
 
     /// Events reported so far by `node` that match `f`.

@@ -1,29 +1,35 @@
-//! The hub's state machine: a replica of every feed, lookups answered from it, notifications
-//! routed store-and-forward to their authorities, and visit histories spread between hubs.
+//! The hub's state machine: a replica of every authority's published feed under its signed
+//! head, lookups answered with proofs a care setting checks, notifications routed
+//! store-and-forward to their authorities, and visit histories spread between hubs.
 //!
-//! Call order: `restore` once with the stored rows; then `handle_connected`,
-//! `handle_disconnected`, `handle_message` and `handle_tick` as things happen; after each, drain
-//! `poll_write` (make each batch durable in order, then `handle_durable(id)`), `poll_transmit`
-//! and `poll_event`. A lookup's answer and its notifications are released only once the write
-//! holding its access event is durable.
+//! A hub changes an authority's replica only by whole runs that reproduce the authority's signed
+//! head, so it can neither skip an entry nor serve a state the authority never signed; it takes a
+//! hub's visits only from that hub. A lookup's answer and its notifications are released only
+//! once the write holding its access event is durable.
 
-use crate::codec;
+use crate::authority::{ADMISSION_CHECK_INTERVAL_MS, CommandError};
 use crate::directory::{KeyStatus, Role, SignedDirectory, TrustedDirectory};
-use crate::feed::{EntryBody, EntryKey, SignedEntry};
-use crate::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
-use crate::machine::{DirectoryState, Event, Outputs, Transmit};
-use crate::records::AccessEvent;
-use crate::sign::{Identity, Signed};
-use crate::store::{StoreOp, StoredRow, Table, WriteBatch};
+use crate::feed::{EntryBody, LiveFeed, SignedEntry, SignedHead};
+use crate::ids::{LookupId, NhsNumber, OdsCode};
+use crate::machine::{CommandId, DirectoryState, Event, Queues, Reply, RestoreError, Transmit, earliest};
+use crate::refusal::Refusal;
+use crate::schema::{self, RowError, StoreOp, StoredRow};
+use crate::sign::{Identity, KeyId, Signed};
 use crate::time::Timestamp;
-use crate::wire::{ANSWER_PLANS_MAX, FeedBatch, HighWater, Message, Notification, Refusal};
+use crate::wire::{Message, Notification, Refused};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// Timings of a hub; every field has a default.
+mod lookups;
+mod notify;
+mod replica;
+
+pub use lookups::RateLimits;
+
+/// Timings and limits of a hub; every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubConfig {
-    /// How often to compare high-water marks with every connected peer. Default 30 s.
+    /// How often to compare marks with every connected peer. Default 30 s.
     pub sync_interval_ms: u64,
     /// First retry delay for a notification. Default 1 s.
     pub retry_base_ms: u64,
@@ -31,15 +37,24 @@ pub struct HubConfig {
     pub retry_cap_ms: u64,
     /// A notification waiting longer than this is reported overdue. Default 1 hour.
     pub overdue_after_ms: u64,
-    /// A lookup whose time is further than this from the hub's clock is refused. Default 5 min.
+    /// A lookup (or head) whose time is further than this from the hub's clock is refused.
+    /// Default 5 min.
     pub clock_skew_max_ms: u64,
-    /// How often to drop summaries past visibility and old visits. Default 1 hour.
+    /// How often to drop old tombstones and visits. Default 1 hour.
     pub prune_interval_ms: u64,
     /// How long visits are kept for the history. Default 365 days.
     pub visit_retention_days: u64,
-    /// How long a plan's last entry is kept once the plan is no longer visible (withdrawn, or
-    /// past its window), so that a hub cut off when it changed still learns of it. Default 30.
+    /// How long a `Removed` entry (a tombstone) is kept, so that a hub behind still learns of it.
+    /// Default 30 days.
     pub tombstone_retention_days: u64,
+    /// Lookups one setting may make per hour (a bucket of this many, refilled evenly). Default
+    /// 1,200.
+    pub setting_lookups_per_hour: u64,
+    /// Lookups one person at a setting may make per hour. Default 120.
+    pub person_lookups_per_hour: u64,
+    /// Most bytes of feed a hub sends in answer to one sync (the peer asks again for the rest).
+    /// Default 8 MiB.
+    pub sync_reply_bytes_max: usize,
 }
 
 impl Default for HubConfig {
@@ -53,31 +68,11 @@ impl Default for HubConfig {
             prune_interval_ms: 3_600_000,
             visit_retention_days: 365,
             tombstone_retention_days: 30,
+            setting_lookups_per_hour: 1_200,
+            person_lookups_per_hour: 120,
+            sync_reply_bytes_max: 8 << 20,
         }
     }
-}
-
-/// Why a lookup was refused; nothing changed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum LookupError {
-    /// The event names another setting than the connected one.
-    #[error("lookup is signed for setting {claimed} but came from {from}")]
-    NotFromSetting { claimed: OdsCode, from: OdsCode },
-    /// The setting's signature does not hold.
-    #[error(transparent)]
-    Signature(#[from] crate::directory::RecordError),
-    /// A text field breaks a rule.
-    #[error(transparent)]
-    Text(#[from] crate::records::TextError),
-    /// The event's time is too far from the hub's clock.
-    #[error("lookup time {at} is more than {skew_ms} ms from the hub's clock {now}")]
-    Stale { at: Timestamp, now: Timestamp, skew_ms: u64 },
-    /// This lookup id was seen before with other content.
-    #[error("lookup {0} was already made: a replay is refused")]
-    Replayed(LookupId),
-    /// The event's setting type is not the one the directory lists for the setting.
-    #[error("the setting is listed as {listed}, not {claimed}")]
-    WrongSettingType { listed: &'static str, claimed: &'static str },
 }
 
 /// A notification the hub must still see acknowledged.
@@ -94,11 +89,46 @@ struct OutboxItem {
     overdue_reported: bool,
 }
 
+/// A hub's copy of one authority's published feed, and the newest head it matches.
 #[derive(Default)]
-struct OriginFeed {
-    hw: u64,
-    as_of: Timestamp,
+pub struct Replica {
+    feed: LiveFeed,
+    head: Option<SignedHead>,
+}
+
+impl Replica {
+    /// The head the live set matches.
+    pub fn head(&self) -> Option<&SignedHead> {
+        self.head.as_ref()
+    }
+    pub fn feed(&self) -> &LiveFeed {
+        &self.feed
+    }
+    /// How far the replica goes: its head's sequence.
+    pub fn seq(&self) -> u64 {
+        self.head.as_ref().map_or(0, |h| h.body.seq)
+    }
+}
+
+/// A hub's visit feed: every visit up to `mark` has been seen.
+#[derive(Default)]
+struct VisitFeed {
+    mark: u64,
     entries: BTreeMap<u64, SignedEntry>,
+}
+
+/// Chunks of an authority's run from one peer, until the head on its last chunk arrives.
+struct Staging {
+    after: u64,
+    upto: u64,
+    entries: Vec<SignedEntry>,
+}
+
+/// A connected peer: its role and the key it connected with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Peer {
+    role: Role,
+    key: KeyId,
 }
 
 /// Whether a hub that started from an empty store has taken back its own earlier visits from
@@ -111,102 +141,124 @@ enum OwnRecovery {
 }
 
 /// Work held until a write is durable.
-enum After {
+pub(crate) enum After {
     Send(Box<Transmit>),
     Event(Event),
     Queue(Box<OutboxRecord>),
-    Forward(FeedBatch, Option<OdsCode>),
+    /// Send to every connected hub but the one named.
+    Forward(Box<Message>, Option<OdsCode>),
 }
+
+/// Most lookups remembered for replay protection (older ones leave first).
+pub const RECENT_LOOKUPS_MAX: usize = 1 << 20;
 
 /// A hub's state machine.
 pub struct Hub {
     code: OdsCode,
     identity: Identity,
-    dir: DirectoryState,
     config: HubConfig,
-    feeds: BTreeMap<OdsCode, OriginFeed>,
-    latest: HashMap<(OdsCode, EntryKey), u64>,
-    plans_by_nhs: HashMap<NhsNumber, BTreeSet<(OdsCode, PlanRef)>>,
+    pub(crate) dir: DirectoryState,
+    authorities: BTreeMap<OdsCode, Replica>,
+    visits: BTreeMap<OdsCode, VisitFeed>,
     visits_by_nhs: HashMap<NhsNumber, BTreeSet<(Timestamp, OdsCode, u64)>>,
+    staging: BTreeMap<(OdsCode, OdsCode), Staging>,
     /// Lookups seen within the replay window: their time and signature.
     recent_lookups: HashMap<LookupId, (Timestamp, crate::sign::SignatureBytes)>,
+    limits: RateLimits,
     outbox: BTreeMap<(LookupId, OdsCode), OutboxItem>,
-    peers: BTreeMap<OdsCode, Role>,
+    /// Outbox keys by when they are next due.
+    due: BTreeSet<(Timestamp, LookupId, OdsCode)>,
+    peers: BTreeMap<OdsCode, Peer>,
     /// Origins and sequences at which an equivocation was proven (proof in the store).
     equivocations: BTreeSet<(OdsCode, u64)>,
     own_recovery: OwnRecovery,
     next_sync_at: Timestamp,
     next_prune_at: Timestamp,
-    out: Outputs<After>,
+    next_admission_at: Timestamp,
+    pub(crate) out: Queues<After>,
 }
 
-mod lookups;
-mod notify;
-mod replica;
-
 impl Hub {
-    /// A fresh machine, then the stored rows applied.
-    pub fn restore(
+    /// The machine for `code`, restored from its rows (see [`crate::machine::Machine::restore`]).
+    pub(crate) fn restore(
         code: OdsCode,
         identity: Identity,
-        directory: TrustedDirectory,
+        dir: DirectoryState,
         config: HubConfig,
         rows: &[StoredRow],
         now: Timestamp,
-    ) -> Result<Hub, codec::DecodeError> {
+    ) -> Result<Hub, RestoreError> {
         let mut hub = Hub {
             code,
             identity,
-            dir: DirectoryState::new(directory),
+            limits: RateLimits::default(),
             config,
-            feeds: BTreeMap::new(),
-            latest: HashMap::new(),
-            plans_by_nhs: HashMap::new(),
+            dir,
+            authorities: BTreeMap::new(),
+            visits: BTreeMap::new(),
             visits_by_nhs: HashMap::new(),
+            staging: BTreeMap::new(),
             recent_lookups: HashMap::new(),
             outbox: BTreeMap::new(),
+            due: BTreeSet::new(),
             peers: BTreeMap::new(),
             equivocations: BTreeSet::new(),
             own_recovery: if rows.is_empty() { OwnRecovery::AwaitingPeer } else { OwnRecovery::Done },
             next_sync_at: now,
             next_prune_at: now,
-            out: Outputs::new(),
+            next_admission_at: now,
+            out: Queues::new(),
         };
-        hub.dir.restore(rows, now);
         hub.restore_rows(rows, now)?;
+        if rows.is_empty() {
+            hub.out.write(vec![schema::schema_op()], vec![]);
+        }
         Ok(hub)
     }
 
-    fn restore_rows(&mut self, rows: &[StoredRow], now: Timestamp) -> Result<(), codec::DecodeError> {
-        for row in rows {
-            match row.table {
-                Table::Entries => {
-                    let e: SignedEntry = codec::decode(&row.value, u64::MAX)?;
-                    self.index_entry(e);
-                }
-                Table::HighWater => {
-                    let origin = OdsCode::parse(&String::from_utf8_lossy(&row.key))
-                        .map_err(|e| codec::DecodeError::Malformed(e.to_string()))?;
-                    let seq = u64::from_be_bytes(row.value.as_slice().try_into().unwrap_or([0; 8]));
-                    let feed = self.feeds.entry(origin).or_default();
-                    feed.hw = feed.hw.max(seq);
-                }
-                Table::AccessLog => {
-                    let e: Signed<AccessEvent> = codec::decode(&row.value, u64::MAX)?;
-                    if now.since(e.body.at) <= self.config.clock_skew_max_ms.saturating_mul(2) {
-                        self.recent_lookups.insert(e.body.lookup_id, (e.body.at, e.signature));
-                    }
-                }
-                Table::Equivocations => {
-                    let (mine, _): (SignedEntry, SignedEntry) = codec::decode(&row.value, u64::MAX)?;
-                    self.equivocations.insert((mine.body.origin, mine.body.seq));
-                }
-                Table::Outbox => {
-                    let record: OutboxRecord = codec::decode(&row.value, u64::MAX)?;
-                    self.queue(record, now);
-                }
-                _ => {}
+    fn restore_rows(&mut self, rows: &[StoredRow], now: Timestamp) -> Result<(), RowError> {
+        for row in schema::ENTRIES.decode_all(rows) {
+            let ((origin, seq), entry) = row?;
+            if entry.body.origin != origin || entry.body.seq != seq {
+                return Err(RowError::Mismatch(schema::Table::Entries.name()));
             }
+            match entry.body.writer_role() {
+                Role::Authority => {
+                    self.authorities.entry(origin).or_default().feed.apply(entry);
+                }
+                _ => self.index_visit(entry),
+            }
+        }
+        for row in schema::HEADS.decode_all(rows) {
+            let (origin, head) = row?;
+            let replica = self.authorities.entry(origin.clone()).or_default();
+            // Entries and their head are written in one transaction: they must agree.
+            if head.body.origin != origin || !replica.feed.matches(&head.body) {
+                return Err(RowError::Inconsistent {
+                    table: schema::Table::Heads.name(),
+                    problem: "a stored replica does not match its stored head",
+                });
+            }
+            replica.head = Some(head);
+        }
+        for row in schema::MARKS.decode_all(rows) {
+            let (origin, seq) = row?;
+            let feed = self.visits.entry(origin).or_default();
+            feed.mark = feed.mark.max(seq);
+        }
+        for row in schema::ACCESS_LOG.decode_all(rows) {
+            let (id, e) = row?;
+            if now.since(e.body.at) <= self.config.clock_skew_max_ms.saturating_mul(2) {
+                self.recent_lookups.insert(id, (e.body.at, e.signature));
+            }
+        }
+        for row in schema::EQUIVOCATIONS.decode_all(rows) {
+            let (key, _) = row?;
+            self.equivocations.insert(key);
+        }
+        for row in schema::OUTBOX.decode_all(rows) {
+            let (_, record) = row?;
+            self.queue(record, now);
         }
         Ok(())
     }
@@ -220,15 +272,25 @@ impl Hub {
     pub fn config(&self) -> &HubConfig {
         &self.config
     }
-
-    /// High-water mark and freshness of every origin held.
-    pub fn high_waters(&self) -> Vec<HighWater> {
-        self.feeds.iter().map(|(origin, f)| HighWater { origin: origin.clone(), seq: f.hw, as_of: f.as_of }).collect()
+    /// The key this node signs with.
+    pub fn key_id(&self) -> KeyId {
+        self.identity.key_id()
     }
 
-    /// Every entry held, in origin and sequence order.
+    /// Every authority replica held.
+    pub fn replicas(&self) -> &BTreeMap<OdsCode, Replica> {
+        &self.authorities
+    }
+
+    /// Every visit feed's origin and mark.
+    pub fn visit_marks(&self) -> impl Iterator<Item = (&OdsCode, u64)> {
+        self.visits.iter().map(|(o, f)| (o, f.mark))
+    }
+
+    /// Every entry held: authorities' published entries, then visits.
     pub fn entries(&self) -> impl Iterator<Item = &SignedEntry> {
-        self.feeds.values().flat_map(|f| f.entries.values())
+        let published = self.authorities.values().flat_map(|r| r.feed.entries().values());
+        published.chain(self.visits.values().flat_map(|f| f.entries.values()))
     }
 
     /// Notifications waiting, per destination authority.
@@ -240,19 +302,42 @@ impl Hub {
         depths
     }
 
+    /// When the longest-waiting notification was queued.
+    pub fn oldest_waiting(&self) -> Option<Timestamp> {
+        self.outbox.values().map(|i| i.record.queued_at).min()
+    }
+
     /// Where equivocations were proven.
     pub fn equivocations(&self) -> &BTreeSet<(OdsCode, u64)> {
         &self.equivocations
     }
 
     /// Peers connected now, with their roles.
-    pub fn peers(&self) -> &BTreeMap<OdsCode, Role> {
-        &self.peers
+    pub fn peers(&self) -> impl Iterator<Item = (&OdsCode, Role)> {
+        self.peers.iter().map(|(c, p)| (c, p.role))
     }
 
-    /// A peer connected (the driver has checked its key against the directory).
-    pub fn handle_connected(&mut self, peer: &OdsCode, role: Role, now: Timestamp) {
-        self.peers.insert(peer.clone(), role);
+    pub(crate) fn poll_timeout(&self) -> Option<Timestamp> {
+        let connected = !self.peers.is_empty();
+        let next_retry = self.due.first().map(|(t, _, _)| *t);
+        earliest([
+            connected.then_some(self.next_sync_at),
+            connected.then_some(self.next_admission_at),
+            Some(self.next_prune_at),
+            next_retry,
+            match self.own_recovery {
+                OwnRecovery::Until(t) => Some(t),
+                _ => None,
+            },
+        ])
+    }
+
+    pub(crate) fn handle_connected(&mut self, peer: &OdsCode, key: KeyId, now: Timestamp) {
+        let role = match self.dir.admits(peer, key, now) {
+            Ok(role) => role,
+            Err(reason) => return self.out.event(Event::PeerNotAdmitted { peer: peer.clone(), reason }),
+        };
+        self.peers.insert(peer.clone(), Peer { role, key });
         match role {
             Role::Hub => {
                 if self.own_recovery == OwnRecovery::AwaitingPeer {
@@ -262,31 +347,39 @@ impl Hub {
                 self.send_sync(peer)
             }
             Role::Authority => {
-                let seq = self.feeds.get(peer).map_or(0, |f| f.hw);
-                let have = vec![HighWater { origin: peer.clone(), seq, as_of: now }];
-                self.out.send(peer, Message::Sync { directory_version: self.dir.version(), have });
+                let marks = vec![self.authority_mark(peer)];
+                self.out.send(peer, Message::Sync { directory_version: self.dir.version(), marks });
             }
             Role::Setting => {}
         }
         self.wake_notifications_for(peer, now);
     }
 
-    pub fn handle_disconnected(&mut self, peer: &OdsCode) {
+    pub(crate) fn handle_disconnected(&mut self, peer: &OdsCode) {
         self.peers.remove(peer);
+        self.staging.retain(|(from, _), _| from != peer);
     }
 
-    /// Periodic work: anti-entropy, notification retries, pruning.
-    pub fn handle_tick(&mut self, now: Timestamp) {
+    pub(crate) fn handle_timeout(&mut self, now: Timestamp) {
         if matches!(self.own_recovery, OwnRecovery::Until(t) if now >= t) {
             self.own_recovery = OwnRecovery::Done;
         }
+        if now >= self.next_admission_at {
+            self.next_admission_at = now.plus_ms(ADMISSION_CHECK_INTERVAL_MS);
+            self.check_admissions(now);
+        }
         if now >= self.next_sync_at {
             self.next_sync_at = now.plus_ms(self.config.sync_interval_ms);
-            let peers: Vec<(OdsCode, Role)> = self.peers.iter().map(|(p, r)| (p.clone(), *r)).collect();
-            for (peer, role) in peers {
-                if role != Role::Setting {
-                    self.send_sync(&peer);
-                }
+            let hubs: Vec<OdsCode> =
+                self.peers.iter().filter(|(_, p)| p.role == Role::Hub).map(|(c, _)| c.clone()).collect();
+            for peer in hubs {
+                self.send_sync(&peer);
+            }
+            let authorities: Vec<OdsCode> =
+                self.peers.iter().filter(|(_, p)| p.role == Role::Authority).map(|(c, _)| c.clone()).collect();
+            for peer in authorities {
+                let marks = vec![self.authority_mark(&peer)];
+                self.out.send(&peer, Message::Sync { directory_version: self.dir.version(), marks });
             }
         }
         self.deliver_due(now);
@@ -296,40 +389,64 @@ impl Hub {
         }
     }
 
-    /// A message from a connected peer whose role the driver checked.
-    pub fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
-        let role = self.peers.get(from).copied();
+    /// Closes (in the driver) every connection whose key the directory no longer admits.
+    fn check_admissions(&mut self, now: Timestamp) {
+        let refused: Vec<(OdsCode, crate::directory::AdmissionError)> = self
+            .peers
+            .iter()
+            .filter_map(|(c, p)| self.dir.admits(c, p.key, now).err().map(|e| (c.clone(), e)))
+            .collect();
+        for (peer, reason) in refused {
+            self.handle_disconnected(&peer);
+            self.out.event(Event::PeerNotAdmitted { peer, reason });
+        }
+    }
+
+    pub(crate) fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
         let kind = message.kind();
+        let Some(role) = self.peers.get(from).map(|p| p.role) else {
+            return self.refuse(from, kind, Refusal::NotConnected);
+        };
         match (role, message) {
-            (Some(_), Message::Sync { directory_version, have }) => self.on_sync(from, directory_version, &have, now),
-            (Some(_), Message::Directories(chain)) => self.on_directories(Some(from), chain, now),
-            (Some(Role::Hub | Role::Authority), Message::Feed(batch)) => self.on_feed(from, batch, now),
-            (Some(Role::Setting), Message::Lookup(event)) => self.on_lookup(from, event, now),
-            (Some(Role::Hub), Message::Notify(n)) => self.on_relay(from, n, now),
-            (Some(Role::Hub | Role::Authority), Message::Receipt(r)) => self.on_receipt(from, r, now),
-            (Some(Role::Hub), Message::Refused(r)) => {
-                self.refuse(from, kind, format!("peer refused something: {}", r.reason));
+            (_, Message::Sync { directory_version, marks }) => self.on_sync(from, role, directory_version, &marks, now),
+            (Role::Hub | Role::Authority, Message::Directories(chain)) => {
+                if let Err(reason) = self.accept_directories(Some(from), chain, now) {
+                    self.out.event(Event::DirectoryRefused { from: Some(from.clone()), reason });
+                }
             }
-            (None, _) => self.refuse(from, kind, "not connected".into()),
-            (Some(role), _) => self.refuse(from, kind, format!("a {} may not send this to a hub", role.name())),
+            (Role::Hub | Role::Authority, Message::Feed(batch)) => self.on_feed(from, role, batch, now),
+            (Role::Hub | Role::Authority, Message::Head(head)) => self.on_head(from, role, head, now),
+            (Role::Setting, Message::Lookup(event)) => self.on_lookup(from, event, now),
+            (Role::Hub, Message::Notify(n)) => self.on_relay(from, n, now),
+            (Role::Hub | Role::Authority, Message::Receipt(r)) => self.on_receipt(from, r, now),
+            (Role::Hub | Role::Authority, Message::Refused(r)) => self.on_refused(from, r),
+            (role, _) => {
+                let reason = Refusal::NotAllowed { sender: role.name(), kind, receiver: "hub" };
+                self.refuse(from, kind, reason)
+            }
         }
     }
 
-    /// A directory chain given by the operator or a peer; spread to every peer once accepted.
-    pub fn handle_directories(
-        &mut self,
-        chain: Vec<SignedDirectory>,
-        now: Timestamp,
-    ) -> Result<u64, crate::directory::DirectoryError> {
-        self.accept_directories(None, chain, now)
+    pub(crate) fn publish_directories(&mut self, id: CommandId, chain: Vec<SignedDirectory>, now: Timestamp) {
+        let reply = match self.accept_directories(None, chain, now) {
+            Ok(version) => Reply::Directory { version },
+            Err(e) => Reply::Refused(e.into()),
+        };
+        self.reply(id, reply);
     }
 
-    fn on_directories(&mut self, from: Option<&OdsCode>, chain: Vec<SignedDirectory>, now: Timestamp) {
-        if let Err(e) = self.accept_directories(from, chain, now) {
-            self.out.event(Event::DirectoryRefused { from: from.cloned(), reason: e.to_string() });
+    pub(crate) fn refuse_command(&mut self, id: CommandId, error: CommandError) {
+        self.reply(id, Reply::Refused(error));
+    }
+
+    fn reply(&mut self, id: CommandId, reply: Reply) {
+        let event = After::Event(Event::Replied { command: id, reply });
+        if let Some(After::Event(e)) = self.out.after_pending(event) {
+            self.out.event(e);
         }
     }
 
+    /// A directory chain from the operator or a peer; spread to every peer hub once accepted.
     fn accept_directories(
         &mut self,
         from: Option<&OdsCode>,
@@ -343,55 +460,82 @@ impl Hub {
         }
         ops.extend(self.purge_revoked());
         let version = self.dir.version();
+        let spread = Message::Directories(self.dir.after(before));
         let mut after = vec![After::Event(Event::DirectoryUpdated { version })];
-        for (peer, role) in &self.peers {
-            if Some(peer) != from && *role != Role::Setting {
-                let chain = self.dir.after(before);
-                let message = Message::Directories(chain);
-                after.push(After::Send(Box::new(Transmit { to: peer.clone(), message })));
-            }
-        }
+        after.push(After::Forward(Box::new(spread), from.cloned()));
         self.out.write(ops, after);
+        self.check_admissions(now);
         Ok(version)
     }
 
-    /// Drops every entry signed by a key now revoked (its origin re-signs what is still live).
+    /// Drops what a revoked key signed: an authority's replica whose head or any entry it signed
+    /// (asked for again in full: the authority republishes under its new key), and visits whose
+    /// hub or setting key is revoked.
     fn purge_revoked(&mut self) -> Vec<StoreOp> {
         let dir = &self.dir.trusted;
-        let revoked = |code: &OdsCode, key_id: crate::sign::KeyId| {
+        let revoked = |code: &OdsCode, key_id: KeyId| {
             dir.member(code).and_then(|m| m.key(key_id)).is_none_or(|k| matches!(k.status, KeyStatus::Revoked { .. }))
         };
-        let doomed: Vec<(OdsCode, u64)> = self
-            .entries()
-            .filter(|e| {
-                revoked(&e.body.origin, e.key_id)
+        let doomed: Vec<OdsCode> = self
+            .authorities
+            .iter()
+            .filter(|(origin, r)| {
+                r.head.as_ref().is_some_and(|h| revoked(origin, h.key_id))
+                    || r.feed.entries().values().any(|e| revoked(origin, e.key_id))
+            })
+            .map(|(o, _)| o.clone())
+            .collect();
+        let visits: Vec<(OdsCode, u64)> = self
+            .visits
+            .iter()
+            .flat_map(|(o, f)| f.entries.values().map(move |e| (o, e)))
+            .filter(|(o, e)| {
+                revoked(o, e.key_id)
                     || matches!(&e.body.body, EntryBody::Visit(v) if revoked(&v.body.setting, v.key_id))
             })
-            .map(|e| (e.body.origin.clone(), e.body.seq))
+            .map(|(o, e)| (o.clone(), e.body.seq))
             .collect();
-        doomed.into_iter().filter_map(|(origin, seq)| self.remove_entry(&origin, seq)).collect()
+        let mut ops = Vec::new();
+        for origin in doomed {
+            ops.extend(self.drop_replica(&origin));
+        }
+        for (origin, seq) in visits {
+            ops.extend(self.remove_visit(&origin, seq));
+        }
+        ops
     }
 
     fn send_sync(&mut self, peer: &OdsCode) {
-        let mut have = self.high_waters();
-        if self.own_recovery != OwnRecovery::Done {
-            // Ask peers for every visit of ours they hold: our store started empty.
-            have.retain(|h| h.origin != self.code);
+        let mut marks: Vec<crate::wire::Mark> = self.authorities.keys().map(|o| self.authority_mark(o)).collect();
+        for (origin, feed) in &self.visits {
+            // A hub whose store started empty asks peers for every visit of its own they hold.
+            if *origin == self.code && self.own_recovery != OwnRecovery::Done {
+                continue;
+            }
+            marks.push(crate::wire::Mark { origin: origin.clone(), seq: feed.mark, head_at: Timestamp(0) });
         }
-        self.out.send(peer, Message::Sync { directory_version: self.dir.version(), have });
+        self.out.send(peer, Message::Sync { directory_version: self.dir.version(), marks });
     }
 
-    fn refuse(&mut self, from: &OdsCode, kind: &'static str, reason: String) {
+    fn authority_mark(&self, origin: &OdsCode) -> crate::wire::Mark {
+        let head = self.authorities.get(origin).and_then(|r| r.head.as_ref());
+        crate::wire::Mark {
+            origin: origin.clone(),
+            seq: head.map_or(0, |h| h.body.seq),
+            head_at: head.map_or(Timestamp(0), |h| h.body.at),
+        }
+    }
+
+    fn refuse(&mut self, from: &OdsCode, kind: &'static str, reason: Refusal) {
         self.out.event(Event::MessageRefused { from: from.clone(), kind, reason });
     }
 
-    fn refuse_lookup(&mut self, from: &OdsCode, lookup_id: LookupId, reason: String) {
-        self.out.send(from, Message::Refused(Refusal { lookup_id: Some(lookup_id), reason: reason.clone() }));
+    fn refuse_lookup(&mut self, from: &OdsCode, lookup_id: LookupId, reason: Refusal) {
+        self.out.send(from, Message::Refused(Refused { lookup_id: Some(lookup_id), code: reason.code() }));
         self.out.event(Event::LookupRefused { lookup_id, from: from.clone(), reason });
     }
 
-    /// Every write up to `write_id` is durable.
-    pub fn handle_durable(&mut self, write_id: u64, now: Timestamp) {
+    pub(crate) fn handle_durable(&mut self, write_id: u64, now: Timestamp) {
         let mut queued = false;
         for action in self.out.durable(write_id) {
             match action {
@@ -401,53 +545,24 @@ impl Hub {
                     self.queue(*record, now);
                     queued = true;
                 }
-                After::Forward(batch, except) => self.forward(batch, except.as_ref()),
+                After::Forward(message, except) => self.forward(*message, except.as_ref()),
             }
         }
-        // Only new notifications become due here; the rest wait for the tick (which scans the
-        // outbox), so a busy hub does not scan it on every write.
         if queued {
             self.deliver_due(now);
         }
     }
 
-    pub fn poll_write(&mut self) -> Option<WriteBatch> {
-        self.out.writes.pop_front()
-    }
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.out.transmits.pop_front()
-    }
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.out.events.pop_front()
-    }
-
-    fn today_visible(&self, origin: &OdsCode, reference: &PlanRef, now: Timestamp) -> Option<&SignedEntry> {
-        let seq = self.latest.get(&(origin.clone(), EntryKey::Plan(reference.clone())))?;
-        let entry = self.feeds.get(origin)?.entries.get(seq)?;
-        match &entry.body.body {
-            EntryBody::Plan(p) if p.visible_on(now.date()) => Some(entry),
-            _ => None,
+    /// Sends a message to every connected hub but `except`.
+    fn forward(&mut self, message: Message, except: Option<&OdsCode>) {
+        let hubs: Vec<OdsCode> = self
+            .peers
+            .iter()
+            .filter(|(p, peer)| peer.role == Role::Hub && Some(*p) != except)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for hub in hubs {
+            self.out.send(&hub, message.clone());
         }
     }
-
-    /// Every visible plan for `nhs`, as signed entries, at most [`ANSWER_PLANS_MAX`].
-    pub fn visible_plans(&self, nhs: NhsNumber, now: Timestamp) -> Vec<SignedEntry> {
-        let Some(keys) = self.plans_by_nhs.get(&nhs) else {
-            return vec![];
-        };
-        keys.iter()
-            .filter_map(|(origin, reference)| self.today_visible(origin, reference, now))
-            .take(ANSWER_PLANS_MAX)
-            .cloned()
-            .collect()
-    }
-
-    fn feed_entry(&self, origin: &OdsCode, key: EntryKey) -> Option<&SignedEntry> {
-        let seq = self.latest.get(&(origin.clone(), key))?;
-        self.feeds.get(origin)?.entries.get(seq)
-    }
 }
-
-crate::machine::impl_state_machine!(Hub,
-    connected: |hub, peer, role, now| Hub::handle_connected(hub, peer, role, now),
-    durable: |hub, id, now| Hub::handle_durable(hub, id, now));

@@ -1,13 +1,20 @@
-//! What every role's state machine shares: its outputs, held back until writes are durable, and
-//! the events it reports.
+//! The one contract between the protocol and its drivers: [`Machine`], a node of any role.
+//!
+//! Inputs go in through `handle_*`, outputs come out through `poll_*`; see the crate's top doc
+//! for the call sequence every driver follows. The node's event loop, the test harness and the
+//! simulator all drive this type, restored from stored rows by [`Machine::restore`].
 
+use crate::authority::{Authority, AuthorityConfig, Change, CommandError, ImportReport};
 use crate::codec;
-use crate::directory::{DirectoryError, SignedDirectory, TrustedDirectory};
-use crate::ids::{LookupId, OdsCode};
-use crate::records::LookupKind;
-use crate::store::{StoreOp, StoredRow, Table, WriteBatch};
-use crate::time::Timestamp;
-use crate::wire::{DIRECTORY_CHAIN_MAX, Message};
+use crate::directory::{AdmissionError, DirectoryError, Role, SignedDirectory, TrustedDirectory};
+use crate::hub::{Hub, HubConfig};
+use crate::ids::{LookupId, OdsCode, PlanRef};
+use crate::records::{Contacts, LookupKind, Plan};
+use crate::refusal::Refusal;
+use crate::schema::{self, RowError, StoreOp, StoredRow, WriteBatch};
+use crate::sign::{Identity, KeyId};
+use crate::time::{Date, Timestamp};
+use crate::wire::{DIRECTORY_CHAIN_MAX, FRAME_BYTES_MAX, Message};
 use std::collections::{BTreeMap, VecDeque};
 
 /// A message for the driver to send to a peer.
@@ -17,39 +24,260 @@ pub struct Transmit {
     pub message: Message,
 }
 
-/// Something a state machine reports to its operator (logs, metrics, alarms, the simulator's
-/// checkers). Never carries a whole NHS number or a secret.
+/// Names a command so that its reply can find its way back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CommandId(pub u64);
+
+/// What an operator (or a council's system) asks of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Newer directory versions, oldest first (any role).
+    PublishDirectories(Vec<SignedDirectory>),
+    /// Record a new plan, or a new state of one (same reference). Authority only.
+    RecordPlan(Plan),
+    /// End a plan on a date. Authority only.
+    EndPlan { reference: PlanRef, end: Date },
+    /// Withdraw a plan entered in error. Authority only.
+    WithdrawPlan(PlanRef),
+    /// Set the contacts shown to clinicians. Authority only.
+    SetContacts(Contacts),
+    /// A member of staff has read a notification. Authority only.
+    Acknowledge { lookup_id: LookupId, by: String, note: String },
+    /// Record many plans (a bulk file's rows that parsed): each row's number and plan. Authority
+    /// only.
+    ImportPlans(Vec<(usize, Plan)>),
+}
+
+/// The answer to a command, released only once every write it depends on is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The directory version now trusted.
+    Directory { version: u64 },
+    /// A change was applied, or there was nothing to change.
+    Changed(Change),
+    /// Per row of an import.
+    Imported(ImportReport),
+    /// Refused; nothing changed.
+    Refused(CommandError),
+}
+
+/// Something a machine reports: to logs, metrics, alarms, the simulator's checkers, and command
+/// replies to whoever asked. Never carries a whole NHS number or a secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// New entries of `origin` were accepted.
     EntriesAccepted { origin: OdsCode, from: OdsCode, count: usize, upto: u64 },
     /// A feed batch was refused; nothing changed.
-    BatchRefused { from: OdsCode, origin: OdsCode, reason: String },
-    /// Two different signed entries with one origin and sequence: the proof is kept.
+    BatchRefused { from: OdsCode, origin: OdsCode, reason: Refusal },
+    /// Two different signed entries (or heads) with one origin and sequence: the proof is kept.
     Equivocation { origin: OdsCode, seq: u64, from: OdsCode },
     /// A new directory version is trusted.
     DirectoryUpdated { version: u64 },
     /// A directory version was refused.
-    DirectoryRefused { from: Option<OdsCode>, reason: String },
-    /// A lookup was made durable and answered.
-    LookupAnswered { lookup_id: LookupId, setting: OdsCode, kind: LookupKind, authorities: Vec<OdsCode> },
+    DirectoryRefused { from: Option<OdsCode>, reason: DirectoryError },
+    /// A lookup was made durable and answered; `notified` are the authorities it notifies.
+    LookupAnswered { lookup_id: LookupId, setting: OdsCode, kind: LookupKind, notified: Vec<OdsCode> },
     /// A lookup was refused; nothing changed.
-    LookupRefused { lookup_id: LookupId, from: OdsCode, reason: String },
+    LookupRefused { lookup_id: LookupId, from: OdsCode, reason: Refusal },
+    /// A setting or a person at it went over a lookup rate limit (an alarm: enumeration?).
+    RateLimited { setting: OdsCode, per_person: bool },
     /// The owning authority stored a notification this hub queued.
     NotificationDelivered { lookup_id: LookupId, authority: OdsCode, latency_ms: u64 },
     /// A notification has waited longer than the overdue limit (reported once).
     NotificationOverdue { lookup_id: LookupId, authority: OdsCode, waiting_ms: u64 },
     /// An authority stored a new notification.
     NotificationReceived { lookup_id: LookupId, hub: OdsCode },
-    /// A hub holds more of this authority's feed than the authority itself (restored from an old
-    /// backup): the authority skips past it and re-signs its live records.
-    FeedBehindHub { hub: OdsCode, hub_seq: u64, own_seq: u64 },
+    /// An authority took back entries of its own feed from a hub (it was restored from an older
+    /// copy of its store) and re-signed them.
+    FeedRecovered { hub: OdsCode, entries: usize },
     /// A message was refused; nothing changed.
-    MessageRefused { from: OdsCode, kind: &'static str, reason: String },
+    MessageRefused { from: OdsCode, kind: &'static str, reason: Refusal },
+    /// A peer refused something we sent (a notification stays queued, and is reported overdue
+    /// in time).
+    RefusedByPeer { from: OdsCode, lookup_id: Option<LookupId>, code: crate::refusal::RefusalCode },
+    /// A connected peer's key is no longer admitted (revoked, retired, expired, or the directory
+    /// expired): the driver must close its connections.
+    PeerNotAdmitted { peer: OdsCode, reason: AdmissionError },
+    /// A command's reply.
+    Replied { command: CommandId, reply: Reply },
 }
 
-/// The output queues of a machine, with transmits and actions held until writes are durable.
-pub(crate) struct Outputs<A> {
+/// What a role needs besides its identity and directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoleConfig {
+    Hub(HubConfig),
+    Authority(AuthorityConfig),
+}
+
+/// Why a machine could not be restored from its rows.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// A stored row is corrupt, foreign or contradicts the others.
+    #[error("the store is not readable: {0}")]
+    Row(#[from] RowError),
+    /// The code is not a member of the directory with this role.
+    #[error("{code} is not a {role} of the directory")]
+    NotAMember { code: OdsCode, role: &'static str },
+}
+
+/// A node of the federation, of any role.
+pub enum Machine {
+    Hub(Box<Hub>),
+    Authority(Box<Authority>),
+}
+
+macro_rules! each {
+    ($self:expr, $m:ident => $e:expr) => {
+        match $self {
+            Machine::Hub($m) => $e,
+            Machine::Authority($m) => $e,
+        }
+    };
+}
+
+impl Machine {
+    /// A machine for member `code` with `identity`, trusting `directory`, restored from `rows`
+    /// (every row of its store; none for a new node).
+    pub fn restore(
+        code: OdsCode,
+        identity: Identity,
+        directory: TrustedDirectory,
+        config: RoleConfig,
+        rows: &[StoredRow],
+        now: Timestamp,
+    ) -> Result<Machine, RestoreError> {
+        schema::check_schema(rows)?;
+        let role = match config {
+            RoleConfig::Hub(_) => Role::Hub,
+            RoleConfig::Authority(_) => Role::Authority,
+        };
+        if directory.member(&code).map(|m| m.role) != Some(role) {
+            return Err(RestoreError::NotAMember { code, role: role.name() });
+        }
+        let mut dir = DirectoryState::new(directory);
+        dir.restore(rows, now)?;
+        Ok(match config {
+            RoleConfig::Hub(c) => Machine::Hub(Box::new(Hub::restore(code, identity, dir, c, rows, now)?)),
+            RoleConfig::Authority(c) => {
+                Machine::Authority(Box::new(Authority::restore(code, identity, dir, c, rows, now)?))
+            }
+        })
+    }
+
+    pub fn role(&self) -> Role {
+        match self {
+            Machine::Hub(_) => Role::Hub,
+            Machine::Authority(_) => Role::Authority,
+        }
+    }
+
+    pub fn code(&self) -> &OdsCode {
+        each!(self, m => m.code())
+    }
+
+    pub fn directory(&self) -> &TrustedDirectory {
+        each!(self, m => m.directory())
+    }
+
+    pub fn as_hub(&self) -> Option<&Hub> {
+        match self {
+            Machine::Hub(h) => Some(h),
+            Machine::Authority(_) => None,
+        }
+    }
+
+    pub fn as_authority(&self) -> Option<&Authority> {
+        match self {
+            Machine::Authority(a) => Some(a),
+            Machine::Hub(_) => None,
+        }
+    }
+
+    /// A peer connected with `key`; the driver checked the key against its copy of the
+    /// directory in the handshake.
+    pub fn handle_connected(&mut self, peer: &OdsCode, key: KeyId, now: Timestamp) {
+        each!(self, m => m.handle_connected(peer, key, now))
+    }
+
+    /// The peer's last connection ended.
+    pub fn handle_disconnected(&mut self, peer: &OdsCode) {
+        each!(self, m => m.handle_disconnected(peer))
+    }
+
+    /// A message from a connected peer.
+    pub fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
+        each!(self, m => m.handle_message(from, message, now))
+    }
+
+    /// The time [`Machine::poll_timeout`] gave has come (calling it early is harmless).
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        each!(self, m => m.handle_timeout(now))
+    }
+
+    /// Every write up to `write_id` is durable.
+    pub fn handle_durable(&mut self, write_id: u64, now: Timestamp) {
+        each!(self, m => m.handle_durable(write_id, now))
+    }
+
+    /// An operator's command; its reply comes as [`Event::Replied`] once it is safe to give.
+    pub fn handle_command(&mut self, id: CommandId, command: Command, now: Timestamp) {
+        match (self, command) {
+            (Machine::Hub(h), Command::PublishDirectories(chain)) => h.publish_directories(id, chain, now),
+            (Machine::Authority(a), command) => a.handle_command(id, command, now),
+            (Machine::Hub(h), _) => h.refuse_command(id, CommandError::NotAnAuthority),
+        }
+    }
+
+    /// The next batch of rows to make durable, in order.
+    pub fn poll_write(&mut self) -> Option<WriteBatch> {
+        each!(self, m => m.out.writes.pop_front())
+    }
+
+    /// The next message to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        each!(self, m => m.out.transmits.pop_front())
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        each!(self, m => m.out.events.pop_front())
+    }
+
+    /// When to call [`Machine::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        each!(self, m => m.poll_timeout())
+    }
+
+    /// Every output queued now, in the order a driver handles them: writes, transmits, events.
+    pub fn drain(&mut self) -> Outputs {
+        each!(self, m => Outputs {
+            writes: m.out.writes.drain(..).collect(),
+            transmits: m.out.transmits.drain(..).collect(),
+            events: m.out.events.drain(..).collect(),
+        })
+    }
+}
+
+/// A machine's outputs after one call, as [`Machine::drain`] takes them.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub writes: Vec<WriteBatch>,
+    pub transmits: Vec<Transmit>,
+    pub events: Vec<Event>,
+}
+
+impl Outputs {
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.transmits.is_empty() && self.events.is_empty()
+    }
+}
+
+/// Most writes a machine hands out whose durability it has not yet heard of. Past it, a machine
+/// keeps working but a driver that stopped reporting durability is visible in this count.
+pub const WRITES_IN_FLIGHT_MAX: usize = 65_536;
+
+/// The output queues of a machine, with actions held until writes are durable.
+pub(crate) struct Queues<A> {
     pub transmits: VecDeque<Transmit>,
     pub writes: VecDeque<WriteBatch>,
     pub events: VecDeque<Event>,
@@ -57,9 +285,9 @@ pub(crate) struct Outputs<A> {
     held: BTreeMap<u64, Vec<A>>,
 }
 
-impl<A> Outputs<A> {
-    pub fn new() -> Self {
-        Outputs {
+impl<A> Queues<A> {
+    pub(crate) fn new() -> Self {
+        Queues {
             transmits: VecDeque::new(),
             writes: VecDeque::new(),
             events: VecDeque::new(),
@@ -68,26 +296,28 @@ impl<A> Outputs<A> {
         }
     }
 
-    pub fn send(&mut self, to: &OdsCode, message: Message) {
+    pub(crate) fn send(&mut self, to: &OdsCode, message: Message) {
         self.transmits.push_back(Transmit { to: to.clone(), message });
     }
 
-    pub fn event(&mut self, event: Event) {
+    pub(crate) fn event(&mut self, event: Event) {
         self.events.push_back(event);
     }
 
     /// Queues `ops` as one write; `after` runs once it is durable. Returns the write's id.
-    pub fn write(&mut self, ops: Vec<StoreOp>, after: Vec<A>) -> u64 {
+    pub(crate) fn write(&mut self, ops: Vec<StoreOp>, after: Vec<A>) -> u64 {
         let id = self.next_write_id;
         self.next_write_id += 1;
         self.writes.push_back(WriteBatch { id, ops });
         self.held.insert(id, after);
+        debug_assert!(self.held.len() <= WRITES_IN_FLIGHT_MAX, "the driver stopped reporting durable writes");
         id
     }
 
     /// Writes are durable in order: every write up to `id` is now durable. Returns the actions
     /// they held, oldest first.
-    pub fn durable(&mut self, id: u64) -> Vec<A> {
+    pub(crate) fn durable(&mut self, id: u64) -> Vec<A> {
+        assert!(id < self.next_write_id, "write {id} was never handed out");
         let rest = self.held.split_off(&(id + 1));
         let done = std::mem::replace(&mut self.held, rest);
         done.into_values().flatten().collect()
@@ -95,7 +325,7 @@ impl<A> Outputs<A> {
 
     /// Holds `action` until every write handed out so far is durable; if none is pending, gives
     /// it back to be done now.
-    pub fn after_pending(&mut self, action: A) -> Option<A> {
+    pub(crate) fn after_pending(&mut self, action: A) -> Option<A> {
         match self.held.values_mut().next_back() {
             Some(actions) => {
                 actions.push(action);
@@ -113,23 +343,30 @@ pub(crate) struct DirectoryState {
     chain: BTreeMap<u64, SignedDirectory>,
 }
 
+/// Most directory versions a node keeps to pass on (older ones are dropped, oldest first).
+pub const DIRECTORY_VERSIONS_KEPT_MAX: usize = 256;
+
 impl DirectoryState {
-    pub fn new(trusted: TrustedDirectory) -> Self {
+    pub(crate) fn new(trusted: TrustedDirectory) -> Self {
         let mut chain = BTreeMap::new();
         chain.insert(trusted.version(), trusted.signed().clone());
         DirectoryState { trusted, chain }
     }
 
-    pub fn version(&self) -> u64 {
+    pub(crate) fn version(&self) -> u64 {
         self.trusted.version()
     }
 
     /// Applies the versions of `chain` newer than the trusted one, in order. On error nothing
     /// changes. Returns the store ops for the versions accepted (empty if none were new).
-    pub fn accept(&mut self, chain: Vec<SignedDirectory>, now: Timestamp) -> Result<Vec<StoreOp>, DirectoryError> {
+    pub(crate) fn accept(
+        &mut self,
+        chain: Vec<SignedDirectory>,
+        now: Timestamp,
+    ) -> Result<Vec<StoreOp>, DirectoryError> {
         let mut trusted = self.trusted.clone();
         let mut accepted = Vec::new();
-        for next in chain {
+        for next in chain.into_iter().take(DIRECTORY_CHAIN_MAX) {
             if next.directory.version <= trusted.version() {
                 continue;
             }
@@ -141,22 +378,27 @@ impl DirectoryState {
         if !accepted.is_empty() {
             trusted.check_unexpired(now)?;
         }
-        let ops = accepted.iter().map(directory_op).collect();
+        let mut ops: Vec<StoreOp> = accepted.iter().map(|d| schema::DIRECTORY.put(&d.directory.version, d)).collect();
         for d in accepted {
             self.chain.insert(d.directory.version, d);
+        }
+        while self.chain.len() > DIRECTORY_VERSIONS_KEPT_MAX {
+            if let Some((v, _)) = self.chain.pop_first() {
+                ops.push(schema::DIRECTORY.delete(&v));
+            }
         }
         self.trusted = trusted;
         Ok(ops)
     }
 
     /// Versions after `version`, oldest first: at most [`DIRECTORY_CHAIN_MAX`] and half a frame
-    /// of bytes (a peer still behind asks again on its next sync). Always at least one.
-    pub fn after(&self, version: u64) -> Vec<SignedDirectory> {
+    /// of bytes (a peer still behind asks again on its next sync).
+    pub(crate) fn after(&self, version: u64) -> Vec<SignedDirectory> {
         let mut bytes = 0usize;
         let mut chain = Vec::new();
         for (_, d) in self.chain.range(version.saturating_add(1)..).take(DIRECTORY_CHAIN_MAX) {
             bytes += codec::encode(d).len();
-            if !chain.is_empty() && bytes > crate::wire::FRAME_BYTES_MAX / 2 {
+            if !chain.is_empty() && bytes > FRAME_BYTES_MAX / 2 {
                 break;
             }
             chain.push(d.clone());
@@ -164,41 +406,48 @@ impl DirectoryState {
         chain
     }
 
-    /// Restores stored versions (rows of [`Table::Directory`]), silently keeping only those that
-    /// chain from the trusted one.
-    pub fn restore(&mut self, rows: &[StoredRow], now: Timestamp) {
-        let mut stored: Vec<SignedDirectory> = rows
-            .iter()
-            .filter(|r| r.table == Table::Directory)
-            .filter_map(|r| codec::decode(&r.value, crate::wire::FRAME_BYTES_MAX as u64).ok())
-            .collect();
-        stored.sort_by_key(|d: &SignedDirectory| d.directory.version);
-        // The longest prefix that chains and ends in a current version.
-        for len in (1..=stored.len()).rev() {
-            if self.accept(stored[..len].to_vec(), now).is_ok() {
-                return;
+    /// Restores the stored versions: those that chain on from the trusted one are applied in
+    /// order, one pass; a stored version that does not decode is an error.
+    pub(crate) fn restore(&mut self, rows: &[StoredRow], now: Timestamp) -> Result<(), RowError> {
+        let mut stored = BTreeMap::new();
+        for row in schema::DIRECTORY.decode_all(rows) {
+            let (version, d) = row?;
+            if d.directory.version != version {
+                return Err(RowError::Mismatch(schema::Table::Directory.name()));
+            }
+            stored.insert(version, d);
+        }
+        let mut trusted = self.trusted.clone();
+        for (_, d) in stored.range(trusted.version() + 1..) {
+            match trusted.accept_update(d.clone(), Timestamp(0)) {
+                Ok(next) => {
+                    trusted = next;
+                    self.chain.insert(d.directory.version, d.clone());
+                }
+                // A gap or a version from another chain: keep the longest chain that holds.
+                Err(_) => break,
             }
         }
+        // The newest must be current; an expired newest means running on what the file gave.
+        if trusted.check_unexpired(now).is_ok() {
+            self.trusted = trusted;
+        }
+        Ok(())
     }
-}
 
-pub(crate) fn directory_op(d: &SignedDirectory) -> StoreOp {
-    StoreOp::Put { table: Table::Directory, key: d.directory.version.to_be_bytes().to_vec(), value: codec::encode(d) }
-}
-
-/// Key of an entry row: origin, 0x00, sequence big-endian.
-pub(crate) fn entry_key(origin: &OdsCode, seq: u64) -> Vec<u8> {
-    let mut k = origin.as_str().as_bytes().to_vec();
-    k.push(0);
-    k.extend_from_slice(&seq.to_be_bytes());
-    k
-}
-
-/// Key of an outbox row: lookup id then authority code.
-pub(crate) fn outbox_key(lookup_id: LookupId, authority: &OdsCode) -> Vec<u8> {
-    let mut k = lookup_id.0.to_vec();
-    k.extend_from_slice(authority.as_str().as_bytes());
-    k
+    /// Whether `peer` with `key` is still admitted in the role the machine knows it by.
+    pub(crate) fn admits(&self, peer: &OdsCode, key: KeyId, now: Timestamp) -> Result<Role, AdmissionError> {
+        self.trusted.check_unexpired(now).map_err(|_| AdmissionError::DirectoryExpired)?;
+        let member = self.trusted.member(peer).ok_or(AdmissionError::UnknownKey(key))?;
+        let mk = member.key(key).ok_or(AdmissionError::UnknownKey(key))?;
+        if mk.status != crate::directory::KeyStatus::Active {
+            return Err(AdmissionError::NotActive { code: peer.clone(), key });
+        }
+        if !mk.usable_at(now) {
+            return Err(AdmissionError::OutsideWindow { code: peer.clone(), key });
+        }
+        Ok(member.role)
+    }
 }
 
 /// Capped exponential backoff with a deterministic jitter of up to a quarter, drawn from `salt`.
@@ -208,64 +457,7 @@ pub(crate) fn backoff_ms(attempt: u32, base_ms: u64, cap_ms: u64, salt: u64) -> 
     exp - jitter
 }
 
-/// What a driver (the node, the simulator, the test harness) needs of every role's machine.
-pub trait StateMachine {
-    /// A peer connected; the driver has checked its key and role against the directory.
-    fn handle_connected(&mut self, peer: &OdsCode, role: crate::directory::Role, now: Timestamp);
-    fn handle_disconnected(&mut self, peer: &OdsCode);
-    /// A message from a connected peer.
-    fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp);
-    fn handle_tick(&mut self, now: Timestamp);
-    /// Every write up to `write_id` is durable.
-    fn handle_durable(&mut self, write_id: u64, now: Timestamp);
-    /// Directory versions from the operator.
-    fn handle_directories(&mut self, chain: Vec<SignedDirectory>, now: Timestamp) -> Result<u64, DirectoryError>;
-    fn poll_write(&mut self) -> Option<WriteBatch>;
-    fn poll_transmit(&mut self) -> Option<Transmit>;
-    fn poll_event(&mut self) -> Option<Event>;
-    fn directory(&self) -> &TrustedDirectory;
+/// The earliest of some optional deadlines.
+pub(crate) fn earliest(times: impl IntoIterator<Item = Option<Timestamp>>) -> Option<Timestamp> {
+    times.into_iter().flatten().min()
 }
-
-macro_rules! impl_state_machine {
-    ($t:ty, connected: |$s:ident, $p:ident, $r:ident, $n:ident| $conn:expr, durable: |$s2:ident, $id:ident, $n2:ident| $dur:expr) => {
-        impl $crate::machine::StateMachine for $t {
-            fn handle_connected(&mut self, peer: &OdsCode, role: $crate::directory::Role, now: Timestamp) {
-                let ($s, $p, $r, $n) = (self, peer, role, now);
-                $conn
-            }
-            fn handle_disconnected(&mut self, peer: &OdsCode) {
-                <$t>::handle_disconnected(self, peer)
-            }
-            fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
-                <$t>::handle_message(self, from, message, now)
-            }
-            fn handle_tick(&mut self, now: Timestamp) {
-                <$t>::handle_tick(self, now)
-            }
-            fn handle_durable(&mut self, write_id: u64, now: Timestamp) {
-                let ($s2, $id, $n2) = (self, write_id, now);
-                $dur
-            }
-            fn handle_directories(
-                &mut self,
-                chain: Vec<$crate::directory::SignedDirectory>,
-                now: Timestamp,
-            ) -> Result<u64, $crate::directory::DirectoryError> {
-                <$t>::handle_directories(self, chain, now)
-            }
-            fn poll_write(&mut self) -> Option<$crate::store::WriteBatch> {
-                <$t>::poll_write(self)
-            }
-            fn poll_transmit(&mut self) -> Option<Transmit> {
-                <$t>::poll_transmit(self)
-            }
-            fn poll_event(&mut self) -> Option<Event> {
-                <$t>::poll_event(self)
-            }
-            fn directory(&self) -> &$crate::directory::TrustedDirectory {
-                <$t>::directory(self)
-            }
-        }
-    };
-}
-pub(crate) use impl_state_machine;

@@ -1,4 +1,4 @@
-//! The records the federation shares (DESIGN §3): plans, authority contacts and access events.
+//! The records the federation shares: plans, authority contacts and access events (docs/records.md).
 
 use crate::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
 use crate::time::{Date, Timestamp};
@@ -197,6 +197,18 @@ impl SettingType {
     pub fn parse(text: &str) -> Option<SettingType> {
         SettingType::ALL.into_iter().find(|s| s.name() == text.trim())
     }
+
+    /// What a lookup from this kind of setting is: emergency and urgent care are unscheduled
+    /// (they notify and enter the visit history); GP, health visiting and school nursing are
+    /// scheduled (audited only). No user chooses it.
+    pub fn lookup_kind(self) -> LookupKind {
+        match self {
+            SettingType::GeneralPractice | SettingType::HealthVisiting | SettingType::SchoolNursing => {
+                LookupKind::Scheduled
+            }
+            _ => LookupKind::Unscheduled,
+        }
+    }
 }
 
 /// Whether a lookup notifies the owning authority and enters the visit history.
@@ -222,17 +234,15 @@ impl fmt::Debug for Person {
     }
 }
 
-/// One lookup of an NHS number at a care setting, signed by the setting.
+/// One lookup of an NHS number at a care setting, signed by the setting. The setting's name and
+/// type, and so whether the lookup notifies, come from the directory, never from the event.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessEvent {
     pub lookup_id: LookupId,
     pub setting: OdsCode,
-    pub setting_name: String,
-    pub setting_type: SettingType,
     pub person: Person,
     pub at: Timestamp,
     pub nhs: NhsNumber,
-    pub kind: LookupKind,
 }
 
 impl fmt::Debug for AccessEvent {
@@ -242,7 +252,6 @@ impl fmt::Debug for AccessEvent {
             .field("setting", &self.setting)
             .field("at", &self.at)
             .field("nhs", &self.nhs)
-            .field("kind", &self.kind)
             .finish_non_exhaustive()
     }
 }
@@ -285,7 +294,6 @@ impl Contacts {
 
 impl AccessEvent {
     pub fn check(&self) -> Result<(), TextError> {
-        check_text("setting name", &self.setting_name)?;
         check_text("person id", &self.person.id)?;
         check_text("person name", &self.person.name)?;
         check_text("person role", &self.person.role)

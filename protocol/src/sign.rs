@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// Version of the signed byte format. A change to any signed structure bumps it.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 /// A type that can be signed, with its domain-separation prefix.
 pub trait Signable: Serialize {

@@ -1,58 +1,66 @@
-//! The wire: messages between members, and the frames that carry them.
+//! The wire: messages between members, and the frames that carry them. This is the only framing
+//! code: the node's streams and the simulator's links both use it.
 //!
 //! A frame is a 4-byte big-endian payload length, then the payload. The payload is the protocol
-//! version (u16 big-endian) followed by the canonical encoding of one [`Message`]. The length is
-//! checked against [`FRAME_BYTES_MAX`] before anything is allocated; decoding any bytes gives a
-//! message or an error, never a panic.
+//! version (u16 big-endian) followed by the canonical encoding of one [`Message`]. A reader takes
+//! the 4 header bytes to [`frame_len`] (which refuses a length above [`FRAME_BYTES_MAX`] before
+//! anything is allocated), reads that many bytes, and gives them to [`decode_payload`]; a writer
+//! sends [`encode_frame`]. Decoding any bytes gives a message or an error, never a panic.
 
 use crate::codec::{self, DecodeError};
 use crate::directory::SignedDirectory;
-use crate::feed::SignedEntry;
+use crate::feed::{FeedEntry, SignedEntry, SignedHead};
 use crate::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
+use crate::merkle::MapProof;
 use crate::records::AccessEvent;
+use crate::refusal::RefusalCode;
 use crate::sign::{Signable, Signed};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// The version of the messages below; peers speaking another are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame payload, in bytes.
 pub const FRAME_BYTES_MAX: usize = 4 << 20;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_BYTES: usize = 4;
 /// Most entries in one feed batch.
 pub const BATCH_ENTRIES_MAX: usize = 1024;
-/// Most high-water marks in one sync message (one per origin).
-pub const SYNC_ORIGINS_MAX: usize = crate::directory::MEMBERS_MAX;
+/// Most marks in one sync message (one per origin).
+pub const SYNC_MARKS_MAX: usize = crate::directory::MEMBERS_MAX;
 /// Most directory versions sent in one message.
 pub const DIRECTORY_CHAIN_MAX: usize = 64;
 /// Most visits a lookup answer shows.
 pub const HISTORY_LEN_MAX: usize = 25;
-/// Most plans a lookup answer shows.
+/// Most plans of one authority for one child an answer carries (and a notification names).
 pub const ANSWER_PLANS_MAX: usize = 64;
+/// Most authorities an answer speaks for.
+pub const ANSWER_AUTHORITIES_MAX: usize = crate::directory::MEMBERS_MAX;
 
 /// How far a peer has an origin's feed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HighWater {
+pub struct Mark {
     pub origin: OdsCode,
-    /// Every entry of the origin up to here has been seen.
+    /// The sender holds the origin's live set as of this sequence.
     pub seq: u64,
-    /// When the sender last knew this to be the origin's latest (it heard from the origin, or from a
-    /// peer that had).
-    pub as_of: Timestamp,
+    /// When the head the sender holds for it was signed (zero for feeds without heads).
+    pub head_at: Timestamp,
 }
 
-/// A run of an origin's entries: all the sender holds of `origin` with `after < seq <= upto`.
+/// A run of an origin's feed: every live entry the sender holds of `origin` with
+/// `after < seq <= upto`. A run of an authority's feed ends with the authority's head at `upto`
+/// (longer runs come in several batches, the head on the last); `after == 0` means the run is the
+/// whole live set, to replace what the receiver holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedBatch {
     pub origin: OdsCode,
     pub after: u64,
     pub upto: u64,
     pub entries: Vec<SignedEntry>,
-    /// When the sender last knew `upto` to be the origin's latest (a hub's freshness for the
-    /// origin; an authority's batches carry their newest entry's time, and hubs use their own
-    /// clock for what an authority sends directly).
-    pub as_of: Timestamp,
+    /// The origin's signed head at `upto`, on the last batch of an authority's run.
+    pub head: Option<SignedHead>,
+    /// The sender stopped early (a reply's byte budget): ask again.
+    pub more: bool,
 }
 
 /// A notification that a child with a plan at `authority` was looked up: signed by the hub that
@@ -61,7 +69,7 @@ pub struct FeedBatch {
 pub struct Notification {
     pub event: Signed<AccessEvent>,
     pub authority: OdsCode,
-    /// The authority's plans that matched.
+    /// The authority's plans that matched (the authority checks them against its own).
     pub matched: Vec<PlanRef>,
     /// The hub that answered the lookup (the receipt goes back to it).
     pub hub: OdsCode,
@@ -86,45 +94,51 @@ impl Signable for Receipt {
     const DOMAIN: &'static str = "cpis/receipt";
 }
 
-/// How fresh a hub's copy of an authority's feed is.
+/// What one authority's head says about one child, with the proof.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Freshness {
-    pub authority: OdsCode,
-    pub seq: u64,
-    pub as_of: Timestamp,
+pub struct AuthorityAnswer {
+    /// The authority's newest head the hub holds a matching copy for.
+    pub head: SignedHead,
+    /// Every plan entry the authority publishes for the child (empty: none), in order of
+    /// reference. The head commits to them, so they travel without their own signatures.
+    pub plans: Vec<FeedEntry>,
+    /// The contacts entry the head commits to, when there are plans.
+    pub contacts: Option<FeedEntry>,
+    /// Proof of the plans (inclusion) or of their absence under the head's root.
+    pub proof: MapProof,
 }
 
-/// A hub's answer to a lookup: every visible plan (as its authority signed it), each authority's
-/// contacts and freshness, and the visit history (as hubs and settings signed it).
+/// A hub's answer to a lookup: for every authority it holds a head of, that head and a proof of
+/// exactly which plans that authority publishes for the child; and the visit history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LookupAnswer {
     pub lookup_id: LookupId,
     pub nhs: NhsNumber,
     pub hub: OdsCode,
     pub answered_at: Timestamp,
-    pub plans: Vec<SignedEntry>,
-    pub contacts: Vec<SignedEntry>,
-    pub freshness: Vec<Freshness>,
+    pub authorities: Vec<AuthorityAnswer>,
     pub history: Vec<SignedEntry>,
 }
 
-/// Why a request was refused, told to the peer that sent it.
+/// A request was refused: the code says why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Refusal {
+pub struct Refused {
     pub lookup_id: Option<LookupId>,
-    pub reason: String,
+    pub code: RefusalCode,
 }
 
-/// Every message of protocol version 1.
+/// Every message of this protocol version.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
-    /// Sent on connect and periodically: the sender's directory version and high-water marks.
-    /// The receiver answers with what the sender lacks.
-    Sync { directory_version: u64, have: Vec<HighWater> },
+    /// Sent on connect and periodically: the sender's directory version and, per origin, how far
+    /// it holds the feed. The receiver answers with what the sender lacks.
+    Sync { directory_version: u64, marks: Vec<Mark> },
     /// Directory versions, oldest first, each the successor of the one before.
     Directories(Vec<SignedDirectory>),
-    /// Feed entries.
+    /// A run of feed entries.
     Feed(FeedBatch),
+    /// An authority's newer head for a live set the receiver holds (freshness).
+    Head(SignedHead),
     /// A care setting's lookup.
     Lookup(Signed<AccessEvent>),
     /// The answer to a lookup.
@@ -134,7 +148,7 @@ pub enum Message {
     /// A receipt on its way back to the hub that answered.
     Receipt(Signed<Receipt>),
     /// A request was refused.
-    Refused(Refusal),
+    Refused(Refused),
 }
 
 impl Message {
@@ -144,6 +158,7 @@ impl Message {
             Message::Sync { .. } => "sync",
             Message::Directories(_) => "directories",
             Message::Feed(_) => "feed",
+            Message::Head(_) => "head",
             Message::Lookup(_) => "lookup",
             Message::Answer(_) => "answer",
             Message::Notify(_) => "notify",
@@ -180,12 +195,14 @@ pub fn encode_payload(message: &Message) -> Vec<u8> {
     out
 }
 
-/// Encodes a message as a whole frame (length prefix + payload).
+/// Encodes a message as a whole frame (length prefix + payload): what goes on a stream.
 pub fn encode_frame(message: &Message) -> Vec<u8> {
-    let payload = encode_payload(message);
-    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(&payload);
+    let body = codec::encode(message);
+    let len = 2 + body.len();
+    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + len);
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+    out.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+    out.extend_from_slice(&body);
     out
 }
 
@@ -232,14 +249,17 @@ fn limit(what: &'static str, len: usize, max: usize) -> Result<(), WireError> {
 
 fn check_limits(message: &Message) -> Result<(), WireError> {
     match message {
-        Message::Sync { have, .. } => limit("high-water marks", have.len(), SYNC_ORIGINS_MAX),
+        Message::Sync { marks, .. } => limit("marks", marks.len(), SYNC_MARKS_MAX),
         Message::Directories(chain) => limit("directory versions", chain.len(), DIRECTORY_CHAIN_MAX),
         Message::Feed(batch) => limit("batch entries", batch.entries.len(), BATCH_ENTRIES_MAX),
         Message::Answer(a) => {
-            limit("plans in an answer", a.plans.len(), ANSWER_PLANS_MAX)?;
+            limit("authorities in an answer", a.authorities.len(), ANSWER_AUTHORITIES_MAX)?;
+            for x in &a.authorities {
+                limit("plans of one authority in an answer", x.plans.len(), ANSWER_PLANS_MAX)?;
+            }
             limit("visits in an answer", a.history.len(), HISTORY_LEN_MAX)
         }
         Message::Notify(n) => limit("matched plans", n.body.matched.len(), ANSWER_PLANS_MAX),
-        Message::Lookup(_) | Message::Receipt(_) | Message::Refused(_) => Ok(()),
+        Message::Head(_) | Message::Lookup(_) | Message::Receipt(_) | Message::Refused(_) => Ok(()),
     }
 }

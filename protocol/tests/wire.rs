@@ -1,8 +1,11 @@
 //! The wire never panics, and the signed bytes never change unseen.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests report a failed precondition by panicking.
 
+use cpis_protocol::feed::FeedHead;
 use cpis_protocol::feed::{EntryBody, FeedEntry};
 use cpis_protocol::harness::test_identity;
 use cpis_protocol::ids::{NhsNumber, OdsCode, PlanRef};
+use cpis_protocol::merkle::Digest;
 use cpis_protocol::records::{Plan, PlanType};
 use cpis_protocol::sign::signing_bytes;
 use cpis_protocol::time::{Date, Timestamp};
@@ -36,8 +39,27 @@ fn signed_entry_bytes_and_signature_match_golden_vector() {
     assert_eq!(hex(&[signed.signature.0, signed.signature.1].concat()), GOLDEN_SIGNATURE);
 }
 
-const GOLDEN_BYTES: &str = "637069732f656e74727900000103000000000000003230340700000000000000002cda0aa2010000000000000d000000000000004c41432d323032362d303030315f1a5b320200000001000000ea4f0000000000";
-const GOLDEN_SIGNATURE: &str = "bbae324877b5dd57c86502bd31443fb681cffd02a400cf1a77bfae44185b276a352b2fee4bb6cfc6aaa21a486004fa81f88aa205c208084019efd83f53d8f502";
+const GOLDEN_BYTES: &str = "637069732f656e74727900000203000000000000003230340700000000000000002cda0aa2010000000000000d000000000000004c41432d323032362d303030315f1a5b320200000001000000ea4f0000000000";
+const GOLDEN_SIGNATURE: &str = "c6d590e4fdd95e1769cda6ee57aced80f22afa3c3979b370c413b2dddab51462bd1832df9828e6daadf12bc1d09ba4a76fa997eb8e580fa2543d51efb5e26c0e";
+
+fn golden_head() -> FeedHead {
+    FeedHead {
+        origin: OdsCode::parse("204").unwrap(),
+        seq: 7,
+        at: Timestamp(1_795_478_400_000),
+        plans_root: Digest([0xAB; 32]),
+        children: 1,
+        contacts: None,
+    }
+}
+
+/// Golden vector of a head: its signed bytes never change unseen either.
+#[test]
+fn signed_head_bytes_match_golden_vector() {
+    assert_eq!(hex(&signing_bytes(&golden_head())), GOLDEN_HEAD_BYTES);
+}
+
+const GOLDEN_HEAD_BYTES: &str = "637069732f6865616400000203000000000000003230340700000000000000002cda0aa2010000abababababababababababababababababababababababababababababababab010000000000000000";
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -51,7 +73,8 @@ fn frame_round_trip() {
         after: 6,
         upto: 7,
         entries: vec![signed],
-        as_of: Timestamp(0),
+        head: Some(test_identity("golden", "204").sign(golden_head())),
+        more: false,
     };
     let message = Message::Feed(batch);
     assert_eq!(wire::decode_frame(&wire::encode_frame(&message)).unwrap(), message);
@@ -65,14 +88,14 @@ fn oversized_frame_is_refused_from_its_header() {
 
 #[test]
 fn other_protocol_version_is_refused_by_name() {
-    let mut payload = wire::encode_payload(&Message::Sync { directory_version: 1, have: vec![] });
+    let mut payload = wire::encode_payload(&Message::Sync { directory_version: 1, marks: vec![] });
     payload[1] = 9;
     assert!(matches!(wire::decode_payload(&payload), Err(WireError::UnsupportedVersion(9))));
 }
 
 #[test]
 fn trailing_bytes_are_refused() {
-    let mut payload = wire::encode_payload(&Message::Sync { directory_version: 1, have: vec![] });
+    let mut payload = wire::encode_payload(&Message::Sync { directory_version: 1, marks: vec![] });
     payload.push(0);
     assert!(matches!(wire::decode_payload(&payload), Err(WireError::Decode(_))));
 }
@@ -89,7 +112,7 @@ proptest! {
     #[test]
     fn corrupted_real_frames_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
         let signed = test_identity("golden", "204").sign(golden_entry());
-        let batch = FeedBatch { origin: OdsCode::parse("204").unwrap(), after: 6, upto: 7, entries: vec![signed], as_of: Timestamp(0) };
+        let batch = FeedBatch { origin: OdsCode::parse("204").unwrap(), after: 6, upto: 7, entries: vec![signed], head: None, more: false };
         let mut frame = wire::encode_frame(&Message::Feed(batch));
         for (i, b) in flips {
             let at = i.index(frame.len());

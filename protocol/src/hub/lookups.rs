@@ -1,141 +1,242 @@
-//! Lookups: checked, made durable with their notifications and visit, then answered.
+//! Lookups: checked (signature, clock, replay, rate limits), made durable with their
+//! notifications and visit, then answered with each authority's head and proof.
 
-use super::{After, Hub, LookupError, OutboxRecord};
-use crate::codec;
+use super::{After, Hub, OutboxRecord};
 use crate::directory::Role;
-use crate::feed::{EntryBody, FeedEntry, SignedEntry};
+use crate::feed::{EntryBody, EntryKey, FeedEntry, SignedEntry};
 use crate::ids::{NhsNumber, OdsCode, PlanRef};
-use crate::machine::{Event, Transmit, entry_key, outbox_key};
+use crate::machine::{Event, Transmit};
 use crate::records::{AccessEvent, LookupKind};
+use crate::refusal::Refusal;
+use crate::schema::{self, StoreOp};
 use crate::sign::Signed;
-use crate::store::{StoreOp, Table};
 use crate::time::{DAY_MS, Timestamp};
-use crate::wire::{Freshness, HISTORY_LEN_MAX, LookupAnswer, Message, Notification};
-use std::collections::BTreeMap;
+use crate::wire::{ANSWER_PLANS_MAX, AuthorityAnswer, FeedBatch, HISTORY_LEN_MAX, LookupAnswer, Message, Notification};
+use std::collections::{BTreeMap, HashMap};
+
+/// Most people whose lookup rate a hub tracks at once (the least recently seen leave first).
+pub(super) const PERSON_BUCKETS_MAX: usize = 100_000;
+
+/// A token bucket: `tokens` thousandths of a lookup, refilled evenly to a capacity.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    milli: u64,
+    at: Timestamp,
+}
+
+impl Bucket {
+    /// Takes one lookup from a bucket of `per_hour`, refilled evenly over the hour.
+    fn take(&mut self, per_hour: u64, now: Timestamp) -> bool {
+        let capacity = per_hour.saturating_mul(1000);
+        let refill = now.since(self.at).saturating_mul(per_hour) / 3_600;
+        self.milli = self.milli.saturating_add(refill).min(capacity);
+        self.at = now.max(self.at);
+        if self.milli < 1000 {
+            return false;
+        }
+        self.milli -= 1000;
+        true
+    }
+}
+
+/// Lookup rate limits per setting and per person at a setting.
+#[derive(Default)]
+pub struct RateLimits {
+    settings: HashMap<OdsCode, Bucket>,
+    people: HashMap<(OdsCode, String), Bucket>,
+}
+
+impl RateLimits {
+    /// Whether the setting, and the person there, may make one more lookup now.
+    fn allow(&mut self, setting: &OdsCode, person: &str, limits: (u64, u64), now: Timestamp) -> Result<(), Refusal> {
+        let (per_setting, per_person) = limits;
+        let fresh = |per_hour: u64| Bucket { milli: per_hour.saturating_mul(1000), at: now };
+        let s = self.settings.entry(setting.clone()).or_insert_with(|| fresh(per_setting));
+        if !s.take(per_setting, now) {
+            return Err(Refusal::SettingRateLimited(setting.clone()));
+        }
+        if self.people.len() >= PERSON_BUCKETS_MAX {
+            self.prune(now);
+        }
+        let key = (setting.clone(), person.to_string());
+        let p = self.people.entry(key).or_insert_with(|| fresh(per_person));
+        if !p.take(per_person, now) {
+            return Err(Refusal::PersonRateLimited(setting.clone()));
+        }
+        Ok(())
+    }
+
+    /// Forgets buckets untouched for an hour (they would be full again).
+    pub(super) fn prune(&mut self, now: Timestamp) {
+        self.settings.retain(|_, b| now.since(b.at) < 3_600_000);
+        self.people.retain(|_, b| now.since(b.at) < 3_600_000);
+        if self.people.len() >= PERSON_BUCKETS_MAX {
+            // Still full within the hour: the oldest half goes.
+            let mut ats: Vec<Timestamp> = self.people.values().map(|b| b.at).collect();
+            ats.sort_unstable();
+            let cut = ats[ats.len() / 2];
+            self.people.retain(|_, b| b.at > cut);
+        }
+    }
+}
+
+/// Whether a lookup id is new or a retry of the very same signed lookup.
+enum Seen {
+    New,
+    Retry,
+}
 
 impl Hub {
     pub(super) fn on_lookup(&mut self, from: &OdsCode, signed: Signed<AccessEvent>, now: Timestamp) {
         let lookup_id = signed.body.lookup_id;
-        match self.check_lookup(from, &signed, now) {
-            Err(e) => return self.refuse_lookup(from, lookup_id, e.to_string()),
-            Ok(Seen::Retry) => return self.answer_retry(from, &signed, now),
-            Ok(Seen::New) => {}
-        }
-        let event = &signed.body;
-        let plans = self.visible_plans(event.nhs, now);
-        let answer = self.answer(&signed, plans.clone(), now);
-        let mut ops =
-            vec![StoreOp::Put { table: Table::AccessLog, key: lookup_id.0.to_vec(), value: codec::encode(&signed) }];
+        let kind = match self.check_lookup(from, &signed, now) {
+            Err(reason) => {
+                if let Refusal::SettingRateLimited(_) | Refusal::PersonRateLimited(_) = reason {
+                    let per_person = matches!(reason, Refusal::PersonRateLimited(_));
+                    self.out.event(Event::RateLimited { setting: from.clone(), per_person });
+                }
+                return self.refuse_lookup(from, lookup_id, reason);
+            }
+            Ok((Seen::Retry, _)) => return self.answer_retry(from, &signed, now),
+            Ok((Seen::New, kind)) => kind,
+        };
+        let nhs = signed.body.nhs;
+        let answer = self.answer(&signed.body, now);
+        let matched = self.visible_matches(nhs, now);
+        let mut ops = vec![schema::ACCESS_LOG.put(&lookup_id, &signed)];
         let mut after = Vec::new();
-        let by_authority = group_by_authority(&plans);
-        if event.kind == LookupKind::Unscheduled && !plans.is_empty() {
+        let notify = kind == LookupKind::Unscheduled && !matched.is_empty();
+        if notify {
             after.extend(self.record_visit(&signed, now, &mut ops));
-            for (authority, matched) in &by_authority {
+            for (authority, plans) in &matched {
                 let notification = self.identity.sign(Notification {
                     event: signed.clone(),
                     authority: authority.clone(),
-                    matched: matched.clone(),
+                    matched: plans.clone(),
                     hub: self.code.clone(),
                     answered_at: now,
                 });
                 let record = OutboxRecord { notification, queued_at: now };
-                let key = outbox_key(lookup_id, authority);
-                ops.push(StoreOp::Put { table: Table::Outbox, key, value: codec::encode(&record) });
+                ops.push(schema::OUTBOX.put(&(lookup_id, authority.clone()), &record));
                 after.push(After::Queue(Box::new(record)));
             }
         }
-        self.recent_lookups.insert(lookup_id, (event.at, signed.signature));
+        self.recent_lookups.insert(lookup_id, (signed.body.at, signed.signature));
         after.push(After::Send(Box::new(Transmit { to: from.clone(), message: Message::Answer(answer) })));
-        after.push(After::Event(Event::LookupAnswered {
-            lookup_id,
-            setting: from.clone(),
-            kind: event.kind,
-            authorities: by_authority.into_keys().collect(),
-        }));
+        let notified = if notify { matched.into_keys().collect() } else { vec![] };
+        after.push(After::Event(Event::LookupAnswered { lookup_id, setting: from.clone(), kind, notified }));
         self.out.write(ops, after);
     }
 
     /// The same signed lookup again (a setting retrying after a lost answer): answered again,
     /// once everything before it is durable, with no new notification or visit.
     fn answer_retry(&mut self, from: &OdsCode, signed: &Signed<AccessEvent>, now: Timestamp) {
-        let plans = self.visible_plans(signed.body.nhs, now);
-        let answer = self.answer(signed, plans, now);
+        let answer = self.answer(&signed.body, now);
         let send = After::Send(Box::new(Transmit { to: from.clone(), message: Message::Answer(answer) }));
         if let Some(After::Send(t)) = self.out.after_pending(send) {
             self.out.transmits.push_back(*t);
         }
     }
 
-    fn check_lookup(&self, from: &OdsCode, signed: &Signed<AccessEvent>, now: Timestamp) -> Result<Seen, LookupError> {
+    /// Checks a lookup, cheapest refusals first after the signature; returns whether it is new
+    /// and what kind of lookup the setting's type in the directory makes it.
+    fn check_lookup(
+        &mut self,
+        from: &OdsCode,
+        signed: &Signed<AccessEvent>,
+        now: Timestamp,
+    ) -> Result<(Seen, LookupKind), Refusal> {
         let event = &signed.body;
         if event.setting != *from {
-            return Err(LookupError::NotFromSetting { claimed: event.setting.clone(), from: from.clone() });
+            return Err(Refusal::NotFromSetting { claimed: event.setting.clone(), from: from.clone() });
         }
-        self.dir.trusted.verify_at(signed.clone(), from, Role::Setting, signed.body.at)?;
+        self.dir.trusted.verify_at(signed.clone(), from, Role::Setting, event.at)?;
         event.check()?;
         let skew_ms = self.config.clock_skew_max_ms;
         if now.since(event.at) > skew_ms || event.at.since(now) > skew_ms {
-            return Err(LookupError::Stale { at: event.at, now, skew_ms });
+            return Err(Refusal::ClockSkew { at: event.at, now, skew_ms });
         }
-        let listed = self.dir.trusted.member(from).and_then(|m| m.setting_type);
-        if listed != Some(event.setting_type) {
-            let listed = listed.map_or("no setting type", |t| t.name());
-            return Err(LookupError::WrongSettingType { listed, claimed: event.setting_type.name() });
-        }
-        match self.recent_lookups.get(&event.lookup_id) {
-            None => Ok(Seen::New),
-            Some((_, signature)) if *signature == signed.signature => Ok(Seen::Retry),
-            Some(_) => Err(LookupError::Replayed(event.lookup_id)),
-        }
+        let kind = self
+            .dir
+            .trusted
+            .member(from)
+            .and_then(|m| m.setting_type)
+            .map_or(LookupKind::Scheduled, |t| t.lookup_kind());
+        let seen = match self.recent_lookups.get(&event.lookup_id) {
+            None => Seen::New,
+            Some((_, signature)) if *signature == signed.signature => return Ok((Seen::Retry, kind)),
+            Some(_) => return Err(Refusal::Replayed(event.lookup_id)),
+        };
+        let limits = (self.config.setting_lookups_per_hour, self.config.person_lookups_per_hour);
+        self.limits.allow(from, &event.person.id, limits, now)?;
+        Ok((seen, kind))
     }
 
     /// Adds the visit to this hub's own feed; returns the work to do once it is durable.
     fn record_visit(&mut self, signed: &Signed<AccessEvent>, now: Timestamp, ops: &mut Vec<StoreOp>) -> Vec<After> {
         let own = self.code.clone();
-        let hw = self.feeds.get(&own).map_or(0, |f| f.hw);
+        let mark = self.visits.get(&own).map_or(0, |f| f.mark);
         // Sequence by clock, so that a hub restored from an empty store never reuses a number.
-        let seq = hw.saturating_add(1).max(now.as_millis());
+        let seq = mark.saturating_add(1).max(now.as_millis());
         let entry =
             self.identity.sign(FeedEntry { origin: own.clone(), seq, at: now, body: EntryBody::Visit(signed.clone()) });
-        ops.push(StoreOp::Put { table: Table::Entries, key: entry_key(&own, seq), value: codec::encode(&entry) });
-        ops.push(StoreOp::Put {
-            table: Table::HighWater,
-            key: own.as_str().as_bytes().to_vec(),
-            value: seq.to_be_bytes().to_vec(),
-        });
-        self.index_entry(entry.clone());
-        let feed = self.feeds.entry(own.clone()).or_default();
-        feed.hw = seq;
-        feed.as_of = now;
-        let batch = crate::wire::FeedBatch { origin: own, after: hw, upto: seq, entries: vec![entry], as_of: now };
-        vec![After::Forward(batch, None)]
+        ops.push(schema::ENTRIES.put(&(own.clone(), seq), &entry));
+        ops.push(schema::MARKS.put(&own, &seq));
+        self.index_visit(entry.clone());
+        self.visits.entry(own.clone()).or_default().mark = seq;
+        let batch = FeedBatch { origin: own, after: mark, upto: seq, entries: vec![entry], head: None, more: false };
+        vec![After::Forward(Box::new(Message::Feed(batch)), None)]
     }
 
-    fn answer(&self, signed: &Signed<AccessEvent>, plans: Vec<SignedEntry>, now: Timestamp) -> LookupAnswer {
-        let event = &signed.body;
-        let authorities: Vec<OdsCode> = group_by_authority(&plans).into_keys().collect();
-        let contacts = authorities.iter().filter_map(|a| self.contacts_entry(a).cloned()).collect();
-        let freshness = authorities
-            .iter()
-            .map(|a| {
-                let feed = self.feeds.get(a);
-                Freshness {
-                    authority: a.clone(),
-                    seq: feed.map_or(0, |f| f.hw),
-                    as_of: feed.map_or(Timestamp(0), |f| f.as_of),
-                }
+    /// The answer: for every authority whose head we hold, its head, its published plans for the
+    /// child (and its contacts if there are any) and the proof; and the visit history.
+    fn answer(&self, event: &AccessEvent, now: Timestamp) -> LookupAnswer {
+        let nhs = event.nhs;
+        let authorities = self
+            .authorities
+            .values()
+            .filter_map(|r| {
+                let head = r.head.clone()?;
+                let plans: Vec<FeedEntry> =
+                    r.feed.plans_of(nhs).into_iter().take(ANSWER_PLANS_MAX).map(|e| e.body.clone()).collect();
+                let contacts =
+                    (!plans.is_empty()).then(|| r.feed.latest(&EntryKey::Contacts).map(|e| e.body.clone())).flatten();
+                Some(AuthorityAnswer { head, plans, contacts, proof: r.feed.prove(nhs) })
             })
             .collect();
         LookupAnswer {
             lookup_id: event.lookup_id,
-            nhs: event.nhs,
+            nhs,
             hub: self.code.clone(),
             answered_at: now,
-            plans,
-            contacts,
-            freshness,
-            history: self.history(event.nhs),
+            authorities,
+            history: self.history(nhs),
         }
+    }
+
+    /// Per authority, its published plans for `nhs` visible on today's date: whom a lookup
+    /// notifies.
+    pub fn visible_matches(&self, nhs: NhsNumber, now: Timestamp) -> BTreeMap<OdsCode, Vec<PlanRef>> {
+        let today = now.date();
+        let mut by = BTreeMap::new();
+        for (origin, r) in &self.authorities {
+            if r.head.is_none() {
+                continue;
+            }
+            let plans: Vec<PlanRef> = r
+                .feed
+                .plans_of(nhs)
+                .into_iter()
+                .filter_map(|e| match &e.body.body {
+                    EntryBody::Plan(p) if p.visible_on(today) => Some(p.reference.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !plans.is_empty() {
+                by.insert(origin.clone(), plans);
+            }
+        }
+        by
     }
 
     /// The most recent unscheduled visits for `nhs`, newest first: repeat lookups by the same
@@ -148,7 +249,7 @@ impl Hub {
         let mut last_shown: BTreeMap<(OdsCode, String), Timestamp> = BTreeMap::new();
         // Oldest first, so that the first lookup of a visit is the one kept.
         for (at, origin, seq) in visits.iter() {
-            let Some(entry) = self.feeds.get(origin).and_then(|f| f.entries.get(seq)) else {
+            let Some(entry) = self.visits.get(origin).and_then(|f| f.entries.get(seq)) else {
                 continue;
             };
             let EntryBody::Visit(v) = &entry.body.body else {
@@ -165,21 +266,4 @@ impl Hub {
         shown.truncate(HISTORY_LEN_MAX);
         shown
     }
-}
-
-/// Whether a lookup id is new or a retry of the very same signed lookup.
-enum Seen {
-    New,
-    Retry,
-}
-
-/// Plan references per owning authority.
-fn group_by_authority(plans: &[SignedEntry]) -> BTreeMap<OdsCode, Vec<PlanRef>> {
-    let mut by: BTreeMap<OdsCode, Vec<PlanRef>> = BTreeMap::new();
-    for e in plans {
-        if let EntryBody::Plan(p) = &e.body.body {
-            by.entry(e.body.origin.clone()).or_default().push(p.reference.clone());
-        }
-    }
-    by
 }

@@ -1,300 +1,570 @@
-//! The hub's replica: feeds accepted in order, equivocations caught, anti-entropy by high-water
-//! marks, pruning past visibility.
+//! The hub's replicas: authorities' feeds taken only in whole runs that reproduce the
+//! authority's signed head; hubs' visit feeds taken only from the hub that made them;
+//! anti-entropy by marks; pruning of old tombstones and visits.
 
-use super::{After, Hub, OriginFeed};
+use super::{After, Hub, Replica, Staging};
+use crate::authority::{FEED_ENTRIES_MAX, run_batches};
 use crate::codec;
 use crate::directory::Role;
-use crate::feed::{EntryBody, EntryKey, SignedEntry, verify_entry};
+use crate::feed::{Applied, EntryBody, FeedHead, LiveFeed, SignedEntry, SignedHead, verify_entry, verify_head};
 use crate::ids::OdsCode;
-use crate::machine::{Event, entry_key};
-use crate::store::{StoreOp, Table};
+use crate::machine::Event;
+use crate::refusal::Refusal;
+use crate::schema::{self, StoreOp};
+use crate::sign::Verified;
 use crate::time::{DAY_MS, Timestamp};
-use crate::wire::{BATCH_ENTRIES_MAX, FeedBatch, HighWater, Message};
+use crate::wire::{BATCH_ENTRIES_MAX, FeedBatch, Mark, Message};
+use std::collections::HashMap;
 
-/// Why a feed batch is refused; nothing changes.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum BatchError {
-    #[error("batch bounds are wrong: after {after}, upto {upto}")]
-    Bounds { after: u64, upto: u64 },
-    #[error("entry {seq} is outside the batch or out of order")]
-    Order { seq: u64 },
-    #[error("entry of {0} in a batch of another origin")]
-    Origin(OdsCode),
-    #[error("an authority may send only its own feed")]
-    NotOwnFeed,
-    #[error("{0} is not a member that writes a feed")]
-    UnknownOrigin(OdsCode),
-    #[error(transparent)]
-    Entry(#[from] crate::feed::EntryError),
-    #[error("equivocation at sequence {0}")]
-    Equivocation(u64),
-    #[error("entry {0} equivocates (already proven): refused")]
-    KnownEquivocation(u64),
-}
+/// A rough size of one entry on the wire, for a sync reply's byte budget.
+const ENTRY_BYTES_ESTIMATE: usize = 320;
 
 impl Hub {
-    /// Puts an entry into memory and the indexes (restore, or after verification).
-    pub(super) fn index_entry(&mut self, e: SignedEntry) {
+    /// Puts a visit into its feed and the history index.
+    pub(super) fn index_visit(&mut self, e: SignedEntry) {
         let (origin, seq) = (e.body.origin.clone(), e.body.seq);
-        if let Some(old) = self.latest.get(&(origin.clone(), e.body.key())).copied() {
-            if old >= seq {
-                return;
-            }
-            self.remove_entry(&origin, old);
+        if let EntryBody::Visit(v) = &e.body.body {
+            self.visits_by_nhs.entry(v.body.nhs).or_default().insert((v.body.at, origin.clone(), seq));
         }
-        match &e.body.body {
-            EntryBody::Plan(p) => {
-                self.plans_by_nhs.entry(p.nhs).or_default().insert((origin.clone(), p.reference.clone()));
-            }
-            EntryBody::Visit(v) => {
-                self.visits_by_nhs.entry(v.body.nhs).or_default().insert((v.body.at, origin.clone(), seq));
-            }
-            EntryBody::Contacts(_) => {}
-        }
-        self.latest.insert((origin.clone(), e.body.key()), seq);
-        self.feeds.entry(origin).or_default().entries.insert(seq, e);
+        self.visits.entry(origin).or_default().entries.insert(seq, e);
     }
 
-    /// Takes an entry out of memory and the indexes; returns the store op that deletes it.
-    pub(super) fn remove_entry(&mut self, origin: &OdsCode, seq: u64) -> Option<StoreOp> {
-        let e = self.feeds.get_mut(origin)?.entries.remove(&seq)?;
-        let key = e.body.key();
-        if self.latest.get(&(origin.clone(), key.clone())) == Some(&seq) {
-            self.latest.remove(&(origin.clone(), key));
-        }
-        match &e.body.body {
-            EntryBody::Plan(p) => {
-                if let Some(set) = self.plans_by_nhs.get_mut(&p.nhs) {
-                    set.remove(&(origin.clone(), p.reference.clone()));
-                    if set.is_empty() {
-                        self.plans_by_nhs.remove(&p.nhs);
-                    }
-                }
+    /// Takes a visit out; returns the op that deletes it.
+    pub(super) fn remove_visit(&mut self, origin: &OdsCode, seq: u64) -> Option<StoreOp> {
+        let e = self.visits.get_mut(origin)?.entries.remove(&seq)?;
+        if let EntryBody::Visit(v) = &e.body.body
+            && let Some(set) = self.visits_by_nhs.get_mut(&v.body.nhs)
+        {
+            set.remove(&(v.body.at, origin.clone(), seq));
+            if set.is_empty() {
+                self.visits_by_nhs.remove(&v.body.nhs);
             }
-            EntryBody::Visit(v) => {
-                if let Some(set) = self.visits_by_nhs.get_mut(&v.body.nhs) {
-                    set.remove(&(v.body.at, origin.clone(), seq));
-                    if set.is_empty() {
-                        self.visits_by_nhs.remove(&v.body.nhs);
-                    }
-                }
-            }
-            EntryBody::Contacts(_) => {}
         }
-        Some(StoreOp::Delete { table: Table::Entries, key: entry_key(origin, seq) })
+        Some(schema::ENTRIES.delete(&(origin.clone(), seq)))
     }
 
-    pub(super) fn on_sync(&mut self, from: &OdsCode, directory_version: u64, have: &[HighWater], now: Timestamp) {
+    /// Forgets an authority's replica (to be fetched again whole); returns the deletes.
+    pub(super) fn drop_replica(&mut self, origin: &OdsCode) -> Vec<StoreOp> {
+        let Some(replica) = self.authorities.remove(origin) else { return vec![] };
+        let mut ops: Vec<StoreOp> =
+            replica.feed.entries().keys().map(|seq| schema::ENTRIES.delete(&(origin.clone(), *seq))).collect();
+        ops.push(schema::HEADS.delete(origin));
+        ops
+    }
+
+    pub(super) fn on_sync(
+        &mut self,
+        from: &OdsCode,
+        role: Role,
+        directory_version: u64,
+        marks: &[Mark],
+        now: Timestamp,
+    ) {
         if directory_version < self.dir.version() {
             self.out.send(from, Message::Directories(self.dir.after(directory_version)));
         }
-        let role = self.peers.get(from).copied();
-        // Freshness is taken from hubs, and from an authority for its own feed only.
-        let trusted = |h: &&HighWater| role == Some(Role::Hub) || (role == Some(Role::Authority) && h.origin == *from);
-        for h in have.iter().filter(trusted) {
-            if let Some(feed) = self.feeds.get_mut(&h.origin)
-                && feed.hw >= h.seq
-            {
-                // The sender knew of nothing newer at h.as_of (an authority's own word is now).
-                let as_of = if role == Some(Role::Authority) { now } else { h.as_of.min(now) };
-                feed.as_of = feed.as_of.max(as_of);
+        match role {
+            // A setting syncs only its directory.
+            Role::Setting => {}
+            Role::Authority => {
+                // Only an authority's word on its own feed counts.
+                let Some(theirs) = marks.iter().find(|m| m.origin == *from) else { return };
+                let ours = self.authority_mark(from);
+                if theirs.seq > ours.seq {
+                    self.out.send(from, Message::Sync { directory_version: self.dir.version(), marks: vec![ours] });
+                } else if theirs.seq < ours.seq {
+                    // Behind us (restored from an older copy): it takes back its feed whole.
+                    self.send_run(from, from, 0);
+                }
             }
-        }
-        if role == Some(Role::Authority)
-            && let Some(h) = have.iter().find(|h| h.origin == *from)
-            && self.feeds.get(from).is_none_or(|f| f.hw < h.seq)
-        {
-            // The authority has more than we do: ask for it.
-            let seq = self.feeds.get(from).map_or(0, |f| f.hw);
-            let have = vec![HighWater { origin: from.clone(), seq, as_of: now }];
-            self.out.send(from, Message::Sync { directory_version: self.dir.version(), have });
-        }
-        if role == Some(Role::Hub) {
-            self.send_missing(from, have);
+            Role::Hub => self.send_missing(from, marks, now),
         }
     }
 
-    /// Sends a hub every entry it lacks according to its high-water marks.
-    fn send_missing(&mut self, to: &OdsCode, have: &[HighWater]) {
-        let theirs: std::collections::HashMap<&OdsCode, u64> = have.iter().map(|h| (&h.origin, h.seq)).collect();
-        let mut batches = Vec::new();
-        for (origin, feed) in &self.feeds {
-            let their = theirs.get(origin).copied().unwrap_or(0);
-            if feed.hw <= their {
+    /// Sends `to` the run of `origin`'s replica after `after`, its head on the last batch.
+    fn send_run(&mut self, to: &OdsCode, origin: &OdsCode, after: u64) -> usize {
+        let Some(replica) = self.authorities.get(origin) else { return 0 };
+        let Some(head) = replica.head.clone() else { return 0 };
+        let live: Vec<SignedEntry> = replica.feed.entries().range(after + 1..).map(|(_, e)| e.clone()).collect();
+        let count = live.len();
+        for batch in run_batches(origin, after, live, head) {
+            self.out.send(to, Message::Feed(batch));
+        }
+        count
+    }
+
+    /// Answers a hub's sync: every authority run it lacks (within the reply's byte budget),
+    /// newer heads, and the visits it may take from us.
+    fn send_missing(&mut self, to: &OdsCode, marks: &[Mark], _now: Timestamp) {
+        let theirs: HashMap<&OdsCode, &Mark> = marks.iter().map(|m| (&m.origin, m)).collect();
+        let budget = self.config.sync_reply_bytes_max;
+        let mut spent = 0usize;
+        let mut more = false;
+        let origins: Vec<OdsCode> = self.authorities.keys().cloned().collect();
+        for origin in origins {
+            let Some(head) = self.authorities.get(&origin).and_then(|r| r.head.clone()) else { continue };
+            let their = theirs.get(&origin);
+            let their_seq = their.map_or(0, |m| m.seq);
+            if head.body.seq > their_seq {
+                if spent >= budget {
+                    more = true;
+                    continue;
+                }
+                spent += ENTRY_BYTES_ESTIMATE * (1 + self.send_run(to, &origin, their_seq));
+            } else if head.body.seq == their_seq && their.is_some_and(|m| head.body.at > m.head_at) {
+                self.out.send(to, Message::Head(head));
+            }
+        }
+        // Visits: ours, and theirs back to them (a hub restored from an empty store).
+        for origin in [self.code.clone(), to.clone()] {
+            let their_seq = theirs.get(&origin).map_or(0, |m| m.seq);
+            let Some(feed) = self.visits.get(&origin).filter(|f| f.mark > their_seq || origin == *to) else { continue };
+            let live: Vec<SignedEntry> = feed.entries.range(their_seq + 1..).map(|(_, e)| e.clone()).collect();
+            if live.is_empty() && feed.mark <= their_seq {
                 continue;
             }
-            let live: Vec<&SignedEntry> = feed.entries.range(their + 1..).map(|(_, e)| e).collect();
-            let mut after = their;
-            let chunks: Vec<&[&SignedEntry]> = live.chunks(BATCH_ENTRIES_MAX).collect();
-            if chunks.is_empty() {
-                batches.push(FeedBatch {
-                    origin: origin.clone(),
-                    after,
-                    upto: feed.hw,
-                    entries: vec![],
-                    as_of: feed.as_of,
-                });
-            }
+            let mut after = their_seq;
+            let chunks: Vec<&[SignedEntry]> = live.chunks(BATCH_ENTRIES_MAX).collect();
             for (i, chunk) in chunks.iter().enumerate() {
-                let upto = if i + 1 == chunks.len() { feed.hw } else { chunk[chunk.len() - 1].body.seq };
-                let entries = chunk.iter().map(|e| (*e).clone()).collect();
-                batches.push(FeedBatch { origin: origin.clone(), after, upto, entries, as_of: feed.as_of });
+                let upto =
+                    if i + 1 == chunks.len() { feed.mark.max(after + 1) } else { chunk[chunk.len() - 1].body.seq };
+                let batch =
+                    FeedBatch { origin: origin.clone(), after, upto, entries: chunk.to_vec(), head: None, more: false };
+                self.out.send(to, Message::Feed(batch));
                 after = upto;
             }
         }
-        for batch in batches {
-            self.out.send(to, Message::Feed(batch));
+        if more {
+            // The budget stopped us: the last batch tells the peer to ask again.
+            if let Some(Message::Feed(b)) =
+                self.out.transmits.iter_mut().rev().find(|t| t.to == *to).map(|t| &mut t.message)
+            {
+                b.more = true;
+            }
         }
     }
 
-    pub(super) fn on_feed(&mut self, from: &OdsCode, batch: FeedBatch, now: Timestamp) {
+    pub(super) fn on_feed(&mut self, from: &OdsCode, role: Role, batch: FeedBatch, now: Timestamp) {
         let origin = batch.origin.clone();
-        let hw = self.feeds.get(&origin).map_or(0, |f| f.hw);
-        if batch.after > hw {
-            // A gap: ask the sender for everything after our mark.
-            let have = self.high_waters();
-            return self.out.send(from, Message::Sync { directory_version: self.dir.version(), have });
-        }
-        match self.check_batch(from, &batch, hw) {
-            Ok(new) => self.apply_batch(from, batch, new, hw, now),
-            Err(BatchError::Equivocation(seq)) => {
-                self.out.event(Event::Equivocation { origin, seq, from: from.clone() })
+        let more = batch.more;
+        let result = match self.dir.trusted.member(&origin).map(|m| m.role) {
+            Some(Role::Authority) if role == Role::Authority && origin != *from => Err(Refusal::NotOwnFeed),
+            Some(Role::Authority) => self.on_authority_batch(from, role, batch, now),
+            // Visits come only from the hub that made them (or, our own, back from anyone).
+            Some(Role::Hub) if role == Role::Hub && (origin == *from || origin == self.code) => {
+                self.on_visits(from, batch, now)
             }
-            Err(e) => self.out.event(Event::BatchRefused { from: from.clone(), origin, reason: e.to_string() }),
+            Some(Role::Hub) => Err(Refusal::RelayedVisits(origin.clone())),
+            _ => Err(Refusal::UnknownOrigin(origin.clone())),
+        };
+        if let Err(reason) = result {
+            self.staging.remove(&(from.clone(), origin.clone()));
+            let event = match reason {
+                Refusal::Equivocation(seq) | Refusal::HeadEquivocation { seq, .. } => {
+                    Event::Equivocation { origin, seq, from: from.clone() }
+                }
+                reason => Event::BatchRefused { from: from.clone(), origin, reason },
+            };
+            self.out.event(event);
+        }
+        if more && role == Role::Hub {
+            self.send_sync(from);
         }
     }
 
-    /// Checks a whole batch before anything changes. Returns the verified entries above `hw`.
-    fn check_batch(&mut self, from: &OdsCode, batch: &FeedBatch, hw: u64) -> Result<Vec<SignedEntry>, BatchError> {
-        if batch.after >= batch.upto || batch.entries.len() > BATCH_ENTRIES_MAX {
-            return Err(BatchError::Bounds { after: batch.after, upto: batch.upto });
+    /// Stages an authority's batch; applies the run once its head arrives.
+    fn on_authority_batch(
+        &mut self,
+        from: &OdsCode,
+        role: Role,
+        batch: FeedBatch,
+        now: Timestamp,
+    ) -> Result<(), Refusal> {
+        let FeedBatch { origin, after, upto, entries, head, .. } = batch;
+        if after > upto {
+            return Err(Refusal::BatchBounds { after, upto });
         }
-        if self.peers.get(from) == Some(&Role::Authority) && batch.origin != *from {
-            return Err(BatchError::NotOwnFeed);
+        let key = (from.clone(), origin.clone());
+        let staged = self.staging.entry(key.clone()).or_insert(Staging { after, upto, entries: vec![] });
+        if (staged.after, staged.upto) != (after, upto) {
+            *staged = Staging { after, upto, entries: vec![] };
         }
-        let role = self.dir.trusted.member(&batch.origin).map(|m| m.role);
-        if !matches!(role, Some(Role::Authority | Role::Hub)) {
-            return Err(BatchError::UnknownOrigin(batch.origin.clone()));
+        if staged.entries.len() + entries.len() > FEED_ENTRIES_MAX {
+            return Err(Refusal::RunTooLong(FEED_ENTRIES_MAX));
         }
-        let mut prev = batch.after;
-        let mut new = Vec::new();
-        for e in &batch.entries {
-            if e.body.origin != batch.origin {
-                return Err(BatchError::Origin(e.body.origin.clone()));
+        let mut prev = staged.entries.last().map_or(after, |e| e.body.seq);
+        for e in &entries {
+            if e.body.origin != origin {
+                return Err(Refusal::EntryOrigin(e.body.origin.clone()));
             }
-            if e.body.seq <= prev || e.body.seq > batch.upto {
-                return Err(BatchError::Order { seq: e.body.seq });
+            if e.body.seq <= prev || e.body.seq > upto {
+                return Err(Refusal::EntryOrder { seq: e.body.seq });
             }
             prev = e.body.seq;
-            let held = self.feeds.get(&batch.origin).and_then(|f| f.entries.get(&e.body.seq));
-            match held {
-                Some(mine) if mine.body == e.body => continue,
-                Some(mine) => {
-                    let mine = mine.clone();
-                    verify_entry(&self.dir.trusted, e.clone())?;
-                    if !self.keep_equivocation(mine, e.clone()) {
-                        return Err(BatchError::KnownEquivocation(e.body.seq));
-                    }
-                    return Err(BatchError::Equivocation(e.body.seq));
-                }
-                // Below the mark and not held: superseded or pruned here, skip it; except our own
-                // entries, which a hub restored from an empty store takes back from its peers.
-                None if e.body.seq <= hw && batch.origin != self.code => continue,
-                None => new.push(verify_entry(&self.dir.trusted, e.clone())?.into_signed()),
-            }
         }
-        Ok(new)
+        staged.entries.extend(entries);
+        let Some(head) = head else { return Ok(()) };
+        let run = self.staging.remove(&key).map(|s| s.entries).unwrap_or_default();
+        self.apply_run(from, role, &origin, after, run, head, now)
+    }
+
+    /// Checks a head: its origin's signature with a key valid at its time, not from the future.
+    fn check_head(&self, origin: &OdsCode, head: SignedHead, now: Timestamp) -> Result<Verified<FeedHead>, Refusal> {
+        let head =
+            verify_head(&self.dir.trusted, head).map_err(|source| Refusal::Head { origin: origin.clone(), source })?;
+        let at = head.body().at;
+        if at.since(now) > self.config.clock_skew_max_ms {
+            return Err(Refusal::HeadFromTheFuture { origin: origin.clone(), at, now });
+        }
+        Ok(head)
+    }
+
+    /// Applies a whole run if, and only if, it reproduces its head. Nothing changes otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_run(
+        &mut self,
+        from: &OdsCode,
+        role: Role,
+        origin: &OdsCode,
+        after: u64,
+        entries: Vec<SignedEntry>,
+        head: SignedHead,
+        now: Timestamp,
+    ) -> Result<(), Refusal> {
+        let upto = head.body.seq;
+        let head = self.check_head(origin, head, now)?;
+        if head.body().origin != *origin {
+            return Err(Refusal::HeadNotAtUpto { head_seq: head.body().seq, upto });
+        }
+        let current = self.authorities.get(origin).and_then(|r| r.head.clone());
+        if let Some(cur) = &current
+            && head.body().seq <= cur.body.seq
+        {
+            return self.same_or_older_head(from, origin, cur.clone(), head);
+        }
+        let mark = current.as_ref().map_or(0, |h| h.body.seq);
+        if after != 0 && (after > mark || current.is_none()) {
+            // A gap: ask the sender for what we lack.
+            let marks = vec![self.authority_mark(origin)];
+            self.out.send(from, Message::Sync { directory_version: self.dir.version(), marks });
+            return Ok(());
+        }
+        let mut verified = Vec::with_capacity(entries.len());
+        for e in entries {
+            let e = verify_entry(&self.dir.trusted, e)?.into_signed();
+            self.check_equivocation(from, &e)?;
+            verified.push(e);
+        }
+        let applied =
+            if after == 0 { self.replace(origin, verified, &head) } else { self.merge(origin, verified, &head) };
+        let Some((ops, fresh)) = applied else {
+            self.on_mismatch(from, role, origin);
+            return Err(Refusal::HeadMismatch { origin: origin.clone(), seq: upto });
+        };
+        self.commit_run(from, origin, mark, after, ops, fresh, head.into_signed());
+        Ok(())
+    }
+
+    /// A head at or below ours: a newer signature of the same state (fresher), a replay (nothing),
+    /// or a different state at our sequence (an equivocation).
+    fn same_or_older_head(
+        &mut self,
+        from: &OdsCode,
+        origin: &OdsCode,
+        current: SignedHead,
+        head: Verified<FeedHead>,
+    ) -> Result<(), Refusal> {
+        let seq = head.body().seq;
+        if seq < current.body.seq {
+            return Ok(());
+        }
+        if current.body.conflicts_with(head.body()) {
+            self.keep_equivocation(origin, seq, codec::encode(&current), codec::encode(head.signed()));
+            return Err(Refusal::HeadEquivocation { origin: origin.clone(), seq });
+        }
+        if head.body().at > current.body.at {
+            self.update_head(from, origin, head.into_signed());
+        }
+        Ok(())
+    }
+
+    /// Refuses an entry that differs from the one held at its origin and sequence, keeping both
+    /// as proof.
+    fn check_equivocation(&mut self, from: &OdsCode, e: &SignedEntry) -> Result<(), Refusal> {
+        let origin = &e.body.origin;
+        let seq = e.body.seq;
+        let Some(mine) = self.authorities.get(origin).and_then(|r| r.feed.at(seq)) else { return Ok(()) };
+        if mine.body == e.body {
+            return Ok(());
+        }
+        let (mine, theirs) = (codec::encode(mine), codec::encode(e));
+        if !self.keep_equivocation(origin, seq, mine, theirs) {
+            return Err(Refusal::KnownEquivocation(seq));
+        }
+        let _ = from;
+        Err(Refusal::Equivocation(seq))
     }
 
     /// Keeps the proof of an equivocation; false if this one was already proven.
-    fn keep_equivocation(&mut self, mine: SignedEntry, theirs: SignedEntry) -> bool {
-        if !self.equivocations.insert((mine.body.origin.clone(), mine.body.seq)) {
+    fn keep_equivocation(&mut self, origin: &OdsCode, seq: u64, mine: Vec<u8>, theirs: Vec<u8>) -> bool {
+        if !self.equivocations.insert((origin.clone(), seq)) {
             return false;
         }
-        let key = entry_key(&mine.body.origin, mine.body.seq);
-        let value = codec::encode(&(mine, theirs));
-        self.out.write(vec![StoreOp::Put { table: Table::Equivocations, key, value }], vec![]);
+        self.out.write(vec![schema::EQUIVOCATIONS.put(&(origin.clone(), seq), &(mine, theirs))], vec![]);
         true
     }
 
-    fn apply_batch(&mut self, from: &OdsCode, batch: FeedBatch, new: Vec<SignedEntry>, hw: u64, now: Timestamp) {
-        let origin = batch.origin.clone();
-        // Only the origin's own word moves the mark past the entries it signed: a relaying hub
-        // cannot make others skip entries they have not seen.
-        let last_signed = batch.entries.last().map_or(0, |e| e.body.seq);
-        let claimed = if *from == origin { batch.upto } else { batch.upto.min(last_signed) };
-        let upto = claimed.max(hw);
+    /// A whole live set replacing the replica, if it matches the head.
+    fn replace(
+        &mut self,
+        origin: &OdsCode,
+        entries: Vec<SignedEntry>,
+        head: &Verified<FeedHead>,
+    ) -> Option<(Vec<StoreOp>, Vec<SignedEntry>)> {
+        let mut fresh = LiveFeed::new();
+        for e in entries {
+            fresh.apply(e);
+        }
+        if !fresh.matches(head.body()) {
+            return None;
+        }
+        let old = self.authorities.remove(origin).unwrap_or_default();
+        let mut ops: Vec<StoreOp> = old
+            .feed
+            .entries()
+            .iter()
+            .filter(|(seq, e)| fresh.at(**seq).is_none_or(|f| f.body != e.body))
+            .map(|(seq, _)| schema::ENTRIES.delete(&(origin.clone(), *seq)))
+            .collect();
+        let new: Vec<SignedEntry> = fresh
+            .entries()
+            .values()
+            .filter(|e| old.feed.at(e.body.seq).is_none_or(|o| o.body != e.body))
+            .cloned()
+            .collect();
+        ops.extend(new.iter().map(|e| schema::ENTRIES.put(&(origin.clone(), e.body.seq), e)));
+        self.authorities.insert(origin.clone(), Replica { feed: fresh, head: old.head });
+        Some((ops, new))
+    }
+
+    /// New entries merged into the replica, if the result matches the head; else undone.
+    fn merge(
+        &mut self,
+        origin: &OdsCode,
+        entries: Vec<SignedEntry>,
+        head: &Verified<FeedHead>,
+    ) -> Option<(Vec<StoreOp>, Vec<SignedEntry>)> {
+        let replica = self.authorities.entry(origin.clone()).or_default();
+        let mut undo: Vec<(u64, Option<SignedEntry>)> = Vec::new();
         let mut ops = Vec::new();
-        for e in &new {
-            ops.push(StoreOp::Put {
-                table: Table::Entries,
-                key: entry_key(&origin, e.body.seq),
-                value: codec::encode(e),
-            });
-            if let Some(old) = self.latest.get(&(origin.clone(), e.body.key())).copied() {
-                ops.extend(self.remove_entry(&origin, old));
+        let mut fresh = Vec::new();
+        for e in entries {
+            let seq = e.body.seq;
+            if let Applied::New { superseded } = replica.feed.apply(e.clone()) {
+                if let Some(old) = &superseded {
+                    ops.push(schema::ENTRIES.delete(&(origin.clone(), old.body.seq)));
+                }
+                ops.push(schema::ENTRIES.put(&(origin.clone(), seq), &e));
+                undo.push((seq, superseded.map(|b| *b)));
+                fresh.push(e);
             }
-            self.index_entry(e.clone());
         }
-        // The sender's copy was current at its as_of; the origin's own word is current now.
-        let fresh = if self.peers.get(from) == Some(&Role::Authority) { now } else { batch.as_of };
-        let feed: &mut OriginFeed = self.feeds.entry(origin.clone()).or_default();
-        if batch.upto >= feed.hw {
-            feed.as_of = feed.as_of.max(fresh.min(now));
+        if replica.feed.matches(head.body()) {
+            return Some((ops, fresh));
         }
-        let moved = upto != feed.hw;
-        if moved {
-            feed.hw = upto;
-            let key = origin.as_str().as_bytes().to_vec();
-            ops.push(StoreOp::Put { table: Table::HighWater, key, value: upto.to_be_bytes().to_vec() });
+        for (seq, superseded) in undo.into_iter().rev() {
+            replica.feed.take(seq);
+            if let Some(old) = superseded {
+                replica.feed.apply(old);
+            }
         }
-        if ops.is_empty() {
+        // Recompute the (unchanged) root now, so that proofs read cached hashes.
+        replica.feed.matches(head.body());
+        None
+    }
+
+    /// A run did not reproduce its head: from the authority itself, it gets our copy whole (it
+    /// was restored from an older store); from a hub, the replica is fetched whole from another.
+    fn on_mismatch(&mut self, from: &OdsCode, role: Role, origin: &OdsCode) {
+        if role == Role::Authority {
+            self.send_run(from, origin, 0);
             return;
         }
-        let count = new.len();
-        let as_of = feed.as_of;
-        let mut after =
+        let other = self.peers.iter().find(|(c, p)| p.role == Role::Hub && *c != from).map(|(c, _)| c.clone());
+        if let Some(peer) = other {
+            let marks = vec![Mark { origin: origin.clone(), seq: 0, head_at: Timestamp(0) }];
+            self.out.send(&peer, Message::Sync { directory_version: self.dir.version(), marks });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn commit_run(
+        &mut self,
+        from: &OdsCode,
+        origin: &OdsCode,
+        mark: u64,
+        after: u64,
+        mut ops: Vec<StoreOp>,
+        fresh: Vec<SignedEntry>,
+        head: SignedHead,
+    ) {
+        ops.push(schema::HEADS.put(origin, &head));
+        let upto = head.body.seq;
+        if let Some(replica) = self.authorities.get_mut(origin) {
+            replica.head = Some(head.clone());
+        }
+        let count = fresh.len();
+        let mut after_write =
             vec![After::Event(Event::EntriesAccepted { origin: origin.clone(), from: from.clone(), count, upto })];
-        if moved {
-            let forward = FeedBatch { origin, after: hw, upto, entries: new, as_of };
-            after.push(After::Forward(forward, Some(from.clone())));
+        let forward: Vec<Message> = if after == 0 {
+            // A replaced replica: peers behind will ask; tell them there is a newer head.
+            vec![Message::Head(head)]
+        } else {
+            run_batches(origin, mark, fresh, head).into_iter().map(Message::Feed).collect()
+        };
+        for m in forward {
+            after_write.push(After::Forward(Box::new(m), Some(from.clone())));
         }
-        self.out.write(ops, after);
+        self.out.write(ops, after_write);
     }
 
-    /// Sends newly accepted entries on to every connected hub but the one they came from.
-    pub(super) fn forward(&mut self, batch: FeedBatch, except: Option<&OdsCode>) {
-        let hubs: Vec<OdsCode> =
-            self.peers.iter().filter(|(p, r)| **r == Role::Hub && Some(*p) != except).map(|(p, _)| p.clone()).collect();
-        for hub in hubs {
-            self.out.send(&hub, Message::Feed(batch.clone()));
+    /// A newer signature over the live set we hold: freshness. Stored and passed on.
+    fn update_head(&mut self, from: &OdsCode, origin: &OdsCode, head: SignedHead) {
+        if let Some(replica) = self.authorities.get_mut(origin) {
+            replica.head = Some(head.clone());
+        }
+        let after = vec![After::Forward(Box::new(Message::Head(head.clone())), Some(from.clone()))];
+        self.out.write(vec![schema::HEADS.put(origin, &head)], after);
+    }
+
+    pub(super) fn on_head(&mut self, from: &OdsCode, role: Role, head: SignedHead, now: Timestamp) {
+        let origin = head.body.origin.clone();
+        let result = (|| {
+            if role == Role::Authority && origin != *from {
+                return Err(Refusal::NotOwnFeed);
+            }
+            if self.dir.trusted.member(&origin).map(|m| m.role) != Some(Role::Authority) {
+                return Err(Refusal::UnknownOrigin(origin.clone()));
+            }
+            let head = self.check_head(&origin, head, now)?;
+            let current = self.authorities.get(&origin).and_then(|r| r.head.clone());
+            match current {
+                Some(cur) if head.body().seq <= cur.body.seq => self.same_or_older_head(from, &origin, cur, head),
+                // The head of an authority with nothing published yet, and nothing held here.
+                None if head.body().seq == 0 && LiveFeed::new().matches(head.body()) => {
+                    self.authorities.entry(origin.clone()).or_default();
+                    self.update_head(from, &origin, head.into_signed());
+                    Ok(())
+                }
+                // We lack entries under it: ask the sender.
+                _ => {
+                    let marks = vec![self.authority_mark(&origin)];
+                    self.out.send(from, Message::Sync { directory_version: self.dir.version(), marks });
+                    Ok(())
+                }
+            }
+        })();
+        if let Err(reason) = result {
+            let event = match reason {
+                Refusal::HeadEquivocation { seq, .. } => Event::Equivocation { origin, seq, from: from.clone() },
+                reason => Event::BatchRefused { from: from.clone(), origin, reason },
+            };
+            self.out.event(event);
         }
     }
 
-    /// Drops plan summaries past visibility (data minimisation) and visits past retention.
+    /// A run of a hub's visits, from that hub (or ours, back from a peer).
+    fn on_visits(&mut self, from: &OdsCode, batch: FeedBatch, _now: Timestamp) -> Result<(), Refusal> {
+        let origin = batch.origin.clone();
+        let mark = self.visits.get(&origin).map_or(0, |f| f.mark);
+        if batch.after >= batch.upto {
+            return Err(Refusal::BatchBounds { after: batch.after, upto: batch.upto });
+        }
+        if batch.after > mark {
+            // A gap: ask the sender for everything after our mark.
+            self.send_sync(from);
+            return Ok(());
+        }
+        let mut prev = batch.after;
+        let mut new = Vec::new();
+        for e in batch.entries {
+            if e.body.origin != origin {
+                return Err(Refusal::EntryOrigin(e.body.origin.clone()));
+            }
+            if e.body.seq <= prev || e.body.seq > batch.upto || !matches!(e.body.body, EntryBody::Visit(_)) {
+                return Err(Refusal::EntryOrder { seq: e.body.seq });
+            }
+            prev = e.body.seq;
+            let held = self.visits.get(&origin).and_then(|f| f.entries.get(&e.body.seq));
+            match held {
+                Some(mine) if mine.body == e.body => continue,
+                Some(mine) => {
+                    let (mine, theirs) = (codec::encode(mine), codec::encode(&e));
+                    let e = verify_entry(&self.dir.trusted, e)?;
+                    let seq = e.body().seq;
+                    return Err(if self.keep_equivocation(&origin, seq, mine, theirs) {
+                        Refusal::Equivocation(seq)
+                    } else {
+                        Refusal::KnownEquivocation(seq)
+                    });
+                }
+                None if e.body.seq <= mark && origin != self.code => continue,
+                None => new.push(verify_entry(&self.dir.trusted, e)?.into_signed()),
+            }
+        }
+        // The hub's own word moves its mark to `upto`; our own visits come back only as far as
+        // the last one carried.
+        let upto = if origin == *from { batch.upto } else { new.last().map_or(mark, |e| e.body.seq) }.max(mark);
+        let mut ops: Vec<StoreOp> = new.iter().map(|e| schema::ENTRIES.put(&(origin.clone(), e.body.seq), e)).collect();
+        if upto != mark {
+            ops.push(schema::MARKS.put(&origin, &upto));
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let count = new.len();
+        for e in new {
+            self.index_visit(e);
+        }
+        self.visits.entry(origin.clone()).or_default().mark = upto;
+        let event = Event::EntriesAccepted { origin, from: from.clone(), count, upto };
+        self.out.write(ops, vec![After::Event(event)]);
+        Ok(())
+    }
+
+    /// Drops tombstones past their retention and visits past theirs.
     pub(super) fn prune(&mut self, now: Timestamp) {
-        let today = now.date();
         let visit_cutoff = now.minus_ms(self.config.visit_retention_days.saturating_mul(DAY_MS));
         let tombstone_cutoff = now.minus_ms(self.config.tombstone_retention_days.saturating_mul(DAY_MS));
-        let doomed: Vec<(OdsCode, u64)> = self
-            .entries()
-            .filter(|e| match &e.body.body {
-                EntryBody::Plan(p) => !p.visible_on(today) && e.body.at < tombstone_cutoff,
-                EntryBody::Visit(v) => v.body.at < visit_cutoff,
-                EntryBody::Contacts(_) => false,
+        let mut ops = Vec::new();
+        for (origin, replica) in self.authorities.iter_mut() {
+            let old: Vec<u64> = replica
+                .feed
+                .entries()
+                .values()
+                .filter(|e| matches!(e.body.body, EntryBody::Removed(_)) && e.body.at < tombstone_cutoff)
+                .map(|e| e.body.seq)
+                .collect();
+            for seq in old {
+                replica.feed.take(seq);
+                ops.push(schema::ENTRIES.delete(&(origin.clone(), seq)));
+            }
+        }
+        let visits: Vec<(OdsCode, u64)> = self
+            .visits
+            .iter()
+            .flat_map(|(o, f)| {
+                f.entries.values().filter(|e| e.body.at < visit_cutoff).map(move |e| (o.clone(), e.body.seq))
             })
-            .map(|e| (e.body.origin.clone(), e.body.seq))
             .collect();
-        let ops: Vec<StoreOp> = doomed.into_iter().filter_map(|(o, s)| self.remove_entry(&o, s)).collect();
+        for (origin, seq) in visits {
+            ops.extend(self.remove_visit(&origin, seq));
+        }
         if !ops.is_empty() {
             self.out.write(ops, vec![]);
         }
         let window = self.config.clock_skew_max_ms.saturating_mul(2);
         self.recent_lookups.retain(|_, (at, _)| now.since(*at) <= window);
-    }
-
-    /// The signed contacts entry of an authority, if its feed has one.
-    pub(super) fn contacts_entry(&self, authority: &OdsCode) -> Option<&SignedEntry> {
-        self.feed_entry(authority, EntryKey::Contacts)
+        self.limits.prune(now);
     }
 }

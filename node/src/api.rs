@@ -1,64 +1,57 @@
-//! The local operator API (docs/api.md): axum handlers that turn HTTP requests into
-//! [`ApiRequest`]s for the event loop, and the loop's side that answers them, holding each
-//! change's answer until its write is durable.
+//! The local operator API (docs/api.md): a thin axum layer. Changes become typed commands sent to
+//! the event loop, whose typed replies come back only once durable; status is a snapshot the loop
+//! takes; lists of plans and notifications are read straight from the store (which shows every
+//! durable change).
 
+// A handler's early exit is an HTTP response; boxing it would only hide that.
+#![allow(clippy::result_large_err)]
+
+use crate::config::NodeRole;
 use crate::import::{self, ImportRow};
-use crate::runtime::{Input, Node, NodeMachine};
+use crate::inputs::Input;
+use crate::store::{Store, StoreError};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use cpis_protocol::authority::{Change, CommandError, InboxItem};
-use cpis_protocol::directory::SignedDirectory;
+use cpis_protocol::authority::{Acknowledgement, Change, CommandError, InboxItem, RowOutcome};
+use cpis_protocol::directory::{SignedDirectory, TrustedDirectory};
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
-use cpis_protocol::records::{Contacts, LookupKind, Plan, PlanType};
+use cpis_protocol::machine::{Command, Reply};
+use cpis_protocol::records::{Contacts, Plan, PlanType};
+use cpis_protocol::schema::{self, Table};
 use cpis_protocol::time::Date;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest request body (a CSV import).
 pub const BODY_BYTES_MAX: usize = 64 << 20;
 
-/// What the operator asked for.
-pub enum ApiCall {
-    Status,
-    Metrics,
-    ListPlans,
-    RecordPlan(Plan),
-    EndPlan(PlanRef, Date),
-    WithdrawPlan(PlanRef),
-    Import(Vec<ImportRow>),
-    SetContacts(Contacts),
-    ListNotifications,
-    Acknowledge(LookupId, String),
-    Directories(Vec<SignedDirectory>),
-}
-
-/// A request and where to send its answer.
-pub struct ApiRequest {
-    pub call: ApiCall,
-    pub reply: oneshot::Sender<ApiReply>,
-}
-
-/// An answer: a status and a JSON body (or Prometheus text).
-pub enum ApiReply {
-    Json(StatusCode, Value),
-    Text(String),
-}
-
-/// An answer held until a write is durable.
-pub struct Pending {
-    reply: oneshot::Sender<ApiReply>,
-    body: Value,
-}
-
+/// What every handler shares.
 #[derive(Clone)]
-struct ApiState {
+pub struct ApiState {
     inputs: mpsc::Sender<Input>,
+    store: Store,
+    directory: Arc<RwLock<TrustedDirectory>>,
     token: String,
+    role: NodeRole,
+}
+
+impl ApiState {
+    pub fn new(
+        inputs: mpsc::Sender<Input>,
+        store: Store,
+        directory: Arc<RwLock<TrustedDirectory>>,
+        token: String,
+        role: NodeRole,
+    ) -> ApiState {
+        ApiState { inputs, store, directory, token, role }
+    }
 }
 
 /// Reads the API token, creating it (owner-only) on first start.
@@ -71,24 +64,28 @@ pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-pub fn router(inputs: mpsc::Sender<Input>, token: String) -> Router {
+pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/status", get(|s, h| call(s, h, ApiCall::Status)))
+        .route("/status", get(status))
         .route("/metrics", get(metrics))
-        .route("/plans", get(|s, h| call(s, h, ApiCall::ListPlans)).post(record_plan))
+        .route("/plans", get(list_plans).post(record_plan))
         .route("/plans/import", post(import_csv))
         .route("/plans/{reference}/end", post(end_plan))
         .route("/plans/{reference}/withdraw", post(withdraw_plan))
         .route("/contacts", put(set_contacts))
-        .route("/notifications", get(|s, h| call(s, h, ApiCall::ListNotifications)))
+        .route("/notifications", get(list_notifications))
         .route("/notifications/{lookup_id}/ack", post(acknowledge))
         .route("/directory", post(publish_directory))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
-        .with_state(ApiState { inputs, token })
+        .with_state(state)
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+fn unauthorised() -> Response {
+    error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see <data_dir>/api.token)")
 }
 
 fn authorised(state: &ApiState, headers: &HeaderMap) -> bool {
@@ -98,27 +95,116 @@ fn authorised(state: &ApiState, headers: &HeaderMap) -> bool {
     given.len() == expected.len() && given.iter().zip(expected.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
-async fn call(State(state): State<ApiState>, headers: HeaderMap, call_: ApiCall) -> Response {
-    if !authorised(&state, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see <data_dir>/api.token)");
+fn authority_only(state: &ApiState) -> Result<(), Response> {
+    match state.role {
+        NodeRole::Authority => Ok(()),
+        NodeRole::Hub => Err(error(StatusCode::NOT_FOUND, CommandError::NotAnAuthority)),
     }
-    ask(&state, call_).await
 }
 
-async fn ask(state: &ApiState, call: ApiCall) -> Response {
+fn stopping() -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping (or stopped before the change was durable)")
+}
+
+/// Sends a command to the event loop and waits for its reply.
+async fn ask(state: &ApiState, command: Command) -> Result<Reply, Response> {
     let (reply, rx) = oneshot::channel();
-    if state.inputs.send(Input::Api(ApiRequest { call, reply })).await.is_err() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the node is stopping");
+    state.inputs.send(Input::Command { command, reply }).await.map_err(|_| stopping())?;
+    rx.await.map_err(|_| stopping())
+}
+
+async fn command(state: &ApiState, headers: &HeaderMap, command: Command) -> Response {
+    if !authorised(state, headers) {
+        return unauthorised();
+    }
+    match ask(state, command).await {
+        Ok(reply) => reply_response(reply),
+        Err(r) => r,
+    }
+}
+
+fn reply_response(reply: Reply) -> Response {
+    match reply {
+        Reply::Changed(Change::Applied) => axum::Json(json!({ "result": "applied" })).into_response(),
+        Reply::Changed(Change::Unchanged) => axum::Json(json!({ "result": "unchanged" })).into_response(),
+        Reply::Directory { version } => axum::Json(json!({ "directory_version": version })).into_response(),
+        Reply::Imported(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "an import report where a change was expected"),
+        Reply::Refused(e) => error(refusal_status(&e), e),
+    }
+}
+
+fn refusal_status(e: &CommandError) -> StatusCode {
+    match e {
+        CommandError::UnknownPlan(_) | CommandError::UnknownNotification(_) | CommandError::NotAnAuthority => {
+            StatusCode::NOT_FOUND
+        }
+        CommandError::KeyNotActive(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if !authorised(&state, &headers) {
+        return unauthorised();
+    }
+    let (reply, rx) = oneshot::channel();
+    if state.inputs.send(Input::Status(reply)).await.is_err() {
+        return stopping();
     }
     match rx.await {
-        Ok(ApiReply::Json(status, body)) => (status, axum::Json(body)).into_response(),
-        Ok(ApiReply::Text(text)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the node stopped before the change was durable"),
+        Ok(snapshot) => axum::Json(snapshot.json()).into_response(),
+        Err(_) => stopping(),
     }
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {
-    ask(&state, ApiCall::Metrics).await
+    let (reply, rx) = oneshot::channel();
+    if state.inputs.send(Input::Status(reply)).await.is_err() {
+        return stopping();
+    }
+    match rx.await {
+        Ok(snapshot) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], snapshot.prometheus()).into_response(),
+        Err(_) => stopping(),
+    }
+}
+
+fn store_error(e: impl std::fmt::Display) -> Response {
+    error(StatusCode::INTERNAL_SERVER_ERROR, format!("the store cannot be read: {e}"))
+}
+
+async fn list_plans(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if !authorised(&state, &headers) {
+        return unauthorised();
+    }
+    if let Err(r) = authority_only(&state) {
+        return r;
+    }
+    let plans = state.store.scan(Table::Plans).map_err(store_error).and_then(|rows| {
+        rows.into_iter()
+            .map(|(key, value)| {
+                let row = cpis_protocol::schema::StoredRow { table: Table::Plans, key, value };
+                schema::PLANS.decode(&row).map(|(_, p)| plan_json(&p)).map_err(store_error)
+            })
+            .collect::<Result<Vec<Value>, Response>>()
+    });
+    match plans {
+        Ok(plans) => axum::Json(json!({ "plans": plans })).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// A plan as the API and the command line show it.
+pub fn plan_json(p: &Plan) -> Value {
+    json!({
+        "reference": p.reference.as_str(),
+        "nhs": p.nhs.digits(),
+        "plan_type": p.plan_type.short_name(),
+        "snomed": p.plan_type.snomed_code(),
+        "start": p.start.to_string(),
+        "end": p.end.map(|d| d.to_string()),
+        "due": p.due.map(|d| d.to_string()),
+        "withdrawn": p.withdrawn,
+    })
 }
 
 #[derive(Deserialize)]
@@ -155,7 +241,7 @@ fn parse_plan(b: &PlanBody) -> Result<Plan, String> {
 async fn record_plan(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     let parsed = serde_json::from_slice::<PlanBody>(&body).map_err(|e| e.to_string()).and_then(|b| parse_plan(&b));
     match parsed {
-        Ok(plan) => call(State(state), headers, ApiCall::RecordPlan(plan)).await,
+        Ok(plan) => command(&state, &headers, Command::RecordPlan(plan)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
@@ -175,33 +261,127 @@ async fn end_plan(
         Ok((r, Date::parse(&b.end).map_err(|e| format!("end: {e}"))?))
     });
     match parsed {
-        Ok((r, end)) => call(State(state), headers, ApiCall::EndPlan(r, end)).await,
+        Ok((reference, end)) => command(&state, &headers, Command::EndPlan { reference, end }).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
 async fn withdraw_plan(State(state): State<ApiState>, headers: HeaderMap, Path(reference): Path<String>) -> Response {
     match PlanRef::parse(&reference) {
-        Ok(r) => call(State(state), headers, ApiCall::WithdrawPlan(r)).await,
+        Ok(r) => command(&state, &headers, Command::WithdrawPlan(r)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, format!("reference: {e}")),
     }
 }
 
 async fn import_csv(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     if !authorised(&state, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see <data_dir>/api.token)");
+        return unauthorised();
     }
-    match import::parse_csv(&body) {
-        Ok(rows) => ask(&state, ApiCall::Import(rows)).await,
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    let rows = match import::parse_csv(&body) {
+        Ok(rows) => rows,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let valid: Vec<(usize, Plan)> =
+        rows.iter().filter_map(|r| r.plan.as_ref().ok().map(|p| (r.row, p.clone()))).collect();
+    match ask(&state, Command::ImportPlans(valid)).await {
+        Ok(Reply::Imported(report)) => axum::Json(import_report(rows, report.rows)).into_response(),
+        Ok(Reply::Refused(e)) => error(refusal_status(&e), e),
+        Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "an unexpected reply to an import"),
+        Err(r) => r,
     }
+}
+
+/// The per-row report: rows refused while parsing, and the node's outcome for the others.
+fn import_report(rows: Vec<ImportRow>, outcomes: Vec<(usize, RowOutcome)>) -> Value {
+    let outcomes: BTreeMap<usize, RowOutcome> = outcomes.into_iter().collect();
+    let (mut applied, mut unchanged, mut refused) = (0usize, 0usize, 0usize);
+    let mut report = Vec::with_capacity(rows.len());
+    for ImportRow { row, reference, plan } in rows {
+        let outcome = match plan {
+            Err(reason) => Err(reason),
+            Ok(_) => match outcomes.get(&row) {
+                Some(RowOutcome::Applied) => Ok("applied"),
+                Some(RowOutcome::Unchanged) => Ok("unchanged"),
+                Some(RowOutcome::Refused(e)) => Err(e.to_string()),
+                None => Err("the node gave no outcome for this row".into()),
+            },
+        };
+        report.push(match outcome {
+            Ok(result) => {
+                if result == "applied" {
+                    applied += 1;
+                } else {
+                    unchanged += 1;
+                }
+                json!({ "row": row, "reference": reference, "result": result })
+            }
+            Err(reason) => {
+                refused += 1;
+                json!({ "row": row, "reference": reference, "result": "refused", "reason": reason })
+            }
+        });
+    }
+    json!({ "applied": applied, "unchanged": unchanged, "refused": refused, "rows": report })
 }
 
 async fn set_contacts(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     match serde_json::from_slice::<Contacts>(&body) {
-        Ok(c) => call(State(state), headers, ApiCall::SetContacts(c)).await,
+        Ok(c) => command(&state, &headers, Command::SetContacts(c)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
+}
+
+async fn list_notifications(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    if !authorised(&state, &headers) {
+        return unauthorised();
+    }
+    if let Err(r) = authority_only(&state) {
+        return r;
+    }
+    match read_inbox(&state) {
+        Ok(items) => axum::Json(json!({ "notifications": items })).into_response(),
+        Err(e) => store_error(e),
+    }
+}
+
+fn read_inbox(state: &ApiState) -> Result<Vec<Value>, StoreError> {
+    let decode = |table: Table, rows: Vec<(Vec<u8>, Vec<u8>)>| {
+        rows.into_iter().map(move |(key, value)| cpis_protocol::schema::StoredRow { table, key, value })
+    };
+    let acks: BTreeMap<LookupId, Acknowledgement> = decode(Table::InboxAcks, state.store.scan(Table::InboxAcks)?)
+        .filter_map(|row| schema::INBOX_ACKS.decode(&row).ok())
+        .collect();
+    let directory = state.directory.read().ok().map(|d| d.clone());
+    let mut items: Vec<(LookupId, InboxItem)> = Vec::new();
+    for row in decode(Table::Inbox, state.store.scan(Table::Inbox)?) {
+        match schema::INBOX.decode(&row) {
+            Ok(item) => items.push(item),
+            Err(e) => tracing::error!(error = %e, "a notification in the store does not decode"),
+        }
+    }
+    items.sort_by_key(|(_, i)| std::cmp::Reverse(i.received_at));
+    Ok(items.iter().map(|(id, item)| notification_json(item, acks.get(id), directory.as_ref())).collect())
+}
+
+fn notification_json(item: &InboxItem, ack: Option<&Acknowledgement>, dir: Option<&TrustedDirectory>) -> Value {
+    let n = &item.notification.body;
+    let e = &n.event.body;
+    let setting = dir.and_then(|d| d.member(&e.setting));
+    json!({
+        "lookup_id": e.lookup_id.to_hex(),
+        "received_at": item.received_at.to_string(),
+        "hub": n.hub.as_str(),
+        "looked_at": e.at.to_string(),
+        "nhs": e.nhs.digits(),
+        "setting": {
+            "code": e.setting.as_str(),
+            "name": setting.map(|s| s.name.clone()),
+            "type": setting.and_then(|s| s.setting_type).map(|t| t.name()),
+        },
+        "person": { "id": e.person.id, "name": e.person.name, "role": e.person.role },
+        "matched": n.matched.iter().map(PlanRef::as_str).collect::<Vec<_>>(),
+        "acknowledged": ack.map(|a| json!({ "at": a.at.to_string(), "by": a.by, "note": a.note })),
+    })
 }
 
 async fn acknowledge(
@@ -213,148 +393,21 @@ async fn acknowledge(
     #[derive(Deserialize)]
     struct AckBody {
         by: String,
+        #[serde(default)]
+        note: String,
     }
     let Some(lookup_id) = LookupId::from_hex(&id) else {
         return error(StatusCode::BAD_REQUEST, "lookup_id: 32 hex characters");
     };
     match serde_json::from_slice::<AckBody>(&body) {
-        Ok(b) => call(State(state), headers, ApiCall::Acknowledge(lookup_id, b.by)).await,
+        Ok(b) => command(&state, &headers, Command::Acknowledge { lookup_id, by: b.by, note: b.note }).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
 async fn publish_directory(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
     match cpis_protocol::codec::decode::<Vec<SignedDirectory>>(&body, crate::config::DIRECTORY_FILE_BYTES_MAX) {
-        Ok(chain) => call(State(state), headers, ApiCall::Directories(chain)).await,
+        Ok(chain) => command(&state, &headers, Command::PublishDirectories(chain)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, format!("not a list of signed directory versions: {e}")),
     }
-}
-
-// ---- The event loop's side ----
-
-fn reply(sender: oneshot::Sender<ApiReply>, status: StatusCode, body: Value) {
-    let _ = sender.send(ApiReply::Json(status, body));
-}
-
-fn result_json(change: Change) -> Value {
-    match change {
-        Change::Applied { .. } => json!({ "result": "applied" }),
-        Change::Unchanged => json!({ "result": "unchanged" }),
-    }
-}
-
-/// Answers what can be answered now; holds the rest until durable.
-pub fn handle(node: &mut Node, request: ApiRequest) {
-    let ApiRequest { call, reply: sender } = request;
-    let now = crate::net::now();
-    match call {
-        ApiCall::Status => reply(sender, StatusCode::OK, crate::status::status(node)),
-        ApiCall::Metrics => {
-            let _ = sender.send(ApiReply::Text(crate::status::metrics(node)));
-        }
-        ApiCall::Directories(chain) => match node.machine.as_dyn().handle_directories(chain, now) {
-            Ok(version) => reply_when_durable(node, sender, json!({ "directory_version": version })),
-            Err(e) => reply(sender, StatusCode::BAD_REQUEST, json!({ "error": e.to_string() })),
-        },
-        call => {
-            let NodeMachine::Authority(authority) = &mut node.machine else {
-                return reply(
-                    sender,
-                    StatusCode::NOT_FOUND,
-                    json!({ "error": "only an authority node keeps plans and notifications" }),
-                );
-            };
-            let read_only = matches!(call, ApiCall::ListPlans | ApiCall::ListNotifications);
-            match authority_call(authority, call, now) {
-                Ok(body) if read_only => reply(sender, StatusCode::OK, body),
-                Ok(body) => reply_when_durable(node, sender, body),
-                Err((status, e)) => reply(sender, status, json!({ "error": e })),
-            }
-        }
-    }
-}
-
-type CallResult = Result<Value, (StatusCode, String)>;
-
-fn command(r: Result<Change, CommandError>) -> CallResult {
-    match r {
-        Ok(change) => Ok(result_json(change)),
-        Err(e @ (CommandError::UnknownPlan(_) | CommandError::UnknownNotification(_))) => {
-            Err((StatusCode::NOT_FOUND, e.to_string()))
-        }
-        Err(e @ CommandError::KeyNotActive(_)) => Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
-        Err(e) => Err((StatusCode::BAD_REQUEST, e.to_string())),
-    }
-}
-
-fn authority_call(
-    a: &mut cpis_protocol::authority::Authority,
-    call: ApiCall,
-    now: cpis_protocol::time::Timestamp,
-) -> CallResult {
-    match call {
-        ApiCall::ListPlans => Ok(json!({ "plans": a.plans().map(plan_json).collect::<Vec<_>>() })),
-        ApiCall::ListNotifications => {
-            Ok(json!({ "notifications": a.inbox().map(notification_json).collect::<Vec<_>>() }))
-        }
-        ApiCall::RecordPlan(plan) => command(a.record_plan(plan, now)),
-        ApiCall::EndPlan(r, end) => command(a.end_plan(&r, end, now)),
-        ApiCall::WithdrawPlan(r) => command(a.withdraw_plan(&r, now)),
-        ApiCall::SetContacts(c) => command(a.set_contacts(c, now)),
-        ApiCall::Acknowledge(id, by) => command(a.acknowledge(id, &by, now)),
-        ApiCall::Import(rows) => Ok(import::apply(a, rows, now)),
-        ApiCall::Status | ApiCall::Metrics | ApiCall::Directories(_) => {
-            Err((StatusCode::INTERNAL_SERVER_ERROR, "misrouted call".into()))
-        }
-    }
-}
-
-/// Answers once every write handed out so far is durable: a change's own write, and any earlier
-/// one its answer depends on ("unchanged" may describe a change still being written).
-fn reply_when_durable(node: &mut Node, sender: oneshot::Sender<ApiReply>, body: Value) {
-    node.drain();
-    if node.writes_submitted > node.writes_durable {
-        node.waiting_api.entry(node.writes_submitted).or_default().push(Pending { reply: sender, body });
-    } else {
-        reply(sender, StatusCode::OK, body);
-    }
-}
-
-/// Answers every request held for writes up to `write_id`.
-pub fn release(node: &mut Node, write_id: u64) {
-    let rest = node.waiting_api.split_off(&(write_id + 1));
-    let done = std::mem::replace(&mut node.waiting_api, rest);
-    for pending in done.into_values().flatten() {
-        reply(pending.reply, StatusCode::OK, pending.body);
-    }
-}
-
-pub fn plan_json(p: &Plan) -> Value {
-    json!({
-        "reference": p.reference.as_str(),
-        "nhs": p.nhs.digits(),
-        "plan_type": p.plan_type.short_name(),
-        "snomed": p.plan_type.snomed_code(),
-        "start": p.start.to_string(),
-        "end": p.end.map(|d| d.to_string()),
-        "due": p.due.map(|d| d.to_string()),
-        "withdrawn": p.withdrawn,
-    })
-}
-
-fn notification_json(item: &InboxItem) -> Value {
-    let n = &item.notification.body;
-    let e = &n.event.body;
-    json!({
-        "lookup_id": e.lookup_id.to_hex(),
-        "received_at": item.received_at.to_string(),
-        "hub": n.hub.as_str(),
-        "looked_at": e.at.to_string(),
-        "nhs": e.nhs.digits(),
-        "kind": match e.kind { LookupKind::Unscheduled => "unscheduled", LookupKind::Scheduled => "scheduled" },
-        "setting": { "code": e.setting.as_str(), "name": e.setting_name, "type": e.setting_type.name() },
-        "person": { "id": e.person.id, "name": e.person.name, "role": e.person.role },
-        "matched": n.matched.iter().map(PlanRef::as_str).collect::<Vec<_>>(),
-        "acknowledged": item.acknowledged.as_ref().map(|(at, by)| json!({ "at": at.to_string(), "by": by })),
-    })
 }

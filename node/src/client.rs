@@ -23,25 +23,26 @@
 //! use cpis_node::client::{LookupRequest, lookup};
 //! use cpis_node::config::SettingConfig;
 //! use cpis_protocol::ids::NhsNumber;
-//! use cpis_protocol::records::{LookupKind, Person};
+//! use cpis_protocol::records::Person;
 //!
 //! let config = SettingConfig::load(std::path::Path::new("setting.toml"))?;
 //! let nhs = NhsNumber::parse("943 476 5919").expect("a valid NHS number");
 //! let person = Person { id: "N123".into(), name: "A Nurse".into(), role: "Nurse".into() };
-//! let outcome = lookup(&config, LookupRequest { nhs, person, kind: LookupKind::Unscheduled }).await?;
-//! println!("{} plans, answered by {}", outcome.answer.plans.len(), outcome.answer.hub);
+//! let outcome = lookup(&config, LookupRequest { nhs, person }).await?;
+//! println!("{} plans, answered by {}", outcome.answer.plans().count(), outcome.answer.hub);
 //! # Ok(()) }
 //! ```
 
 use crate::config::{ConfigError, SettingConfig, read_directory, read_key, write_directory};
-use crate::transport::{self, TransportError, read_frame, write_frame};
+use crate::transport::{self, FrameError, TransportError, read_message as read_frame_message, write_frame};
 use cpis_protocol::directory::{DirectoryError, Role, TrustedDirectory};
 use cpis_protocol::ids::{LookupId, NhsNumber, OdsCode};
 use cpis_protocol::records::{AccessEvent, LookupKind, Person, TextError};
+use cpis_protocol::refusal::RefusalCode;
 use cpis_protocol::setting::{Setting, VerifiedAnswer};
 use cpis_protocol::sign::{Identity, PublicKey, Signed};
 use cpis_protocol::time::Timestamp;
-use cpis_protocol::wire::{self, FRAME_BYTES_MAX, Message};
+use cpis_protocol::wire::{self, Message};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,12 +54,12 @@ pub const SESSION_FRAMES_MAX: usize = 16;
 /// Longest wait for a closed connection to drain before the client returns.
 const CLOSE_WAIT_MS: u64 = 100;
 
-/// What to look up, and who is looking.
+/// What to look up, and who is looking. Whether the lookup notifies follows the setting's type
+/// in the directory; nobody chooses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LookupRequest {
     pub nhs: NhsNumber,
     pub person: Person,
-    pub kind: LookupKind,
 }
 
 /// Why one hub (at one address) gave no usable answer.
@@ -161,8 +162,8 @@ pub enum ClientError {
     #[error("no hub gave an answer that verifies (nothing is shown): {}", list(failures))]
     AnswerUnverified { failures: Vec<HubFailure> },
     /// A hub refused the lookup; every hub applies the same rules, so no other is asked.
-    #[error("hub {hub} refused the lookup: {reason}")]
-    Refused { hub: OdsCode, reason: String, failed: Vec<HubFailure> },
+    #[error("hub {hub} refused the lookup: {code}")]
+    Refused { hub: OdsCode, code: RefusalCode, failed: Vec<HubFailure> },
     /// The QUIC client could not be set up (TLS configuration or local socket).
     #[error("cannot set up the QUIC client: {0}")]
     Transport(#[from] TransportError),
@@ -235,7 +236,8 @@ fn load_setting(config: &SettingConfig, now: Timestamp) -> Result<(Setting, [u8;
         return Err(ClientError::KeyNotAdmitted { key_id: identity.key_id().to_string(), version, reason });
     }
     let setting = Setting::new(code, identity, trusted)
-        .ok_or_else(|| ClientError::NotASetting { code: config.code.clone(), version })?;
+        .ok_or_else(|| ClientError::NotASetting { code: config.code.clone(), version })?
+        .with_stale_after_ms(config.stale_after_ms);
     Ok((setting, seed))
 }
 
@@ -245,7 +247,7 @@ pub async fn lookup(config: &SettingConfig, request: LookupRequest) -> Result<Lo
     let (mut setting, seed) = load_setting(config, at)?;
     let version_before = setting.directory_version();
     let lookup_id = LookupId(rand::random());
-    let signed = setting.lookup(request.nhs, request.person, request.kind, lookup_id, at)?;
+    let signed = setting.lookup(request.nhs, request.person, lookup_id, at)?;
     let targets = hub_targets(setting.directory(), setting.code(), &config.hub_addresses);
     if targets.is_empty() {
         return Err(ClientError::NoHubs);
@@ -266,9 +268,9 @@ pub async fn lookup(config: &SettingConfig, request: LookupRequest) -> Result<Lo
                 outcome.hub_name.clone_from(&target.name);
                 return Ok(outcome);
             }
-            Err(Stop::Refused(reason)) => {
+            Err(Stop::Refused(code)) => {
                 let hub = target.code.clone();
-                return Err(ClientError::Refused { hub, reason, failed });
+                return Err(ClientError::Refused { hub, code, failed });
             }
             Err(Stop::Setup(e)) => return Err(ClientError::Transport(e)),
         }
@@ -326,7 +328,7 @@ struct Session {
 /// Why one session gave no answer.
 enum SessionError {
     /// The hub refused the lookup, with its reason.
-    Refused(String),
+    Refused(RefusalCode),
     /// This hub (at this address) gave nothing usable; try the next.
     Failed(FailureKind, String),
     /// The local QUIC client could not be built: no hub will do better.
@@ -336,7 +338,7 @@ enum SessionError {
 /// Why no further hub is tried.
 enum Stop {
     /// A hub refused the lookup, with its reason.
-    Refused(String),
+    Refused(RefusalCode),
     /// The local QUIC client could not be built.
     Setup(TransportError),
 }
@@ -372,7 +374,7 @@ impl Attempt<'_> {
                 Err(SessionError::Failed(kind, reason)) => {
                     failed.push(HubFailure { hub: self.hub.clone(), address: Some(address.clone()), kind, reason })
                 }
-                Err(SessionError::Refused(reason)) => return Err(Stop::Refused(reason)),
+                Err(SessionError::Refused(code)) => return Err(Stop::Refused(code)),
                 Err(SessionError::Setup(e)) => return Err(Stop::Setup(e)),
             }
         }
@@ -436,9 +438,9 @@ impl Attempt<'_> {
     ) -> Result<Session, SessionError> {
         let stream_error = |e: String| SessionError::Failed(FailureKind::Unreachable, e);
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_error(e.to_string()))?;
-        let sync = Message::Sync { directory_version: setting.directory_version(), have: vec![] };
+        let sync = Message::Sync { directory_version: setting.directory_version(), marks: vec![] };
         for message in [sync, Message::Lookup(self.signed.clone())] {
-            write_frame(&mut send, &wire::encode_payload(&message)).await.map_err(|e| stream_error(e.to_string()))?;
+            write_frame(&mut send, &wire::encode_frame(&message)).await.map_err(|e| stream_error(e.to_string()))?;
         }
         send.finish().map_err(|e| stream_error(e.to_string()))?;
         let mut warnings = Vec::new();
@@ -452,9 +454,9 @@ impl Attempt<'_> {
                 }
                 Message::Answer(answer) => {
                     let answer = self.check_answer(setting, answer)?;
-                    return Ok(Session { answer, kind: self.signed.body.kind, address: addr, warnings });
+                    return Ok(Session { answer, kind: setting.kind(), address: addr, warnings });
                 }
-                Message::Refused(refusal) => return Err(SessionError::Refused(refusal.reason)),
+                Message::Refused(refusal) => return Err(SessionError::Refused(refusal.code)),
                 other => {
                     return Err(SessionError::Failed(
                         FailureKind::Protocol,
@@ -466,21 +468,21 @@ impl Attempt<'_> {
         Err(SessionError::Failed(FailureKind::Protocol, format!("no answer in the first {SESSION_FRAMES_MAX} frames")))
     }
 
-    fn check_answer(&self, setting: &Setting, answer: wire::LookupAnswer) -> Result<VerifiedAnswer, SessionError> {
+    fn check_answer(&self, setting: &mut Setting, answer: wire::LookupAnswer) -> Result<VerifiedAnswer, SessionError> {
         let unverified = |reason: String| SessionError::Failed(FailureKind::Unverified, reason);
         if answer.hub != *self.hub {
             return Err(unverified(format!("the answer claims to come from hub {}", answer.hub)));
         }
-        setting.verify_answer(&self.signed.body, answer).map_err(|e| unverified(e.to_string()))
+        setting.verify_answer(&self.signed.body, answer, now()).map_err(|e| unverified(e.to_string()))
     }
 }
 
 async fn read_message(recv: &mut quinn::RecvStream) -> Result<Message, SessionError> {
     let protocol = |reason: String| SessionError::Failed(FailureKind::Protocol, reason);
-    match read_frame(recv, FRAME_BYTES_MAX).await {
-        Ok(Some(payload)) => wire::decode_payload(&payload).map_err(|e| protocol(e.to_string())),
+    match read_frame_message(recv).await {
+        Ok(Some(message)) => Ok(message),
         Ok(None) => Err(protocol("the hub ended the session without an answer".into())),
-        Err(e @ TransportError::Read(_)) => Err(SessionError::Failed(FailureKind::Unreachable, e.to_string())),
+        Err(e @ FrameError::Read(_)) => Err(SessionError::Failed(FailureKind::Unreachable, e.to_string())),
         Err(e) => Err(protocol(e.to_string())),
     }
 }
@@ -516,7 +518,7 @@ mod tests {
     use cpis_protocol::directory::{Directory, KeyStatus, Member, MemberKey, SignedDirectory};
     use cpis_protocol::records::SettingType;
     use cpis_protocol::time::DAY_MS;
-    use cpis_protocol::wire::{LookupAnswer, Refusal};
+    use cpis_protocol::wire::{LookupAnswer, Refused};
     use std::collections::BTreeMap;
 
     fn identity(n: u8) -> Identity {
@@ -570,14 +572,20 @@ mod tests {
         let hub_addresses = addr
             .map(|a| ["HUBA", "HUBB", "HUBC"].into_iter().map(|h| (h.to_string(), a)).collect())
             .unwrap_or_default();
-        SettingConfig { code: "RXH01".into(), key_file, directory_file, hub_addresses, hub_timeout_ms: 300 }
+        SettingConfig {
+            code: "RXH01".into(),
+            key_file,
+            directory_file,
+            hub_addresses,
+            hub_timeout_ms: 300,
+            stale_after_ms: cpis_protocol::setting::STALE_AFTER_MS_DEFAULT,
+        }
     }
 
     fn request() -> LookupRequest {
         LookupRequest {
             nhs: NhsNumber::parse("9434765919").unwrap(),
             person: Person { id: "N1".into(), name: "Sam Patel".into(), role: "Staff nurse".into() },
-            kind: LookupKind::Unscheduled,
         }
     }
 
@@ -639,12 +647,12 @@ mod tests {
         let task = tokio::spawn(async move {
             let conn = endpoint.accept().await.unwrap().await.unwrap();
             let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-            let sync = read_frame(&mut recv, FRAME_BYTES_MAX).await.unwrap().unwrap();
-            assert!(matches!(wire::decode_payload(&sync).unwrap(), Message::Sync { directory_version: 1, .. }));
-            let lookup = read_frame(&mut recv, FRAME_BYTES_MAX).await.unwrap().unwrap();
-            let Message::Lookup(signed) = wire::decode_payload(&lookup).unwrap() else { panic!("not a lookup") };
+            let sync = read_frame_message(&mut recv).await.unwrap().unwrap();
+            assert!(matches!(sync, Message::Sync { directory_version: 1, .. }));
+            let lookup = read_frame_message(&mut recv).await.unwrap().unwrap();
+            let Message::Lookup(signed) = lookup else { panic!("not a lookup") };
             for message in reply(signed) {
-                write_frame(&mut send, &wire::encode_payload(&message)).await.unwrap();
+                write_frame(&mut send, &wire::encode_frame(&message)).await.unwrap();
             }
             send.finish().unwrap();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
@@ -658,9 +666,7 @@ mod tests {
             nhs: signed.body.nhs,
             hub: OdsCode::parse(hub).unwrap(),
             answered_at: signed.body.at,
-            plans: vec![],
-            contacts: vec![],
-            freshness: vec![],
+            authorities: vec![],
             history: vec![],
         }
     }
@@ -673,7 +679,7 @@ mod tests {
         config.hub_addresses.insert("HUBC".into(), addr);
         let outcome = lookup(&config, request()).await.unwrap();
         assert_eq!(outcome.answer.hub.as_str(), "HUBC");
-        assert!(outcome.answer.plans.is_empty() && outcome.failed.is_empty());
+        assert!(outcome.answer.no_records() && outcome.failed.is_empty());
         assert_eq!(outcome.hub_address, addr);
         hub.await.unwrap();
     }
@@ -696,19 +702,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_refusal_ends_the_lookup_with_the_hubs_reason() {
+    async fn a_refusal_ends_the_lookup_with_the_hubs_refusal_code() {
         let (addr, hub) = fake_hub(|s| {
-            vec![Message::Refused(Refusal {
-                lookup_id: Some(s.body.lookup_id),
-                reason: "lookup time is too far".into(),
-            })]
+            vec![Message::Refused(Refused { lookup_id: Some(s.body.lookup_id), code: RefusalCode::ClockSkew })]
         })
         .await;
         let dir = tempfile::tempdir().unwrap();
         let config = setting_config(dir.path(), 20, Some(addr));
         let err = lookup(&config, request()).await.unwrap_err();
         assert!(
-            matches!(&err, ClientError::Refused { hub, reason, .. } if hub.as_str() == "HUBC" && reason.contains("too far")),
+            matches!(&err, ClientError::Refused { hub, code: RefusalCode::ClockSkew, .. } if hub.as_str() == "HUBC"),
             "{err}"
         );
         hub.await.unwrap();

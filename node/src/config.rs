@@ -4,9 +4,11 @@
 //! reads them from TOML ([`NodeConfig::load`]); relative paths are taken from the config file's
 //! folder. Every field is documented with its default.
 
+use cpis_protocol::authority::AuthorityConfig;
 use cpis_protocol::directory::{Role, SignedDirectory};
 use cpis_protocol::hub::HubConfig;
 use cpis_protocol::ids::OdsCode;
+use cpis_protocol::machine::RoleConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -70,11 +72,18 @@ pub struct Timing {
     pub reconnect_base_ms: u64,
     /// Longest reconnect delay. Default 10000 ms.
     pub reconnect_cap_ms: u64,
+    /// An authority re-signs its head this often while nothing changes. Default 60000 ms.
+    pub head_interval_ms: u64,
+    /// An authority looks for plans past their visibility window this often. Default 3600000 ms.
+    pub sweep_interval_ms: u64,
+    /// An authority refuses notifications of lookups older than this. Default 30 days.
+    pub notification_age_max_days: u64,
 }
 
 impl Default for Timing {
     fn default() -> Self {
         let hub = HubConfig::default();
+        let authority = AuthorityConfig::default();
         Timing {
             tick_ms: 1_000,
             sync_interval_ms: hub.sync_interval_ms,
@@ -87,13 +96,16 @@ impl Default for Timing {
             tombstone_retention_days: hub.tombstone_retention_days,
             reconnect_base_ms: 200,
             reconnect_cap_ms: 10_000,
+            head_interval_ms: authority.head_interval_ms,
+            sweep_interval_ms: authority.sweep_interval_ms,
+            notification_age_max_days: authority.notification_age_max_days,
         }
     }
 }
 
 impl Timing {
-    /// Short timings for demonstrations and tests: ticks of 100 ms, syncs every second, retries
-    /// and reconnects from 100 ms to 1 s.
+    /// Short timings for demonstrations and tests: ticks of 100 ms, syncs and heads every second,
+    /// retries and reconnects from 100 ms to 1 s.
     pub fn short() -> Timing {
         Timing {
             tick_ms: 100,
@@ -102,11 +114,12 @@ impl Timing {
             retry_cap_ms: 1_000,
             reconnect_base_ms: 100,
             reconnect_cap_ms: 1_000,
+            head_interval_ms: 1_000,
             ..Timing::default()
         }
     }
 
-    pub fn hub_config(&self) -> HubConfig {
+    fn hub_config(&self, limits: &Limits) -> HubConfig {
         HubConfig {
             sync_interval_ms: self.sync_interval_ms,
             retry_base_ms: self.retry_base_ms,
@@ -116,6 +129,18 @@ impl Timing {
             prune_interval_ms: self.prune_interval_ms,
             visit_retention_days: self.visit_retention_days,
             tombstone_retention_days: self.tombstone_retention_days,
+            setting_lookups_per_hour: limits.setting_lookups_per_hour,
+            person_lookups_per_hour: limits.person_lookups_per_hour,
+            ..HubConfig::default()
+        }
+    }
+
+    fn authority_config(&self) -> AuthorityConfig {
+        AuthorityConfig {
+            head_interval_ms: self.head_interval_ms,
+            sweep_interval_ms: self.sweep_interval_ms,
+            notification_age_max_days: self.notification_age_max_days,
+            clock_skew_max_ms: self.clock_skew_max_ms,
         }
     }
 
@@ -128,6 +153,8 @@ impl Timing {
             ("timing.reconnect_base_ms", self.reconnect_base_ms),
             ("timing.reconnect_cap_ms", self.reconnect_cap_ms),
             ("timing.prune_interval_ms", self.prune_interval_ms),
+            ("timing.head_interval_ms", self.head_interval_ms),
+            ("timing.sweep_interval_ms", self.sweep_interval_ms),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -147,6 +174,26 @@ impl Timing {
             });
         }
         Ok(())
+    }
+}
+
+/// Lookup rate limits a hub applies (alarms are raised when they bite). Every field is optional.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Lookups one care setting may make per hour. Default 1200.
+    pub setting_lookups_per_hour: u64,
+    /// Lookups one person at a setting may make per hour. Default 120.
+    pub person_lookups_per_hour: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let hub = HubConfig::default();
+        Limits {
+            setting_lookups_per_hour: hub.setting_lookups_per_hour,
+            person_lookups_per_hour: hub.person_lookups_per_hour,
+        }
     }
 }
 
@@ -185,6 +232,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     #[serde(default)]
     pub timing: Timing,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// The role a node runs.
@@ -260,9 +309,20 @@ impl NodeConfig {
         self.timing.validate()
     }
 
+    /// What the role's state machine needs from this config.
+    pub fn role_config(&self) -> RoleConfig {
+        match self.role {
+            NodeRole::Hub => RoleConfig::Hub(self.timing.hub_config(&self.limits)),
+            NodeRole::Authority => RoleConfig::Authority(self.timing.authority_config()),
+        }
+    }
+
     pub fn code(&self) -> OdsCode {
-        // validate() has checked it.
-        OdsCode::parse(&self.code).unwrap_or_else(|_| unreachable!("validated code"))
+        match OdsCode::parse(&self.code) {
+            Ok(code) => code,
+            // validate() checked it before the config was handed out.
+            Err(e) => unreachable!("the code of a validated config does not parse: {e}"),
+        }
     }
     pub fn key_path(&self) -> PathBuf {
         self.key_file.clone().unwrap_or_else(|| self.data_dir.join("node.key"))
@@ -302,6 +362,14 @@ pub struct SettingConfig {
     /// How long to wait for each hub before trying the next. Default 5000 ms.
     #[serde(default = "default_hub_timeout_ms")]
     pub hub_timeout_ms: u64,
+    /// An authority whose newest head is older than this is shown as unavailable (its plans
+    /// are still shown, as of that head). Default 900000 ms (15 minutes).
+    #[serde(default = "default_stale_after_ms")]
+    pub stale_after_ms: u64,
+}
+
+fn default_stale_after_ms() -> u64 {
+    cpis_protocol::setting::STALE_AFTER_MS_DEFAULT
 }
 
 fn default_hub_timeout_ms() -> u64 {
@@ -319,6 +387,9 @@ impl SettingConfig {
         OdsCode::parse(&config.code).map_err(|e| ConfigError::Invalid { field: "code", rule: e.to_string() })?;
         if config.hub_timeout_ms == 0 {
             return Err(ConfigError::Invalid { field: "hub_timeout_ms", rule: "must be above zero".into() });
+        }
+        if config.stale_after_ms == 0 {
+            return Err(ConfigError::Invalid { field: "stale_after_ms", rule: "must be above zero".into() });
         }
         Ok(config)
     }
@@ -344,6 +415,17 @@ pub fn read_key(path: &Path) -> Result<[u8; 32], ConfigError> {
 pub fn write_key(path: &Path, seed: &[u8; 32]) -> Result<(), ConfigError> {
     write_private(path, hex::encode(seed).as_bytes())
         .map_err(|e| ConfigError::Key { path: path.to_path_buf(), problem: e.to_string() })
+}
+
+/// Creates a folder (and its parents) readable only by its owner, or tightens an existing one.
+pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Creates a file readable only by its owner; refuses to overwrite an existing one.

@@ -1,12 +1,11 @@
 //! Bulk import of plans from a CSV file exported from a case-management system (format in
-//! docs/api.md). Every row is answered: applied, unchanged, or refused with its reason; valid rows
-//! are applied and refused ones change nothing.
+//! docs/api.md): the file is parsed here, off the event loop; the rows that parse go to the
+//! authority as one `ImportPlans` command. Every row is answered: applied, unchanged, or refused
+//! with its reason; refused rows change nothing.
 
-use cpis_protocol::authority::{Authority, Change};
 use cpis_protocol::ids::{NhsNumber, PlanRef};
 use cpis_protocol::records::{Plan, PlanType};
-use cpis_protocol::time::{Date, Timestamp};
-use serde_json::{Value, json};
+use cpis_protocol::time::Date;
 use std::collections::BTreeSet;
 
 /// Most data rows in one file.
@@ -95,31 +94,6 @@ fn parse_row(cols: &Columns, r: &csv::StringRecord) -> Result<Plan, String> {
     };
     plan.check().map_err(|e| e.to_string())?;
     Ok(plan)
-}
-
-/// Applies the valid rows; returns the report (answered once the writes are durable).
-pub fn apply(authority: &mut Authority, rows: Vec<ImportRow>, now: Timestamp) -> Value {
-    let (mut applied, mut unchanged, mut refused) = (0usize, 0usize, 0usize);
-    let mut report = Vec::with_capacity(rows.len());
-    for ImportRow { row, reference, plan } in rows {
-        let outcome = plan.and_then(|p| authority.record_plan(p, now).map_err(|e| e.to_string()));
-        let entry = match outcome {
-            Ok(Change::Applied { .. }) => {
-                applied += 1;
-                json!({ "row": row, "reference": reference, "result": "applied" })
-            }
-            Ok(Change::Unchanged) => {
-                unchanged += 1;
-                json!({ "row": row, "reference": reference, "result": "unchanged" })
-            }
-            Err(reason) => {
-                refused += 1;
-                json!({ "row": row, "reference": reference, "result": "refused", "reason": reason })
-            }
-        };
-        report.push(entry);
-    }
-    json!({ "applied": applied, "unchanged": unchanged, "refused": refused, "rows": report })
 }
 
 #[cfg(test)]

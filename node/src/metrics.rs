@@ -8,7 +8,7 @@ use std::time::Duration;
 /// Upper bounds of the lookup latency histogram, in seconds.
 const LATENCY_BUCKETS_S: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0];
 
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Metrics {
     messages_in: BTreeMap<&'static str, u64>,
     messages_out: BTreeMap<&'static str, u64>,
@@ -30,11 +30,15 @@ fn event_name(e: &Event) -> &'static str {
         Event::DirectoryRefused { .. } => "directory_refused",
         Event::LookupAnswered { .. } => "lookup_answered",
         Event::LookupRefused { .. } => "lookup_refused",
+        Event::RateLimited { .. } => "rate_limited",
         Event::NotificationDelivered { .. } => "notification_delivered",
         Event::NotificationOverdue { .. } => "notification_overdue",
         Event::NotificationReceived { .. } => "notification_received",
-        Event::FeedBehindHub { .. } => "feed_behind_hub",
+        Event::FeedRecovered { .. } => "feed_recovered",
         Event::MessageRefused { .. } => "message_refused",
+        Event::RefusedByPeer { .. } => "refused_by_peer",
+        Event::PeerNotAdmitted { .. } => "peer_not_admitted",
+        Event::Replied { .. } => "command_replied",
     }
 }
 
@@ -51,9 +55,6 @@ impl Metrics {
     }
     pub fn event(&mut self, e: &Event) {
         *self.events.entry(event_name(e)).or_default() += 1;
-        if let Event::MessageRefused { .. } = e {
-            self.refused("message_refused");
-        }
     }
     pub fn write_submitted(&mut self) {
         self.writes += 1;
@@ -79,15 +80,18 @@ impl Metrics {
         };
         counter("cpis_messages_received_total", "Messages received, by kind.", "kind", &self.messages_in);
         counter("cpis_messages_sent_total", "Messages sent, by kind.", "kind", &self.messages_out);
-        counter(
-            "cpis_connections_refused_total",
-            "Connections or messages refused, by reason.",
-            "reason",
-            &self.refused,
-        );
+        counter("cpis_connections_refused_total", "Connections refused, by reason.", "reason", &self.refused);
         counter("cpis_events_total", "State machine events, by kind.", "event", &self.events);
-        let _ = writeln!(out, "# TYPE cpis_bytes_sent_total counter\ncpis_bytes_sent_total {}", self.bytes_out);
-        let _ = writeln!(out, "# TYPE cpis_store_writes_total counter\ncpis_store_writes_total {}", self.writes);
+        let _ = writeln!(
+            out,
+            "# HELP cpis_bytes_sent_total Bytes of frames sent.\n# TYPE cpis_bytes_sent_total counter\ncpis_bytes_sent_total {}",
+            self.bytes_out
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cpis_store_writes_total Write batches handed to the store.\n# TYPE cpis_store_writes_total counter\ncpis_store_writes_total {}",
+            self.writes
+        );
         let _ = writeln!(
             out,
             "# HELP cpis_lookup_seconds Time from a lookup's arrival to its answer leaving (includes the durable write)."

@@ -5,18 +5,18 @@
 //! its frames in order on it. A care setting opens one bidirectional stream per lookup session and
 //! reads the hub's replies on it.
 
-use crate::runtime::Input;
-use crate::transport::{self, read_frame, write_frame};
-use cpis_protocol::directory::{Role, TrustedDirectory};
+use crate::inputs::{Input, Link};
+use crate::transport::{self, FrameError, read_message, write_frame};
+use cpis_protocol::directory::{AdmissionError, Role, TrustedDirectory};
 use cpis_protocol::ids::OdsCode;
 use cpis_protocol::sign::PublicKey;
 use cpis_protocol::time::Timestamp;
-use cpis_protocol::wire::{self, FRAME_BYTES_MAX, Message};
+use cpis_protocol::wire::{self, Message};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
 
 /// Frames queued towards one peer before new ones are dropped (the protocol's anti-entropy and
@@ -33,12 +33,21 @@ pub const CLOSE_REPLACED: u32 = 3;
 /// QUIC application error code: the node is shutting down.
 pub const CLOSE_SHUTDOWN: u32 = 4;
 
+/// A session with a member that lasts at least this long counts as a success: the next
+/// redial starts again from the shortest delay. A shorter one (a refusal shows only on the first
+/// stream in TLS 1.3) keeps backing off.
+const SESSION_OK_MS: u64 = 10_000;
+/// Frames a setting may send in one lookup session (a `Sync` and a `Lookup`).
+const SETTING_SESSION_FRAMES_MAX: usize = 4;
+
 /// What every connection task shares.
 #[derive(Clone)]
 pub struct NetContext {
     pub me: OdsCode,
     pub directory: Arc<RwLock<TrustedDirectory>>,
     pub inputs: mpsc::Sender<Input>,
+    /// Bytes of decoded frames waiting for the event loop (see `inputs::INPUT_QUEUE_BYTES_MAX`).
+    pub input_bytes: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     pub next_conn_id: Arc<AtomicU64>,
 }
@@ -63,14 +72,27 @@ impl NetContext {
     }
 }
 
-/// The admission check run inside the TLS handshake: any active key of any member.
-pub fn admit_fn(directory: Arc<RwLock<TrustedDirectory>>) -> transport::Admit {
+/// The admission check run inside the TLS handshake: any active key of any member. Each
+/// refusal is counted (by its kind) through `inputs`.
+pub fn admit_fn(directory: Arc<RwLock<TrustedDirectory>>, inputs: mpsc::Sender<Input>) -> transport::Admit {
     Arc::new(move |key: &[u8; 32]| {
         let dir = directory.read().map_err(|_| "directory unavailable".to_string())?;
-        dir.admit(&PublicKey(*key), now(), &[Role::Hub, Role::Authority, Role::Setting])
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        dir.admit(&PublicKey(*key), now(), &[Role::Hub, Role::Authority, Role::Setting]).map(|_| ()).map_err(|e| {
+            let _ = inputs.try_send(Input::Refused { reason: admission_label(&e) });
+            e.to_string()
+        })
     })
+}
+
+/// A short label for metrics of why a key was not admitted.
+pub fn admission_label(e: &AdmissionError) -> &'static str {
+    match e {
+        AdmissionError::UnknownKey(_) => "unknown_key",
+        AdmissionError::NotActive { .. } => "key_not_active",
+        AdmissionError::OutsideWindow { .. } => "key_outside_window",
+        AdmissionError::WrongRole { .. } => "role_not_allowed",
+        AdmissionError::DirectoryExpired => "directory_expired",
+    }
 }
 
 /// Accepts connections until shutdown: hubs take hubs, authorities and settings.
@@ -89,23 +111,10 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, ctx: NetContext, roles: &'st
                 Ok(conn) => serve_incoming(conn, ctx, roles).await,
                 Err(e) => {
                     info!(%remote, reason = %e, "connection refused in handshake");
-                    let _ = ctx.inputs.send(Input::Refused { reason: refusal_reason(&e.to_string()) }).await;
+                    let _ = ctx.inputs.send(Input::Refused { reason: "handshake_failed" }).await;
                 }
             }
         });
-    }
-}
-
-/// A short label for metrics from a handshake error.
-fn refusal_reason(text: &str) -> &'static str {
-    if text.contains("belongs to no member") {
-        "unknown_key"
-    } else if text.contains("not active") {
-        "key_not_active"
-    } else if text.contains("validity window") {
-        "key_outside_window"
-    } else {
-        "handshake_failed"
     }
 }
 
@@ -122,7 +131,7 @@ async fn serve_incoming(conn: quinn::Connection, ctx: NetContext, roles: &[Role]
     if role == Role::Setting {
         serve_setting(conn, code, key, ctx).await;
     } else {
-        run_member_session(conn, code, role, key, ctx).await;
+        run_member_session(conn, code, key, ctx).await;
     }
 }
 
@@ -156,9 +165,12 @@ pub async fn dial_loop(
             tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), transport::connect(&endpoint, addr));
         match attempt.await {
             Ok(Ok(conn)) => match ctx.identify(&conn, &[Role::Hub]) {
-                Ok((code, role, key)) if code == peer => {
-                    delay_ms = base_ms;
-                    run_member_session(conn, code, role, key, ctx.clone()).await;
+                Ok((code, _, key)) if code == peer => {
+                    let started = Instant::now();
+                    run_member_session(conn, code, key, ctx.clone()).await;
+                    if started.elapsed() >= Duration::from_millis(SESSION_OK_MS) {
+                        delay_ms = base_ms;
+                    }
                 }
                 Ok((code, ..)) => {
                     warn!(%peer, %addr, found = %code, "the address answered with another member's key");
@@ -186,14 +198,15 @@ pub async fn dial_loop(
 }
 
 /// A member connection: one outgoing and one incoming unidirectional stream.
-async fn run_member_session(conn: quinn::Connection, peer: OdsCode, role: Role, key: PublicKey, ctx: NetContext) {
+async fn run_member_session(conn: quinn::Connection, peer: OdsCode, key: PublicKey, ctx: NetContext) {
     let conn_id = ctx.conn_id();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(PEER_QUEUE_FRAMES_MAX);
-    let connected = Input::Connected { peer: peer.clone(), role, conn_id, out: tx, key, conn: conn.clone() };
+    let connected =
+        Input::Connected { peer: peer.clone(), key, conn_id, link: Link::Member, out: tx, conn: conn.clone() };
     if ctx.inputs.send(connected).await.is_err() {
         return;
     }
-    info!(%peer, role = role.name(), "connected");
+    info!(%peer, "connected");
     let writer = tokio::spawn(write_frames_uni(conn.clone(), rx));
     let reason = read_member_frames(&conn, &peer, conn_id, &ctx).await;
     writer.abort();
@@ -205,13 +218,21 @@ async fn write_frames_uni(conn: quinn::Connection, mut rx: mpsc::Receiver<Vec<u8
     let Ok(mut send) = conn.open_uni().await else {
         return;
     };
-    while let Some(payload) = rx.recv().await {
-        if write_frame(&mut send, &payload).await.is_err() {
+    while let Some(frame) = rx.recv().await {
+        if write_frame(&mut send, &frame).await.is_err() {
             // A connection that can no longer carry our frames must not look alive.
             conn.close(CLOSE_BAD_FRAME.into(), b"stream failed");
             return;
         }
     }
+}
+
+/// Hands a decoded message to the event loop, once its bytes fit in the input budget.
+async fn deliver(ctx: &NetContext, from: &OdsCode, conn_id: u64, message: Message) -> Result<(), ()> {
+    let bytes = u32::try_from(wire::encode_frame(&message).len()).unwrap_or(u32::MAX);
+    let permit = ctx.input_bytes.clone().acquire_many_owned(bytes.max(1)).await.map_err(|_| ())?;
+    let input = Input::Frame { from: from.clone(), conn_id, message: Box::new(message), _bytes: permit };
+    ctx.inputs.send(input).await.map_err(|_| ())
 }
 
 /// Reads frames from the peer until the connection ends; returns why it ended.
@@ -226,29 +247,24 @@ async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u
     };
     loop {
         let frame = tokio::select! {
-            f = read_frame(&mut recv, FRAME_BYTES_MAX) => f,
+            f = read_message(&mut recv) => f,
             _ = shutdown.changed() => return "shutting down".into(),
         };
-        let message = match frame.map_err(|e| e.to_string()).and_then(|f| decode(f.as_deref())) {
+        let message = match frame {
             Ok(Some(m)) => m,
             Ok(None) => return "stream finished".into(),
-            Err(reason) => {
+            Err(FrameError::Read(e)) => return e.to_string(),
+            Err(e) => {
+                let reason = e.to_string();
                 warn!(%peer, %reason, "bad frame: closing the connection");
                 let _ = ctx.inputs.send(Input::Refused { reason: "bad_frame" }).await;
                 conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
                 return reason;
             }
         };
-        if ctx.inputs.send(Input::Frame { from: peer.clone(), conn_id, message: Box::new(message) }).await.is_err() {
+        if deliver(ctx, peer, conn_id, message).await.is_err() {
             return "node stopping".into();
         }
-    }
-}
-
-fn decode(frame: Option<&[u8]>) -> Result<Option<Message>, String> {
-    match frame {
-        None => Ok(None),
-        Some(bytes) => wire::decode_payload(bytes).map(Some).map_err(|e| e.to_string()),
     }
 }
 
@@ -276,35 +292,29 @@ async fn setting_session(
     let conn_id = ctx.conn_id();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     let connected =
-        Input::Connected { peer: code.clone(), role: Role::Setting, conn_id, out: tx, key, conn: conn.clone() };
+        Input::Connected { peer: code.clone(), key, conn_id, link: Link::Setting, out: tx, conn: conn.clone() };
     if ctx.inputs.send(connected).await.is_err() {
         return;
     }
     let writer = tokio::spawn(async move {
-        while let Some(payload) = rx.recv().await {
-            if write_frame(&mut send, &payload).await.is_err() {
+        while let Some(frame) = rx.recv().await {
+            if write_frame(&mut send, &frame).await.is_err() {
                 return;
             }
         }
         let _ = send.finish();
     });
     // A session is a Sync then a Lookup: at most a few frames.
-    for _ in 0..4 {
-        match read_frame(&mut recv, FRAME_BYTES_MAX).await.map_err(|e| e.to_string()).and_then(|f| decode(f.as_deref()))
-        {
+    for _ in 0..SETTING_SESSION_FRAMES_MAX {
+        match read_message(&mut recv).await {
             Ok(Some(message)) => {
-                if ctx
-                    .inputs
-                    .send(Input::Frame { from: code.clone(), conn_id, message: Box::new(message) })
-                    .await
-                    .is_err()
-                {
+                if deliver(&ctx, &code, conn_id, message).await.is_err() {
                     break;
                 }
             }
-            Ok(None) => break,
-            Err(reason) => {
-                warn!(setting = %code, %reason, "bad frame from a setting: closing the connection");
+            Ok(None) | Err(FrameError::Read(_)) => break,
+            Err(e) => {
+                warn!(setting = %code, reason = %e, "bad frame from a setting: closing the connection");
                 let _ = ctx.inputs.send(Input::Refused { reason: "bad_frame" }).await;
                 conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
                 break;

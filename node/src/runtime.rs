@@ -1,22 +1,23 @@
-//! The node: one event loop owns the role's state machine and drives it from the network, the
-//! store, a ticker and the operator's API. It holds no protocol logic of its own.
+//! The node: one event loop owns the role's [`Machine`] and every piece of state around it, and
+//! drives it from the network, the store, its timer and the operator's commands. It holds no
+//! protocol logic of its own.
 //!
-//! Inputs arrive on one channel ([`Input`]); after each, the loop drains the machine: writes go
-//! to the store (group-committed, durable in order, then `handle_durable`), transmits to the
-//! peer's connection queue, events to the log and metrics.
+//! After each input the loop drains the machine: writes go to the store (group-committed,
+//! durable in order, then `handle_durable`), transmits to the peer's connection queue, events to
+//! the log and metrics (and command replies back to whoever asked). The timer is the machine's
+//! own `poll_timeout`.
 
-use crate::api::{self, ApiRequest};
 use crate::config::{self, NodeConfig, NodeRole};
+use crate::inputs::{Durability, INPUT_QUEUE_BYTES_MAX, INPUT_QUEUE_MAX, Input, Link};
 use crate::metrics::Metrics;
 use crate::net::{self, NetContext};
+use crate::status::{AuthorityState, HubState, OriginState, PeerState, Snapshot};
 use crate::store::Store;
 use crate::transport;
 use anyhow::{Context, bail};
-use cpis_protocol::authority::Authority;
-use cpis_protocol::directory::{Role, TrustedDirectory};
-use cpis_protocol::hub::Hub;
+use cpis_protocol::directory::{KeyStatus, Role, TrustedDirectory};
 use cpis_protocol::ids::{LookupId, OdsCode};
-use cpis_protocol::machine::{Event, StateMachine, Transmit};
+use cpis_protocol::machine::{CommandId, Event, Machine, Reply, Transmit, WRITES_IN_FLIGHT_MAX};
 use cpis_protocol::sign::{Identity, PublicKey};
 use cpis_protocol::wire::{self, Message};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -24,79 +25,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
-/// Inputs waiting for the event loop before senders wait (back-pressure onto the network).
-pub const INPUT_QUEUE_MAX: usize = 16_384;
-
-/// Everything the event loop reacts to.
-pub enum Input {
-    /// A member or setting connected and was admitted.
-    Connected {
-        peer: OdsCode,
-        role: Role,
-        conn_id: u64,
-        out: mpsc::Sender<Vec<u8>>,
-        key: PublicKey,
-        conn: quinn::Connection,
-    },
-    /// That connection (or setting session) ended.
-    Disconnected { peer: OdsCode, conn_id: u64 },
-    /// A decoded message from a connection.
-    Frame { from: OdsCode, conn_id: u64, message: Box<Message> },
-    /// A connection was refused (for metrics).
-    Refused { reason: &'static str },
-    /// Every write up to this id is durable.
-    Durable { write_id: u64 },
-    /// The store failed: the node must stop rather than acknowledge what it cannot keep.
-    StoreFailed(String),
-    /// An operator request.
-    Api(ApiRequest),
-}
-
-/// The role's machine.
-pub enum NodeMachine {
-    Hub(Box<Hub>),
-    Authority(Box<Authority>),
-}
-
-impl NodeMachine {
-    pub fn as_dyn(&mut self) -> &mut dyn StateMachine {
-        match self {
-            NodeMachine::Hub(h) => h.as_mut(),
-            NodeMachine::Authority(a) => a.as_mut(),
-        }
-    }
-    pub fn directory(&self) -> &TrustedDirectory {
-        match self {
-            NodeMachine::Hub(h) => h.directory(),
-            NodeMachine::Authority(a) => a.directory(),
-        }
-    }
-}
-
-/// A live connection as the loop knows it.
-pub struct PeerConn {
-    pub conn_id: u64,
-    pub role: Role,
-    pub key: PublicKey,
-    out: mpsc::Sender<Vec<u8>>,
-    conn: quinn::Connection,
-}
-
-impl PeerConn {
-    /// Frames queued towards this peer and not yet written.
-    pub fn queued(&self) -> usize {
-        self.out.max_capacity() - self.out.capacity()
-    }
-}
-
-/// One lookup session of a care setting.
-struct SettingSession {
-    code: OdsCode,
-    out: Option<mpsc::Sender<Vec<u8>>>,
-}
+/// Most lookup sessions of care settings open at once; more are turned away.
+pub const SETTING_SESSIONS_MAX: usize = 4_096;
+/// Longest the loop sleeps without looking at the clock (clocks can jump).
+const TIMER_CAP: Duration = Duration::from_secs(1);
 
 /// A running node, in this process.
 pub struct RunningNode {
@@ -112,7 +47,7 @@ impl RunningNode {
     /// Binds QUIC (hubs) and the API, restores from the store, returns once listening.
     pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+        config::create_private_dir(&config.data_dir)?;
         let code = config.code();
         let span = info_span!("node", code = %code);
         start(config, code).instrument(span).await
@@ -155,31 +90,20 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     let trusted = TrustedDirectory::bootstrap(initial, now).context("the directory file is not trustworthy")?;
     let store = Store::open(&config.store_path())?;
     let rows = store.load_all()?;
-    let machine = match config.role {
-        NodeRole::Hub => NodeMachine::Hub(Box::new(Hub::restore(
-            code.clone(),
-            identity,
-            trusted,
-            config.timing.hub_config(),
-            &rows,
-            now,
-        )?)),
-        NodeRole::Authority => {
-            NodeMachine::Authority(Box::new(Authority::restore(code.clone(), identity, trusted, &rows, now)?))
-        }
-    };
-    check_own_key(&machine, &code, config.role.role(), PublicKey(Identity::from_seed(seed).public().0))?;
-    info!(rows = rows.len(), directory_version = machine.directory().version(), "restored from the store");
+    let own_key = identity.public();
+    let machine = Machine::restore(code.clone(), identity, trusted, config.role_config(), &rows, now)?;
+    check_own_key(machine.directory(), &code, own_key)?;
+    info!(rows = rows.len(), directory_version = machine.directory().version(), key = %own_key.id(), "restored from the store");
 
     let directory = Arc::new(RwLock::new(machine.directory().clone()));
+    let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE_MAX);
     let bind = config.listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let endpoint = transport::endpoint(bind, &seed, net::admit_fn(directory.clone()))?;
+    let endpoint = transport::endpoint(bind, &seed, net::admit_fn(directory.clone(), inputs_tx.clone()))?;
     let quic_addr = config.listen.map(|_| endpoint.local_addr()).transpose()?;
     if let Some(addr) = quic_addr {
         std::fs::write(config.quic_addr_path(), addr.to_string())?;
     }
-    let token = api::load_or_create_token(&config.token_path())?;
-    let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE_MAX);
+    let token = crate::api::load_or_create_token(&config.token_path())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
@@ -191,19 +115,22 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
         me: code.clone(),
         directory: directory.clone(),
         inputs: inputs_tx.clone(),
+        input_bytes: Arc::new(Semaphore::new(INPUT_QUEUE_BYTES_MAX)),
         shutdown: shutdown_rx.clone(),
         next_conn_id: Arc::new(AtomicU64::new(1)),
     };
     let span = tracing::Span::current();
     let mut tasks = Vec::new();
-    let node = Node::new(machine, store, directory, ctx.clone(), config.clone(), endpoint.clone());
+    let directory_for_api = directory.clone();
+    let node = Node::new(machine, store.clone(), directory, ctx.clone(), config.clone(), endpoint.clone(), own_key);
     tasks.push(tokio::spawn(node.run(inputs_rx, shutdown_rx.clone()).instrument(span.clone())));
     let roles: &'static [Role] = match config.role {
         NodeRole::Hub => &[Role::Hub, Role::Authority, Role::Setting],
         NodeRole::Authority => &[],
     };
     tasks.push(tokio::spawn(net::accept_loop(endpoint.clone(), ctx.clone(), roles).instrument(span.clone())));
-    let app = api::router(inputs_tx, token.clone());
+    let state = crate::api::ApiState::new(inputs_tx, store, directory_for_api, token.clone(), config.role);
+    let app = crate::api::router(state);
     let mut api_shutdown = shutdown_rx.clone();
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = api_shutdown.changed().await;
@@ -217,55 +144,74 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     Ok(RunningNode { api_addr, quic_addr, token, shutdown: shutdown_tx, tasks, endpoint })
 }
 
-fn check_own_key(machine: &NodeMachine, code: &OdsCode, role: Role, key: PublicKey) -> anyhow::Result<()> {
-    let dir = machine.directory();
+fn check_own_key(dir: &TrustedDirectory, code: &OdsCode, key: PublicKey) -> anyhow::Result<()> {
     let Some(member) = dir.member(code) else { bail!("{code} is not a member of the directory") };
-    if member.role != role {
-        bail!("{code} is a {} in the directory, not a {}", member.role.name(), role.name());
-    }
     match member.key(key.id()) {
         None => bail!("this node's key {} is not a key of {code} in the directory", key.id()),
         Some(k) if !k.usable_at(net::now()) => {
             bail!("this node's key {} is not active (retired, revoked or outside its validity window)", key.id())
         }
-        Some(_) => {}
+        Some(_) => Ok(()),
     }
-    Ok(())
+}
+
+/// A live connection to a member, as the loop knows it.
+struct PeerConn {
+    conn_id: u64,
+    role: Role,
+    out: mpsc::Sender<Vec<u8>>,
+    conn: quinn::Connection,
+}
+
+impl PeerConn {
+    fn queued(&self) -> usize {
+        self.out.max_capacity() - self.out.capacity()
+    }
+}
+
+/// One lookup session of a care setting.
+struct SettingSession {
+    code: OdsCode,
+    out: Option<mpsc::Sender<Vec<u8>>>,
+    conn: quinn::Connection,
 }
 
 /// The event loop's state.
-pub struct Node {
-    pub machine: NodeMachine,
+struct Node {
+    machine: Machine,
     store: Store,
+    /// The directory the TLS handshake admits against, kept equal to the machine's.
     directory: Arc<RwLock<TrustedDirectory>>,
     ctx: NetContext,
-    pub config: NodeConfig,
+    config: NodeConfig,
     endpoint: quinn::Endpoint,
-    pub peers: BTreeMap<OdsCode, PeerConn>,
-    /// Setting sessions by id (one lookup each); the sender is dropped once answered.
+    key: PublicKey,
+    peers: BTreeMap<OdsCode, PeerConn>,
+    /// Setting sessions by connection id (one lookup each); the sender is dropped once answered.
     settings: HashMap<u64, SettingSession>,
     /// Sessions waiting for the answer to a lookup id, oldest first (a retry adds one).
     lookup_routes: HashMap<LookupId, VecDeque<(u64, Instant)>>,
     sync_routes: HashMap<OdsCode, u64>,
     dialing: BTreeMap<OdsCode, tokio::task::JoinHandle<()>>,
-    durable_queue: mpsc::UnboundedSender<oneshot::Receiver<crate::store::CommitResult>>,
-    durable_rx: Option<mpsc::UnboundedReceiver<oneshot::Receiver<crate::store::CommitResult>>>,
-    pub waiting_api: BTreeMap<u64, Vec<api::Pending>>,
-    /// Highest write id handed to the store, and highest known durable.
-    pub writes_submitted: u64,
-    pub writes_durable: u64,
-    pub metrics: Metrics,
-    pub started: Instant,
+    durable_queue: mpsc::UnboundedSender<crate::store::CommitReceiver>,
+    durable_rx: Option<mpsc::UnboundedReceiver<crate::store::CommitReceiver>>,
+    writes_submitted: u64,
+    writes_durable: u64,
+    next_command: u64,
+    replies: HashMap<CommandId, oneshot::Sender<Reply>>,
+    metrics: Metrics,
+    started: Instant,
 }
 
 impl Node {
     fn new(
-        machine: NodeMachine,
+        machine: Machine,
         store: Store,
         directory: Arc<RwLock<TrustedDirectory>>,
         ctx: NetContext,
         config: NodeConfig,
         endpoint: quinn::Endpoint,
+        key: PublicKey,
     ) -> Node {
         let (durable_queue, durable_rx) = mpsc::unbounded_channel();
         Node {
@@ -275,6 +221,7 @@ impl Node {
             ctx,
             config,
             endpoint,
+            key,
             peers: BTreeMap::new(),
             settings: HashMap::new(),
             lookup_routes: HashMap::new(),
@@ -282,29 +229,40 @@ impl Node {
             dialing: BTreeMap::new(),
             durable_queue,
             durable_rx: Some(durable_rx),
-            waiting_api: BTreeMap::new(),
             writes_submitted: 0,
             writes_durable: 0,
+            next_command: 0,
+            replies: HashMap::new(),
             metrics: Metrics::default(),
             started: Instant::now(),
         }
     }
 
     async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
-        self.spawn_durability_forwarder();
+        let mut durability = self.spawn_durability_forwarder();
         self.refresh_dialers();
         self.drain();
-        let mut tick = tokio::time::interval(Duration::from_millis(self.config.timing.tick_ms));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let wait = self.timer();
+            // Writes the store has not yet made durable bound how much new work is taken in.
+            let accepting = self.writes_submitted - self.writes_durable < WRITES_IN_FLIGHT_MAX as u64;
             tokio::select! {
-                input = inputs.recv() => {
+                input = inputs.recv(), if accepting => {
                     let Some(input) = input else { break };
-                    if !self.handle(input) {
+                    self.handle(input);
+                }
+                done = durability.recv() => match done {
+                    Some(Durability::Durable { write_id }) => {
+                        self.writes_durable = self.writes_durable.max(write_id);
+                        self.machine.handle_durable(write_id, net::now());
+                    }
+                    Some(Durability::Failed(e)) => {
+                        error!(error = %e, "the store failed: stopping rather than acknowledging what is not durable");
                         break;
                     }
-                }
-                _ = tick.tick() => self.machine.as_dyn().handle_tick(net::now()),
+                    None => break,
+                },
+                _ = tokio::time::sleep(wait) => self.machine.handle_timeout(net::now()),
                 _ = shutdown.changed() => break,
             }
             self.drain();
@@ -318,74 +276,90 @@ impl Node {
         info!("node stopped");
     }
 
-    /// Forwards store completions to the loop in submission order.
-    fn spawn_durability_forwarder(&mut self) {
-        let Some(mut rx) = self.durable_rx.take() else {
-            return;
-        };
-        let inputs = self.ctx.inputs.clone();
+    /// How long until the machine's next timeout (at most [`TIMER_CAP`]).
+    fn timer(&self) -> Duration {
+        let now = net::now();
+        let until = self.machine.poll_timeout().map_or(TIMER_CAP, |t| Duration::from_millis(t.since(now)));
+        until.min(TIMER_CAP)
+    }
+
+    /// Forwards store completions to the loop, in submission order, on their own channel.
+    fn spawn_durability_forwarder(&mut self) -> mpsc::Receiver<Durability> {
+        let (tx, rx) = mpsc::channel(1024);
+        let Some(mut queued) = self.durable_rx.take() else { return rx };
         tokio::spawn(async move {
-            while let Some(done) = rx.recv().await {
-                let input = match done.await {
-                    Ok(Ok(write_id)) => Input::Durable { write_id },
-                    Ok(Err(e)) => Input::StoreFailed(e.to_string()),
-                    Err(_) => Input::StoreFailed("the store's writer stopped".into()),
+            while let Some(done) = queued.recv().await {
+                let report = match done.await {
+                    Ok(Ok(write_id)) => Durability::Durable { write_id },
+                    Ok(Err(e)) => Durability::Failed(e.to_string()),
+                    Err(_) => Durability::Failed("the store's writer stopped".into()),
                 };
-                if inputs.send(input).await.is_err() {
+                if tx.send(report).await.is_err() {
                     return;
                 }
             }
         });
+        rx
     }
 
-    /// Handles one input; false means stop.
-    fn handle(&mut self, input: Input) -> bool {
+    /// Handles one input.
+    fn handle(&mut self, input: Input) {
         let now = net::now();
         match input {
-            Input::Connected { peer, role, conn_id, out, key, conn } => {
-                self.on_connected(peer, role, conn_id, out, key, conn)
-            }
+            Input::Connected { peer, key, conn_id, link, out, conn } => match link {
+                Link::Member => self.on_member(peer, key, conn_id, out, conn),
+                Link::Setting => self.on_setting(peer, key, conn_id, out, conn),
+            },
             Input::Disconnected { peer, conn_id } => self.on_disconnected(&peer, conn_id),
-            Input::Frame { from, conn_id, message } => self.on_frame(from, conn_id, *message),
+            Input::Frame { from, conn_id, message, _bytes } => self.on_frame(from, conn_id, *message),
             Input::Refused { reason } => self.metrics.refused(reason),
-            Input::Durable { write_id } => {
-                self.writes_durable = self.writes_durable.max(write_id);
-                self.machine.as_dyn().handle_durable(write_id, now);
-                api::release(self, write_id);
+            Input::Command { command, reply } => {
+                self.next_command += 1;
+                let id = CommandId(self.next_command);
+                self.replies.insert(id, reply);
+                self.machine.handle_command(id, command, now);
             }
-            Input::StoreFailed(e) => {
-                error!(error = %e, "the store failed: stopping rather than acknowledging what is not durable");
-                return false;
+            Input::Status(reply) => {
+                let _ = reply.send(Box::new(self.snapshot()));
             }
-            Input::Api(request) => api::handle(self, request),
         }
-        true
     }
 
-    fn on_connected(
+    fn on_member(
         &mut self,
         peer: OdsCode,
-        role: Role,
+        key: PublicKey,
         conn_id: u64,
         out: mpsc::Sender<Vec<u8>>,
-        key: PublicKey,
         conn: quinn::Connection,
     ) {
-        let now = net::now();
-        if role == Role::Setting {
-            let first = !self.settings.values().any(|s| s.code == peer);
-            self.settings.insert(conn_id, SettingSession { code: peer.clone(), out: Some(out) });
-            if first {
-                self.machine.as_dyn().handle_connected(&peer, role, now);
-            }
-            return;
-        }
-        let new = PeerConn { conn_id, role, key, out, conn };
+        let role = self.machine.directory().member(&peer).map_or(Role::Setting, |m| m.role);
+        let new = PeerConn { conn_id, role, out, conn };
         if let Some(old) = self.peers.insert(peer.clone(), new) {
             old.conn.close(net::CLOSE_REPLACED.into(), b"replaced");
-            self.machine.as_dyn().handle_disconnected(&peer);
+            self.machine.handle_disconnected(&peer);
         }
-        self.machine.as_dyn().handle_connected(&peer, role, now);
+        self.machine.handle_connected(&peer, key.id(), net::now());
+    }
+
+    fn on_setting(
+        &mut self,
+        peer: OdsCode,
+        key: PublicKey,
+        conn_id: u64,
+        out: mpsc::Sender<Vec<u8>>,
+        conn: quinn::Connection,
+    ) {
+        if self.settings.len() >= SETTING_SESSIONS_MAX {
+            warn!(setting = %peer, "too many setting sessions open: this one is turned away");
+            self.metrics.refused("setting_sessions_full");
+            return;
+        }
+        let first = !self.settings.values().any(|s| s.code == peer);
+        self.settings.insert(conn_id, SettingSession { code: peer.clone(), out: Some(out), conn });
+        if first {
+            self.machine.handle_connected(&peer, key.id(), net::now());
+        }
     }
 
     fn on_disconnected(&mut self, peer: &OdsCode, conn_id: u64) {
@@ -398,24 +372,23 @@ impl Node {
                 self.sync_routes.remove(peer);
             }
             if !self.settings.values().any(|s| s.code == *peer) {
-                self.machine.as_dyn().handle_disconnected(peer);
+                self.machine.handle_disconnected(peer);
             }
             return;
         }
         if self.peers.get(peer).is_some_and(|p| p.conn_id == conn_id) {
             self.peers.remove(peer);
-            self.machine.as_dyn().handle_disconnected(peer);
+            self.machine.handle_disconnected(peer);
         }
     }
 
     fn on_frame(&mut self, from: OdsCode, conn_id: u64, message: Message) {
-        let now = net::now();
-        let current =
-            self.peers.get(&from).is_some_and(|p| p.conn_id == conn_id) || self.settings.contains_key(&conn_id);
-        if !current {
+        let member = self.peers.get(&from).is_some_and(|p| p.conn_id == conn_id);
+        let setting = self.settings.contains_key(&conn_id);
+        if !member && !setting {
             return;
         }
-        if self.settings.contains_key(&conn_id) {
+        if setting {
             match &message {
                 Message::Lookup(l) => {
                     self.lookup_routes.entry(l.body.lookup_id).or_default().push_back((conn_id, Instant::now()));
@@ -427,40 +400,37 @@ impl Node {
             }
         }
         self.metrics.received(message.kind());
-        self.machine.as_dyn().handle_message(&from, message, now);
+        self.machine.handle_message(&from, message, net::now());
     }
 
     /// Lets the machine's outputs out.
-    pub fn drain(&mut self) {
-        // Bounded: each round moves queued outputs; new ones only come from handlers.
+    fn drain(&mut self) {
+        // Bounded: each round moves queued outputs; new ones come only from the previous round.
         for _ in 0..64 {
-            let m = self.machine.as_dyn();
-            let writes: Vec<_> = std::iter::from_fn(|| m.poll_write()).collect();
-            let transmits: Vec<_> = std::iter::from_fn(|| m.poll_transmit()).collect();
-            let events: Vec<_> = std::iter::from_fn(|| m.poll_event()).collect();
-            if writes.is_empty() && transmits.is_empty() && events.is_empty() {
+            let out = self.machine.drain();
+            if out.is_empty() {
                 return;
             }
-            for w in writes {
+            for w in out.writes {
                 self.metrics.write_submitted();
                 self.writes_submitted = self.writes_submitted.max(w.id);
                 let _ = self.durable_queue.send(self.store.submit(w));
             }
-            for t in transmits {
+            for t in out.transmits {
                 self.send(t);
             }
-            for e in events {
+            for e in out.events {
                 self.on_event(e);
             }
         }
     }
 
     fn send(&mut self, t: Transmit) {
-        let payload = wire::encode_payload(&t.message);
-        self.metrics.sent(t.message.kind(), payload.len());
+        let frame = wire::encode_frame(&t.message);
+        self.metrics.sent(t.message.kind(), frame.len());
         if let Some(peer) = self.peers.get(&t.to) {
-            if peer.out.try_send(payload).is_err() {
-                warn!(peer = %t.to, kind = t.message.kind(), "peer queue full or closed: message dropped (anti-entropy will resend)");
+            if peer.out.try_send(frame).is_err() {
+                warn!(peer = %t.to, kind = t.message.kind(), "peer queue full or closed: message dropped (sync will resend)");
             }
             return;
         }
@@ -478,7 +448,7 @@ impl Node {
         }
         if let Some(session) = self.settings.get_mut(&conn_id) {
             if let Some(out) = &session.out {
-                let _ = out.try_send(payload);
+                let _ = out.try_send(frame);
             }
             if finished {
                 // Dropping the sender finishes the session's stream once the answer is written.
@@ -489,7 +459,12 @@ impl Node {
 
     fn on_event(&mut self, e: Event) {
         self.metrics.event(&e);
-        match &e {
+        match e {
+            Event::Replied { command, reply } => {
+                if let Some(sender) = self.replies.remove(&command) {
+                    let _ = sender.send(reply);
+                }
+            }
             Event::DirectoryUpdated { version } => {
                 info!(version, "directory updated");
                 // The file a restart begins from follows the newest version (an old one may
@@ -498,33 +473,45 @@ impl Node {
                 if let Err(e) = config::write_directory(&self.config.directory_path(), &signed) {
                     warn!(error = %e, "could not update the directory file");
                 }
-                self.directory_changed();
+                if let Ok(mut shared) = self.directory.write() {
+                    *shared = self.machine.directory().clone();
+                }
+                self.refresh_dialers();
+            }
+            Event::PeerNotAdmitted { peer, reason } => {
+                warn!(%peer, %reason, "closing the connections of a peer the directory no longer admits");
+                if let Some(p) = self.peers.remove(&peer) {
+                    p.conn.close(net::CLOSE_NOT_ADMITTED.into(), b"key no longer admitted");
+                }
+                for session in self.settings.values().filter(|s| s.code == peer) {
+                    session.conn.close(net::CLOSE_NOT_ADMITTED.into(), b"key no longer admitted");
+                }
             }
             Event::Equivocation { origin, seq, from } => {
-                error!(%origin, seq, %from, "EQUIVOCATION: two different entries with one sequence; proof kept")
+                error!(%origin, seq, %from, "EQUIVOCATION: two different signed records with one sequence; proof kept")
             }
             Event::NotificationOverdue { lookup_id, authority, waiting_ms } => {
                 warn!(%lookup_id, %authority, waiting_ms, "notification overdue")
             }
             Event::BatchRefused { from, origin, reason } => warn!(%from, %origin, %reason, "feed batch refused"),
-            Event::MessageRefused { from, kind, reason } => {
-                warn!(%from, kind, %reason, "message refused")
-            }
+            Event::MessageRefused { from, kind, reason } => warn!(%from, kind, %reason, "message refused"),
             Event::LookupRefused { lookup_id, from, reason } => warn!(%lookup_id, %from, %reason, "lookup refused"),
-            Event::DirectoryRefused { from, reason } => {
-                warn!(from = ?from, %reason, "directory version refused")
+            Event::RateLimited { setting, per_person } => {
+                warn!(%setting, per_person, "ALARM: lookup rate limit reached (enumeration?)")
             }
-            Event::LookupAnswered { lookup_id, setting, kind, authorities } => {
-                info!(%lookup_id, %setting, ?kind, ?authorities, "lookup answered")
+            Event::DirectoryRefused { from, reason } => warn!(from = ?from, %reason, "directory version refused"),
+            Event::RefusedByPeer { from, lookup_id, code } => {
+                warn!(%from, lookup = ?lookup_id, %code, "a peer refused what we sent")
+            }
+            Event::LookupAnswered { lookup_id, setting, kind, notified } => {
+                info!(%lookup_id, %setting, ?kind, ?notified, "lookup answered")
             }
             Event::NotificationDelivered { lookup_id, authority, latency_ms } => {
                 info!(%lookup_id, %authority, latency_ms, "notification delivered")
             }
-            Event::NotificationReceived { lookup_id, hub } => {
-                info!(%lookup_id, %hub, "notification received")
-            }
-            Event::FeedBehindHub { hub, hub_seq, own_seq } => {
-                error!(%hub, hub_seq, own_seq, "a hub holds more of our feed than we do (restored from an old backup?): skipping past it and re-signing live records")
+            Event::NotificationReceived { lookup_id, hub } => info!(%lookup_id, %hub, "notification received"),
+            Event::FeedRecovered { hub, entries } => {
+                warn!(%hub, entries, "took back entries of our own feed from a hub (restored from an older copy?) and re-signed them")
             }
             Event::EntriesAccepted { origin, from, count, upto } => {
                 tracing::debug!(%origin, %from, count, upto, "entries accepted")
@@ -532,35 +519,10 @@ impl Node {
         }
     }
 
-    /// A new directory: admit with it, close connections whose key it no longer admits, dial new
-    /// hubs.
-    fn directory_changed(&mut self) {
-        let dir = self.machine.directory().clone();
-        if let Ok(mut shared) = self.directory.write() {
-            *shared = dir.clone();
-        }
-        let now = net::now();
-        let doomed: Vec<OdsCode> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| dir.admit(&p.key, now, &[p.role]).is_err())
-            .map(|(c, _)| c.clone())
-            .collect();
-        for code in doomed {
-            if let Some(p) = self.peers.remove(&code) {
-                warn!(peer = %code, "closing a connection whose key the new directory no longer admits");
-                p.conn.close(net::CLOSE_NOT_ADMITTED.into(), b"key no longer admitted");
-                self.machine.as_dyn().handle_disconnected(&code);
-            }
-        }
-        self.refresh_dialers();
-    }
-
     /// Starts a dial loop for each peer this node keeps a connection to: an authority its home
     /// hubs; a hub every hub with a greater code (those with a smaller code dial us). A hub also
     /// dials each hub with a smaller code once at start, so that a peer still holding a dead
-    /// connection from before a crash replaces it (and redials) at once rather than after the
-    /// idle timeout.
+    /// connection from before a crash replaces it at once rather than after the idle timeout.
     fn refresh_dialers(&mut self) {
         let dir = self.machine.directory().clone();
         let me = self.ctx.me.clone();
@@ -576,7 +538,7 @@ impl Node {
                 .collect(),
         };
         for (target, dial) in targets {
-            if self.dialing.contains_key(&target) {
+            if self.dialing.get(&target).is_some_and(|h| !h.is_finished()) {
                 continue;
             }
             let Some(addr) = self.address_of(&dir, &target) else {
@@ -607,12 +569,87 @@ impl Node {
         route
     }
 
-    /// Inputs waiting for the event loop.
-    pub fn inputs_queued(&self) -> usize {
-        self.ctx.inputs.max_capacity() - self.ctx.inputs.capacity()
+    fn snapshot(&self) -> Snapshot {
+        let now = net::now();
+        let dir = self.machine.directory();
+        let code = self.machine.code().clone();
+        let me = dir.member(&code);
+        let key = me.and_then(|m| m.key(self.key.id()));
+        let key_status = match key {
+            None => "not in the directory",
+            Some(k) if matches!(k.status, KeyStatus::Revoked { .. }) => "revoked",
+            Some(k) if matches!(k.status, KeyStatus::Retired { .. }) => "retired",
+            Some(k) if !k.usable_at(now) => "outside its validity window",
+            Some(_) => "active",
+        };
+        Snapshot {
+            role: self.machine.role(),
+            name: me.map(|m| m.name.clone()).unwrap_or_default(),
+            now,
+            key_id: self.key.id(),
+            key_status,
+            key_valid_until: key.map(|k| k.valid_until),
+            directory_version: dir.version(),
+            directory_expires_at: dir.directory().expires_at,
+            uptime_s: self.started.elapsed().as_secs(),
+            peers: self.peer_states(dir, &code),
+            settings_connected: self.settings.len(),
+            inputs_queued: self.ctx.inputs.max_capacity() - self.ctx.inputs.capacity(),
+            writes_in_flight: self.writes_submitted - self.writes_durable,
+            metrics: self.metrics.clone(),
+            authority: self.machine.as_authority().map(|a| {
+                let (notifications, unacknowledged) = a.inbox_counts();
+                AuthorityState {
+                    feed_seq: a.last_seq(),
+                    head_at: a.head().map(|h| h.body.at),
+                    plans: a.plans().count(),
+                    notifications,
+                    unacknowledged,
+                }
+            }),
+            hub: self.machine.as_hub().map(|h| HubState {
+                origins: h
+                    .replicas()
+                    .iter()
+                    .map(|(o, r)| OriginState { origin: o.clone(), seq: r.seq(), head_at: r.head().map(|h| h.body.at) })
+                    .collect(),
+                visit_feeds: h.visit_marks().map(|(o, s)| (o.clone(), s)).collect(),
+                waiting: h.outbox_depths(),
+                oldest_waiting: h.oldest_waiting(),
+                equivocations: h.equivocations().len(),
+            }),
+            code,
+        }
     }
 
-    pub fn setting_sessions(&self) -> usize {
-        self.settings.len()
+    /// Members this node keeps a connection with, and whether each is up.
+    fn peer_states(&self, dir: &TrustedDirectory, code: &OdsCode) -> Vec<PeerState> {
+        let mut expected: Vec<(OdsCode, Role)> = match self.config.role {
+            NodeRole::Authority => dir
+                .member(code)
+                .map(|m| m.home_hubs.iter().map(|h| (h.clone(), Role::Hub)).collect())
+                .unwrap_or_default(),
+            NodeRole::Hub => dir
+                .members()
+                .iter()
+                .filter(|m| {
+                    (m.role == Role::Hub && m.code != *code)
+                        || (m.role == Role::Authority && m.home_hubs.contains(code))
+                })
+                .map(|m| (m.code.clone(), m.role))
+                .collect(),
+        };
+        for (c, p) in &self.peers {
+            if !expected.iter().any(|(e, _)| e == c) {
+                expected.push((c.clone(), p.role));
+            }
+        }
+        expected
+            .into_iter()
+            .map(|(c, role)| {
+                let conn = self.peers.get(&c);
+                PeerState { connected: conn.is_some(), queued: conn.map_or(0, PeerConn::queued), code: c, role }
+            })
+            .collect()
     }
 }

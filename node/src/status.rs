@@ -1,130 +1,207 @@
-//! The status page and the gauges of `/metrics`, read from the running machine.
+//! A snapshot of a running node, taken by the event loop, and its two renderings: the status
+//! document (`GET /status`, `cpis status`) and the Prometheus text of `GET /metrics`.
 
-use crate::runtime::{Node, NodeMachine};
+use crate::metrics::Metrics;
 use cpis_protocol::directory::Role;
 use cpis_protocol::ids::OdsCode;
+use cpis_protocol::sign::KeyId;
+use cpis_protocol::time::Timestamp;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// Members this node keeps a connection with, and whether it is up.
-fn peers(node: &Node) -> Vec<Value> {
-    let dir = node.machine.directory();
-    let me = dir.member(&node.config.code());
-    let mut expected: Vec<(OdsCode, Role)> = match &node.machine {
-        NodeMachine::Authority(_) => {
-            me.map(|m| m.home_hubs.iter().map(|h| (h.clone(), Role::Hub)).collect()).unwrap_or_default()
-        }
-        NodeMachine::Hub(h) => dir
-            .members()
-            .iter()
-            .filter(|m| {
-                (m.role == Role::Hub && m.code != *h.code())
-                    || (m.role == Role::Authority && m.home_hubs.contains(h.code()))
-            })
-            .map(|m| (m.code.clone(), m.role))
-            .collect(),
-    };
-    for (code, p) in &node.peers {
-        if !expected.iter().any(|(c, _)| c == code) {
-            expected.push((code.clone(), p.role));
-        }
-    }
-    expected
-        .into_iter()
-        .map(|(code, role)| {
-            let state = if node.peers.contains_key(&code) { "connected" } else { "disconnected" };
-            json!({ "code": code.as_str(), "role": role.name(), "state": state })
-        })
-        .collect()
+/// A peer this node keeps (or has) a connection with.
+#[derive(Clone, Debug)]
+pub struct PeerState {
+    pub code: OdsCode,
+    pub role: Role,
+    pub connected: bool,
+    /// Frames queued towards it and not yet written.
+    pub queued: usize,
 }
 
-pub fn status(node: &Node) -> Value {
-    let dir = node.machine.directory();
-    let code = node.config.code();
-    let name = dir.member(&code).map(|m| m.name.clone()).unwrap_or_default();
-    let now = crate::net::now();
-    match &node.machine {
-        NodeMachine::Authority(a) => {
-            let inbox: Vec<_> = a.inbox().collect();
-            json!({
-                "role": "authority", "code": code.as_str(), "name": name,
-                "directory_version": dir.version(), "feed_seq": a.last_seq(), "plans": a.plans().count(),
-                "notifications": inbox.len(),
-                "notifications_unacknowledged": inbox.iter().filter(|i| i.acknowledged.is_none()).count(),
-                "peers": peers(node), "uptime_s": node.started.elapsed().as_secs(),
+/// An authority's own state.
+#[derive(Clone, Debug)]
+pub struct AuthorityState {
+    pub feed_seq: u64,
+    pub head_at: Option<Timestamp>,
+    pub plans: usize,
+    pub notifications: usize,
+    pub unacknowledged: usize,
+}
+
+/// One authority's replica at a hub.
+#[derive(Clone, Debug)]
+pub struct OriginState {
+    pub origin: OdsCode,
+    pub seq: u64,
+    /// When the authority signed the head the replica matches.
+    pub head_at: Option<Timestamp>,
+}
+
+/// A hub's state.
+#[derive(Clone, Debug)]
+pub struct HubState {
+    pub origins: Vec<OriginState>,
+    /// Hubs' visit feeds held (their own included), with their marks.
+    pub visit_feeds: Vec<(OdsCode, u64)>,
+    pub waiting: BTreeMap<OdsCode, usize>,
+    pub oldest_waiting: Option<Timestamp>,
+    pub equivocations: usize,
+}
+
+/// Everything status and metrics show, read from the event loop in one go.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub role: Role,
+    pub code: OdsCode,
+    pub name: String,
+    pub now: Timestamp,
+    pub key_id: KeyId,
+    /// `active`, `retired`, `revoked`, `outside its validity window` or `not in the directory`.
+    pub key_status: &'static str,
+    pub key_valid_until: Option<Timestamp>,
+    pub directory_version: u64,
+    pub directory_expires_at: Timestamp,
+    pub uptime_s: u64,
+    pub peers: Vec<PeerState>,
+    pub settings_connected: usize,
+    pub inputs_queued: usize,
+    pub writes_in_flight: u64,
+    pub metrics: Metrics,
+    pub authority: Option<AuthorityState>,
+    pub hub: Option<HubState>,
+}
+
+fn time(t: Option<Timestamp>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(t.to_string()))
+}
+
+impl Snapshot {
+    /// The status document (`GET /status`).
+    pub fn json(&self) -> Value {
+        let peers: Vec<Value> = self
+            .peers
+            .iter()
+            .map(|p| {
+                let state = if p.connected { "connected" } else { "disconnected" };
+                json!({ "code": p.code.as_str(), "role": p.role.name(), "state": state })
             })
+            .collect();
+        let mut doc = json!({
+            "role": self.role.name(),
+            "code": self.code.as_str(),
+            "name": self.name,
+            "key": { "id": self.key_id.to_string(), "status": self.key_status, "valid_until": time(self.key_valid_until) },
+            "directory_version": self.directory_version,
+            "directory_expires_at": self.directory_expires_at.to_string(),
+            "peers": peers,
+            "uptime_s": self.uptime_s,
+        });
+        if let Some(a) = &self.authority {
+            doc["feed_seq"] = json!(a.feed_seq);
+            doc["head_signed_at"] = time(a.head_at);
+            doc["plans"] = json!(a.plans);
+            doc["notifications"] = json!(a.notifications);
+            doc["notifications_unacknowledged"] = json!(a.unacknowledged);
         }
-        NodeMachine::Hub(h) => {
+        if let Some(h) = &self.hub {
             let origins: Vec<Value> = h
-                .high_waters()
-                .into_iter()
-                .map(|hw| {
-                    // Zero: the hub has not yet heard how current its copy is.
-                    let known = hw.as_of.as_millis() > 0;
+                .origins
+                .iter()
+                .map(|o| {
                     json!({
-                        "origin": hw.origin.as_str(),
-                        "seq": hw.seq,
-                        "as_of": known.then(|| hw.as_of.to_string()),
-                        "lag_ms": known.then(|| now.since(hw.as_of)),
+                        "origin": o.origin.as_str(),
+                        "seq": o.seq,
+                        "as_of": time(o.head_at),
+                        "lag_ms": o.head_at.map(|t| self.now.since(t)),
                     })
                 })
                 .collect();
             let waiting: Vec<Value> =
-                h.outbox_depths().into_iter().map(|(a, n)| json!({ "authority": a.as_str(), "waiting": n })).collect();
-            json!({
-                "role": "hub", "code": code.as_str(), "name": name, "directory_version": dir.version(),
-                "peers": peers(node), "settings_connected": node.setting_sessions(),
-                "origins": origins, "notifications_waiting": waiting, "equivocations": h.equivocations().len(),
-                "uptime_s": node.started.elapsed().as_secs(),
-            })
+                h.waiting.iter().map(|(a, n)| json!({ "authority": a.as_str(), "waiting": n })).collect();
+            doc["settings_connected"] = json!(self.settings_connected);
+            doc["origins"] = json!(origins);
+            doc["visit_feeds"] =
+                json!(h.visit_feeds.iter().map(|(o, s)| json!({ "origin": o.as_str(), "seq": s })).collect::<Vec<_>>());
+            doc["notifications_waiting"] = json!(waiting);
+            doc["oldest_waiting_since"] = time(h.oldest_waiting);
+            doc["equivocations"] = json!(h.equivocations);
         }
+        doc
     }
-}
 
-pub fn metrics(node: &Node) -> String {
-    let mut out = String::new();
-    node.metrics.render(&mut out);
-    let now = crate::net::now();
-    let _ = writeln!(
-        out,
-        "# TYPE cpis_directory_version gauge\ncpis_directory_version {}",
-        node.machine.directory().version()
-    );
-    let _ = writeln!(out, "# TYPE cpis_peers_connected gauge\ncpis_peers_connected {}", node.peers.len());
-    let _ = writeln!(out, "# HELP cpis_queue_depth Items waiting: the event loop's inputs, frames towards each peer.");
-    let _ =
-        writeln!(out, "# TYPE cpis_queue_depth gauge\ncpis_queue_depth{{queue=\"inputs\"}} {}", node.inputs_queued());
-    for (code, peer) in &node.peers {
-        let _ = writeln!(out, "cpis_queue_depth{{queue=\"peer\",peer=\"{code}\"}} {}", peer.queued());
-    }
-    let _ = writeln!(out, "# TYPE cpis_api_waiting_durable gauge\ncpis_api_waiting_durable {}", node.waiting_api.len());
-    if let NodeMachine::Hub(h) = &node.machine {
+    /// The Prometheus text of `GET /metrics`.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        self.metrics.render(&mut out);
+        let mut gauge = |name: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+        gauge("cpis_directory_version", "The directory version this node trusts.", self.directory_version.to_string());
+        let expiry = self.directory_expires_at.since(self.now) as f64 / 1000.0;
+        gauge("cpis_directory_expires_in_seconds", "Time until the trusted directory expires.", format!("{expiry:.0}"));
+        let key_ok = u8::from(self.key_status == "active");
+        gauge(
+            "cpis_own_key_active",
+            "1 if the key this node runs on is an active key in the directory.",
+            key_ok.to_string(),
+        );
+        let connected = self.peers.iter().filter(|p| p.connected).count();
+        gauge("cpis_peers_connected", "Members connected now.", connected.to_string());
+        gauge("cpis_inputs_queued", "Inputs waiting for the event loop.", self.inputs_queued.to_string());
+        gauge(
+            "cpis_writes_in_flight",
+            "Writes handed to the store and not yet durable.",
+            self.writes_in_flight.to_string(),
+        );
         let _ = writeln!(
             out,
-            "# HELP cpis_replication_lag_seconds Time since the hub last knew its copy of an origin's feed to be current."
+            "# HELP cpis_peer_queue_frames Frames queued towards each peer.\n# TYPE cpis_peer_queue_frames gauge"
         );
-        let _ = writeln!(out, "# TYPE cpis_replication_lag_seconds gauge");
-        for hw in h.high_waters().into_iter().filter(|hw| hw.as_of.as_millis() > 0) {
+        for p in self.peers.iter().filter(|p| p.connected) {
+            let _ = writeln!(out, "cpis_peer_queue_frames{{peer=\"{}\"}} {}", p.code, p.queued);
+        }
+        if let Some(h) = &self.hub {
             let _ = writeln!(
                 out,
-                "cpis_replication_lag_seconds{{origin=\"{}\"}} {:.3}",
-                hw.origin,
-                now.since(hw.as_of) as f64 / 1000.0
+                "# HELP cpis_replica_head_age_seconds Age of the newest head of each authority this hub's replica matches.\n# TYPE cpis_replica_head_age_seconds gauge"
+            );
+            for o in &h.origins {
+                if let Some(t) = o.head_at {
+                    let _ = writeln!(
+                        out,
+                        "cpis_replica_head_age_seconds{{origin=\"{}\"}} {:.3}",
+                        o.origin,
+                        self.now.since(t) as f64 / 1000.0
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# HELP cpis_notifications_waiting Notifications not yet acknowledged, by destination authority.\n# TYPE cpis_notifications_waiting gauge"
+            );
+            for (authority, n) in &h.waiting {
+                let _ = writeln!(out, "cpis_notifications_waiting{{authority=\"{authority}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP cpis_equivocations Equivocations proven.\n# TYPE cpis_equivocations gauge\ncpis_equivocations {}",
+                h.equivocations
+            );
+            let _ = writeln!(
+                out,
+                "# HELP cpis_settings_connected Setting sessions open.\n# TYPE cpis_settings_connected gauge\ncpis_settings_connected {}",
+                self.settings_connected
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP cpis_notifications_waiting Notifications not yet acknowledged, by destination authority."
-        );
-        let _ = writeln!(out, "# TYPE cpis_notifications_waiting gauge");
-        for (authority, n) in h.outbox_depths() {
-            let _ = writeln!(out, "cpis_notifications_waiting{{authority=\"{authority}\"}} {n}");
+        if let Some(a) = &self.authority {
+            let _ = writeln!(
+                out,
+                "# HELP cpis_inbox_unacknowledged Notifications not yet acknowledged.\n# TYPE cpis_inbox_unacknowledged gauge\ncpis_inbox_unacknowledged {}",
+                a.unacknowledged
+            );
         }
-        let _ = writeln!(out, "# TYPE cpis_equivocations gauge\ncpis_equivocations {}", h.equivocations().len());
+        out
     }
-    if let NodeMachine::Authority(a) = &node.machine {
-        let unread = a.inbox().filter(|i| i.acknowledged.is_none()).count();
-        let _ = writeln!(out, "# TYPE cpis_inbox_unacknowledged gauge\ncpis_inbox_unacknowledged {unread}");
-    }
-    out
 }

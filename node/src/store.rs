@@ -2,10 +2,10 @@
 //!
 //! # What it stores
 //!
-//! Every table in [`Table::ALL`] (feed entries, high-water marks, the directory, the access log,
-//! the outbox, the inbox, equivocation proofs), each a redb table of raw `&[u8]` keys and values
-//! named by [`Table::name`]. The encodings of keys and values belong to the protocol crate; this
-//! module never looks inside them, and never puts them in an error or a log line.
+//! Every table in [`Table::ALL`] (docs/storage.md), each a redb table of raw `&[u8]` keys and
+//! values named by [`Table::name`]. The encodings of keys and values belong to the protocol
+//! crate's `schema`; this module never looks inside them, and never puts them in an error or a
+//! log line. The schema version is a row like any other, checked when the machine is restored.
 //!
 //! # Group commit
 //!
@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use cpis_protocol::store::{StoreOp, StoredRow, Table, WriteBatch};
+use cpis_protocol::schema::{StoreOp, StoredRow, Table, WriteBatch};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
@@ -191,8 +191,9 @@ fn definition(table: Table) -> Def {
     TableDefinition::new(table.name())
 }
 
+/// The position of a table in [`Table::ALL`] (its declaration order).
 fn index(table: Table) -> usize {
-    Table::ALL.iter().position(|t| *t == table).expect("every table is in Table::ALL")
+    table as usize
 }
 
 fn arc(e: impl Into<redb::Error>) -> Arc<redb::Error> {
@@ -415,11 +416,13 @@ fn apply_ops<'a>(txn: &WriteTransaction, ops: impl Iterator<Item = &'a StoreOp>)
             StoreOp::Put { table, .. } | StoreOp::Delete { table, .. } => *table,
         };
         let slot = &mut tables[index(table)];
-        if slot.is_none() {
-            let opened = txn.open_table(definition(table));
-            *slot = Some(opened.map_err(|e| StoreError::Table { table: table.name(), source: arc(e) })?);
-        }
-        let t = slot.as_mut().expect("opened above");
+        let t = match slot {
+            Some(t) => t,
+            None => {
+                let opened = txn.open_table(definition(table));
+                slot.insert(opened.map_err(|e| StoreError::Table { table: table.name(), source: arc(e) })?)
+            }
+        };
         let write_err = |e: redb::StorageError| StoreError::Write { table: table.name(), source: arc(e) };
         match op {
             StoreOp::Put { key, value, .. } => {
@@ -472,7 +475,7 @@ mod tests {
                     vec![
                         put(Table::Entries, b"ab\0\0\0\0\0\0\0\0\x01", b"entry-1"),
                         put(Table::Entries, b"ab\0\0\0\0\0\0\0\0\x02", b"entry-2"),
-                        put(Table::HighWater, b"ab", &2u64.to_be_bytes()),
+                        put(Table::Marks, b"ab", &2u64.to_be_bytes()),
                         put(Table::Directory, b"current", b"dir-v1"),
                         put(Table::Outbox, b"lookup-0000000001xx", b"out"),
                     ],
@@ -503,7 +506,7 @@ mod tests {
         let store = Store::open(&path).unwrap();
         let expected = sorted(vec![
             row(Table::Entries, b"ab\0\0\0\0\0\0\0\0\x02", b"entry-2"),
-            row(Table::HighWater, b"ab", &2u64.to_be_bytes()),
+            row(Table::Marks, b"ab", &2u64.to_be_bytes()),
             row(Table::Directory, b"current", b"dir-v2"),
             row(Table::Inbox, b"lookup-0000000002", b"in"),
         ]);

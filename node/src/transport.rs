@@ -10,14 +10,18 @@
 //! session skips the verifier. In TLS 1.3 a refused *client* may still see `connect()` succeed;
 //! the refusal shows on its first stream, so a finished handshake alone does not mean admission.
 //!
-//! **Framing.** On a stream, a frame is a 4-byte big-endian length followed by that many payload
-//! bytes. [`read_frame`] checks the length against a maximum before allocating.
+//! **Framing** is the protocol's (`cpis_protocol::wire`), byte for byte: [`write_frame`] writes
+//! what `wire::encode_frame` made, and [`read_message`] reads the 4-byte header, asks
+//! `wire::frame_len` (which refuses an oversized frame before anything is allocated), reads the
+//! payload and decodes it with `wire::decode_payload`. The simulator uses the same two functions
+//! of `wire`, so it exercises the framing that production runs.
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cpis_protocol::wire::{self, FRAME_HEADER_BYTES, Message, WireError};
 use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
@@ -73,28 +77,28 @@ pub enum TransportError {
     /// The connection failed or was closed (including refusal by the peer).
     #[error("connection: {0}")]
     Connection(#[from] quinn::ConnectionError),
-    /// A frame's declared length exceeds the allowed maximum.
-    #[error("frame of {len} bytes exceeds the maximum of {max}")]
-    FrameTooLarge {
-        /// Declared (or attempted) length.
-        len: usize,
-        /// Maximum allowed length.
-        max: usize,
-    },
+    /// Writing to a stream failed.
+    #[error("stream write: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+/// Why a frame could not be read from a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The bytes are not a frame of this protocol (too large, another version, malformed).
+    #[error(transparent)]
+    Wire(#[from] WireError),
     /// The stream ended in the middle of a frame (header or payload).
     #[error("truncated frame: stream ended after {got} of {expected} bytes")]
-    TruncatedFrame {
+    Truncated {
         /// Bytes expected for the header or payload.
         expected: usize,
         /// Bytes received before the stream ended.
         got: usize,
     },
-    /// Reading from a stream failed.
+    /// Reading from the stream failed (the connection was lost or reset).
     #[error("stream read: {0}")]
     Read(#[from] quinn::ReadError),
-    /// Writing to a stream failed.
-    #[error("stream write: {0}")]
-    Write(#[from] quinn::WriteError),
 }
 
 /// The admission reason carried inside a rustls certificate error.
@@ -327,41 +331,30 @@ pub fn peer_public_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
     cert_public_key(certs.first()?)
 }
 
-/// Writes one frame: a 4-byte big-endian length, then the payload.
-pub async fn write_frame(send: &mut quinn::SendStream, payload: &[u8]) -> Result<(), TransportError> {
-    let len = u32::try_from(payload.len())
-        .map_err(|_| TransportError::FrameTooLarge { len: payload.len(), max: u32::MAX as usize })?;
-    send.write_all(&len.to_be_bytes()).await?;
-    send.write_all(payload).await?;
+/// Writes one whole frame, as `wire::encode_frame` made it.
+pub async fn write_frame(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(), TransportError> {
+    send.write_all(frame).await?;
     Ok(())
 }
 
-/// Reads one frame; `Ok(None)` if the stream ended cleanly before a header.
-///
-/// A declared length above `max_frame_bytes` is refused before any allocation.
-pub async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    max_frame_bytes: usize,
-) -> Result<Option<Vec<u8>>, TransportError> {
-    let mut header = [0u8; 4];
+/// Reads and decodes one frame; `Ok(None)` if the stream ended cleanly before a header.
+pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, FrameError> {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
         Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(e) => return Err(exact_error(e, header.len())),
     }
-    let len = usize::try_from(u32::from_be_bytes(header)).unwrap_or(usize::MAX);
-    if len > max_frame_bytes {
-        return Err(TransportError::FrameTooLarge { len, max: max_frame_bytes });
-    }
+    let len = wire::frame_len(header)?;
     let mut payload = vec![0u8; len];
     recv.read_exact(&mut payload).await.map_err(|e| exact_error(e, len))?;
-    Ok(Some(payload))
+    Ok(Some(wire::decode_payload(&payload)?))
 }
 
-fn exact_error(error: ReadExactError, expected: usize) -> TransportError {
+fn exact_error(error: ReadExactError, expected: usize) -> FrameError {
     match error {
-        ReadExactError::FinishedEarly(got) => TransportError::TruncatedFrame { expected, got },
-        ReadExactError::ReadError(e) => TransportError::Read(e),
+        ReadExactError::FinishedEarly(got) => FrameError::Truncated { expected, got },
+        ReadExactError::ReadError(e) => FrameError::Read(e),
     }
 }
 
@@ -407,29 +400,51 @@ mod tests {
         (a, b, client.unwrap(), server)
     }
 
+    fn sync(version: u64) -> Message {
+        Message::Sync { directory_version: version, marks: vec![] }
+    }
+
     #[tokio::test]
-    async fn admitted_peers_exchange_frames_both_ways() {
+    async fn admitted_peers_exchange_protocol_frames_both_ways() {
         let (_a, _b, client, server) = pair().await;
         assert_eq!(peer_public_key(&client), Some(public(2)));
         assert_eq!(peer_public_key(&server), Some(public(1)));
 
         let serve = tokio::spawn(async move {
             let (mut send, mut recv) = server.accept_bi().await.unwrap();
-            let got = read_frame(&mut recv, 1024).await.unwrap();
-            write_frame(&mut send, b"pong").await.unwrap();
+            let got = read_message(&mut recv).await.unwrap();
+            write_frame(&mut send, &wire::encode_frame(&sync(2))).await.unwrap();
             send.finish().unwrap();
             send.stopped().await.unwrap();
             got
         });
         let (mut send, mut recv) = timeout(WAIT, client.open_bi()).await.unwrap().unwrap();
-        write_frame(&mut send, b"ping").await.unwrap();
+        write_frame(&mut send, &wire::encode_frame(&sync(1))).await.unwrap();
         send.finish().unwrap();
-        let reply = timeout(WAIT, read_frame(&mut recv, 1024)).await.unwrap();
-        assert_eq!(reply.unwrap().as_deref(), Some(&b"pong"[..]));
-        let end = timeout(WAIT, read_frame(&mut recv, 1024)).await.unwrap();
+        let reply = timeout(WAIT, read_message(&mut recv)).await.unwrap();
+        assert_eq!(reply.unwrap(), Some(sync(2)));
+        let end = timeout(WAIT, read_message(&mut recv)).await.unwrap();
         assert!(end.unwrap().is_none(), "clean end of stream gives None");
         let got = timeout(WAIT, serve).await.unwrap().unwrap();
-        assert_eq!(got.as_deref(), Some(&b"ping"[..]));
+        assert_eq!(got, Some(sync(1)));
+    }
+
+    #[tokio::test]
+    async fn node_stream_framing_is_the_protocols_byte_for_byte() {
+        let (_a, _b, client, server) = pair().await;
+        // What the node's writer puts on a stream, the protocol's decoder reads...
+        let (mut send, _r) = client.open_bi().await.unwrap();
+        write_frame(&mut send, &wire::encode_frame(&sync(7))).await.unwrap();
+        send.finish().unwrap();
+        let (_s, mut recv) = timeout(WAIT, server.accept_bi()).await.unwrap().unwrap();
+        let raw = timeout(WAIT, recv.read_to_end(1 << 20)).await.unwrap().unwrap();
+        assert_eq!(wire::decode_frame(&raw).unwrap(), sync(7));
+        // ...and what the protocol's encoder makes, the node's reader reads.
+        let (mut send, _r) = client.open_bi().await.unwrap();
+        send.write_all(&wire::encode_frame(&sync(8))).await.unwrap();
+        send.finish().unwrap();
+        let (_s, mut recv) = timeout(WAIT, server.accept_bi()).await.unwrap().unwrap();
+        assert_eq!(timeout(WAIT, read_message(&mut recv)).await.unwrap().unwrap(), Some(sync(8)));
     }
 
     #[tokio::test]
@@ -467,11 +482,11 @@ mod tests {
             assert!(again.is_err(), "no further incoming connection expected");
         });
         let attempt = timeout(WAIT, async {
-            let conn = connect(&a, addr).await?;
-            let (mut send, mut recv) = conn.open_bi().await?;
-            write_frame(&mut send, b"ping").await?;
+            let conn = connect(&a, addr).await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            write_frame(&mut send, &wire::encode_frame(&sync(1))).await.map_err(|e| e.to_string())?;
             let _ = send.finish();
-            read_frame(&mut recv, 1024).await
+            read_message(&mut recv).await.map_err(|e| e.to_string())
         })
         .await
         .unwrap();
@@ -501,11 +516,11 @@ mod tests {
     async fn oversized_frame_is_refused_before_the_body() {
         let (_a, _b, client, server) = pair().await;
         let (mut send, _recv) = client.open_bi().await.unwrap();
-        send.write_all(&2000u32.to_be_bytes()).await.unwrap();
+        send.write_all(&((wire::FRAME_BYTES_MAX + 1) as u32).to_be_bytes()).await.unwrap();
         send.write_all(b"body").await.unwrap();
         let (_send, mut recv) = timeout(WAIT, server.accept_bi()).await.unwrap().unwrap();
-        let result = timeout(WAIT, read_frame(&mut recv, 1000)).await.unwrap();
-        assert!(matches!(result, Err(TransportError::FrameTooLarge { len: 2000, max: 1000 })));
+        let result = timeout(WAIT, read_message(&mut recv)).await.unwrap();
+        assert!(matches!(result, Err(FrameError::Wire(WireError::FrameTooLarge { .. }))), "{result:?}");
         // The body was left unread on the stream.
         let mut rest = [0u8; 4];
         timeout(WAIT, recv.read_exact(&mut rest)).await.unwrap().unwrap();
@@ -520,7 +535,7 @@ mod tests {
         send.write_all(&[7u8; 10]).await.unwrap();
         send.finish().unwrap();
         let (_send, mut recv) = timeout(WAIT, server.accept_bi()).await.unwrap().unwrap();
-        let result = timeout(WAIT, read_frame(&mut recv, 1000)).await.unwrap();
-        assert!(matches!(result, Err(TransportError::TruncatedFrame { expected: 100, got: 10 })));
+        let result = timeout(WAIT, read_message(&mut recv)).await.unwrap();
+        assert!(matches!(result, Err(FrameError::Truncated { expected: 100, got: 10 })));
     }
 }

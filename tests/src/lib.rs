@@ -1,6 +1,7 @@
 //! Support for the end-to-end tests: a federation written to disk (keys, directory, configs) in a
 //! temporary folder, nodes started in this process or as real processes, a tiny HTTP client for
 //! the operator API, and bounded waits.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a failed precondition panics.
 
 use cpis_node::config::{self, LogFormat, NodeConfig, NodeRole, SettingConfig, Timing};
 use cpis_node::runtime::RunningNode;
@@ -68,6 +69,7 @@ impl Fed {
             hub_addresses: self.hub_addresses.clone(),
             log_format: LogFormat::Text,
             timing: Timing::short(),
+            limits: Default::default(),
         }
     }
 
@@ -87,11 +89,19 @@ impl Fed {
             directory_file: home.join("directory.cpis"),
             hub_addresses: self.hub_addresses.clone(),
             hub_timeout_ms: 3_000,
+            stale_after_ms: cpis_protocol::setting::STALE_AFTER_MS_DEFAULT,
         }
     }
 
     pub async fn start(&self, code: &str) -> RunningNode {
-        RunningNode::start(self.node_config(code)).await.unwrap_or_else(|e| panic!("starting {code}: {e:#}"))
+        self.start_with(code, |_| {}).await
+    }
+
+    /// Starts a node after `change` edits its config.
+    pub async fn start_with(&self, code: &str, change: impl FnOnce(&mut NodeConfig)) -> RunningNode {
+        let mut config = self.node_config(code);
+        change(&mut config);
+        RunningNode::start(config).await.unwrap_or_else(|e| panic!("starting {code}: {e:#}"))
     }
 
     /// The API address and token a node wrote to its folder.
@@ -129,8 +139,14 @@ fn toml_of(c: &NodeConfig) -> String {
     }
     let t = &c.timing;
     text += &format!(
-        "[timing]\ntick_ms = {}\nsync_interval_ms = {}\nretry_base_ms = {}\nretry_cap_ms = {}\nreconnect_base_ms = {}\nreconnect_cap_ms = {}\n",
-        t.tick_ms, t.sync_interval_ms, t.retry_base_ms, t.retry_cap_ms, t.reconnect_base_ms, t.reconnect_cap_ms
+        "[timing]\ntick_ms = {}\nsync_interval_ms = {}\nretry_base_ms = {}\nretry_cap_ms = {}\nreconnect_base_ms = {}\nreconnect_cap_ms = {}\nhead_interval_ms = {}\n",
+        t.tick_ms,
+        t.sync_interval_ms,
+        t.retry_base_ms,
+        t.retry_cap_ms,
+        t.reconnect_base_ms,
+        t.reconnect_cap_ms,
+        t.head_interval_ms
     );
     text
 }
@@ -182,6 +198,28 @@ pub async fn api_json(
     let bytes = body.map(|b| b.to_string().into_bytes());
     let (status, text) = http(addr, &token, method, path, bytes.as_deref().map(|b| ("application/json", b))).await;
     (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// The sequence an authority's feed is at (its status `feed_seq`).
+pub async fn authority_seq(fed: &Fed, authority: &str) -> u64 {
+    let (_, status) = api_json(fed, authority, "GET", "/status", None).await;
+    status["feed_seq"].as_u64().unwrap_or(0)
+}
+
+/// The sequence of the head a hub's replica of `origin` matches (0 if none).
+pub async fn hub_seq(fed: &Fed, hub: &str, origin: &str) -> u64 {
+    let (_, status) = api_json(fed, hub, "GET", "/status", None).await;
+    status["origins"]
+        .as_array()
+        .and_then(|o| o.iter().find(|x| x["origin"] == origin))
+        .and_then(|x| x["seq"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Whether `hub` holds `authority`'s feed as far as the authority has published it.
+pub async fn hub_caught_up(fed: &Fed, hub: &str, authority: &str) -> bool {
+    let seq = authority_seq(fed, authority).await;
+    seq > 0 && hub_seq(fed, hub, authority).await >= seq
 }
 
 /// Polls `check` every 50 ms until it is true or `timeout` passes; panics naming `what`.

@@ -1,4 +1,5 @@
 //! Peers the federation must refuse: unknown and revoked keys, garbage and oversized frames.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests report a failed precondition by panicking.
 #![allow(non_snake_case)]
 
 use cpis_node::client::{LookupRequest, lookup};
@@ -7,8 +8,8 @@ use cpis_node::transport;
 use cpis_protocol::directory::KeyStatus;
 use cpis_protocol::harness::FederationSpec;
 use cpis_protocol::ids::NhsNumber;
-use cpis_protocol::records::{LookupKind, Person, SettingType};
-use cpis_protocol::store::StoredRow;
+use cpis_protocol::records::{Person, SettingType};
+use cpis_protocol::schema::StoredRow;
 use cpis_tests::{Fed, http, wait_until};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,6 @@ fn request() -> LookupRequest {
     LookupRequest {
         nhs: NhsNumber::parse("9434765919").unwrap(),
         person: Person { id: "N1".into(), name: "A Nurse".into(), role: "Nurse".into() },
-        kind: LookupKind::Unscheduled,
     }
 }
 
@@ -46,7 +46,7 @@ async fn client_whose_key_is_not_in_the_directory__refused_in_the_handshake() {
     let hub = fed.start("HUBS").await;
     // A well-formed session (a Sync frame) from a key no member holds.
     let sync =
-        cpis_protocol::wire::encode_frame(&cpis_protocol::wire::Message::Sync { directory_version: 1, have: vec![] });
+        cpis_protocol::wire::encode_frame(&cpis_protocol::wire::Message::Sync { directory_version: 1, marks: vec![] });
     let outcome = send_raw(&fed, [42; 32], sync).await;
     assert!(outcome.is_err(), "no reply to a stranger: {outcome:?}");
     wait_until("the hub counts the refusal", Duration::from_secs(5), || async {
@@ -88,14 +88,14 @@ fn rows(fed: &Fed, code: &str) -> Vec<StoredRow> {
 }
 
 /// Connects with key `seed` and writes `bytes` on a stream; returns the reply or why it ended.
-async fn send_raw(fed: &Fed, seed: [u8; 32], bytes: Vec<u8>) -> Result<Option<Vec<u8>>, String> {
+async fn send_raw(fed: &Fed, seed: [u8; 32], bytes: Vec<u8>) -> Result<Option<cpis_protocol::wire::Message>, String> {
     let admit: transport::Admit = Arc::new(|_| Ok(()));
     let endpoint = transport::endpoint("127.0.0.1:0".parse().unwrap(), &seed, admit).map_err(|e| e.to_string())?;
     let conn = transport::connect(&endpoint, fed.hub_addresses["HUBS"]).await.map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     send.write_all(&bytes).await.map_err(|e| e.to_string())?;
     let _ = send.finish();
-    let reply = tokio::time::timeout(Duration::from_secs(5), transport::read_frame(&mut recv, 1 << 20)).await;
+    let reply = tokio::time::timeout(Duration::from_secs(5), transport::read_message(&mut recv)).await;
     let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
     endpoint.close(0u32.into(), b"");
     match (reply, closed) {
@@ -130,7 +130,7 @@ async fn garbage_bytes_and_oversized_frame__connection_closed__nothing_stored_ch
     let after = rows(&fed, "HUBS");
     let changed: Vec<_> = after.iter().filter(|r| !before.contains(r)).map(|r| r.table).collect();
     assert!(
-        changed.iter().all(|t| *t == cpis_protocol::store::Table::AccessLog),
+        changed.iter().all(|t| *t == cpis_protocol::schema::Table::AccessLog),
         "only the good lookup was stored: {changed:?}"
     );
     assert_eq!(changed.len(), 1);

@@ -1,12 +1,16 @@
 //! `cpis lookup`: what a clinician sees, as text or as one JSON document.
 //!
+//! Every council the directory lists is accounted for: its plans for the child (checked against
+//! its signed head), or, if its data could not be checked as fresh, a warning with its phones.
+//! "No records" is said only when every council's fresh head proves it has none.
+//!
 //! The whole NHS number is shown here: it is the clinician's own lookup, on their own screen.
 //! Nothing in this module logs.
 
 use crate::render::ago;
 use cpis_node::client::{ClientError, HubFailure, LookupOutcome};
-use cpis_protocol::records::{LookupKind, Plan};
-use cpis_protocol::setting::{ShownPlan, ShownVisit};
+use cpis_protocol::records::{Contacts, LookupKind, Plan};
+use cpis_protocol::setting::{AuthorityStatus, AuthorityView, ShownVisit, Unavailable};
 use cpis_protocol::time::Timestamp;
 use serde_json::{Value, json};
 use std::fmt::Write;
@@ -22,12 +26,18 @@ pub fn failure_json(f: &HubFailure) -> Value {
     json!({ "hub": f.hub.as_str(), "address": f.address, "kind": f.kind.name(), "reason": f.reason })
 }
 
-fn plan_json(p: &ShownPlan, now: Timestamp) -> Value {
-    let plan = &p.plan;
-    let as_of = p.freshness.as_ref().filter(|f| f.as_of.0 > 0).map(|f| f.as_of);
+fn contacts_json(c: &Option<Contacts>) -> Value {
+    c.as_ref().map_or(
+        Value::Null,
+        |c| json!({ "name": c.name, "office_phone": c.office_phone, "out_of_hours_phone": c.out_of_hours_phone }),
+    )
+}
+
+fn plan_json(a: &AuthorityView, plan: &Plan, now: Timestamp) -> Value {
+    let as_of = a.as_of();
     json!({
-        "authority": p.authority.as_str(),
-        "authority_name": p.authority_name,
+        "authority": a.code.as_str(),
+        "authority_name": a.name,
         "reference": plan.reference.as_str(),
         "plan_type": plan.plan_type.short_name(),
         "snomed": plan.plan_type.snomed_code(),
@@ -36,11 +46,30 @@ fn plan_json(p: &ShownPlan, now: Timestamp) -> Value {
         "end": plan.end.map(|d| d.to_string()),
         "due": plan.due.map(|d| d.to_string()),
         "open": plan.open_on(now.date()),
-        "contacts": p.contacts.as_ref().map(|c| json!({
-            "name": c.name, "office_phone": c.office_phone, "out_of_hours_phone": c.out_of_hours_phone,
-        })),
+        "contacts": contacts_json(&a.contacts),
         "as_of": as_of.map(|t| t.to_string()),
         "as_of_age_ms": as_of.map(|t| now.since(t)),
+        "checked": a.checked(),
+    })
+}
+
+/// Why a council could not be checked, in words.
+fn why(a: &AuthorityView, now: Timestamp) -> String {
+    match &a.status {
+        AuthorityStatus::Checked { .. } => "checked".into(),
+        AuthorityStatus::Stale { as_of } => format!("its data was last confirmed {} ({as_of})", ago(now, *as_of)),
+        AuthorityStatus::Unavailable(Unavailable::NoHead) => "the hub holds no signed copy of its data".into(),
+        AuthorityStatus::Unavailable(u) => u.to_string(),
+    }
+}
+
+fn unavailable_json(a: &AuthorityView, now: Timestamp) -> Value {
+    json!({
+        "authority": a.code.as_str(),
+        "authority_name": a.name,
+        "reason": why(a, now),
+        "as_of": a.as_of().map(|t| t.to_string()),
+        "contacts": contacts_json(&a.contacts),
     })
 }
 
@@ -49,9 +78,22 @@ fn visit_json(v: &ShownVisit) -> Value {
         "at": v.at.to_string(),
         "setting": v.setting.as_str(),
         "setting_name": v.setting_name,
-        "setting_type": v.setting_type.name(),
+        "setting_type": v.setting_type.map(|t| t.name()),
+        "role": v.role,
         "hub": v.hub.as_str(),
     })
+}
+
+/// `alert`, `no-records` or `could-not-check`: what the answer comes to.
+pub fn result_name(o: &LookupOutcome) -> &'static str {
+    let a = &o.answer;
+    if a.plans().next().is_some() {
+        "alert"
+    } else if a.no_records() {
+        "no-records"
+    } else {
+        "could-not-check"
+    }
 }
 
 /// The outcome as one JSON document (shape in docs/cli.md).
@@ -68,8 +110,11 @@ pub fn lookup_json(o: &LookupOutcome, now: Timestamp) -> Value {
         "failed_hubs": o.failed.iter().map(failure_json).collect::<Vec<_>>(),
         "directory_version": o.directory_version,
         "directory_saved": o.directory_saved,
-        "records": a.plans.len(),
-        "plans": a.plans.iter().map(|p| plan_json(p, now)).collect::<Vec<_>>(),
+        "result": result_name(o),
+        "records": a.plans().count(),
+        "plans": a.plans().map(|(auth, p)| plan_json(auth, p, now)).collect::<Vec<_>>(),
+        "authorities_checked": a.authorities.iter().filter(|x| x.checked()).count(),
+        "unavailable": a.unavailable().map(|x| unavailable_json(x, now)).collect::<Vec<_>>(),
         "history": a.history.iter().map(visit_json).collect::<Vec<_>>(),
         "warnings": o.warnings,
     })
@@ -100,29 +145,34 @@ fn plan_dates(plan: &Plan) -> String {
     s
 }
 
-fn plan_text(out: &mut String, p: &ShownPlan, now: Timestamp) {
-    let plan = &p.plan;
-    let _ = writeln!(
-        out,
-        "\n  ALERT: {} ({}, SNOMED CT {})",
-        plan.plan_type.description().to_uppercase(),
-        plan.plan_type.short_name(),
-        plan.plan_type.snomed_code()
-    );
-    let _ = writeln!(out, "    authority:     {} ({})", p.authority_name, p.authority);
-    let _ = writeln!(out, "    plan:          {}, {}", plan.reference, plan_dates(plan));
-    match &p.contacts {
+fn phones_text(out: &mut String, contacts: &Option<Contacts>) {
+    match contacts {
         Some(c) => {
             let _ = writeln!(out, "    office hours:  {}  ({})", c.office_phone, c.name);
             let _ = writeln!(out, "    out of hours:  {}  (emergency duty team)", c.out_of_hours_phone);
         }
         None => {
-            let _ = writeln!(out, "    contacts:      none on record: call the authority's switchboard");
+            let _ = writeln!(out, "    contacts:      none on record: call the council's switchboard");
         }
     }
-    let fresh = match p.freshness.as_ref().filter(|f| f.as_of.0 > 0) {
-        Some(f) => format!("as of {} ({})", ago(now, f.as_of), f.as_of),
-        None => "freshness unknown: the hub has not yet confirmed its copy is current".to_string(),
+}
+
+fn plan_text(out: &mut String, a: &AuthorityView, plan: &Plan, now: Timestamp) {
+    let banner = if plan.open_on(now.date()) { "ALERT" } else { "ENDED PLAN (shown for a year after its end)" };
+    let _ = writeln!(
+        out,
+        "\n  {banner}: {} ({}, SNOMED CT {})",
+        plan.plan_type.description().to_uppercase(),
+        plan.plan_type.short_name(),
+        plan.plan_type.snomed_code()
+    );
+    let _ = writeln!(out, "    council:       {} ({})", a.name, a.code);
+    let _ = writeln!(out, "    plan:          {}, {}", plan.reference, plan_dates(plan));
+    phones_text(out, &a.contacts);
+    let fresh = match a.as_of() {
+        Some(t) if a.checked() => format!("checked against its signed data as of {} ({t})", ago(now, t)),
+        Some(t) => format!("NOT CONFIRMED SINCE {} ({t}): see below", ago(now, t)),
+        None => "not confirmed".into(),
     };
     let _ = writeln!(out, "    data:          {fresh}");
 }
@@ -136,28 +186,48 @@ pub fn lookup_text(o: &LookupOutcome, now: Timestamp) -> String {
     for f in &o.failed {
         let _ = writeln!(out, "  tried first: {f}");
     }
-    if a.plans.is_empty() {
-        let _ =
-            writeln!(out, "\nNo records: no visible child protection or looked after child plan for this NHS number.");
-    } else {
-        let _ = writeln!(out, "\n{} visible plan(s):", a.plans.len());
-        for p in &a.plans {
-            plan_text(&mut out, p, now);
+    let plans: Vec<(&AuthorityView, &Plan)> = a.plans().collect();
+    let unavailable: Vec<&AuthorityView> = a.unavailable().collect();
+    if !plans.is_empty() {
+        let _ = writeln!(out, "\nCHILD CARE ALERT: {} plan(s)", plans.len());
+        for (auth, p) in &plans {
+            plan_text(&mut out, auth, p, now);
+        }
+    } else if a.no_records() {
+        let _ = writeln!(
+            out,
+            "\nNo records: every council's signed data ({}) confirms no visible child protection or looked after child plan for this NHS number.",
+            a.authorities.len()
+        );
+    }
+    if !unavailable.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nCOULD NOT CHECK {} council(s): their data could not be confirmed as current.\nFollow local safeguarding procedure; call them if there is any concern:",
+            unavailable.len()
+        );
+        for auth in &unavailable {
+            let _ = writeln!(out, "\n  {} ({}): {}", auth.name, auth.code, why(auth, now));
+            phones_text(&mut out, &auth.contacts);
         }
     }
     history_text(&mut out, &a.history, now);
     let _ = writeln!(out);
-    match (o.kind, a.plans.is_empty()) {
+    match (o.kind, plans.is_empty()) {
         (LookupKind::Unscheduled, false) => {
-            let mut names: Vec<&str> = a.plans.iter().map(|p| p.authority_name.as_str()).collect();
+            let mut names: Vec<&str> =
+                plans.iter().filter(|(_, p)| p.visible_on(now.date())).map(|(x, _)| x.name.as_str()).collect();
             names.dedup();
             let _ = writeln!(out, "This visit is recorded and {} will be notified.", names.join(", "));
         }
         (LookupKind::Unscheduled, true) => {
-            let _ = writeln!(out, "Nobody is notified: there is no plan for this number.");
+            let _ = writeln!(out, "Nobody is notified: no plan was found for this number.");
         }
         (LookupKind::Scheduled, _) => {
-            let _ = writeln!(out, "Scheduled lookup: audited, but no authority is notified and no visit is recorded.");
+            let _ = writeln!(
+                out,
+                "Scheduled lookup (this setting's type): audited, but no council is notified and no visit is recorded."
+            );
         }
     }
     for w in &o.warnings {
@@ -176,14 +246,16 @@ fn history_text(out: &mut String, history: &[ShownVisit], now: Timestamp) {
     }
     let _ = writeln!(out, "\nPrevious unscheduled visits ({}, newest first):", history.len());
     for v in history {
+        let kind = v.setting_type.map_or("setting", |t| t.name());
         let _ = writeln!(
             out,
-            "  {}  ({:>8})  {} ({}, {}), via hub {}",
+            "  {}  ({:>8})  {} ({}, {}), seen by a {}, via hub {}",
             v.at,
             ago(now, v.at),
             v.setting_name,
             v.setting,
-            v.setting_type.name(),
+            kind,
+            v.role,
             v.hub
         );
     }

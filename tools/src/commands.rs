@@ -10,7 +10,7 @@ use cpis_node::client::{self, LookupRequest};
 use cpis_node::config::{SettingConfig, read_directory};
 use cpis_protocol::directory::Role;
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
-use cpis_protocol::records::{Contacts, LookupKind, Person, PlanType};
+use cpis_protocol::records::{Contacts, Person, PlanType};
 use cpis_protocol::time::Date;
 use cpis_tools::api::NodeApi;
 use cpis_tools::render::{now, number};
@@ -19,16 +19,16 @@ use serde_json::{Value, json};
 use std::path::Path;
 
 /// Exit code: done.
-pub const EXIT_OK: u8 = 0;
+pub(crate) const EXIT_OK: u8 = 0;
 /// Exit code: failed.
-pub const EXIT_FAILED: u8 = 1;
+pub(crate) const EXIT_FAILED: u8 = 1;
 /// Exit code: bad command line or input; nothing was sent.
-pub const EXIT_BAD_INPUT: u8 = 2;
+pub(crate) const EXIT_BAD_INPUT: u8 = 2;
 /// Exit code: an import finished but refused some rows.
-pub const EXIT_ROWS_REFUSED: u8 = 3;
+pub(crate) const EXIT_ROWS_REFUSED: u8 = 3;
 
 /// A command that failed: the exit code, the error, and any JSON fields to add to `{"error"}`.
-pub struct Failure {
+pub(crate) struct Failure {
     pub code: u8,
     pub error: anyhow::Error,
     extra: Option<Value>,
@@ -36,7 +36,7 @@ pub struct Failure {
 
 impl Failure {
     /// The one JSON document printed for a failure under `--json`.
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         let mut doc = self.extra.clone().unwrap_or_else(|| json!({}));
         doc["error"] = json!(message(&self.error));
         doc["exit_code"] = json!(self.code);
@@ -51,7 +51,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 /// The error and its causes, each cause added only if the text so far does not already say it.
-pub fn message(error: &anyhow::Error) -> String {
+pub(crate) fn message(error: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in error.chain() {
         let part = cause.to_string();
@@ -80,7 +80,7 @@ fn emit(json: bool, value: &Value, render: impl FnOnce(&Value) -> String) {
     }
 }
 
-pub async fn run(cli: Cli) -> Outcome {
+pub(crate) async fn run(cli: Cli) -> Outcome {
     let json = cli.json;
     match cli.command {
         Command::Federation(c) => federation(c, json).await,
@@ -373,11 +373,7 @@ async fn lookup(args: LookupArgs, json: bool) -> Outcome {
     // The number is checked before anything is read or sent.
     let nhs = parse_nhs(&args.nhs)?;
     let config = SettingConfig::load(&args.config)?;
-    let request = LookupRequest {
-        nhs,
-        person: Person { id: args.user_id, name: args.user_name, role: args.role },
-        kind: if args.scheduled { LookupKind::Scheduled } else { LookupKind::Unscheduled },
-    };
+    let request = LookupRequest { nhs, person: Person { id: args.user_id, name: args.user_name, role: args.role } };
     match client::lookup(&config, request).await {
         Ok(outcome) => {
             let value = care::lookup_json(&outcome, now());

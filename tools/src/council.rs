@@ -175,7 +175,7 @@ fn notification_text(out: &mut String, n: &Value) {
     let setting = n.get("setting").unwrap_or(&Value::Null);
     let person = n.get("person").unwrap_or(&Value::Null);
     let matched: Vec<&str> = items(n, "matched").iter().filter_map(Value::as_str).collect();
-    let _ = writeln!(out, "Lookup {} ({})", text(n, "lookup_id"), text(n, "kind"));
+    let _ = writeln!(out, "Lookup {}", text(n, "lookup_id"));
     let _ = writeln!(
         out,
         "  when:   {} (received {} via hub {})",

@@ -1,4 +1,5 @@
-//! `cpis demo`: the story of DESIGN §1 played on a real federation running in this process.
+//! `cpis demo`: the federation's founding story (docs/overview.md) played on a real federation
+//! running in this process.
 //!
 //! Two hubs, three authorities (Hackney among them) and two care settings get fresh random keys
 //! through the same code as `cpis federation create` and `enrol`; the nodes run in-process
@@ -17,7 +18,7 @@ use cpis_node::config::{NodeConfig, SettingConfig, Timing};
 use cpis_node::runtime::RunningNode;
 use cpis_protocol::directory::Role;
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
-use cpis_protocol::records::{LookupKind, Person, PlanType};
+use cpis_protocol::records::{Person, PlanType};
 use cpis_protocol::time::Date;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -468,10 +469,10 @@ impl Demo {
         Some(self.waiting_at_hubs(authority).await?.iter().map(|(_, n)| n).sum())
     }
 
-    async fn look(&self, setting: &str, who: (&str, &str, &str), kind: LookupKind) -> Result<LookupOutcome, String> {
+    async fn look(&self, setting: &str, who: (&str, &str, &str)) -> Result<LookupOutcome, String> {
         let config = self.settings.get(setting).ok_or_else(|| format!("no setting {setting}"))?;
         let person = Person { id: who.0.into(), name: who.1.into(), role: who.2.into() };
-        let request = LookupRequest { nhs: self.child, person, kind };
+        let request = LookupRequest { nhs: self.child, person };
         client::lookup(config, request).await.map_err(|e| format!("the lookup at {setting} failed: {e}"))
     }
 
@@ -516,7 +517,7 @@ impl Demo {
             .ok_or("the hubs did not learn how fresh Hackney's feed is in time")?;
         Ok(format!(
             "POST /plans at Hackney's node: {} (plan {CHILD_PLAN}, looked after child since {}, NHS number {}).\n\
-             Both hubs hold Hackney's feed up to entry {seq} after {replicated_ms} ms ({tries} polls), and know it to be current after {} ms.",
+             Both hubs hold Hackney's feed up to its newest entry under its signed head after {replicated_ms} ms ({tries} polls), and know it to be current after {} ms.",
             text(&reply, "result"),
             plan.start,
             self.child.grouped(),
@@ -526,7 +527,7 @@ impl Demo {
 
     async fn first_lookup(&mut self) -> Result<String, String> {
         let started = Instant::now();
-        let outcome = self.look("RXH01", ("N4521", "Sam Patel", "Staff nurse"), LookupKind::Unscheduled).await?;
+        let outcome = self.look("RXH01", ("N4521", "Sam Patel", "Staff nurse")).await?;
         let took = started.elapsed().as_millis();
         if outcome.answer.hub.as_str() != "HUBS" {
             return Err(format!("answered by {} instead of the setting's home hub HUBS", outcome.answer.hub));
@@ -545,28 +546,28 @@ impl Demo {
     fn alert_shown(&mut self, observer: &mut dyn Observer) -> Result<String, String> {
         let outcome = self.answer.as_ref().ok_or("no answer to show")?;
         observer.screen(&care::lookup_text(outcome, now()));
-        let plan = outcome
+        let (council, _) = outcome
             .answer
-            .plans
-            .iter()
-            .find(|p| p.authority.as_str() == "204" && p.plan.plan_type == PlanType::LookedAfter)
+            .plans()
+            .find(|(a, p)| a.code.as_str() == "204" && p.plan_type == PlanType::LookedAfter)
             .ok_or("the answer shows no looked after child plan from Hackney")?;
-        let contacts = plan.contacts.as_ref().ok_or("the alert carries no contacts")?;
+        let contacts = council.contacts.as_ref().ok_or("the alert carries no contacts")?;
         if contacts.office_phone != "020 7946 0204" || contacts.out_of_hours_phone != "020 7946 0999" {
             return Err(format!("the alert shows other phones than Hackney's: {contacts:?}"));
         }
-        let fresh = plan
-            .freshness
-            .as_ref()
-            .filter(|f| f.as_of.0 > 0)
-            .ok_or("the alert does not say how fresh Hackney's data is")?;
+        let as_of = council.as_of().filter(|_| council.checked()).ok_or("Hackney's data was not checked as fresh")?;
+        let checked = outcome.answer.authorities.iter().filter(|a| a.checked()).count();
+        if checked != outcome.answer.authorities.len() {
+            return Err(format!("only {checked} of {} councils could be checked", outcome.answer.authorities.len()));
+        }
         Ok(format!(
-            "Alert: looked after child, {} ({}); office hours {}, out of hours {}; Hackney's data as of {}.",
-            plan.authority_name,
-            plan.authority,
+            "Alert: looked after child, {} ({}); office hours {}, out of hours {}; Hackney's signed data as of {}.\n\
+             Every council's signed head was checked ({checked} of {checked}): the plans shown are all there are.",
+            council.name,
+            council.code,
             contacts.office_phone,
             contacts.out_of_hours_phone,
-            crate::render::ago(now(), fresh.as_of)
+            crate::render::ago(now(), as_of)
         ))
     }
 
@@ -615,11 +616,9 @@ impl Demo {
         let node = slot.running.take().ok_or("Hackney's node is not running")?;
         node.shutdown().await;
         let started = Instant::now();
-        let outcome = self
-            .look("RXH01", ("D7710", "Dr Jo Evans", "Emergency medicine registrar"), LookupKind::Unscheduled)
-            .await?;
+        let outcome = self.look("RXH01", ("D7710", "Dr Jo Evans", "Emergency medicine registrar")).await?;
         let took = started.elapsed().as_millis();
-        if !outcome.answer.plans.iter().any(|p| p.authority.as_str() == "204") {
+        if !outcome.answer.plans().any(|(a, _)| a.code.as_str() == "204") {
             return Err("the answer while Hackney is down lacks Hackney's plan".into());
         }
         self.lookups.push(outcome.lookup_id);
@@ -672,24 +671,26 @@ impl Demo {
         let reference = PlanRef::parse(CHILD_PLAN).map_err(|e| e.to_string())?;
         let end = self.today.plus_days(-ENDED_DAYS_AGO);
         let reply = council::end_plan(&api, &reference, end).await.map_err(|e| e.to_string())?;
+        // The plan is past its window: Hackney publishes its removal; the hubs drop it.
+        let seq = number(&self.status("204").await.ok_or("Hackney's status is unavailable")?, "feed_seq");
+        let started = Instant::now();
+        poll(POLL_TRIES_MAX, || async { self.hubs_hold("204", seq).await.then_some(()) })
+            .await
+            .ok_or("the removal did not reach both hubs in time")?;
+        let removed_ms = started.elapsed().as_millis();
         let mut checks = Vec::new();
         for (setting, hub) in [("RQX01", "HUBL"), ("RXH01", "HUBS")] {
-            let started = Instant::now();
-            let (_, tries) = poll(POLL_TRIES_MAX / 10, || async {
-                let outcome =
-                    self.look(setting, ("S0001", "Demo checker", "Audit"), LookupKind::Scheduled).await.ok()?;
-                (outcome.answer.hub.as_str() == hub
-                    && outcome.answer.plans.iter().all(|p| p.authority.as_str() != "204"))
-                .then_some(())
-            })
-            .await
-            .ok_or_else(|| format!("hub {hub} still shows the plan"))?;
-            checks.push(format!("{hub}: gone after {} ms ({tries} lookup(s))", started.elapsed().as_millis()));
+            let outcome = self.look(setting, ("S0001", "Demo checker", "Audit")).await?;
+            if outcome.answer.hub.as_str() != hub || outcome.answer.plans().any(|(a, _)| a.code.as_str() == "204") {
+                return Err(format!("hub {hub} still shows the plan"));
+            }
+            checks.push(format!("{hub}: {}", crate::care::result_name(&outcome)));
         }
         Ok(format!(
             "Hackney ends plan {CHILD_PLAN} ({}) with an end date of {end}, {ENDED_DAYS_AGO} days ago: a plan is shown for 365 days after its end,\n\
              so this one is past its visibility window (a plan ended today would still show for a year; this demo uses an old end date to show the rule\n\
-             at once, rather than withdrawing the plan, which is for plans entered in error). Scheduled lookups at both hubs no longer show it:\n{}",
+             at once, rather than withdrawing the plan, which is for plans entered in error). Hackney published its removal; both hubs held it after {removed_ms} ms.\n\
+             A lookup at each hub now: {}",
             text(&reply, "result"),
             checks.join("; ")
         ))

@@ -6,7 +6,7 @@
 //! - [`care`]: what a clinician sees of a lookup (the lookup itself is
 //!   [`cpis_node::client::lookup`]);
 //! - [`status`]: a node's status;
-//! - [`demo`]: the story of DESIGN §1, played on an embedded federation.
+//! - [`demo`]: the federation's founding story (docs/overview.md), played on an embedded federation.
 //!
 //! Every reporting command prints either text for people or one JSON document whose shape is
 //! documented in `docs/cli.md`.

@@ -41,11 +41,13 @@ enum Command {
     /// Councils: notifications of your children being looked up, and acknowledging them.
     #[command(subcommand)]
     Inbox(InboxCommand),
-    /// Care settings: look a child up by NHS number.
+    /// Care settings: look a child up by NHS number (whether it notifies follows the setting's
+    /// type in the directory).
     Lookup(LookupArgs),
     /// Anyone running a node: its role, peers, replication lag and queues.
     Status(NodeArg),
-    /// Plays DESIGN §1's story on an embedded federation on loopback, checking every step.
+    /// Plays the federation's founding story on an embedded federation on loopback, checking
+    /// every step.
     Demo(DemoArgs),
 }
 
@@ -87,7 +89,7 @@ enum FederationCommand {
         #[arg(long)]
         file: Option<PathBuf>,
     },
-    /// Adds a new key for a member (written to --key-out) beside its current one (DESIGN §5).
+    /// Adds a new key for a member (written to --key-out) beside its current one (docs/keys.md).
     RotateKey {
         #[command(flatten)]
         key: KeyArgs,
@@ -303,9 +305,6 @@ struct LookupArgs {
     /// Their role, e.g. "Staff nurse".
     #[arg(long)]
     role: String,
-    /// A scheduled read (GP, health visiting, school nursing): audited, nobody notified.
-    #[arg(long)]
-    scheduled: bool,
 }
 
 #[derive(Args)]

@@ -21,8 +21,22 @@ pub fn status_text(s: &Value) -> String {
         number(s, "directory_version"),
         duration(number(s, "uptime_s") * 1000)
     );
+    let key = s.get("key").cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "Key:           {} ({}, valid until {}); directory expires {}",
+        text(&key, "id"),
+        text(&key, "status"),
+        text(&key, "valid_until"),
+        text(s, "directory_expires_at")
+    );
     if role == "authority" {
-        let _ = writeln!(out, "Feed:          {} entries published", number(s, "feed_seq"));
+        let _ = writeln!(
+            out,
+            "Feed:          sequence {}, head signed {}",
+            number(s, "feed_seq"),
+            text(s, "head_signed_at")
+        );
         let _ = writeln!(out, "Plans:         {}", number(s, "plans"));
         let _ = writeln!(
             out,
@@ -55,11 +69,11 @@ fn peers_text(out: &mut String, s: &Value) {
 fn hub_text(out: &mut String, s: &Value) {
     let _ = writeln!(out, "Care-setting sessions open: {}", number(s, "settings_connected"));
     let origins = items(s, "origins");
-    let _ = writeln!(out, "\nReplication ({} origins):", origins.len());
-    let mut rows = vec![vec!["  ORIGIN".to_string(), "SEQ".into(), "AS OF".into(), "LAG".into()]];
+    let _ = writeln!(out, "\nReplicas of councils' feeds ({}):", origins.len());
+    let mut rows = vec![vec!["  ORIGIN".to_string(), "SEQ".into(), "HEAD SIGNED".into(), "AGE".into()]];
     for o in origins {
-        // An `as_of` of the epoch means the hub has not yet heard how current its copy is.
-        let known = !text(o, "as_of").starts_with("1970-01-01");
+        // No `as_of`: the hub holds no signed head of this council yet.
+        let known = o.get("as_of").is_some_and(|v| v.is_string());
         rows.push(vec![
             format!("  {}", text(o, "origin")),
             number(o, "seq").to_string(),

@@ -2,6 +2,7 @@
 //! (through the administrator's code), runs its hubs and authority in this process on
 //! 127.0.0.1 with OS-chosen ports, and runs the real `cpis` binary against them. Every wait is
 //! a bounded poll.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests report a failed precondition by panicking.
 #![allow(non_snake_case)]
 
 use cpis_node::config::{NodeConfig, SettingConfig, Timing};
@@ -326,6 +327,8 @@ async fn lookup__flagged_child__plan_shown_with_contacts_freshness_and_notificat
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookup__number_without_plans__says_no_records() {
     let fed = Federation::start().await;
+    // "No records" needs every council's signed head at the hub.
+    fed.replicated().await;
     let run = lookup(&fed.setting_arg(), "401 023 2137", false).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.contains("No records"), "{}", run.stdout);

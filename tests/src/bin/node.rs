@@ -1,5 +1,6 @@
 //! The node daemon, built inside the test crate so that tests can run it as a real process
 //! (and kill it).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a failed precondition panics.
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

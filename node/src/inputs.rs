@@ -1,0 +1,56 @@
+//! What the event loop reacts to, and the limits on how much may wait for it. The connection
+//! tasks (`net`) and the operator API (`api`) only ever send these; the loop (`runtime`) owns all
+//! state and answers through the channels they carry.
+
+use crate::status::Snapshot;
+use cpis_protocol::ids::OdsCode;
+use cpis_protocol::machine::{Command, Reply};
+use cpis_protocol::sign::PublicKey;
+use cpis_protocol::wire::Message;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+
+/// Inputs waiting for the event loop before senders wait (back-pressure onto the network).
+pub const INPUT_QUEUE_MAX: usize = 16_384;
+/// Bytes of decoded frames waiting for the event loop before connection readers wait.
+pub const INPUT_QUEUE_BYTES_MAX: usize = 64 << 20;
+
+/// How a connection carries our frames.
+pub enum Link {
+    /// A member (hub or authority): one stream each way for the life of the connection.
+    Member,
+    /// One lookup session of a care setting: a bidirectional stream answered once.
+    Setting,
+}
+
+/// Everything the event loop reacts to.
+pub enum Input {
+    /// A member or a setting session connected and was admitted in the handshake.
+    Connected {
+        peer: OdsCode,
+        key: PublicKey,
+        conn_id: u64,
+        link: Link,
+        /// Frames towards the peer (whole frames, as `wire::encode_frame` made them).
+        out: mpsc::Sender<Vec<u8>>,
+        conn: quinn::Connection,
+    },
+    /// That connection (or setting session) ended.
+    Disconnected { peer: OdsCode, conn_id: u64 },
+    /// A decoded message from a connection. The permit holds its bytes against
+    /// [`INPUT_QUEUE_BYTES_MAX`] until the loop has handled it.
+    Frame { from: OdsCode, conn_id: u64, message: Box<Message>, _bytes: OwnedSemaphorePermit },
+    /// A connection was refused (for metrics).
+    Refused { reason: &'static str },
+    /// An operator's command; the reply comes back once it is safe to give.
+    Command { command: Command, reply: oneshot::Sender<Reply> },
+    /// A snapshot of the node for status and metrics.
+    Status(oneshot::Sender<Box<Snapshot>>),
+}
+
+/// What the store's writer reports, on its own channel (never held back by input limits).
+pub enum Durability {
+    /// Every write up to this id is durable.
+    Durable { write_id: u64 },
+    /// The store failed: the node must stop rather than acknowledge what it cannot keep.
+    Failed(String),
+}

@@ -76,8 +76,23 @@ pub fn router(state: ApiState) -> Router {
         .route("/notifications", get(list_notifications))
         .route("/notifications/{lookup_id}/ack", post(acknowledge))
         .route("/directory", post(publish_directory))
+        .route("/backup", post(backup))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
+}
+
+/// Every request must carry the token, checked before anything of it is read: a caller without
+/// it learns nothing but 401.
+async fn require_token(
+    State(state): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !authorised(&state, request.headers()) {
+        return unauthorised();
+    }
+    next.run(request).await
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -113,10 +128,7 @@ async fn ask(state: &ApiState, command: Command) -> Result<Reply, Response> {
     rx.await.map_err(|_| stopping())
 }
 
-async fn command(state: &ApiState, headers: &HeaderMap, command: Command) -> Response {
-    if !authorised(state, headers) {
-        return unauthorised();
-    }
+async fn command(state: &ApiState, command: Command) -> Response {
     match ask(state, command).await {
         Ok(reply) => reply_response(reply),
         Err(r) => r,
@@ -143,10 +155,7 @@ fn refusal_status(e: &CommandError) -> StatusCode {
     }
 }
 
-async fn status(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if !authorised(&state, &headers) {
-        return unauthorised();
-    }
+async fn status(State(state): State<ApiState>) -> Response {
     let (reply, rx) = oneshot::channel();
     if state.inputs.send(Input::Status(reply)).await.is_err() {
         return stopping();
@@ -172,10 +181,7 @@ fn store_error(e: impl std::fmt::Display) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, format!("the store cannot be read: {e}"))
 }
 
-async fn list_plans(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if !authorised(&state, &headers) {
-        return unauthorised();
-    }
+async fn list_plans(State(state): State<ApiState>) -> Response {
     if let Err(r) = authority_only(&state) {
         return r;
     }
@@ -238,20 +244,15 @@ fn parse_plan(b: &PlanBody) -> Result<Plan, String> {
     Ok(plan)
 }
 
-async fn record_plan(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn record_plan(State(state): State<ApiState>, body: Bytes) -> Response {
     let parsed = serde_json::from_slice::<PlanBody>(&body).map_err(|e| e.to_string()).and_then(|b| parse_plan(&b));
     match parsed {
-        Ok(plan) => command(&state, &headers, Command::RecordPlan(plan)).await,
+        Ok(plan) => command(&state, Command::RecordPlan(plan)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
-async fn end_plan(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(reference): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn end_plan(State(state): State<ApiState>, Path(reference): Path<String>, body: Bytes) -> Response {
     #[derive(Deserialize)]
     struct EndBody {
         end: String,
@@ -261,22 +262,19 @@ async fn end_plan(
         Ok((r, Date::parse(&b.end).map_err(|e| format!("end: {e}"))?))
     });
     match parsed {
-        Ok((reference, end)) => command(&state, &headers, Command::EndPlan { reference, end }).await,
+        Ok((reference, end)) => command(&state, Command::EndPlan { reference, end }).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
-async fn withdraw_plan(State(state): State<ApiState>, headers: HeaderMap, Path(reference): Path<String>) -> Response {
+async fn withdraw_plan(State(state): State<ApiState>, Path(reference): Path<String>) -> Response {
     match PlanRef::parse(&reference) {
-        Ok(r) => command(&state, &headers, Command::WithdrawPlan(r)).await,
+        Ok(r) => command(&state, Command::WithdrawPlan(r)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, format!("reference: {e}")),
     }
 }
 
-async fn import_csv(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
-    if !authorised(&state, &headers) {
-        return unauthorised();
-    }
+async fn import_csv(State(state): State<ApiState>, body: Bytes) -> Response {
     let rows = match import::parse_csv(&body) {
         Ok(rows) => rows,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -324,17 +322,14 @@ fn import_report(rows: Vec<ImportRow>, outcomes: Vec<(usize, RowOutcome)>) -> Va
     json!({ "applied": applied, "unchanged": unchanged, "refused": refused, "rows": report })
 }
 
-async fn set_contacts(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn set_contacts(State(state): State<ApiState>, body: Bytes) -> Response {
     match serde_json::from_slice::<Contacts>(&body) {
-        Ok(c) => command(&state, &headers, Command::SetContacts(c)).await,
+        Ok(c) => command(&state, Command::SetContacts(c)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
-async fn list_notifications(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if !authorised(&state, &headers) {
-        return unauthorised();
-    }
+async fn list_notifications(State(state): State<ApiState>) -> Response {
     if let Err(r) = authority_only(&state) {
         return r;
     }
@@ -384,12 +379,7 @@ fn notification_json(item: &InboxItem, ack: Option<&Acknowledgement>, dir: Optio
     })
 }
 
-async fn acknowledge(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn acknowledge(State(state): State<ApiState>, Path(id): Path<String>, body: Bytes) -> Response {
     #[derive(Deserialize)]
     struct AckBody {
         by: String,
@@ -400,14 +390,46 @@ async fn acknowledge(
         return error(StatusCode::BAD_REQUEST, "lookup_id: 32 hex characters");
     };
     match serde_json::from_slice::<AckBody>(&body) {
-        Ok(b) => command(&state, &headers, Command::Acknowledge { lookup_id, by: b.by, note: b.note }).await,
+        Ok(b) => command(&state, Command::Acknowledge { lookup_id, by: b.by, note: b.note }).await,
         Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 
-async fn publish_directory(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+/// `POST /backup {"to": "/absolute/path"}`: a consistent copy of the store, taken while the node
+/// runs (docs/operations.md).
+async fn backup(State(state): State<ApiState>, body: Bytes) -> Response {
+    #[derive(Deserialize)]
+    struct BackupBody {
+        to: std::path::PathBuf,
+    }
+    let to = match serde_json::from_slice::<BackupBody>(&body) {
+        Ok(b) if b.to.is_absolute() => b.to,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "to: give an absolute path for the backup file"),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if to.exists() {
+        return error(
+            StatusCode::CONFLICT,
+            format!("to: {} already exists: a backup never overwrites a file", to.display()),
+        );
+    }
+    let store = state.store.clone();
+    let target = to.clone();
+    let started = std::time::Instant::now();
+    match tokio::task::spawn_blocking(move || store.backup_to(&target)).await {
+        Ok(Ok(rows)) => {
+            tracing::info!(file = %to.display(), rows, "backup written");
+            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            axum::Json(json!({ "file": to.display().to_string(), "rows": rows, "ms": ms })).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the backup failed: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("the backup task failed: {e}")),
+    }
+}
+
+async fn publish_directory(State(state): State<ApiState>, body: Bytes) -> Response {
     match cpis_protocol::codec::decode::<Vec<SignedDirectory>>(&body, crate::config::DIRECTORY_FILE_BYTES_MAX) {
-        Ok(chain) => command(&state, &headers, Command::PublishDirectories(chain)).await,
+        Ok(chain) => command(&state, Command::PublishDirectories(chain)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, format!("not a list of signed directory versions: {e}")),
     }
 }

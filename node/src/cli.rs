@@ -22,6 +22,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Asks the running node for a consistent copy of its store (safe while it writes).
+    Backup {
+        /// The node's TOML config (its data_dir holds the API's address and token).
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup file to create (never overwritten).
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -35,7 +44,10 @@ fn init_logs(format: LogFormat) {
 
 /// Parses the command line and runs the node until it is told to stop.
 pub async fn main() -> anyhow::Result<()> {
-    let Command::Run { config } = Cli::parse().command;
+    let config = match Cli::parse().command {
+        Command::Run { config } => config,
+        Command::Backup { config, to } => return backup(&config, &to).await,
+    };
     let config = NodeConfig::load(&config)?;
     init_logs(config.log_format);
     let mut node = RunningNode::start(config).await.context("starting the node")?;
@@ -46,5 +58,35 @@ pub async fn main() -> anyhow::Result<()> {
         _ = node.stopped() => anyhow::bail!("the node stopped on a fatal error (see the log)"),
     }
     node.shutdown().await;
+    Ok(())
+}
+
+/// `cpis-node backup`: one `POST /backup` to the running node's loopback API.
+async fn backup(config: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = NodeConfig::load(config)?;
+    let to = std::path::absolute(to).context("the backup file's path")?;
+    let addr =
+        std::fs::read_to_string(config.api_addr_path()).context("reading the node's API address (is it running?)")?;
+    let token = std::fs::read_to_string(config.token_path()).context("reading the node's API token")?;
+    let body = serde_json::json!({ "to": to }).to_string();
+    let mut stream =
+        tokio::net::TcpStream::connect(addr.trim()).await.context("reaching the node's API (is it running?)")?;
+    let request = format!(
+        "POST /backup HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        addr.trim(),
+        token.trim(),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(std::time::Duration::from_secs(600), stream.read_to_string(&mut response))
+        .await
+        .context("the node did not answer within 10 minutes")??;
+    let (head, answer) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("the backup was refused: {answer}");
+    }
+    println!("{answer}");
     Ok(())
 }

@@ -13,6 +13,8 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 pub const INPUT_QUEUE_MAX: usize = 16_384;
 /// Bytes of decoded frames waiting for the event loop before connection readers wait.
 pub const INPUT_QUEUE_BYTES_MAX: usize = 64 << 20;
+/// Of those, the most one connection may hold (so that one peer cannot fill the queue).
+pub const PEER_INPUT_BYTES_MAX: usize = 8 << 20;
 
 /// How a connection carries our frames.
 pub enum Link {
@@ -36,9 +38,10 @@ pub enum Input {
     },
     /// That connection (or setting session) ended.
     Disconnected { peer: OdsCode, conn_id: u64 },
-    /// A decoded message from a connection. The permit holds its bytes against
-    /// [`INPUT_QUEUE_BYTES_MAX`] until the loop has handled it.
-    Frame { from: OdsCode, conn_id: u64, message: Box<Message>, _bytes: OwnedSemaphorePermit },
+    /// A decoded message from a connection. The permits hold its bytes against
+    /// [`INPUT_QUEUE_BYTES_MAX`] and the connection's [`PEER_INPUT_BYTES_MAX`] until the loop has
+    /// handled it.
+    Frame { from: OdsCode, conn_id: u64, message: Box<Message>, _bytes: [OwnedSemaphorePermit; 2] },
     /// A connection was refused (for metrics).
     Refused { reason: &'static str },
     /// An operator's command; the reply comes back once it is safe to give.

@@ -5,10 +5,11 @@
 //! its frames in order on it. A care setting opens one bidirectional stream per lookup session and
 //! reads the hub's replies on it.
 
-use crate::inputs::{Input, Link};
+use crate::inputs::{Input, Link, PEER_INPUT_BYTES_MAX};
 use crate::transport::{self, FrameError, read_message, write_frame};
 use cpis_protocol::directory::{AdmissionError, Role, TrustedDirectory};
 use cpis_protocol::ids::OdsCode;
+use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::sign::PublicKey;
 use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{self, Message};
@@ -50,6 +51,9 @@ pub struct NetContext {
     pub input_bytes: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     pub next_conn_id: Arc<AtomicU64>,
+    /// The TLS client config for dialling members: as `admit_fn`, and also a key the directory
+    /// does not know at all (see [`learn_directory`]).
+    pub dial_config: quinn::ClientConfig,
 }
 
 /// The current time as a protocol timestamp.
@@ -70,6 +74,63 @@ impl NetContext {
         let member = dir.admit(&key, now(), roles).map_err(|e| e.to_string())?;
         Ok((member.code.clone(), member.role, key))
     }
+
+    /// Whether the peer's key is not in our directory at all.
+    fn key_unknown(&self, conn: &quinn::Connection) -> bool {
+        let Some(key) = transport::peer_public_key(conn).map(PublicKey) else { return false };
+        let Ok(dir) = self.directory.read() else { return false };
+        matches!(dir.admit(&key, now(), &[Role::Hub]), Err(AdmissionError::UnknownKey(_)))
+    }
+}
+
+/// Longest wait for a hub with a key new to us to pass on its directory.
+const LEARN_TIMEOUT_MS: u64 = 5_000;
+/// Frames read from such a hub while waiting for its directory (it may send others first).
+const LEARN_FRAMES_MAX: usize = 16;
+
+/// Asks a hub whose key our directory does not know for the directory versions we lack, by a
+/// `Sync` with our version and no marks; nothing else is sent, and nothing else it sends is
+/// used. The versions must chain from the directory we trust (signed by its roots) and show the
+/// key the hub presented as an active key of `peer`; then the event loop takes them like a
+/// published directory. Returns the version now trusted.
+async fn learn_directory(conn: &quinn::Connection, peer: &OdsCode, ctx: &NetContext) -> Result<u64, String> {
+    let key = transport::peer_public_key(conn).map(PublicKey).ok_or("no peer key")?;
+    let trusted = ctx.directory.read().map_err(|_| "directory lock poisoned")?.clone();
+    let learn = async {
+        let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
+        let sync = Message::Sync { directory_version: trusted.version(), marks: vec![] };
+        write_frame(&mut send, &wire::encode_frame(&sync)).await.map_err(|e| e.to_string())?;
+        let mut recv = conn.accept_uni().await.map_err(|e| e.to_string())?;
+        for _ in 0..LEARN_FRAMES_MAX {
+            match read_message(&mut recv).await.map_err(|e| e.to_string())? {
+                Some(Message::Directories(chain)) => return Ok(chain),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        Err(format!("its key {} is not in our directory and it passed on no newer one", key.id()))
+    };
+    let chain = tokio::time::timeout(Duration::from_millis(LEARN_TIMEOUT_MS), learn)
+        .await
+        .map_err(|_| format!("its key {} is not in our directory and it passed on no newer one in time", key.id()))??;
+    let held = trusted.version();
+    let mut newer = trusted;
+    for signed in chain.iter().filter(|d| d.directory.version > held).cloned() {
+        newer = newer.accept_update(signed, now()).map_err(|e| format!("it passed on a directory we refuse: {e}"))?;
+    }
+    match newer.admit(&key, now(), &[Role::Hub]) {
+        Ok(member) if member.code == *peer => {}
+        Ok(member) => return Err(format!("its key belongs to {}, not {peer}", member.code)),
+        Err(e) => return Err(format!("its key is not admitted by the newer directory either: {e}")),
+    }
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = Input::Command { command: Command::PublishDirectories(chain), reply };
+    ctx.inputs.send(command).await.map_err(|_| "node stopping")?;
+    match answer.await.map_err(|_| "node stopping")? {
+        Reply::Directory { version } => Ok(version),
+        Reply::Refused(e) => Err(format!("the node refused the directory: {e}")),
+        _ => Err("the node gave an unexpected reply to a directory".into()),
+    }
 }
 
 /// The admission check run inside the TLS handshake: any active key of any member. Each
@@ -81,6 +142,20 @@ pub fn admit_fn(directory: Arc<RwLock<TrustedDirectory>>, inputs: mpsc::Sender<I
             let _ = inputs.try_send(Input::Refused { reason: admission_label(&e) });
             e.to_string()
         })
+    })
+}
+
+/// The admission check for dialling a member: any active key of a member, or a key the directory
+/// does not know at all (a hub that rotated its key since our copy of the directory). Such a
+/// connection carries nothing but a request for newer directory versions: see
+/// [`learn_directory`].
+pub fn dial_admit_fn(directory: Arc<RwLock<TrustedDirectory>>) -> transport::Admit {
+    Arc::new(move |key: &[u8; 32]| {
+        let dir = directory.read().map_err(|_| "directory unavailable".to_string())?;
+        match dir.admit(&PublicKey(*key), now(), &[Role::Hub, Role::Authority, Role::Setting]) {
+            Ok(_) | Err(AdmissionError::UnknownKey(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
     })
 }
 
@@ -155,26 +230,34 @@ pub async fn dial_loop(
     backoff_ms: (u64, u64),
 ) {
     let mut shutdown = ctx.shutdown.clone();
-    let (base_ms, cap_ms) = backoff_ms;
-    let mut delay_ms = base_ms;
+    let mut backoff = Backoff::new(backoff_ms);
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let attempt =
-            tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), transport::connect(&endpoint, addr));
+        let connect = transport::connect_with(&endpoint, ctx.dial_config.clone(), addr);
+        let attempt = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect);
         match attempt.await {
             Ok(Ok(conn)) => match ctx.identify(&conn, &[Role::Hub]) {
                 Ok((code, _, key)) if code == peer => {
                     let started = Instant::now();
                     run_member_session(conn, code, key, ctx.clone()).await;
-                    if started.elapsed() >= Duration::from_millis(SESSION_OK_MS) {
-                        delay_ms = base_ms;
-                    }
+                    backoff.session_ended(started.elapsed());
                 }
                 Ok((code, ..)) => {
                     warn!(%peer, %addr, found = %code, "the address answered with another member's key");
                     conn.close(CLOSE_NOT_ADMITTED.into(), b"unexpected member");
+                }
+                Err(_) if ctx.key_unknown(&conn) => {
+                    let learned = learn_directory(&conn, &peer, &ctx).await;
+                    conn.close(CLOSE_NOT_ADMITTED.into(), b"directory learned");
+                    match learned {
+                        Ok(version) => {
+                            info!(%peer, version, "the hub's key is new to us: took the newer directory it passed on");
+                            continue;
+                        }
+                        Err(reason) => warn!(%peer, %addr, %reason, "peer not admitted"),
+                    }
                 }
                 Err(reason) => {
                     warn!(%peer, %addr, %reason, "peer not admitted");
@@ -187,13 +270,40 @@ pub async fn dial_loop(
         if dial == Dial::Once {
             return;
         }
-        let jitter = rand::random::<u64>() % (delay_ms / 2 + 1);
-        let wait = Duration::from_millis(delay_ms / 2 + jitter);
+        let wait = backoff.next_wait(rand::random());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
-        delay_ms = (delay_ms * 2).min(cap_ms);
+    }
+}
+
+/// The redial delay: doubles from `base` up to `cap` after every attempt, and starts again
+/// from `base` only after a session that lasted [`SESSION_OK_MS`] (a peer that admits the
+/// connection and then refuses it at once is backed off like one that cannot be reached).
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    base_ms: u64,
+    cap_ms: u64,
+    delay_ms: u64,
+}
+
+impl Backoff {
+    fn new((base_ms, cap_ms): (u64, u64)) -> Backoff {
+        Backoff { base_ms, cap_ms: cap_ms.max(base_ms), delay_ms: base_ms }
+    }
+
+    fn session_ended(&mut self, lasted: Duration) {
+        if lasted >= Duration::from_millis(SESSION_OK_MS) {
+            self.delay_ms = self.base_ms;
+        }
+    }
+
+    /// The wait before the next attempt: half the delay plus up to half again of jitter.
+    fn next_wait(&mut self, random: u64) -> Duration {
+        let wait = self.delay_ms / 2 + random % (self.delay_ms / 2 + 1);
+        self.delay_ms = self.delay_ms.saturating_mul(2).min(self.cap_ms);
+        Duration::from_millis(wait)
     }
 }
 
@@ -227,17 +337,30 @@ async fn write_frames_uni(conn: quinn::Connection, mut rx: mpsc::Receiver<Vec<u8
     }
 }
 
-/// Hands a decoded message to the event loop, once its bytes fit in the input budget.
-async fn deliver(ctx: &NetContext, from: &OdsCode, conn_id: u64, message: Message) -> Result<(), ()> {
-    let bytes = u32::try_from(wire::encode_frame(&message).len()).unwrap_or(u32::MAX);
-    let permit = ctx.input_bytes.clone().acquire_many_owned(bytes.max(1)).await.map_err(|_| ())?;
-    let input = Input::Frame { from: from.clone(), conn_id, message: Box::new(message), _bytes: permit };
+/// Hands a decoded message to the event loop, once its bytes fit in the connection's budget and
+/// the node's.
+async fn deliver(
+    ctx: &NetContext,
+    own: &Arc<Semaphore>,
+    from: &OdsCode,
+    conn_id: u64,
+    message: Message,
+) -> Result<(), ()> {
+    let bytes = u32::try_from(wire::encode_frame(&message).len()).unwrap_or(u32::MAX).max(1);
+    let mine = own.clone().acquire_many_owned(bytes).await.map_err(|_| ())?;
+    let node = ctx.input_bytes.clone().acquire_many_owned(bytes).await.map_err(|_| ())?;
+    let input = Input::Frame { from: from.clone(), conn_id, message: Box::new(message), _bytes: [mine, node] };
     ctx.inputs.send(input).await.map_err(|_| ())
+}
+
+fn connection_budget() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(PEER_INPUT_BYTES_MAX))
 }
 
 /// Reads frames from the peer until the connection ends; returns why it ended.
 async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u64, ctx: &NetContext) -> String {
     let mut shutdown = ctx.shutdown.clone();
+    let own = connection_budget();
     let mut recv = tokio::select! {
         r = conn.accept_uni() => match r {
             Ok(r) => r,
@@ -262,7 +385,7 @@ async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u
                 return reason;
             }
         };
-        if deliver(ctx, peer, conn_id, message).await.is_err() {
+        if deliver(ctx, &own, peer, conn_id, message).await.is_err() {
             return "node stopping".into();
         }
     }
@@ -304,11 +427,18 @@ async fn setting_session(
         }
         let _ = send.finish();
     });
-    // A session is a Sync then a Lookup: at most a few frames.
-    for _ in 0..SETTING_SESSION_FRAMES_MAX {
+    // A session is a Sync then a Lookup: at most a few frames; one more closes the connection.
+    let own = connection_budget();
+    for read in 0..=SETTING_SESSION_FRAMES_MAX {
         match read_message(&mut recv).await {
+            Ok(Some(_)) if read == SETTING_SESSION_FRAMES_MAX => {
+                warn!(setting = %code, "more frames than a lookup session holds: closing the connection");
+                let _ = ctx.inputs.send(Input::Refused { reason: "bad_frame" }).await;
+                conn.close(CLOSE_BAD_FRAME.into(), b"too many frames");
+                break;
+            }
             Ok(Some(message)) => {
-                if deliver(&ctx, &code, conn_id, message).await.is_err() {
+                if deliver(&ctx, &own, &code, conn_id, message).await.is_err() {
                     break;
                 }
             }
@@ -324,4 +454,44 @@ async fn setting_session(
     // The event loop drops its sender once the session is answered (or the peer left).
     let _ = tokio::time::timeout(Duration::from_secs(30), writer).await;
     let _ = ctx.inputs.send(Input::Disconnected { peer: code, conn_id }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn waits(backoff: &mut Backoff, n: usize, random: u64) -> Vec<u64> {
+        (0..n).map(|_| backoff.next_wait(random).as_millis() as u64).collect()
+    }
+
+    #[test]
+    fn refused_dials_back_off_to_the_cap_and_stay_there() {
+        let mut backoff = Backoff::new((100, 2_000));
+        // With no jitter each wait is half the delay, which doubles up to the cap.
+        assert_eq!(waits(&mut backoff, 7, 0), [50, 100, 200, 400, 800, 1_000, 1_000]);
+        // A session refused at once (the peer admitted the handshake, then closed) is no reset.
+        backoff.session_ended(Duration::from_millis(30));
+        assert_eq!(waits(&mut backoff, 2, 0), [1_000, 1_000]);
+    }
+
+    #[test]
+    fn a_session_that_lasted_starts_the_backoff_again() {
+        let mut backoff = Backoff::new((100, 2_000));
+        waits(&mut backoff, 6, 0);
+        backoff.session_ended(Duration::from_millis(SESSION_OK_MS));
+        assert_eq!(waits(&mut backoff, 1, 0), [50]);
+    }
+
+    #[test]
+    fn jitter_stays_within_the_delay() {
+        let mut backoff = Backoff::new((100, 400));
+        for random in [0, 1, 49, 50, 51, u64::MAX] {
+            let mut b = backoff;
+            let wait = b.next_wait(random).as_millis() as u64;
+            assert!((50..=100).contains(&wait), "{wait}");
+        }
+        let capped = *waits(&mut backoff, 4, u64::MAX).last().unwrap();
+        assert!((200..=400).contains(&capped), "{capped}");
+    }
 }

@@ -14,11 +14,12 @@ use crate::net::{self, NetContext};
 use crate::status::{AuthorityState, HubState, OriginState, PeerState, Snapshot};
 use crate::store::Store;
 use crate::transport;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use cpis_protocol::directory::{KeyStatus, Role, TrustedDirectory};
 use cpis_protocol::ids::{LookupId, OdsCode};
 use cpis_protocol::machine::{CommandId, Event, Machine, Reply, Transmit, WRITES_IN_FLIGHT_MAX};
 use cpis_protocol::sign::{Identity, PublicKey};
+use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{self, Message};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -92,8 +93,11 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     let rows = store.load_all()?;
     let own_key = identity.public();
     let machine = Machine::restore(code.clone(), identity, trusted, config.role_config(), &rows, now)?;
-    check_own_key(machine.directory(), &code, own_key)?;
     info!(rows = rows.len(), directory_version = machine.directory().version(), key = %own_key.id(), "restored from the store");
+    if let Some(problem) = own_key_problem(machine.directory(), &code, own_key, now) {
+        // A key only a newer directory knows: peers that hold it admit us and pass it on.
+        warn!(key = %own_key.id(), %problem, "this node's key is not active in its directory: it signs nothing until a newer directory (from a peer, or `cpis federation publish`) makes it so");
+    }
 
     let directory = Arc::new(RwLock::new(machine.directory().clone()));
     let (inputs_tx, inputs_rx) = mpsc::channel(INPUT_QUEUE_MAX);
@@ -118,6 +122,7 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
         input_bytes: Arc::new(Semaphore::new(INPUT_QUEUE_BYTES_MAX)),
         shutdown: shutdown_rx.clone(),
         next_conn_id: Arc::new(AtomicU64::new(1)),
+        dial_config: transport::client_config(&seed, net::dial_admit_fn(directory.clone()))?,
     };
     let span = tracing::Span::current();
     let mut tasks = Vec::new();
@@ -144,16 +149,30 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     Ok(RunningNode { api_addr, quic_addr, token, shutdown: shutdown_tx, tasks, endpoint })
 }
 
-fn check_own_key(dir: &TrustedDirectory, code: &OdsCode, key: PublicKey) -> anyhow::Result<()> {
-    let Some(member) = dir.member(code) else { bail!("{code} is not a member of the directory") };
+/// Why this node's key cannot sign, if it cannot.
+fn own_key_problem(dir: &TrustedDirectory, code: &OdsCode, key: PublicKey, now: Timestamp) -> Option<String> {
+    let member = dir.member(code)?;
     match member.key(key.id()) {
-        None => bail!("this node's key {} is not a key of {code} in the directory", key.id()),
-        Some(k) if !k.usable_at(net::now()) => {
-            bail!("this node's key {} is not active (retired, revoked or outside its validity window)", key.id())
-        }
-        Some(_) => Ok(()),
+        None => Some(format!("it is not a key of {code} in directory version {}", dir.version())),
+        Some(k) if !k.usable_at(now) => Some(format!("it is {}", key_status(k, now))),
+        Some(_) => None,
     }
 }
+
+/// A key's state in words.
+fn key_status(k: &cpis_protocol::directory::MemberKey, now: Timestamp) -> &'static str {
+    match k.status {
+        KeyStatus::Revoked { .. } => "revoked",
+        KeyStatus::Retired { .. } => "retired",
+        KeyStatus::Active if !k.usable_at(now) => "outside its validity window",
+        KeyStatus::Active => "active",
+    }
+}
+
+/// Warnings start this long before a key or the directory expires.
+const EXPIRY_WARNING_MS: u64 = 30 * cpis_protocol::time::DAY_MS;
+/// How often expiries are looked at (and warned about).
+const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(3_600);
 
 /// A live connection to a member, as the loop knows it.
 struct PeerConn {
@@ -161,6 +180,14 @@ struct PeerConn {
     role: Role,
     out: mpsc::Sender<Vec<u8>>,
     conn: quinn::Connection,
+}
+
+/// What a peer last showed of itself: the key it connected with and the directory version its
+/// `Sync` named (for `cpis federation show --node`).
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    key: PublicKey,
+    directory_version: Option<u64>,
 }
 
 impl PeerConn {
@@ -187,6 +214,8 @@ struct Node {
     endpoint: quinn::Endpoint,
     key: PublicKey,
     peers: BTreeMap<OdsCode, PeerConn>,
+    /// Every member seen since start (bounded by the directory's size).
+    seen: BTreeMap<OdsCode, Seen>,
     /// Setting sessions by connection id (one lookup each); the sender is dropped once answered.
     settings: HashMap<u64, SettingSession>,
     /// Sessions waiting for the answer to a lookup id, oldest first (a retry adds one).
@@ -223,6 +252,7 @@ impl Node {
             endpoint,
             key,
             peers: BTreeMap::new(),
+            seen: BTreeMap::new(),
             settings: HashMap::new(),
             lookup_routes: HashMap::new(),
             sync_routes: HashMap::new(),
@@ -242,6 +272,7 @@ impl Node {
         let mut durability = self.spawn_durability_forwarder();
         self.refresh_dialers();
         self.drain();
+        let mut expiries = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
         loop {
             let wait = self.timer();
             // Writes the store has not yet made durable bound how much new work is taken in.
@@ -263,6 +294,7 @@ impl Node {
                     None => break,
                 },
                 _ = tokio::time::sleep(wait) => self.machine.handle_timeout(net::now()),
+                _ = expiries.tick() => self.check_expiries(),
                 _ = shutdown.changed() => break,
             }
             self.drain();
@@ -274,6 +306,25 @@ impl Node {
             peer.conn.close(net::CLOSE_SHUTDOWN.into(), b"shutting down");
         }
         info!("node stopped");
+    }
+
+    /// Warns from 30 days before this node's key or the directory expires; an error once the key
+    /// no longer signs.
+    fn check_expiries(&self) {
+        let now = net::now();
+        let dir = self.machine.directory();
+        let code = self.machine.code();
+        if let Some(problem) = own_key_problem(dir, code, self.key, now) {
+            error!(key = %self.key.id(), %problem, "this node's key cannot sign: install the member's new key (docs/keys.md)");
+        } else if let Some(k) = dir.member(code).and_then(|m| m.key(self.key.id()))
+            && k.valid_until.since(now) < EXPIRY_WARNING_MS
+        {
+            warn!(key = %self.key.id(), valid_until = %k.valid_until, "this node's key expires within 30 days: rotate it (docs/keys.md)");
+        }
+        let expires = dir.directory().expires_at;
+        if expires.since(now) < EXPIRY_WARNING_MS {
+            warn!(version = dir.version(), %expires, "the directory expires within 30 days: ask the administrator to renew it");
+        }
     }
 
     /// How long until the machine's next timeout (at most [`TIMER_CAP`]).
@@ -334,6 +385,7 @@ impl Node {
         conn: quinn::Connection,
     ) {
         let role = self.machine.directory().member(&peer).map_or(Role::Setting, |m| m.role);
+        self.saw(&peer, key);
         let new = PeerConn { conn_id, role, out, conn };
         if let Some(old) = self.peers.insert(peer.clone(), new) {
             old.conn.close(net::CLOSE_REPLACED.into(), b"replaced");
@@ -356,9 +408,18 @@ impl Node {
             return;
         }
         let first = !self.settings.values().any(|s| s.code == peer);
+        self.saw(&peer, key);
         self.settings.insert(conn_id, SettingSession { code: peer.clone(), out: Some(out), conn });
         if first {
             self.machine.handle_connected(&peer, key.id(), net::now());
+        }
+    }
+
+    /// Remembers the key a member connected with (members of the directory only: bounded).
+    fn saw(&mut self, peer: &OdsCode, key: PublicKey) {
+        if self.machine.directory().member(peer).is_some() {
+            let version = self.seen.get(peer).filter(|s| s.key == key).and_then(|s| s.directory_version);
+            self.seen.insert(peer.clone(), Seen { key, directory_version: version });
         }
     }
 
@@ -398,6 +459,9 @@ impl Node {
                 }
                 _ => {}
             }
+        }
+        if let (Message::Sync { directory_version, .. }, Some(seen)) = (&message, self.seen.get_mut(&from)) {
+            seen.directory_version = Some(*directory_version);
         }
         self.metrics.received(message.kind());
         self.machine.handle_message(&from, message, net::now());
@@ -575,13 +639,7 @@ impl Node {
         let code = self.machine.code().clone();
         let me = dir.member(&code);
         let key = me.and_then(|m| m.key(self.key.id()));
-        let key_status = match key {
-            None => "not in the directory",
-            Some(k) if matches!(k.status, KeyStatus::Revoked { .. }) => "revoked",
-            Some(k) if matches!(k.status, KeyStatus::Retired { .. }) => "retired",
-            Some(k) if !k.usable_at(now) => "outside its validity window",
-            Some(_) => "active",
-        };
+        let key_status = key.map_or("not in the directory", |k| key_status(k, now));
         Snapshot {
             role: self.machine.role(),
             name: me.map(|m| m.name.clone()).unwrap_or_default(),
@@ -644,11 +702,28 @@ impl Node {
                 expected.push((c.clone(), p.role));
             }
         }
+        // Members seen since start that are no longer expected (settings only look up: they
+        // are counted, not listed).
+        for c in self.seen.keys() {
+            let role = dir.member(c).map_or(Role::Setting, |m| m.role);
+            if role != Role::Setting && !expected.iter().any(|(e, _)| e == c) {
+                expected.push((c.clone(), role));
+            }
+        }
         expected
             .into_iter()
             .map(|(c, role)| {
                 let conn = self.peers.get(&c);
-                PeerState { connected: conn.is_some(), queued: conn.map_or(0, PeerConn::queued), code: c, role }
+                let connected = conn.is_some() || self.settings.values().any(|s| s.code == c);
+                let seen = self.seen.get(&c);
+                PeerState {
+                    connected,
+                    queued: conn.map_or(0, PeerConn::queued),
+                    key: seen.map(|s| s.key.id()),
+                    directory_version: seen.and_then(|s| s.directory_version),
+                    code: c,
+                    role,
+                }
             })
             .collect()
     }

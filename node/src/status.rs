@@ -18,6 +18,10 @@ pub struct PeerState {
     pub connected: bool,
     /// Frames queued towards it and not yet written.
     pub queued: usize,
+    /// The key it last connected with, if it connected since this node started.
+    pub key: Option<KeyId>,
+    /// The directory version its last sync named.
+    pub directory_version: Option<u64>,
 }
 
 /// An authority's own state.
@@ -85,7 +89,13 @@ impl Snapshot {
             .iter()
             .map(|p| {
                 let state = if p.connected { "connected" } else { "disconnected" };
-                json!({ "code": p.code.as_str(), "role": p.role.name(), "state": state })
+                json!({
+                    "code": p.code.as_str(),
+                    "role": p.role.name(),
+                    "state": state,
+                    "key": p.key.map(|k| k.to_string()),
+                    "directory_version": p.directory_version,
+                })
             })
             .collect();
         let mut doc = json!({
@@ -147,6 +157,14 @@ impl Snapshot {
             "1 if the key this node runs on is an active key in the directory.",
             key_ok.to_string(),
         );
+        if let Some(until) = self.key_valid_until {
+            let left = until.since(self.now) as f64 / 1000.0;
+            gauge(
+                "cpis_own_key_expires_in_seconds",
+                "Time until the key this node runs on expires.",
+                format!("{left:.0}"),
+            );
+        }
         let connected = self.peers.iter().filter(|p| p.connected).count();
         gauge("cpis_peers_connected", "Members connected now.", connected.to_string());
         gauge("cpis_inputs_queued", "Inputs waiting for the event loop.", self.inputs_queued.to_string());
@@ -154,6 +172,12 @@ impl Snapshot {
             "cpis_writes_in_flight",
             "Writes handed to the store and not yet durable.",
             self.writes_in_flight.to_string(),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP cpis_own_key_info The key this node runs on, and its status in the directory.\n\
+             # TYPE cpis_own_key_info gauge\ncpis_own_key_info{{key=\"{}\",status=\"{}\"}} 1",
+            self.key_id, self.key_status
         );
         let _ = writeln!(
             out,

@@ -324,6 +324,15 @@ pub async fn connect(endpoint: &quinn::Endpoint, addr: SocketAddr) -> Result<qui
     Ok(endpoint.connect(addr, SERVER_NAME)?.await?)
 }
 
+/// Connects to `addr` with `config` (not the endpoint's default) and waits for the handshake.
+pub async fn connect_with(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, TransportError> {
+    Ok(endpoint.connect_with(config, addr, SERVER_NAME)?.await?)
+}
+
 /// The peer's raw ed25519 public key, taken from its certificate.
 pub fn peer_public_key(conn: &quinn::Connection) -> Option<[u8; 32]> {
     let identity = conn.peer_identity()?;

@@ -202,7 +202,11 @@ impl Authority {
         if rows.is_empty() {
             a.out.write(vec![schema::schema_op()], vec![]);
         }
-        a.sign_head(now);
+        // Entries under a key revoked while the node was down are re-signed first (their head
+        // follows once they are durable).
+        if !a.republish_revoked(now) {
+            a.sign_head(now);
+        }
         Ok(a)
     }
 
@@ -555,6 +559,11 @@ impl Authority {
         self.hubs.insert(hub.clone(), key);
         let marks = vec![self.mark()];
         self.out.send(hub, Message::Sync { directory_version: self.dir.version(), marks });
+        // Ask again for what reached us since the newest notification we hold (with a margin for
+        // the clocks): after a restore from an older copy, that is what the copy lacks.
+        let newest = self.inbox.values().map(|e| e.received_at).max().unwrap_or(Timestamp(0));
+        let since = newest.minus_ms(self.config.clock_skew_max_ms);
+        self.out.send(hub, Message::Redeliver { since });
     }
 
     pub(crate) fn handle_disconnected(&mut self, hub: &OdsCode) {
@@ -640,8 +649,13 @@ impl Authority {
         let ops = self.dir.accept(chain, now)?;
         if !ops.is_empty() {
             self.out.write(ops, vec![After::Event(Event::DirectoryUpdated { version: self.dir.version() })]);
-            self.republish_revoked(now);
+            let _ = self.republish_revoked(now);
             self.check_admissions(now);
+            // Tell the hubs the version we now hold.
+            let hubs: Vec<OdsCode> = self.hubs.keys().cloned().collect();
+            for hub in hubs {
+                self.out.send(&hub, Message::Sync { directory_version: self.dir.version(), marks: vec![self.mark()] });
+            }
         }
         Ok(self.dir.version())
     }
@@ -797,7 +811,7 @@ impl Authority {
             return Err(Refusal::WrongAuthority(n.authority.clone()));
         }
         let dir = &self.dir.trusted;
-        dir.verify_at(signed.clone(), &n.hub, Role::Hub, n.answered_at)?;
+        dir.verify_at(signed.clone(), &n.hub, Role::Hub, n.signed_at)?;
         dir.verify_at(n.event.clone(), &e.setting, Role::Setting, e.at)?;
         let kind = dir.member(&e.setting).and_then(|m| m.setting_type).map(|t| t.lookup_kind());
         if kind != Some(LookupKind::Unscheduled) {
@@ -842,13 +856,13 @@ impl Authority {
         })
     }
 
-    /// Re-signs, as new entries, every live entry whose key is now revoked.
-    fn republish_revoked(&mut self, now: Timestamp) {
+    /// Re-signs, as new entries, every live entry whose key is now revoked. Whether it wrote any.
+    fn republish_revoked(&mut self, now: Timestamp) -> bool {
         if self.check_own_key(now).is_err() {
             // Nothing can be re-signed until the node runs on an active key.
-            return;
+            return false;
         }
-        let Some(me) = self.dir.trusted.member(&self.code).cloned() else { return };
+        let Some(me) = self.dir.trusted.member(&self.code).cloned() else { return false };
         let revoked: Vec<EntryBody> = self
             .feed
             .entries()
@@ -863,10 +877,13 @@ impl Authority {
         }
         if !ops.is_empty() {
             self.out.write(ops, after);
-        } else if self.head.as_ref().is_some_and(|h| me.key(h.key_id).is_none_or(|k| k.status != KeyStatus::Active)) {
+            return true;
+        }
+        if self.head.as_ref().is_some_and(|h| me.key(h.key_id).is_none_or(|k| k.status != KeyStatus::Active)) {
             // Nothing to re-sign, but the head itself must be under an active key.
             self.sign_head(now);
         }
+        false
     }
 
     fn refuse(&mut self, from: &OdsCode, kind: &'static str, reason: Refusal) {

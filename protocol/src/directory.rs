@@ -8,7 +8,9 @@
 
 use crate::ids::OdsCode;
 use crate::records::{Contacts, SettingType, check_text};
-use crate::sign::{KeyId, PublicKey, Signable, SignatureBytes, Signed, Verified, signing_bytes, verify_raw};
+use crate::sign::{
+    KeyId, PreparedKey, PublicKey, Signable, SignatureBytes, Signed, Verified, signing_bytes, verify_raw,
+};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -279,6 +281,8 @@ pub struct TrustedDirectory {
     signed: SignedDirectory,
     by_code: HashMap<OdsCode, usize>,
     by_key: HashMap<KeyId, usize>,
+    /// Every member key, decoded once.
+    prepared: HashMap<KeyId, PreparedKey>,
 }
 
 impl fmt::Debug for TrustedDirectory {
@@ -329,13 +333,18 @@ impl TrustedDirectory {
     fn index(signed: SignedDirectory) -> TrustedDirectory {
         let mut by_code = HashMap::new();
         let mut by_key = HashMap::new();
+        let mut prepared = HashMap::new();
         for (i, m) in signed.directory.members.iter().enumerate() {
             by_code.insert(m.code.clone(), i);
             for k in &m.keys {
                 by_key.insert(k.id(), i);
+                // The rules refused weak or malformed keys: every key prepares.
+                if let Some(p) = PreparedKey::new(&k.public) {
+                    prepared.insert(k.id(), p);
+                }
             }
         }
-        TrustedDirectory { signed, by_code, by_key }
+        TrustedDirectory { signed, by_code, by_key, prepared }
     }
 
     pub fn directory(&self) -> &Directory {
@@ -406,7 +415,9 @@ impl TrustedDirectory {
         if matches!(key.status, KeyStatus::Revoked { .. }) {
             return Err(RecordError::RevokedKey { code: signer.clone(), key: signed.key_id });
         }
-        signed.verify_with(&key.public).map_err(|_| RecordError::BadSignature { code: signer.clone() })
+        let bad = || RecordError::BadSignature { code: signer.clone() };
+        let prepared = self.prepared.get(&signed.key_id).ok_or_else(bad)?;
+        signed.verify_prepared(prepared).map_err(|_| bad())
     }
 
     /// [`Self::verify`], and the record's own time `at` must fall in the key's validity window.

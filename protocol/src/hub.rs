@@ -82,6 +82,20 @@ pub struct OutboxRecord {
     pub queued_at: Timestamp,
 }
 
+/// A notification this hub delivered to its authority, with when the authority's receipt came
+/// (kept [`DELIVERED_KEPT_DAYS`] for [`Message::Redeliver`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveredRecord {
+    pub notification: Signed<Notification>,
+    pub receipted_at: Timestamp,
+}
+
+/// How long a hub keeps what it delivered (an authority refuses notifications of lookups older
+/// than 30 days anyway).
+pub const DELIVERED_KEPT_DAYS: u64 = 30;
+/// Most delivered notifications a hub keeps per authority; the oldest go first.
+pub const DELIVERED_PER_AUTHORITY_MAX: usize = 65_536;
+
 struct OutboxItem {
     record: OutboxRecord,
     attempts: u32,
@@ -129,6 +143,11 @@ struct Staging {
 struct Peer {
     role: Role,
     key: KeyId,
+    /// Bytes of feed its syncs may still draw (a bucket of `sync_reply_bytes_max`, refilled by
+    /// as much each second): a stream of tiny syncs cannot make a hub send its replica over and
+    /// over.
+    sync_budget: usize,
+    budget_at: Timestamp,
 }
 
 /// Whether a hub that started from an empty store has taken back its own earlier visits from
@@ -145,7 +164,7 @@ pub(crate) enum After {
     Send(Box<Transmit>),
     Event(Event),
     Queue(Box<OutboxRecord>),
-    /// Send to every connected hub but the one named.
+    /// Send to every connected hub (and, for a directory update, authority) but the one named.
     Forward(Box<Message>, Option<OdsCode>),
 }
 
@@ -166,6 +185,8 @@ pub struct Hub {
     recent_lookups: HashMap<LookupId, (Timestamp, crate::sign::SignatureBytes)>,
     limits: RateLimits,
     outbox: BTreeMap<(LookupId, OdsCode), OutboxItem>,
+    /// What this hub delivered, per authority, by receipt time.
+    delivered: BTreeMap<OdsCode, BTreeMap<(Timestamp, LookupId), Signed<Notification>>>,
     /// Outbox keys by when they are next due.
     due: BTreeSet<(Timestamp, LookupId, OdsCode)>,
     peers: BTreeMap<OdsCode, Peer>,
@@ -200,6 +221,7 @@ impl Hub {
             staging: BTreeMap::new(),
             recent_lookups: HashMap::new(),
             outbox: BTreeMap::new(),
+            delivered: BTreeMap::new(),
             due: BTreeSet::new(),
             peers: BTreeMap::new(),
             equivocations: BTreeSet::new(),
@@ -213,7 +235,38 @@ impl Hub {
         if rows.is_empty() {
             hub.out.write(vec![schema::schema_op()], vec![]);
         }
+        hub.resign_outbox(now);
         Ok(hub)
+    }
+
+    /// Re-signs, under the key the hub now runs on, the notifications it answered that wait in
+    /// its outbox (or that it keeps as delivered) under an older key, revoked or retired since:
+    /// none is lost to a key change.
+    fn resign_outbox(&mut self, now: Timestamp) {
+        let (code, identity) = (&self.code, &self.identity);
+        let resign = |old: &Signed<Notification>| {
+            (old.body.hub == *code && old.key_id != identity.key_id())
+                .then(|| identity.sign(Notification { signed_at: now, ..old.body.clone() }))
+        };
+        let mut ops = Vec::new();
+        for (key, item) in &mut self.outbox {
+            if let Some(notification) = resign(&item.record.notification) {
+                item.record.notification = notification;
+                ops.push(schema::OUTBOX.put(key, &item.record));
+            }
+        }
+        for (authority, kept) in &mut self.delivered {
+            for ((receipted_at, lookup_id), held) in kept.iter_mut() {
+                if let Some(notification) = resign(held) {
+                    *held = notification.clone();
+                    let record = DeliveredRecord { notification, receipted_at: *receipted_at };
+                    ops.push(schema::DELIVERED.put(&(*lookup_id, authority.clone()), &record));
+                }
+            }
+        }
+        if !ops.is_empty() {
+            self.out.write(ops, vec![]);
+        }
     }
 
     fn restore_rows(&mut self, rows: &[StoredRow], now: Timestamp) -> Result<(), RowError> {
@@ -259,6 +312,15 @@ impl Hub {
         for row in schema::OUTBOX.decode_all(rows) {
             let (_, record) = row?;
             self.queue(record, now);
+        }
+        for row in schema::DELIVERED.decode_all(rows) {
+            let ((lookup_id, authority), record) = row?;
+            if record.notification.body.event.body.lookup_id != lookup_id
+                || record.notification.body.authority != authority
+            {
+                return Err(RowError::Mismatch(schema::Table::Delivered.name()));
+            }
+            self.delivered.entry(authority).or_default().insert((record.receipted_at, lookup_id), record.notification);
         }
         Ok(())
     }
@@ -337,7 +399,8 @@ impl Hub {
             Ok(role) => role,
             Err(reason) => return self.out.event(Event::PeerNotAdmitted { peer: peer.clone(), reason }),
         };
-        self.peers.insert(peer.clone(), Peer { role, key });
+        let budget = self.config.sync_reply_bytes_max;
+        self.peers.insert(peer.clone(), Peer { role, key, sync_budget: budget, budget_at: now });
         match role {
             Role::Hub => {
                 if self.own_recovery == OwnRecovery::AwaitingPeer {
@@ -420,6 +483,7 @@ impl Hub {
             (Role::Hub, Message::Notify(n)) => self.on_relay(from, n, now),
             (Role::Hub | Role::Authority, Message::Receipt(r)) => self.on_receipt(from, r, now),
             (Role::Hub | Role::Authority, Message::Refused(r)) => self.on_refused(from, r),
+            (Role::Authority, Message::Redeliver { since }) => self.redeliver(from, since),
             (role, _) => {
                 let reason = Refusal::NotAllowed { sender: role.name(), kind, receiver: "hub" };
                 self.refuse(from, kind, reason)
@@ -553,16 +617,19 @@ impl Hub {
         }
     }
 
-    /// Sends a message to every connected hub but `except`.
+    /// Sends `message` on to every peer hub but `except`; a directory update also to every
+    /// connected authority (it would otherwise learn of it only when it next connects).
     fn forward(&mut self, message: Message, except: Option<&OdsCode>) {
-        let hubs: Vec<OdsCode> = self
+        let also_authorities = matches!(message, Message::Directories(_));
+        let to: Vec<OdsCode> = self
             .peers
             .iter()
-            .filter(|(p, peer)| peer.role == Role::Hub && Some(*p) != except)
+            .filter(|(_, peer)| peer.role == Role::Hub || (also_authorities && peer.role == Role::Authority))
+            .filter(|(p, _)| Some(*p) != except)
             .map(|(p, _)| p.clone())
             .collect();
-        for hub in hubs {
-            self.out.send(&hub, message.clone());
+        for peer in to {
+            self.out.send(&peer, message.clone());
         }
     }
 }

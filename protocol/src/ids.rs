@@ -179,10 +179,16 @@ impl OdsCode {
     }
 }
 
+/// Decoding (the wire, the store, JSON) takes only the canonical form: no surrounding spaces, so
+/// that one code has one encoding.
 impl TryFrom<String> for OdsCode {
     type Error = OdsCodeError;
     fn try_from(v: String) -> Result<Self, Self::Error> {
-        OdsCode::parse(&v)
+        let code = OdsCode::parse(&v)?;
+        if code.0.len() != v.len() {
+            return Err(OdsCodeError::Character);
+        }
+        Ok(code)
     }
 }
 
@@ -247,6 +253,9 @@ pub enum PlanRefError {
     /// Holds a control character.
     #[error("a plan reference holds only printable characters")]
     Character,
+    /// Begins or ends with a space (decoding takes only the canonical form).
+    #[error("a plan reference does not begin or end with a space")]
+    Spaces,
 }
 
 impl PlanRef {
@@ -265,10 +274,16 @@ impl PlanRef {
     }
 }
 
+/// Decoding (the wire, the store, JSON) takes only the canonical form: no surrounding spaces, so
+/// that one reference has one encoding.
 impl TryFrom<String> for PlanRef {
     type Error = PlanRefError;
     fn try_from(v: String) -> Result<Self, Self::Error> {
-        PlanRef::parse(&v)
+        let reference = PlanRef::parse(&v)?;
+        if reference.0.len() != v.len() {
+            return Err(PlanRefError::Spaces);
+        }
+        Ok(reference)
     }
 }
 
@@ -343,5 +358,16 @@ mod tests {
         assert_eq!(OdsCode::parse("rxh01"), Err(OdsCodeError::Character));
         assert_eq!(OdsCode::parse("AB"), Err(OdsCodeError::Length(2)));
         assert!(OdsCode::parse("RXH01").is_ok());
+    }
+
+    #[test]
+    fn decoding_takes_only_the_canonical_form_of_codes_and_references() {
+        assert_eq!(OdsCode::parse(" 204 ").map(|c| c.as_str().to_string()), Ok("204".to_string()));
+        assert_eq!(OdsCode::try_from(" 204".to_string()), Err(OdsCodeError::Character));
+        assert!(OdsCode::try_from("204".to_string()).is_ok());
+        assert!(PlanRef::parse(" LAC-1 ").is_ok());
+        assert_eq!(PlanRef::try_from("LAC-1 ".to_string()), Err(PlanRefError::Spaces));
+        let padded = crate::codec::encode(&" 204".to_string());
+        assert!(crate::codec::decode::<OdsCode>(&padded, 64).is_err(), "a padded code is not a second encoding");
     }
 }

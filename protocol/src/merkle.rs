@@ -7,11 +7,17 @@
 //! both that the plans it shows are exactly the authority's plans for a child and, where it shows
 //! none, that the authority has none.
 //!
-//! The tree is a binary trie over the 256 bits of the key in which a subtree holding a single
+//! Every hash here is SHA-256 truncated to 128 bits ([`Digest`]). Forging a proof against a root
+//! an authority signed needs a second preimage, which costs 2¹²⁸ hashes: the strength of the
+//! ed25519 signatures themselves. Collisions (2⁶⁴) would help only whoever builds the tree, the
+//! authority, which can misstate its own records anyway; a hub chooses nothing in it. Halving the
+//! hashes halves the proofs that every answer carries for every authority.
+//!
+//! The tree is a binary trie over the 128 bits of the key in which a subtree holding a single
 //! leaf is represented by that leaf (as in the compact sparse Merkle trees of Diem's Jellyfish
 //! tree):
 //!
-//! - the empty subtree hashes to 32 zero bytes;
+//! - the empty subtree hashes to 16 zero bytes;
 //! - a leaf hashes to `SHA-256(0x00 || key || value)`;
 //! - a subtree with two or more leaves hashes to `SHA-256(0x01 || left || right)`.
 //!
@@ -26,9 +32,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fmt;
 
-/// A SHA-256 digest.
+/// Bytes of a [`Digest`].
+pub const DIGEST_BYTES: usize = 16;
+
+/// A SHA-256 digest truncated to 128 bits (see the module doc for why that is enough).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
-pub struct Digest(pub [u8; 32]);
+pub struct Digest(pub [u8; DIGEST_BYTES]);
 
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -38,15 +47,18 @@ impl fmt::Debug for Digest {
 
 impl Digest {
     /// The digest of the empty subtree.
-    pub const EMPTY: Digest = Digest([0; 32]);
+    pub const EMPTY: Digest = Digest([0; DIGEST_BYTES]);
 
-    /// SHA-256 of `parts`, in order.
+    /// SHA-256 of `parts`, in order, truncated.
     pub fn of(parts: &[&[u8]]) -> Digest {
         let mut h = Sha256::new();
         for p in parts {
             h.update(p);
         }
-        Digest(h.finalize().into())
+        let full: [u8; 32] = h.finalize().into();
+        let mut out = [0u8; DIGEST_BYTES];
+        out.copy_from_slice(&full[..DIGEST_BYTES]);
+        Digest(out)
     }
 
     fn bit(&self, depth: usize) -> bool {
@@ -60,7 +72,7 @@ impl Digest {
 }
 
 /// Bits in a key: the deepest a path can go.
-pub const KEY_BITS: usize = 256;
+pub const KEY_BITS: usize = DIGEST_BYTES * 8;
 
 /// The map key of an NHS number.
 pub fn key_of(nhs: NhsNumber) -> Digest {
@@ -453,7 +465,7 @@ mod tests {
                 return Ok(());
             }
             let i = flip % proof.siblings.len();
-            proof.siblings[i].0[flip % 32] ^= 1;
+            proof.siblings[i].0[flip % DIGEST_BYTES] ^= 1;
             prop_assert!(proof.verify(&root, &k, found.as_ref()).is_err());
         }
     }

@@ -54,11 +54,15 @@ pub enum Table {
     /// Proofs of equivocation: two signed entries (or heads) with one origin and sequence.
     /// Key: origin, `0x00`, sequence. Value: `EquivocationProof`.
     Equivocations,
+    /// Notifications a hub delivered to an authority and holds the receipt for, kept for 30 days
+    /// so that an authority restored from an older copy can have them again. Key: lookup id
+    /// (16 bytes) then authority code. Value: `DeliveredRecord`.
+    Delivered,
 }
 
 impl Table {
     /// Every table, in the order a driver creates them.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::Meta,
         Table::Entries,
         Table::Heads,
@@ -70,6 +74,7 @@ impl Table {
         Table::InboxAcks,
         Table::Plans,
         Table::Equivocations,
+        Table::Delivered,
     ];
 
     /// The table's name in the node's database file.
@@ -86,6 +91,7 @@ impl Table {
             Table::InboxAcks => "inbox_acks",
             Table::Plans => "plans",
             Table::Equivocations => "equivocations",
+            Table::Delivered => "delivered",
         }
     }
 }
@@ -265,7 +271,7 @@ const fn def<K, V>(table: Table, encode_key: fn(&K) -> Vec<u8>, decode_key: fn(&
 use crate::authority::{Acknowledgement, InboxItem};
 use crate::directory::SignedDirectory;
 use crate::feed::{SignedEntry, SignedHead};
-use crate::hub::OutboxRecord;
+use crate::hub::{DeliveredRecord, OutboxRecord};
 use crate::records::{AccessEvent, Plan};
 use crate::sign::Signed;
 
@@ -279,6 +285,7 @@ pub const MARKS: TableDef<OdsCode, u64> = def(Table::Marks, origin, parse_origin
 pub const DIRECTORY: TableDef<u64, SignedDirectory> = def(Table::Directory, version, parse_version);
 pub const ACCESS_LOG: TableDef<LookupId, Signed<AccessEvent>> = def(Table::AccessLog, lookup, parse_lookup);
 pub const OUTBOX: TableDef<(LookupId, OdsCode), OutboxRecord> = def(Table::Outbox, outbox, parse_outbox);
+pub const DELIVERED: TableDef<(LookupId, OdsCode), DeliveredRecord> = def(Table::Delivered, outbox, parse_outbox);
 pub const INBOX: TableDef<LookupId, InboxItem> = def(Table::Inbox, lookup, parse_lookup);
 pub const INBOX_ACKS: TableDef<LookupId, Acknowledgement> = def(Table::InboxAcks, lookup, parse_lookup);
 pub const PLANS: TableDef<PlanRef, Plan> = def(Table::Plans, plan, parse_plan);

@@ -15,12 +15,12 @@
 //! [`Setting::verify_answer`].
 
 use crate::directory::{DirectoryError, RecordError, Role, SignedDirectory, TrustedDirectory};
-use crate::feed::{EntryBody, FeedEntry, SignedEntry, SignedHead, plans_value, verify_entry, verify_head};
+use crate::feed::{EntryBody, FeedEntry, FeedHead, SignedEntry, SignedHead, plans_value, verify_entry, verify_head};
 use crate::ids::{LookupId, NhsNumber, OdsCode};
 use crate::machine::DirectoryState;
 use crate::merkle::{ProofError, key_of};
 use crate::records::{AccessEvent, Contacts, LookupKind, Person, Plan, SettingType, TextError};
-use crate::sign::{Identity, Signed};
+use crate::sign::{Identity, Signed, Verified};
 use crate::time::Timestamp;
 use crate::wire::{AuthorityAnswer, LookupAnswer};
 use std::collections::{BTreeMap, HashMap};
@@ -254,6 +254,19 @@ impl Setting {
         let dir = &self.dir.trusted;
         let history = answer.history.into_iter().map(|e| shown_visit(dir, e, lookup.nhs)).collect::<Result<_, _>>()?;
         Ok(VerifiedAnswer { lookup_id: answer.lookup_id, nhs: answer.nhs, hub: answer.hub, authorities, history })
+    }
+
+    /// Remembers heads verified elsewhere (a driver may verify an answer's heads on several
+    /// threads with [`verify_head`] before calling [`Setting::verify_answer`]); only verified heads
+    /// can be given.
+    pub fn remember_heads(&mut self, heads: impl IntoIterator<Item = Verified<FeedHead>>) {
+        for head in heads {
+            if self.verified_heads.len() >= HEAD_CACHE_MAX {
+                self.verified_heads.clear();
+            }
+            let head = head.into_signed();
+            self.verified_heads.insert(head.body.origin.clone(), head);
+        }
     }
 
     /// Verifies a head once; a head already verified (same bytes) is taken as it is.

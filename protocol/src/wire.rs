@@ -74,6 +74,9 @@ pub struct Notification {
     /// The hub that answered the lookup (the receipt goes back to it).
     pub hub: OdsCode,
     pub answered_at: Timestamp,
+    /// When the hub signed it: when it answered, or later when it re-signed what waited in its
+    /// outbox under a new key. The hub's key must be valid then.
+    pub signed_at: Timestamp,
 }
 
 impl Signable for Notification {
@@ -149,6 +152,10 @@ pub enum Message {
     Receipt(Signed<Receipt>),
     /// A request was refused.
     Refused(Refused),
+    /// An authority to its home hub, on connect: send again every notification you delivered to
+    /// me, and hold my receipt for, from this time on (hub's clock). An authority restored from
+    /// an older copy of its store gets back what reached it after the copy.
+    Redeliver { since: Timestamp },
 }
 
 impl Message {
@@ -164,6 +171,7 @@ impl Message {
             Message::Notify(_) => "notify",
             Message::Receipt(_) => "receipt",
             Message::Refused(_) => "refused",
+            Message::Redeliver { .. } => "redeliver",
         }
     }
 }
@@ -260,6 +268,10 @@ fn check_limits(message: &Message) -> Result<(), WireError> {
             limit("visits in an answer", a.history.len(), HISTORY_LEN_MAX)
         }
         Message::Notify(n) => limit("matched plans", n.body.matched.len(), ANSWER_PLANS_MAX),
-        Message::Head(_) | Message::Lookup(_) | Message::Receipt(_) | Message::Refused(_) => Ok(()),
+        Message::Head(_)
+        | Message::Lookup(_)
+        | Message::Receipt(_)
+        | Message::Refused(_)
+        | Message::Redeliver { .. } => Ok(()),
     }
 }

@@ -570,6 +570,7 @@ fn invented_notifications__refused_by_the_authority__inbox_unchanged() {
             matched: vec![PlanRef::parse(matched).unwrap()],
             hub: code("HUBN"),
             answered_at: at,
+            signed_at: at,
         };
         Message::Notify(fed.identity("HUBN").sign(n))
     };
@@ -754,4 +755,52 @@ fn lossy_network__everything_converges_and_every_notice_arrives_once() {
     }
     // Lookups whose answers were lost were made all the same: each may notify, once (by id).
     assert!(net.authority("204").inbox_ids().all(|id| lookups.contains(id)));
+}
+
+#[test]
+fn invented_notification_relayed_through_an_honest_home_hub__refused_by_the_authority__the_relay_drops_it() {
+    let mut net = net();
+    record(&mut net, "316", plan("CPP-1", CHILD, PlanType::ChildProtection));
+    net.run_for(2_000);
+    // A real lookup of a child Newham has no plan for, answered at HUBS.
+    net.lookup("RXH01", "HUBS", nhs(OTHER_CHILD));
+    net.run_for(2_000);
+    let (_, row) = net.disk("HUBS").table(Table::AccessLog).next().map(|(k, v)| (k.clone(), v.clone())).unwrap();
+    let event: cpis_protocol::sign::Signed<cpis_protocol::records::AccessEvent> =
+        cpis_protocol::codec::decode(&row, 1 << 20).unwrap();
+    // HUBS, hostile, signs a notification of it for Newham naming Newham's plan of another child,
+    // and hands it to HUBN (Newham's other home hub) to relay.
+    let fed = net.fed.clone();
+    let n = cpis_protocol::wire::Notification {
+        event,
+        authority: code("316"),
+        matched: vec![PlanRef::parse("CPP-1").unwrap()],
+        hub: code("HUBS"),
+        answered_at: net.now,
+        signed_at: net.now,
+    };
+    net.send_as("HUBS", "HUBN", Message::Notify(fed.identity("HUBS").sign(n)));
+    net.run_for(600_000);
+    assert!(refused(&net, "316", |r| *r == Refusal::NoMatchingPlan) >= 1, "Newham refuses it");
+    assert_eq!(inbox_len(&net, "316"), 0);
+    assert!(net.hub("HUBN").outbox_depths().is_empty(), "the relay stops retrying what the authority refused");
+    assert!(net.events_of("HUBN", |e| matches!(e, Event::NotificationOverdue { .. })).is_empty());
+}
+
+#[test]
+fn conflicting_head_seen_again__equivocation_alarm_raised_once() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    let fed = net.fed.clone();
+    let mut head: FeedHead = net.authority("204").head().unwrap().body.clone();
+    head.children += 1;
+    for _ in 0..3 {
+        head.at = head.at.plus_ms(1);
+        net.send_as("HUBS", "HUBN", Message::Head(fed.identity("204").sign(head.clone())));
+    }
+    net.run_for(1_000);
+    assert_eq!(net.events_of("HUBN", |e| matches!(e, Event::Equivocation { .. })).len(), 1, "one alarm");
+    assert_eq!(refused(&net, "HUBN", |r| matches!(r, Refusal::KnownEquivocation(_))), 2, "then refused as known");
+    assert_eq!(net.disk("HUBN").table(Table::Equivocations).count(), 1, "one proof kept");
 }

@@ -1,15 +1,21 @@
-//! Faults, drawn at random for each run from its seed (swarm testing: each run enables a random
-//! subset of fault kinds, each at a random intensity), or set by a named scenario.
+//! The faults actor: faults drawn at random for each run from its seed (swarm testing: each run
+//! enables a random subset of fault kinds, each at a random intensity), or set by a named
+//! scenario, applied to the cluster through its API and all stopped at the heal.
 //!
 //! Kinds: message loss, duplication, delay (which reorders); one node isolated; a region cut
 //! off; a one-way (asymmetric) link; a flapping link; crash and restart (writes not yet durable
-//! are lost); slow disks (a wider window for that loss); clock skew; a setting with a bad
-//! clock; bad input (see [`crate::badinput`]). All of them stop at the heal.
+//! are lost); a hub's disk wiped; slow disks (a wider window for that loss); clock skew; a
+//! setting with a bad clock; bad input (see [`crate::badinput`]).
 
-use crate::sim::{Cut, Ev, Sim};
+use crate::agenda::Agenda;
+use crate::badinput::BadInput;
+use crate::checker::{History, WipeView};
+use crate::cluster::{Cluster, Cut, WireFaults};
 use crate::world::{NodeId, World};
 use cpis_protocol::harness::SplitMix64;
+use cpis_protocol::schema::{self, StoredRow, Table};
 use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 
 const MINUTE_MS: u64 = 60_000;
 const HOUR_MS: u64 = 3_600_000;
@@ -30,7 +36,7 @@ pub enum EpisodeKind {
     Flap { a: NodeId, b: NodeId, period_ms: u64 },
     /// The node crashes, and restarts when the episode ends.
     Crash(NodeId),
-    /// The node crashes and loses its disk; it restarts empty when the episode ends.
+    /// The hub crashes and loses its disk; it restarts empty when the episode ends.
     Wipe(NodeId),
 }
 
@@ -56,20 +62,8 @@ pub struct FaultPlan {
     pub episodes: Vec<Episode>,
 }
 
-/// What the fault schedule tells the simulator to do.
-#[derive(Clone, Debug)]
-pub enum FaultAction {
-    Begin(usize),
-    End(usize),
-    Toggle(usize),
-    BadInput,
-    Heal,
-    /// A named scenario's own step.
-    Scenario(u32),
-}
-
 /// Log-uniform between `lo` and `hi`.
-fn log_uniform(rng: &mut SplitMix64, lo: u64, hi: u64) -> u64 {
+pub fn log_uniform(rng: &mut SplitMix64, lo: u64, hi: u64) -> u64 {
     let (l, h) = ((lo.max(1) as f64).ln(), (hi.max(lo + 1) as f64).ln());
     let u = rng.below(1_000_000) as f64 / 1e6;
     (l + u * (h - l)).exp() as u64
@@ -123,7 +117,19 @@ impl FaultPlan {
                 plan.episodes.push(Episode { at_ms, duration_ms, kind });
             }
         }
+        // A wiped disk, in one run in eight (what only it held is lost by the fault itself).
+        if rng.below(8) == 0 {
+            let hub = world.hubs.start + rng.below(world.hubs.len() as u64) as usize;
+            let at_ms = rng.below(period_ms);
+            let duration_ms = log_uniform(&mut rng, 10_000, 30 * MINUTE_MS);
+            plan.episodes.push(Episode { at_ms, duration_ms, kind: EpisodeKind::Wipe(hub) });
+        }
         plan
+    }
+
+    /// Whether the network is broken at some time (anything but clocks, disks and bad input).
+    pub fn breaks_network(&self) -> bool {
+        self.loss_per_million + self.dup_per_million > 0 || self.jitter_ms > 0 || !self.episodes.is_empty()
     }
 
     /// The plan in words, with members' codes (for the report).
@@ -166,146 +172,217 @@ impl FaultPlan {
     }
 }
 
-impl Sim {
-    /// Applies the parts of a plan that hold from the start: clocks and disks.
-    pub fn apply_static_faults(&mut self, plan: &FaultPlan, seed: u64) {
+/// What the faults actor has to do.
+#[derive(Clone, Copy, Debug)]
+enum FaultEv {
+    Begin(usize),
+    End(usize),
+    Toggle(usize),
+    BadInput,
+    Heal,
+}
+
+/// The faults actor.
+pub struct Faults {
+    pub plan: FaultPlan,
+    agenda: Agenda<FaultEv>,
+    active: BTreeSet<usize>,
+    rng: SplitMix64,
+    pub bad: BadInput,
+    pub healed_at: Option<u64>,
+    /// Most notifications waiting for one authority at the heal.
+    pub backlog_at_heal: usize,
+}
+
+/// The id of an episode's cut in the cluster (episodes of scenarios use ids from 1 << 32).
+fn cut_id(i: usize) -> u64 {
+    i as u64
+}
+
+impl Faults {
+    pub fn new(plan: FaultPlan, seed: u64) -> Faults {
+        Faults {
+            plan,
+            agenda: Agenda::new(),
+            active: BTreeSet::new(),
+            rng: SplitMix64::new(seed ^ 0xBAD1_4B07),
+            bad: BadInput::new(seed),
+            healed_at: None,
+            backlog_at_heal: 0,
+        }
+    }
+
+    pub fn next_at(&self) -> Option<u64> {
+        self.agenda.next_at()
+    }
+
+    /// Events the actor's agenda dropped (it was full).
+    pub fn dropped(&self) -> u64 {
+        self.agenda.dropped()
+    }
+
+    /// Applies the parts of the plan that hold from the start: clocks and disks.
+    pub fn apply_static(&self, cluster: &mut Cluster, history: &mut History, seed: u64) {
         let mut rng = SplitMix64::new(seed ^ 0xC10C_5EED);
-        for n in 0..self.nodes.len() {
-            if plan.skew_max_ms > 0 {
-                let span = 2 * plan.skew_max_ms + 1;
-                self.nodes[n].skew_ms = rng.below(span) as i64 - plan.skew_max_ms as i64;
+        let w = cluster.world.hubs.start..cluster.world.settings.end;
+        for n in w {
+            if self.plan.skew_max_ms > 0 {
+                let span = 2 * self.plan.skew_max_ms + 1;
+                cluster.set_skew(n, rng.below(span) as i64 - self.plan.skew_max_ms as i64);
             }
-            if let Some(ms) = plan.slow_disk_ms {
-                self.nodes[n].disk_ms = 1 + rng.below(ms);
+            if let Some(ms) = self.plan.slow_disk_ms {
+                cluster.set_disk_ms(n, 1 + rng.below(ms));
             }
         }
-        for i in 0..plan.bad_clock_settings {
-            let s = self.world.settings.start
-                + (rng.below(self.world.settings.len() as u64) as usize + i) % self.world.settings.len();
-            self.nodes[s].skew_ms = (10 * MINUTE_MS + rng.below(10 * MINUTE_MS)) as i64;
+        let settings = cluster.world.settings.clone();
+        for i in 0..self.plan.bad_clock_settings {
+            let s = settings.start + (rng.below(settings.len() as u64) as usize + i) % settings.len();
+            cluster.set_skew(s, (10 * MINUTE_MS + rng.below(10 * MINUTE_MS)) as i64);
         }
+        history.skews = cluster.nodes().iter().map(|n| n.skew_ms).collect();
     }
 
     /// Schedules the plan's episodes and bad inputs within `[start, start + period_ms)`, and the
     /// heal at its end.
-    pub fn schedule_faults(&mut self, plan: &FaultPlan, start: u64, period_ms: u64) {
-        self.wire.loss_per_million = plan.loss_per_million;
-        self.wire.dup_per_million = plan.dup_per_million;
-        self.wire.jitter_ms = plan.jitter_ms;
-        self.episodes = plan.episodes.clone();
-        for (i, e) in plan.episodes.iter().enumerate() {
-            self.schedule(start + e.at_ms, Ev::Fault(FaultAction::Begin(i)));
+    pub fn schedule(&mut self, cluster: &mut Cluster, history: &mut History, start: u64, period_ms: u64) {
+        cluster.set_wire(WireFaults {
+            loss_per_million: self.plan.loss_per_million,
+            dup_per_million: self.plan.dup_per_million,
+            jitter_ms: self.plan.jitter_ms,
+        });
+        for (i, e) in self.plan.episodes.iter().enumerate() {
+            self.agenda.at(start + e.at_ms, FaultEv::Begin(i));
             let end = (start + e.at_ms + e.duration_ms).min(start + period_ms);
-            self.schedule(end, Ev::Fault(FaultAction::End(i)));
+            self.agenda.at(end, FaultEv::End(i));
         }
-        for _ in 0..plan.bad_inputs {
+        for _ in 0..self.plan.bad_inputs {
             let at = start + self.rng.below(period_ms.max(1));
-            self.schedule(at, Ev::Fault(FaultAction::BadInput));
+            self.agenda.at(at, FaultEv::BadInput);
         }
-        self.schedule(start + period_ms, Ev::Fault(FaultAction::Heal));
-        let anything =
-            plan.loss_per_million + plan.dup_per_million > 0 || plan.jitter_ms > 0 || !plan.episodes.is_empty();
-        self.history.whole_since = if anything { None } else { Some(start) };
+        self.agenda.at(start + period_ms, FaultEv::Heal);
+        history.whole_since = if self.plan.loss_per_million + self.plan.dup_per_million > 0 || self.plan.jitter_ms > 0 {
+            None
+        } else {
+            Some(start)
+        };
     }
 
-    pub fn on_fault(&mut self, f: FaultAction) {
-        match f {
-            FaultAction::Begin(i) => self.begin_episode(i),
-            FaultAction::End(i) => self.end_episode(i),
-            FaultAction::Toggle(i) => self.toggle_flap(i),
-            FaultAction::BadInput => self.inject_bad_input(),
-            FaultAction::Heal => self.heal(),
-            FaultAction::Scenario(step) => self.scenario_step(step),
+    /// Handles the actor's next event (the driver moved time on to it).
+    pub fn step(&mut self, cluster: &mut Cluster, history: &mut History) {
+        let Some((_, ev)) = self.agenda.pop() else { return };
+        match ev {
+            FaultEv::Begin(i) => self.begin(cluster, history, i),
+            FaultEv::End(i) => self.end(cluster, i),
+            FaultEv::Toggle(i) => self.toggle(cluster, i),
+            FaultEv::BadInput => self.bad.inject_random(cluster, history),
+            FaultEv::Heal => self.heal(cluster, history),
         }
     }
 
-    fn begin_episode(&mut self, i: usize) {
-        let Some(e) = self.episodes.get(i).cloned() else { return };
-        if self.healed {
+    fn begin(&mut self, cluster: &mut Cluster, history: &mut History, i: usize) {
+        let Some(e) = self.plan.episodes.get(i).cloned() else { return };
+        if self.healed_at.is_some() {
             return;
         }
-        self.active_episodes.insert(i);
-        let id = i as u64;
+        self.active.insert(i);
+        let id = cut_id(i);
         match e.kind {
-            EpisodeKind::Isolate(n) => self.cuts.push((id, Cut::Isolate(n))),
-            EpisodeKind::RegionCut(r) => self.cuts.push((id, Cut::Region(r))),
-            EpisodeKind::OneWay { from, to } => self.oneway.push((from, to, id)),
+            EpisodeKind::Isolate(n) => cluster.isolate(id, n),
+            EpisodeKind::RegionCut(r) => cluster.cut(id, Cut::Region(r)),
+            EpisodeKind::OneWay { from, to } => cluster.drop_one_way(id, from, to),
             EpisodeKind::Flap { a, b, period_ms } => {
-                self.cuts.push((id, Cut::Pair(a, b)));
-                self.schedule(self.now + period_ms, Ev::Fault(FaultAction::Toggle(i)));
+                cluster.cut(id, Cut::Pair(a, b));
+                self.agenda.at(cluster.now() + period_ms, FaultEv::Toggle(i));
             }
-            EpisodeKind::Crash(n) => self.crash(n),
-            EpisodeKind::Wipe(n) => self.wipe(n),
+            EpisodeKind::Crash(n) => cluster.crash(n),
+            EpisodeKind::Wipe(n) => wipe(cluster, history, n),
         }
-        self.history.whole_since = None;
-        self.refresh_links();
+        history.whole_since = None;
     }
 
-    fn end_episode(&mut self, i: usize) {
-        if !self.active_episodes.remove(&i) {
+    fn end(&mut self, cluster: &mut Cluster, i: usize) {
+        if !self.active.remove(&i) {
             return;
         }
-        let id = i as u64;
-        self.cuts.retain(|(c, _)| *c != id);
-        self.oneway.retain(|(_, _, c)| *c != id);
-        let crashed = self.episodes.get(i).and_then(|e| match e.kind {
+        cluster.uncut(cut_id(i));
+        let crashed = self.plan.episodes.get(i).and_then(|e| match e.kind {
             EpisodeKind::Crash(n) | EpisodeKind::Wipe(n) => Some(n),
             _ => None,
         });
-        if let Some(n) = crashed.filter(|n| !self.crashed_by_other_episode(*n, i)) {
-            self.restart(n);
+        if let Some(n) = crashed.filter(|n| !self.crashed_by_other(*n, i)) {
+            cluster.restart(n);
         }
-        self.refresh_links();
     }
 
-    fn crashed_by_other_episode(&self, n: NodeId, except: usize) -> bool {
-        self.active_episodes.iter().any(|j| {
-            *j != except && matches!(self.episodes[*j].kind, EpisodeKind::Crash(m) | EpisodeKind::Wipe(m) if m == n)
+    fn crashed_by_other(&self, n: NodeId, except: usize) -> bool {
+        self.active.iter().any(|j| {
+            *j != except
+                && matches!(self.plan.episodes[*j].kind, EpisodeKind::Crash(m) | EpisodeKind::Wipe(m) if m == n)
         })
     }
 
-    fn toggle_flap(&mut self, i: usize) {
-        if !self.active_episodes.contains(&i) {
+    fn toggle(&mut self, cluster: &mut Cluster, i: usize) {
+        if !self.active.contains(&i) {
             return;
         }
-        let Some(EpisodeKind::Flap { a, b, period_ms }) = self.episodes.get(i).map(|e| e.kind.clone()) else { return };
-        let id = i as u64;
-        if self.cuts.iter().any(|(c, _)| *c == id) {
-            self.cuts.retain(|(c, _)| *c != id);
+        let Some(EpisodeKind::Flap { a, b, period_ms }) = self.plan.episodes.get(i).map(|e| e.kind.clone()) else {
+            return;
+        };
+        let id = cut_id(i);
+        if cluster.is_cut(id) {
+            cluster.uncut(id);
         } else {
-            self.cuts.push((id, Cut::Pair(a, b)));
+            cluster.cut(id, Cut::Pair(a, b));
         }
-        self.refresh_links();
-        self.schedule(self.now + period_ms, Ev::Fault(FaultAction::Toggle(i)));
+        self.agenda.at(cluster.now() + period_ms, FaultEv::Toggle(i));
     }
 
     /// Every fault stops: links heal, crashed nodes restart, clocks of settings are put right,
     /// the wire stops losing, duplicating and delaying.
-    pub fn heal(&mut self) {
-        self.healed = true;
-        let mut waiting: std::collections::BTreeMap<NodeId, usize> = Default::default();
-        for ((_, a), p) in self.history.promised.iter() {
+    pub fn heal(&mut self, cluster: &mut Cluster, history: &mut History) {
+        let mut waiting: BTreeMap<NodeId, usize> = BTreeMap::new();
+        for ((_, a), p) in history.promised.iter() {
             if p.received == 0 {
                 *waiting.entry(*a).or_default() += 1;
             }
         }
         self.backlog_at_heal = waiting.values().copied().max().unwrap_or(0);
-        self.active_episodes.clear();
-        self.cuts.clear();
-        self.oneway.clear();
-        self.wire = Default::default();
-        for s in self.world.settings.clone() {
-            if self.nodes[s].skew_ms.unsigned_abs() > SKEW_MAX_MS {
-                self.nodes[s].skew_ms = 0;
+        self.active.clear();
+        cluster.heal();
+        for s in cluster.world.settings.clone() {
+            if cluster.node(s).skew_ms.unsigned_abs() > SKEW_MAX_MS {
+                cluster.set_skew(s, 0);
             }
         }
-        for n in self.world.hubs.start..self.world.authorities.end {
-            if self.nodes[n].down {
-                self.start_machine(n);
-            }
+        history.skews = cluster.nodes().iter().map(|n| n.skew_ms).collect();
+        for n in cluster.world.hubs.start..cluster.world.authorities.end {
+            cluster.restart(n);
         }
-        self.refresh_links();
-        self.history.whole_since = Some(self.now);
-        self.healed_at = Some(self.now);
+        history.whole_since = Some(cluster.now());
+        self.healed_at = Some(cluster.now());
     }
+}
+
+/// Wipes a hub, first telling the checkers what only its disk held.
+pub fn wipe(cluster: &mut Cluster, history: &mut History, hub: NodeId) {
+    let mut view = WipeView::default();
+    let code = cluster.world.code(hub).clone();
+    for h in cluster.world.hubs.clone().filter(|h| *h != hub) {
+        let disk = cluster.disk(h);
+        for (key, value) in disk.table(Table::Outbox) {
+            let row = StoredRow { table: Table::Outbox, key: key.clone(), value: value.clone() };
+            if let Ok(((id, authority), _)) = schema::OUTBOX.decode(&row)
+                && let Some(a) = cluster.world.id(&authority)
+            {
+                view.outbox_elsewhere.insert((id, a));
+            }
+        }
+        for seq in history.visits_of(hub) {
+            if disk.get(Table::Entries, &schema::ENTRIES.key(&(code.clone(), seq))).is_some() {
+                view.visits_elsewhere.insert(seq);
+            }
+        }
+    }
+    history.on_wipe(hub, &view);
+    cluster.wipe(hub);
 }

@@ -1,24 +1,22 @@
 //! A deterministic simulator of a whole federation: England's 7 regional hubs, 152 authorities
-//! and 1,200 care settings, driven through the protocol crate's own state machines
-//! ([`cpis_protocol::hub::Hub`], [`cpis_protocol::authority::Authority`],
-//! [`cpis_protocol::setting::Setting`]) over a simulated network in virtual time, under faults
-//! drawn at random from a seed, with checkers for the invariants of DESIGN §7.
+//! and 1,200 care settings, driven through the protocol crate's own
+//! [`Machine`](cpis_protocol::machine::Machine) (and [`Setting`](cpis_protocol::setting::Setting))
+//! over a simulated network in virtual time, under faults and hostile members drawn at random
+//! from a seed, with checkers for the invariants of docs/overview.md.
 //!
-//! # How a run goes
+//! # How it is built
 //!
-//! 1. [`world::World::build`] lays out the members for a scale (1.0 is England) and signs the
-//!    directory with the test roots.
-//! 2. Each authority records its caseload; the caseloads replicate to every hub (or are copied
-//!    to the hubs' disks with `LoadMode::Snapshot`).
-//! 3. The measured period: [`workload`] starts, ends and withdraws plans and makes lookups at
-//!    care settings; [`faults`] loses, duplicates and delays frames, cuts links and regions,
-//!    crashes nodes (writes not yet durable are lost), skews clocks and injects bad input.
-//! 4. Everything heals; [`checker::History`] checks that within the liveness bound every hub
-//!    holds every acknowledged plan, every answered lookup of a flagged child has put exactly
-//!    one notification in each owning authority's inbox, and nothing was forged or shown after
-//!    it ended.
-//! 5. A [`report::RunReport`] gives the figures and a trace hash; the same seed gives the same
-//!    hash.
+//! - [`cluster::Cluster`] is the core: every hub and authority as a machine with its in-memory
+//!   disk, clock skew and writes not yet durable; the links; the event queue; the faults of the
+//!   wire. Its API is narrow: cut, isolate, heal, crash, restart, wipe, send, command.
+//! - Actors drive it, each with its own state and agenda: [`workload::Workload`] (plans and
+//!   lookups, answers verified by the settings), [`faults::Faults`] (the swarm of faults and
+//!   [`badinput`]), [`scenarios::ScenarioActor`] (a named scenario's own steps) and the
+//!   [`adversary`] (a hostile hub, a hostile setting).
+//! - [`checker::History`] observes what the cluster reports (durable writes, events) and every
+//!   answer a setting checked, and holds the run to the invariants.
+//! - [`sim::Sim`] wires them with one loop; [`run::run`] runs a seed or scenario and returns a
+//!   [`report::RunReport`] with a trace hash: the same seed gives the same hash.
 //!
 //! # Example
 //!
@@ -31,6 +29,7 @@
 //!     plans: Some(20),
 //!     hours: Some(1),
 //!     load: LoadMode::Snapshot,
+//!     intensity: 0.5,
 //!     ..RunConfig::default()
 //! };
 //! let report = run(&config);
@@ -43,8 +42,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod adversary;
+pub mod agenda;
 pub mod badinput;
 pub mod checker;
+pub mod cluster;
 pub mod faults;
 pub mod fnv;
 pub mod report;

@@ -33,9 +33,12 @@ struct Cli {
     /// The liveness bound in ms: how long the network must have been whole before checks are strict.
     #[arg(long, default_value_t = 600_000)]
     bound_ms: u64,
-    /// Run without any fault.
+    /// Run without any fault and without a hostile member.
     #[arg(long)]
     no_faults: bool,
+    /// Never draw a hostile hub or setting in swarm runs (named scenarios keep theirs).
+    #[arg(long)]
+    no_hostile: bool,
     /// Open plans at the start, instead of the scale's share of 135,000.
     #[arg(long)]
     plans: Option<usize>,
@@ -45,7 +48,7 @@ struct Cli {
     /// Print one JSON object per run and a summary object last.
     #[arg(long)]
     json: bool,
-    /// List the named scenarios and exit.
+    /// List the named scenarios, with what each does, and exit.
     #[arg(long)]
     list: bool,
 }
@@ -82,6 +85,7 @@ fn configs(cli: &Cli) -> anyhow::Result<Vec<RunConfig>> {
         bound_ms: cli.bound_ms,
         scenario: None,
         no_faults: cli.no_faults,
+        no_hostile: cli.no_hostile,
         plans: cli.plans,
         intensity: cli.intensity,
     };
@@ -128,8 +132,9 @@ fn print_run(r: &RunReport, json: bool) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.list {
+        let width = Scenario::ALL.iter().map(|s| s.name().len()).max().unwrap_or(0);
         for s in Scenario::ALL {
-            println!("{}", s.name());
+            println!("{:<width$}  {}", s.name(), s.description());
         }
         return ExitCode::SUCCESS;
     }
@@ -148,20 +153,7 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("cannot print the summary: {e}"),
         }
     } else if reports.len() > 1 {
-        println!(
-            "{} runs: {} passed, {} failed{}; simulated {:.1} h in {:.1} s ({:.0}x real time)",
-            summary.runs,
-            summary.passed,
-            summary.runs - summary.passed,
-            if summary.failed_seeds.is_empty() {
-                String::new()
-            } else {
-                format!(" (seeds {})", summary.failed_seeds.join(", "))
-            },
-            summary.simulated_ms as f64 / 3.6e6,
-            summary.real_ms as f64 / 1e3,
-            summary.sim_to_real
-        );
+        println!("{}", summary.text());
     }
     if summary.passed == summary.runs { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -1,31 +1,33 @@
-//! One run: build the world, load the caseloads, run the measured period under faults, heal,
-//! wait the liveness bound, check, report.
+//! One run: build the world, load the caseloads, run the measured period under faults (and,
+//! perhaps, a hostile member), heal, wait the liveness bound, check, report.
 //!
 //! Timeline (true time): the federation starts at 00:00; caseloads are recorded and replicated
-//! (the load, not measured) until 01:00; the measured period with its workload and faults runs
-//! from 01:00 for `hours`; then every fault heals. From the heal the simulator waits for
-//! everything acknowledged before it to reach every hub and inbox (the convergence time); lookups
-//! made from one bound after the heal are checked strictly; the workload stops two bounds after
-//! the heal, and the final checks run one bound later.
+//! (the load, not measured) until 01:00; the measured period with its workload, faults and
+//! adversary runs from 01:00 for `hours`; then every fault heals (a hostile member stays
+//! hostile). From the heal the simulator waits for every hub to hold every authority's published
+//! feed and every visit, and every notification promised before the heal to be stored (the
+//! convergence time); lookups made from one bound after the heal are checked strictly; the
+//! workload stops two bounds after the heal, and the final checks run one bound later.
 
-use crate::checker::{History, HubView, Violations};
-use crate::faults::FaultPlan;
-use crate::fnv::FnvMap;
-use crate::report::{MessageReport, NotificationReport, Percentiles, RunReport};
-use crate::scenarios::Scenario;
-use crate::sim::{Ev, Sim};
-use crate::workload::{WorkEv, Workload, WorkloadSpec};
+use crate::adversary::{Attacks, HostileHub, HostileSetting};
+use crate::checker::{FeedView, History, HubView, Violations, feed_view};
+use crate::cluster::Cluster;
+use crate::faults::{FaultPlan, Faults};
+use crate::report::{HostileReport, HostileSettingReport, MessageReport, NotificationReport, Percentiles, RunReport};
+use crate::scenarios::{Scenario, ScenarioActor};
+use crate::sim::Sim;
+use crate::workload::{Workload, WorkloadSpec};
 use crate::world::{NodeId, World, WorldSpec};
+use cpis_protocol::authority::AuthorityConfig;
 use cpis_protocol::feed::EntryBody;
-use cpis_protocol::store::Table;
-use std::collections::BTreeSet;
+use cpis_protocol::harness::SplitMix64;
+use cpis_protocol::hub::HubConfig;
+use cpis_protocol::schema::{self, StoreOp, Table, WriteBatch};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hasher;
 use std::time::Instant;
 
 const HOUR_MS: u64 = 3_600_000;
-
-/// A row's place on a simulated disk.
-type DiskKey = (Table, Vec<u8>);
 
 /// How the caseloads reach the hubs before the measured period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,8 +35,8 @@ pub enum LoadMode {
     /// Through the protocol: each authority connects and pushes its feed; hubs verify every
     /// entry and forward it to each other.
     Replicate,
-    /// Each hub's disk starts with a copy of every authority's rows (a federation that has been
-    /// running); hubs restore from it.
+    /// Each hub's disk starts with a copy of every authority's entries and head (a federation
+    /// that has been running); hubs restore from it.
     Snapshot,
 }
 
@@ -49,8 +51,10 @@ pub struct RunConfig {
     /// The liveness bound: how long the network must have been whole before checks are strict.
     pub bound_ms: u64,
     pub scenario: Option<Scenario>,
-    /// Run the seed's workload with no faults at all.
+    /// Run the seed's workload with no faults and no hostile member.
     pub no_faults: bool,
+    /// Never draw a hostile member in a swarm run.
+    pub no_hostile: bool,
     /// Open plans nationally at the start, instead of the scale's share of 135,000.
     pub plans: Option<usize>,
     /// Scales every lookup rate (1.0 is the real workload; tests run lighter).
@@ -67,6 +71,7 @@ impl Default for RunConfig {
             bound_ms: 10 * 60_000,
             scenario: None,
             no_faults: false,
+            no_hostile: false,
             plans: None,
             intensity: 1.0,
         }
@@ -96,6 +101,9 @@ impl RunConfig {
         if self.no_faults {
             c += " --no-faults";
         }
+        if self.no_hostile {
+            c += " --no-hostile";
+        }
         if self.bound_ms != RunConfig::default().bound_ms {
             c += &format!(" --bound-ms {}", self.bound_ms);
         }
@@ -109,6 +117,24 @@ impl RunConfig {
     }
 }
 
+/// The hostile members of a swarm run, drawn from its seed: a hub in one run in eight (with a
+/// random set of attacks), a setting in one run in eight.
+pub fn draw_hostile(seed: u64, world: &World) -> (Option<(NodeId, Attacks)>, Option<NodeId>) {
+    let mut rng = SplitMix64::new(seed ^ 0x4057_11E5);
+    let hub = (rng.below(8) == 0).then(|| {
+        let h = world.hubs.start + rng.below(world.hubs.len() as u64) as usize;
+        (h, Attacks::draw(&mut rng))
+    });
+    let unscheduled: Vec<NodeId> = world
+        .settings
+        .clone()
+        .filter(|s| world.lookup_kind(*s) == cpis_protocol::records::LookupKind::Unscheduled)
+        .collect();
+    let setting = (rng.below(8) == 0 && !unscheduled.is_empty())
+        .then(|| unscheduled[rng.below(unscheduled.len() as u64) as usize]);
+    (hub, setting)
+}
+
 /// Runs one seed or scenario and checks it.
 pub fn run(config: &RunConfig) -> RunReport {
     let started = Instant::now();
@@ -119,178 +145,268 @@ pub fn run(config: &RunConfig) -> RunReport {
     if let Some(s) = config.scenario {
         wspec.peak_factor = s.peak_factor();
     }
-    let mut work = Workload::new(&world, wspec, config.seed);
-    work.intensity = config.intensity;
-    let mut sim = Sim::new(world, config.seed, work);
-    sim.scenario = config.scenario;
-    sim.history.bound_ms = config.bound_ms;
     let period = config.hours() * HOUR_MS;
-    let plan = match config.scenario {
-        Some(s) => s.faults(&sim.world),
-        None if config.no_faults => FaultPlan::default(),
-        None => FaultPlan::swarm(config.seed, &sim.world, period),
+    let (plan, hostile_hub, hostile_setting) = match config.scenario {
+        Some(s) => (s.faults(&world), s.hostile_hub(&world), s.hostile_setting(&world)),
+        None if config.no_faults => (FaultPlan::default(), None, None),
+        None if config.no_hostile => (FaultPlan::swarm(config.seed, &world, period), None, None),
+        None => {
+            let (h, s) = draw_hostile(config.seed, &world);
+            (FaultPlan::swarm(config.seed, &world, period), h, s)
+        }
     };
-    sim.apply_static_faults(&plan, config.seed);
-    sim.history.measure_from = sim.now + HOUR_MS;
+    let excluded: BTreeSet<NodeId> = hostile_setting.into_iter().collect();
+    let work = Workload::new(&world, wspec, config.seed, &excluded);
+    let mut history = History::new(&world);
+    history.bound_ms = config.bound_ms;
+    history.hostile_hub = hostile_hub.map(|(h, _)| h);
+    let cluster = Cluster::new(world, config.seed, HubConfig::default(), AuthorityConfig::default());
+    let mut sim = Sim {
+        cluster,
+        history,
+        work,
+        faults: Faults::new(plan, config.seed),
+        scenario: config.scenario.map(ScenarioActor::new),
+        hostile_hub: None,
+        hostile_setting: None,
+        intensity: config.intensity,
+    };
+    sim.faults.apply_static(&mut sim.cluster, &mut sim.history, config.seed);
+    sim.history.measure_from = sim.cluster.now() + HOUR_MS;
     load(&mut sim, config.plans.unwrap_or(spec.plans), config.load);
     let load_real_ms = started.elapsed().as_millis() as u64;
     let measured = Instant::now();
-    let start = sim.now;
-    let convergence = measured_period(&mut sim, &plan, config, period);
+    let start = sim.cluster.now();
+    if let Some((hub, attacks)) = hostile_hub {
+        sim.hostile_hub = Some(HostileHub::new(&mut sim.cluster, hub, attacks, config.seed, start));
+    }
+    if let Some(s) = hostile_setting {
+        sim.hostile_setting = Some(HostileSetting::new(&sim.cluster, s, config.seed, start));
+    }
+    let convergence = measured_period(&mut sim, config, period);
     let run_real_ms = measured.elapsed().as_millis() as u64;
     let checking = Instant::now();
-    let mut report = final_report(&mut sim, config, &plan, convergence);
+    let mut report = final_report(&mut sim, config, convergence);
     report.load_real_ms = load_real_ms;
     report.check_real_ms = checking.elapsed().as_millis() as u64;
     report.real_ms = run_real_ms;
-    report.simulated_ms = sim.now - start;
+    report.simulated_ms = sim.cluster.now() - start;
     report.sim_to_real = report.simulated_ms as f64 / report.real_ms.max(1) as f64;
     report
 }
 
 /// Records the caseloads, gets them to the hubs, and runs until 01:00.
 fn load(sim: &mut Sim, plans: usize, mode: LoadMode) {
-    let auths: Vec<NodeId> = sim.world.authorities.clone().collect();
-    for a in &auths {
-        sim.start_machine(*a);
+    let c = &mut sim.cluster;
+    let auths: Vec<NodeId> = c.world.authorities.clone().collect();
+    for n in c.world.authorities.start..c.world.settings.end {
+        c.start(n);
     }
-    sim.seed_caseloads(plans);
-    sim.run_until(sim.now + 1_000);
+    sim.work.seed_caseloads(&mut sim.cluster, plans);
+    let now = sim.cluster.now();
+    sim.run_until(now + 1_000);
+    let c = &mut sim.cluster;
     if mode == LoadMode::Snapshot {
-        for h in sim.world.hubs.clone() {
+        for h in c.world.hubs.clone() {
+            let mut ops = vec![schema::schema_op()];
             for a in &auths {
-                copy_feed(sim, *a, h);
+                ops.extend(copy_feed(c, *a));
             }
+            c.disk_mut(h).apply(&WriteBatch { id: 0, ops });
         }
     }
-    for h in sim.world.hubs.clone() {
-        sim.start_machine(h);
+    for h in c.world.hubs.clone() {
+        c.start(h);
     }
-    sim.refresh_links();
-    let t1 = sim.world.fed.start.as_millis() + HOUR_MS;
+    c.refresh_links();
+    let t1 = c.world.fed.start.as_millis() + HOUR_MS;
     sim.run_until(t1);
-    if !sim.history.settled_before(t1, sim.now) {
-        sim.history.lost.push(
-            "load",
-            format!("{} entries had not reached every hub an hour after the load", sim.history.incomplete.len()),
-        );
+    if !settle(sim) {
+        sim.history.lost.push("load", "the hubs had not caught up with every authority an hour after the load".into());
     }
 }
 
-/// Copies an authority's entries and high-water mark into a hub's disk.
-fn copy_feed(sim: &mut Sim, a: NodeId, h: NodeId) {
-    let rows: Vec<(DiskKey, Vec<u8>)> = sim.nodes[a]
-        .disk
-        .iter()
-        .filter(|((t, _), _)| *t == Table::Entries)
-        .map(|(k, v)| (k.clone(), v.clone()))
+/// An authority's entries and head, as puts for a hub's disk.
+fn copy_feed(c: &Cluster, a: NodeId) -> Vec<StoreOp> {
+    let disk = c.disk(a);
+    let mut ops: Vec<StoreOp> = disk
+        .table(Table::Entries)
+        .map(|(k, v)| StoreOp::Put { table: Table::Entries, key: k.clone(), value: v.clone() })
         .collect();
-    let code = sim.world.code(a).clone();
-    let last = sim.nodes[a].authority().map_or(0, |x| x.last_seq());
-    let batch = cpis_protocol::store::WriteBatch {
-        id: 0,
-        ops: rows
-            .iter()
-            .map(|((t, k), v)| cpis_protocol::store::StoreOp::Put { table: *t, key: k.clone(), value: v.clone() })
-            .collect(),
-    };
-    sim.history.on_durable(h, std::slice::from_ref(&batch), sim.now);
-    let disk = &mut sim.nodes[h].disk;
-    for (k, v) in rows {
-        disk.insert(k, v);
+    let head_key = schema::HEADS.key(c.world.code(a));
+    if let Some(v) = disk.get(Table::Heads, &head_key) {
+        ops.push(StoreOp::Put { table: Table::Heads, key: head_key, value: v.clone() });
     }
-    disk.insert((Table::HighWater, code.as_str().as_bytes().to_vec()), last.to_be_bytes().to_vec());
+    ops
+}
+
+/// Whether every hub holds every authority at its published head.
+fn replicas_caught_up(c: &Cluster) -> bool {
+    c.world.hubs.clone().all(|h| {
+        let Some(hub) = c.hub(h) else { return false };
+        c.world.authorities.clone().all(|a| {
+            let Some(auth) = c.authority(a) else { return false };
+            let want = auth.head().map_or(0, |x| x.body.seq);
+            hub.replicas().get(c.world.code(a)).map_or(0, |r| r.seq()) == want
+        })
+    })
+}
+
+/// Longest the simulator waits, at a check, for a change an authority made a moment before (an
+/// hourly sweep of its plans, say) to reach every hub.
+const SETTLE_MS_MAX: u64 = 60_000;
+
+/// Runs on, a second at a time and for at most [`SETTLE_MS_MAX`], until every hub holds every
+/// authority at its published head; returns whether they do.
+fn settle(sim: &mut Sim) -> bool {
+    for _ in 0..SETTLE_MS_MAX / 1_000 {
+        if replicas_caught_up(&sim.cluster) {
+            return true;
+        }
+        let next = sim.cluster.now() + 1_000;
+        sim.run_until(next);
+    }
+    replicas_caught_up(&sim.cluster)
+}
+
+/// Whether everything acknowledged or answered by `heal` has reached every hub and inbox.
+fn converged(sim: &Sim, heal: u64) -> bool {
+    let c = &sim.cluster;
+    if !replicas_caught_up(c) || sim.history.outstanding_before(heal) > 0 {
+        return false;
+    }
+    let due = sim.history.visits_due(heal);
+    c.world.hubs.clone().all(|h| {
+        let disk = c.disk(h);
+        due.iter().all(|(origin, seq)| {
+            disk.get(Table::Entries, &schema::ENTRIES.key(&(c.world.code(*origin).clone(), *seq))).is_some()
+        })
+    })
 }
 
 /// Runs the measured period, heals, and measures convergence. Returns the convergence time.
-fn measured_period(sim: &mut Sim, plan: &FaultPlan, config: &RunConfig, period: u64) -> Option<u64> {
-    let t1 = sim.now;
+fn measured_period(sim: &mut Sim, config: &RunConfig, period: u64) -> Option<u64> {
+    let t1 = sim.cluster.now();
     // Figures count from here: the load is not measured.
-    sim.counters = Default::default();
-    for node in &mut sim.nodes {
-        node.sent_msgs = 0;
-        node.sent_bytes = 0;
-    }
-    sim.work.running = true;
-    sim.schedule(t1, Ev::Work(WorkEv::Hour));
-    sim.schedule_faults(plan, t1, period);
-    if let Some(s) = config.scenario {
-        s.prepare(sim, t1, config.intensity);
+    sim.cluster.reset_counters();
+    sim.work.start(t1);
+    sim.faults.schedule(&mut sim.cluster, &mut sim.history, t1, period);
+    if let Some(s) = sim.scenario.as_mut() {
+        s.prepare(&sim.cluster.world, &mut sim.work, t1, config.intensity);
     }
     let heal = t1 + period;
     sim.run_until(heal);
     let bound = config.bound_ms;
     let mut convergence = None;
-    while sim.now <= heal + 3 * bound {
-        if sim.history.settled_before(heal, sim.now) {
-            convergence = Some(sim.now - heal);
+    for _ in 0..=3 * bound / 1_000 {
+        if sim.cluster.now() > heal + 3 * bound {
             break;
         }
-        sim.run_until(sim.now + 1_000);
+        if converged(sim, heal) {
+            convergence = Some(sim.cluster.now() - heal);
+            break;
+        }
+        let next = sim.cluster.now() + 1_000;
+        sim.run_until(next);
     }
     sim.run_until(heal + 2 * bound);
     sim.work.running = false;
     sim.run_until(heal + 3 * bound);
+    settle(sim);
     convergence
 }
 
-fn hub_view(sim: &Sim, h: NodeId) -> Option<HubView> {
-    let hub = sim.nodes[h].hub()?;
-    let now = sim.node_now(h);
-    let held: BTreeSet<(NodeId, u64)> =
-        hub.entries().filter_map(|e| Some((sim.world.id(&e.body.origin)?, e.body.seq))).collect();
-    let mut shown = FnvMap::default();
-    for nhs in sim.history.by_nhs.keys() {
-        let plans: Vec<_> = hub
-            .visible_plans(*nhs, now)
-            .into_iter()
-            .filter_map(|e| match &e.body.body {
-                EntryBody::Plan(p) => Some((sim.world.id(&e.body.origin)?, p.reference.clone(), e.body.seq)),
-                _ => None,
-            })
-            .collect();
-        shown.insert(*nhs, plans);
-    }
-    Some(HubView { hub: h, now: now.as_millis(), held, shown })
+fn hub_view(c: &Cluster, h: NodeId) -> Option<HubView> {
+    let hub = c.hub(h)?;
+    let replicas: BTreeMap<NodeId, FeedView> = hub
+        .replicas()
+        .iter()
+        .filter_map(|(code, r)| Some((c.world.id(code)?, feed_view(r.head(), r.feed().entries()))))
+        .collect();
+    let visits = hub
+        .entries()
+        .filter(|e| matches!(e.body.body, EntryBody::Visit(_)))
+        .filter_map(|e| Some((c.world.id(&e.body.origin)?, e.body.seq)))
+        .collect();
+    Some(HubView { hub: h, now: c.node_now(h), replicas, visits })
 }
 
 /// The final checks, then the report.
-fn final_report(sim: &mut Sim, config: &RunConfig, plan: &FaultPlan, convergence: Option<u64>) -> RunReport {
-    let inboxes: Vec<_> = sim
+fn final_report(sim: &mut Sim, config: &RunConfig, convergence: Option<u64>) -> RunReport {
+    let c = &sim.cluster;
+    let inboxes: Vec<_> = c
         .world
         .authorities
         .clone()
-        .filter_map(|a| {
-            Some((a, sim.nodes[a].authority()?.inbox().map(|i| i.notification.body.event.body.lookup_id).collect()))
-        })
+        .map(|a| (a, c.authority(a).map(|x| x.inbox_ids().copied().collect::<BTreeSet<_>>())))
+        .collect();
+    let feeds: BTreeMap<NodeId, FeedView> = c
+        .world
+        .authorities
+        .clone()
+        .filter_map(|a| c.authority(a).map(|x| (a, feed_view(x.head(), x.feed().entries()))))
+        .collect();
+    let views: Vec<HubView> = c.world.hubs.clone().filter_map(|h| hub_view(c, h)).collect();
+    let down: Vec<String> = (c.world.hubs.start..c.world.authorities.end)
+        .filter(|n| c.machine(*n).is_none())
+        .map(|n| c.world.code(n).to_string())
         .collect();
     sim.history.check_notifications(&inboxes);
-    let views: Vec<HubView> = sim.world.hubs.clone().filter_map(|h| hub_view(sim, h)).collect();
-    if views.len() != sim.world.hubs.len() {
-        sim.history.lost.push("hub", "a hub was not running at the end".into());
+    sim.history.check_hubs(&feeds, &views);
+    match convergence {
+        Some(ms) if ms <= config.bound_ms => {}
+        Some(ms) => sim.history.lost.push("convergence", format!("converged {ms} ms after the heal, past the bound")),
+        None => sim.history.lost.push("convergence", "did not converge within three bounds of the heal".into()),
     }
-    sim.history.check_hubs(&views);
-    let scenario_checks = config.scenario.map(|s| s.check(sim)).unwrap_or_default();
+    if !down.is_empty() {
+        sim.history.lost.push("node-down", format!("not running at the end: {}", down.join(", ")));
+    }
+    let hostile = sim.history.hostile_hub;
+    for h in c.world.hubs.clone().filter(|h| Some(*h) != hostile) {
+        let left: usize = c.hub(h).map_or(0, |x| x.outbox_depths().values().sum());
+        if left > 0 {
+            let detail = format!("hub {} still holds {left} notifications in its outbox at the end", c.world.code(h));
+            sim.history.unexpected("outbox-stuck", detail);
+        }
+    }
+    if sim.queues_overflowed() {
+        sim.history.unexpected("queues", "an agenda overflowed: events were dropped".into());
+    }
+    if sim.cluster.counters.reports_dropped > 0 {
+        sim.history.unexpected("reports", "the cluster dropped reports".into());
+    }
+    let scenario_checks = sim.scenario.as_ref().map(|s| s.check(sim)).unwrap_or_default();
     sim.history.lost.merge(scenario_checks);
-    let mut trace = sim.trace;
+    let mut trace = sim.cluster.trace();
     trace.write_u64(sim.history.lost.count);
     trace.write_u64(sim.history.unexpected.count);
-    build_report(sim, config, plan, convergence, trace.finish())
+    build_report(sim, config, convergence, trace.finish())
 }
 
-fn build_report(sim: &Sim, config: &RunConfig, plan: &FaultPlan, convergence: Option<u64>, trace: u64) -> RunReport {
+fn build_report(sim: &Sim, config: &RunConfig, convergence: Option<u64>, trace: u64) -> RunReport {
     let h: &History = &sim.history;
-    let w = &sim.world;
+    let c = &sim.cluster;
+    let w = &c.world;
     let delivered = h.promised.values().filter(|p| p.received > 0).count();
+    let outbox_left = w.hubs.clone().filter_map(|x| c.hub(x)).map(|x| x.outbox_depths().values().sum::<usize>()).sum();
+    let backlog = sim.faults.backlog_at_heal.max(sim.scenario.as_ref().map_or(0, |s| s.backlog));
     let notifications = NotificationReport {
         promised: h.promised.len(),
         delivered,
         outstanding: h.promised.len() - delivered,
-        backlog_max: sim.backlog_at_heal.max(sim.scenario_backlog),
+        lost_with_wiped_disk: h
+            .excused_promises
+            .iter()
+            .filter(|k| h.promised.get(k).is_some_and(|p| p.received == 0))
+            .count(),
+        unpromised_accepted: h.unpromised_accepted,
+        backlog_max: backlog,
         latency_ms: Percentiles::of(&h.delivery_ms),
         overdue_events: h.overdue,
+        outbox_left,
     };
     let ok = h.lost.is_empty() && h.unexpected.is_empty();
+    let plans: usize = sim.work.registry.len();
     RunReport {
         seed: config.seed,
         scenario: config.scenario.map_or("swarm".into(), |s| s.name().into()),
@@ -300,9 +416,9 @@ fn build_report(sim: &Sim, config: &RunConfig, plan: &FaultPlan, convergence: Op
             w.hubs.len(),
             w.authorities.len(),
             w.settings.len(),
-            h.plans.len()
+            plans
         ),
-        faults: plan.describe(w),
+        faults: sim.faults.plan.describe(w),
         trace_hash: format!("{trace:016x}"),
         lookups: sim.work.stats.clone(),
         notifications,
@@ -310,9 +426,22 @@ fn build_report(sim: &Sim, config: &RunConfig, plan: &FaultPlan, convergence: Op
         ended_plan_shown_ms: Percentiles::of(&h.end_shown_ms),
         withdrawn_plan_shown_ms: Percentiles::of(&h.withdraw_shown_ms),
         new_plan_everywhere_ms: Percentiles::of(&h.start_seen_ms),
-        messages: message_report(sim),
-        network: sim.counters.clone(),
+        messages: message_report(c),
+        network: c.counters.clone(),
+        bad_inputs: sim.faults.bad.stats.clone(),
+        hostile_hub: sim.hostile_hub.as_ref().map(|x| HostileReport {
+            hub: w.code(x.hub).to_string(),
+            attacks: x.attacks.describe(),
+            stats: x.stats.clone(),
+        }),
+        hostile_setting: sim
+            .hostile_setting
+            .as_ref()
+            .map(|x| HostileSettingReport { setting: w.code(x.setting).to_string(), stats: x.stats.clone() }),
         equivocation_alarms: h.equivocations.len(),
+        equivocation_proofs: h.equivocation_proofs,
+        visits_before_durable: h.visits_before_durable().0,
+        visits_never_durable_at_origin: h.visits_before_durable().1,
         refusals: h.refusals.clone(),
         lost: h.lost.clone(),
         unexpected: h.unexpected.clone(),
@@ -322,13 +451,13 @@ fn build_report(sim: &Sim, config: &RunConfig, plan: &FaultPlan, convergence: Op
     }
 }
 
-fn message_report(sim: &Sim) -> MessageReport {
-    let nodes = sim.world.hubs.start..sim.world.authorities.end;
+fn message_report(c: &Cluster) -> MessageReport {
+    let nodes = c.world.hubs.start..c.world.authorities.end;
     let n = nodes.len().max(1) as u64;
     let mut r = MessageReport::default();
     let mut busiest = (0, 0);
     for i in nodes {
-        let node = &sim.nodes[i];
+        let node = c.node(i);
         r.total += node.sent_msgs;
         r.bytes += node.sent_bytes;
         r.per_node_max_bytes = r.per_node_max_bytes.max(node.sent_bytes);
@@ -339,7 +468,7 @@ fn message_report(sim: &Sim) -> MessageReport {
     r.per_node_max = busiest.1;
     r.per_node_mean = r.total / n;
     r.per_node_mean_bytes = r.bytes / n;
-    r.busiest = sim.world.code(busiest.0).to_string();
+    r.busiest = c.world.code(busiest.0).to_string();
     r
 }
 

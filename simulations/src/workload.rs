@@ -1,29 +1,34 @@
-//! The workload: caseloads loaded at the start, then over simulated days plan starts, ends and
-//! withdrawals at the authorities, and lookups at care settings (mostly of children with no
-//! plan, some of flagged children, some scheduled), each sent to the setting's first reachable
-//! home hub, answered, verified end to end and compared with what the authorities acknowledged.
+//! The workload actor: caseloads loaded at the start, then over simulated days plan starts, ends
+//! and withdrawals at the authorities (operator commands), and lookups at care settings (mostly
+//! of children with no plan, some of flagged children, some scheduled). A lookup goes to the
+//! setting's first connected home hub; every answer is checked by the protocol's own
+//! [`Setting::verify_answer`] and handed to the checkers. An answer that fails the setting's
+//! checks (a hostile hub's) is refused and the lookup is tried again at the next home hub.
 
-use crate::checker::History;
+use crate::agenda::Agenda;
+use crate::checker::{AnswerRecord, AnswerVerdict, History};
+use crate::cluster::Cluster;
 use crate::fnv::FnvMap;
-use crate::sim::{Ev, Sim};
 use crate::world::{self, NodeId, World};
-use cpis_protocol::authority::{Change as Command, CommandError};
+use cpis_protocol::authority::RowOutcome;
 use cpis_protocol::harness::SplitMix64;
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
+use cpis_protocol::machine::{Command, CommandId, Reply};
 use cpis_protocol::records::{AccessEvent, LookupKind, Person, Plan, PlanType};
-use cpis_protocol::setting::{Setting, VerifiedAnswer};
+use cpis_protocol::refusal::RefusalCode;
+use cpis_protocol::setting::Setting;
 use cpis_protocol::sign::Signed;
 use cpis_protocol::time::{DAY_MS, Date, Timestamp};
-use cpis_protocol::wire::{self, Message};
+use cpis_protocol::wire::{self, LookupAnswer, Message};
 use serde::Serialize;
-use std::collections::VecDeque;
+use std::collections::BTreeSet;
 
 /// How long a setting waits for an answer before trying again.
 pub const ANSWER_TIMEOUT_MS: u64 = 10_000;
 /// Attempts of one clinical lookup (each with a fresh lookup id).
 pub const ATTEMPTS_MAX: u8 = 3;
-/// Signed lookups kept for the replay injector.
-pub const RECENT_LOOKUPS_MAX: usize = 16;
+/// People at one setting who make lookups (each has the hub's per-person rate limit).
+pub const PEOPLE_PER_SETTING: u64 = 20;
 const HOUR_MS: u64 = 3_600_000;
 
 /// Relative lookup rate by hour of day (urgent care is busiest from late morning to evening).
@@ -79,9 +84,9 @@ pub struct RegisteredPlan {
     pub nhs: NhsNumber,
 }
 
-/// Scheduled workload events.
+/// The workload's own timed events.
 #[derive(Clone, Debug)]
-pub enum WorkEv {
+enum WorkEv {
     /// Plan the coming hour.
     Hour,
     Lookup {
@@ -106,16 +111,16 @@ enum Outcome {
     NoHub,
     NoAnswer,
     RefusedClock,
+    RefusedRate,
     Refused,
+    /// Every attempt's answer failed the setting's checks.
+    Forged,
 }
 
 struct Request {
     setting: NodeId,
     nhs: NhsNumber,
-    kind: LookupKind,
     sent_at: u64,
-    /// (authority, reference, acknowledged at) of plans visible when the lookup was made.
-    expected: Vec<(NodeId, PlanRef, u64)>,
     strict: bool,
     attempts: u8,
     outcome: Outcome,
@@ -131,24 +136,46 @@ struct Attempt {
 /// Lookup figures of a run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct LookupStats {
+    /// Clinical lookups made (each up to three attempts).
     pub requests: u64,
     pub attempts: u64,
     pub answered: u64,
     pub unscheduled: u64,
     pub scheduled: u64,
+    /// Answered with every authority checked under a fresh head.
+    pub answered_all_checked: u64,
+    /// Answered with some authority stale (an old head) but none unavailable.
+    pub answered_some_stale: u64,
+    /// Answered with some authority unavailable (no valid head): its phones shown, never "no records".
+    pub answered_some_unavailable: u64,
+    /// Answers the setting refused as forged (a proof or record did not hold).
+    pub answers_refused_forged: u64,
+    /// Lookups tried again at another hub after a forged answer.
+    pub retried_after_forged: u64,
+    /// Lookups whose every attempt got a forged answer.
+    pub forged_unresolved: u64,
     pub no_hub_reachable: u64,
     pub no_answer: u64,
     pub refused_clock_skew: u64,
+    pub refused_rate_limited: u64,
     pub refused_other: u64,
+    /// Lookups of a child with a visible, acknowledged plan.
     pub flagged: u64,
     pub flagged_complete: u64,
     pub flagged_missed_no_hub_reachable: u64,
+    /// A plan missing under a fresh head older than the plan.
     pub flagged_missed_hub_not_caught_up: u64,
+    /// A plan missing, its authority shown stale or unavailable (with its phones).
+    pub flagged_missed_authority_unavailable: u64,
     pub flagged_missed_no_answer: u64,
     pub flagged_missed_refused: u64,
-    /// Answers that showed a plan its authority had already ended or withdrawn.
+    pub flagged_missed_forged: u64,
+    /// Plans shown (under an older head) that had ended or been withdrawn at the lookup.
     pub stale_shown: u64,
+    /// Lookups made once the network had been whole for the bound, checked strictly.
     pub strict_checked: u64,
+    /// Directory versions a hub pushed on a setting that it refused.
+    pub directories_refused: u64,
     pub commands: u64,
     pub commands_refused: u64,
     pub commands_node_down: u64,
@@ -157,33 +184,42 @@ pub struct LookupStats {
 /// The workload's state.
 pub struct Workload {
     pub spec: WorkloadSpec,
-    pub rng: SplitMix64,
+    rng: SplitMix64,
     pub registry: Vec<RegisteredPlan>,
     next_stem: u64,
     next_ref: u64,
     /// Whether new operations are being planned.
     pub running: bool,
-    /// Scales lookup rates (tests run lighter than the real thing).
-    pub intensity: f64,
     /// Extra lookups of one authority's children (a scenario's).
     pub focus: Option<Focus>,
-    settings: Vec<Setting>,
+    /// Settings the workload plays, by setting offset (none for a setting an adversary plays).
+    settings: Vec<Option<Setting>>,
+    unscheduled: Vec<NodeId>,
     requests: Vec<Request>,
     attempts: FnvMap<LookupId, Attempt>,
-    /// Lookups answered lately, for the replay injector: (setting, hub, signed lookup).
-    pub answered_recently: VecDeque<(NodeId, NodeId, Signed<AccessEvent>)>,
+    commands: FnvMap<CommandId, NodeId>,
+    agenda: Agenda<WorkEv>,
     pub stats: LookupStats,
 }
 
 impl Workload {
-    pub fn new(world: &World, spec: WorkloadSpec, seed: u64) -> Workload {
+    /// The workload over `world`'s settings but those in `excluded`.
+    pub fn new(world: &World, spec: WorkloadSpec, seed: u64, excluded: &BTreeSet<NodeId>) -> Workload {
         let trusted = world.fed.trusted();
         let settings = world
             .settings
             .clone()
-            .filter_map(|s| {
+            .map(|s| {
+                if excluded.contains(&s) {
+                    return None;
+                }
                 Setting::new(world.code(s).clone(), world.fed.identity(world.code(s).as_str()), trusted.clone())
             })
+            .collect();
+        let unscheduled = world
+            .settings
+            .clone()
+            .filter(|s| !excluded.contains(s) && world.lookup_kind(*s) == LookupKind::Unscheduled)
             .collect();
         Workload {
             spec,
@@ -192,14 +228,30 @@ impl Workload {
             next_stem: world::FLAGGED_STEM_BASE,
             next_ref: 1,
             running: false,
-            intensity: 1.0,
             focus: None,
             settings,
+            unscheduled,
             requests: vec![],
             attempts: FnvMap::default(),
-            answered_recently: VecDeque::new(),
+            commands: FnvMap::default(),
+            agenda: Agenda::new(),
             stats: LookupStats::default(),
         }
+    }
+
+    pub fn next_at(&self) -> Option<u64> {
+        self.agenda.next_at()
+    }
+
+    /// Events the workload's agenda dropped (it was full).
+    pub fn dropped(&self) -> u64 {
+        self.agenda.dropped()
+    }
+
+    /// Starts planning operations from `now`.
+    pub fn start(&mut self, now: u64) {
+        self.running = true;
+        self.agenda.at(now, WorkEv::Hour);
     }
 
     fn new_child(&mut self) -> NhsNumber {
@@ -231,77 +283,84 @@ impl Workload {
         self.registry.push(RegisteredPlan { authority: a, reference: reference.clone(), nhs });
         Plan { reference, nhs, plan_type, start, end: None, due, withdrawn: false }
     }
-}
 
-impl Sim {
-    /// Records each authority's caseload (its share of `plans`) while it is not yet connected.
-    pub fn seed_caseloads(&mut self, plans: usize) {
-        let auths: Vec<NodeId> = self.world.authorities.clone().collect();
-        let weights: Vec<u64> = auths.iter().map(|_| 40 + self.work.rng.below(160)).collect();
+    /// Records each authority's caseload (its share of `plans`) in one import.
+    pub fn seed_caseloads(&mut self, cluster: &mut Cluster, plans: usize) {
+        let auths: Vec<NodeId> = cluster.world.authorities.clone().collect();
+        let weights: Vec<u64> = auths.iter().map(|_| 40 + self.rng.below(160)).collect();
         let total: u64 = weights.iter().sum();
-        let today = Timestamp(self.now).date();
+        let today = Timestamp(cluster.now()).date();
         for (a, w) in auths.into_iter().zip(weights) {
             let n = (plans as u64 * w / total.max(1)).max(1);
-            let code = self.world.code(a).to_string();
-            for _ in 0..n {
-                let start = today.plus_days(-(1 + self.work.rng.below(3 * 365) as i32));
-                let mut plan = self.work.new_plan(a, &code, start);
+            let code = cluster.world.code(a).to_string();
+            let mut rows = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let start = today.plus_days(-(1 + self.rng.below(3 * 365) as i32));
+                let mut plan = self.new_plan(a, &code, start);
                 if let Some(due) = plan.due.as_mut() {
                     // Some unborn-child plans pass their visibility window during the run.
-                    *due = today.plus_days(self.work.rng.below(240) as i32 - 27);
+                    *due = today.plus_days(self.rng.below(240) as i32 - 27);
                 }
-                self.command(a, |auth, now| auth.record_plan(plan, now));
+                rows.push((i as usize, plan));
             }
+            self.command(cluster, a, Command::ImportPlans(rows));
         }
     }
 
     /// Runs an operator's command on an authority, if it is up.
-    pub fn command(
-        &mut self,
-        a: NodeId,
-        f: impl FnOnce(&mut cpis_protocol::authority::Authority, Timestamp) -> Result<Command, CommandError>,
-    ) {
-        let now = self.node_now(a);
-        let Some(auth) = self.nodes[a].authority_mut() else {
-            self.work.stats.commands_node_down += 1;
-            return;
-        };
-        self.work.stats.commands += 1;
-        if f(auth, now).is_err() {
-            self.work.stats.commands_refused += 1;
-        }
-        self.pump(a);
-    }
-
-    pub fn on_work(&mut self, w: WorkEv) {
-        let new_work = !matches!(w, WorkEv::Timeout { .. } | WorkEv::Hour);
-        if new_work && !self.work.running {
-            return;
-        }
-        match w {
-            WorkEv::Hour => self.plan_hour(),
-            WorkEv::Lookup { setting, nhs } => self.start_request(setting, nhs),
-            WorkEv::Timeout { lookup } => self.on_timeout(lookup),
-            WorkEv::PlanStart { authority } => {
-                let code = self.world.code(authority).to_string();
-                let plan = self.work.new_plan(authority, &code, Timestamp(self.now).date());
-                self.command(authority, |auth, now| auth.record_plan(plan, now));
+    pub fn command(&mut self, cluster: &mut Cluster, a: NodeId, command: Command) {
+        match cluster.command(a, command) {
+            Some(id) => {
+                self.stats.commands += 1;
+                self.commands.insert(id, a);
             }
-            WorkEv::PlanEnd | WorkEv::PlanWithdraw => self.change_plan(matches!(w, WorkEv::PlanWithdraw)),
+            None => self.stats.commands_node_down += 1,
         }
     }
 
-    fn change_plan(&mut self, withdraw: bool) {
-        if self.work.registry.is_empty() {
+    /// A command's reply came back.
+    pub fn on_replied(&mut self, command: CommandId, reply: &Reply) {
+        if self.commands.remove(&command).is_none() {
             return;
         }
-        let i = self.work.rng.below(self.work.registry.len() as u64) as usize;
-        let p = self.work.registry[i].clone();
-        let today = Timestamp(self.now).date();
-        if withdraw {
-            self.command(p.authority, |auth, now| auth.withdraw_plan(&p.reference, now));
-        } else {
-            self.command(p.authority, |auth, now| auth.end_plan(&p.reference, today, now));
+        match reply {
+            Reply::Refused(_) => self.stats.commands_refused += 1,
+            Reply::Imported(report) => {
+                let refused = report.rows.iter().filter(|(_, o)| matches!(o, RowOutcome::Refused(_))).count();
+                self.stats.commands_refused += refused as u64;
+            }
+            Reply::Changed(_) | Reply::Directory { .. } => {}
+        }
+    }
+
+    /// Handles the workload's next event (the driver moved time on to it).
+    pub fn step(&mut self, cluster: &mut Cluster, history: &mut History) {
+        let Some((_, ev)) = self.agenda.pop() else { return };
+        let new_work = !matches!(ev, WorkEv::Timeout { .. } | WorkEv::Hour);
+        if new_work && !self.running {
+            return;
+        }
+        match ev {
+            WorkEv::Hour => self.plan_hour(cluster),
+            WorkEv::Lookup { setting, nhs } => self.start_request(cluster, history, setting, nhs),
+            WorkEv::Timeout { lookup } => self.on_timeout(cluster, history, lookup),
+            WorkEv::PlanStart { authority } => {
+                let code = cluster.world.code(authority).to_string();
+                let plan = self.new_plan(authority, &code, cluster.node_now(authority).date());
+                self.command(cluster, authority, Command::RecordPlan(plan));
+            }
+            WorkEv::PlanEnd | WorkEv::PlanWithdraw => {
+                if self.registry.is_empty() {
+                    return;
+                }
+                let p = self.registry[self.rng.below(self.registry.len() as u64) as usize].clone();
+                let command = if matches!(ev, WorkEv::PlanWithdraw) {
+                    Command::WithdrawPlan(p.reference)
+                } else {
+                    Command::EndPlan { reference: p.reference, end: cluster.node_now(p.authority).date() }
+                };
+                self.command(cluster, p.authority, command);
+            }
         }
     }
 
@@ -310,258 +369,263 @@ impl Sim {
         // DIURNAL sums to 24.8: a weight of 1 gives per_day / 24.8.
         let sum: f64 = DIURNAL.iter().sum();
         let x = per_day * weight / sum;
-        x.floor() as u64 + u64::from((self.work.rng.below(1_000_000) as f64) < x.fract() * 1e6)
+        x.floor() as u64 + u64::from((self.rng.below(1_000_000) as f64) < x.fract() * 1e6)
     }
 
     /// Schedules the coming hour's operations at random moments within it.
-    fn plan_hour(&mut self) {
-        if !self.work.running {
+    fn plan_hour(&mut self, cluster: &Cluster) {
+        if !self.running {
             return;
         }
-        let hour = (self.now % DAY_MS / HOUR_MS) as usize;
-        let spec = self.work.spec.clone();
-        let lookups = self.per_hour(spec.lookups_per_day * spec.peak_factor, DIURNAL[hour]);
-        for _ in 0..lookups {
-            let setting = self.world.settings.start + self.work.rng.below(self.world.settings.len() as u64) as usize;
-            let nhs = self.pick_child(spec.flagged_share);
-            self.schedule_within_hour(WorkEv::Lookup { setting, nhs });
-        }
-        if let Some(f) = self.work.focus.filter(|f| self.now < f.until) {
-            let n = self.per_hour(f.per_hour * 24.8, 1.0);
-            self.plan_focus(f.authority, n);
-        }
-        let starts = self.per_hour(spec.starts_per_day, 1.0);
-        for _ in 0..starts {
-            let a = self.world.authorities.start + self.work.rng.below(self.world.authorities.len() as u64) as usize;
-            self.schedule_within_hour(WorkEv::PlanStart { authority: a });
-        }
-        for _ in 0..self.per_hour(spec.ends_per_day, 1.0) {
-            self.schedule_within_hour(WorkEv::PlanEnd);
-        }
-        for _ in 0..self.per_hour(spec.withdrawals_per_day, 1.0) {
-            self.schedule_within_hour(WorkEv::PlanWithdraw);
-        }
-        let next = (self.now / HOUR_MS + 1) * HOUR_MS;
-        self.schedule(next, Ev::Work(WorkEv::Hour));
-    }
-
-    fn plan_focus(&mut self, authority: NodeId, n: u64) {
-        let theirs: Vec<NhsNumber> =
-            self.work.registry.iter().filter(|p| p.authority == authority).map(|p| p.nhs).take(500).collect();
-        let unscheduled: Vec<NodeId> = self
-            .world
+        let now = cluster.now();
+        let hour = (now % DAY_MS / HOUR_MS) as usize;
+        let spec = self.spec.clone();
+        let w = &cluster.world;
+        let playable: Vec<NodeId> = w
             .settings
             .clone()
-            .filter(|s| self.world.setting_types[*s].is_some_and(|t| world::lookup_kind(t) == LookupKind::Unscheduled))
+            .filter(|s| self.settings.get(s - w.settings.start).is_some_and(Option::is_some))
             .collect();
-        if theirs.is_empty() || unscheduled.is_empty() {
+        let lookups = self.per_hour(spec.lookups_per_day * spec.peak_factor, DIURNAL[hour]);
+        for _ in 0..lookups {
+            if playable.is_empty() {
+                break;
+            }
+            let setting = playable[self.rng.below(playable.len() as u64) as usize];
+            let nhs = self.pick_child(spec.flagged_share);
+            self.within_hour(now, WorkEv::Lookup { setting, nhs });
+        }
+        if let Some(f) = self.focus.filter(|f| now < f.until) {
+            let n = self.per_hour(f.per_hour * 24.8, 1.0);
+            self.plan_focus(now, f.authority, n);
+        }
+        for _ in 0..self.per_hour(spec.starts_per_day, 1.0) {
+            let a = w.authorities.start + self.rng.below(w.authorities.len() as u64) as usize;
+            self.within_hour(now, WorkEv::PlanStart { authority: a });
+        }
+        for _ in 0..self.per_hour(spec.ends_per_day, 1.0) {
+            self.within_hour(now, WorkEv::PlanEnd);
+        }
+        for _ in 0..self.per_hour(spec.withdrawals_per_day, 1.0) {
+            self.within_hour(now, WorkEv::PlanWithdraw);
+        }
+        self.agenda.at((now / HOUR_MS + 1) * HOUR_MS, WorkEv::Hour);
+    }
+
+    fn plan_focus(&mut self, now: u64, authority: NodeId, n: u64) {
+        let theirs: Vec<NhsNumber> =
+            self.registry.iter().filter(|p| p.authority == authority).map(|p| p.nhs).take(500).collect();
+        if theirs.is_empty() || self.unscheduled.is_empty() {
             return;
         }
         for _ in 0..n {
-            let nhs = theirs[self.work.rng.below(theirs.len() as u64) as usize];
-            let setting = unscheduled[self.work.rng.below(unscheduled.len() as u64) as usize];
-            self.schedule_within_hour(WorkEv::Lookup { setting, nhs });
+            let nhs = theirs[self.rng.below(theirs.len() as u64) as usize];
+            let setting = self.unscheduled[self.rng.below(self.unscheduled.len() as u64) as usize];
+            self.within_hour(now, WorkEv::Lookup { setting, nhs });
         }
     }
 
-    fn schedule_within_hour(&mut self, w: WorkEv) {
-        let at = self.now + self.work.rng.below(HOUR_MS);
-        self.schedule(at, Ev::Work(w));
+    fn within_hour(&mut self, now: u64, w: WorkEv) {
+        let at = now + self.rng.below(HOUR_MS);
+        self.agenda.at(at, w);
     }
 
     fn pick_child(&mut self, flagged_share: f64) -> NhsNumber {
-        let flagged = (self.work.rng.below(1_000_000) as f64) < flagged_share * 1e6;
-        if flagged && !self.work.registry.is_empty() {
-            let i = self.work.rng.below(self.work.registry.len() as u64) as usize;
-            return self.work.registry[i].nhs;
+        let flagged = (self.rng.below(1_000_000) as f64) < flagged_share * 1e6;
+        if flagged && !self.registry.is_empty() {
+            let i = self.rng.below(self.registry.len() as u64) as usize;
+            return self.registry[i].nhs;
         }
-        world::unflagged_child(&mut self.work.rng)
+        world::unflagged_child(&mut self.rng)
     }
-}
 
-impl Sim {
-    fn start_request(&mut self, setting: NodeId, nhs: NhsNumber) {
-        let kind = self.world.setting_types[setting].map_or(LookupKind::Unscheduled, world::lookup_kind);
-        let expected: Vec<(NodeId, PlanRef, u64)> = self
-            .history
-            .visible_truth(nhs, self.now)
-            .into_iter()
-            .filter(|(_, _, t)| !History::near_visibility_edge(&t.plan, self.now, 600_000))
-            .map(|(a, r, t)| (a, r.clone(), t.acked_at))
-            .collect();
-        let strict = self.history.whole_since.is_some_and(|w| self.now >= w + self.history.bound_ms);
-        self.work.stats.requests += 1;
-        match kind {
-            LookupKind::Unscheduled => self.work.stats.unscheduled += 1,
-            LookupKind::Scheduled => self.work.stats.scheduled += 1,
+    // ---- Lookups ----
+
+    fn start_request(&mut self, cluster: &mut Cluster, history: &mut History, setting: NodeId, nhs: NhsNumber) {
+        let now = cluster.now();
+        self.stats.requests += 1;
+        match cluster.world.lookup_kind(setting) {
+            LookupKind::Unscheduled => self.stats.unscheduled += 1,
+            LookupKind::Scheduled => self.stats.scheduled += 1,
         }
-        if !expected.is_empty() {
-            self.work.stats.flagged += 1;
-        }
-        let r =
-            Request { setting, nhs, kind, sent_at: self.now, expected, strict, attempts: 0, outcome: Outcome::Pending };
-        self.work.requests.push(r);
-        self.attempt(self.work.requests.len() - 1);
+        let strict = history.strict_at(now);
+        self.requests.push(Request { setting, nhs, sent_at: now, strict, attempts: 0, outcome: Outcome::Pending });
+        self.attempt(cluster, history, self.requests.len() - 1);
     }
 
     /// Sends request `r` to the next connected home hub of its setting.
-    fn attempt(&mut self, r: usize) {
-        let (setting, tried) = (self.work.requests[r].setting, self.work.requests[r].attempts);
-        let homes = self.world.home_hubs[setting].clone();
-        let hub =
-            (0..homes.len()).map(|i| homes[(i + tried as usize) % homes.len()]).find(|h| self.connected(setting, *h));
-        let Some(hub) = hub else { return self.finish(r, Outcome::NoHub, None) };
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&self.work.rng.next_u64().to_le_bytes());
-        id[8..].copy_from_slice(&self.work.rng.next_u64().to_le_bytes());
-        let lookup_id = LookupId(id);
-        let now = self.node_now(setting);
-        let req = &mut self.work.requests[r];
-        req.attempts += 1;
-        let person = Person { id: format!("U{}", setting % 7), name: "Dr A Clinician".into(), role: "Nurse".into() };
-        let Some(s) = self.work.settings.get(setting - self.world.settings.start) else { return };
-        let signed = match s.lookup(req.nhs, person, req.kind, lookup_id, now) {
+    fn attempt(&mut self, cluster: &mut Cluster, history: &mut History, r: usize) {
+        let (setting, tried, nhs) = (self.requests[r].setting, self.requests[r].attempts, self.requests[r].nhs);
+        let homes = cluster.world.home_hubs[setting].clone();
+        let hub = (0..homes.len())
+            .map(|i| homes[(i + tried as usize) % homes.len()])
+            .find(|h| cluster.connected(setting, *h));
+        let Some(hub) = hub else { return self.finish(history, r, Outcome::NoHub, None) };
+        let lookup_id = self.rng.lookup_id();
+        let person = Person {
+            id: format!("U{}", self.rng.below(PEOPLE_PER_SETTING)),
+            name: "Dr A Clinician".into(),
+            role: "Nurse".into(),
+        };
+        let offset = setting - cluster.world.settings.start;
+        let Some(s) = self.settings.get(offset).and_then(Option::as_ref) else { return };
+        let signed = match s.lookup(nhs, person, lookup_id, cluster.node_now(setting)) {
             Ok(signed) => signed,
             Err(e) => panic!("simulator built an invalid lookup: {e}"),
         };
-        self.work.stats.attempts += 1;
-        self.work.attempts.insert(lookup_id, Attempt { request: r, hub, signed: signed.clone(), done: false });
-        let frame = wire::encode_frame(&Message::Lookup(signed));
-        self.send_frame(setting, hub, frame);
-        self.schedule(self.now + ANSWER_TIMEOUT_MS, Ev::Work(WorkEv::Timeout { lookup: lookup_id }));
+        self.requests[r].attempts += 1;
+        self.stats.attempts += 1;
+        self.attempts.insert(lookup_id, Attempt { request: r, hub, signed: signed.clone(), done: false });
+        cluster.send(setting, hub, &Message::Lookup(signed));
+        self.agenda.at(cluster.now() + ANSWER_TIMEOUT_MS, WorkEv::Timeout { lookup: lookup_id });
     }
 
-    fn on_timeout(&mut self, lookup: LookupId) {
-        let Some(a) = self.work.attempts.get_mut(&lookup) else { return };
+    fn on_timeout(&mut self, cluster: &mut Cluster, history: &mut History, lookup: LookupId) {
+        let Some(a) = self.attempts.get_mut(&lookup) else { return };
         if a.done {
             return;
         }
         a.done = true;
         let r = a.request;
-        if self.work.requests[r].attempts < ATTEMPTS_MAX {
-            self.attempt(r);
+        self.retry_or(cluster, history, r, Outcome::NoAnswer);
+    }
+
+    fn retry_or(&mut self, cluster: &mut Cluster, history: &mut History, r: usize, outcome: Outcome) {
+        if self.requests[r].attempts < ATTEMPTS_MAX && self.requests[r].outcome == Outcome::Pending {
+            self.attempt(cluster, history, r);
         } else {
-            self.finish(r, Outcome::NoAnswer, None);
+            self.finish(history, r, outcome, None);
         }
     }
 
-    /// A frame for a setting: an answer to check, or a refusal.
-    pub fn setting_receive(&mut self, _setting: NodeId, _from: NodeId, frame: &[u8]) {
+    /// A frame for a setting the workload plays: an answer to check, a refusal, or directory
+    /// versions pushed on it.
+    pub fn on_frame(&mut self, cluster: &mut Cluster, history: &mut History, setting: NodeId, frame: &[u8]) {
         match wire::decode_frame(frame) {
-            Ok(Message::Answer(answer)) => {
-                let Some(a) = self.work.attempts.get_mut(&answer.lookup_id) else { return };
-                if a.done {
+            Ok(Message::Answer(answer)) => self.on_answer(cluster, history, answer),
+            Ok(Message::Refused(refused)) => {
+                let Some(id) = refused.lookup_id else { return };
+                let Some(a) = self.attempts.get_mut(&id) else { return };
+                // A lookup id seen twice (a duplicated frame) is not this attempt's answer.
+                if a.done || refused.code == RefusalCode::Replayed {
                     return;
                 }
                 a.done = true;
-                let (r, hub, signed) = (a.request, a.hub, a.signed.clone());
-                let setting = self.work.requests[r].setting;
-                let checked = self
-                    .work
-                    .settings
-                    .get(setting - self.world.settings.start)
-                    .map(|s| s.verify_answer(&signed.body, answer));
-                self.work.answered_recently.push_back((setting, hub, signed));
-                if self.work.answered_recently.len() > RECENT_LOOKUPS_MAX {
-                    self.work.answered_recently.pop_front();
-                }
-                match checked {
-                    Some(Ok(v)) => self.finish(r, Outcome::Answered, Some(v)),
-                    Some(Err(e)) => {
-                        self.history.unexpected("forged", format!("an answer failed the setting's checks: {e}"))
-                    }
-                    None => {}
-                }
-            }
-            Ok(Message::Refused(refusal)) => {
-                let Some(id) = refusal.lookup_id else { return };
-                let Some(a) = self.work.attempts.get_mut(&id) else { return };
-                // A duplicated lookup is refused as a replay while the first copy is answered.
-                if a.done || refusal.reason.contains("replay") {
-                    return;
-                }
-                a.done = true;
-                let stale = refusal.reason.contains("from the hub's clock");
                 let r = a.request;
-                self.finish(r, if stale { Outcome::RefusedClock } else { Outcome::Refused }, None);
+                let outcome = match refused.code {
+                    RefusalCode::ClockSkew => Outcome::RefusedClock,
+                    RefusalCode::RateLimited => Outcome::RefusedRate,
+                    _ => Outcome::Refused,
+                };
+                self.finish(history, r, outcome, None);
+            }
+            Ok(Message::Directories(chain)) => {
+                let offset = setting - cluster.world.settings.start;
+                let now = cluster.node_now(setting);
+                let Some(s) = self.settings.get_mut(offset).and_then(Option::as_mut) else { return };
+                let before = s.directory_version();
+                match s.handle_directories(chain, now) {
+                    Err(_) => self.stats.directories_refused += 1,
+                    Ok(v) if v != before => {
+                        let detail =
+                            format!("setting {} took directory version {v} from a hub", cluster.world.code(setting));
+                        history.unexpected("bad-directory-accepted", detail);
+                    }
+                    Ok(_) => {}
+                }
             }
             _ => {}
         }
     }
 
-    fn finish(&mut self, r: usize, outcome: Outcome, answer: Option<VerifiedAnswer>) {
-        if self.work.requests[r].outcome == Outcome::Answered {
+    fn on_answer(&mut self, cluster: &mut Cluster, history: &mut History, answer: LookupAnswer) {
+        let Some(a) = self.attempts.get_mut(&answer.lookup_id) else { return };
+        if a.done {
             return;
         }
-        self.work.requests[r].outcome = outcome;
-        let st = &mut self.work.stats;
+        a.done = true;
+        let (r, hub, event) = (a.request, a.hub, a.signed.body.clone());
+        let setting = self.requests[r].setting;
+        let setting_now = cluster.node_now(setting);
+        let heads =
+            answer.authorities.iter().map(|x| (x.head.body.origin.clone(), x.head.body.seq, x.head.body.at)).collect();
+        let offset = setting - cluster.world.settings.start;
+        let Some(s) = self.settings.get_mut(offset).and_then(Option::as_mut) else { return };
+        let result = s.verify_answer(&event, answer, setting_now);
+        let req = &self.requests[r];
+        let record = AnswerRecord {
+            setting,
+            hub,
+            nhs: req.nhs,
+            sent_at: req.sent_at,
+            strict: req.strict,
+            setting_now,
+            heads,
+            result: &result,
+        };
+        let verdict = history.on_answer(&record);
+        if req.strict && history.hostile_hub != Some(hub) {
+            self.stats.strict_checked += 1;
+        }
+        match result {
+            Ok(_) => self.finish(history, r, Outcome::Answered, Some(verdict)),
+            Err(_) => {
+                self.stats.answers_refused_forged += 1;
+                if self.requests[r].attempts < ATTEMPTS_MAX {
+                    self.stats.retried_after_forged += 1;
+                }
+                self.retry_or(cluster, history, r, Outcome::Forged);
+            }
+        }
+    }
+
+    fn finish(&mut self, history: &History, r: usize, outcome: Outcome, verdict: Option<AnswerVerdict>) {
+        if self.requests[r].outcome != Outcome::Pending {
+            return;
+        }
+        self.requests[r].outcome = outcome;
+        let st = &mut self.stats;
         match outcome {
             Outcome::Answered => st.answered += 1,
             Outcome::NoHub => st.no_hub_reachable += 1,
             Outcome::NoAnswer => st.no_answer += 1,
             Outcome::RefusedClock => st.refused_clock_skew += 1,
+            Outcome::RefusedRate => st.refused_rate_limited += 1,
             Outcome::Refused => st.refused_other += 1,
+            Outcome::Forged => st.forged_unresolved += 1,
             Outcome::Pending => {}
         }
-        if self.work.requests[r].expected.is_empty() && answer.is_none() {
+        if let Some(v) = verdict {
+            if v.all_checked {
+                st.answered_all_checked += 1;
+            } else if v.any_unavailable {
+                st.answered_some_unavailable += 1;
+            } else {
+                st.answered_some_stale += 1;
+            }
+            st.stale_shown += v.stale_shown;
+            if v.flagged {
+                st.flagged += 1;
+                if v.complete {
+                    st.flagged_complete += 1;
+                } else if v.missed_unavailable {
+                    st.flagged_missed_authority_unavailable += 1;
+                } else if v.missed_behind {
+                    st.flagged_missed_hub_not_caught_up += 1;
+                }
+            }
             return;
         }
-        match (outcome, answer) {
-            (Outcome::Answered, Some(v)) => self.compare_answer(r, &v),
-            (Outcome::NoHub, _) => self.work.stats.flagged_missed_no_hub_reachable += 1,
-            (Outcome::NoAnswer, _) => self.work.stats.flagged_missed_no_answer += 1,
-            _ => self.work.stats.flagged_missed_refused += 1,
+        let req = &self.requests[r];
+        if !history.flagged_at(req.nhs, req.sent_at) {
+            return;
         }
-    }
-
-    /// Compares an answer with what the authorities had acknowledged (invariants 1 and 5).
-    fn compare_answer(&mut self, r: usize, v: &VerifiedAnswer) {
-        let req = &self.work.requests[r];
-        let (strict, sent_at, bound) = (req.strict, req.sent_at, self.history.bound_ms);
-        let mut missing = vec![];
-        for (a, reference, acked_at) in &req.expected {
-            let code = self.world.code(*a);
-            if !v.plans.iter().any(|p| &p.authority == code && &p.plan.reference == reference) {
-                missing.push((*a, reference.clone(), *acked_at));
-            }
-        }
-        let stale: Vec<String> = v
-            .plans
-            .iter()
-            .filter(|p| {
-                let a = self.world.id(&p.authority).unwrap_or(usize::MAX);
-                self.history.plans.get(&(a, p.plan.reference.clone())).is_some_and(|t| {
-                    !t.plan.visible_on(Timestamp(self.now).date())
-                        && !History::near_visibility_edge(&t.plan, self.now, 600_000)
-                        && (!strict || t.acked_at + bound <= sent_at)
-                })
-            })
-            .map(|p| format!("{} of {}", p.plan.reference, p.authority))
-            .collect();
-        let expected = !req.expected.is_empty();
-        self.work.stats.stale_shown += stale.len() as u64;
-        if strict {
-            self.work.stats.strict_checked += 1;
-            for s in &stale {
-                self.history.unexpected(
-                    "shown-after-end",
-                    format!("an answer showed plan {s} after it ended or was withdrawn and the network had healed"),
-                );
-            }
-            for (a, reference, acked_at) in missing.iter().filter(|m| m.2 + bound <= sent_at) {
-                let detail = format!(
-                    "a lookup of {} missed plan {reference} of #{a} acknowledged at {}, network whole since {:?}",
-                    v.nhs,
-                    Timestamp(*acked_at),
-                    self.history.whole_since.map(Timestamp)
-                );
-                self.history.lost.push("flagged-missed", detail);
-            }
-        }
-        if expected && missing.is_empty() {
-            self.work.stats.flagged_complete += 1;
-        } else if expected {
-            self.work.stats.flagged_missed_hub_not_caught_up += 1;
+        st.flagged += 1;
+        match outcome {
+            Outcome::NoHub => st.flagged_missed_no_hub_reachable += 1,
+            Outcome::NoAnswer => st.flagged_missed_no_answer += 1,
+            Outcome::Forged => st.flagged_missed_forged += 1,
+            _ => st.flagged_missed_refused += 1,
         }
     }
 }

@@ -6,6 +6,7 @@ use cpis_protocol::directory::Role;
 use cpis_protocol::harness::{FederationSpec, SplitMix64, TestFederation};
 use cpis_protocol::ids::{NhsNumber, OdsCode};
 use cpis_protocol::records::{LookupKind, SettingType};
+
 use std::ops::Range;
 
 /// Index of a member in the simulation (hubs first, then authorities, then settings).
@@ -145,16 +146,6 @@ fn setting_type(i: usize) -> SettingType {
     }
 }
 
-/// Whether lookups from a setting of this type are scheduled (audited only).
-pub fn lookup_kind(t: SettingType) -> LookupKind {
-    match t {
-        SettingType::GeneralPractice | SettingType::HealthVisiting | SettingType::SchoolNursing => {
-            LookupKind::Scheduled
-        }
-        _ => LookupKind::Unscheduled,
-    }
-}
-
 struct Builder {
     spec: FederationSpec,
     world: World,
@@ -263,6 +254,11 @@ impl World {
         self.hubs.contains(&id)
     }
 
+    /// Whether lookups from setting `id` are scheduled or unscheduled (by its type).
+    pub fn lookup_kind(&self, id: NodeId) -> LookupKind {
+        self.setting_types.get(id).copied().flatten().map_or(LookupKind::Scheduled, SettingType::lookup_kind)
+    }
+
     /// Members (hubs, authorities, settings) of a region.
     pub fn region_members(&self, region: usize) -> Vec<NodeId> {
         (0..self.codes.len()).filter(|m| self.region[*m] == region).collect()
@@ -293,7 +289,8 @@ impl Builder {
 /// The first valid NHS number whose nine-digit stem is `stem` or after it (check digit added).
 pub fn nhs_number(stem: u64) -> NhsNumber {
     let mut stem = stem % 1_000_000_000;
-    loop {
+    // About one stem in eleven has no check digit: a valid number is a few stems away at most.
+    for _ in 0..1_000 {
         let digits: Vec<u64> = (0..9).rev().map(|p| stem / 10u64.pow(p) % 10).collect();
         let sum: u64 = digits.iter().enumerate().map(|(i, d)| d * (10 - i as u64)).sum();
         let check = match 11 - sum % 11 {
@@ -309,6 +306,7 @@ pub fn nhs_number(stem: u64) -> NhsNumber {
         }
         stem = (stem + 1) % 1_000_000_000;
     }
+    panic!("no valid NHS number within 1,000 stems of {stem}")
 }
 
 /// Stem of the first child with a plan; children without one come from [`UNFLAGGED_STEMS`].
@@ -323,11 +321,12 @@ pub fn unflagged_child(rng: &mut SplitMix64) -> NhsNumber {
 }
 
 #[cfg(test)]
+#[allow(non_snake_case)] // Test names read as specifications: situation__expectation.
 mod tests {
     use super::*;
 
     #[test]
-    fn england_has_seven_regions_152_authorities_and_1200_settings() {
+    fn scale_one__seven_regions_152_authorities_1200_settings() {
         let w = World::build(WorldSpec::england(1.0));
         assert_eq!(w.hubs.len(), 7);
         assert_eq!(w.authorities.len(), 152);
@@ -340,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn generated_nhs_numbers_are_valid_and_distinct() {
+    fn generated_nhs_numbers__valid_and_distinct() {
         let a = nhs_number(FLAGGED_STEM_BASE);
         let b = nhs_number(FLAGGED_STEM_BASE + 1);
         assert_ne!(a, b);

@@ -1,5 +1,6 @@
 //! The same seed gives the same run, to the last delivered byte.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(non_snake_case)] // Test names read as specifications: situation__expectation.
 
 mod common;
@@ -7,7 +8,7 @@ use cpis_simulations::run::run;
 
 #[test]
 fn same_seed_twice__same_trace_hash__same_figures() {
-    let config = common::tiny(42, 6);
+    let config = common::tiny(42, 1);
     let (a, b) = (run(&config), run(&config));
     assert_eq!(a.trace_hash, b.trace_hash);
     assert_eq!(a.faults, b.faults);
@@ -19,5 +20,5 @@ fn same_seed_twice__same_trace_hash__same_figures() {
 
 #[test]
 fn another_seed__another_trace() {
-    assert_ne!(run(&common::tiny(1, 2)).trace_hash, run(&common::tiny(2, 2)).trace_hash);
+    assert_ne!(run(&common::tiny(1, 1)).trace_hash, run(&common::tiny(2, 1)).trace_hash);
 }

@@ -42,8 +42,8 @@ pub enum AdminError {
     /// The folder already holds a federation.
     #[error("{0} already holds a federation ({DIRECTORY_FILE}): choose another --dir")]
     Exists(PathBuf),
-    /// The member's folder already holds a key or a config.
-    #[error("{0} already exists: enrol into an empty --out folder")]
+    /// A file this command would write already exists (nothing is overwritten).
+    #[error("{0} already exists: nothing is overwritten, so give a path that does not exist")]
     OutputExists(PathBuf),
     /// A directory version breaks a rule of the directory.
     #[error("the {what} directory: {source}")]
@@ -198,24 +198,149 @@ fn signing_roots(directory: &Directory, roots_dir: &Path) -> Result<Vec<Identity
     Err(AdminError::NotEnoughRoots { found: found.len(), need, dir: roots_dir.to_path_buf() })
 }
 
-/// Signs the successor of `trusted` that `change` makes, checks that it would be accepted, and
-/// writes it to the federation folder.
-pub fn sign_next(
-    dir: &Path,
-    roots_dir: &Path,
+/// How a new directory version gets its root signatures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signing {
+    /// Sign with a threshold of root keys found in this folder, and publish at once.
+    Local(PathBuf),
+    /// Write the version, unsigned, to this proposal file: each root key holder signs it on
+    /// their own machine (`cpis federation sign`), then `cpis federation assemble` publishes it.
+    Propose(PathBuf),
+}
+
+impl Signing {
+    /// `--propose FILE` if given, else the root keys in `--roots-dir` (default `<dir>/roots`).
+    pub fn from_options(dir: &Path, roots_dir: Option<PathBuf>, propose: Option<PathBuf>) -> Signing {
+        match propose {
+            Some(file) => Signing::Propose(file),
+            None => Signing::Local(roots_dir.unwrap_or_else(|| dir.join(ROOTS_DIR))),
+        }
+    }
+}
+
+/// What became of a new directory version.
+#[derive(Clone, Debug)]
+pub enum Next {
+    /// Signed and published as the newest version.
+    Published(SignedDirectory),
+    /// Written, unsigned, to a proposal file.
+    Proposed { version: u64, file: PathBuf },
+}
+
+impl Next {
+    pub fn version(&self) -> u64 {
+        match self {
+            Next::Published(d) => d.directory.version,
+            Next::Proposed { version, .. } => *version,
+        }
+    }
+}
+
+/// The successor of `trusted` that `change` makes, with a new expiry.
+fn successor(
     trusted: &TrustedDirectory,
     valid_days: u64,
     now: Timestamp,
-    change: impl FnOnce(&mut Directory),
-) -> Result<SignedDirectory, AdminError> {
+    change: impl FnOnce(&mut Directory) -> Result<(), AdminError>,
+) -> Result<Directory, AdminError> {
     let mut next = trusted.directory().clone();
     next.version += 1;
     next.expires_at = now.plus_ms(days(valid_days, "--valid-days")?);
-    change(&mut next);
-    let roots = signing_roots(trusted.directory(), roots_dir)?;
-    let signers: Vec<&Identity> = roots.iter().collect();
-    let signed = SignedDirectory::sign(next, &signers);
-    trusted.accept_update(signed.clone(), now).map_err(|source| AdminError::Directory { what: "new", source })?;
+    change(&mut next)?;
+    Ok(next)
+}
+
+/// Checks that the rules of the directory hold for `next` (before anyone is asked to sign it).
+fn check_successor(next: &Directory, extra_signers: &[&Identity]) -> Result<(), AdminError> {
+    // Sign it with throwaway roots of the same shape to run every rule but the signatures.
+    let mut probe = next.clone();
+    let throwaway: Vec<Identity> =
+        (0..probe.roots.len().max(1)).map(|_| random_identity()).collect::<Result<_, _>>()?;
+    probe.roots = throwaway.iter().map(Identity::public).collect();
+    let signers: Vec<&Identity> = throwaway.iter().chain(extra_signers.iter().copied()).collect();
+    let at = next.expires_at.minus_ms(1);
+    TrustedDirectory::bootstrap(SignedDirectory::sign(probe, &signers), at)
+        .map(|_| ())
+        .map_err(|source| AdminError::Directory { what: "new", source })
+}
+
+/// Signs (or proposes) the successor of `trusted` that `change` makes. A signed version is
+/// checked to be one every node would accept, then written to the federation folder.
+pub fn next_version(
+    dir: &Path,
+    signing: &Signing,
+    trusted: &TrustedDirectory,
+    valid_days: u64,
+    now: Timestamp,
+    change: impl FnOnce(&mut Directory) -> Result<(), AdminError>,
+) -> Result<Next, AdminError> {
+    let next = successor(trusted, valid_days, now, change)?;
+    check_successor(&next, &[])?;
+    match signing {
+        Signing::Local(roots_dir) => {
+            let roots = signing_roots(trusted.directory(), roots_dir)?;
+            let signers: Vec<&Identity> = roots.iter().collect();
+            let signed = SignedDirectory::sign(next, &signers);
+            trusted
+                .accept_update(signed.clone(), now)
+                .map_err(|source| AdminError::Directory { what: "new", source })?;
+            publish_version(dir, &signed)?;
+            Ok(Next::Published(signed))
+        }
+        Signing::Propose(file) => write_proposal(file, SignedDirectory { directory: next, signatures: vec![] }),
+    }
+}
+
+fn write_proposal(file: &Path, proposal: SignedDirectory) -> Result<Next, AdminError> {
+    if file.exists() {
+        return Err(AdminError::OutputExists(file.to_path_buf()));
+    }
+    let version = proposal.directory.version;
+    write_directory(file, &proposal).map_err(io(file))?;
+    Ok(Next::Proposed { version, file: file.to_path_buf() })
+}
+
+/// What a root key holder signed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signature {
+    pub version: u64,
+    pub key_id: String,
+    /// Distinct root signatures the proposal now carries.
+    pub signatures: usize,
+}
+
+/// Adds one root key's signature to a proposal file (run on the root key holder's own machine,
+/// where `current` is the directory it holds, if any: a key of the current roots may sign a
+/// proposal that replaces them).
+pub fn sign_proposal(proposal: &Path, root_key: &Path, current: Option<&Directory>) -> Result<Signature, AdminError> {
+    let mut signed = read_directory(proposal)?;
+    let identity = Identity::from_seed(read_key(root_key)?);
+    let listed = signed.directory.roots.contains(&identity.public())
+        || current.is_some_and(|c| c.roots.contains(&identity.public()));
+    if !listed {
+        return Err(AdminError::Invalid(format!(
+            "--root-key {} is not a root key of this proposal (nor of the directory given with --dir)",
+            identity.key_id()
+        )));
+    }
+    if signed.signatures.iter().any(|s| s.key_id == identity.key_id()) {
+        return Err(AdminError::Invalid(format!("root key {} has already signed this proposal", identity.key_id())));
+    }
+    let one = SignedDirectory::sign(signed.directory.clone(), &[&identity]);
+    signed.signatures.extend(one.signatures);
+    let tmp = proposal.with_extension("signing");
+    write_directory(&tmp, &signed).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, proposal).map_err(io(proposal))?;
+    let count = signed.signatures.len();
+    Ok(Signature { version: signed.directory.version, key_id: identity.key_id().to_string(), signatures: count })
+}
+
+/// Publishes a proposal once it carries a threshold of root signatures (of the current roots,
+/// and of its own when it changes them), checked exactly as every node will check it.
+pub fn assemble(dir: &Path, proposal: &Path, now: Timestamp) -> Result<SignedDirectory, AdminError> {
+    let trusted = current(dir, now)?;
+    let signed = read_directory(proposal)?;
+    trusted.accept_update(signed.clone(), now).map_err(|source| AdminError::Directory { what: "proposed", source })?;
     publish_version(dir, &signed)?;
     Ok(signed)
 }
@@ -240,13 +365,15 @@ pub struct EnrolOptions {
     pub out: PathBuf,
     pub key_valid_days: u64,
     pub valid_days: u64,
+    /// Write the new version as a proposal to this file instead of signing it here.
+    pub propose: Option<PathBuf>,
 }
 
 /// A member enrolled.
 #[derive(Debug)]
 pub struct Enrolled {
     pub member: Member,
-    pub directory: SignedDirectory,
+    pub next: Next,
     pub key_file: PathBuf,
     pub config_file: PathBuf,
 }
@@ -274,16 +401,27 @@ pub fn enrol(options: &EnrolOptions, now: Timestamp) -> Result<Enrolled, AdminEr
         valid_until: now.plus_ms(days(options.key_valid_days, "--key-valid-days")?),
         status: KeyStatus::Active,
     });
-    let roots_dir = options.roots_dir.clone().unwrap_or_else(|| options.dir.join(ROOTS_DIR));
-    // Check that the roots are at hand before writing anything.
-    signing_roots(trusted.directory(), &roots_dir)?;
+    let signing = Signing::from_options(&options.dir, options.roots_dir.clone(), options.propose.clone());
+    if let Signing::Local(roots_dir) = &signing {
+        // Check that the roots are at hand before writing anything.
+        signing_roots(trusted.directory(), roots_dir)?;
+    }
     write_key(&key_file, &identity.seed())?;
     let added = member.clone();
-    let signed = sign_next(&options.dir, &roots_dir, &trusted, options.valid_days, now, |d| d.members.push(added))?;
+    let next = next_version(&options.dir, &signing, &trusted, options.valid_days, now, |d| {
+        d.members.push(added);
+        Ok(())
+    })?;
+    // The member starts from the newest version there is (once a proposal is assembled, copy
+    // the federation's directory.cpis into its folder).
+    let newest = match &next {
+        Next::Published(signed) => signed.clone(),
+        Next::Proposed { .. } => trusted.signed().clone(),
+    };
     let member_directory = options.out.join(DIRECTORY_FILE);
-    write_directory(&member_directory, &signed).map_err(io(&member_directory))?;
+    write_directory(&member_directory, &newest).map_err(io(&member_directory))?;
     write_config(options, &member, &config_file)?;
-    Ok(Enrolled { member, directory: signed, key_file, config_file })
+    Ok(Enrolled { member, next, key_file, config_file })
 }
 
 /// The member an enrolment adds (without its key), after checking every option.
@@ -352,7 +490,7 @@ fn home_hubs(options: &EnrolOptions, trusted: &TrustedDirectory) -> Result<Vec<O
 fn addresses(options: &EnrolOptions) -> Result<Vec<String>, AdminError> {
     if options.role != Role::Hub {
         if !options.addresses.is_empty() || options.listen.is_some() {
-            return Err(AdminError::Invalid("only a hub takes --address and --listen".into()));
+            return Err(AdminError::Invalid("only a hub has addresses (--address, --listen)".into()));
         }
         return Ok(Vec::new());
     }
@@ -551,63 +689,146 @@ pub enum KeyChange {
 /// What a key change did.
 #[derive(Debug)]
 pub struct KeyChanged {
-    pub directory: SignedDirectory,
-    /// The new key's id and file, for [`KeyChange::Add`].
+    pub next: Next,
+    /// The new key's id and file (a rotation, or a revocation's replacement).
     pub new_key: Option<(String, PathBuf)>,
 }
 
-/// Where and for how long: the common options of a key change.
+/// The common options of every change to the directory.
 #[derive(Clone, Debug)]
-pub struct KeyChangeOptions {
+pub struct ChangeOptions {
     pub dir: PathBuf,
-    pub roots_dir: Option<PathBuf>,
-    pub code: String,
-    /// Where to write the new key ([`KeyChange::Add`] only).
-    pub key_out: Option<PathBuf>,
-    pub key_valid_days: u64,
+    pub signing: Signing,
+    /// Days until the new version expires.
     pub valid_days: u64,
 }
 
-/// Adds, retires or revokes one of a member's keys in the next directory version.
-pub fn change_key(options: &KeyChangeOptions, change: KeyChange, now: Timestamp) -> Result<KeyChanged, AdminError> {
-    let trusted = current(&options.dir, now)?;
-    let code = OdsCode::parse(&options.code).map_err(|e| AdminError::Invalid(format!("--code: {e}")))?;
-    let member = trusted
+/// The options of a key change.
+#[derive(Clone, Debug)]
+pub struct KeyChangeOptions {
+    pub change: ChangeOptions,
+    pub code: String,
+    /// Where to write the new key (a rotation; or a revocation's replacement, `--replace-with`).
+    pub key_out: Option<PathBuf>,
+    pub key_valid_days: u64,
+    /// The key ids each member's node reports running on (from a hub's status), if known.
+    pub running: Option<std::collections::BTreeMap<OdsCode, String>>,
+    /// Retire a key a node runs on all the same.
+    pub force: bool,
+}
+
+fn member_of<'a>(trusted: &'a TrustedDirectory, code: &str) -> Result<&'a Member, AdminError> {
+    let code = OdsCode::parse(code).map_err(|e| AdminError::Invalid(format!("--code: {e}")))?;
+    trusted
         .member(&code)
-        .ok_or_else(|| AdminError::Invalid(format!("--code: {code} is not a member of the federation")))?;
+        .ok_or_else(|| AdminError::Invalid(format!("--code: {code} is not a member of the federation")))
+}
+
+/// A new active key for a member, written owner-only to `path`.
+fn new_key(path: &Path, valid_days: u64, now: Timestamp) -> Result<(MemberKey, (String, PathBuf)), AdminError> {
+    if path.exists() {
+        return Err(AdminError::OutputExists(path.to_path_buf()));
+    }
+    let identity = random_identity()?;
+    let key = MemberKey {
+        public: identity.public(),
+        valid_from: now.minus_ms(KEY_BACKDATE_MS),
+        valid_until: now.plus_ms(days(valid_days, "--key-valid-days")?),
+        status: KeyStatus::Active,
+    };
+    write_key(path, &identity.seed())?;
+    Ok((key, (identity.key_id().to_string(), path.to_path_buf())))
+}
+
+/// Adds, retires or revokes one of a member's keys in the next directory version, refusing a
+/// change that would leave the member with no usable key, or retire the key its node runs on.
+pub fn change_key(options: &KeyChangeOptions, change: KeyChange, now: Timestamp) -> Result<KeyChanged, AdminError> {
+    let dir = &options.change.dir;
+    let trusted = current(dir, now)?;
+    let member = member_of(&trusted, &options.code)?;
+    let code = member.code.clone();
     let mut keys = member.keys.clone();
-    let roots_dir = options.roots_dir.clone().unwrap_or_else(|| options.dir.join(ROOTS_DIR));
-    signing_roots(trusted.directory(), &roots_dir)?;
-    let mut new_key = None;
+    if let Signing::Local(roots_dir) = &options.change.signing {
+        signing_roots(trusted.directory(), roots_dir)?;
+    }
     match change {
-        KeyChange::Add => {
-            let path = options
-                .key_out
-                .clone()
-                .ok_or_else(|| AdminError::Invalid("--key-out FILE is needed for the new key".into()))?;
-            if path.exists() {
-                return Err(AdminError::OutputExists(path));
-            }
-            let identity = random_identity()?;
-            keys.push(MemberKey {
-                public: identity.public(),
-                valid_from: now.minus_ms(KEY_BACKDATE_MS),
-                valid_until: now.plus_ms(days(options.key_valid_days, "--key-valid-days")?),
-                status: KeyStatus::Active,
-            });
-            write_key(&path, &identity.seed())?;
-            new_key = Some((identity.key_id().to_string(), path));
+        KeyChange::Add if keys.len() >= cpis_protocol::directory::MEMBER_KEYS_MAX => {
+            return Err(AdminError::Invalid(format!(
+                "{code} already lists {} keys, the most a member may: drop old ones first (`cpis federation prune-keys`)",
+                keys.len()
+            )));
         }
+        KeyChange::Add => {}
         KeyChange::Retire(id) | KeyChange::Revoke(id) => {
+            check_key_change(options, member, &keys, id, change, now)?;
             set_status(&mut keys, id, change, now)?;
         }
     }
-    let signed = sign_next(&options.dir, &roots_dir, &trusted, options.valid_days, now, |d| {
+    let mut added = None;
+    if let Some(path) = &options.key_out {
+        let (key, file) = new_key(path, options.key_valid_days, now)?;
+        keys.push(key);
+        added = Some(file);
+    }
+    let next = next_version(dir, &options.change.signing, &trusted, options.change.valid_days, now, |d| {
         if let Some(m) = d.members.iter_mut().find(|m| m.code == code) {
             m.keys = keys;
         }
+        Ok(())
     })?;
-    Ok(KeyChanged { directory: signed, new_key })
+    Ok(KeyChanged { next, new_key: added })
+}
+
+/// The guard rails of a retirement or revocation.
+fn check_key_change(
+    options: &KeyChangeOptions,
+    member: &Member,
+    keys: &[MemberKey],
+    id: cpis_protocol::sign::KeyId,
+    change: KeyChange,
+    now: Timestamp,
+) -> Result<(), AdminError> {
+    let code = &member.code;
+    let others_usable = keys.iter().filter(|k| k.id() != id && k.usable_at(now)).count();
+    let replaced = options.key_out.is_some();
+    if others_usable == 0 && !replaced {
+        let (what, way_out) = match change {
+            KeyChange::Revoke(_) => ("revoke", "Pass --replace-with FILE to add its replacement in the same version"),
+            _ => {
+                ("retire", "Add its replacement first (`cpis federation rotate-key`), install it, then retire this one")
+            }
+        };
+        return Err(AdminError::Invalid(format!(
+            "key {id} is {code}'s last usable key: to {what} it would leave {code} unable to sign or connect \
+             (its data would show as unavailable). {way_out}"
+        )));
+    }
+    if let KeyChange::Retire(_) = change {
+        match options.running.as_ref().and_then(|r| r.get(code)) {
+            Some(running) if *running == id.to_string() && !options.force => {
+                return Err(AdminError::Invalid(format!(
+                    "{code}'s node reports running on key {id}: retiring it would cut the node off. Install its new key \
+                     and restart it first, or pass --force"
+                )));
+            }
+            None if options.running.is_none() && !options.force => {
+                return Err(AdminError::Invalid(
+                    "cannot tell which key the member's node runs on: pass --node HUB_CONFIG (a hub's status lists \
+                     the key each hub and authority connected with), or --force"
+                        .into(),
+                ));
+            }
+            // A setting keeps no connection: no hub can say which key it uses.
+            None if member.role != Role::Setting && !options.force => {
+                return Err(AdminError::Invalid(format!(
+                    "the hub asked has not seen {code}'s node since it started, so cannot tell which key it runs on: \
+                     ask a hub that {code}'s node connects to (--node HUB_CONFIG), or pass --force"
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn set_status(
@@ -616,7 +837,6 @@ fn set_status(
     change: KeyChange,
     now: Timestamp,
 ) -> Result<(), AdminError> {
-    let others_active = keys.iter().filter(|k| k.id() != id && k.status == KeyStatus::Active).count();
     let key = keys
         .iter_mut()
         .find(|k| k.id() == id)
@@ -625,9 +845,6 @@ fn set_status(
         KeyChange::Retire(_) if key.status != KeyStatus::Active => {
             Err(AdminError::Invalid(format!("key {id} is not active: only an active key can be retired")))
         }
-        KeyChange::Retire(_) if others_active == 0 => Err(AdminError::Invalid(format!(
-            "key {id} is the member's only active key: add one first (`cpis federation rotate-key`)"
-        ))),
         KeyChange::Retire(_) => {
             key.status = KeyStatus::Retired { at: now };
             Ok(())
@@ -640,6 +857,192 @@ fn set_status(
             Ok(())
         }
     }
+}
+
+/// `cpis federation renew`: the same directory with a new expiry.
+pub fn renew(options: &ChangeOptions, now: Timestamp) -> Result<Next, AdminError> {
+    let trusted = current(&options.dir, now)?;
+    next_version(&options.dir, &options.signing, &trusted, options.valid_days, now, |_| Ok(()))
+}
+
+/// `cpis federation remove`: a member leaves the federation (a hub only once no member names it
+/// as a home hub).
+pub fn remove_member(options: &ChangeOptions, code: &str, now: Timestamp) -> Result<Next, AdminError> {
+    let trusted = current(&options.dir, now)?;
+    let member = member_of(&trusted, code)?;
+    let code = member.code.clone();
+    let homed: Vec<String> =
+        trusted.members().iter().filter(|m| m.home_hubs.contains(&code)).map(|m| m.code.to_string()).collect();
+    if !homed.is_empty() {
+        return Err(AdminError::Invalid(format!(
+            "{code} is a home hub of {}: give them other home hubs first (`cpis federation set-member --home-hub`)",
+            homed.join(", ")
+        )));
+    }
+    next_version(&options.dir, &options.signing, &trusted, options.valid_days, now, |d| {
+        d.members.retain(|m| m.code != code);
+        Ok(())
+    })
+}
+
+/// What `cpis federation set-member` changes (each `None` leaves the field as it is).
+#[derive(Clone, Debug, Default)]
+pub struct MemberEdit {
+    pub name: Option<String>,
+    pub addresses: Option<Vec<String>>,
+    pub home_hubs: Option<Vec<String>>,
+    pub contact_name: Option<String>,
+    pub office_phone: Option<String>,
+    pub out_of_hours_phone: Option<String>,
+}
+
+/// `cpis federation set-member`: a member's name, a hub's addresses, an authority's or setting's
+/// home hubs, an authority's contacts.
+pub fn set_member(options: &ChangeOptions, code: &str, edit: &MemberEdit, now: Timestamp) -> Result<Next, AdminError> {
+    let trusted = current(&options.dir, now)?;
+    let mut member = member_of(&trusted, code)?.clone();
+    let invalid = |t: String| AdminError::Invalid(t);
+    if let Some(name) = &edit.name {
+        check_text("name", name).map_err(|e| invalid(format!("--name: {e}")))?;
+        member.name = name.trim().to_string();
+    }
+    if let Some(addresses) = &edit.addresses {
+        let probe = EnrolOptions { role: member.role, addresses: addresses.clone(), ..enrol_probe(&options.dir) };
+        member.addresses = self::addresses(&probe)?;
+    }
+    if let Some(home_hubs) = &edit.home_hubs {
+        let probe = EnrolOptions { role: member.role, home_hubs: home_hubs.clone(), ..enrol_probe(&options.dir) };
+        member.home_hubs = self::home_hubs(&probe, &trusted)?;
+    }
+    if edit.contact_name.is_some() || edit.office_phone.is_some() || edit.out_of_hours_phone.is_some() {
+        let Some(mut c) = member.contacts.clone() else {
+            return Err(invalid("only an authority has contact details".into()));
+        };
+        if let Some(v) = &edit.contact_name {
+            c.name = v.trim().to_string();
+        }
+        if let Some(v) = &edit.office_phone {
+            c.office_phone = v.trim().to_string();
+        }
+        if let Some(v) = &edit.out_of_hours_phone {
+            c.out_of_hours_phone = v.trim().to_string();
+        }
+        c.check().map_err(|e| invalid(format!("contacts: {e}")))?;
+        member.contacts = Some(c);
+    }
+    next_version(&options.dir, &options.signing, &trusted, options.valid_days, now, |d| {
+        if let Some(m) = d.members.iter_mut().find(|m| m.code == member.code) {
+            *m = member;
+        }
+        Ok(())
+    })
+}
+
+/// Options of an enrolment used only to run the enrolment checks on one field.
+fn enrol_probe(dir: &Path) -> EnrolOptions {
+    EnrolOptions {
+        dir: dir.to_path_buf(),
+        roots_dir: None,
+        role: Role::Hub,
+        code: String::new(),
+        name: String::new(),
+        addresses: vec![],
+        home_hubs: vec![],
+        setting_type: None,
+        contact_name: None,
+        office_phone: None,
+        out_of_hours_phone: None,
+        listen: None,
+        out: PathBuf::new(),
+        key_valid_days: 1,
+        valid_days: 1,
+        propose: None,
+    }
+}
+
+/// `cpis federation prune-keys`: drops keys past their validity window (of one member, or of
+/// all), never a member's last key. Returns the keys dropped, as `CODE:KEY_ID`.
+pub fn prune_keys(
+    options: &ChangeOptions,
+    code: Option<&str>,
+    now: Timestamp,
+) -> Result<(Next, Vec<String>), AdminError> {
+    let trusted = current(&options.dir, now)?;
+    let only = code.map(|c| member_of(&trusted, c).map(|m| m.code.clone())).transpose()?;
+    let mut dropped = Vec::new();
+    for m in trusted.members().iter().filter(|m| only.as_ref().is_none_or(|c| *c == m.code)) {
+        let expired: Vec<&MemberKey> = m.keys.iter().filter(|k| k.valid_until <= now).collect();
+        if expired.len() < m.keys.len() {
+            dropped.extend(expired.iter().map(|k| format!("{}:{}", m.code, k.id())));
+        }
+    }
+    if dropped.is_empty() {
+        return Err(AdminError::Invalid("no key is past its validity window: nothing to prune".into()));
+    }
+    let next = next_version(&options.dir, &options.signing, &trusted, options.valid_days, now, |d| {
+        for m in d.members.iter_mut().filter(|m| only.as_ref().is_none_or(|c| *c == m.code)) {
+            if m.keys.iter().any(|k| k.valid_until > now) {
+                m.keys.retain(|k| k.valid_until > now);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((next, dropped))
+}
+
+/// `cpis federation rotate-roots`: new root keys (written to `roots_out`) and threshold. The new
+/// version must be signed by a threshold of the current roots and of the new ones: the new keys
+/// sign it here; the current ones sign it here (`Signing::Local`) or on their holders' machines.
+pub fn rotate_roots(
+    options: &ChangeOptions,
+    roots: u8,
+    threshold: u8,
+    roots_out: &Path,
+    now: Timestamp,
+) -> Result<(Next, Vec<PathBuf>), AdminError> {
+    let trusted = current(&options.dir, now)?;
+    let count = usize::from(roots);
+    if !(1..=ROOTS_MAX).contains(&count) || threshold == 0 || threshold > roots {
+        return Err(AdminError::Invalid(format!("--roots must be 1 to {ROOTS_MAX}, --threshold 1 to --roots")));
+    }
+    if roots_out.exists() {
+        return Err(AdminError::OutputExists(roots_out.to_path_buf()));
+    }
+    if let Signing::Local(roots_dir) = &options.signing {
+        signing_roots(trusted.directory(), roots_dir)?;
+    }
+    create_private_dir(roots_out)?;
+    let mut new_roots = Vec::with_capacity(count);
+    let mut files = Vec::with_capacity(count);
+    for n in 1..=count {
+        let identity = random_identity()?;
+        let path = roots_out.join(format!("root-{n}.key"));
+        write_key(&path, &identity.seed())?;
+        files.push(path);
+        new_roots.push(identity);
+    }
+    let next = successor(&trusted, options.valid_days, now, |d| {
+        d.roots = new_roots.iter().map(Identity::public).collect();
+        d.threshold = threshold;
+        Ok(())
+    })?;
+    let own: Vec<&Identity> = new_roots.iter().take(usize::from(threshold)).collect();
+    let with_new = SignedDirectory::sign(next, &own);
+    let result = match &options.signing {
+        Signing::Local(roots_dir) => {
+            let old = signing_roots(trusted.directory(), roots_dir)?;
+            let old: Vec<&Identity> = old.iter().collect();
+            let mut signed = with_new;
+            signed.signatures.extend(SignedDirectory::sign(signed.directory.clone(), &old).signatures);
+            trusted
+                .accept_update(signed.clone(), now)
+                .map_err(|source| AdminError::Directory { what: "new", source })?;
+            publish_version(&options.dir, &signed)?;
+            Next::Published(signed)
+        }
+        Signing::Propose(file) => write_proposal(file, with_new)?,
+    };
+    Ok((result, files))
 }
 
 /// Parses a key id as `cpis federation show` prints it (16 hex characters).
@@ -675,6 +1078,7 @@ mod tests {
             out: dir.join("HUBA"),
             key_valid_days: 30,
             valid_days: 30,
+            propose: None,
         };
         enrol(&hub, now).unwrap();
     }
@@ -727,6 +1131,7 @@ mod tests {
             out: tmp.path().join("204"),
             key_valid_days: 30,
             valid_days: 30,
+            propose: None,
         };
         type Change = Box<dyn Fn(&mut EnrolOptions)>;
         let cases: Vec<(Change, &str)> = vec![
@@ -747,8 +1152,37 @@ mod tests {
         assert_eq!(current(&dir, now).unwrap().version(), 2, "no refused enrolment signed a version");
         assert!(!tmp.path().join("204/node.key").exists());
         let enrolled = enrol(&base, now).unwrap();
-        assert_eq!(enrolled.directory.directory.version, 3);
+        assert_eq!(enrolled.next.version(), 3);
         assert!(matches!(enrol(&base, now), Err(AdminError::Invalid(_))), "a duplicate code is refused");
+    }
+
+    fn local(dir: &Path) -> ChangeOptions {
+        ChangeOptions { dir: dir.to_path_buf(), signing: Signing::Local(dir.join(ROOTS_DIR)), valid_days: 30 }
+    }
+
+    fn key_options(dir: &Path, key_out: Option<PathBuf>) -> KeyChangeOptions {
+        KeyChangeOptions {
+            change: local(dir),
+            code: "HUBA".into(),
+            key_out,
+            key_valid_days: 30,
+            // HUBA's node runs on a key other than those these tests retire.
+            running: Some([(OdsCode::parse("HUBA").unwrap(), "0".repeat(16))].into()),
+            force: false,
+        }
+    }
+
+    fn huba_keys(dir: &Path, now: Timestamp) -> Vec<MemberKey> {
+        current(dir, now).unwrap().member(&OdsCode::parse("HUBA").unwrap()).unwrap().keys.clone()
+    }
+
+    /// Each version chains from the one before, as a node would check.
+    fn chain_holds(dir: &Path, now: Timestamp) -> u64 {
+        let mut t = TrustedDirectory::bootstrap(read_directory(&version_path(dir, 1)).unwrap(), now).unwrap();
+        for next in chain_after(dir, 1).unwrap() {
+            t = t.accept_update(next, now).unwrap();
+        }
+        t.version()
     }
 
     #[test]
@@ -757,33 +1191,146 @@ mod tests {
         let dir = tmp.path().join("fed");
         let now = crate::render::now();
         federation(&dir, now);
-        let old_id = current(&dir, now).unwrap().member(&OdsCode::parse("HUBA").unwrap()).unwrap().keys[0].id();
-        let options = KeyChangeOptions {
-            dir: dir.clone(),
-            roots_dir: None,
-            code: "HUBA".into(),
-            key_out: Some(tmp.path().join("new.key")),
-            key_valid_days: 30,
-            valid_days: 30,
-        };
-        let lone = change_key(&options, KeyChange::Retire(old_id), now).unwrap_err();
-        assert!(lone.to_string().contains("only active key"), "{lone}");
-        let added = change_key(&options, KeyChange::Add, now).unwrap();
+        let old_id = huba_keys(&dir, now)[0].id();
+        let lone = change_key(&key_options(&dir, None), KeyChange::Retire(old_id), now).unwrap_err();
+        assert!(lone.to_string().contains("last usable key"), "{lone}");
+        let added = change_key(&key_options(&dir, Some(tmp.path().join("new.key"))), KeyChange::Add, now).unwrap();
         assert!(added.new_key.is_some() && tmp.path().join("new.key").exists());
-        change_key(&options, KeyChange::Retire(old_id), now).unwrap();
-        let revoked = change_key(&options, KeyChange::Revoke(old_id), now).unwrap();
-        let trusted = current(&dir, now).unwrap();
-        assert_eq!(trusted.version(), revoked.directory.directory.version);
-        assert_eq!(trusted.version(), 5);
-        let keys = &trusted.member(&OdsCode::parse("HUBA").unwrap()).unwrap().keys;
+        change_key(&key_options(&dir, None), KeyChange::Retire(old_id), now).unwrap();
+        change_key(&key_options(&dir, None), KeyChange::Revoke(old_id), now).unwrap();
+        let keys = huba_keys(&dir, now);
         assert!(matches!(keys[0].status, KeyStatus::Revoked { .. }));
         assert_eq!(keys[1].status, KeyStatus::Active);
-        // Each version chains from the one before, as a node would check.
-        let chain = chain_after(&dir, 1).unwrap();
-        let mut t = TrustedDirectory::bootstrap(read_directory(&version_path(&dir, 1)).unwrap(), now).unwrap();
-        for next in chain {
-            t = t.accept_update(next, now).unwrap();
-        }
-        assert_eq!(t.version(), 5);
+        assert_eq!(chain_holds(&dir, now), 5);
+    }
+
+    #[test]
+    fn revoking_the_last_usable_key__refused_unless_its_replacement_comes_in_the_same_version() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fed");
+        let now = crate::render::now();
+        federation(&dir, now);
+        let only = huba_keys(&dir, now)[0].id();
+        let refused = change_key(&key_options(&dir, None), KeyChange::Revoke(only), now).unwrap_err();
+        assert!(refused.to_string().contains("--replace-with"), "{refused}");
+        assert_eq!(current(&dir, now).unwrap().version(), 2, "nothing signed");
+        let replaced =
+            change_key(&key_options(&dir, Some(tmp.path().join("replacement.key"))), KeyChange::Revoke(only), now)
+                .unwrap();
+        assert_eq!(replaced.next.version(), 3);
+        let keys = huba_keys(&dir, now);
+        assert!(matches!(keys[0].status, KeyStatus::Revoked { .. }) && keys[1].usable_at(now));
+    }
+
+    #[test]
+    fn retiring_the_key_a_node_runs_on__asks_for_force__and_an_unknown_or_unseen_node_asks_for_a_check() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fed");
+        let now = crate::render::now();
+        federation(&dir, now);
+        let old = huba_keys(&dir, now)[0].id();
+        change_key(&key_options(&dir, Some(tmp.path().join("new.key"))), KeyChange::Add, now).unwrap();
+        let mut options = key_options(&dir, None);
+        options.running = Some([(OdsCode::parse("HUBA").unwrap(), old.to_string())].into());
+        let refused = change_key(&options, KeyChange::Retire(old), now).unwrap_err();
+        assert!(refused.to_string().contains("--force"), "{refused}");
+        options.running = None;
+        let unknown = change_key(&options, KeyChange::Retire(old), now).unwrap_err();
+        assert!(unknown.to_string().contains("--node"), "{unknown}");
+        options.running = Some(Default::default());
+        let unseen = change_key(&options, KeyChange::Retire(old), now).unwrap_err();
+        assert!(unseen.to_string().contains("has not seen HUBA's node"), "{unseen}");
+        options.force = true;
+        assert!(change_key(&options, KeyChange::Retire(old), now).is_ok());
+    }
+
+    #[test]
+    fn a_proposal_signed_by_each_root_holder_on_their_own_machine__assembled_and_accepted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fed");
+        let now = crate::render::now();
+        federation(&dir, now);
+        // The root keys leave the administrator's machine: each holder keeps one.
+        let holders: Vec<PathBuf> = (1..=3)
+            .map(|n| {
+                let home = tmp.path().join(format!("holder-{n}"));
+                std::fs::create_dir_all(&home).unwrap();
+                let key = home.join("root.key");
+                std::fs::rename(dir.join(format!("roots/root-{n}.key")), &key).unwrap();
+                key
+            })
+            .collect();
+        let proposal = tmp.path().join("v3.proposal");
+        let options = ChangeOptions { dir: dir.clone(), signing: Signing::Propose(proposal.clone()), valid_days: 60 };
+        assert_eq!(renew(&options, now).unwrap().version(), 3);
+        assert!(matches!(assemble(&dir, &proposal, now), Err(AdminError::Directory { .. })), "unsigned: refused");
+        sign_proposal(&proposal, &holders[0], None).unwrap();
+        assert!(sign_proposal(&proposal, &holders[0], None).is_err(), "one key signs once");
+        assert!(assemble(&dir, &proposal, now).is_err(), "one of two: refused");
+        assert_eq!(sign_proposal(&proposal, &holders[2], None).unwrap().signatures, 2);
+        let published = assemble(&dir, &proposal, now).unwrap();
+        assert_eq!(published.directory.version, 3);
+        assert_eq!(chain_holds(&dir, now), 3);
+        let stranger = tmp.path().join("stranger.key");
+        write_key(&stranger, &[9; 32]).unwrap();
+        assert!(sign_proposal(&proposal, &stranger, None).is_err(), "a key that is not a root cannot sign");
+    }
+
+    #[test]
+    fn rotating_the_roots__new_and_old_thresholds_sign__the_next_version_needs_the_new_roots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fed");
+        let now = crate::render::now();
+        federation(&dir, now);
+        let new_roots = tmp.path().join("new-roots");
+        let (next, files) = rotate_roots(&local(&dir), 5, 3, &new_roots, now).unwrap();
+        assert_eq!((next.version(), files.len()), (3, 5));
+        assert_eq!(chain_holds(&dir, now), 3);
+        // The old roots can no longer sign: the next change needs the new ones.
+        assert!(matches!(renew(&local(&dir), now), Err(AdminError::NotEnoughRoots { .. })));
+        let with_new = ChangeOptions { dir: dir.clone(), signing: Signing::Local(new_roots), valid_days: 30 };
+        assert_eq!(renew(&with_new, now).unwrap().version(), 4);
+        assert_eq!(chain_holds(&dir, now), 4);
+    }
+
+    #[test]
+    fn membership_changes__renew_edit_remove_and_prune__each_checked_before_signing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fed");
+        let now = crate::render::now();
+        federation(&dir, now);
+        let authority = EnrolOptions {
+            role: Role::Authority,
+            code: "204".into(),
+            name: "Hackney".into(),
+            home_hubs: vec!["HUBA".into()],
+            office_phone: Some("020 7946 0204".into()),
+            out_of_hours_phone: Some("020 7946 0999".into()),
+            out: tmp.path().join("204"),
+            key_valid_days: 30,
+            valid_days: 30,
+            ..enrol_probe(&dir)
+        };
+        enrol(&authority, now).unwrap();
+        let edit = MemberEdit { out_of_hours_phone: Some("020 7946 0000".into()), ..MemberEdit::default() };
+        set_member(&local(&dir), "204", &edit, now).unwrap();
+        let contacts = current(&dir, now).unwrap().member(&OdsCode::parse("204").unwrap()).unwrap().contacts.clone();
+        assert_eq!(contacts.unwrap().out_of_hours_phone, "020 7946 0000");
+        let bad = MemberEdit { home_hubs: Some(vec!["HUBX".into()]), ..MemberEdit::default() };
+        assert!(set_member(&local(&dir), "204", &bad, now).unwrap_err().to_string().contains("HUBX"));
+        let homed = remove_member(&local(&dir), "HUBA", now).unwrap_err();
+        assert!(homed.to_string().contains("home hub of 204"), "{homed}");
+        remove_member(&local(&dir), "204", now).unwrap();
+        assert!(current(&dir, now).unwrap().member(&OdsCode::parse("204").unwrap()).is_none());
+        assert!(prune_keys(&local(&dir), None, now).is_err(), "nothing past its window yet");
+        let mut longer = key_options(&dir, Some(tmp.path().join("k2.key")));
+        longer.key_valid_days = 90;
+        change_key(&longer, KeyChange::Add, now).unwrap();
+        renew(&ChangeOptions { valid_days: 90, ..local(&dir) }, now).unwrap();
+        // 40 days on, HUBA's first key (30 days) is past its window and goes; its 90-day key stays.
+        let later = now.plus_ms(40 * DAY_MS);
+        let (_, dropped) = prune_keys(&ChangeOptions { valid_days: 90, ..local(&dir) }, Some("HUBA"), later).unwrap();
+        assert_eq!(dropped.len(), 1);
+        assert_eq!(huba_keys(&dir, later).len(), 1);
     }
 }

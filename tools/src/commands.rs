@@ -2,21 +2,22 @@
 //! document, and choose the exit code.
 
 use crate::{
-    Cli, Command, ContactsCommand, DemoArgs, EnrolArgs, FederationCommand, InboxCommand, KeyArgs, LookupArgs,
-    PlansCommand, RoleArg,
+    ChangeArgs, Cli, Command, ContactsCommand, DemoArgs, EnrolArgs, FederationCommand, InboxCommand, LookupArgs,
+    PlansCommand, RoleArg, SetMemberArgs,
 };
 use anyhow::Context;
 use cpis_node::client::{self, LookupRequest};
 use cpis_node::config::{SettingConfig, read_directory};
 use cpis_protocol::directory::Role;
-use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
+use cpis_protocol::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
 use cpis_protocol::records::{Contacts, Person, PlanType};
 use cpis_protocol::time::Date;
 use cpis_tools::api::NodeApi;
 use cpis_tools::render::{now, number};
 use cpis_tools::{admin, care, council, demo, show, status};
 use serde_json::{Value, json};
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// Exit code: done.
 pub(crate) const EXIT_OK: u8 = 0;
@@ -120,20 +121,128 @@ async fn federation(command: FederationCommand, json: bool) -> Outcome {
             Ok(EXIT_OK)
         }
         FederationCommand::Enrol(args) => enrol(*args, json),
-        FederationCommand::RotateKey { key, key_out, key_valid_days } => {
-            change_key(key, Some(key_out), key_valid_days, None, json)
+        FederationCommand::RotateKey { change, code, key_out, key_valid_days } => {
+            let options = key_options(change, code, Some(key_out), key_valid_days);
+            key_change(options, admin::KeyChange::Add, json)
         }
-        FederationCommand::RetireKey { key, key_id } => change_key(key, None, 1, Some((key_id, false)), json),
-        FederationCommand::RevokeKey { key, key_id } => change_key(key, None, 1, Some((key_id, true)), json),
-        FederationCommand::Show { dir, file } => {
+        FederationCommand::RetireKey { change, code, key_id, node, force } => {
+            let id = admin::parse_key_id(&key_id).map_err(admin_failure)?;
+            let mut options = key_options(change, code, None, 1);
+            options.force = force;
+            if let Some(node) = node {
+                let running = show::running_from_status(&status::status(&NodeApi::from_config(&node)?).await?);
+                let running = running
+                    .into_iter()
+                    .filter_map(|(code, r)| OdsCode::parse(&code).ok().map(|c| (c, r.key_id)))
+                    .collect();
+                options.running = Some(running);
+            }
+            key_change(options, admin::KeyChange::Retire(id), json)
+        }
+        FederationCommand::RevokeKey { change, code, key_id, replace_with, key_valid_days } => {
+            let id = admin::parse_key_id(&key_id).map_err(admin_failure)?;
+            key_change(key_options(change, code, replace_with, key_valid_days), admin::KeyChange::Revoke(id), json)
+        }
+        FederationCommand::PruneKeys { change, code } => {
+            let options = change_options(change);
+            let (next, dropped) = admin::prune_keys(&options, code.as_deref(), now()).map_err(admin_failure)?;
+            let mut value = next_json(&next);
+            value["dropped"] = json!(dropped);
+            let text = format!("Dropped {} expired key(s): {}.\n", dropped.len(), dropped.join(", "));
+            emit(json, &value, |_| text + &next_text(&next, &options.dir));
+            Ok(EXIT_OK)
+        }
+        FederationCommand::Renew { change } => {
+            let options = change_options(change);
+            let next = admin::renew(&options, now()).map_err(admin_failure)?;
+            emit(json, &next_json(&next), |_| next_text(&next, &options.dir));
+            Ok(EXIT_OK)
+        }
+        FederationCommand::SetMember(args) => {
+            let SetMemberArgs {
+                change,
+                code,
+                name,
+                addresses,
+                home_hubs,
+                contact_name,
+                office_phone,
+                out_of_hours_phone,
+            } = *args;
+            let edit = admin::MemberEdit {
+                name,
+                addresses: (!addresses.is_empty()).then_some(addresses),
+                home_hubs: (!home_hubs.is_empty()).then_some(home_hubs),
+                contact_name,
+                office_phone,
+                out_of_hours_phone,
+            };
+            let options = change_options(change);
+            let next = admin::set_member(&options, &code, &edit, now()).map_err(admin_failure)?;
+            emit(json, &next_json(&next), |_| next_text(&next, &options.dir));
+            Ok(EXIT_OK)
+        }
+        FederationCommand::Remove { change, code } => {
+            let options = change_options(change);
+            let next = admin::remove_member(&options, &code, now()).map_err(admin_failure)?;
+            emit(json, &next_json(&next), |_| format!("Removed {code}.\n{}", next_text(&next, &options.dir)));
+            Ok(EXIT_OK)
+        }
+        FederationCommand::RotateRoots { change, roots, threshold, roots_out } => {
+            let options = change_options(change);
+            let (next, files) =
+                admin::rotate_roots(&options, roots, threshold, &roots_out, now()).map_err(admin_failure)?;
+            let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+            let mut value = next_json(&next);
+            value["root_key_files"] = json!(files);
+            emit(json, &value, |_| {
+                format!(
+                    "New root keys (any {threshold} of them sign each later version):\n  {}\n\
+                     Move them to offline storage as you did the old ones.\n{}",
+                    files.join("\n  "),
+                    next_text(&next, &options.dir)
+                )
+            });
+            Ok(EXIT_OK)
+        }
+        FederationCommand::Sign { proposal, root_key, dir } => {
+            let current = dir.map(|d| read_directory(&d.join(admin::DIRECTORY_FILE))).transpose()?;
+            let signed = admin::sign_proposal(&proposal, &root_key, current.as_ref().map(|c| &c.directory))
+                .map_err(admin_failure)?;
+            let value = json!({
+                "directory_version": signed.version, "key_id": signed.key_id, "signatures": signed.signatures,
+            });
+            emit(json, &value, |_| {
+                format!(
+                    "Root key {} signed proposed version {}: it now carries {} signature(s). Pass the file on;\n\
+                     once enough holders have signed, `cpis federation assemble --dir DIR --proposal {}` saves it.\n",
+                    signed.key_id,
+                    signed.version,
+                    signed.signatures,
+                    proposal.display()
+                )
+            });
+            Ok(EXIT_OK)
+        }
+        FederationCommand::Assemble { dir, proposal } => {
+            let signed = admin::assemble(&dir, &proposal, now()).map_err(admin_failure)?;
+            let next = admin::Next::Published(signed);
+            emit(json, &next_json(&next), |_| next_text(&next, &dir));
+            Ok(EXIT_OK)
+        }
+        FederationCommand::Show { dir, file, node } => {
             let path = match (dir, file) {
                 (_, Some(file)) => file,
                 (Some(dir), None) => dir.join(admin::DIRECTORY_FILE),
                 (None, None) => Path::new(admin::DIRECTORY_FILE).to_path_buf(),
             };
             let signed = read_directory(&path)?;
-            let value = show::directory_json(&signed, now());
-            emit(json, &value, |_| show::directory_text(&signed, now()));
+            let running = match node {
+                Some(node) => show::running_from_status(&status::status(&NodeApi::from_config(&node)?).await?),
+                None => BTreeMap::new(),
+            };
+            let value = show::directory_json(&signed, now(), &running);
+            emit(json, &value, |_| show::directory_text(&signed, now(), &running));
             Ok(EXIT_OK)
         }
         FederationCommand::Publish { dir, node, from_version } => {
@@ -157,51 +266,84 @@ async fn federation(command: FederationCommand, json: bool) -> Outcome {
     }
 }
 
-/// Rotate (`target` None), retire or revoke (`target` Some((key id, revoke))).
-fn change_key(
-    args: KeyArgs,
-    key_out: Option<std::path::PathBuf>,
+fn change_options(args: ChangeArgs) -> admin::ChangeOptions {
+    let signing = admin::Signing::from_options(&args.dir, args.roots_dir, args.propose);
+    admin::ChangeOptions { dir: args.dir, signing, valid_days: args.valid_days }
+}
+
+fn key_options(
+    change: ChangeArgs,
+    code: String,
+    key_out: Option<PathBuf>,
     key_valid_days: u64,
-    target: Option<(String, bool)>,
-    json: bool,
-) -> Outcome {
-    let change = match &target {
-        None => admin::KeyChange::Add,
-        Some((id, revoke)) => {
-            let id = admin::parse_key_id(id).map_err(admin_failure)?;
-            if *revoke { admin::KeyChange::Revoke(id) } else { admin::KeyChange::Retire(id) }
-        }
-    };
-    let options = admin::KeyChangeOptions {
-        dir: args.dir,
-        roots_dir: args.roots_dir,
-        code: args.code,
+) -> admin::KeyChangeOptions {
+    admin::KeyChangeOptions {
+        change: change_options(change),
+        code,
         key_out,
         key_valid_days,
-        valid_days: args.valid_days,
-    };
+        running: None,
+        force: false,
+    }
+}
+
+fn next_json(next: &admin::Next) -> Value {
+    match next {
+        admin::Next::Published(_) => json!({ "directory_version": next.version(), "published": true }),
+        admin::Next::Proposed { version, file } => {
+            json!({ "directory_version": version, "published": false, "proposal_file": file.display().to_string() })
+        }
+    }
+}
+
+/// What became of a new directory version, and what to do next.
+fn next_text(next: &admin::Next, dir: &Path) -> String {
+    match next {
+        admin::Next::Published(_) => format!(
+            "Directory version {} is signed and saved in {dir}. Publish it to a hub, which spreads it to everyone:\n  \
+             cpis federation publish --dir {dir} --node HUB_CONFIG\n",
+            next.version(),
+            dir = dir.display()
+        ),
+        admin::Next::Proposed { version, file } => format!(
+            "Directory version {version} is proposed, unsigned, in {file}. Each root key holder signs it on their own\n\
+             machine:  cpis federation sign --proposal {file} --root-key ROOT_KEY\n\
+             then:     cpis federation assemble --dir {dir} --proposal {file}\n",
+            file = file.display(),
+            dir = dir.display()
+        ),
+    }
+}
+
+fn key_change(options: admin::KeyChangeOptions, change: admin::KeyChange, json: bool) -> Outcome {
     let changed = admin::change_key(&options, change, now()).map_err(admin_failure)?;
-    let version = changed.directory.directory.version;
     let new_key = changed.new_key.as_ref();
-    let value = json!({
-        "code": options.code, "directory_version": version,
-        "new_key_id": new_key.map(|k| k.0.clone()),
-        "new_key_file": new_key.map(|k| k.1.display().to_string()),
-    });
+    let mut value = next_json(&changed.next);
+    value["code"] = json!(options.code);
+    value["new_key_id"] = json!(new_key.map(|k| k.0.clone()));
+    value["new_key_file"] = json!(new_key.map(|k| k.1.display().to_string()));
+    let version = changed.next.version();
     emit(json, &value, |_| {
-        let next = match (change, new_key) {
+        let what = match (change, new_key) {
             (admin::KeyChange::Add, Some((id, file))) => format!(
-                "New key {id} written to {}. Publish version {version} to a hub, wait for it to spread, then install\n\
-                 the file as the member's key (node.key or setting.key, owner-only) and restart it; then retire the old key.",
+                "New key {id} written to {} for version {version}. Once the version has spread, install the file\n\
+                 as the member's key (node.key or setting.key, owner-only) and restart its node; then retire the old key.",
                 file.display()
             ),
-            (admin::KeyChange::Revoke(_), _) => format!(
-                "Key revoked in version {version}: publish it to a hub now. Everything the key signed becomes invalid;\n\
-                 an authority must then republish its live records under its new key."
-            ),
-            _ => format!("Key retired in version {version}: publish it to a hub."),
+            (admin::KeyChange::Revoke(_), replacement) => {
+                let replacement = replacement
+                    .map(|(id, file)| {
+                        format!("\nIts replacement {id} is in {}: install it and restart the node.", file.display())
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "Key revoked in version {version}: everything it signed becomes invalid once nodes hold the version.\n\
+                     An authority's node republishes its live records under its active key by itself.{replacement}"
+                )
+            }
+            _ => format!("Key retired in version {version}: what it signed stays valid; it opens no connections."),
         };
-        format!("{next}\n")
+        format!("{what}\n{}", next_text(&changed.next, &options.change.dir))
     });
     Ok(EXIT_OK)
 }
@@ -238,6 +380,7 @@ fn enrol(args: EnrolArgs, json: bool) -> Outcome {
     let options = admin::EnrolOptions {
         dir: args.dir,
         roots_dir: args.roots_dir,
+        propose: args.propose,
         role,
         code: args.code,
         name: args.name,
@@ -257,7 +400,12 @@ fn enrol(args: EnrolArgs, json: bool) -> Outcome {
     let key_id = m.keys.first().map(|k| k.id().to_string()).unwrap_or_default();
     let value = json!({
         "code": m.code.as_str(), "role": role.name(), "name": m.name, "key_id": key_id,
-        "directory_version": enrolled.directory.directory.version,
+        "directory_version": enrolled.next.version(),
+        "published": matches!(enrolled.next, admin::Next::Published(_)),
+        "proposal_file": match &enrolled.next {
+            admin::Next::Proposed { file, .. } => Some(file.display().to_string()),
+            admin::Next::Published(_) => None,
+        },
         "key_file": enrolled.key_file.display().to_string(),
         "config_file": enrolled.config_file.display().to_string(),
         "directory_file": options.out.join(admin::DIRECTORY_FILE).display().to_string(),
@@ -271,17 +419,15 @@ fn enrol(args: EnrolArgs, json: bool) -> Outcome {
             _ => format!("Start the node:   cpis-node run --config {}", enrolled.config_file.display()),
         };
         format!(
-            "Enrolled {} {} ({}) with key {key_id}: directory version {}.\n\
+            "Enrolled {} {} ({}) with key {key_id}.\n\
              Key (owner-only, never copy it elsewhere): {}\nConfig: {}\n{next}\n\
-             Running nodes learn of the new member once the version is published to a hub\n\
-             (`cpis federation publish --dir {} --node HUB_CONFIG`).\n",
+             Running nodes learn of the new member once the version reaches a hub.\n{}",
             role.name(),
             m.code,
             m.name,
-            enrolled.directory.directory.version,
             enrolled.key_file.display(),
             enrolled.config_file.display(),
-            options.dir.display(),
+            next_text(&enrolled.next, &options.dir),
         )
     });
     Ok(EXIT_OK)

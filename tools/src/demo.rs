@@ -338,6 +338,7 @@ impl Demo {
                 out,
                 key_valid_days: 30,
                 valid_days: 30,
+                propose: None,
             };
             let enrolled = admin::enrol(&options, now())?;
             self.register(m, &enrolled.config_file)?;

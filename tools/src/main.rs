@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Administrators: create the federation, enrol members, show and publish the directory.
+    /// Administrators: the federation's members, keys and directory versions (docs/keys.md).
     #[command(subcommand)]
     Federation(FederationCommand),
     /// Councils: record, end, withdraw, list and import plans at the authority node.
@@ -88,11 +88,18 @@ enum FederationCommand {
         /// A directory file (e.g. a node's directory.cpis).
         #[arg(long)]
         file: Option<PathBuf>,
+        /// A hub's config: also show the key and directory version of the hub itself and of each
+        /// hub and authority that has connected to it since it started.
+        #[arg(long)]
+        node: Option<PathBuf>,
     },
     /// Adds a new key for a member (written to --key-out) beside its current one (docs/keys.md).
     RotateKey {
         #[command(flatten)]
-        key: KeyArgs,
+        change: ChangeArgs,
+        /// The member's code.
+        #[arg(long)]
+        code: String,
         /// Where to write the new secret key (owner-only); install it as the member's key file.
         #[arg(long)]
         key_out: PathBuf,
@@ -100,21 +107,102 @@ enum FederationCommand {
         #[arg(long, default_value_t = 730)]
         key_valid_days: u64,
     },
-    /// Retires a member's old key once its new key is in use: what it signed stays valid.
+    /// Retires a member's old key once its node runs on the new one: what it signed stays valid.
     RetireKey {
         #[command(flatten)]
-        key: KeyArgs,
+        change: ChangeArgs,
+        /// The member's code.
+        #[arg(long)]
+        code: String,
         /// The key id, as `cpis federation show` prints it.
         #[arg(long)]
         key_id: String,
+        /// A hub's config: its status tells which key each hub and authority that has connected
+        /// to it since it started runs on, and a key still in use is not retired. One of --node
+        /// or --force is needed.
+        #[arg(long, required_unless_present = "force")]
+        node: Option<PathBuf>,
+        /// Retire the key without checking (or even though) a node runs on it.
+        #[arg(long)]
+        force: bool,
     },
     /// Revokes a key believed stolen: every record it signed becomes invalid.
     RevokeKey {
         #[command(flatten)]
-        key: KeyArgs,
+        change: ChangeArgs,
+        /// The member's code.
+        #[arg(long)]
+        code: String,
         /// The key id, as `cpis federation show` prints it.
         #[arg(long)]
         key_id: String,
+        /// Add the replacement key in the same version, written to this file (needed when the
+        /// revoked key is the member's last usable one).
+        #[arg(long)]
+        replace_with: Option<PathBuf>,
+        /// Days the replacement key is valid.
+        #[arg(long, default_value_t = 730)]
+        key_valid_days: u64,
+    },
+    /// Drops keys past their validity window (of one member, or of all); never a member's last.
+    PruneKeys {
+        #[command(flatten)]
+        change: ChangeArgs,
+        /// Only this member's keys.
+        #[arg(long)]
+        code: Option<String>,
+    },
+    /// Issues the same directory with a new expiry (do it well before the current one expires).
+    Renew {
+        #[command(flatten)]
+        change: ChangeArgs,
+    },
+    /// Changes a member's name, a hub's addresses, home hubs or an authority's contacts.
+    SetMember(Box<SetMemberArgs>),
+    /// Removes a member from the federation (a hub only once no member names it as home hub).
+    Remove {
+        #[command(flatten)]
+        change: ChangeArgs,
+        /// The member's code.
+        #[arg(long)]
+        code: String,
+    },
+    /// Replaces the root keys: signed by a threshold of the current roots and of the new ones.
+    RotateRoots {
+        #[command(flatten)]
+        change: ChangeArgs,
+        /// How many new root keys.
+        #[arg(long, default_value_t = 3)]
+        roots: u8,
+        /// How many new root keys must sign each later version.
+        #[arg(long, default_value_t = 2)]
+        threshold: u8,
+        /// The new folder to write the new root keys to (move them offline afterwards).
+        #[arg(long)]
+        roots_out: PathBuf,
+    },
+    /// A root key holder adds their signature to a proposal (made with --propose).
+    Sign {
+        /// The proposal file.
+        #[arg(long)]
+        proposal: PathBuf,
+        /// The root key file to sign with.
+        #[arg(long)]
+        root_key: PathBuf,
+        /// The federation folder (or a node's folder): lets a key of the current roots sign a
+        /// proposal that replaces them.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Checks a signed proposal (a threshold of root signatures) and saves it as the newest
+    /// version in the federation folder; then `publish` sends it to a hub.
+    Assemble {
+        /// The federation folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The signed proposal file.
+        #[arg(long)]
+        proposal: PathBuf,
     },
     /// Sends a node the directory versions it lacks; hubs spread them to everyone.
     Publish {
@@ -130,20 +218,45 @@ enum FederationCommand {
     },
 }
 
+/// How every change to the directory is signed.
 #[derive(Args)]
-struct KeyArgs {
+struct ChangeArgs {
     /// The federation folder.
     #[arg(long)]
     dir: PathBuf,
-    /// Where the root keys are (default DIR/roots).
-    #[arg(long)]
+    /// Where the root keys are (default DIR/roots): bring them from offline storage.
+    #[arg(long, conflicts_with = "propose")]
     roots_dir: Option<PathBuf>,
-    /// The member's code.
+    /// Write the new version, unsigned, to this file for the root key holders to sign on their
+    /// own machines (`cpis federation sign`), instead of signing it here.
     #[arg(long)]
-    code: String,
+    propose: Option<PathBuf>,
     /// Days until the new directory version expires.
     #[arg(long, default_value_t = 365)]
     valid_days: u64,
+}
+
+#[derive(Args)]
+struct SetMemberArgs {
+    #[command(flatten)]
+    change: ChangeArgs,
+    /// The member's code.
+    #[arg(long)]
+    code: String,
+    #[arg(long)]
+    name: Option<String>,
+    /// A hub's addresses, host:port (repeat for more; replaces them all).
+    #[arg(long = "address")]
+    addresses: Vec<String>,
+    /// An authority's or setting's home hubs in order of preference (repeat; replaces them all).
+    #[arg(long = "home-hub")]
+    home_hubs: Vec<String>,
+    #[arg(long)]
+    contact_name: Option<String>,
+    #[arg(long)]
+    office_phone: Option<String>,
+    #[arg(long)]
+    out_of_hours_phone: Option<String>,
 }
 
 #[derive(Args)]
@@ -152,8 +265,11 @@ struct EnrolArgs {
     #[arg(long)]
     dir: PathBuf,
     /// Where the root keys are (default DIR/roots): bring them from offline storage.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "propose")]
     roots_dir: Option<PathBuf>,
+    /// Write the new version, unsigned, to this file for the root key holders to sign.
+    #[arg(long)]
+    propose: Option<PathBuf>,
     #[arg(long, value_enum)]
     role: RoleArg,
     /// The member's ODS code (an authority: 3 digits or letter-digit-letter-digit-letter).

@@ -4,7 +4,34 @@ use crate::render::{ago, duration};
 use cpis_protocol::directory::{KeyStatus, Member, SignedDirectory, TrustedDirectory};
 use cpis_protocol::time::Timestamp;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::fmt::Write;
+
+/// The key and directory version a member's node last connected with, as a hub reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub key_id: String,
+    pub directory_version: Option<u64>,
+}
+
+/// What a hub's `/status` says each node runs on: the hub itself, and every hub and authority
+/// that has connected to it since it started (settings connect only to look up, and are not
+/// listed).
+pub fn running_from_status(status: &Value) -> BTreeMap<String, Running> {
+    let mut running = BTreeMap::new();
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    if let (Some(code), Some(key_id)) = (text(status, "code"), status.get("key").and_then(|k| text(k, "id"))) {
+        let directory_version = status.get("directory_version").and_then(Value::as_u64);
+        running.insert(code, Running { key_id, directory_version });
+    }
+    for peer in status.get("peers").and_then(Value::as_array).into_iter().flatten() {
+        if let (Some(code), Some(key_id)) = (text(peer, "code"), text(peer, "key")) {
+            let directory_version = peer.get("directory_version").and_then(Value::as_u64);
+            running.insert(code, Running { key_id, directory_version });
+        }
+    }
+    running
+}
 
 fn key_status(status: KeyStatus) -> (&'static str, Option<Timestamp>) {
     match status {
@@ -14,7 +41,7 @@ fn key_status(status: KeyStatus) -> (&'static str, Option<Timestamp>) {
     }
 }
 
-fn member_json(m: &Member, now: Timestamp) -> Value {
+fn member_json(m: &Member, now: Timestamp, running: Option<&Running>) -> Value {
     let keys: Vec<Value> = m
         .keys
         .iter()
@@ -42,11 +69,13 @@ fn member_json(m: &Member, now: Timestamp) -> Value {
             "name": c.name, "office_phone": c.office_phone, "out_of_hours_phone": c.out_of_hours_phone,
         })),
         "keys": keys,
+        "running": running.map(|r| json!({ "key_id": r.key_id, "directory_version": r.directory_version })),
     })
 }
 
 /// The directory as one JSON document (shape in docs/cli.md).
-pub fn directory_json(signed: &SignedDirectory, now: Timestamp) -> Value {
+/// `running` (from [`running_from_status`]) adds what each member's node runs on.
+pub fn directory_json(signed: &SignedDirectory, now: Timestamp, running: &BTreeMap<String, Running>) -> Value {
     let d = &signed.directory;
     let problem = TrustedDirectory::bootstrap(signed.clone(), now).err().map(|e| e.to_string());
     let signed_by: Vec<_> = signed.signatures.iter().map(|s| s.key_id).collect();
@@ -62,12 +91,12 @@ pub fn directory_json(signed: &SignedDirectory, now: Timestamp) -> Value {
             "key_id": r.id().to_string(),
             "signed": signed_by.contains(&r.id()),
         })).collect::<Vec<_>>(),
-        "members": d.members.iter().map(|m| member_json(m, now)).collect::<Vec<_>>(),
+        "members": d.members.iter().map(|m| member_json(m, now, running.get(m.code.as_str()))).collect::<Vec<_>>(),
     })
 }
 
 /// The directory as readable text.
-pub fn directory_text(signed: &SignedDirectory, now: Timestamp) -> String {
+pub fn directory_text(signed: &SignedDirectory, now: Timestamp, running: &BTreeMap<String, Running>) -> String {
     let d = &signed.directory;
     let mut out = String::new();
     let expiry = if now >= d.expires_at {
@@ -86,12 +115,12 @@ pub fn directory_text(signed: &SignedDirectory, now: Timestamp) -> String {
     let _ = writeln!(out, "Root keys:  {} of {} must sign: {}", d.threshold, d.roots.len(), roots.join(", "));
     let _ = writeln!(out, "Members:    {}", d.members.len());
     for m in &d.members {
-        member_text(&mut out, m, now);
+        member_text(&mut out, m, now, running.get(m.code.as_str()));
     }
     out
 }
 
-fn member_text(out: &mut String, m: &Member, now: Timestamp) {
+fn member_text(out: &mut String, m: &Member, now: Timestamp, running: Option<&Running>) {
     let _ = writeln!(out, "\n  {} {}  {}", m.role.name(), m.code, m.name);
     if let Some(t) = m.setting_type {
         let _ = writeln!(out, "    type:       {}", t.name());
@@ -114,12 +143,19 @@ fn member_text(out: &mut String, m: &Member, now: Timestamp) {
         let (status, at) = key_status(k.status);
         let when = at.map(|t| format!(" since {t}")).unwrap_or_default();
         let usable = if k.usable_at(now) { "" } else { " (not usable now)" };
+        let in_use = match running {
+            Some(r) if r.key_id == k.id().to_string() => "  <- its node runs on this key",
+            _ => "",
+        };
         let _ = writeln!(
             out,
-            "    key {}  {status}{when}, valid {} to {}{usable}",
+            "    key {}  {status}{when}, valid {} to {}{usable}{in_use}",
             k.id(),
             k.valid_from.date(),
             k.valid_until.date()
         );
+    }
+    if let Some(version) = running.and_then(|r| r.directory_version) {
+        let _ = writeln!(out, "    its node holds directory version {version}");
     }
 }

@@ -59,9 +59,17 @@ fn peers_text(out: &mut String, s: &Value) {
         let _ = writeln!(out, "  none");
         return;
     }
-    let mut rows = vec![vec!["  CODE".to_string(), "ROLE".into(), "STATE".into()]];
+    let mut rows = vec![vec!["  CODE".to_string(), "ROLE".into(), "STATE".into(), "KEY".into(), "DIRECTORY".into()]];
     for p in peers {
-        rows.push(vec![format!("  {}", text(p, "code")), text(p, "role").to_string(), text(p, "state").to_string()]);
+        let version = p.get("directory_version").and_then(Value::as_u64).map_or("-".to_string(), |v| v.to_string());
+        let key = p.get("key").and_then(Value::as_str).unwrap_or("-").to_string();
+        rows.push(vec![
+            format!("  {}", text(p, "code")),
+            text(p, "role").to_string(),
+            text(p, "state").to_string(),
+            key,
+            version,
+        ]);
     }
     out.push_str(&table(&rows));
 }

@@ -115,6 +115,7 @@ impl Hub {
                     matched: plans.clone(),
                     hub: self.code.clone(),
                     answered_at: now,
+                    signed_at: now,
                 });
                 let record = OutboxRecord { notification, queued_at: now };
                 ops.push(schema::OUTBOX.put(&(lookup_id, authority.clone()), &record));

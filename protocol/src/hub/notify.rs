@@ -1,13 +1,13 @@
 //! Notifications: store-and-forward to the owning authority, directly or through one of its home
 //! hubs, retried with capped backoff until the authority's signed receipt comes back.
 
-use super::{After, Hub, OutboxItem, OutboxRecord};
+use super::{After, DELIVERED_KEPT_DAYS, DELIVERED_PER_AUTHORITY_MAX, DeliveredRecord, Hub, OutboxItem, OutboxRecord};
 use crate::directory::Role;
 use crate::ids::{LookupId, OdsCode};
 use crate::machine::{Event, Transmit, backoff_ms};
 use crate::records::LookupKind;
-use crate::refusal::Refusal;
-use crate::schema;
+use crate::refusal::{Refusal, RefusalCode};
+use crate::schema::{self, StoreOp};
 use crate::sign::Signed;
 use crate::time::Timestamp;
 use crate::wire::{Message, Notification, Receipt, Refused};
@@ -118,13 +118,16 @@ impl Hub {
     pub(super) fn on_relay(&mut self, from: &OdsCode, signed: Signed<Notification>, now: Timestamp) {
         let n = &signed.body;
         let key = (n.event.body.lookup_id, n.authority.clone());
-        if self.outbox.contains_key(&key) {
+        let held = self.outbox.get(&key).map(|item| item.record.notification.key_id);
+        if held == Some(signed.key_id) {
             // Already held (and checked when it arrived): a retry changes nothing.
             return;
         }
         if let Err(reason) = self.check_relayed(&signed) {
             return self.refuse(from, "notify", reason);
         }
+        // Held under another key: the answering hub re-signed it under its new key.
+        self.unqueue(&key);
         let record = OutboxRecord { notification: signed, queued_at: now };
         let op = schema::OUTBOX.put(&key, &record);
         self.out.write(vec![op], vec![After::Queue(Box::new(record))]);
@@ -136,7 +139,7 @@ impl Hub {
         if !dir.member(&n.authority).is_some_and(|m| m.home_hubs.contains(&self.code)) {
             return Err(Refusal::NotHomeHub(n.authority.clone()));
         }
-        dir.verify_at(signed.clone(), &n.hub, Role::Hub, n.answered_at)?;
+        dir.verify_at(signed.clone(), &n.hub, Role::Hub, n.signed_at)?;
         let e = &n.event.body;
         dir.verify_at(n.event.clone(), &e.setting, Role::Setting, e.at)?;
         let kind = dir.member(&e.setting).and_then(|m| m.setting_type).map(|t| t.lookup_kind());
@@ -157,6 +160,13 @@ impl Hub {
         let Some(item) = self.unqueue(&key) else {
             return;
         };
+        let mut ops = vec![schema::OUTBOX.delete(&key)];
+        if *from == r.authority {
+            // Delivered by us: kept for a while, in case the authority loses it (a restore).
+            let record = DeliveredRecord { notification: item.record.notification.clone(), receipted_at: now };
+            ops.push(schema::DELIVERED.put(&key, &record));
+            ops.extend(self.keep_delivered(&r.authority, r.lookup_id, record));
+        }
         let mut after = Vec::new();
         if r.hub == self.code {
             let latency_ms = now.since(item.record.notification.body.answered_at);
@@ -168,12 +178,64 @@ impl Hub {
         } else if self.peers.get(&r.hub).map(|p| p.role) == Some(Role::Hub) {
             after.push(After::Send(Box::new(Transmit { to: r.hub.clone(), message: Message::Receipt(signed) })));
         }
-        self.out.write(vec![schema::OUTBOX.delete(&key)], after);
+        self.out.write(ops, after);
+    }
+
+    /// Keeps a delivered notification in memory, dropping the authority's oldest beyond
+    /// [`DELIVERED_PER_AUTHORITY_MAX`]; returns the deletions that drop makes.
+    fn keep_delivered(&mut self, authority: &OdsCode, lookup_id: LookupId, record: DeliveredRecord) -> Vec<StoreOp> {
+        let kept = self.delivered.entry(authority.clone()).or_default();
+        kept.insert((record.receipted_at, lookup_id), record.notification);
+        let mut ops = Vec::new();
+        while kept.len() > DELIVERED_PER_AUTHORITY_MAX {
+            if let Some(((_, id), _)) = kept.pop_first() {
+                ops.push(schema::DELIVERED.delete(&(id, authority.clone())));
+            }
+        }
+        ops
+    }
+
+    /// Drops what was delivered more than [`DELIVERED_KEPT_DAYS`] ago.
+    pub(super) fn prune_delivered(&mut self, now: Timestamp) -> Vec<StoreOp> {
+        let cutoff = now.minus_ms(DELIVERED_KEPT_DAYS.saturating_mul(crate::time::DAY_MS));
+        let mut ops = Vec::new();
+        for (authority, kept) in &mut self.delivered {
+            let keep = kept.split_off(&(cutoff, LookupId([0; 16])));
+            for (_, id) in std::mem::replace(kept, keep).into_keys() {
+                ops.push(schema::DELIVERED.delete(&(id, authority.clone())));
+            }
+        }
+        self.delivered.retain(|_, kept| !kept.is_empty());
+        ops
+    }
+
+    /// An authority (restored from an older copy, perhaps) asks again for what we delivered to it
+    /// from `since` on: it stores what it lacks and answers each with a receipt, as ever.
+    pub(super) fn redeliver(&mut self, authority: &OdsCode, since: Timestamp) {
+        let again: Vec<Signed<Notification>> = self
+            .delivered
+            .get(authority)
+            .map(|kept| kept.range((since, LookupId([0; 16]))..).map(|(_, n)| n.clone()).collect())
+            .unwrap_or_default();
+        for notification in again {
+            self.out.send(authority, Message::Notify(notification));
+        }
     }
 
     /// A peer refused something we sent (an authority refusing a notification, a hub a relay):
-    /// reported; a notification stays queued and is reported overdue in time, never dropped.
+    /// reported; a notification this hub answered stays queued and is reported overdue in time,
+    /// never dropped. A copy held only as a relay that the authority itself refuses is dropped:
+    /// the hub that answered keeps its own (its promise), and a hostile hub cannot make an honest
+    /// one retry a notification it invented for ever.
     pub(super) fn on_refused(&mut self, from: &OdsCode, refused: Refused) {
         self.out.event(Event::RefusedByPeer { from: from.clone(), lookup_id: refused.lookup_id, code: refused.code });
+        let Some(lookup_id) = refused.lookup_id else { return };
+        let from_authority = self.peers.get(from).map(|p| p.role) == Some(Role::Authority);
+        let judged = matches!(refused.code, RefusalCode::BadNotification | RefusalCode::BadSignature);
+        let key = (lookup_id, from.clone());
+        let relayed = self.outbox.get(&key).is_some_and(|i| i.record.notification.body.hub != self.code);
+        if from_authority && judged && relayed && self.unqueue(&key).is_some() {
+            self.out.write(vec![schema::OUTBOX.delete(&key)], vec![]);
+        }
     }
 }

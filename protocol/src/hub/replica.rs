@@ -77,7 +77,19 @@ impl Hub {
                     self.send_run(from, from, 0);
                 }
             }
-            Role::Hub => self.send_missing(from, marks, now),
+            Role::Hub => {
+                let cap = self.config.sync_reply_bytes_max;
+                let Some(peer) = self.peers.get_mut(from) else { return };
+                let refill =
+                    usize::try_from(now.since(peer.budget_at).saturating_mul(cap as u64) / 1_000).unwrap_or(cap);
+                peer.sync_budget = peer.sync_budget.saturating_add(refill).min(cap);
+                peer.budget_at = now.max(peer.budget_at);
+                let budget = peer.sync_budget;
+                let spent = self.send_missing(from, marks, budget);
+                if let Some(peer) = self.peers.get_mut(from) {
+                    peer.sync_budget = peer.sync_budget.saturating_sub(spent);
+                }
+            }
         }
     }
 
@@ -93,11 +105,10 @@ impl Hub {
         count
     }
 
-    /// Answers a hub's sync: every authority run it lacks (within the reply's byte budget),
-    /// newer heads, and the visits it may take from us.
-    fn send_missing(&mut self, to: &OdsCode, marks: &[Mark], _now: Timestamp) {
+    /// Answers a hub's sync: every authority run it lacks (within `budget` bytes; at least one
+    /// run), newer heads, and the visits it may take from us. Returns the bytes spent.
+    fn send_missing(&mut self, to: &OdsCode, marks: &[Mark], budget: usize) -> usize {
         let theirs: HashMap<&OdsCode, &Mark> = marks.iter().map(|m| (&m.origin, m)).collect();
-        let budget = self.config.sync_reply_bytes_max;
         let mut spent = 0usize;
         let mut more = false;
         let origins: Vec<OdsCode> = self.authorities.keys().cloned().collect();
@@ -106,7 +117,7 @@ impl Hub {
             let their = theirs.get(&origin);
             let their_seq = their.map_or(0, |m| m.seq);
             if head.body.seq > their_seq {
-                if spent >= budget {
+                if spent > 0 && spent >= budget {
                     more = true;
                     continue;
                 }
@@ -142,6 +153,7 @@ impl Hub {
                 b.more = true;
             }
         }
+        spent
     }
 
     pub(super) fn on_feed(&mut self, from: &OdsCode, role: Role, batch: FeedBatch, now: Timestamp) {
@@ -184,12 +196,29 @@ impl Hub {
         if after > upto {
             return Err(Refusal::BatchBounds { after, upto });
         }
+        if let Some(head) = &head
+            && head.body.seq != upto
+        {
+            return Err(Refusal::HeadNotAtUpto { head_seq: head.body.seq, upto });
+        }
         let key = (from.clone(), origin.clone());
+        // Every run this peer has begun, across origins, counts against one bound.
+        let staged_by_peer: usize = self
+            .staging
+            .iter()
+            .filter(|((peer, o), _)| peer == from && *o != origin)
+            .map(|(_, s)| s.entries.len())
+            .sum();
         let staged = self.staging.entry(key.clone()).or_insert(Staging { after, upto, entries: vec![] });
         if (staged.after, staged.upto) != (after, upto) {
+            // A run begun and abandoned before its head came: refused, and dropped.
+            if !staged.entries.is_empty() {
+                let reason = Refusal::MissingHead(origin.clone());
+                self.out.event(Event::BatchRefused { from: from.clone(), origin: origin.clone(), reason });
+            }
             *staged = Staging { after, upto, entries: vec![] };
         }
-        if staged.entries.len() + entries.len() > FEED_ENTRIES_MAX {
+        if staged_by_peer + staged.entries.len() + entries.len() > FEED_ENTRIES_MAX {
             return Err(Refusal::RunTooLong(FEED_ENTRIES_MAX));
         }
         let mut prev = staged.entries.last().map_or(after, |e| e.body.seq);
@@ -279,7 +308,11 @@ impl Hub {
             return Ok(());
         }
         if current.body.conflicts_with(head.body()) {
-            self.keep_equivocation(origin, seq, codec::encode(&current), codec::encode(head.signed()));
+            // The alarm is raised once; the same equivocation seen again (the authority re-signs
+            // its head every minute) is refused as known.
+            if !self.keep_equivocation(origin, seq, codec::encode(&current), codec::encode(head.signed())) {
+                return Err(Refusal::KnownEquivocation(seq));
+            }
             return Err(Refusal::HeadEquivocation { origin: origin.clone(), seq });
         }
         if head.body().at > current.body.at {
@@ -560,6 +593,7 @@ impl Hub {
         for (origin, seq) in visits {
             ops.extend(self.remove_visit(&origin, seq));
         }
+        ops.extend(self.prune_delivered(now));
         if !ops.is_empty() {
             self.out.write(ops, vec![]);
         }

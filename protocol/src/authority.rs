@@ -18,14 +18,14 @@ use crate::feed::{
 };
 use crate::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
 use crate::machine::{Command, CommandId, DirectoryState, Event, Queues, Reply, RestoreError, Transmit, earliest};
-use crate::records::{Contacts, LookupKind, Plan, PlanError, TextError, check_text};
+use crate::records::{Contacts, LookupKind, Plan, PlanError, TextError, VISIBLE_AFTER_END_DAYS, check_text};
 use crate::refusal::Refusal;
 use crate::schema::{self, RowError, StoreOp, StoredRow};
 use crate::sign::{Identity, KeyId, Signed};
 use crate::time::{DAY_MS, Date, Timestamp};
 use crate::wire::{BATCH_ENTRIES_MAX, FeedBatch, Mark, Message, Notification, Receipt, Refused};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Timings and windows of an authority; every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,6 +160,11 @@ pub struct Authority {
     head: Option<SignedHead>,
     inbox: BTreeMap<LookupId, InboxEntry>,
     hubs: BTreeMap<OdsCode, KeyId>,
+    /// From when each hub is asked to deliver again what it delivered (the newest notification
+    /// held at the start, less the clock margin: after a restore from an older copy, what the
+    /// copy lacks), and the hubs asked since the start (each once).
+    redeliver_since: Timestamp,
+    redelivery_asked: BTreeSet<OdsCode>,
     /// Chunks of a run of our own feed a hub is sending back, until its head arrives.
     staging: BTreeMap<OdsCode, Vec<SignedEntry>>,
     next_head_at: Timestamp,
@@ -192,6 +197,8 @@ impl Authority {
             head: None,
             inbox: BTreeMap::new(),
             hubs: BTreeMap::new(),
+            redeliver_since: Timestamp(0),
+            redelivery_asked: BTreeSet::new(),
             staging: BTreeMap::new(),
             next_head_at: now,
             next_sweep_at: now,
@@ -199,6 +206,8 @@ impl Authority {
             out: Queues::new(),
         };
         a.restore_rows(rows)?;
+        let newest = a.inbox.values().map(|e| e.received_at).max().unwrap_or(Timestamp(0));
+        a.redeliver_since = newest.minus_ms(a.config.clock_skew_max_ms);
         if rows.is_empty() {
             a.out.write(vec![schema::schema_op()], vec![]);
         }
@@ -559,11 +568,6 @@ impl Authority {
         self.hubs.insert(hub.clone(), key);
         let marks = vec![self.mark()];
         self.out.send(hub, Message::Sync { directory_version: self.dir.version(), marks });
-        // Ask again for what reached us since the newest notification we hold (with a margin for
-        // the clocks): after a restore from an older copy, that is what the copy lacks.
-        let newest = self.inbox.values().map(|e| e.received_at).max().unwrap_or(Timestamp(0));
-        let since = newest.minus_ms(self.config.clock_skew_max_ms);
-        self.out.send(hub, Message::Redeliver { since });
     }
 
     pub(crate) fn handle_disconnected(&mut self, hub: &OdsCode) {
@@ -639,6 +643,7 @@ impl Authority {
             }
             Message::Feed(batch) => self.on_own_feed(from, batch, now),
             Message::Notify(n) => self.on_notify(from, n, now),
+            Message::Redelivered { notification, receipt } => self.on_redelivered(from, *notification, receipt),
             Message::Refused(_) => {}
             _ => self.refuse(from, kind, Refusal::NotAllowed { sender: "hub", kind, receiver: "authority" }),
         }
@@ -665,6 +670,10 @@ impl Authority {
             self.out.send(hub, Message::Directories(self.dir.after(directory_version)));
         }
         let theirs = marks.iter().find(|m| m.origin == self.code).map_or(0, |m| m.seq);
+        if theirs <= self.durable_seq {
+            // Nothing of our own feed to take back from this hub first.
+            self.ask_redelivery(hub);
+        }
         match theirs.cmp(&self.durable_seq) {
             std::cmp::Ordering::Less => self.push_from(hub, theirs),
             // The hub holds more of our feed than we do: ask it for all of it (it must come
@@ -682,6 +691,17 @@ impl Authority {
                     self.out.send(hub, Message::Head(head));
                 }
             }
+        }
+    }
+
+    /// Asks `hub`, once per start, to send again what it delivered since the newest notification
+    /// we held at the start (after a restore from an older copy, what the copy lacks). Asked of
+    /// every hub, as what reaches us from one first must not hide what only another delivered;
+    /// and only once our own feed is taken back from it, so that a notification naming a plan
+    /// recorded after the copy finds that plan here.
+    fn ask_redelivery(&mut self, hub: &OdsCode) {
+        if self.redelivery_asked.insert(hub.clone()) {
+            self.out.send(hub, Message::Redeliver { since: self.redeliver_since });
         }
     }
 
@@ -757,8 +777,16 @@ impl Authority {
                 }
                 EntryBody::Removed(r) => {
                     let Some(mut plan) = self.plans.get(&r.reference).cloned() else { continue };
-                    if r.reason == RemovalReason::Withdrawn {
-                        plan.withdrawn = true;
+                    let removed_on = e.body.at.date();
+                    match r.reason {
+                        RemovalReason::Withdrawn => plan.withdrawn = true,
+                        // Ended after the copy: the removal does not say on which day, only that
+                        // the plan was past its visibility by then. The latest end that agrees
+                        // keeps it from being published as open again.
+                        RemovalReason::PastVisibility if plan.visible_on(removed_on) => {
+                            plan.end = Some(removed_on.plus_days(-VISIBLE_AFTER_END_DAYS - 1));
+                        }
+                        RemovalReason::PastVisibility => {}
                     }
                     ops.push(schema::PLANS.put(&plan.reference, &plan));
                     self.plans.insert(plan.reference.clone(), plan);
@@ -772,6 +800,7 @@ impl Authority {
             after.push(After::Event(Event::FeedRecovered { hub: hub.clone(), entries: newer.len() }));
             self.out.write(ops, after);
         }
+        self.ask_redelivery(hub);
     }
 
     fn on_notify(&mut self, from: &OdsCode, signed: Signed<Notification>, now: Timestamp) {
@@ -799,6 +828,41 @@ impl Authority {
             After::Event(Event::NotificationReceived { lookup_id, hub }),
         ];
         self.out.write(vec![schema::INBOX.put(&lookup_id, &item)], after);
+    }
+
+    /// A notification a hub delivered to us before, sent again with our own receipt for it (we
+    /// asked: we may have been restored from an older copy). Our signature on the receipt shows
+    /// we took it then, so it is not judged again against plans we may no longer hold; it is
+    /// stored as received when the receipt says.
+    fn on_redelivered(&mut self, from: &OdsCode, signed: Signed<Notification>, receipt: Signed<Receipt>) {
+        let lookup_id = signed.body.event.body.lookup_id;
+        if let Err(reason) = self.check_redelivered(&signed, &receipt) {
+            self.out.send(from, Message::Refused(Refused { lookup_id: Some(lookup_id), code: reason.code() }));
+            return self.refuse(from, "redelivered", reason);
+        }
+        if self.inbox.contains_key(&lookup_id) {
+            return;
+        }
+        let (hub, received_at) = (signed.body.hub.clone(), receipt.body.stored_at);
+        let item = InboxItem { notification: signed, received_at };
+        self.inbox.insert(lookup_id, InboxEntry { received_at, acknowledged: false });
+        let after = vec![After::Event(Event::NotificationReceived { lookup_id, hub })];
+        self.out.write(vec![schema::INBOX.put(&lookup_id, &item)], after);
+    }
+
+    fn check_redelivered(&self, signed: &Signed<Notification>, receipt: &Signed<Receipt>) -> Result<(), Refusal> {
+        let (n, r) = (&signed.body, &receipt.body);
+        if n.authority != self.code || r.authority != self.code {
+            return Err(Refusal::WrongAuthority(n.authority.clone()));
+        }
+        if r.lookup_id != n.event.body.lookup_id || r.hub != n.hub {
+            return Err(Refusal::ReceiptMismatch);
+        }
+        let dir = &self.dir.trusted;
+        dir.verify_at(receipt.clone(), &self.code, Role::Authority, r.stored_at)?;
+        dir.verify_at(signed.clone(), &n.hub, Role::Hub, n.signed_at)?;
+        dir.verify_at(n.event.clone(), &n.event.body.setting, Role::Setting, n.event.body.at)?;
+        Ok(())
     }
 
     /// A notification is taken only if it is for us, signed by the hub that answered and the

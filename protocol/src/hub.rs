@@ -16,7 +16,7 @@ use crate::refusal::Refusal;
 use crate::schema::{self, RowError, StoreOp, StoredRow};
 use crate::sign::{Identity, KeyId, Signed};
 use crate::time::Timestamp;
-use crate::wire::{Message, Notification, Refused};
+use crate::wire::{Message, Notification, Receipt, Refused};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -82,11 +82,12 @@ pub struct OutboxRecord {
     pub queued_at: Timestamp,
 }
 
-/// A notification this hub delivered to its authority, with when the authority's receipt came
-/// (kept [`DELIVERED_KEPT_DAYS`] for [`Message::Redeliver`]).
+/// A notification this hub delivered to its authority, with the authority's receipt for it and
+/// when that came (kept [`DELIVERED_KEPT_DAYS`] for [`Message::Redeliver`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveredRecord {
     pub notification: Signed<Notification>,
+    pub receipt: Signed<Receipt>,
     pub receipted_at: Timestamp,
 }
 
@@ -186,7 +187,7 @@ pub struct Hub {
     limits: RateLimits,
     outbox: BTreeMap<(LookupId, OdsCode), OutboxItem>,
     /// What this hub delivered, per authority, by receipt time.
-    delivered: BTreeMap<OdsCode, BTreeMap<(Timestamp, LookupId), Signed<Notification>>>,
+    delivered: BTreeMap<OdsCode, BTreeMap<(Timestamp, LookupId), DeliveredRecord>>,
     /// Outbox keys by when they are next due.
     due: BTreeSet<(Timestamp, LookupId, OdsCode)>,
     peers: BTreeMap<OdsCode, Peer>,
@@ -256,11 +257,10 @@ impl Hub {
             }
         }
         for (authority, kept) in &mut self.delivered {
-            for ((receipted_at, lookup_id), held) in kept.iter_mut() {
-                if let Some(notification) = resign(held) {
-                    *held = notification.clone();
-                    let record = DeliveredRecord { notification, receipted_at: *receipted_at };
-                    ops.push(schema::DELIVERED.put(&(*lookup_id, authority.clone()), &record));
+            for ((_, lookup_id), held) in kept.iter_mut() {
+                if let Some(notification) = resign(&held.notification) {
+                    held.notification = notification;
+                    ops.push(schema::DELIVERED.put(&(*lookup_id, authority.clone()), held));
                 }
             }
         }
@@ -317,10 +317,11 @@ impl Hub {
             let ((lookup_id, authority), record) = row?;
             if record.notification.body.event.body.lookup_id != lookup_id
                 || record.notification.body.authority != authority
+                || record.receipt.body.lookup_id != lookup_id
             {
                 return Err(RowError::Mismatch(schema::Table::Delivered.name()));
             }
-            self.delivered.entry(authority).or_default().insert((record.receipted_at, lookup_id), record.notification);
+            self.delivered.entry(authority).or_default().insert((record.receipted_at, lookup_id), record);
         }
         Ok(())
     }

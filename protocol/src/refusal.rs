@@ -10,6 +10,7 @@ use crate::feed::EntryError;
 use crate::ids::{LookupId, OdsCode};
 use crate::merkle::ProofError;
 use crate::records::TextError;
+use crate::sign::KeyId;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +110,9 @@ pub enum Refusal {
     /// A notification names plans other than the authority's own matches.
     #[error("the notification names other plans than those the authority holds for the child")]
     MatchesDiffer,
+    /// A notification sent again with a receipt for another lookup or hub.
+    #[error("the receipt sent with the notification is for another lookup or hub")]
+    ReceiptMismatch,
     /// A notification older than the authority's age window.
     #[error("the lookup at {at} is older than the {days}-day window for notifications")]
     TooOld { at: Timestamp, days: u64 },
@@ -122,6 +126,10 @@ pub enum Refusal {
     /// A proof in an answer does not hold.
     #[error(transparent)]
     Proof(#[from] ProofError),
+    /// The hub's own key is not usable (revoked, retired, expired, or not yet in its directory):
+    /// what it would sign now could not be checked.
+    #[error("this hub's own key {0} is not active in its directory: it answers no lookup until it runs on one that is")]
+    OwnKeyNotUsable(KeyId),
 }
 
 /// The code of a refusal, as it travels to the peer that caused it.
@@ -149,6 +157,8 @@ pub enum RefusalCode {
     BadNotification,
     /// A directory version that breaks a rule.
     BadDirectory,
+    /// The hub cannot answer now (its own key is not active): another hub can.
+    HubUnavailable,
 }
 
 impl RefusalCode {
@@ -166,6 +176,7 @@ impl RefusalCode {
             RefusalCode::HeadMismatch => "the entries do not match their signed head",
             RefusalCode::BadNotification => "the notification is not one this authority accepts",
             RefusalCode::BadDirectory => "a directory version breaks a rule",
+            RefusalCode::HubUnavailable => "the hub cannot answer now (its own key is not active): ask another hub",
         }
     }
 }
@@ -202,10 +213,15 @@ impl Refusal {
             | HeadEquivocation { .. }
             | RunTooLong(_) => RefusalCode::BadBatch,
             HeadMismatch { .. } | Proof(_) => RefusalCode::HeadMismatch,
-            WrongAuthority(_) | NotHomeHub(_) | Scheduled | NoMatchingPlan | MatchesDiffer | TooOld { .. } => {
-                RefusalCode::BadNotification
-            }
+            WrongAuthority(_)
+            | NotHomeHub(_)
+            | Scheduled
+            | NoMatchingPlan
+            | MatchesDiffer
+            | ReceiptMismatch
+            | TooOld { .. } => RefusalCode::BadNotification,
             Directory(_) => RefusalCode::BadDirectory,
+            OwnKeyNotUsable(_) => RefusalCode::HubUnavailable,
         }
     }
 }

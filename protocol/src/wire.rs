@@ -156,6 +156,9 @@ pub enum Message {
     /// me, and hold my receipt for, from this time on (hub's clock). An authority restored from
     /// an older copy of its store gets back what reached it after the copy.
     Redeliver { since: Timestamp },
+    /// A hub to an authority that asked with [`Message::Redeliver`]: a notification it delivered,
+    /// with the authority's own receipt for it.
+    Redelivered { notification: Box<Signed<Notification>>, receipt: Signed<Receipt> },
 }
 
 impl Message {
@@ -172,6 +175,7 @@ impl Message {
             Message::Receipt(_) => "receipt",
             Message::Refused(_) => "refused",
             Message::Redeliver { .. } => "redeliver",
+            Message::Redelivered { .. } => "redelivered",
         }
     }
 }
@@ -268,6 +272,9 @@ fn check_limits(message: &Message) -> Result<(), WireError> {
             limit("visits in an answer", a.history.len(), HISTORY_LEN_MAX)
         }
         Message::Notify(n) => limit("matched plans", n.body.matched.len(), ANSWER_PLANS_MAX),
+        Message::Redelivered { notification, .. } => {
+            limit("matched plans", notification.body.matched.len(), ANSWER_PLANS_MAX)
+        }
         Message::Head(_)
         | Message::Lookup(_)
         | Message::Receipt(_)

@@ -17,6 +17,7 @@ use cpis_protocol::wire::{FeedBatch, Mark, Message};
 
 const CHILD: &str = "9434765919";
 const OTHER_CHILD: &str = "4010232137";
+const THIRD_CHILD: &str = "4857773457";
 
 fn federation() -> TestFederation {
     FederationSpec::new("scenarios")
@@ -673,10 +674,16 @@ fn duplicate_notification_before_the_first_is_durable__receipt_waits_for_the_wri
 fn authority_restored_from_an_older_copy__takes_back_later_plans_and_withdrawals_from_its_hubs() {
     let mut net = net();
     record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    let mut old = plan("LAC-3", THIRD_CHILD, PlanType::ChildProtection);
+    old.start = Date::parse("2020-01-06").unwrap();
+    record(&mut net, "204", old);
     net.run_for(2_000);
     let backup = net.disk("204").clone();
     record(&mut net, "204", plan("LAC-2", OTHER_CHILD, PlanType::LookedAfter));
     net.command("204", Command::WithdrawPlan(PlanRef::parse("LAC-1").unwrap()));
+    // Ended long ago: it leaves the feed as past its visibility.
+    let long_ago = Date::parse("2021-01-04").unwrap();
+    net.command("204", Command::EndPlan { reference: PlanRef::parse("LAC-3").unwrap(), end: long_ago });
     net.run_for(2_000);
     net.crash("204");
     net.replace_disk("204", backup);
@@ -685,6 +692,11 @@ fn authority_restored_from_an_older_copy__takes_back_later_plans_and_withdrawals
     let a = net.authority("204");
     assert!(a.plan(&PlanRef::parse("LAC-2").unwrap()).is_some(), "the plan added after the copy is back");
     assert!(a.plan(&PlanRef::parse("LAC-1").unwrap()).is_some_and(|p| p.withdrawn), "the withdrawal stays");
+    let today = net.now.date();
+    assert!(
+        a.plan(&PlanRef::parse("LAC-3").unwrap()).is_some_and(|p| !p.visible_on(today)),
+        "the plan ended after the copy is not open again"
+    );
     assert_eq!(net.events_of("204", |e| matches!(e, Event::FeedRecovered { .. })).len(), 1);
     assert!(net.events.iter().all(|(_, e)| !matches!(e, Event::Equivocation { .. })), "no equivocation");
     net.command("204", Command::EndPlan { reference: PlanRef::parse("LAC-2").unwrap(), end: net.now.date() });
@@ -803,4 +815,52 @@ fn conflicting_head_seen_again__equivocation_alarm_raised_once() {
     assert_eq!(net.events_of("HUBN", |e| matches!(e, Event::Equivocation { .. })).len(), 1, "one alarm");
     assert_eq!(refused(&net, "HUBN", |r| matches!(r, Refusal::KnownEquivocation(_))), 2, "then refused as known");
     assert_eq!(net.disk("HUBN").table(Table::Equivocations).count(), 1, "one proof kept");
+}
+
+#[test]
+fn authority_restored_from_an_older_copy__gets_back_a_notification_naming_a_plan_recorded_after_the_copy() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    let backup = net.disk("204").clone();
+    record(&mut net, "204", plan("LAC-2", OTHER_CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    let lookup = net.lookup("RXH01", "HUBS", nhs(OTHER_CHILD));
+    net.run_for(60_000);
+    // Withdrawn after the lookup: the hubs hold only its removal, not the plan itself.
+    net.command("204", Command::WithdrawPlan(PlanRef::parse("LAC-2").unwrap()));
+    net.run_for(2_000);
+    assert!(net.authority("204").inbox_ids().any(|id| *id == lookup));
+    net.crash("204");
+    net.replace_disk("204", backup);
+    net.restart("204");
+    net.run_for(60_000);
+    let a = net.authority("204");
+    assert!(a.inbox_ids().any(|id| *id == lookup), "the notification delivered after the copy is back");
+    assert_eq!(refused(&net, "204", |_| true), 0, "nothing refused on the way back");
+}
+
+#[test]
+fn hub_whose_own_key_is_revoked__refuses_lookups_so_that_settings_ask_another_hub() {
+    let mut net = net();
+    record(&mut net, "E5A1B", plan("CPP-1", CHILD, PlanType::ChildProtection));
+    net.run_for(2_000);
+    let fed = net.fed.clone();
+    let current = net.hub("HUBS").directory().directory().clone();
+    let at = net.now;
+    let v2 = fed.next_directory(&current, |d| {
+        let m = d.members.iter_mut().find(|m| m.code.as_str() == "HUBS").unwrap();
+        m.keys[0].status = KeyStatus::Revoked { at };
+    });
+    assert_eq!(net.command("HUBS", Command::PublishDirectories(vec![v2])), Some(Reply::Directory { version: 2 }));
+    let before = net.disk("HUBS").table(Table::AccessLog).count();
+    let id = net.lookup("RXH01", "HUBS", nhs(CHILD));
+    net.run_for(1_000);
+    assert!(
+        matches!(net.reply_to(id), Some(Message::Refused(r)) if r.code == RefusalCode::HubUnavailable),
+        "refused as unavailable: {:?}",
+        net.reply_to(id)
+    );
+    assert!(refused(&net, "HUBS", |r| matches!(r, Refusal::OwnKeyNotUsable(_))) >= 1);
+    assert_eq!(net.disk("HUBS").table(Table::AccessLog).count(), before, "no visit signed with a revoked key");
 }

@@ -19,7 +19,7 @@
 use crate::fnv::{Fnv, FnvMap, FnvSet};
 use crate::world::{NodeId, World};
 use cpis_protocol::authority::InboxItem;
-use cpis_protocol::directory::{DirectoryError, Role, TrustedDirectory};
+use cpis_protocol::directory::{AdmissionError, DirectoryError, Role, TrustedDirectory};
 use cpis_protocol::feed::{EntryBody, RemovalReason, SignedEntry, SignedHead, verify_entry};
 use cpis_protocol::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
 use cpis_protocol::machine::Event;
@@ -228,7 +228,14 @@ pub struct History {
     signed: FnvSet<(NodeId, u64, u64)>,
     /// Visits (origin, seq, digest) a peer stored before their origin's write was durable.
     visits_before_durable: BTreeSet<(NodeId, u64, u64)>,
-    directory: TrustedDirectory,
+    /// Every directory version in force during the run, oldest first: a record is genuine if one
+    /// of them admits its signature.
+    directories: Vec<TrustedDirectory>,
+    /// Members whose key in use was revoked: their peers closing them is expected.
+    revoked_in_use: BTreeSet<OdsCode>,
+    /// Members given a new key: a peer whose directory does not list it yet may refuse it until
+    /// it learns the version that does.
+    rekeyed: BTreeSet<OdsCode>,
     /// Plans an equivocating authority signed two ways: excused from the answer check.
     declared: BTreeSet<(NodeId, PlanRef)>,
     /// Visits hubs made durable: (hub, seq) → true time.
@@ -289,10 +296,12 @@ pub fn refusal_name(r: &Refusal) -> &'static str {
         Refusal::Scheduled => "scheduled",
         Refusal::NoMatchingPlan => "no-matching-plan",
         Refusal::MatchesDiffer => "matches-differ",
+        Refusal::ReceiptMismatch => "receipt-mismatch",
         Refusal::TooOld { .. } => "too-old",
         Refusal::Directory(e) => directory_error_name(e),
         Refusal::UnprovenClaim { .. } => "unproven-claim",
         Refusal::Proof(_) => "proof",
+        Refusal::OwnKeyNotUsable(_) => "own-key-not-usable",
     }
 }
 
@@ -341,7 +350,9 @@ impl History {
             acks: vec![vec![]; n],
             signed: FnvSet::default(),
             visits_before_durable: BTreeSet::new(),
-            directory: world.fed.trusted(),
+            directories: vec![world.fed.trusted()],
+            revoked_in_use: BTreeSet::new(),
+            rekeyed: BTreeSet::new(),
             declared: BTreeSet::new(),
             visits: BTreeMap::new(),
             excused_visits: BTreeSet::new(),
@@ -392,6 +403,64 @@ impl History {
         }
     }
 
+    /// An administrator published a new directory version.
+    pub fn on_directory(&mut self, directory: TrustedDirectory) {
+        if let Some(before) = self.directories.last() {
+            for m in directory.members() {
+                if before.member(&m.code).is_none_or(|old| old.keys.len() != m.keys.len()) {
+                    self.rekeyed.insert(m.code.clone());
+                }
+            }
+        }
+        self.directories.push(directory);
+    }
+
+    /// The newest directory version published.
+    pub fn directory_version(&self) -> u64 {
+        self.directories.last().map_or(0, TrustedDirectory::version)
+    }
+
+    /// A member's key in use was revoked: its peers close its connections.
+    pub fn on_key_revoked(&mut self, n: NodeId) {
+        self.revoked_in_use.insert(self.codes[n].clone());
+    }
+
+    /// Member `n` restarted on a new key. If its old key was revoked, everything it signed with
+    /// that key is dropped everywhere: its visits so far, up to this restart, are no longer due at
+    /// every hub (a hub cut off by its peers for a revoked key does not learn of the revocation
+    /// until it restarts, and signs visits no one can check).
+    pub fn on_restarted_on_new_key(&mut self, n: NodeId) {
+        if self.roles[n] == Role::Hub && self.revoked_in_use.contains(&self.codes[n]) {
+            let mine: Vec<(NodeId, u64)> = self.visits.keys().filter(|(h, _)| *h == n).copied().collect();
+            self.excused_visits.extend(mine);
+        }
+    }
+
+    /// Authority `a` was restored from a copy of its store taken at true time `copied_at`: the
+    /// notifications it stored after that are gone from its inbox and must come again.
+    /// Returns how many.
+    pub fn on_restored_from_copy(&mut self, a: NodeId, copied_at: u64) -> usize {
+        let mut again = 0;
+        for ((_, who), p) in self.promised.iter_mut() {
+            if *who == a && p.received_at.is_some_and(|t| t > copied_at) {
+                p.received = 0;
+                p.received_at = None;
+                again += 1;
+            }
+        }
+        again
+    }
+
+    /// Authority `a`'s plans as it last published each (`None`: withdrawn or past its
+    /// visibility), with when each was first acknowledged (true time).
+    pub fn plans_of(&self, a: NodeId) -> BTreeMap<PlanRef, (u64, Option<Plan>)> {
+        self.versions
+            .iter()
+            .filter(|((o, _), _)| *o == a)
+            .filter_map(|((_, r), vs)| Some((r.clone(), (vs.first()?.acked_at, vs.last()?.plan.clone()))))
+            .collect()
+    }
+
     /// Writes of `node` became durable at true time `now`.
     pub fn on_durable(&mut self, node: NodeId, batches: &[WriteBatch], now: u64) {
         for batch in batches {
@@ -431,7 +500,9 @@ impl History {
             // A hub serves its own visits to peers from memory, so a peer may store one before
             // its origin's write is durable (or one its origin then loses in a crash): allowed if
             // the origin signed it, and counted.
-            if self.roles[origin] == Role::Hub && verify_entry(&self.directory, entry).is_ok() {
+            if self.roles[origin] == Role::Hub
+                && self.directories.iter().any(|d| verify_entry(d, entry.clone()).is_ok())
+            {
                 self.visits_before_durable.insert((origin, seq, digest));
                 return;
             }
@@ -550,6 +621,8 @@ impl History {
             Event::MessageRefused { kind, reason, .. } => self.refused(kind, refusal_name(reason)),
             Event::DirectoryRefused { reason, .. } => self.refused("directory", directory_error_name(reason)),
             Event::RefusedByPeer { code, .. } => self.refused("refused-by-peer", &format!("{code:?}")),
+            Event::PeerNotAdmitted { peer, .. } if self.revoked_in_use.contains(peer) => {}
+            Event::PeerNotAdmitted { peer, reason: AdmissionError::UnknownKey(_) } if self.rekeyed.contains(peer) => {}
             Event::PeerNotAdmitted { peer, .. } => {
                 let detail = format!("{} refused to admit {peer}, a member in good standing", self.name(node));
                 self.unexpected("peer-not-admitted", detail);

@@ -22,18 +22,21 @@ use crate::fnv::{Fnv, FnvMap};
 use crate::report::Counters;
 use crate::world::{NodeId, World};
 use cpis_protocol::authority::{Authority, AuthorityConfig};
-use cpis_protocol::directory::{Role, TrustedDirectory};
+use cpis_protocol::directory::{Directory, Role, SignedDirectory, TrustedDirectory};
 use cpis_protocol::driver::MemDisk;
 use cpis_protocol::harness::SplitMix64;
 use cpis_protocol::hub::{Hub, HubConfig};
 use cpis_protocol::machine::{Command, CommandId, Event, Machine, Outputs, RoleConfig, Transmit};
 use cpis_protocol::schema::WriteBatch;
-use cpis_protocol::sign::KeyId;
+use cpis_protocol::sign::{Identity, KeyId};
 use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{self, Message};
 use std::collections::VecDeque;
 use std::hash::Hasher;
 use std::rc::Rc;
+
+/// How long a node waits to dial again a peer that refused it (the nodes' reconnection cap).
+pub const REFUSED_RETRY_MS: u64 = 30_000;
 
 /// Most reports waiting to be taken (a driver takes them after every step; past this the oldest
 /// are dropped and counted, which a run reports as a failure).
@@ -94,8 +97,9 @@ pub struct Link {
     /// Bumped on every connect and disconnect: frames of an old connection are lost.
     pub epoch: u32,
     pub latency_ms: u64,
-    /// A peer's key was not admitted: the link stays down until the next heal.
-    refused: bool,
+    /// A peer's key was not admitted: the link stays down until then (true time), when the
+    /// dialling side tries again, or until a heal or a restart of either end.
+    refused_until: u64,
 }
 
 /// Something that separates nodes while it lasts.
@@ -133,9 +137,23 @@ pub enum Report {
 }
 
 enum CoreEv {
-    Deliver { from: NodeId, to: NodeId, link: usize, epoch: u32, frame: Rc<Vec<u8>> },
-    Flush { node: NodeId, incarnation: u32 },
-    Timer { node: NodeId, incarnation: u32 },
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        link: usize,
+        epoch: u32,
+        frame: Rc<Vec<u8>>,
+    },
+    Flush {
+        node: NodeId,
+        incarnation: u32,
+    },
+    Timer {
+        node: NodeId,
+        incarnation: u32,
+    },
+    /// Links refused a while ago are dialled again.
+    Redial,
 }
 
 /// The cluster.
@@ -150,7 +168,12 @@ pub struct Cluster {
     nodes: Vec<Node>,
     links: Vec<Link>,
     link_of: FnvMap<(NodeId, NodeId), usize>,
+    /// The key each member runs on (a machine takes it at its next start).
+    identities: Vec<Identity>,
     key_ids: Vec<KeyId>,
+    /// Every directory version published after the first, in order; `latest` is the newest.
+    published: Vec<SignedDirectory>,
+    latest: TrustedDirectory,
     cuts: Vec<(u64, Cut)>,
     /// Directed drops `(id, from, to)`: the connection stands, frames one way are lost.
     oneway: Vec<(u64, NodeId, NodeId)>,
@@ -179,12 +202,16 @@ impl Cluster {
         let mut link_of = FnvMap::default();
         for (i, (a, b)) in world.links.iter().enumerate() {
             let latency_ms = if world.is_hub(*a) && world.is_hub(*b) { 5 + rng.below(11) } else { 10 + rng.below(31) };
-            links.push(Link { a: *a, b: *b, connected: false, epoch: 0, latency_ms, refused: false });
+            links.push(Link { a: *a, b: *b, connected: false, epoch: 0, latency_ms, refused_until: 0 });
             link_of.insert((*a, *b), i);
         }
-        let key_ids = world.codes.iter().map(|c| world.fed.identity(c.as_str()).key_id()).collect();
+        let identities: Vec<Identity> = world.codes.iter().map(|c| world.fed.identity(c.as_str())).collect();
+        let key_ids = identities.iter().map(Identity::key_id).collect();
         let now = world.fed.start.as_millis();
         Cluster {
+            latest: trusted.clone(),
+            published: vec![],
+            identities,
             trusted,
             hub_config,
             authority_config,
@@ -242,6 +269,7 @@ impl Cluster {
             CoreEv::Deliver { from, to, link, epoch, frame } => self.deliver(from, to, link, epoch, frame),
             CoreEv::Flush { node, incarnation } => self.flush(node, incarnation),
             CoreEv::Timer { node, incarnation } => self.on_timer(node, incarnation, at),
+            CoreEv::Redial => self.refresh_links(),
         }
     }
 
@@ -293,8 +321,24 @@ impl Cluster {
         self.nodes[n].down
     }
 
+    /// The directory every member starts with.
     pub fn directory(&self) -> &TrustedDirectory {
         &self.trusted
+    }
+
+    /// The newest directory version published.
+    pub fn latest_directory(&self) -> &TrustedDirectory {
+        &self.latest
+    }
+
+    /// The versions after the first, up to `version`: what a member holding `version` passes on.
+    pub fn chain_upto(&self, version: u64) -> Vec<SignedDirectory> {
+        self.published.iter().filter(|d| d.directory.version <= version).cloned().collect()
+    }
+
+    /// The key member `n` runs on.
+    pub fn identity(&self, n: NodeId) -> &Identity {
+        &self.identities[n]
     }
 
     /// Whether `a` and `b` are connected now.
@@ -345,7 +389,7 @@ impl Cluster {
         }
         let rows = self.nodes[n].disk.rows();
         let code = self.world.code(n).clone();
-        let identity = self.world.fed.identity(code.as_str());
+        let identity = Identity::from_seed(self.identities[n].seed());
         let config = match self.world.roles[n] {
             Role::Hub => RoleConfig::Hub(self.hub_config.clone()),
             _ => RoleConfig::Authority(self.authority_config.clone()),
@@ -362,7 +406,33 @@ impl Cluster {
         node.down = false;
         node.incarnation += 1;
         node.timer_at = None;
+        // A node that starts dials its peers afresh, whoever refused it before.
+        for l in self.links.iter_mut().filter(|l| l.a == n || l.b == n) {
+            l.refused_until = 0;
+        }
         self.pump(n);
+    }
+
+    /// Member `n` runs on `identity` from its next start (an administrator installed a new key
+    /// while it was down).
+    pub fn set_identity(&mut self, n: NodeId, identity: Identity) {
+        self.key_ids[n] = identity.key_id();
+        self.identities[n] = identity;
+    }
+
+    /// An administrator publishes the next directory version at node `at`, which passes it on.
+    /// Refused (and nothing changes) unless it follows the newest version under the root keys.
+    pub fn publish(&mut self, at: NodeId, next: SignedDirectory) -> Result<(), String> {
+        let now = self.node_now(at);
+        self.latest = self.latest.accept_update(next.clone(), now).map_err(|e| e.to_string())?;
+        self.published.push(next.clone());
+        self.command(at, Command::PublishDirectories(vec![next])).ok_or("the node is down")?;
+        Ok(())
+    }
+
+    /// The directory now in force, for an administrator to edit into the next version.
+    pub fn editable_directory(&self) -> Directory {
+        self.latest.directory().clone()
     }
 
     /// Crashes node `n`: memory and writes not yet durable are lost; connections drop.
@@ -431,7 +501,7 @@ impl Cluster {
         self.oneway.clear();
         self.wire = WireFaults::default();
         for l in &mut self.links {
-            l.refused = false;
+            l.refused_until = 0;
         }
         self.refresh_links();
     }
@@ -453,7 +523,7 @@ impl Cluster {
     pub fn refresh_links(&mut self) {
         for i in 0..self.links.len() {
             let (a, b) = (self.links[i].a, self.links[i].b);
-            let up = self.link_up(a, b) && !self.links[i].refused;
+            let up = self.link_up(a, b) && self.now >= self.links[i].refused_until;
             if up == self.links[i].connected {
                 continue;
             }
@@ -465,6 +535,9 @@ impl Cluster {
     }
 
     fn notify_link(&mut self, node: NodeId, peer: NodeId, up: bool) {
+        if up {
+            self.learn_directory(node, peer);
+        }
         let now = self.node_now(node);
         let (code, key) = (self.world.codes[peer].clone(), self.key_ids[peer]);
         let Some(m) = self.nodes[node].machine.as_mut() else { return };
@@ -474,6 +547,25 @@ impl Cluster {
             m.handle_disconnected(&code);
         }
         self.pump(node);
+    }
+
+    /// What a node's driver does when a hub it dials shows a key its directory does not admit:
+    /// it takes the newer versions the hub holds (each checked against the root keys by the
+    /// machine) before the handshake goes on.
+    fn learn_directory(&mut self, node: NodeId, peer: NodeId) {
+        if self.world.roles[peer] != Role::Hub {
+            return;
+        }
+        let now = self.node_now(node);
+        let (Some(mine), Some(theirs)) = (self.machine(node), self.machine(peer)) else { return };
+        let (held, offered) = (mine.directory().version(), theirs.directory().version());
+        if offered <= held || mine.directory().admit(&self.identities[peer].public(), now, &[Role::Hub]).is_ok() {
+            return;
+        }
+        let chain: Vec<SignedDirectory> =
+            self.chain_upto(offered).into_iter().filter(|d| d.directory.version > held).collect();
+        self.counters.directories_learned += 1;
+        self.command(node, Command::PublishDirectories(chain));
     }
 
     /// Closes a connection and opens a new one at once (a driver closes a connection that
@@ -491,10 +583,12 @@ impl Cluster {
         self.notify_link(b, a, true);
     }
 
-    /// A machine says a peer's key is no longer admitted: the link closes until the next heal.
+    /// A machine says a peer's key is not admitted: the link closes, and is dialled again after
+    /// [`REFUSED_RETRY_MS`].
     fn refuse_link(&mut self, a: NodeId, b: NodeId) {
         let Some(&i) = self.link_of.get(&(a.min(b), a.max(b))) else { return };
-        self.links[i].refused = true;
+        self.links[i].refused_until = self.now + REFUSED_RETRY_MS;
+        self.queue.at(self.now + REFUSED_RETRY_MS, CoreEv::Redial);
         if self.links[i].connected {
             self.links[i].connected = false;
             self.links[i].epoch += 1;

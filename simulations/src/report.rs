@@ -20,6 +20,8 @@ pub struct Counters {
     /// Frames the receiving driver could not decode (it closed the connection).
     pub frames_refused_undecodable: u64,
     pub reports_dropped: u64,
+    /// Directories a node's driver took from a hub whose key it did not know yet.
+    pub directories_learned: u64,
     /// Messages sent, by kind.
     pub by_kind: BTreeMap<&'static str, KindCount>,
 }

@@ -11,10 +11,15 @@ use crate::faults::{Episode, EpisodeKind, FaultPlan};
 use crate::sim::Sim;
 use crate::workload::{Focus, Workload};
 use crate::world::{NodeId, World};
+use cpis_protocol::directory::{Directory, KeyStatus, MemberKey};
+use cpis_protocol::driver::MemDisk;
 use cpis_protocol::feed::{EntryBody, FeedEntry, FeedHead, SignedEntry};
+use cpis_protocol::harness::test_identity;
 use cpis_protocol::ids::PlanRef;
 use cpis_protocol::machine::Command;
 use cpis_protocol::records::Plan;
+use cpis_protocol::sign::{Identity, PublicKey};
+use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{FeedBatch, Message};
 
 const MINUTE_MS: u64 = 60_000;
@@ -38,11 +43,16 @@ pub enum Scenario {
     HostileHubReplays,
     HostileHubDirectoryBomb,
     HostileSetting,
+    KeyRotationStorm,
+    AuthorityKeyRevokedWhileOffline,
+    HubKeyRevokedWithFullOutbox,
+    NodesDownDuringTheirRotation,
+    AuthorityRestoredFromAWeekOldCopy,
 }
 
 impl Scenario {
     /// The scenarios `--scenario all` runs.
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 20] = [
         Scenario::SenderRestartsWhileReceiverDown,
         Scenario::HubRecoversFromEmptyDatabase,
         Scenario::AuthorityOfflineForAWeek,
@@ -58,6 +68,11 @@ impl Scenario {
         Scenario::HostileHubReplays,
         Scenario::HostileHubDirectoryBomb,
         Scenario::HostileSetting,
+        Scenario::KeyRotationStorm,
+        Scenario::AuthorityKeyRevokedWhileOffline,
+        Scenario::HubKeyRevokedWithFullOutbox,
+        Scenario::NodesDownDuringTheirRotation,
+        Scenario::AuthorityRestoredFromAWeekOldCopy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -77,6 +92,11 @@ impl Scenario {
             Scenario::HostileHubReplays => "hostile-hub-replays",
             Scenario::HostileHubDirectoryBomb => "hostile-hub-directory-bomb",
             Scenario::HostileSetting => "hostile-setting",
+            Scenario::KeyRotationStorm => "key-rotation-storm",
+            Scenario::AuthorityKeyRevokedWhileOffline => "authority-key-revoked-while-offline",
+            Scenario::HubKeyRevokedWithFullOutbox => "hub-key-revoked-with-full-outbox",
+            Scenario::NodesDownDuringTheirRotation => "nodes-down-during-their-rotation",
+            Scenario::AuthorityRestoredFromAWeekOldCopy => "authority-restored-from-a-week-old-copy",
         }
     }
 
@@ -128,6 +148,21 @@ impl Scenario {
             Scenario::HostileSetting => {
                 "A hostile setting signs lookups for another setting, replays lookups others signed, and bursts over the rate limit."
             }
+            Scenario::KeyRotationStorm => {
+                "Every hub and authority rotates its key twice in five hours, restarting on the new key, while lookups go on."
+            }
+            Scenario::AuthorityKeyRevokedWhileOffline => {
+                "An authority's only key is revoked, with its replacement, while the authority is down: its plans are unavailable, never absent, until it republishes."
+            }
+            Scenario::HubKeyRevokedWithFullOutbox => {
+                "A hub's key is revoked while notifications for a cut-off authority wait in its outbox; it restarts on its new key and re-signs them."
+            }
+            Scenario::NodesDownDuringTheirRotation => {
+                "An authority and a hub are down while their keys are rotated and the old ones retired; they start on the new keys with their old directories."
+            }
+            Scenario::AuthorityRestoredFromAWeekOldCopy => {
+                "An authority's store is replaced by a copy a week old: it takes back its later plans, withdrawals and notifications from its hubs."
+            }
         }
     }
 
@@ -144,6 +179,9 @@ impl Scenario {
             Scenario::LondonCutOffAtPeak => 18,
             Scenario::AuthorityEquivocates => 2,
             Scenario::WithdrawalReachesACutOffHub => 4,
+            Scenario::KeyRotationStorm => 5,
+            Scenario::AuthorityKeyRevokedWhileOffline | Scenario::HubKeyRevokedWithFullOutbox => 4,
+            Scenario::AuthorityRestoredFromAWeekOldCopy => 7 * 24 + 3,
             _ => 3,
         }
     }
@@ -156,6 +194,10 @@ impl Scenario {
             Scenario::AuthorityOfflineForAWeek => Some((0.1, 8 * 24 * HOUR_MS)),
             Scenario::BacklogAfterLongPartition => Some((600.0, 4 * HOUR_MS)),
             Scenario::WipedHubTakesBackItsOwnVisits => Some((30.0, 3 * HOUR_MS)),
+            Scenario::AuthorityKeyRevokedWhileOffline => Some((60.0, 3 * HOUR_MS)),
+            Scenario::HubKeyRevokedWithFullOutbox => Some((120.0, 3 * HOUR_MS)),
+            Scenario::NodesDownDuringTheirRotation => Some((30.0, 3 * HOUR_MS)),
+            Scenario::AuthorityRestoredFromAWeekOldCopy => Some((1.0, (7 * 24 + 3) * HOUR_MS)),
             s if s.is_hostile() => Some((60.0, 3 * HOUR_MS)),
             _ => None,
         }
@@ -181,7 +223,7 @@ impl Scenario {
         match self {
             Scenario::LondonCutOffAtPeak => 2.0,
             Scenario::HubRecoversFromEmptyDatabase | Scenario::AuthorityEquivocates => 8.0,
-            Scenario::WithdrawalReachesACutOffHub => 4.0,
+            Scenario::WithdrawalReachesACutOffHub | Scenario::KeyRotationStorm => 4.0,
             s if s.is_hostile() => 4.0,
             _ => 1.0,
         }
@@ -246,6 +288,14 @@ impl Scenario {
             Scenario::LondonCutOffAtPeak => vec![ep(9 * HOUR_MS, 6 * HOUR_MS, EpisodeKind::RegionCut(0))],
             Scenario::WithdrawalReachesACutOffHub => vec![ep(30 * MINUTE_MS, 2 * HOUR_MS, EpisodeKind::RegionCut(0))],
             Scenario::BacklogAfterLongPartition => vec![ep(HOUR_MS, 4 * HOUR_MS, EpisodeKind::Isolate(a))],
+            Scenario::AuthorityKeyRevokedWhileOffline => {
+                vec![ep(10 * MINUTE_MS, 110 * MINUTE_MS, EpisodeKind::Crash(a))]
+            }
+            Scenario::HubKeyRevokedWithFullOutbox => vec![ep(10 * MINUTE_MS, 110 * MINUTE_MS, EpisodeKind::Isolate(a))],
+            Scenario::NodesDownDuringTheirRotation => vec![
+                ep(10 * MINUTE_MS, 60 * MINUTE_MS, EpisodeKind::Crash(a)),
+                ep(15 * MINUTE_MS, 60 * MINUTE_MS, EpisodeKind::Crash(h2)),
+            ],
             // The third hub hears the authority only through the hostile hub for two hours; then
             // the honest home hub crashes and restarts.
             Scenario::HostileHubOmitsEntries => {
@@ -270,6 +320,73 @@ enum Step {
     WithdrawOutsideLondon,
     /// The target authority withdraws or ends a plan of one of its children.
     ChangeTargetPlan,
+    /// Every hub and authority gets a new key in the directory, then restarts on it.
+    RotateEveryKey,
+    /// Member `n` restarts on its newest key.
+    RestartOnNewKey(NodeId),
+    /// Every hub's and authority's keys but the one it runs on are retired.
+    RetireOldKeys,
+    /// Member `n`'s keys are revoked and a new one added, in one version.
+    RevokeAndReplace(NodeId),
+    /// The target authority and its second home hub (both down) get new keys and their old
+    /// ones are retired.
+    RotateWhileDown,
+    TakeCopy,
+    RestoreCopy,
+    /// The restored authority ends a plan it recorded after the copy was taken.
+    EndPlanAddedAfterCopy,
+}
+
+/// Member `n`'s key of rotation `round` (round 0 is the key it starts with).
+pub fn key_of(world: &World, n: NodeId, round: u32) -> Identity {
+    let code = world.code(n).as_str();
+    if round == 0 { world.fed.identity(code) } else { test_identity(&world.fed.name, &format!("{code}/key{round}")) }
+}
+
+/// The members a rotation storm rotates: every hub and authority.
+fn rotating(world: &World) -> Vec<NodeId> {
+    world.hubs.clone().chain(world.authorities.clone()).collect()
+}
+
+/// Adds `key` to member `n`'s keys, valid from an hour ago (clocks differ) until its other
+/// keys' end.
+fn add_key(d: &mut Directory, world: &World, n: NodeId, key: PublicKey, now: Timestamp) {
+    let Some(m) = d.members.iter_mut().find(|m| m.code == *world.code(n)) else { return };
+    let valid_until = m.keys.iter().map(|k| k.valid_until).max().unwrap_or(now);
+    let valid_from = now.minus_ms(HOUR_MS);
+    m.keys.push(MemberKey { public: key, valid_from, valid_until, status: KeyStatus::Active });
+}
+
+/// Sets the status of every active key of member `n` but `keep`.
+fn set_others(d: &mut Directory, world: &World, n: NodeId, keep: Option<&Identity>, status: KeyStatus) {
+    let Some(m) = d.members.iter_mut().find(|m| m.code == *world.code(n)) else { return };
+    for k in m.keys.iter_mut().filter(|k| k.status == KeyStatus::Active) {
+        if keep.is_none_or(|keep| k.public != keep.public()) {
+            k.status = status;
+        }
+    }
+}
+
+/// An administrator publishes the next directory version, made by `change`, at a hub that is up
+/// (not `avoid`); the checkers learn it.
+fn publish(
+    cluster: &mut Cluster,
+    history: &mut History,
+    avoid: Option<NodeId>,
+    change: impl FnOnce(&mut Directory, &World),
+) -> bool {
+    let world = &cluster.world;
+    let next = world.fed.next_directory(cluster.latest_directory().directory(), |d| change(d, world));
+    let Some(at) = world.hubs.clone().find(|h| Some(*h) != avoid && !cluster.is_down(*h)) else {
+        history.unexpected("scenario", "no hub was up to publish a directory at".into());
+        return false;
+    };
+    if let Err(e) = cluster.publish(at, next) {
+        history.unexpected("scenario", format!("a hub refused the administrator's directory: {e}"));
+        return false;
+    }
+    history.on_directory(cluster.latest_directory().clone());
+    true
 }
 
 /// A scenario's own state and steps.
@@ -282,11 +399,34 @@ pub struct ScenarioActor {
     pub backlog: usize,
     /// Plans the target authority changed during the scenario.
     pub changes: u64,
+    /// Key rotations done so far (each member's newest key is [`key_of`] this round).
+    round: u32,
+    /// The copy of the target authority's store, and when it was taken (true time).
+    copy: Option<(u64, MemDisk)>,
+    restored: bool,
+    /// Notifications the restored authority had stored after the copy (they must come again).
+    pub redelivery_due: usize,
+    /// The plan the restored authority ended, recorded after the copy.
+    ended_after_restore: Option<PlanRef>,
+    /// Notifications waiting in the hub's outbox when its key was revoked.
+    pub outbox_at_revocation: usize,
 }
 
 impl ScenarioActor {
     pub fn new(scenario: Scenario) -> ScenarioActor {
-        ScenarioActor { scenario, agenda: Agenda::new(), equivocated: None, backlog: 0, changes: 0 }
+        ScenarioActor {
+            scenario,
+            agenda: Agenda::new(),
+            equivocated: None,
+            backlog: 0,
+            changes: 0,
+            round: 0,
+            copy: None,
+            restored: false,
+            redelivery_due: 0,
+            ended_after_restore: None,
+            outbox_at_revocation: 0,
+        }
     }
 
     pub fn next_at(&self) -> Option<u64> {
@@ -318,6 +458,27 @@ impl ScenarioActor {
                 for k in 1..(s.hours() * 3) {
                     self.agenda.at(start + k * 20 * MINUTE_MS, Step::ChangeTargetPlan);
                 }
+            }
+            Scenario::KeyRotationStorm => {
+                for round_start in [20 * MINUTE_MS, 130 * MINUTE_MS] {
+                    self.agenda.at(start + round_start, Step::RotateEveryKey);
+                    self.agenda.at(start + round_start + 80 * MINUTE_MS, Step::RetireOldKeys);
+                }
+            }
+            Scenario::AuthorityKeyRevokedWhileOffline => {
+                self.agenda.at(start + 30 * MINUTE_MS, Step::RevokeAndReplace(a))
+            }
+            Scenario::HubKeyRevokedWithFullOutbox => {
+                self.agenda.at(start + 90 * MINUTE_MS, Step::RevokeAndReplace(world.home_hubs[a][0]))
+            }
+            Scenario::NodesDownDuringTheirRotation => self.agenda.at(start + 30 * MINUTE_MS, Step::RotateWhileDown),
+            Scenario::AuthorityRestoredFromAWeekOldCopy => {
+                self.agenda.at(start + HOUR_MS, Step::TakeCopy);
+                for k in 0..14 {
+                    self.agenda.at(start + 2 * HOUR_MS + k * 12 * HOUR_MS, Step::ChangeTargetPlan);
+                }
+                self.agenda.at(start + (7 * 24 + 1) * HOUR_MS, Step::RestoreCopy);
+                self.agenda.at(start + (7 * 24 + 2) * HOUR_MS, Step::EndPlanAddedAfterCopy);
             }
             _ => {}
         }
@@ -359,6 +520,82 @@ impl ScenarioActor {
                 };
                 work.command(cluster, b, Command::WithdrawPlan(reference));
             }
+            Step::RotateEveryKey => self.rotate_every_key(cluster, history),
+            Step::RestartOnNewKey(n) => {
+                let key = key_of(&cluster.world, n, self.round);
+                cluster.crash(n);
+                history.on_restarted_on_new_key(n);
+                cluster.set_identity(n, key);
+                cluster.restart(n);
+            }
+            Step::RetireOldKeys => {
+                let now = Timestamp(cluster.now());
+                let members = rotating(&cluster.world);
+                let keys: Vec<(NodeId, Identity)> =
+                    members.iter().map(|n| (*n, Identity::from_seed(cluster.identity(*n).seed()))).collect();
+                publish(cluster, history, None, |d, w| {
+                    for (n, key) in &keys {
+                        set_others(d, w, *n, Some(key), KeyStatus::Retired { at: now });
+                    }
+                });
+            }
+            Step::RevokeAndReplace(n) => {
+                self.round += 1;
+                let key = key_of(&cluster.world, n, self.round);
+                let now = Timestamp(cluster.now());
+                self.outbox_at_revocation = cluster.hub(n).map_or(0, |h| h.outbox_depths().values().sum());
+                history.on_key_revoked(n);
+                let new = key.public();
+                if !publish(cluster, history, Some(n), |d, w| {
+                    set_others(d, w, n, None, KeyStatus::Revoked { at: now });
+                    add_key(d, w, n, new, now);
+                }) {
+                    return;
+                }
+                if cluster.is_down(n) {
+                    // Installed while it is down: it starts on it.
+                    cluster.set_identity(n, key);
+                } else {
+                    self.agenda.at(cluster.now() + 5 * MINUTE_MS, Step::RestartOnNewKey(n));
+                }
+            }
+            Step::RotateWhileDown => {
+                self.round += 1;
+                let h2 = cluster.world.home_hubs[a][1];
+                let now = Timestamp(cluster.now());
+                let keys: Vec<(NodeId, Identity)> =
+                    [a, h2].into_iter().map(|n| (n, key_of(&cluster.world, n, self.round))).collect();
+                let published = publish(cluster, history, Some(h2), |d, w| {
+                    for (n, key) in &keys {
+                        set_others(d, w, *n, None, KeyStatus::Retired { at: now });
+                        add_key(d, w, *n, key.public(), now);
+                    }
+                });
+                if published {
+                    for (n, key) in keys {
+                        cluster.set_identity(n, key);
+                    }
+                }
+            }
+            Step::TakeCopy => self.copy = Some((cluster.now(), cluster.disk(a).clone())),
+            Step::RestoreCopy => {
+                let Some((copied_at, disk)) = self.copy.clone() else { return };
+                cluster.crash(a);
+                *cluster.disk_mut(a) = disk;
+                cluster.restart(a);
+                self.redelivery_due = history.on_restored_from_copy(a, copied_at);
+                self.restored = true;
+            }
+            Step::EndPlanAddedAfterCopy => {
+                let Some((copied_at, _)) = self.copy else { return };
+                let today = cluster.node_now(a).date();
+                let later = history.plans_of(a).into_iter().find_map(|(r, (first, plan))| {
+                    (first > copied_at && plan.is_some_and(|p| p.end.is_none() && p.visible_on(today))).then_some(r)
+                });
+                let Some(reference) = later else { return };
+                self.ended_after_restore = Some(reference.clone());
+                work.command(cluster, a, Command::EndPlan { reference, end: today });
+            }
             Step::ChangeTargetPlan => {
                 let today = cluster.node_now(a).date();
                 let Some(auth) = cluster.authority(a) else { return };
@@ -379,6 +616,26 @@ impl ScenarioActor {
                 self.changes += 1;
                 work.command(cluster, a, command);
             }
+        }
+    }
+
+    /// A new key for every hub and authority; each restarts on it in turn over the next hour.
+    fn rotate_every_key(&mut self, cluster: &mut Cluster, history: &mut History) {
+        self.round += 1;
+        let members = rotating(&cluster.world);
+        let now = Timestamp(cluster.now());
+        let keys: Vec<(NodeId, Identity)> =
+            members.iter().map(|n| (*n, key_of(&cluster.world, *n, self.round))).collect();
+        if !publish(cluster, history, None, |d, w| {
+            for (n, key) in &keys {
+                add_key(d, w, *n, key.public(), now);
+            }
+        }) {
+            return;
+        }
+        let gap = HOUR_MS / members.len().max(1) as u64;
+        for (i, n) in members.into_iter().enumerate() {
+            self.agenda.at(cluster.now() + 5 * MINUTE_MS + i as u64 * gap, Step::RestartOnNewKey(n));
         }
     }
 
@@ -474,6 +731,54 @@ impl ScenarioActor {
                 need(refused > 0, "no hub refused an unsigned directory");
                 need(c.counters.frames_refused_undecodable > 0, "no oversized frame was refused");
             }
+            Scenario::KeyRotationStorm => {
+                need(self.round == 2, "the keys were not rotated twice");
+                for n in rotating(&c.world) {
+                    self.check_runs_on(sim, n, &mut need);
+                }
+            }
+            Scenario::AuthorityKeyRevokedWhileOffline => {
+                self.check_runs_on(sim, a, &mut need);
+                need(sim.work.stats.answered_some_unavailable > 0, "no answer showed the authority unavailable");
+            }
+            Scenario::HubKeyRevokedWithFullOutbox => {
+                self.check_runs_on(sim, c.world.home_hubs[a][0], &mut need);
+                need(self.outbox_at_revocation > 0, "no notification waited in the hub's outbox at the revocation");
+            }
+            Scenario::NodesDownDuringTheirRotation => {
+                self.check_runs_on(sim, a, &mut need);
+                self.check_runs_on(sim, c.world.home_hubs[a][1], &mut need);
+            }
+            Scenario::AuthorityRestoredFromAWeekOldCopy => {
+                need(self.restored, "the authority was not restored from its copy");
+                need(self.redelivery_due > 0, "the authority had stored no notification after the copy");
+                let copied_at = self.copy.as_ref().map_or(0, |x| x.0);
+                let truth = h.plans_of(a);
+                need(truth.values().any(|(first, _)| *first > copied_at), "no plan was recorded after the copy");
+                need(
+                    self.ended_after_restore.as_ref().is_some_and(|r| {
+                        truth.get(r).is_some_and(|(_, p)| p.as_ref().is_some_and(|p| p.end.is_some()))
+                    }),
+                    "the restored authority did not end a plan recorded after the copy",
+                );
+                let Some(auth) = c.authority(a) else { return v };
+                let today = c.node_now(a).date();
+                for (reference, (_, published)) in &truth {
+                    let held = auth.plan(reference);
+                    let ok = match published {
+                        Some(p) => held == Some(p),
+                        None => held.is_none_or(|p| !p.visible_on(today)),
+                    };
+                    if !ok {
+                        let detail = format!(
+                            "the restored authority holds plan {reference} as {} though it last published it as {}",
+                            held.map_or("absent".into(), |p| format!("{p:?}")),
+                            published.as_ref().map_or("removed".into(), |p| format!("{p:?}")),
+                        );
+                        v.push("scenario", detail);
+                    }
+                }
+            }
             Scenario::HostileSetting => {
                 let s = sim.hostile_setting.as_ref().map(|x| x.stats.clone()).unwrap_or_default();
                 need(s.refused_not_from_setting > 0, "no lookup signed for another setting was refused");
@@ -483,5 +788,19 @@ impl ScenarioActor {
             _ => {}
         }
         v
+    }
+
+    /// Member `n` runs on its newest key, holds the newest directory and (an authority) heads
+    /// its feed with that key.
+    fn check_runs_on(&self, sim: &Sim, n: NodeId, need: &mut impl FnMut(bool, &str)) {
+        let c = &sim.cluster;
+        let key = c.identity(n).key_id();
+        let newest = c.latest_directory().member(c.world.code(n)).and_then(|m| m.keys.last()).map(|k| k.id());
+        need(newest == Some(key), "a member does not run on its newest key");
+        let Some(m) = c.machine(n) else { return need(false, "a rotated member is not running") };
+        need(m.directory().version() == c.latest_directory().version(), "a rotated member lacks the newest directory");
+        if let Some(auth) = m.as_authority() {
+            need(auth.head().is_some_and(|h| h.key_id == key), "an authority's head is not signed by its new key");
+        }
     }
 }

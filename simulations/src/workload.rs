@@ -468,7 +468,15 @@ impl Workload {
             role: "Nurse".into(),
         };
         let offset = setting - cluster.world.settings.start;
-        let Some(s) = self.settings.get(offset).and_then(Option::as_ref) else { return };
+        let Some(s) = self.settings.get_mut(offset).and_then(Option::as_mut) else { return };
+        // A setting takes the hub's newer directory versions as it connects (each lookup is a
+        // connection of its own), so it knows keys rotated since its copy.
+        let offered = cluster.machine(hub).map_or(0, |m| m.directory().version());
+        if offered > s.directory_version()
+            && s.handle_directories(cluster.chain_upto(offered), cluster.node_now(setting)).is_err()
+        {
+            self.stats.directories_refused += 1;
+        }
         let signed = match s.lookup(nhs, person, lookup_id, cluster.node_now(setting)) {
             Ok(signed) => signed,
             Err(e) => panic!("simulator built an invalid lookup: {e}"),
@@ -512,6 +520,9 @@ impl Workload {
                 }
                 a.done = true;
                 let r = a.request;
+                if refused.code == RefusalCode::HubUnavailable {
+                    return self.retry_or(cluster, history, r, Outcome::Refused);
+                }
                 let outcome = match refused.code {
                     RefusalCode::ClockSkew => Outcome::RefusedClock,
                     RefusalCode::RateLimited => Outcome::RefusedRate,
@@ -526,7 +537,7 @@ impl Workload {
                 let before = s.directory_version();
                 match s.handle_directories(chain, now) {
                     Err(_) => self.stats.directories_refused += 1,
-                    Ok(v) if v != before => {
+                    Ok(v) if v != before && v > history.directory_version() => {
                         let detail =
                             format!("setting {} took directory version {v} from a hub", cluster.world.code(setting));
                         history.unexpected("bad-directory-accepted", detail);

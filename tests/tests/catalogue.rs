@@ -1837,7 +1837,39 @@ fn notification_entries() -> Entries<Notes> {
         relayed_notification_of_a_scheduled_setting__refused__nothing_stored,
         receipt_signed_by_a_hub_in_an_authoritys_name__refused__notification_kept,
         receipt_signed_by_another_authority__refused__notification_kept,
+        notification_sent_again_with_a_receipt_the_authority_never_signed__refused_bad_signature__nothing_stored,
+        notification_sent_again_with_the_receipt_of_another_lookup__refused_bad_notification__nothing_stored,
     ]
+}
+
+/// `HUBX` sends the authority a notification again with a receipt (made by `change`, signed by
+/// `signer`) as the authority's own: refused with `code`, counted, nothing stored.
+async fn redelivery_refused(w: &World, change: impl FnOnce(&mut Receipt), signer: &str, refusal: RefusalCode) {
+    let q = w.quiet().await;
+    let name = event("message_refused");
+    let before = w.metric(AUTH, &name).await;
+    let n = good_notification(w);
+    let id = n.event.body.lookup_id;
+    let mut receipt = Receipt { lookup_id: id, authority: code(AUTH), hub: code(FAKE_HUB), stored_at: now() };
+    change(&mut receipt);
+    let notification = Box::new(w.id(FAKE_HUB).sign(n));
+    let message = Message::Redelivered { notification, receipt: w.id(signer).sign(receipt) };
+    let got = to_the_authority(w, message, Some(id)).await;
+    assert_eq!(got, Some(refusal), "the authority's answer to the notification sent again");
+    w.counted(AUTH, &name, before).await;
+    w.still_quiet(q).await;
+}
+
+async fn notification_sent_again_with_a_receipt_the_authority_never_signed__refused_bad_signature__nothing_stored(
+    c: Arc<Ctx<Notes>>,
+) {
+    redelivery_refused(&c.w, |_| {}, FAKE_HUB, RefusalCode::BadSignature).await;
+}
+
+async fn notification_sent_again_with_the_receipt_of_another_lookup__refused_bad_notification__nothing_stored(
+    c: Arc<Ctx<Notes>>,
+) {
+    redelivery_refused(&c.w, |r| r.lookup_id = LookupId([0x5a; 16]), AUTH, RefusalCode::BadNotification).await;
 }
 
 /// `HUBX` sends `message` to the authority; returns the code of the `Refused` the authority

@@ -148,6 +148,11 @@ impl Hub {
         now: Timestamp,
     ) -> Result<(Seen, LookupKind), Refusal> {
         let event = &signed.body;
+        let own = self.identity.key_id();
+        let me = self.dir.trusted.member(&self.code);
+        if !me.and_then(|m| m.key(own)).is_some_and(|k| k.usable_at(now)) {
+            return Err(Refusal::OwnKeyNotUsable(own));
+        }
         if event.setting != *from {
             return Err(Refusal::NotFromSetting { claimed: event.setting.clone(), from: from.clone() });
         }

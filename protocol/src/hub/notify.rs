@@ -163,7 +163,11 @@ impl Hub {
         let mut ops = vec![schema::OUTBOX.delete(&key)];
         if *from == r.authority {
             // Delivered by us: kept for a while, in case the authority loses it (a restore).
-            let record = DeliveredRecord { notification: item.record.notification.clone(), receipted_at: now };
+            let record = DeliveredRecord {
+                notification: item.record.notification.clone(),
+                receipt: signed.clone(),
+                receipted_at: now,
+            };
             ops.push(schema::DELIVERED.put(&key, &record));
             ops.extend(self.keep_delivered(&r.authority, r.lookup_id, record));
         }
@@ -185,7 +189,7 @@ impl Hub {
     /// [`DELIVERED_PER_AUTHORITY_MAX`]; returns the deletions that drop makes.
     fn keep_delivered(&mut self, authority: &OdsCode, lookup_id: LookupId, record: DeliveredRecord) -> Vec<StoreOp> {
         let kept = self.delivered.entry(authority.clone()).or_default();
-        kept.insert((record.receipted_at, lookup_id), record.notification);
+        kept.insert((record.receipted_at, lookup_id), record);
         let mut ops = Vec::new();
         while kept.len() > DELIVERED_PER_AUTHORITY_MAX {
             if let Some(((_, id), _)) = kept.pop_first() {
@@ -210,15 +214,16 @@ impl Hub {
     }
 
     /// An authority (restored from an older copy, perhaps) asks again for what we delivered to it
-    /// from `since` on: it stores what it lacks and answers each with a receipt, as ever.
+    /// from `since` on: each goes with its own receipt for it, and it stores what it lacks.
     pub(super) fn redeliver(&mut self, authority: &OdsCode, since: Timestamp) {
-        let again: Vec<Signed<Notification>> = self
+        let again: Vec<DeliveredRecord> = self
             .delivered
             .get(authority)
-            .map(|kept| kept.range((since, LookupId([0; 16]))..).map(|(_, n)| n.clone()).collect())
+            .map(|kept| kept.range((since, LookupId([0; 16]))..).map(|(_, r)| r.clone()).collect())
             .unwrap_or_default();
-        for notification in again {
-            self.out.send(authority, Message::Notify(notification));
+        for r in again {
+            self.out
+                .send(authority, Message::Redelivered { notification: Box::new(r.notification), receipt: r.receipt });
         }
     }
 

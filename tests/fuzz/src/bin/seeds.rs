@@ -117,10 +117,13 @@ fn main() {
         answered_at: net.now,
         signed_at: net.now,
     };
-    seen.insert("notify", Message::Notify(fed.identity("HUBS").sign(notification)));
+    let notification = fed.identity("HUBS").sign(notification);
+    seen.insert("notify", Message::Notify(notification.clone()));
     let receipt =
         Receipt { lookup_id: lookup.body.lookup_id, authority: code("204"), hub: code("HUBS"), stored_at: net.now };
-    seen.insert("receipt", Message::Receipt(fed.identity("204").sign(receipt)));
+    let receipt = fed.identity("204").sign(receipt);
+    seen.insert("receipt", Message::Receipt(receipt.clone()));
+    seen.insert("redelivered", Message::Redelivered { notification: Box::new(notification), receipt });
     seen.insert(
         "refused",
         Message::Refused(Refused { lookup_id: Some(LookupId([7; 16])), code: RefusalCode::ClockSkew }),

@@ -15,8 +15,9 @@
 //! applied and the newer directory saved to the setting's directory file.
 //!
 //! What can go wrong per hub (unreachable, timed out, protocol error, an answer that does not
-//! verify) is recorded and the next hub is tried; a refusal ends the lookup, since every hub
-//! applies the same rules. Nothing unverified is ever returned.
+//! verify, a hub that says it cannot answer now because its own key is not active) is recorded
+//! and the next hub is tried; any other refusal ends the lookup, since every hub applies the same
+//! rules. Nothing unverified is ever returned.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), cpis_node::client::ClientError> {
@@ -75,6 +76,8 @@ pub enum FailureKind {
     Protocol,
     /// The hub answered, but the answer did not verify: it was not shown.
     Unverified,
+    /// The hub cannot answer now (its own key is not active) and said so.
+    Unavailable,
 }
 
 impl FailureKind {
@@ -85,6 +88,7 @@ impl FailureKind {
             FailureKind::TimedOut => "timed-out",
             FailureKind::Protocol => "protocol",
             FailureKind::Unverified => "unverified",
+            FailureKind::Unavailable => "unavailable",
         }
     }
 }
@@ -376,6 +380,12 @@ impl Attempt<'_> {
                 Err(SessionError::Failed(kind, reason)) => {
                     failed.push(HubFailure { hub: self.hub.clone(), address: Some(address.clone()), kind, reason })
                 }
+                Err(SessionError::Refused(RefusalCode::HubUnavailable)) => failed.push(HubFailure {
+                    hub: self.hub.clone(),
+                    address: Some(address.clone()),
+                    kind: FailureKind::Unavailable,
+                    reason: RefusalCode::HubUnavailable.describe().into(),
+                }),
                 Err(SessionError::Refused(code)) => return Err(Stop::Refused(code)),
                 Err(SessionError::Setup(e)) => return Err(Stop::Setup(e)),
             }
@@ -802,6 +812,21 @@ mod tests {
             matches!(&err, ClientError::Refused { hub, code: RefusalCode::ClockSkew, .. } if hub.as_str() == "HUBC"),
             "{err}"
         );
+        hub.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_hub_that_cannot_answer_now__is_listed_and_the_next_hub_is_tried() {
+        let (addr, hub) = fake_hub(|s| {
+            vec![Message::Refused(Refused { lookup_id: Some(s.body.lookup_id), code: RefusalCode::HubUnavailable })]
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = setting_config(dir.path(), 20, Some(addr));
+        let err = lookup(&config, request()).await.unwrap_err();
+        let ClientError::AllHubsUnreachable { failures } = &err else { panic!("not tried elsewhere: {err}") };
+        assert!(failures.iter().any(|f| f.hub.as_str() == "HUBC" && f.kind == FailureKind::Unavailable), "{err}");
+        assert!(failures.iter().any(|f| f.hub.as_str() != "HUBC"), "the other hubs were tried: {err}");
         hub.await.unwrap();
     }
 

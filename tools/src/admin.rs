@@ -62,6 +62,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AdminError + '_ {
     move |source| AdminError::Io { path: path.to_path_buf(), source }
 }
 
+/// Makes `count` new root keys in the owner-only folder `dir` (`root-1.key`, ...).
+fn new_root_keys(dir: &Path, count: usize) -> Result<(Vec<Identity>, Vec<PathBuf>), AdminError> {
+    create_private_dir(dir)?;
+    let mut identities = Vec::with_capacity(count);
+    let mut files = Vec::with_capacity(count);
+    for n in 1..=count {
+        let identity = random_identity()?;
+        let path = dir.join(format!("root-{n}.key"));
+        write_key(&path, &identity.seed())?;
+        files.push(path);
+        identities.push(identity);
+    }
+    Ok((identities, files))
+}
+
 /// A fresh identity from the operating system's randomness.
 pub fn random_identity() -> Result<Identity, AdminError> {
     use rand::TryRngCore;
@@ -109,17 +124,7 @@ pub fn create(options: &CreateOptions, now: Timestamp) -> Result<Created, AdminE
     if directory_path.exists() {
         return Err(AdminError::Exists(options.dir.clone()));
     }
-    let roots_dir = options.dir.join(ROOTS_DIR);
-    create_private_dir(&roots_dir)?;
-    let mut identities = Vec::with_capacity(roots);
-    let mut root_key_files = Vec::with_capacity(roots);
-    for n in 1..=roots {
-        let identity = random_identity()?;
-        let path = roots_dir.join(format!("root-{n}.key"));
-        write_key(&path, &identity.seed())?;
-        root_key_files.push(path);
-        identities.push(identity);
-    }
+    let (identities, root_key_files) = new_root_keys(&options.dir.join(ROOTS_DIR), roots)?;
     let directory = Directory {
         federation: options.name.trim().to_string(),
         version: 1,
@@ -1011,16 +1016,7 @@ pub fn rotate_roots(
     if let Signing::Local(roots_dir) = &options.signing {
         signing_roots(trusted.directory(), roots_dir)?;
     }
-    create_private_dir(roots_out)?;
-    let mut new_roots = Vec::with_capacity(count);
-    let mut files = Vec::with_capacity(count);
-    for n in 1..=count {
-        let identity = random_identity()?;
-        let path = roots_out.join(format!("root-{n}.key"));
-        write_key(&path, &identity.seed())?;
-        files.push(path);
-        new_roots.push(identity);
-    }
+    let (new_roots, files) = new_root_keys(roots_out, count)?;
     let next = successor(&trusted, options.valid_days, now, |d| {
         d.roots = new_roots.iter().map(Identity::public).collect();
         d.threshold = threshold;

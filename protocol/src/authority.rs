@@ -25,7 +25,7 @@ use crate::sign::{Identity, KeyId, Signed};
 use crate::time::{DAY_MS, Date, Timestamp};
 use crate::wire::{BATCH_ENTRIES_MAX, FeedBatch, Mark, Message, Notification, Receipt, Refused};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Timings and windows of an authority; every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,6 +155,9 @@ pub struct Authority {
     feed: LiveFeed,
     /// Entries appended and not yet durable, oldest first.
     pending: VecDeque<SignedEntry>,
+    /// The sequence of the newest pending entry of each key (an import of many plans looks
+    /// each one up: a scan of `pending` would make it quadratic).
+    pending_latest: HashMap<EntryKey, u64>,
     last_seq: u64,
     durable_seq: u64,
     head: Option<SignedHead>,
@@ -192,6 +195,7 @@ impl Authority {
             contacts: None,
             feed: LiveFeed::new(),
             pending: VecDeque::new(),
+            pending_latest: HashMap::new(),
             last_seq: 0,
             durable_seq: 0,
             head: None,
@@ -483,7 +487,11 @@ impl Authority {
 
     /// The newest entry of `key`, pending or durable.
     fn published(&self, key: &EntryKey) -> Option<&SignedEntry> {
-        self.pending.iter().rev().find(|e| e.body.key() == *key).or_else(|| self.feed.latest(key))
+        let pending = self.pending_latest.get(key).and_then(|seq| {
+            let i = self.pending.binary_search_by_key(seq, |e| e.body.seq).ok()?;
+            self.pending.get(i)
+        });
+        pending.or_else(|| self.feed.latest(key))
     }
 
     /// Appends the entry the plan's record calls for, if the feed does not say it already.
@@ -513,6 +521,7 @@ impl Authority {
         ops.push(schema::ENTRIES.put(&(self.code.clone(), seq), &entry));
         ops.push(schema::MARKS.put(&self.code, &seq));
         self.last_seq = seq;
+        self.pending_latest.insert(entry.body.key(), seq);
         self.pending.push_back(entry.clone());
         after.push(After::Durable(entry));
     }
@@ -966,6 +975,10 @@ impl Authority {
                         Some(entry.body.seq),
                         "entries become durable in order"
                     );
+                    let key = entry.body.key();
+                    if self.pending_latest.get(&key) == Some(&entry.body.seq) {
+                        self.pending_latest.remove(&key);
+                    }
                     self.durable_seq = self.durable_seq.max(entry.body.seq);
                     if matches!(self.feed.apply(entry.clone()), Applied::New { .. }) {
                         fresh.push(entry.body.seq);

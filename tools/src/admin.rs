@@ -1054,27 +1054,27 @@ pub fn parse_key_id(text: &str) -> Result<cpis_protocol::sign::KeyId, AdminError
 mod tests {
     use super::*;
 
+    /// A new federation with one hub, in a temporary folder (kept while the first value lives).
+    fn fresh_federation() -> (tempfile::TempDir, PathBuf, Timestamp) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fed");
+        let now = crate::render::now();
+        federation(&dir, now);
+        (tmp, dir, now)
+    }
+
     fn federation(dir: &Path, now: Timestamp) {
         let options =
             CreateOptions { dir: dir.to_path_buf(), name: "Test".into(), roots: 3, threshold: 2, valid_days: 30 };
         create_ok(create(&options, now));
         let hub = EnrolOptions {
-            dir: dir.to_path_buf(),
-            roots_dir: None,
-            role: Role::Hub,
             code: "HUBA".into(),
             name: "Hub A".into(),
             addresses: vec!["127.0.0.1:7401".into()],
-            home_hubs: vec![],
-            setting_type: None,
-            contact_name: None,
-            office_phone: None,
-            out_of_hours_phone: None,
-            listen: None,
             out: dir.join("HUBA"),
             key_valid_days: 30,
             valid_days: 30,
-            propose: None,
+            ..enrol_probe(dir)
         };
         enrol(&hub, now).unwrap();
     }
@@ -1086,10 +1086,7 @@ mod tests {
 
     #[test]
     fn create_then_enrol__keys_are_private_and_every_version_is_kept() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fed");
-        let now = crate::render::now();
-        federation(&dir, now);
+        let (_tmp, dir, now) = fresh_federation();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -1107,10 +1104,7 @@ mod tests {
 
     #[test]
     fn enrolment_refusals_name_the_option_and_write_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fed");
-        let now = crate::render::now();
-        federation(&dir, now);
+        let (tmp, dir, now) = fresh_federation();
         let base = EnrolOptions {
             dir: dir.clone(),
             roots_dir: None,
@@ -1183,10 +1177,7 @@ mod tests {
 
     #[test]
     fn rotate_retire_revoke__each_is_the_next_accepted_version() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fed");
-        let now = crate::render::now();
-        federation(&dir, now);
+        let (tmp, dir, now) = fresh_federation();
         let old_id = huba_keys(&dir, now)[0].id();
         let lone = change_key(&key_options(&dir, None), KeyChange::Retire(old_id), now).unwrap_err();
         assert!(lone.to_string().contains("last usable key"), "{lone}");
@@ -1202,10 +1193,7 @@ mod tests {
 
     #[test]
     fn revoking_the_last_usable_key__refused_unless_its_replacement_comes_in_the_same_version() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fed");
-        let now = crate::render::now();
-        federation(&dir, now);
+        let (tmp, dir, now) = fresh_federation();
         let only = huba_keys(&dir, now)[0].id();
         let refused = change_key(&key_options(&dir, None), KeyChange::Revoke(only), now).unwrap_err();
         assert!(refused.to_string().contains("--replace-with"), "{refused}");
@@ -1220,10 +1208,7 @@ mod tests {
 
     #[test]
     fn retiring_the_key_a_node_runs_on__asks_for_force__and_an_unknown_or_unseen_node_asks_for_a_check() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fed");
-        let now = crate::render::now();
-        federation(&dir, now);
+        let (tmp, dir, now) = fresh_federation();
         let old = huba_keys(&dir, now)[0].id();
         change_key(&key_options(&dir, Some(tmp.path().join("new.key"))), KeyChange::Add, now).unwrap();
         let mut options = key_options(&dir, None);
@@ -1242,10 +1227,7 @@ mod tests {
 
     #[test]
     fn a_proposal_signed_by_each_root_holder_on_their_own_machine__assembled_and_accepted() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fed");
-        let now = crate::render::now();
-        federation(&dir, now);
+        let (tmp, dir, now) = fresh_federation();
         // The root keys leave the administrator's machine: each holder keeps one.
         let holders: Vec<PathBuf> = (1..=3)
             .map(|n| {
@@ -1274,10 +1256,7 @@ mod tests {
 
     #[test]
     fn rotating_the_roots__new_and_old_thresholds_sign__the_next_version_needs_the_new_roots() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fed");
-        let now = crate::render::now();
-        federation(&dir, now);
+        let (tmp, dir, now) = fresh_federation();
         let new_roots = tmp.path().join("new-roots");
         let (next, files) = rotate_roots(&local(&dir), 5, 3, &new_roots, now).unwrap();
         assert_eq!((next.version(), files.len()), (3, 5));
@@ -1291,10 +1270,7 @@ mod tests {
 
     #[test]
     fn membership_changes__renew_edit_remove_and_prune__each_checked_before_signing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fed");
-        let now = crate::render::now();
-        federation(&dir, now);
+        let (tmp, dir, now) = fresh_federation();
         let authority = EnrolOptions {
             role: Role::Authority,
             code: "204".into(),

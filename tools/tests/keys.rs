@@ -18,6 +18,15 @@ async fn json_of(args: &[&str]) -> Value {
     run.json()
 }
 
+/// `cpis federation rotate-key` for `code`: the new key's file and the command's JSON.
+async fn rotate_key(fed: &Federation, code: &str) -> (std::path::PathBuf, Value) {
+    let new_file = fed.root.join(format!("{code}-new.key"));
+    let dir = fed.fed_dir().display().to_string();
+    let args =
+        ["federation", "rotate-key", "--dir", &dir, "--code", code, "--key-out", &new_file.display().to_string()];
+    (new_file.clone(), json_of(&args).await)
+}
+
 /// The key id a node runs on, from its status.
 async fn running_key(fed: &Federation, code: &str) -> String {
     let status = api(fed.node(code)).get("/status").await.unwrap();
@@ -60,19 +69,7 @@ async fn rotation__the_key_a_node_runs_on_is_not_retired__until_it_restarts_on_i
     import_and_replicate(&fed).await;
     let dir = fed.fed_dir().display().to_string();
     let old = running_key(&fed, "204").await;
-    let new_file = fed.root.join("204-new.key");
-
-    let rotated = json_of(&[
-        "federation",
-        "rotate-key",
-        "--dir",
-        &dir,
-        "--code",
-        "204",
-        "--key-out",
-        &new_file.display().to_string(),
-    ])
-    .await;
+    let (new_file, rotated) = rotate_key(&fed, "204").await;
     let new = text(&rotated, "new_key_id").to_string();
     publish(&fed, "HUBA").await;
 
@@ -121,22 +118,10 @@ async fn rotation__the_key_a_node_runs_on_is_not_retired__until_it_restarts_on_i
 async fn authority_down_during_its_rotation__starts_on_the_new_key_and_fetches_the_directory_that_lists_it() {
     let mut fed = Federation::start().await;
     import_and_replicate(&fed).await;
-    let dir = fed.fed_dir().display().to_string();
     let before = number(&api(fed.node("204")).get("/status").await.unwrap(), "directory_version");
     fed.stop_node("204").await;
 
-    let new_file = fed.root.join("204-new.key");
-    let rotated = json_of(&[
-        "federation",
-        "rotate-key",
-        "--dir",
-        &dir,
-        "--code",
-        "204",
-        "--key-out",
-        &new_file.display().to_string(),
-    ])
-    .await;
+    let (new_file, rotated) = rotate_key(&fed, "204").await;
     let version = publish(&fed, "HUBA").await;
     assert!(version > before);
     // The node's own directory file still predates its new key.
@@ -222,18 +207,7 @@ async fn setting_with_a_directory_older_than_its_hubs_key__still_reaches_the_hub
     let held = json_of(&["federation", "show", "--file", &setting_directory.display().to_string()]).await;
     let old = running_key(&fed, "HUBA").await;
 
-    let new_file = fed.root.join("HUBA-new.key");
-    json_of(&[
-        "federation",
-        "rotate-key",
-        "--dir",
-        &dir,
-        "--code",
-        "HUBA",
-        "--key-out",
-        &new_file.display().to_string(),
-    ])
-    .await;
+    let (new_file, _) = rotate_key(&fed, "HUBA").await;
     publish(&fed, "HUBA").await;
     fed.stop_node("HUBA").await;
     install_key(&fed, "HUBA", &new_file);

@@ -1,14 +1,19 @@
-//! The daemon's command line: `cpis-node run --config FILE` runs one hub or authority until
-//! SIGINT or SIGTERM.
+//! The daemon's command line: `cpis-node run --config FILE` runs one hub, authority or care
+//! setting gateway (the config's `role`) until SIGINT or SIGTERM.
 
-use crate::config::{LogFormat, NodeConfig};
+use crate::config::{LogFormat, NodeConfig, SettingConfig};
+use crate::gateway::RunningGateway;
 use crate::runtime::RunningNode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "cpis-node", version, about = "A node of the child protection federation (hub or authority)")]
+#[command(
+    name = "cpis-node",
+    version,
+    about = "A node of the child protection federation (hub, authority or setting gateway)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,6 +53,9 @@ pub async fn main() -> anyhow::Result<()> {
         Command::Run { config } => config,
         Command::Backup { config, to } => return backup(&config, &to).await,
     };
+    if is_setting_config(&config)? {
+        return run_gateway(&config).await;
+    }
     let config = NodeConfig::load(&config)?;
     init_logs(config.log_format);
     let mut node = RunningNode::start(config).await.context("starting the node")?;
@@ -58,6 +66,26 @@ pub async fn main() -> anyhow::Result<()> {
         _ = node.stopped() => anyhow::bail!("the node stopped on a fatal error (see the log)"),
     }
     node.shutdown().await;
+    Ok(())
+}
+
+/// Whether the config file says `role = "setting"` (a setting gateway's config).
+fn is_setting_config(path: &std::path::Path) -> anyhow::Result<bool> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    Ok(value.get("role").and_then(|r| r.as_str()) == Some("setting"))
+}
+
+async fn run_gateway(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = SettingConfig::load(path)?;
+    init_logs(LogFormat::Text);
+    let gateway = RunningGateway::start(config).await.context("starting the setting gateway")?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+        _ = term.recv() => tracing::info!("terminated: stopping"),
+    }
+    gateway.shutdown().await;
     Ok(())
 }
 

@@ -39,17 +39,18 @@ use crate::transport::{self, FrameError, TransportError, read_message as read_fr
 use cpis_protocol::directory::{AdmissionError, DirectoryError, Role, TrustedDirectory};
 use cpis_protocol::feed::{FeedHead, SignedHead, verify_head};
 use cpis_protocol::ids::{LookupId, NhsNumber, OdsCode};
-use cpis_protocol::records::{AccessEvent, LookupKind, Person, TextError};
+use cpis_protocol::records::{AccessEvent, LookupKind, Person, SettingType, TextError};
 use cpis_protocol::refusal::RefusalCode;
 use cpis_protocol::setting::{Setting, VerifiedAnswer};
 use cpis_protocol::sign::{Identity, PublicKey, Signed, Verified};
 use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{self, Message};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Most frames read in one session before the hub is deemed to misbehave.
@@ -247,79 +248,419 @@ fn load_setting(config: &SettingConfig, now: Timestamp) -> Result<(Setting, [u8;
     Ok((setting, seed))
 }
 
-/// Looks a child up: see the module documentation for the order of hubs and what is checked.
+/// Looks a child up once: see the module documentation for the order of hubs and what is
+/// checked. Each hub gets `hub_timeout_ms` before the next is asked.
 pub async fn lookup(config: &SettingConfig, request: LookupRequest) -> Result<LookupOutcome, ClientError> {
-    let at = now();
-    let (mut setting, seed) = load_setting(config, at)?;
-    let version_before = setting.directory_version();
-    let lookup_id = LookupId(rand::random());
-    let signed = setting.lookup(request.nhs, request.person, lookup_id, at)?;
-    let targets = hub_targets(setting.directory(), setting.code(), &config.hub_addresses);
-    if targets.is_empty() {
-        return Err(ClientError::NoHubs);
-    }
-    let mut failed = Vec::new();
-    for target in &targets {
-        let attempt = Attempt {
-            seed: &seed,
-            hub: &target.code,
-            signed: &signed,
-            timeout: Duration::from_millis(config.hub_timeout_ms),
-        };
-        match attempt.try_addresses(&mut setting, &target.addresses, &mut failed).await {
-            Ok(None) => continue,
-            Ok(Some(session)) => {
-                let updated = setting.directory_version() > version_before;
-                let mut outcome = finish(config, &setting, session, updated, at, failed);
-                outcome.hub_name.clone_from(&target.name);
-                return Ok(outcome);
-            }
-            Err(Stop::Refused(code)) => {
-                let hub = target.code.clone();
-                return Err(ClientError::Refused { hub, code, failed });
-            }
-            Err(Stop::Setup(e)) => return Err(ClientError::Transport(e)),
-        }
-    }
-    if failed.iter().any(|f| f.kind == FailureKind::Unverified) {
-        Err(ClientError::AnswerUnverified { failures: failed })
-    } else {
-        Err(ClientError::AllHubsUnreachable { failures: failed })
-    }
+    let client = Arc::new(Client::open(config.clone())?);
+    let timeout = Duration::from_millis(config.hub_timeout_ms);
+    let pace = Pace { hedge_after: timeout, deadline: timeout.saturating_mul(HUB_ADDRESSES_MAX as u32) };
+    let outcome = client.lookup(request, pace).await;
+    client.close().await;
+    outcome
 }
 
-/// Builds the outcome, saving a newer directory if a hub passed one on.
-fn finish(
-    config: &SettingConfig,
-    setting: &Setting,
-    session: Session,
-    directory_updated: bool,
-    at: Timestamp,
-    failed: Vec<HubFailure>,
-) -> LookupOutcome {
-    let mut warnings = session.warnings;
-    let mut directory_saved = None;
-    if directory_updated {
-        match write_directory(&config.directory_file, setting.directory().signed()) {
-            Ok(()) => directory_saved = Some(setting.directory_version()),
-            Err(e) => warnings.push(format!(
-                "could not save directory version {} to {}: {e}",
-                setting.directory_version(),
-                config.directory_file.display()
-            )),
+/// Most hub addresses one lookup tries.
+const HUB_ADDRESSES_MAX: usize = 64;
+
+/// When to ask the next hub, and when to give up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pace {
+    /// With no answer yet after this long, the next hub is asked too (the first may still answer).
+    pub hedge_after: Duration,
+    /// With no answer after this long, the lookup ends as "could not check".
+    pub deadline: Duration,
+}
+
+/// A care setting's lookup client that keeps its QUIC connections to hubs between lookups (the
+/// setting gateway holds one; [`lookup`] makes one for a single lookup and closes it).
+pub struct Client {
+    config: SettingConfig,
+    seed: [u8; 32],
+    setting: Mutex<Setting>,
+    /// Open connections by hub and address.
+    warm: tokio::sync::Mutex<HashMap<(OdsCode, String), Warm>>,
+}
+
+/// An open connection to one hub.
+struct Warm {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    address: SocketAddr,
+}
+
+impl Client {
+    /// Loads the setting's key and directory; no hub is contacted yet.
+    pub fn open(config: SettingConfig) -> Result<Client, ClientError> {
+        let (setting, seed) = load_setting(&config, now())?;
+        Ok(Client { config, seed, setting: Mutex::new(setting), warm: tokio::sync::Mutex::new(HashMap::new()) })
+    }
+
+    fn setting(&self) -> std::sync::MutexGuard<'_, Setting> {
+        self.setting.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The directory version the client trusts now.
+    pub fn directory_version(&self) -> u64 {
+        self.setting().directory_version()
+    }
+
+    /// The setting's code, name and type, from the directory it trusts.
+    pub fn describe(&self) -> (OdsCode, String, Option<SettingType>, LookupKind) {
+        let setting = self.setting();
+        let code = setting.code().clone();
+        let member = setting.directory().member(&code);
+        let name = member.map(|m| m.name.clone()).unwrap_or_default();
+        (code, name, member.and_then(|m| m.setting_type), setting.kind())
+    }
+
+    /// The hubs in the order they are asked (home hubs first).
+    pub fn hub_targets(&self) -> Vec<HubTarget> {
+        let setting = self.setting();
+        hub_targets(setting.directory(), setting.code(), &self.config.hub_addresses)
+    }
+
+    /// Opens a connection to the first address of each home hub that has none (errors are left
+    /// for the next lookup to report). Returns how many home hubs have an open connection.
+    pub async fn keep_warm(&self) -> usize {
+        let mut open = 0;
+        for target in self.hub_targets().into_iter().filter(|t| t.home) {
+            let Some(address) = target.addresses.first() else { continue };
+            if self.connection(&target.code, address).await.is_ok() {
+                open += 1;
+            }
+        }
+        open
+    }
+
+    /// Closes every open connection.
+    pub async fn close(&self) {
+        let warm: Vec<Warm> = self.warm.lock().await.drain().map(|(_, w)| w).collect();
+        for w in warm {
+            w.conn.close(0u32.into(), b"done");
+            w.endpoint.close(0u32.into(), b"done");
+            let _ = tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), w.endpoint.wait_idle()).await;
         }
     }
-    LookupOutcome {
-        lookup_id: session.answer.lookup_id,
-        answer: session.answer,
-        kind: session.kind,
-        hub_name: String::new(),
-        hub_address: session.address,
-        failed,
-        directory_version: setting.directory_version(),
-        directory_saved,
-        warnings,
-        at,
+
+    /// Looks a child up: the first hub in order is asked; the next is asked too when one fails
+    /// or gives nothing within `pace.hedge_after`; the first verified answer wins. With none by
+    /// `pace.deadline`, every hub still out is listed as timed out.
+    pub async fn lookup(self: &Arc<Self>, request: LookupRequest, pace: Pace) -> Result<LookupOutcome, ClientError> {
+        let at = now();
+        let lookup_id = LookupId(rand::random());
+        let (signed, version_before) = {
+            let setting = self.setting();
+            let version = setting.directory_version();
+            (setting.lookup(request.nhs, request.person, lookup_id, at)?, version)
+        };
+        let targets = self.hub_targets();
+        if targets.is_empty() {
+            return Err(ClientError::NoHubs);
+        }
+        let mut failed = Vec::new();
+        let mut queue = VecDeque::new();
+        for target in &targets {
+            if target.addresses.is_empty() {
+                failed.push(HubFailure {
+                    hub: target.code.clone(),
+                    address: None,
+                    kind: FailureKind::Unreachable,
+                    reason: "the directory lists no address for it".into(),
+                });
+            }
+            queue.extend(target.addresses.iter().map(|a| (target.clone(), a.clone())));
+        }
+        queue.truncate(HUB_ADDRESSES_MAX);
+        let signed = Arc::new(signed);
+        let (session, target) = self.race(&signed, queue, pace, &mut failed).await?;
+        Ok(self.finish(session, &target, version_before, at, failed))
+    }
+
+    /// Runs attempts, hedged, until one answers, one refuses, all fail or the deadline passes.
+    async fn race(
+        self: &Arc<Self>,
+        signed: &Arc<Signed<AccessEvent>>,
+        mut queue: VecDeque<(HubTarget, String)>,
+        pace: Pace,
+        failed: &mut Vec<HubFailure>,
+    ) -> Result<(Session, HubTarget), ClientError> {
+        let deadline = tokio::time::Instant::now() + pace.deadline;
+        let mut running = tokio::task::JoinSet::new();
+        let mut in_flight: Vec<(OdsCode, String)> = Vec::new();
+        self.ask_next(signed, &mut queue, &mut running, &mut in_flight);
+        while !running.is_empty() {
+            tokio::select! {
+                done = running.join_next() => {
+                    // A task that panicked is only missing from the list of failures.
+                    let Some(Ok((target, address, result))) = done else { continue };
+                    in_flight.retain(|(hub, a): &(OdsCode, String)| !(*hub == target.code && *a == address));
+                    let failure = |kind, reason| HubFailure { hub: target.code.clone(), address: Some(address.clone()), kind, reason };
+                    match result {
+                        Ok(session) => return Ok((session, target)),
+                        Err(SessionError::Refused(RefusalCode::HubUnavailable)) => failed
+                            .push(failure(FailureKind::Unavailable, RefusalCode::HubUnavailable.describe().into())),
+                        Err(SessionError::Refused(code)) => {
+                            let failed = std::mem::take(failed);
+                            return Err(ClientError::Refused { hub: target.code, code, failed });
+                        }
+                        Err(SessionError::Failed(kind, reason)) => failed.push(failure(kind, reason)),
+                        Err(SessionError::Setup(e)) => return Err(ClientError::Transport(e)),
+                    }
+                    self.ask_next(signed, &mut queue, &mut running, &mut in_flight);
+                }
+                () = tokio::time::sleep(pace.hedge_after) => self.ask_next(signed, &mut queue, &mut running, &mut in_flight),
+                () = tokio::time::sleep_until(deadline) => {
+                    running.abort_all();
+                    let reason = format!("no answer within {} ms", pace.deadline.as_millis());
+                    failed.extend(in_flight.drain(..).map(|(hub, address)| HubFailure {
+                        hub,
+                        address: Some(address),
+                        kind: FailureKind::TimedOut,
+                        reason: reason.clone(),
+                    }));
+                    break;
+                }
+            }
+        }
+        let failures = std::mem::take(failed);
+        if failures.iter().any(|f| f.kind == FailureKind::Unverified) {
+            Err(ClientError::AnswerUnverified { failures })
+        } else {
+            Err(ClientError::AllHubsUnreachable { failures })
+        }
+    }
+
+    /// Starts asking the next hub address in the queue, if any.
+    fn ask_next(
+        self: &Arc<Self>,
+        signed: &Arc<Signed<AccessEvent>>,
+        queue: &mut VecDeque<(HubTarget, String)>,
+        running: &mut tokio::task::JoinSet<(HubTarget, String, Result<Session, SessionError>)>,
+        in_flight: &mut Vec<(OdsCode, String)>,
+    ) {
+        let Some((target, address)) = queue.pop_front() else { return };
+        in_flight.push((target.code.clone(), address.clone()));
+        let (client, signed) = (self.clone(), signed.clone());
+        let timeout = Duration::from_millis(self.config.hub_timeout_ms);
+        running.spawn(async move {
+            let result = tokio::time::timeout(timeout, client.attempt(&target.code, &address, &signed))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(SessionError::Failed(
+                        FailureKind::TimedOut,
+                        format!("no answer within {} ms", timeout.as_millis()),
+                    ))
+                });
+            (target, address, result)
+        });
+    }
+
+    /// One session with one hub at one address, on its open connection if it has one.
+    async fn attempt(
+        &self,
+        hub: &OdsCode,
+        address: &str,
+        signed: &Signed<AccessEvent>,
+    ) -> Result<Session, SessionError> {
+        let key = (hub.clone(), address.to_string());
+        let (conn, addr, provisional) = self.connection(hub, address).await?;
+        let result = self.converse(hub, &conn, addr, provisional, signed).await;
+        // A provisional connection (a hub key new to us) is used once; after a failure the next
+        // lookup connects afresh. Lookups still using the connection keep it open until they end.
+        if provisional || matches!(result, Err(SessionError::Failed(..))) {
+            let mut warm = self.warm.lock().await;
+            if warm.get(&key).is_some_and(|w| w.conn.stable_id() == conn.stable_id()) {
+                warm.remove(&key);
+            }
+        }
+        result
+    }
+
+    /// The open connection to `hub` at `address`, or a new one: `(connection, address,
+    /// provisional)`, where a provisional connection presented a hub key our directory does not
+    /// know (see [`Client::converse`]).
+    async fn connection(
+        &self,
+        hub: &OdsCode,
+        address: &str,
+    ) -> Result<(quinn::Connection, SocketAddr, bool), SessionError> {
+        let key = (hub.clone(), address.to_string());
+        if let Some(w) = self.warm.lock().await.get(&key).filter(|w| w.conn.close_reason().is_none()) {
+            return Ok((w.conn.clone(), w.address, false));
+        }
+        let addr = resolve(address).await?;
+        let provisional = Arc::new(AtomicBool::new(false));
+        let endpoint = self.endpoint(hub, addr, provisional.clone())?;
+        let unreachable = |e: TransportError| SessionError::Failed(FailureKind::Unreachable, e.to_string());
+        let conn = transport::connect(&endpoint, addr).await.map_err(unreachable)?;
+        let provisional = provisional.load(Ordering::SeqCst);
+        let mut warm = self.warm.lock().await;
+        // Another lookup may have connected meanwhile: use its connection, drop ours.
+        if let Some(w) = warm.get(&key).filter(|w| w.conn.close_reason().is_none()) {
+            conn.close(0u32.into(), b"duplicate");
+            return Ok((w.conn.clone(), w.address, false));
+        }
+        warm.insert(key, Warm { endpoint, conn: conn.clone(), address: addr });
+        Ok((conn, addr, provisional))
+    }
+
+    /// A client endpoint whose TLS admits only an active key of the hub we mean to reach, or a
+    /// key our directory does not know at all (the hub may have rotated its key since our copy):
+    /// such a session is `provisional` and sends nothing but its directory version until a newer,
+    /// root-signed directory shows the key to be the hub's (see [`Client::converse`]).
+    fn endpoint(
+        &self,
+        hub: &OdsCode,
+        addr: SocketAddr,
+        provisional: Arc<AtomicBool>,
+    ) -> Result<quinn::Endpoint, SessionError> {
+        let directory = self.setting().directory().clone();
+        let expected = hub.clone();
+        let admit: transport::Admit =
+            Arc::new(move |key: &[u8; 32]| match directory.admit(&PublicKey(*key), now(), &[Role::Hub]) {
+                Ok(member) if member.code == expected => Ok(()),
+                Ok(member) => Err(format!("the key belongs to hub {}, not {expected}", member.code)),
+                Err(AdmissionError::UnknownKey(_)) => {
+                    provisional.store(true, Ordering::SeqCst);
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            });
+        let config = transport::client_config(&self.seed, admit).map_err(SessionError::Setup)?;
+        let mut endpoint =
+            quinn::Endpoint::client(local_bind(addr)).map_err(|e| SessionError::Setup(TransportError::Bind(e)))?;
+        endpoint.set_default_client_config(config);
+        Ok(endpoint)
+    }
+
+    /// Writes the sync and the lookup on a new stream, then reads until the answer or a refusal.
+    /// In a `provisional` session (a hub key our directory does not know) the lookup is written
+    /// only once the hub has passed on a directory, signed by the federation's roots from the one
+    /// we trust, in which that key is an active key of this very hub.
+    async fn converse(
+        &self,
+        hub: &OdsCode,
+        conn: &quinn::Connection,
+        addr: SocketAddr,
+        provisional: bool,
+        signed: &Signed<AccessEvent>,
+    ) -> Result<Session, SessionError> {
+        let stream_error = |e: String| SessionError::Failed(FailureKind::Unreachable, e);
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_error(e.to_string()))?;
+        let sync = Message::Sync { directory_version: self.directory_version(), marks: vec![] };
+        write_frame(&mut send, &wire::encode_frame(&sync)).await.map_err(|e| stream_error(e.to_string()))?;
+        let mut warnings = Vec::new();
+        if provisional {
+            self.learn_the_hubs_key(hub, conn, &mut recv, &mut warnings).await?;
+        }
+        let lookup = Message::Lookup(signed.clone());
+        write_frame(&mut send, &wire::encode_frame(&lookup)).await.map_err(|e| stream_error(e.to_string()))?;
+        send.finish().map_err(|e| stream_error(e.to_string()))?;
+        for _ in 0..SESSION_FRAMES_MAX {
+            match read_message(&mut recv).await? {
+                Message::Directories(chain) => {
+                    if let Err(e) = self.setting().handle_directories(chain, now()) {
+                        warnings.push(format!("hub {hub} passed on a directory that was refused: {e}"));
+                    }
+                }
+                Message::Answer(answer) => {
+                    let answer = self.check_answer(hub, signed, answer)?;
+                    return Ok(Session { answer, kind: self.setting().kind(), address: addr, warnings });
+                }
+                Message::Refused(refusal) => return Err(SessionError::Refused(refusal.code)),
+                other => {
+                    return Err(SessionError::Failed(
+                        FailureKind::Protocol,
+                        format!("the hub sent a {} message in a lookup session", other.kind()),
+                    ));
+                }
+            }
+        }
+        Err(SessionError::Failed(FailureKind::Protocol, format!("no answer in the first {SESSION_FRAMES_MAX} frames")))
+    }
+
+    /// Reads the newer directory the hub passes on and checks that the key it presented in the
+    /// handshake is, in that directory, an active key of the hub we meant to reach.
+    async fn learn_the_hubs_key(
+        &self,
+        hub: &OdsCode,
+        conn: &quinn::Connection,
+        recv: &mut quinn::RecvStream,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), SessionError> {
+        let not_admitted = |why: String| SessionError::Failed(FailureKind::Unreachable, why);
+        let Message::Directories(chain) = read_message(recv).await? else {
+            return Err(not_admitted(format!("hub {hub}'s key is not in our directory and it passed on no newer one")));
+        };
+        let key = transport::peer_public_key(conn).map(PublicKey).ok_or_else(|| not_admitted("no hub key".into()))?;
+        let mut setting = self.setting();
+        let before = setting.directory_version();
+        if let Err(e) = setting.handle_directories(chain, now()) {
+            return Err(not_admitted(format!("hub {hub} passed on a directory that was refused: {e}")));
+        }
+        match setting.directory().admit(&key, now(), &[Role::Hub]) {
+            Ok(member) if member.code == *hub => {
+                warnings.push(format!(
+                    "hub {hub}'s key {} is new since directory version {before}: version {} shows it active",
+                    key.id(),
+                    setting.directory_version()
+                ));
+                Ok(())
+            }
+            Ok(member) => Err(not_admitted(format!("the hub's key belongs to {}, not {hub}", member.code))),
+            Err(e) => Err(not_admitted(format!("hub {hub}'s key is not admitted by the newer directory either: {e}"))),
+        }
+    }
+
+    fn check_answer(
+        &self,
+        hub: &OdsCode,
+        signed: &Signed<AccessEvent>,
+        answer: wire::LookupAnswer,
+    ) -> Result<VerifiedAnswer, SessionError> {
+        let unverified = |reason: String| SessionError::Failed(FailureKind::Unverified, reason);
+        if answer.hub != *hub {
+            return Err(unverified(format!("the answer claims to come from hub {}", answer.hub)));
+        }
+        let mut setting = self.setting();
+        verify_heads_in_parallel(&mut setting, &answer);
+        setting.verify_answer(&signed.body, answer, now()).map_err(|e| unverified(e.to_string()))
+    }
+
+    /// Builds the outcome, saving a newer directory if a hub passed one on.
+    fn finish(
+        &self,
+        session: Session,
+        target: &HubTarget,
+        version_before: u64,
+        at: Timestamp,
+        failed: Vec<HubFailure>,
+    ) -> LookupOutcome {
+        let mut warnings = session.warnings;
+        let setting = self.setting();
+        let version = setting.directory_version();
+        let mut directory_saved = None;
+        if version > version_before {
+            match write_directory(&self.config.directory_file, setting.directory().signed()) {
+                Ok(()) => directory_saved = Some(version),
+                Err(e) => warnings.push(format!(
+                    "could not save directory version {version} to {}: {e}",
+                    self.config.directory_file.display()
+                )),
+            }
+        }
+        LookupOutcome {
+            lookup_id: session.answer.lookup_id,
+            answer: session.answer,
+            kind: session.kind,
+            hub_name: target.name.clone(),
+            hub_address: session.address,
+            failed,
+            directory_version: version,
+            directory_saved,
+            warnings,
+            at,
+        }
     }
 }
 
@@ -341,214 +682,8 @@ enum SessionError {
     Setup(TransportError),
 }
 
-/// Why no further hub is tried.
-enum Stop {
-    /// A hub refused the lookup, with its reason.
-    Refused(RefusalCode),
-    /// The local QUIC client could not be built.
-    Setup(TransportError),
-}
-
-/// One try of one hub at one address.
-struct Attempt<'a> {
-    seed: &'a [u8; 32],
-    hub: &'a OdsCode,
-    signed: &'a Signed<AccessEvent>,
-    timeout: Duration,
-}
-
-impl Attempt<'_> {
-    /// Tries each address of the hub in turn: `Ok(None)` if none gave an answer (each failure
-    /// is pushed onto `failed`); a refusal or a local setup error is returned as an error.
-    async fn try_addresses(
-        &self,
-        setting: &mut Setting,
-        addresses: &[String],
-        failed: &mut Vec<HubFailure>,
-    ) -> Result<Option<Session>, Stop> {
-        if addresses.is_empty() {
-            failed.push(HubFailure {
-                hub: self.hub.clone(),
-                address: None,
-                kind: FailureKind::Unreachable,
-                reason: "the directory lists no address for it".into(),
-            });
-        }
-        for address in addresses {
-            match self.run(setting, address).await {
-                Ok(session) => return Ok(Some(session)),
-                Err(SessionError::Failed(kind, reason)) => {
-                    failed.push(HubFailure { hub: self.hub.clone(), address: Some(address.clone()), kind, reason })
-                }
-                Err(SessionError::Refused(RefusalCode::HubUnavailable)) => failed.push(HubFailure {
-                    hub: self.hub.clone(),
-                    address: Some(address.clone()),
-                    kind: FailureKind::Unavailable,
-                    reason: RefusalCode::HubUnavailable.describe().into(),
-                }),
-                Err(SessionError::Refused(code)) => return Err(Stop::Refused(code)),
-                Err(SessionError::Setup(e)) => return Err(Stop::Setup(e)),
-            }
-        }
-        Ok(None)
-    }
-
-    async fn run(&self, setting: &mut Setting, address: &str) -> Result<Session, SessionError> {
-        let addr = resolve(address).await?;
-        let provisional = Arc::new(AtomicBool::new(false));
-        let endpoint = self.endpoint(setting, addr, provisional.clone())?;
-        let result = tokio::time::timeout(self.timeout, self.exchange(&endpoint, setting, addr, &provisional))
-            .await
-            .unwrap_or_else(|_| {
-                Err(SessionError::Failed(
-                    FailureKind::TimedOut,
-                    format!("no answer within {} ms", self.timeout.as_millis()),
-                ))
-            });
-        endpoint.close(0u32.into(), b"done");
-        let drain = Duration::from_millis(CLOSE_WAIT_MS);
-        let _ = tokio::time::timeout(drain, endpoint.wait_idle()).await;
-        result
-    }
-
-    /// A client endpoint whose TLS admits only an active key of the hub we mean to reach.
-    /// A client endpoint whose TLS admits only an active key of the hub we mean to reach, or a
-    /// key our directory does not know at all (the hub may have rotated its key since our copy):
-    /// such a session is `provisional` and sends nothing but its directory version until a newer,
-    /// root-signed directory shows the key to be the hub's (see [`Attempt::converse`]).
-    fn endpoint(
-        &self,
-        setting: &Setting,
-        addr: SocketAddr,
-        provisional: Arc<AtomicBool>,
-    ) -> Result<quinn::Endpoint, SessionError> {
-        let directory = setting.directory().clone();
-        let expected = self.hub.clone();
-        let admit: transport::Admit =
-            Arc::new(move |key: &[u8; 32]| match directory.admit(&PublicKey(*key), now(), &[Role::Hub]) {
-                Ok(member) if member.code == expected => Ok(()),
-                Ok(member) => Err(format!("the key belongs to hub {}, not {expected}", member.code)),
-                Err(AdmissionError::UnknownKey(_)) => {
-                    provisional.store(true, Ordering::SeqCst);
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
-            });
-        let config = transport::client_config(self.seed, admit).map_err(SessionError::Setup)?;
-        let mut endpoint =
-            quinn::Endpoint::client(local_bind(addr)).map_err(|e| SessionError::Setup(TransportError::Bind(e)))?;
-        endpoint.set_default_client_config(config);
-        Ok(endpoint)
-    }
-
-    async fn exchange(
-        &self,
-        endpoint: &quinn::Endpoint,
-        setting: &mut Setting,
-        addr: SocketAddr,
-        provisional: &AtomicBool,
-    ) -> Result<Session, SessionError> {
-        let unreachable = |e: TransportError| SessionError::Failed(FailureKind::Unreachable, e.to_string());
-        let conn = transport::connect(endpoint, addr).await.map_err(unreachable)?;
-        let result = self.converse(&conn, setting, addr, provisional.load(Ordering::SeqCst)).await;
-        conn.close(0u32.into(), b"done");
-        result
-    }
-
-    /// Writes the sync and the lookup, then reads until the answer or a refusal. In a
-    /// `provisional` session (a hub key our directory does not know) the lookup is written only
-    /// once the hub has passed on a directory, signed by the federation's roots from the one we
-    /// trust, in which that key is an active key of this very hub.
-    async fn converse(
-        &self,
-        conn: &quinn::Connection,
-        setting: &mut Setting,
-        addr: SocketAddr,
-        provisional: bool,
-    ) -> Result<Session, SessionError> {
-        let stream_error = |e: String| SessionError::Failed(FailureKind::Unreachable, e);
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_error(e.to_string()))?;
-        let sync = Message::Sync { directory_version: setting.directory_version(), marks: vec![] };
-        write_frame(&mut send, &wire::encode_frame(&sync)).await.map_err(|e| stream_error(e.to_string()))?;
-        let mut warnings = Vec::new();
-        if provisional {
-            self.learn_the_hubs_key(conn, &mut recv, setting, &mut warnings).await?;
-        }
-        let lookup = Message::Lookup(self.signed.clone());
-        write_frame(&mut send, &wire::encode_frame(&lookup)).await.map_err(|e| stream_error(e.to_string()))?;
-        send.finish().map_err(|e| stream_error(e.to_string()))?;
-        for _ in 0..SESSION_FRAMES_MAX {
-            let message = read_message(&mut recv).await?;
-            match message {
-                Message::Directories(chain) => {
-                    if let Err(e) = setting.handle_directories(chain, now()) {
-                        warnings.push(format!("hub {} passed on a directory that was refused: {e}", self.hub));
-                    }
-                }
-                Message::Answer(answer) => {
-                    let answer = self.check_answer(setting, answer)?;
-                    return Ok(Session { answer, kind: setting.kind(), address: addr, warnings });
-                }
-                Message::Refused(refusal) => return Err(SessionError::Refused(refusal.code)),
-                other => {
-                    return Err(SessionError::Failed(
-                        FailureKind::Protocol,
-                        format!("the hub sent a {} message in a lookup session", other.kind()),
-                    ));
-                }
-            }
-        }
-        Err(SessionError::Failed(FailureKind::Protocol, format!("no answer in the first {SESSION_FRAMES_MAX} frames")))
-    }
-
-    /// Reads the newer directory the hub passes on and checks that the key it presented in the
-    /// handshake is, in that directory, an active key of the hub we meant to reach.
-    async fn learn_the_hubs_key(
-        &self,
-        conn: &quinn::Connection,
-        recv: &mut quinn::RecvStream,
-        setting: &mut Setting,
-        warnings: &mut Vec<String>,
-    ) -> Result<(), SessionError> {
-        let not_admitted = |why: String| SessionError::Failed(FailureKind::Unreachable, why);
-        let Message::Directories(chain) = read_message(recv).await? else {
-            return Err(not_admitted(format!(
-                "hub {}'s key is not in our directory and it passed on no newer one",
-                self.hub
-            )));
-        };
-        let before = setting.directory_version();
-        if let Err(e) = setting.handle_directories(chain, now()) {
-            return Err(not_admitted(format!("hub {} passed on a directory that was refused: {e}", self.hub)));
-        }
-        let key = transport::peer_public_key(conn).map(PublicKey).ok_or_else(|| not_admitted("no hub key".into()))?;
-        match setting.directory().admit(&key, now(), &[Role::Hub]) {
-            Ok(member) if member.code == *self.hub => {
-                warnings.push(format!(
-                    "hub {}'s key {} is new since directory version {before}: version {} shows it active",
-                    self.hub,
-                    key.id(),
-                    setting.directory_version()
-                ));
-                Ok(())
-            }
-            Ok(member) => Err(not_admitted(format!("the hub's key belongs to {}, not {}", member.code, self.hub))),
-            Err(e) => {
-                Err(not_admitted(format!("hub {}'s key is not admitted by the newer directory either: {e}", self.hub)))
-            }
-        }
-    }
-
-    fn check_answer(&self, setting: &mut Setting, answer: wire::LookupAnswer) -> Result<VerifiedAnswer, SessionError> {
-        let unverified = |reason: String| SessionError::Failed(FailureKind::Unverified, reason);
-        if answer.hub != *self.hub {
-            return Err(unverified(format!("the answer claims to come from hub {}", answer.hub)));
-        }
-        verify_heads_in_parallel(setting, &answer);
-        setting.verify_answer(&self.signed.body, answer, now()).map_err(|e| unverified(e.to_string()))
-    }
-}
-
+/// Fewest heads not yet verified for which threads are started.
+const PARALLEL_HEADS_MIN: usize = 8;
 /// Most threads used to verify an answer's heads.
 const VERIFY_THREADS_MAX: usize = 8;
 
@@ -556,8 +691,11 @@ const VERIFY_THREADS_MAX: usize = 8;
 /// one-shot lookup checks one signature per council (about 150 in England) in a few
 /// milliseconds. Heads that do not verify are left for `verify_answer` to judge.
 pub fn verify_heads_in_parallel(setting: &mut Setting, answer: &wire::LookupAnswer) {
-    let heads: Vec<&SignedHead> = answer.authorities.iter().map(|a| &a.head).collect();
-    if heads.is_empty() {
+    // A head verified before (a warm gateway holds most) is not verified again; a few new ones
+    // are left to `verify_answer`, on this thread (starting threads would cost more).
+    let heads: Vec<&SignedHead> =
+        answer.authorities.iter().map(|a| &a.head).filter(|h| !setting.knows_head(h)).collect();
+    if heads.len() < PARALLEL_HEADS_MIN {
         return;
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, VERIFY_THREADS_MAX);
@@ -671,6 +809,8 @@ mod tests {
             .map(|a| ["HUBA", "HUBB", "HUBC"].into_iter().map(|h| (h.to_string(), a)).collect())
             .unwrap_or_default();
         SettingConfig {
+            role: None,
+            gateway: Default::default(),
             code: "RXH01".into(),
             key_file,
             directory_file,

@@ -346,10 +346,14 @@ impl NodeConfig {
     }
 }
 
-/// A care setting's lookup client (the `cpis lookup` command).
+/// A care setting's config: for `cpis lookup` on its own, and for the setting gateway
+/// (`cpis-node run --config FILE`, which reads the `[gateway]` table too).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettingConfig {
+    /// `setting`: marks the file as a care setting's for `cpis-node run`. Default none.
+    #[serde(default)]
+    pub role: Option<SettingRole>,
     /// The setting's ODS site code in the directory. Required.
     pub code: String,
     /// The setting's secret key. Required.
@@ -366,6 +370,92 @@ pub struct SettingConfig {
     /// are still shown, as of that head). Default 900000 ms (15 minutes).
     #[serde(default = "default_stale_after_ms")]
     pub stale_after_ms: u64,
+    /// The setting gateway's own settings. Every field has a default.
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+}
+
+/// The one role a setting's config may name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingRole {
+    Setting,
+}
+
+/// The setting gateway: HTTP for clinicians and clinical systems, warm connections to hubs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Folder for the accounts file (`users.json`), the audit log (`audit.jsonl`) and the bound
+    /// address (`http.addr`). Default `gateway`, beside the config file.
+    pub data_dir: PathBuf,
+    /// HTTP address to listen on. Default `127.0.0.1:0` (a free port, written to
+    /// `<data_dir>/http.addr`). Any address that is not loopback needs `tls_cert` and `tls_key`.
+    pub listen: SocketAddr,
+    /// PEM certificate chain for HTTPS. Default none (plain HTTP, loopback only).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS. Default none.
+    pub tls_key: Option<PathBuf>,
+    /// With no answer from a hub after this long, the next hub is asked too. Default 250 ms.
+    pub hedge_after_ms: u64,
+    /// With no verified answer after this long, the lookup says "could not check". Default 2000 ms.
+    pub deadline_ms: u64,
+    /// A signed-in person idle this long is signed out. Default 1800000 ms (30 minutes).
+    pub session_idle_ms: u64,
+    /// Failed sign-ins in a row that lock an account. Default 5.
+    pub lockout_failures: u32,
+    /// How long a locked account stays locked. Default 900000 ms (15 minutes).
+    pub lockout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            data_dir: PathBuf::from("gateway"),
+            listen: default_api_listen(),
+            tls_cert: None,
+            tls_key: None,
+            hedge_after_ms: 250,
+            deadline_ms: 2_000,
+            session_idle_ms: 30 * 60_000,
+            lockout_failures: 5,
+            lockout_ms: 15 * 60_000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Checks every rule, naming the field that breaks one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, rule: &str| Err(ConfigError::Invalid { field, rule: rule.into() });
+        if !self.listen.ip().is_loopback() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return invalid("gateway.listen", "an address that is not loopback needs tls_cert and tls_key (HTTPS)");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("gateway.tls_cert", "tls_cert and tls_key go together");
+        }
+        if self.hedge_after_ms == 0 || self.deadline_ms == 0 || self.session_idle_ms == 0 || self.lockout_ms == 0 {
+            return invalid(
+                "gateway",
+                "hedge_after_ms, deadline_ms, session_idle_ms and lockout_ms must be above zero",
+            );
+        }
+        if self.lockout_failures == 0 {
+            return invalid("gateway.lockout_failures", "must be above zero");
+        }
+        Ok(())
+    }
+
+    pub fn users_path(&self) -> PathBuf {
+        self.data_dir.join("users.json")
+    }
+    pub fn audit_path(&self) -> PathBuf {
+        self.data_dir.join("audit.jsonl")
+    }
+    /// Where the gateway writes the HTTP address it bound.
+    pub fn http_addr_path(&self) -> PathBuf {
+        self.data_dir.join("http.addr")
+    }
 }
 
 fn default_stale_after_ms() -> u64 {
@@ -384,6 +474,10 @@ impl SettingConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.key_file = anchor(base, &config.key_file);
         config.directory_file = anchor(base, &config.directory_file);
+        config.gateway.data_dir = anchor(base, &config.gateway.data_dir);
+        config.gateway.tls_cert = config.gateway.tls_cert.map(|p| anchor(base, &p));
+        config.gateway.tls_key = config.gateway.tls_key.map(|p| anchor(base, &p));
+        config.gateway.validate()?;
         OdsCode::parse(&config.code).map_err(|e| ConfigError::Invalid { field: "code", rule: e.to_string() })?;
         if config.hub_timeout_ms == 0 {
             return Err(ConfigError::Invalid { field: "hub_timeout_ms", rule: "must be above zero".into() });

@@ -12,6 +12,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod gateway;
 pub mod import;
 pub mod inputs;
 pub mod metrics;

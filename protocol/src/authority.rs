@@ -150,6 +150,9 @@ pub struct Authority {
     dir: DirectoryState,
     /// The authority's own records, with every command applied (durable or not).
     plans: BTreeMap<PlanRef, Plan>,
+    /// The references of `plans` by NHS number (a notification is checked against the plans for
+    /// its child: a scan of every plan would cost each notification the whole register).
+    plans_by_nhs: BTreeMap<NhsNumber, BTreeSet<PlanRef>>,
     contacts: Option<Contacts>,
     /// The published live set, durable entries only.
     feed: LiveFeed,
@@ -192,6 +195,7 @@ impl Authority {
             config,
             dir,
             plans: BTreeMap::new(),
+            plans_by_nhs: BTreeMap::new(),
             contacts: None,
             feed: LiveFeed::new(),
             pending: VecDeque::new(),
@@ -230,7 +234,7 @@ impl Authority {
             if plan.reference != reference {
                 return Err(mismatch(schema::Table::Plans));
             }
-            self.plans.insert(reference, plan);
+            self.put_plan(plan);
         }
         for row in schema::ENTRIES.decode_all(rows) {
             let ((origin, seq), entry) = row?;
@@ -431,7 +435,7 @@ impl Authority {
         }
         ops.push(schema::PLANS.put(&plan.reference, &plan));
         let reference = plan.reference.clone();
-        self.plans.insert(reference.clone(), plan);
+        self.put_plan(plan);
         self.publish(&reference, now, ops, after);
         Ok(Change::Applied)
     }
@@ -781,7 +785,7 @@ impl Authority {
         for e in &newer {
             match &e.body.body {
                 EntryBody::Plan(p) => {
-                    self.plans.insert(p.reference.clone(), p.clone());
+                    self.put_plan(p.clone());
                     ops.push(schema::PLANS.put(&p.reference, p));
                 }
                 EntryBody::Removed(r) => {
@@ -798,7 +802,7 @@ impl Authority {
                         RemovalReason::PastVisibility => {}
                     }
                     ops.push(schema::PLANS.put(&plan.reference, &plan));
-                    self.plans.insert(plan.reference.clone(), plan);
+                    self.put_plan(plan);
                 }
                 EntryBody::Contacts(c) => self.contacts = Some(c.clone()),
                 EntryBody::Visit(_) => continue,
@@ -906,12 +910,29 @@ impl Authority {
 
     /// Our plans for `nhs` that were in their window around `at` (a withdrawal recorded since
     /// does not undo a lookup that happened).
+    /// Records a plan (new or changed), keeping the index by NHS number in step.
+    fn put_plan(&mut self, plan: Plan) {
+        if let Some(old) = self.plans.get(&plan.reference).filter(|old| old.nhs != plan.nhs) {
+            let old_nhs = old.nhs;
+            if let Some(refs) = self.plans_by_nhs.get_mut(&old_nhs) {
+                refs.remove(&plan.reference);
+                if refs.is_empty() {
+                    self.plans_by_nhs.remove(&old_nhs);
+                }
+            }
+        }
+        self.plans_by_nhs.entry(plan.nhs).or_default().insert(plan.reference.clone());
+        self.plans.insert(plan.reference.clone(), plan);
+    }
+
     fn plans_in_window(&self, nhs: NhsNumber, at: Timestamp) -> Vec<&PlanRef> {
         let skew = self.config.clock_skew_max_ms;
         let days = [at.minus_ms(skew).date(), at.date(), at.plus_ms(skew).date()];
-        self.plans
-            .values()
-            .filter(|p| p.nhs == nhs)
+        self.plans_by_nhs
+            .get(&nhs)
+            .into_iter()
+            .flatten()
+            .filter_map(|reference| self.plans.get(reference))
             .filter(|p| {
                 let unwithdrawn = Plan { withdrawn: false, ..(*p).clone() };
                 days.iter().any(|d| unwithdrawn.visible_on(*d))

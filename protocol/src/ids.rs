@@ -18,7 +18,7 @@ pub enum NhsNumberError {
     #[error("an NHS number has 10 digits, this has {0}")]
     Length(usize),
     /// A character other than a digit or a space.
-    #[error("an NHS number holds only digits (and spaces)")]
+    #[error("an NHS number holds only digits (and spaces or dashes between them)")]
     NonDigit,
     /// The modulus-11 check digit does not hold.
     #[error("the NHS number's check digit is wrong")]
@@ -26,13 +26,13 @@ pub enum NhsNumberError {
 }
 
 impl NhsNumber {
-    /// Parses `9434765919` or `943 476 5919`.
+    /// Parses `9434765919`, `943 476 5919` or `943-476-5919`.
     pub fn parse(text: &str) -> Result<NhsNumber, NhsNumberError> {
         let mut digits = [0u8; 10];
         let mut n = 0usize;
         for c in text.trim().chars() {
             match c {
-                ' ' => continue,
+                ' ' | '-' => continue,
                 '0'..='9' => {
                     if n < 10 {
                         digits[n] = c as u8 - b'0';
@@ -324,6 +324,7 @@ mod tests {
         assert_eq!(NhsNumber::parse("943476591"), Err(NhsNumberError::Length(9)));
         assert_eq!(NhsNumber::parse("94347659199"), Err(NhsNumberError::Length(11)));
         assert_eq!(NhsNumber::parse("94347659l9"), Err(NhsNumberError::NonDigit));
+        assert_eq!(NhsNumber::parse("943-476-5919"), NhsNumber::parse("9434765919"));
         assert_eq!(NhsNumber::parse(""), Err(NhsNumberError::Length(0)));
     }
 

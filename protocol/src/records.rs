@@ -194,6 +194,23 @@ impl SettingType {
         }
     }
 
+    /// What people call it, as pages and FHIR resources show it.
+    pub fn description(self) -> &'static str {
+        match self {
+            SettingType::EmergencyDepartment => "Emergency department",
+            SettingType::WalkInCentre => "Walk-in centre",
+            SettingType::MinorInjuriesUnit => "Minor injuries unit",
+            SettingType::UrgentTreatmentCentre => "Urgent treatment centre",
+            SettingType::OutOfHoursGp => "Out-of-hours GP",
+            SettingType::Maternity => "Maternity unit",
+            SettingType::Ambulance => "Ambulance service",
+            SettingType::Nhs111 => "NHS 111",
+            SettingType::GeneralPractice => "General practice",
+            SettingType::HealthVisiting => "Health visiting",
+            SettingType::SchoolNursing => "School nursing",
+        }
+    }
+
     pub fn parse(text: &str) -> Option<SettingType> {
         SettingType::ALL.into_iter().find(|s| s.name() == text.trim())
     }

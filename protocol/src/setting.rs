@@ -269,9 +269,14 @@ impl Setting {
         }
     }
 
+    /// Whether this very head (same bytes) was verified before.
+    pub fn knows_head(&self, head: &SignedHead) -> bool {
+        self.verified_heads.get(&head.body.origin) == Some(head)
+    }
+
     /// Verifies a head once; a head already verified (same bytes) is taken as it is.
     fn head_valid(&mut self, head: &SignedHead) -> Result<(), RecordError> {
-        if self.verified_heads.get(&head.body.origin) == Some(head) {
+        if self.knows_head(head) {
             return Ok(());
         }
         verify_head(&self.dir.trusted, head.clone())?;

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod webdriver;
+
 /// A federation on disk.
 pub struct Fed {
     pub dir: tempfile::TempDir,
@@ -84,6 +86,8 @@ impl Fed {
     pub fn setting_config(&self, code: &str) -> SettingConfig {
         let home = self.home(code);
         SettingConfig {
+            role: None,
+            gateway: Default::default(),
             code: code.to_string(),
             key_file: home.join("node.key"),
             directory_file: home.join("directory.cpis"),

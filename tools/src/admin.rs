@@ -565,9 +565,14 @@ fn write_config(options: &EnrolOptions, member: &Member, path: &Path) -> Result<
 
 fn setting_config(member: &Member) -> String {
     format!(
-        r#"# Lookup client config for care setting {code} ({name}), written by `cpis federation enrol`.
-# Look a child up with:  cpis lookup --config <this file> --nhs NUMBER --user-id ID --user-name NAME --role ROLE
+        r#"# Config for care setting {code} ({name}), written by `cpis federation enrol`.
+# Run the setting gateway (page for clinicians, FHIR API for clinical systems) with:
+#   cpis-node run --config <this file>
+# after adding people with `cpis gateway add-user --config <this file> ...` (docs/gateway.md).
+# Or look a child up from a terminal, with no gateway:
+#   cpis lookup --config <this file> --nhs NUMBER --user-id ID --user-name NAME --role ROLE
 
+role = "setting"
 # The setting's ODS site code in the directory.
 code = "{code}"
 # The setting's secret key (owner-only permissions; never share or copy it elsewhere).
@@ -580,6 +585,24 @@ hub_timeout_ms = 5000
 # Hub addresses to use instead of those in the directory (`CODE = "host:port"`). Default none.
 # [hub_addresses]
 # HUBN = "127.0.0.1:7401"
+
+# The setting gateway (`cpis-node run`). Every field is optional; the defaults are shown.
+[gateway]
+# Folder for the accounts file, the audit log and the bound address (http.addr).
+data_dir = "gateway"
+# HTTP address. Loopback serves plain HTTP; any other address needs tls_cert and tls_key (HTTPS).
+listen = "127.0.0.1:0"
+# tls_cert = "gateway-cert.pem"
+# tls_key = "gateway-key.pem"
+# Ask the next hub too when one has not answered after this long; give up ("could not check")
+# after deadline_ms.
+hedge_after_ms = 250
+deadline_ms = 2000
+# Sign people out after this long idle; lock an account for lockout_ms after lockout_failures
+# failed sign-ins in a row.
+session_idle_ms = 1800000
+lockout_failures = 5
+lockout_ms = 900000
 "#,
         code = member.code,
         name = member.name,

@@ -2,19 +2,20 @@
 //! document, and choose the exit code.
 
 use crate::{
-    ChangeArgs, Cli, Command, ContactsCommand, DemoArgs, EnrolArgs, FederationCommand, InboxCommand, LookupArgs,
-    PlansCommand, RoleArg, SetMemberArgs,
+    ChangeArgs, Cli, Command, ContactsCommand, DemoArgs, EnrolArgs, FederationCommand, GatewayCommand, GatewayRoleArg,
+    InboxCommand, LookupArgs, PlansCommand, RoleArg, SetMemberArgs,
 };
 use anyhow::Context;
 use cpis_node::client::{self, LookupRequest};
 use cpis_node::config::{SettingConfig, read_directory};
+use cpis_node::gateway::accounts::{Accounts, AccountsError, GatewayRole};
 use cpis_protocol::directory::Role;
 use cpis_protocol::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
 use cpis_protocol::records::{Contacts, Person, PlanType};
 use cpis_protocol::time::Date;
 use cpis_tools::api::NodeApi;
 use cpis_tools::render::{now, number};
-use cpis_tools::{admin, care, council, demo, show, status};
+use cpis_tools::{admin, care, council, demo, gateway, show, status};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -95,6 +96,7 @@ pub(crate) async fn run(cli: Cli) -> Outcome {
         }
         Command::Inbox(c) => inbox(c, json).await,
         Command::Lookup(args) => lookup(args, json).await,
+        Command::Gateway(c) => gateway(c, json),
         Command::Status(node) => {
             let reply = status::status(&NodeApi::from_config(&node.node)?).await?;
             emit(json, &reply, status::status_text);
@@ -515,6 +517,69 @@ async fn inbox(command: InboxCommand, json: bool) -> Outcome {
     Ok(EXIT_OK)
 }
 
+fn gateway_role(role: GatewayRoleArg) -> GatewayRole {
+    match role {
+        GatewayRoleArg::Clinician => GatewayRole::Clinician,
+        GatewayRoleArg::SafeguardingLead => GatewayRole::SafeguardingLead,
+        GatewayRoleArg::Administrator => GatewayRole::Administrator,
+    }
+}
+
+/// A password from the first line of standard input, or a new random one (to be printed).
+fn password(from_stdin: bool) -> Result<(String, bool), Failure> {
+    if !from_stdin {
+        return Ok((gateway::random_password(), true));
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+    Ok((line.trim_end_matches(['\r', '\n']).to_string(), false))
+}
+
+fn gateway(command: GatewayCommand, json: bool) -> Outcome {
+    let invalid = |e: AccountsError| match e {
+        AccountsError::Invalid { .. } | AccountsError::Exists { .. } | AccountsError::Missing { .. } => {
+            bad_input(format!("{e}: nothing was changed"))
+        }
+        other => Failure::from(other),
+    };
+    let config = |g: &crate::GatewayArg| SettingConfig::load(&g.config).map(|c| c.gateway.users_path());
+    let reply = match command {
+        GatewayCommand::AddUser { gateway, user, name, job, role, password_stdin } => {
+            let path = config(&gateway)?;
+            let (password, generated) = password(password_stdin)?;
+            let mut accounts = Accounts::load(&path)?;
+            accounts.add_user(&user, &name, &job, gateway_role(role), &password).map_err(invalid)?;
+            accounts.save(&path)?;
+            json!({ "user": user, "role": gateway_role(role).name(), "password": generated.then_some(password), "file": path })
+        }
+        GatewayCommand::SetPassword { gateway, user, password_stdin } => {
+            let path = config(&gateway)?;
+            let (password, generated) = password(password_stdin)?;
+            let mut accounts = Accounts::load(&path)?;
+            accounts.set_password(&user, &password).map_err(invalid)?;
+            accounts.save(&path)?;
+            json!({ "user": user, "password": generated.then_some(password), "file": path })
+        }
+        GatewayCommand::AddSystem { gateway, system, name } => {
+            let path = config(&gateway)?;
+            let mut accounts = Accounts::load(&path)?;
+            let token = accounts.add_system(&system, &name).map_err(invalid)?;
+            accounts.save(&path)?;
+            json!({ "system": system, "token": token, "file": path })
+        }
+        GatewayCommand::Disable { gateway, name } => {
+            let path = config(&gateway)?;
+            let mut accounts = Accounts::load(&path)?;
+            accounts.disable(&name).map_err(invalid)?;
+            accounts.save(&path)?;
+            json!({ "disabled": name, "file": path })
+        }
+        GatewayCommand::List { gateway } => gateway::list_json(&Accounts::load(&config(&gateway)?)?),
+    };
+    emit(json, &reply, gateway::text);
+    Ok(EXIT_OK)
+}
+
 async fn lookup(args: LookupArgs, json: bool) -> Outcome {
     // The number is checked before anything is read or sent.
     let nhs = parse_nhs(&args.nhs)?;
@@ -538,12 +603,14 @@ async fn lookup(args: LookupArgs, json: bool) -> Outcome {
 }
 
 async fn run_demo(args: DemoArgs, json: bool) -> Outcome {
+    let serve = args.serve.map(std::time::Duration::from_secs);
     let report = if json {
-        demo::run(args.keep, &mut demo::Silent).await
+        demo::run(args.keep, serve, &mut demo::Silent).await
     } else {
-        demo::run(args.keep, &mut demo::Printer).await
+        demo::run(args.keep, serve, &mut demo::Printer).await
     };
-    if json {
+    // While serving, the report was printed as serving began.
+    if json && report.serve.is_none() {
         println!("{}", report.json());
     }
     Ok(if report.held { EXIT_OK } else { EXIT_FAILED })

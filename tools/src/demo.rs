@@ -15,6 +15,8 @@ use crate::council::{self, NewPlan};
 use crate::render::{items, now, number, text};
 use cpis_node::client::{self, LookupOutcome, LookupRequest};
 use cpis_node::config::{NodeConfig, SettingConfig, Timing};
+use cpis_node::gateway::RunningGateway;
+use cpis_node::gateway::accounts::{Accounts, GatewayRole};
 use cpis_node::runtime::RunningNode;
 use cpis_protocol::directory::Role;
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
@@ -48,22 +50,29 @@ pub struct Step {
     pub detail: String,
 }
 
-/// Every step, and whether all held.
+/// Every step, whether all held, and (with `--serve`) how to reach the running federation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Report {
     pub held: bool,
     pub steps: Vec<Step>,
+    /// `{"clinician_url", "fhir_base", "fhir_token", "council_url", "users", "nodes",
+    /// "flagged_nhs"}` while the federation is served (docs/cli.md).
+    pub serve: Option<Value>,
 }
 
 impl Report {
-    /// `{"held": bool, "steps": [{"name", "held", "ms", "detail"}]}`
+    /// `{"held": bool, "steps": [{"name", "held", "ms", "detail"}], "serve"?: {…}}`
     pub fn json(&self) -> Value {
         let steps: Vec<Value> = self
             .steps
             .iter()
             .map(|s| json!({ "name": s.name, "held": s.held, "ms": s.ms, "detail": s.detail }))
             .collect();
-        json!({ "held": self.held, "steps": steps })
+        let mut report = json!({ "held": self.held, "steps": steps });
+        if let Some(serve) = &self.serve {
+            report["serve"] = serve.clone();
+        }
+        report
     }
 }
 
@@ -73,15 +82,24 @@ pub trait Observer {
     fn finished(&mut self, step: &Step);
     /// What a person at a terminal would see (the clinician's screen, an inbox).
     fn screen(&mut self, text: &str);
+    /// The story is over and the federation is being served (`--serve`): `report.serve` says
+    /// how to reach it.
+    fn serving(&mut self, report: &Report);
 }
 
-/// Says nothing (for `--json`, which prints only the report).
+/// Says nothing but the report (for `--json`): printed when serving starts, or by the caller at
+/// the end.
 pub struct Silent;
 
 impl Observer for Silent {
     fn started(&mut self, _: usize, _: usize, _: &str) {}
     fn finished(&mut self, _: &Step) {}
     fn screen(&mut self, _: &str) {}
+    fn serving(&mut self, report: &Report) {
+        use std::io::Write;
+        println!("{}", report.json());
+        let _ = std::io::stdout().flush();
+    }
 }
 
 /// Prints each step to stdout as it happens.
@@ -104,6 +122,40 @@ impl Observer for Printer {
             println!("      | {line}");
         }
     }
+    fn serving(&mut self, report: &Report) {
+        use std::io::Write;
+        if let Some(serve) = &report.serve {
+            println!("\n{}", serve_text(serve));
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// What `--serve` prints for people: where to go and who to be.
+pub fn serve_text(serve: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "The federation stays up for {} s (Ctrl-C to stop).", number(serve, "seconds"));
+    let _ = writeln!(out, "  Clinician page:  {}", text(serve, "clinician_url"));
+    let _ = writeln!(
+        out,
+        "  FHIR base:       {}   (Authorization: Bearer {})",
+        text(serve, "fhir_base"),
+        text(serve, "fhir_token")
+    );
+    for u in items(serve, "users") {
+        let (user, password, role, member) = (text(u, "user"), text(u, "password"), text(u, "role"), text(u, "member"));
+        let _ = writeln!(out, "  Sign in as {user:<12} password {password}  ({role} at {member})");
+    }
+    let flagged: Vec<String> =
+        items(serve, "flagged_nhs").iter().filter_map(|n| n.as_str().map(String::from)).collect();
+    let _ = writeln!(out, "  Children with a plan: {}", flagged.join(", "));
+    let _ = writeln!(out, "  Nodes (use `cpis … --node CONFIG` or `--config CONFIG`):");
+    for n in items(serve, "nodes") {
+        let (code, role, config, api) = (text(n, "code"), text(n, "role"), text(n, "config"), text(n, "api_url"));
+        let _ = writeln!(out, "    {code:<6} {role:<10} {config}  API {api}");
+    }
+    out
 }
 
 const STEPS: [&str; 8] = [
@@ -117,8 +169,10 @@ const STEPS: [&str; 8] = [
     "The plan ends and stops showing",
 ];
 
-/// Plays the story; never panics, always ends (see the module doc).
-pub async fn run(keep: Option<PathBuf>, observer: &mut dyn Observer) -> Report {
+/// Plays the story; never panics, always ends (see the module doc). With `serve`, the
+/// federation then stays up that long (or until Ctrl-C) with a setting gateway for RXH01, and
+/// `observer.serving` is told how to reach it.
+pub async fn run(keep: Option<PathBuf>, serve: Option<Duration>, observer: &mut dyn Observer) -> Report {
     let mut steps = Vec::new();
     let mut demo: Option<Demo> = None;
     for (i, name) in STEPS.iter().enumerate() {
@@ -144,10 +198,27 @@ pub async fn run(keep: Option<PathBuf>, observer: &mut dyn Observer) -> Report {
         observer.finished(&step);
         steps.push(step);
     }
-    if let Some(d) = demo {
+    let mut report = Report { held: steps.iter().all(|s| s.held), steps, serve: None };
+    if let Some(mut d) = demo {
+        if let (Some(duration), true) = (serve, report.held) {
+            match d.serve(duration).await {
+                Ok(value) => {
+                    report.serve = Some(value);
+                    observer.serving(&report);
+                    tokio::select! {
+                        () = tokio::time::sleep(duration) => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(e) => {
+                    report.held = false;
+                    report.steps.push(Step { name: "Serve the federation".into(), held: false, ms: 0, detail: e });
+                }
+            }
+        }
         d.stop().await;
     }
-    Report { held: steps.iter().all(|s| s.held), steps }
+    report
 }
 
 /// Tries `check` every [`POLL_INTERVAL_MS`] up to `tries` times; the first `Some` wins.
@@ -165,9 +236,11 @@ where
     None
 }
 
-/// A node of the demonstration: its config, and the running node while it is up.
+/// A node of the demonstration: its config (and the file it came from), and the running node
+/// while it is up.
 struct Slot {
     config: NodeConfig,
+    file: PathBuf,
     running: Option<RunningNode>,
 }
 
@@ -231,7 +304,8 @@ struct Demo {
     _temp: Option<tempfile::TempDir>,
     root: PathBuf,
     nodes: BTreeMap<&'static str, Slot>,
-    settings: BTreeMap<&'static str, SettingConfig>,
+    settings: BTreeMap<&'static str, (SettingConfig, PathBuf)>,
+    gateway: Option<RunningGateway>,
     today: Date,
     child: NhsNumber,
     lookups: Vec<LookupId>,
@@ -265,6 +339,7 @@ impl Demo {
             root,
             nodes: BTreeMap::new(),
             settings: BTreeMap::new(),
+            gateway: None,
             today: now().date(),
             child,
             lookups: Vec::new(),
@@ -350,11 +425,11 @@ impl Demo {
         if m.role == Role::Setting {
             let mut config = SettingConfig::load(config_file)?;
             config.hub_timeout_ms = 3_000;
-            self.settings.insert(m.code, config);
+            self.settings.insert(m.code, (config, config_file.to_path_buf()));
         } else {
             let mut config = NodeConfig::load(config_file)?;
             config.timing = Timing::short();
-            self.nodes.insert(m.code, Slot { config, running: None });
+            self.nodes.insert(m.code, Slot { config, file: config_file.to_path_buf(), running: None });
         }
         Ok(())
     }
@@ -471,7 +546,7 @@ impl Demo {
     }
 
     async fn look(&self, setting: &str, who: (&str, &str, &str)) -> Result<LookupOutcome, String> {
-        let config = self.settings.get(setting).ok_or_else(|| format!("no setting {setting}"))?;
+        let (config, _) = self.settings.get(setting).ok_or_else(|| format!("no setting {setting}"))?;
         let person = Person { id: who.0.into(), name: who.1.into(), role: who.2.into() };
         let request = LookupRequest { nhs: self.child, person };
         client::lookup(config, request).await.map_err(|e| format!("the lookup at {setting} failed: {e}"))
@@ -697,8 +772,58 @@ impl Demo {
         ))
     }
 
+    /// Starts RXH01's setting gateway with demonstration people and a calling system, and says
+    /// how to reach everything (the `serve` object of the report).
+    async fn serve(&mut self, duration: Duration) -> Result<Value, String> {
+        let (config, config_file) = self.settings.get("RXH01").cloned().ok_or("no setting RXH01")?;
+        let people = [
+            ("sam.patel", "Sam Patel", "Staff nurse", GatewayRole::Clinician),
+            ("lee.jones", "Lee Jones", "Named nurse for safeguarding", GatewayRole::SafeguardingLead),
+            ("ari.admin", "Ari Khan", "Gateway administrator", GatewayRole::Administrator),
+        ];
+        let mut accounts = Accounts::default();
+        let mut users = Vec::new();
+        for (user, name, job, role) in people {
+            let password = crate::gateway::random_password();
+            accounts.add_user(user, name, job, role, &password).map_err(|e| e.to_string())?;
+            users.push(json!({ "user": user, "password": password, "role": role.name(), "member": "RXH01" }));
+        }
+        let token = accounts.add_system("DEMO-EHR", "Demonstration clinical system").map_err(|e| e.to_string())?;
+        accounts.save(&config.gateway.users_path()).map_err(|e| e.to_string())?;
+        let gateway = RunningGateway::start(config).await.map_err(|e| format!("starting RXH01's gateway: {e:#}"))?;
+        let mut nodes: Vec<Value> = self
+            .nodes
+            .iter()
+            .map(|(code, slot)| {
+                let api = slot.running.as_ref().map(|n| format!("http://{}", n.api_addr()));
+                json!({ "code": code, "role": slot.config.role.role().name(), "config": slot.file, "api_url": api })
+            })
+            .collect();
+        for (code, (_, file)) in &self.settings {
+            let api = (*code == "RXH01").then(|| gateway.url().to_string());
+            nodes.push(json!({ "code": code, "role": "setting", "config": file, "api_url": api }));
+        }
+        let n = test_numbers();
+        let value = json!({
+            "seconds": duration.as_secs(),
+            "clinician_url": format!("{}/", gateway.url()),
+            "fhir_base": format!("{}/FHIR/R4", gateway.url()),
+            "fhir_token": token,
+            "council_url": Value::Null,
+            "users": users,
+            "nodes": nodes,
+            "flagged_nhs": [&n[0], &n[2], &n[3], &n[5], &n[8]],
+            "setting_config": config_file,
+        });
+        self.gateway = Some(gateway);
+        Ok(value)
+    }
+
     /// Stops every node at once, waiting at most [`STEP_TIMEOUT_MS`] for them to finish.
     async fn stop(mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
         let stops: Vec<_> = self
             .nodes
             .values_mut()
@@ -778,8 +903,11 @@ mod tests {
 
     #[test]
     fn the_report_has_the_documented_shape() {
-        let report =
-            Report { held: true, steps: vec![Step { name: "a".into(), held: true, ms: 3, detail: "d".into() }] };
+        let report = Report {
+            held: true,
+            steps: vec![Step { name: "a".into(), held: true, ms: 3, detail: "d".into() }],
+            serve: None,
+        };
         assert_eq!(
             report.json(),
             json!({"held": true, "steps": [{"name": "a", "held": true, "ms": 3, "detail": "d"}]})

@@ -5,6 +5,7 @@
 //! - [`council`]: plans, contacts and the inbox, through an authority node's local API ([`api`]);
 //! - [`care`]: what a clinician sees of a lookup (the lookup itself is
 //!   [`cpis_node::client::lookup`]);
+//! - [`gateway`]: a setting gateway's people and calling systems;
 //! - [`status`]: a node's status;
 //! - [`demo`]: the federation's founding story (docs/overview.md), played on an embedded federation.
 //!
@@ -17,6 +18,7 @@ pub mod api;
 pub mod care;
 pub mod council;
 pub mod demo;
+pub mod gateway;
 pub mod render;
 pub mod show;
 pub mod status;

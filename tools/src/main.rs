@@ -44,6 +44,10 @@ enum Command {
     /// Care settings: look a child up by NHS number (whether it notifies follows the setting's
     /// type in the directory).
     Lookup(LookupArgs),
+    /// Care settings: the gateway's people (who sign in at its page) and calling systems (which
+    /// use its FHIR API with a bearer token). Works whether or not the gateway is running.
+    #[command(subcommand)]
+    Gateway(GatewayCommand),
     /// Anyone running a node: its role, peers, replication lag and queues.
     Status(NodeArg),
     /// Plays the federation's founding story on an embedded federation on loopback, checking
@@ -405,6 +409,79 @@ enum InboxCommand {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum GatewayRoleArg {
+    Clinician,
+    SafeguardingLead,
+    Administrator,
+}
+
+#[derive(Args)]
+struct GatewayArg {
+    /// The setting's config file (its `[gateway]` data folder holds the accounts).
+    #[arg(long, default_value = "setting.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// Adds a person who signs in at the gateway's page; prints a new random password once,
+    /// unless --password-stdin gives one.
+    AddUser {
+        #[command(flatten)]
+        gateway: GatewayArg,
+        /// The user name they sign in with (letters, digits, . - _ @).
+        #[arg(long)]
+        user: String,
+        /// Their full name, recorded in every lookup they make.
+        #[arg(long)]
+        name: String,
+        /// Their job, recorded in every lookup as their role, e.g. "Staff nurse".
+        #[arg(long)]
+        job: String,
+        /// What they may do at the gateway.
+        #[arg(long, value_enum, default_value = "clinician")]
+        role: GatewayRoleArg,
+        /// Read the password (at least 12 characters) from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Sets a new password for a person (and enables the account); prints a new random one
+    /// unless --password-stdin gives one.
+    SetPassword {
+        #[command(flatten)]
+        gateway: GatewayArg,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Adds a calling system (a clinical system's integration) and prints its bearer token once.
+    AddSystem {
+        #[command(flatten)]
+        gateway: GatewayArg,
+        /// A short name for the system, e.g. EPIC-ED.
+        #[arg(long)]
+        system: String,
+        /// What it is, e.g. "Epic, emergency department".
+        #[arg(long)]
+        name: String,
+    },
+    /// Disables a person or a calling system by name (the entry stays, for the audit log).
+    Disable {
+        #[command(flatten)]
+        gateway: GatewayArg,
+        /// The user name or system name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Lists people and systems (never a password or token).
+    List {
+        #[command(flatten)]
+        gateway: GatewayArg,
+    },
+}
+
 #[derive(Args)]
 struct LookupArgs {
     /// The NHS number, e.g. "943 476 5919"; checked before anything is sent.
@@ -428,6 +505,10 @@ struct DemoArgs {
     /// Keep the federation's files in this new folder instead of a temporary one.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// After the story, keep the federation up this many seconds (or until Ctrl-C) with a
+    /// setting gateway: prints the clinician page, the FHIR base and demonstration sign-ins.
+    #[arg(long, value_name = "SECONDS")]
+    serve: Option<u64>,
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,342 @@
+//! The gateway's people and calling systems: one JSON file (`users.json` in the gateway's data
+//! folder, owner-only), written by `cpis gateway …` commands and read by the running gateway
+//! whenever it changes.
+//!
+//! A person has a user name, a display name, a job (what the access event records as their
+//! role, "Staff nurse" say), a gateway role and an argon2id password hash. A calling system (a
+//! clinical system's integration) has a name and the SHA-256 of its bearer token; the token
+//! itself is shown once, when it is made, and never stored.
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::path::Path;
+
+/// Most people and most systems one accounts file holds.
+pub const ACCOUNTS_MAX: usize = 10_000;
+/// Shortest password accepted.
+pub const PASSWORD_CHARS_MIN: usize = 12;
+/// Longest password accepted (argon2 takes any length; this bounds the work per sign-in).
+pub const PASSWORD_CHARS_MAX: usize = 256;
+
+/// What a signed-in person may do at the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayRole {
+    /// Looks children up.
+    Clinician,
+    /// Also reads the gateway's audit log.
+    SafeguardingLead,
+    /// Also reads the audit log (people and systems are managed with `cpis gateway`).
+    Administrator,
+}
+
+impl GatewayRole {
+    pub const ALL: [GatewayRole; 3] =
+        [GatewayRole::Clinician, GatewayRole::SafeguardingLead, GatewayRole::Administrator];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GatewayRole::Clinician => "clinician",
+            GatewayRole::SafeguardingLead => "safeguarding-lead",
+            GatewayRole::Administrator => "administrator",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<GatewayRole> {
+        GatewayRole::ALL.into_iter().find(|r| r.name() == text)
+    }
+
+    /// Whether this role may read the gateway's audit log.
+    pub fn reads_audit(self) -> bool {
+        self != GatewayRole::Clinician
+    }
+}
+
+/// One person who signs in at the gateway's page.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub user: String,
+    pub name: String,
+    /// Recorded in each access event as the person's role.
+    pub job: String,
+    pub role: GatewayRole,
+    /// An argon2id PHC string.
+    pub password: String,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User").field("user", &self.user).field("role", &self.role).finish_non_exhaustive()
+    }
+}
+
+/// One clinical system that calls the FHIR API with its own bearer token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct System {
+    pub system: String,
+    pub name: String,
+    /// Hex SHA-256 of the token.
+    pub token_sha256: String,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl fmt::Debug for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("System").field("system", &self.system).finish_non_exhaustive()
+    }
+}
+
+/// Everyone the gateway knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Accounts {
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub systems: Vec<System>,
+}
+
+/// Why an accounts change or file was refused (each names what is wrong).
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not a valid accounts file: {message}")]
+    Parse { path: String, message: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("{field}: {rule}")]
+    Invalid { field: &'static str, rule: String },
+    #[error("there is already a {kind} named {name}")]
+    Exists { kind: &'static str, name: String },
+    #[error("there is no {kind} named {name}")]
+    Missing { kind: &'static str, name: String },
+    #[error("an accounts file holds at most {ACCOUNTS_MAX} people and {ACCOUNTS_MAX} systems")]
+    Full,
+}
+
+fn check_name(field: &'static str, text: &str, max: usize) -> Result<(), AccountsError> {
+    let ok = !text.trim().is_empty() && text.chars().count() <= max && !text.chars().any(char::is_control);
+    if ok {
+        Ok(())
+    } else {
+        Err(AccountsError::Invalid { field, rule: format!("1 to {max} characters, no control characters") })
+    }
+}
+
+fn check_handle(field: &'static str, text: &str) -> Result<(), AccountsError> {
+    let ok = (1..=64).contains(&text.len())
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(AccountsError::Invalid { field, rule: "1 to 64 of letters, digits and . - _ @".into() })
+    }
+}
+
+/// The argon2id hash of a password, as a PHC string.
+pub fn hash_password(password: &str) -> Result<String, AccountsError> {
+    let chars = password.chars().count();
+    if !(PASSWORD_CHARS_MIN..=PASSWORD_CHARS_MAX).contains(&chars) {
+        return Err(AccountsError::Invalid {
+            field: "password",
+            rule: format!("{PASSWORD_CHARS_MIN} to {PASSWORD_CHARS_MAX} characters"),
+        });
+    }
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| AccountsError::Invalid { field: "password", rule: e.to_string() })?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AccountsError::Invalid { field: "password", rule: e.to_string() })
+}
+
+/// Whether `password` matches the PHC string `hash` (false for a malformed hash).
+pub fn password_matches(hash: &str, password: &str) -> bool {
+    if password.chars().count() > PASSWORD_CHARS_MAX {
+        return false;
+    }
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// Hex SHA-256 of a bearer token.
+pub fn token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Accounts {
+    /// Reads the accounts file; a missing file is an empty one.
+    pub fn load(path: &Path) -> Result<Accounts, AccountsError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Accounts::default()),
+            Err(source) => return Err(AccountsError::Read { path: path.display().to_string(), source }),
+        };
+        let accounts: Accounts = serde_json::from_str(&text)
+            .map_err(|e| AccountsError::Parse { path: path.display().to_string(), message: e.to_string() })?;
+        if accounts.users.len() > ACCOUNTS_MAX || accounts.systems.len() > ACCOUNTS_MAX {
+            return Err(AccountsError::Full);
+        }
+        Ok(accounts)
+    }
+
+    /// Writes the file whole (a new file renamed over the old), owner-only.
+    pub fn save(&self, path: &Path) -> Result<(), AccountsError> {
+        let write = |source| AccountsError::Write { path: path.display().to_string(), source };
+        if let Some(dir) = path.parent() {
+            crate::config::create_private_dir(dir).map_err(write)?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(|e| write(std::io::Error::other(e)))?;
+        let fresh = path.with_extension("json.new");
+        crate::config::write_private(&fresh, text.as_bytes()).map_err(write)?;
+        std::fs::rename(&fresh, path).map_err(write)
+    }
+
+    /// Adds a person; the password is hashed here.
+    pub fn add_user(
+        &mut self,
+        user: &str,
+        name: &str,
+        job: &str,
+        role: GatewayRole,
+        password: &str,
+    ) -> Result<(), AccountsError> {
+        check_handle("user", user)?;
+        check_name("name", name, 100)?;
+        check_name("job", job, 60)?;
+        if self.users.iter().any(|u| u.user == user) {
+            return Err(AccountsError::Exists { kind: "user", name: user.into() });
+        }
+        if self.users.len() >= ACCOUNTS_MAX {
+            return Err(AccountsError::Full);
+        }
+        let password = hash_password(password)?;
+        self.users.push(User {
+            user: user.into(),
+            name: name.into(),
+            job: job.into(),
+            role,
+            password,
+            disabled: false,
+        });
+        Ok(())
+    }
+
+    /// Sets a person's password (and enables the account).
+    pub fn set_password(&mut self, user: &str, password: &str) -> Result<(), AccountsError> {
+        let hash = hash_password(password)?;
+        let found = self.users.iter_mut().find(|u| u.user == user);
+        let found = found.ok_or_else(|| AccountsError::Missing { kind: "user", name: user.into() })?;
+        found.password = hash;
+        found.disabled = false;
+        Ok(())
+    }
+
+    /// Disables a person or a system, by name.
+    pub fn disable(&mut self, name: &str) -> Result<(), AccountsError> {
+        if let Some(u) = self.users.iter_mut().find(|u| u.user == name) {
+            u.disabled = true;
+            return Ok(());
+        }
+        if let Some(s) = self.systems.iter_mut().find(|s| s.system == name) {
+            s.disabled = true;
+            return Ok(());
+        }
+        Err(AccountsError::Missing { kind: "user or system", name: name.into() })
+    }
+
+    /// Adds a calling system and returns its new bearer token (shown once, never stored).
+    pub fn add_system(&mut self, system: &str, name: &str) -> Result<String, AccountsError> {
+        check_handle("system", system)?;
+        check_name("name", name, 100)?;
+        if self.systems.iter().any(|s| s.system == system) {
+            return Err(AccountsError::Exists { kind: "system", name: system.into() });
+        }
+        if self.systems.len() >= ACCOUNTS_MAX {
+            return Err(AccountsError::Full);
+        }
+        let token = hex::encode(rand::random::<[u8; 32]>());
+        let token_sha256 = token_digest(&token);
+        self.systems.push(System { system: system.into(), name: name.into(), token_sha256, disabled: false });
+        Ok(token)
+    }
+
+    /// The enabled person with this user name and password.
+    pub fn sign_in(&self, user: &str, password: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.user == user && !u.disabled).filter(|u| password_matches(&u.password, password))
+    }
+
+    /// The enabled system whose token this is.
+    pub fn system_with_token(&self, token: &str) -> Option<&System> {
+        let digest = token_digest(token);
+        self.systems.iter().find(|s| !s.disabled && s.token_sha256 == digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, non_snake_case)]
+    use super::*;
+
+    #[test]
+    fn a_person_signs_in_with_their_password_only__and_no_secret_is_in_debug() {
+        let mut accounts = Accounts::default();
+        accounts.add_user("sam", "Sam Patel", "Staff nurse", GatewayRole::Clinician, "correct horse battery").unwrap();
+        assert!(accounts.users[0].password.starts_with("$argon2id$"));
+        assert_eq!(accounts.sign_in("sam", "correct horse battery").map(|u| u.name.as_str()), Some("Sam Patel"));
+        assert!(accounts.sign_in("sam", "wrong horse battery").is_none());
+        assert!(accounts.sign_in("nobody", "correct horse battery").is_none());
+        let token = accounts.add_system("EPIC", "Epic ED").unwrap();
+        assert_eq!(accounts.system_with_token(&token).map(|s| s.system.as_str()), Some("EPIC"));
+        assert!(accounts.system_with_token("not-a-token").is_none());
+        let debug = format!("{accounts:?}");
+        assert!(!debug.contains("argon2") && !debug.contains(&accounts.systems[0].token_sha256), "{debug}");
+        accounts.disable("sam").unwrap();
+        assert!(accounts.sign_in("sam", "correct horse battery").is_none());
+    }
+
+    #[test]
+    fn bad_accounts_are_refused_naming_the_field__and_nothing_changes() {
+        let mut accounts = Accounts::default();
+        let refused = |r: Result<(), AccountsError>| r.unwrap_err().to_string();
+        assert!(
+            refused(accounts.add_user("sam", "Sam", "Nurse", GatewayRole::Clinician, "short")).starts_with("password")
+        );
+        assert!(
+            refused(accounts.add_user("sa m", "Sam", "Nurse", GatewayRole::Clinician, "long enough pass"))
+                .starts_with("user")
+        );
+        assert!(
+            refused(accounts.add_user("sam", "", "Nurse", GatewayRole::Clinician, "long enough pass"))
+                .starts_with("name")
+        );
+        assert!(accounts.users.is_empty());
+        accounts.add_user("sam", "Sam", "Nurse", GatewayRole::Clinician, "long enough pass").unwrap();
+        let again = refused(accounts.add_user("sam", "Sam", "Nurse", GatewayRole::Clinician, "long enough pass"));
+        assert!(again.contains("already"), "{again}");
+    }
+
+    #[test]
+    fn the_file_round_trips_and_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway").join("users.json");
+        let mut accounts = Accounts::default();
+        accounts
+            .add_user("sam", "Sam Patel", "Staff nurse", GatewayRole::SafeguardingLead, "long enough pass")
+            .unwrap();
+        accounts.save(&path).unwrap();
+        assert_eq!(Accounts::load(&path).unwrap(), accounts);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o077, 0);
+        std::fs::write(&path, "{\"users\": [{\"user\": 1}]}").unwrap();
+        assert!(matches!(Accounts::load(&path), Err(AccountsError::Parse { .. })));
+    }
+}

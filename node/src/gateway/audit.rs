@@ -1,0 +1,163 @@
+//! The gateway's own audit log: one JSON line per lookup (`audit.jsonl` in its data folder,
+//! owner-only), written and synced to disk before the answer leaves the gateway.
+//!
+//! It is a record the setting keeps of who looked up which child, so it holds the whole NHS
+//! number; the operator's log (tracing) never does. A writer thread appends lines in batches,
+//! syncing once per batch, so that concurrent lookups share one sync.
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Entries the gateway keeps in memory for its audit page.
+pub const AUDIT_RECENT_MAX: usize = 500;
+/// Lines waiting for the writer before new lookups wait.
+const AUDIT_QUEUE_MAX: usize = 4_096;
+
+/// One lookup, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When the gateway answered (RFC 3339).
+    pub at: String,
+    /// `page` (a signed-in person) or `fhir` (a calling system).
+    pub via: String,
+    /// The person's id: their gateway user name, or the id a calling system passed.
+    pub user_id: String,
+    pub user_name: String,
+    /// The person's job, as recorded in the access event.
+    pub job: String,
+    /// The calling system, for `fhir`.
+    pub system: Option<String>,
+    pub nhs: String,
+    /// `unscheduled` or `scheduled`.
+    pub kind: String,
+    /// `alert`, `no-records`, `could-not-check`, `refused` or `cached` (history served from an
+    /// earlier lookup, with no new one).
+    pub result: String,
+    pub lookup_id: Option<String>,
+    pub hub: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+/// Appends entries durably and keeps the most recent in memory.
+#[derive(Clone)]
+pub struct AuditLog {
+    queue: mpsc::Sender<Waiting>,
+    recent: Arc<Mutex<VecDeque<AuditEntry>>>,
+    path: PathBuf,
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log and starts its writer thread; the newest entries already in the
+    /// file are read back for the audit page (lines that do not parse are skipped).
+    pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+        let mut recent = VecDeque::new();
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for line in text.lines() {
+                if let Ok(entry) = serde_json::from_str::<AuditEntry>(line) {
+                    if recent.len() == AUDIT_RECENT_MAX {
+                        recent.pop_front();
+                    }
+                    recent.push_back(entry);
+                }
+            }
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(path)?;
+        let (queue, lines) = mpsc::channel(AUDIT_QUEUE_MAX);
+        let recent = Arc::new(Mutex::new(recent));
+        let for_writer = recent.clone();
+        std::thread::Builder::new().name("audit-log".into()).spawn(move || write_loop(file, lines, for_writer))?;
+        Ok(AuditLog { queue, recent, path: path.to_path_buf() })
+    }
+
+    /// Appends one entry; returns once it is on disk.
+    pub async fn record(&self, entry: AuditEntry) -> Result<(), String> {
+        let (done, written) = oneshot::channel();
+        if self.queue.send((entry, done)).await.is_err() {
+            return Err(format!("the audit log {} is closed", self.path.display()));
+        }
+        written.await.map_err(|_| format!("the audit log {} stopped", self.path.display()))?
+    }
+
+    /// The newest entries, newest first.
+    pub fn recent(&self, count: usize) -> Vec<AuditEntry> {
+        let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent.iter().rev().take(count).cloned().collect()
+    }
+}
+
+type Waiting = (AuditEntry, oneshot::Sender<Result<(), String>>);
+
+fn write_loop(mut file: std::fs::File, mut lines: mpsc::Receiver<Waiting>, recent: Arc<Mutex<VecDeque<AuditEntry>>>) {
+    while let Some(first) = lines.blocking_recv() {
+        let mut batch = vec![first];
+        while let (true, Ok(next)) = (batch.len() < AUDIT_QUEUE_MAX, lines.try_recv()) {
+            batch.push(next);
+        }
+        let mut bytes = Vec::new();
+        for (entry, _) in &batch {
+            if let Ok(line) = serde_json::to_string(entry) {
+                bytes.extend_from_slice(line.as_bytes());
+                bytes.push(b'\n');
+            }
+        }
+        let result = file.write_all(&bytes).and_then(|()| file.sync_data()).map_err(|e| e.to_string());
+        if result.is_ok() {
+            let mut recent = recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (entry, _) in &batch {
+                if recent.len() == AUDIT_RECENT_MAX {
+                    recent.pop_front();
+                }
+                recent.push_back(entry.clone());
+            }
+        }
+        for (_, done) in batch {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn entry(n: u32) -> AuditEntry {
+        AuditEntry {
+            at: format!("2026-11-29T10:00:{n:02}Z"),
+            via: "page".into(),
+            user_id: "sam".into(),
+            user_name: "Sam Patel".into(),
+            job: "Staff nurse".into(),
+            system: None,
+            nhs: "9434765919".into(),
+            kind: "unscheduled".into(),
+            result: "alert".into(),
+            lookup_id: Some(format!("{n:032x}")),
+            hub: Some("HUBN".into()),
+            trace_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_are_on_disk_when_recorded_and_read_back_newest_first_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        for n in 0..3 {
+            log.record(entry(n)).await.unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(on_disk.lines().count(), 3);
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"not json\n").unwrap();
+        let reopened = AuditLog::open(&path).unwrap();
+        let ids: Vec<String> = reopened.recent(10).into_iter().filter_map(|e| e.lookup_id).collect();
+        assert_eq!(ids, [format!("{:032x}", 2), format!("{:032x}", 1), format!("{:032x}", 0)]);
+    }
+}

@@ -1,0 +1,376 @@
+//! The setting gateway: a care setting's own node (`cpis-node run --config setting.toml`). It
+//! holds the setting's key, keeps QUIC connections to its home hubs open, and serves HTTP to the
+//! setting's clinicians (a page, [`pages`]) and clinical systems (the CP-IS FHIR R4 API,
+//! [`fhir`]). Every lookup goes through [`Gateway::look_up`]: the same verified answer, whoever
+//! asks, and one line in the gateway's audit log ([`audit`]) for each.
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! use cpis_node::config::SettingConfig;
+//! use cpis_node::gateway::RunningGateway;
+//! let config = SettingConfig::load(std::path::Path::new("setting.toml"))?;
+//! let gateway = RunningGateway::start(config).await?;
+//! println!("clinicians sign in at {}/", gateway.url());
+//! gateway.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Plain HTTP is served on loopback only; any other address needs a certificate and serves
+//! HTTPS (rustls, TLS 1.3).
+
+pub mod accounts;
+pub mod audit;
+pub mod fhir;
+mod pages;
+
+use crate::client::{Client, ClientError, LookupOutcome, LookupRequest, Pace};
+use crate::config::{self, SettingConfig};
+use accounts::Accounts;
+use anyhow::Context;
+use audit::{AuditEntry, AuditLog};
+use axum::Router;
+use axum::routing::{get, post};
+use cpis_protocol::ids::NhsNumber;
+use cpis_protocol::records::{LookupKind, Person};
+use cpis_protocol::time::Timestamp;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+/// How often the gateway checks that its home hubs' connections are open.
+const KEEP_WARM_MS: u64 = 5_000;
+/// How long an answer's visit history is served to an `AuditEvent` search without a new lookup.
+const HISTORY_REUSE_MS: u64 = 5 * 60_000;
+/// Most answers kept for that.
+const HISTORY_REUSE_MAX: usize = 256;
+
+/// The current time as a protocol timestamp.
+fn now() -> Timestamp {
+    crate::net::now()
+}
+
+/// Who is looking, and through which door.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub person: Person,
+    pub via: Via,
+    pub trace_id: Option<String>,
+}
+
+/// The door a lookup came through.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A person signed in at the page.
+    Page,
+    /// A clinical system, with its bearer token, passing the person in the request.
+    Fhir { system: String },
+}
+
+/// What every request handler shares.
+pub struct Gateway {
+    config: SettingConfig,
+    client: Arc<Client>,
+    accounts: Mutex<(Option<SystemTime>, Arc<Accounts>)>,
+    audit: AuditLog,
+    sessions: Mutex<pages::Sessions>,
+    recent: Mutex<VecDeque<(Instant, LookupOutcome)>>,
+    base_url: String,
+}
+
+impl Gateway {
+    /// The accounts file as it is now (read again whenever it changed on disk).
+    fn accounts(&self) -> Arc<Accounts> {
+        let path = self.config.gateway.users_path();
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let mut held = self.accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if held.0 != modified {
+            match Accounts::load(&path) {
+                Ok(accounts) => *held = (modified, Arc::new(accounts)),
+                Err(e) => warn!(reason = %e, "the accounts file cannot be read: keeping the accounts last read"),
+            }
+        }
+        held.1.clone()
+    }
+
+    fn fhir_base(&self) -> String {
+        format!("{}/FHIR/R4", self.base_url)
+    }
+
+    fn pace(&self) -> Pace {
+        Pace {
+            hedge_after: Duration::from_millis(self.config.gateway.hedge_after_ms),
+            deadline: Duration::from_millis(self.config.gateway.deadline_ms),
+        }
+    }
+
+    /// Looks a child up for `caller` and records it in the audit log before returning.
+    pub async fn look_up(&self, nhs: NhsNumber, caller: Caller) -> Result<LookupOutcome, ClientError> {
+        let request = LookupRequest { nhs, person: caller.person.clone() };
+        let result = self.client.lookup(request, self.pace()).await;
+        let (result_name, lookup_id, hub) = match &result {
+            Ok(o) => (result_name(o), Some(o.lookup_id.to_hex()), Some(o.answer.hub.to_string())),
+            Err(ClientError::Refused { .. }) => ("refused", None, None),
+            Err(_) => ("could-not-check", None, None),
+        };
+        let kind = self.client.describe().3;
+        info!(
+            nhs = %nhs.masked(),
+            result = result_name,
+            via = caller.via.name(),
+            trace_id = caller.trace_id.as_deref().unwrap_or(""),
+            "lookup"
+        );
+        self.audit(&caller, nhs, kind, result_name, lookup_id, hub).await;
+        if let Ok(outcome) = &result {
+            let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if recent.len() == HISTORY_REUSE_MAX {
+                recent.pop_front();
+            }
+            recent.push_back((Instant::now(), outcome.clone()));
+        }
+        result
+    }
+
+    /// The latest answer for this child from the last few minutes (no new lookup, but audited),
+    /// or a new lookup.
+    pub async fn history(&self, nhs: NhsNumber, caller: Caller) -> Result<LookupOutcome, ClientError> {
+        let reuse = Duration::from_millis(HISTORY_REUSE_MS);
+        let cached = {
+            let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            recent.iter().rev().find(|(at, o)| at.elapsed() < reuse && o.answer.nhs == nhs).map(|(_, o)| o.clone())
+        };
+        match cached {
+            Some(outcome) => {
+                let hub = Some(outcome.answer.hub.to_string());
+                self.audit(&caller, nhs, outcome.kind, "cached", Some(outcome.lookup_id.to_hex()), hub).await;
+                Ok(outcome)
+            }
+            None => self.look_up(nhs, caller).await,
+        }
+    }
+
+    async fn audit(
+        &self,
+        caller: &Caller,
+        nhs: NhsNumber,
+        kind: LookupKind,
+        result: &str,
+        lookup_id: Option<String>,
+        hub: Option<String>,
+    ) {
+        let entry = AuditEntry {
+            at: now().to_string(),
+            via: caller.via.name().into(),
+            user_id: caller.person.id.clone(),
+            user_name: caller.person.name.clone(),
+            job: caller.person.role.clone(),
+            system: match &caller.via {
+                Via::Fhir { system } => Some(system.clone()),
+                Via::Page => None,
+            },
+            nhs: nhs.digits(),
+            kind: kind_name(kind).into(),
+            result: result.into(),
+            lookup_id,
+            hub,
+            trace_id: caller.trace_id.clone(),
+        };
+        // The answer is shown even if the audit log cannot be written: an alert withheld for a
+        // full disk would be worse. The operator is told.
+        if let Err(e) = self.audit.record(entry).await {
+            error!(reason = %e, "a lookup could not be written to the audit log");
+        }
+    }
+}
+
+impl Via {
+    fn name(&self) -> &'static str {
+        match self {
+            Via::Page => "page",
+            Via::Fhir { .. } => "fhir",
+        }
+    }
+}
+
+pub fn kind_name(kind: LookupKind) -> &'static str {
+    match kind {
+        LookupKind::Unscheduled => "unscheduled",
+        LookupKind::Scheduled => "scheduled",
+    }
+}
+
+/// `alert`, `no-records` or `could-not-check`: what an answer comes to.
+pub fn result_name(o: &LookupOutcome) -> &'static str {
+    let a = &o.answer;
+    if a.plans().next().is_some() {
+        "alert"
+    } else if a.no_records() {
+        "no-records"
+    } else {
+        "could-not-check"
+    }
+}
+
+fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/FHIR/R4/CareTeam", get(fhir::care_team))
+        .route("/FHIR/R4/AuditEvent", get(fhir::audit_event))
+        .route("/FHIR/R4/metadata", get(fhir::metadata))
+        .route("/FHIR/R4/{*rest}", get(fhir::not_found))
+        .route("/", get(pages::home))
+        .route("/sign-in", get(pages::sign_in_page).post(pages::sign_in))
+        .route("/sign-out", post(pages::sign_out))
+        .route("/search", post(pages::search))
+        .route("/audit", get(pages::audit_page))
+        .route("/assets/{*file}", get(pages::asset))
+        .fallback(pages::not_found)
+        .layer(axum::middleware::from_fn(pages::security_headers))
+        .with_state(gateway)
+}
+
+/// A gateway running in this process.
+pub struct RunningGateway {
+    addr: SocketAddr,
+    url: String,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    client: Arc<Client>,
+}
+
+impl RunningGateway {
+    /// Loads the key and directory, binds HTTP(S), starts keeping hub connections open, and
+    /// returns once listening.
+    pub async fn start(config: SettingConfig) -> anyhow::Result<RunningGateway> {
+        config.gateway.validate()?;
+        config::create_private_dir(&config.gateway.data_dir)
+            .with_context(|| format!("creating the gateway's folder {}", config.gateway.data_dir.display()))?;
+        let client = Arc::new(Client::open(config.clone())?);
+        let audit = AuditLog::open(&config.gateway.audit_path())
+            .with_context(|| format!("opening the audit log {}", config.gateway.audit_path().display()))?;
+        let listener = tokio::net::TcpListener::bind(config.gateway.listen)
+            .await
+            .with_context(|| format!("binding the gateway's HTTP address {}", config.gateway.listen))?;
+        let addr = listener.local_addr()?;
+        let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            _ => None,
+        };
+        let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+        std::fs::write(config.gateway.http_addr_path(), &url)
+            .with_context(|| format!("writing {}", config.gateway.http_addr_path().display()))?;
+        let gateway = Arc::new(Gateway {
+            accounts: Mutex::new((None, Arc::new(Accounts::default()))),
+            audit,
+            sessions: Mutex::new(pages::Sessions::default()),
+            recent: Mutex::new(VecDeque::new()),
+            base_url: url.clone(),
+            client: client.clone(),
+            config,
+        });
+        let users = gateway.accounts().users.len();
+        let (shutdown, stop) = watch::channel(false);
+        let app = router(gateway.clone());
+        let serve = match tls {
+            None => tokio::spawn(serve_plain(listener, app, stop.clone())),
+            Some(acceptor) => tokio::spawn(serve_tls(listener, acceptor, app, stop.clone())),
+        };
+        let warm = tokio::spawn(keep_warm(client.clone(), stop));
+        let (code, name, _, kind) = client.describe();
+        info!(%code, %name, %url, kind = kind_name(kind), users, "setting gateway listening");
+        Ok(RunningGateway { addr, url, shutdown, tasks: vec![serve, warm], client })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` or `https://…`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops serving and closes the hub connections.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        self.client.close().await;
+    }
+}
+
+async fn keep_warm(client: Arc<Client>, mut stop: watch::Receiver<bool>) {
+    loop {
+        client.keep_warm().await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(KEEP_WARM_MS)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn serve_plain(listener: tokio::net::TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        error!(reason = %e, "the gateway's HTTP server stopped");
+    }
+}
+
+/// Most HTTPS handshakes in progress at once.
+const TLS_HANDSHAKES_MAX: usize = 256;
+/// Longest a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::TokioIo;
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(TLS_HANDSHAKES_MAX));
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { warn!(reason = %e, "accepting an HTTPS connection failed"); continue; }
+            },
+            _ = stop.changed() => return,
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else { continue };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
+            let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await else { return };
+            drop(permit);
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+        });
+    }
+}
+
+/// The HTTPS server config from a PEM certificate chain and key (ring provider, no client
+/// certificates: people sign in, systems present tokens).
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading the certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("the certificate {} is not PEM", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not fit together")?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}

@@ -1,0 +1,475 @@
+//! The setting gateway against real nodes: its FHIR API (every kind of answer and error, each
+//! saved under `target/fhir-responses/` for `.ci/fhir-validate` to check as FHIR R4) and its
+//! clinician page (sign-in, CSRF, lockout, search, roles), over real HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests report a failed precondition by panicking.
+#![allow(non_snake_case)]
+
+use cpis_node::config::SettingConfig;
+use cpis_node::gateway::RunningGateway;
+use cpis_node::gateway::accounts::{Accounts, GatewayRole};
+use cpis_node::runtime::RunningNode;
+use cpis_protocol::harness::FederationSpec;
+use cpis_protocol::records::SettingType;
+use cpis_tests::{Fed, api_json, hub_caught_up, wait_until};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// In Hackney's care and on Newham's child protection plan: two councils.
+const TWO_COUNCILS: &str = "9434765919";
+/// An unborn child's plan at Hackney (held against the pregnant woman's number).
+const UNBORN: &str = "9434765870";
+/// Nobody holds a plan.
+const NONE: &str = "4010232137";
+const NHS: &str = "https://fhir.nhs.uk/Id/nhs-number";
+const PASSWORD: &str = "correct horse battery staple";
+
+fn spec() -> FederationSpec {
+    FederationSpec::new("gateway")
+        .hub("HUBN")
+        .hub("HUBS")
+        .authority("204", "Hackney", &["HUBN"])
+        .authority("316", "Newham", &["HUBN", "HUBS"])
+        .setting("RXH01", "Royal Sussex County UTC", SettingType::UrgentTreatmentCentre, &["HUBS", "HUBN"])
+}
+
+struct World {
+    fed: Fed,
+    nodes: BTreeMap<&'static str, RunningNode>,
+    gateway: RunningGateway,
+    token: String,
+}
+
+async fn add_plan(fed: &Fed, authority: &str, body: Value) {
+    let (status, answer) = api_json(fed, authority, "POST", "/plans", Some(body)).await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// Two hubs, two councils with plans and contacts, and a gateway for RXH01 with a clinician, a
+/// safeguarding lead and a calling system. Heads go stale after 4 s, so that a stopped council
+/// shows as not checked quickly.
+async fn world() -> World {
+    let fed = Fed::create(spec());
+    let mut nodes = BTreeMap::new();
+    for code in ["HUBN", "HUBS", "204", "316"] {
+        nodes.insert(code, fed.start(code).await);
+    }
+    add_plan(
+        &fed,
+        "204",
+        json!({ "reference": "LAC-204-1", "nhs": TWO_COUNCILS, "plan_type": "LAC", "start": "2025-03-01" }),
+    )
+    .await;
+    add_plan(
+        &fed,
+        "316",
+        json!({ "reference": "CPP-316-9", "nhs": TWO_COUNCILS, "plan_type": "CPP", "start": "2026-01-05" }),
+    )
+    .await;
+    let due = cpis_node::net::now().date().plus_days(60).to_string();
+    add_plan(
+        &fed,
+        "204",
+        json!({ "reference": "UCPP-204-2", "nhs": UNBORN, "plan_type": "UCPP", "start": "2026-09-01", "due": due }),
+    )
+    .await;
+    for (code, name, office, ooh) in [
+        ("204", "Hackney CSC", "020 8356 5500", "020 8356 2710"),
+        ("316", "Newham CSC", "020 8430 2000", "020 8430 2001"),
+    ] {
+        let contacts = json!({ "name": name, "office_phone": office, "out_of_hours_phone": ooh });
+        assert_eq!(api_json(&fed, code, "PUT", "/contacts", Some(contacts)).await.0, 200);
+    }
+    for hub in ["HUBN", "HUBS"] {
+        wait_until("plans and contacts reach both hubs", Duration::from_secs(30), || async {
+            hub_caught_up(&fed, hub, "204").await && hub_caught_up(&fed, hub, "316").await
+        })
+        .await;
+    }
+    let config = gateway_config(&fed);
+    let mut accounts = Accounts::default();
+    accounts.add_user("sam.patel", "Sam Patel", "Staff nurse", GatewayRole::Clinician, PASSWORD).unwrap();
+    accounts.add_user("lee.jones", "Lee Jones", "Named nurse", GatewayRole::SafeguardingLead, PASSWORD).unwrap();
+    let token = accounts.add_system("EPIC-ED", "Epic, urgent treatment centre").unwrap();
+    accounts.save(&config.gateway.users_path()).unwrap();
+    let gateway = RunningGateway::start(config).await.expect("the gateway starts");
+    World { fed, nodes, gateway, token }
+}
+
+fn gateway_config(fed: &Fed) -> SettingConfig {
+    let mut config = fed.setting_config("RXH01");
+    config.gateway.data_dir = fed.home("RXH01").join("gateway");
+    config.stale_after_ms = 4_000;
+    config.hub_timeout_ms = 1_500;
+    config
+}
+
+/// One HTTP/1.1 request: status, headers (lower-case names) and body.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the gateway answers");
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+        .await
+        .expect("an answer within 30 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// Where FHIR responses are saved for the independent validator.
+fn responses_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("fhir-responses");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Fhir<'a> {
+    world: &'a World,
+}
+
+impl Fhir<'_> {
+    /// A search with every header right but those in `change` (a `None` value drops one).
+    async fn search(
+        &self,
+        resource: &str,
+        nhs: &str,
+        change: &[(&str, Option<&str>)],
+    ) -> (u16, Vec<(String, String)>, Value) {
+        let bearer = format!("Bearer {}", self.world.token);
+        let mut headers: Vec<(&str, Option<&str>)> = vec![
+            ("Authorization", Some(bearer.as_str())),
+            ("IsUnscheduledAccessEvent", Some("true")),
+            ("X-User-Id", Some("C0042")),
+            ("X-User-Name", Some("Dr Ada Okafor")),
+            ("X-User-Role", Some("Emergency medicine doctor")),
+            ("TraceID", Some("trace-0001")),
+        ];
+        for (name, value) in change {
+            match headers.iter_mut().find(|(n, _)| n == name) {
+                Some(h) => h.1 = *value,
+                None => headers.push((name, *value)),
+            }
+        }
+        let headers: Vec<(&str, &str)> = headers.into_iter().filter_map(|(n, v)| v.map(|v| (n, v))).collect();
+        let path = format!("/FHIR/R4/{resource}?patient:identifier={NHS}|{nhs}");
+        let (status, headers, body) = request(self.world.gateway.addr(), "GET", &path, &headers, "").await;
+        (status, headers, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    }
+
+    /// Saves a response for the validator, under `name`.
+    fn save(&self, name: &str, body: &Value) {
+        std::fs::write(responses_dir().join(format!("{name}.json")), serde_json::to_string_pretty(body).unwrap())
+            .unwrap();
+    }
+}
+
+fn resources<'a>(bundle: &'a Value, kind: &str) -> Vec<&'a Value> {
+    bundle["entry"]
+        .as_array()
+        .map_or(vec![], |e| e.iter().map(|x| &x["resource"]).filter(|r| r["resourceType"] == kind).collect())
+}
+
+fn error_code(outcome: &Value) -> &str {
+    outcome["issue"][0]["details"]["coding"][0]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fhir_api__found_two_councils_unborn_none_history_unavailable_every_error_and_no_hub() {
+    let mut world = world().await;
+    let fhir = Fhir { world: &world };
+
+    let (status, headers, metadata) = request(world.gateway.addr(), "GET", "/FHIR/R4/metadata", &[], "").await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), Some("application/fhir+json"));
+    let metadata: Value = serde_json::from_str(&metadata).unwrap();
+    assert_eq!(metadata["resourceType"], "CapabilityStatement");
+    fhir.save("metadata", &metadata);
+
+    let (status, headers, found) = fhir.search("CareTeam", TWO_COUNCILS, &[]).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(header(&headers, "traceid"), Some("trace-0001"), "the TraceID is echoed");
+    assert_eq!(
+        (found["resourceType"].as_str(), found["type"].as_str(), found["total"].as_u64()),
+        (Some("Bundle"), Some("searchset"), Some(2))
+    );
+    let teams = resources(&found, "CareTeam");
+    let codes: Vec<&str> = teams.iter().filter_map(|t| t["category"][0]["coding"][0]["code"].as_str()).collect();
+    assert_eq!(codes, ["764841000000100", "342191000000101"], "Hackney's LAC then Newham's CPP, with SNOMED CT codes");
+    assert_eq!(teams[0]["managingOrganization"][0]["identifier"]["value"], "204");
+    assert_eq!(teams[0]["managingOrganization"][0]["display"], "Hackney");
+    let phones: Vec<&str> =
+        teams[0]["telecom"].as_array().unwrap().iter().filter_map(|t| t["value"].as_str()).collect();
+    assert_eq!(phones, ["020 8356 5500", "020 8356 2710"]);
+    assert_eq!(teams[0]["period"]["start"], "2025-03-01");
+    assert!(teams[0]["meta"]["lastUpdated"].as_str().is_some(), "each council's as-of time");
+    assert!(resources(&found, "OperationOutcome").is_empty(), "every council checked");
+    fhir.save("care-team-two-councils", &found);
+    let (status, _, again) = fhir.search("CareTeam", TWO_COUNCILS, &[]).await;
+    assert_eq!((status, again["total"].as_u64()), (200, Some(2)), "a second lookup, whose history holds the first");
+
+    let (status, _, unborn) = fhir.search("CareTeam", UNBORN, &[]).await;
+    assert_eq!(status, 200);
+    let team = resources(&unborn, "CareTeam")[0];
+    assert_eq!(team["category"][0]["coding"][0]["code"], "818901000000100");
+    assert!(team["note"].to_string().contains("Expected date of delivery"), "{team}");
+    fhir.save("care-team-unborn", &unborn);
+
+    let (status, _, none) = fhir.search("CareTeam", NONE, &[]).await;
+    assert_eq!((status, none["total"].as_u64()), (200, Some(0)), "{none}");
+    assert!(none["entry"].as_array().unwrap().is_empty(), "no plan and every council checked: nothing to say");
+    fhir.save("care-team-none", &none);
+
+    let (status, _, history) = fhir.search("AuditEvent", TWO_COUNCILS, &[]).await;
+    assert_eq!(status, 200, "{history}");
+    let events = resources(&history, "AuditEvent");
+    assert_eq!(events.len(), 1, "the latest lookup's history (no new lookup): the first visit");
+    assert_eq!(events[0]["agent"][0]["who"]["identifier"]["value"], "RXH01");
+    assert_eq!(events[0]["agent"][0]["role"][0]["text"], "Emergency medicine doctor");
+    fhir.save("audit-event", &history);
+
+    /// A saved name, the NHS number, the headers changed, and the status and Spine code expected.
+    type ErrorCase<'a> = (&'a str, &'a str, Vec<(&'a str, Option<&'a str>)>, u16, &'a str);
+    let errors: [ErrorCase; 7] = [
+        ("error-bad-nhs-number", "9434765918", vec![], 400, "INVALID_SEARCH_DATA"),
+        ("error-not-an-nhs-number", "12345", vec![], 400, "INVALID_SEARCH_DATA"),
+        ("error-missing-header", TWO_COUNCILS, vec![("X-User-Name", None)], 400, "PRECONDITION_FAILED"),
+        (
+            "error-bad-unscheduled-header",
+            TWO_COUNCILS,
+            vec![("IsUnscheduledAccessEvent", Some("maybe"))],
+            400,
+            "PRECONDITION_FAILED",
+        ),
+        (
+            "error-kind-not-allowed",
+            TWO_COUNCILS,
+            vec![("IsUnscheduledAccessEvent", Some("false"))],
+            403,
+            "ACCESS_DENIED",
+        ),
+        ("error-no-token", TWO_COUNCILS, vec![("Authorization", None)], 403, "ACCESS_DENIED"),
+        ("error-wrong-token", TWO_COUNCILS, vec![("Authorization", Some("Bearer 0000"))], 403, "ACCESS_DENIED"),
+    ];
+    for (name, nhs, change, status, code) in errors {
+        let (got, _, outcome) = fhir.search("CareTeam", nhs, &change).await;
+        assert_eq!(
+            (got, outcome["resourceType"].as_str(), error_code(&outcome)),
+            (status, Some("OperationOutcome"), code),
+            "{name}: {outcome}"
+        );
+        fhir.save(name, &outcome);
+    }
+    let (_, _, bad) = fhir.search("CareTeam", "9434765918", &[]).await;
+    assert!(bad["issue"][0]["details"]["text"].as_str().unwrap().contains("check digit"), "the rule is named: {bad}");
+
+    // Hackney stops: its plans are still shown, as of its last head, with a warning naming it.
+    world.nodes.remove("204").unwrap().shutdown().await;
+    tokio::time::sleep(Duration::from_millis(5_000)).await;
+    let fhir = Fhir { world: &world };
+    let (status, _, stale) = fhir.search("CareTeam", TWO_COUNCILS, &[]).await;
+    assert_eq!(status, 200, "{stale}");
+    assert_eq!(resources(&stale, "CareTeam").len(), 2, "Hackney's plan is still shown");
+    let warnings = resources(&stale, "OperationOutcome");
+    assert_eq!(warnings.len(), 1, "{stale}");
+    let text = warnings[0]["issue"][0]["details"]["text"].as_str().unwrap();
+    assert!(text.contains("Hackney (204) could not be checked") && text.contains("020 8356 2710"), "{text}");
+    fhir.save("care-team-council-unavailable", &stale);
+    let (_, _, none_now) = fhir.search("CareTeam", NONE, &[]).await;
+    assert_eq!(
+        resources(&none_now, "OperationOutcome").len(),
+        1,
+        "never 'no records' while a council cannot be checked"
+    );
+
+    // Every hub stops: "could not check", in the gateway's deadline.
+    for hub in ["HUBN", "HUBS"] {
+        world.nodes.remove(hub).unwrap().shutdown().await;
+    }
+    let fhir = Fhir { world: &world };
+    let started = Instant::now();
+    let (status, _, down) = fhir.search("CareTeam", TWO_COUNCILS, &[]).await;
+    println!("every hub down: answered {status} in {} ms", started.elapsed().as_millis());
+    assert_eq!((status, error_code(&down)), (503, "NO_HUB_AVAILABLE"), "{down}");
+    fhir.save("error-no-hub", &down);
+
+    let audit = std::fs::read_to_string(world.fed.home("RXH01").join("gateway").join("audit.jsonl")).unwrap();
+    let entries: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        entries.iter().all(|e| e["via"] == "fhir" && e["system"] == "EPIC-ED" && e["user_name"] == "Dr Ada Okafor")
+    );
+    let results: Vec<&str> = entries.iter().filter_map(|e| e["result"].as_str()).collect();
+    assert_eq!(
+        results,
+        ["alert", "alert", "alert", "no-records", "cached", "alert", "could-not-check", "could-not-check"]
+    );
+    let gateway = world.gateway;
+    for node in world.nodes.into_values() {
+        node.shutdown().await;
+    }
+    gateway.shutdown().await;
+}
+
+/// A browser without JavaScript: keeps cookies, posts forms.
+struct Page {
+    addr: SocketAddr,
+    cookies: BTreeMap<String, String>,
+}
+
+fn form_encode(fields: &[(&str, &str)]) -> String {
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+                b' ' => "+".into(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
+}
+
+/// The value of a hidden `csrf` field in a page.
+fn csrf(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+impl Page {
+    async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        form: Option<&[(&str, &str)]>,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        let mut headers = vec![("Cookie", cookie.as_str())];
+        let body = form.map(form_encode).unwrap_or_default();
+        if form.is_some() {
+            headers.push(("Content-Type", "application/x-www-form-urlencoded"));
+        }
+        let (status, headers, body) = request(self.addr, method, path, &headers, &body).await;
+        for (_, value) in headers.iter().filter(|(k, _)| k == "set-cookie") {
+            let pair = value.split(';').next().unwrap_or("");
+            if let Some((k, v)) = pair.split_once('=') {
+                if v.is_empty() {
+                    self.cookies.remove(k)
+                } else {
+                    self.cookies.insert(k.into(), v.into())
+                };
+            }
+        }
+        (status, headers, body)
+    }
+
+    async fn sign_in(&mut self, user: &str, password: &str) -> (u16, String) {
+        let (_, _, form) = self.send("GET", "/sign-in", None).await;
+        let token = csrf(&form);
+        let (status, _, body) =
+            self.send("POST", "/sign-in", Some(&[("user", user), ("password", password), ("csrf", &token)])).await;
+        (status, body)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clinician_page__sign_in_search_alert_roles_csrf_lockout__and_the_council_is_told_who_looked() {
+    let world = world().await;
+    let addr = world.gateway.addr();
+    let mut page = Page { addr, cookies: BTreeMap::new() };
+
+    let (status, headers, _) = page.send("GET", "/", None).await;
+    assert_eq!((status, header(&headers, "location")), (303, Some("/sign-in")), "signed out: sent to sign in");
+    let (status, headers, css) = page.send("GET", "/assets/nhsuk-frontend.min.css", None).await;
+    assert_eq!((status, header(&headers, "content-type")), (200, Some("text/css")));
+    assert!(css.contains(".nhsuk-header"), "the vendored NHS.UK frontend is served");
+
+    let (status, body) = page.sign_in("sam.patel", "not the password").await;
+    assert_eq!(status, 401);
+    assert!(body.contains("The user name or password is not right"));
+    let (status, body) = page.sign_in("sam.patel", PASSWORD).await;
+    assert_eq!(status, 303, "{body}");
+    let (status, _, search) = page.send("GET", "/", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        search.contains("Sam Patel (Staff nurse)")
+            && search.contains("label class=\"nhsuk-label nhsuk-label--m\" for=\"nhs\"")
+    );
+    let token = csrf(&search);
+
+    let (status, _, refused) = page.send("POST", "/search", Some(&[("nhs", "943 476 5918"), ("csrf", &token)])).await;
+    assert_eq!(status, 400);
+    assert!(refused.contains("nhsuk-error-summary") && refused.contains("check digit is wrong"), "the rule is named");
+    let (status, _, forged) = page.send("POST", "/search", Some(&[("nhs", TWO_COUNCILS), ("csrf", "forged")])).await;
+    assert_eq!(status, 403, "a form without the session's CSRF token does nothing: {forged}");
+
+    let (status, _, alert) = page.send("POST", "/search", Some(&[("nhs", "943-476-5919"), ("csrf", &token)])).await;
+    assert_eq!(status, 200);
+    assert!(alert.contains("Child care alert: This child is looked after by a local authority"), "{alert}");
+    assert!(alert.contains("Child care alert: This child has a child protection plan"));
+    assert!(alert.contains("020 8356 2710") && alert.contains("020 8430 2001"), "each council's phones");
+    assert!(alert.contains("Checked against the council's signed data as of"));
+    assert!(alert.contains("Hackney, Newham will be told"));
+    let (_, _, none) = page.send("POST", "/search", Some(&[("nhs", NONE), ("csrf", &token)])).await;
+    assert!(none.contains("id=\"no-records\""), "{none}");
+    let (status, _, _) = page.send("GET", "/audit", None).await;
+    assert_eq!(status, 403, "a clinician cannot read the audit log");
+
+    // The council learns who looked: the signed-in person, never a form field.
+    wait_until("Hackney's inbox has the lookup", Duration::from_secs(20), || async {
+        let (_, inbox) = api_json(&world.fed, "204", "GET", "/notifications", None).await;
+        inbox["notifications"].as_array().is_some_and(|n| n.iter().any(|x| x["person"]["name"] == "Sam Patel"))
+    })
+    .await;
+
+    let mut lead = Page { addr, cookies: BTreeMap::new() };
+    assert_eq!(lead.sign_in("lee.jones", PASSWORD).await.0, 303);
+    let (status, _, audit) = lead.send("GET", "/audit", None).await;
+    assert_eq!(status, 200);
+    assert!(audit.contains("Sam Patel (Staff nurse, sam.patel)") && audit.contains("9434765919"), "{audit}");
+
+    let (_, _, again) = page.send("GET", "/", None).await;
+    let (status, _, _) = page.send("POST", "/sign-out", Some(&[("csrf", &csrf(&again))])).await;
+    assert_eq!(status, 303);
+    assert_eq!(page.send("GET", "/", None).await.0, 303, "signed out");
+
+    let mut guesser = Page { addr, cookies: BTreeMap::new() };
+    for _ in 0..5 {
+        assert_eq!(guesser.sign_in("lee.jones", "a wrong guess here").await.0, 401);
+    }
+    let (status, body) = guesser.sign_in("lee.jones", PASSWORD).await;
+    assert_eq!(status, 401, "locked after five failures, even with the right password");
+    assert!(body.contains("locked"), "{body}");
+
+    let gateway = world.gateway;
+    for node in world.nodes.into_values() {
+        node.shutdown().await;
+    }
+    gateway.shutdown().await;
+}

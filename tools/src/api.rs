@@ -101,9 +101,19 @@ impl NodeApi {
         self.call(Method::POST, path, Some((content_type, bytes))).await
     }
 
+    /// A GET with extra headers, answered whatever its status: `(status, JSON body)`.
+    pub async fn get_with(&self, path: &str, headers: &[(&'static str, String)]) -> Result<(u16, Value), ApiError> {
+        let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
+        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(Method::GET, path, None, headers))
+            .await
+            .map_err(|_| ApiError::TimedOut(REQUEST_TIMEOUT_MS))??;
+        let value = serde_json::from_slice::<Value>(&bytes).map_err(|e| ApiError::BadReply(e.to_string()))?;
+        Ok((status, value))
+    }
+
     async fn call(&self, method: Method, path: &str, body: Option<(&'static str, Vec<u8>)>) -> Result<Value, ApiError> {
         let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(method, path, body))
+        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(method, path, body, &[]))
             .await
             .map_err(|_| ApiError::TimedOut(REQUEST_TIMEOUT_MS))??;
         let value = serde_json::from_slice::<Value>(&bytes);
@@ -126,6 +136,7 @@ impl NodeApi {
         method: Method,
         path: &str,
         body: Option<(&'static str, Vec<u8>)>,
+        headers: &[(&'static str, String)],
     ) -> Result<(u16, Bytes), ApiError> {
         let unreachable = |e: &dyn std::fmt::Display| ApiError::Unreachable { addr: self.addr, reason: e.to_string() };
         let stream = tokio::net::TcpStream::connect(self.addr).await.map_err(|e| unreachable(&e))?;
@@ -137,6 +148,9 @@ impl NodeApi {
             .uri(path)
             .header(HOST, self.addr.to_string())
             .header(AUTHORIZATION, format!("Bearer {}", self.token));
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
         let payload = match body {
             Some((content_type, bytes)) => {
                 request = request.header(CONTENT_TYPE, content_type);

@@ -260,3 +260,78 @@ fn history_text(out: &mut String, history: &[ShownVisit], now: Timestamp) {
         );
     }
 }
+
+/// The lookup kind a gateway's CapabilityStatement declares, if any.
+pub fn gateway_lookup_kind(metadata: &Value) -> Option<&str> {
+    metadata["extension"]
+        .as_array()?
+        .iter()
+        .find(|e| e["url"] == cpis_node::gateway::fhir::LOOKUP_KIND_EXTENSION)
+        .and_then(|e| e["valueCode"].as_str())
+}
+
+/// The texts of an OperationOutcome's issues.
+pub fn outcome_text(outcome: &Value) -> String {
+    let issues = outcome["issue"].as_array().map_or(&[][..], Vec::as_slice);
+    issues.iter().filter_map(|i| i["details"]["text"].as_str()).collect::<Vec<_>>().join("; ")
+}
+
+/// What a clinician reads of a gateway's `CareTeam` Bundle.
+pub fn bundle_text(bundle: &Value, nhs: cpis_protocol::ids::NhsNumber) -> String {
+    let entries = bundle["entry"].as_array().map_or(&[][..], Vec::as_slice);
+    let resources: Vec<&Value> = entries.iter().map(|e| &e["resource"]).collect();
+    let teams: Vec<&&Value> = resources.iter().filter(|r| r["resourceType"] == "CareTeam").collect();
+    let warnings: Vec<&&Value> = resources.iter().filter(|r| r["resourceType"] == "OperationOutcome").collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "NHS number {} (through the setting gateway, lookup {})",
+        nhs.grouped(),
+        bundle["id"].as_str().unwrap_or("?")
+    );
+    if !teams.is_empty() {
+        let _ = writeln!(out, "\nCHILD CARE ALERT: {} plan(s)", teams.len());
+    }
+    for t in &teams {
+        let banner = if t["status"] == "active" { "ALERT" } else { "ENDED PLAN (shown for a year after its end)" };
+        let council = &t["managingOrganization"][0];
+        let _ = writeln!(out, "\n  {banner}: {}", t["name"].as_str().unwrap_or("").to_uppercase());
+        let _ = writeln!(
+            out,
+            "    council:       {} ({})",
+            council["display"].as_str().unwrap_or("?"),
+            council["identifier"]["value"].as_str().unwrap_or("?")
+        );
+        let end = t["period"]["end"].as_str().map_or(", open".to_string(), |e| format!(", ended {e}"));
+        let _ = writeln!(out, "    plan:          started {}{end}", t["period"]["start"].as_str().unwrap_or("?"));
+        let phones: Vec<&str> =
+            t["telecom"].as_array().map_or(vec![], |p| p.iter().filter_map(|x| x["value"].as_str()).collect());
+        match phones.as_slice() {
+            [office, out_of_hours, ..] => {
+                let _ = writeln!(
+                    out,
+                    "    office hours:  {office}\n    out of hours:  {out_of_hours}  (emergency duty team)"
+                );
+            }
+            _ => {
+                let _ = writeln!(out, "    contacts:      none on record: call the council's switchboard");
+            }
+        }
+        for note in t["note"].as_array().map_or(&[][..], Vec::as_slice) {
+            let _ = writeln!(out, "    note:          {}", note["text"].as_str().unwrap_or(""));
+        }
+    }
+    if teams.is_empty() && warnings.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNo records: every council's signed data confirms no visible child protection or looked after child plan for this NHS number."
+        );
+    }
+    if !warnings.is_empty() {
+        let _ = writeln!(out, "\nCOULD NOT CHECK {} council(s). Follow local safeguarding procedure:", warnings.len());
+        for w in &warnings {
+            let _ = writeln!(out, "  {}", outcome_text(w));
+        }
+    }
+    out
+}

@@ -583,6 +583,9 @@ fn gateway(command: GatewayCommand, json: bool) -> Outcome {
 async fn lookup(args: LookupArgs, json: bool) -> Outcome {
     // The number is checked before anything is read or sent.
     let nhs = parse_nhs(&args.nhs)?;
+    if let (Some(url), Some(token_file)) = (&args.gateway, &args.token_file) {
+        return lookup_through_gateway(url, token_file, nhs, &args, json).await;
+    }
     let config = SettingConfig::load(&args.config)?;
     let request = LookupRequest { nhs, person: Person { id: args.user_id, name: args.user_name, role: args.role } };
     match client::lookup(&config, request).await {
@@ -600,6 +603,44 @@ async fn lookup(args: LookupArgs, json: bool) -> Outcome {
             Err(Failure { code, error: e.into(), extra })
         }
     }
+}
+
+/// `cpis lookup --gateway URL --token-file F`: the FHIR `CareTeam` search, as a calling system.
+async fn lookup_through_gateway(
+    url: &str,
+    token_file: &Path,
+    nhs: NhsNumber,
+    args: &LookupArgs,
+    json: bool,
+) -> Outcome {
+    let addr = url
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| bad_input(format!("--gateway {url}: give http://ADDRESS:PORT of a gateway on this machine (its http.addr); clinical systems reach a gateway over HTTPS with the FHIR API itself")))?;
+    let token = std::fs::read_to_string(token_file).with_context(|| format!("reading {}", token_file.display()))?;
+    let api = NodeApi::new(addr, token.trim().to_string());
+    let (_, metadata) = api.get_with("/FHIR/R4/metadata", &[]).await?;
+    let unscheduled = care::gateway_lookup_kind(&metadata) != Some("scheduled");
+    let headers = [
+        ("IsUnscheduledAccessEvent", unscheduled.to_string()),
+        ("X-User-Id", args.user_id.clone()),
+        ("X-User-Name", args.user_name.clone()),
+        ("X-User-Role", args.role.clone()),
+    ];
+    let path = format!("/FHIR/R4/CareTeam?patient:identifier=https://fhir.nhs.uk/Id/nhs-number|{}", nhs.digits());
+    let (status, bundle) = api.get_with(&path, &headers).await?;
+    if status != 200 {
+        let code = if status == 400 { EXIT_BAD_INPUT } else { EXIT_FAILED };
+        let text = care::outcome_text(&bundle);
+        return Err(Failure {
+            code,
+            error: anyhow::anyhow!("the gateway answered {status}: {text}"),
+            extra: Some(bundle),
+        });
+    }
+    emit(json, &bundle, |b| care::bundle_text(b, nhs));
+    Ok(EXIT_OK)
 }
 
 async fn run_demo(args: DemoArgs, json: bool) -> Outcome {

@@ -490,6 +490,13 @@ struct LookupArgs {
     /// The setting's config file.
     #[arg(long, default_value = "setting.toml")]
     config: PathBuf,
+    /// Look up through this setting gateway's FHIR API instead (`http://127.0.0.1:PORT`, as in
+    /// the gateway's http.addr), as a calling system: needs --token-file.
+    #[arg(long, requires = "token_file")]
+    gateway: Option<String>,
+    /// A file holding the calling system's bearer token (`cpis gateway add-system`).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// The user id of the person looking.
     #[arg(long)]
     user_id: String,

@@ -186,3 +186,78 @@ async fn demo_json__every_step_of_the_story_holds() {
     assert_eq!(doc["held"], Value::Bool(true));
     assert_eq!(run.code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway__accounts_made_by_cpis_gateway__and_cpis_lookup_through_it_shows_the_alert() {
+    let fed = Federation::start().await;
+    assert_eq!(cpis(&["plans", "import", &example_csv(), "--node", &fed.node_arg()]).await.code, 3);
+    fed.replicated().await;
+    let setting = fed.setting_arg();
+
+    let added = cpis(&[
+        "gateway",
+        "add-user",
+        "--config",
+        &setting,
+        "--user",
+        "sam.patel",
+        "--name",
+        "Sam Patel",
+        "--job",
+        "Staff nurse",
+        "--json",
+    ])
+    .await;
+    assert_eq!(added.code, 0, "{}", added.stderr);
+    assert_eq!(text(&added.json(), "password").len(), 20, "a new random password is printed once");
+    let refused =
+        cpis(&["gateway", "add-user", "--config", &setting, "--user", "sam patel", "--name", "S", "--job", "J"]).await;
+    assert_eq!(refused.code, 2, "a bad user name is refused: {}", refused.stderr);
+    assert!(refused.stderr.contains("user:") && refused.stderr.contains("nothing was changed"), "{}", refused.stderr);
+    let system = cpis(&[
+        "gateway",
+        "add-system",
+        "--config",
+        &setting,
+        "--system",
+        "EHR",
+        "--name",
+        "Clinical system",
+        "--json",
+    ])
+    .await;
+    let token = text(&system.json(), "token").to_string();
+    let listed = cpis(&["gateway", "list", "--config", &setting]).await;
+    assert!(listed.stdout.contains("sam.patel") && listed.stdout.contains("EHR"), "{}", listed.stdout);
+    assert!(!listed.stdout.contains(&token), "the token is shown once, never listed");
+
+    let config = cpis_node::config::SettingConfig::load(std::path::Path::new(&setting)).unwrap();
+    let token_file = config.gateway.data_dir.join("ehr.token");
+    std::fs::write(&token_file, &token).unwrap();
+    let gateway = cpis_node::gateway::RunningGateway::start(config).await.unwrap();
+    let url = gateway.url().to_string();
+    let through = |json: bool| {
+        let (url, token_file) = (url.clone(), token_file.display().to_string());
+        async move {
+            let mut args = vec!["lookup", "--gateway", &url, "--token-file", &token_file, "--nhs", "943 476 5919"];
+            args.extend(["--user-id", "N4521", "--user-name", "Sam Patel", "--role", "Staff nurse"]);
+            if json {
+                args.push("--json");
+            }
+            cpis(&args).await
+        }
+    };
+    let shown = through(false).await;
+    assert_eq!(shown.code, 0, "{}", shown.stderr);
+    for want in ["CHILD CARE ALERT: 1 plan(s)", "LOOKED AFTER CHILD", "Hackney (204)", "020 7946 0999"] {
+        assert!(shown.stdout.contains(want), "missing {want:?} in:\n{}", shown.stdout);
+    }
+    let bundle = through(true).await.json();
+    assert_eq!((text(&bundle, "resourceType"), number(&bundle, "total")), ("Bundle", 1));
+    std::fs::write(&token_file, "not-the-token").unwrap();
+    let denied = through(false).await;
+    assert_eq!(denied.code, 1);
+    assert!(denied.stderr.contains("403") && denied.stderr.contains("bearer token"), "{}", denied.stderr);
+    gateway.shutdown().await;
+    fed.stop().await;
+}

@@ -232,7 +232,8 @@ pub async fn audit_event(
 
 /// `GET /FHIR/R4/metadata` (no token needed).
 pub async fn metadata(State(gateway): State<Arc<Gateway>>) -> Response {
-    fhir_response(StatusCode::OK, &capability_statement(&gateway.fhir_base(), super::now()), None)
+    let kind = gateway.client.describe().3;
+    fhir_response(StatusCode::OK, &capability_statement(&gateway.fhir_base(), super::now(), kind), None)
 }
 
 /// Any other path under `/FHIR/R4`.
@@ -435,7 +436,11 @@ pub fn audit_event_bundle(outcome: &LookupOutcome, base: &str) -> Value {
 }
 
 /// What this API serves, exactly.
-pub fn capability_statement(base: &str, now: Timestamp) -> Value {
+/// The extension of the CapabilityStatement that says which kind of lookup this setting makes
+/// (`unscheduled` or `scheduled`), the value `IsUnscheduledAccessEvent` must agree with.
+pub const LOOKUP_KIND_EXTENSION: &str = "urn:cpis:lookup-kind";
+
+pub fn capability_statement(base: &str, now: Timestamp, kind: LookupKind) -> Value {
     let search = |doc: &str| {
         json!([{
             "name": "patient",
@@ -445,6 +450,7 @@ pub fn capability_statement(base: &str, now: Timestamp) -> Value {
     };
     json!({
         "resourceType": "CapabilityStatement",
+        "extension": [{ "url": LOOKUP_KIND_EXTENSION, "valueCode": super::kind_name(kind) }],
         "status": "active",
         "date": now.to_string(),
         "publisher": "Child protection federation setting gateway",

@@ -593,6 +593,49 @@ fn invented_notifications__refused_by_the_authority__inbox_unchanged() {
 }
 
 #[test]
+fn plan_moved_to_a_corrected_nhs_number__notifications_match_the_new_number_only__also_after_a_restart() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", OTHER_CHILD, PlanType::LookedAfter));
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter)); // the number corrected
+    net.run_for(2_000);
+    let fed = net.fed.clone();
+    let notify = |child: &str, id: u8, at| {
+        let event = fed.identity("RXH01").sign(cpis_protocol::records::AccessEvent {
+            lookup_id: LookupId([id; 16]),
+            setting: code("RXH01"),
+            person: person(),
+            at,
+            nhs: nhs(child),
+        });
+        let n = cpis_protocol::wire::Notification {
+            event,
+            authority: code("204"),
+            matched: vec![PlanRef::parse("LAC-1").unwrap()],
+            hub: code("HUBN"),
+            answered_at: at,
+            signed_at: at,
+        };
+        Message::Notify(fed.identity("HUBN").sign(n))
+    };
+    let now = net.now;
+    net.send_as("HUBN", "204", notify(OTHER_CHILD, 1, now));
+    net.send_as("HUBN", "204", notify(CHILD, 2, now));
+    net.run_for(1_000);
+    assert_eq!(refused(&net, "204", |r| *r == Refusal::NoMatchingPlan), 1, "the old number no longer matches");
+    assert_eq!(inbox_len(&net, "204"), 1, "the corrected number does");
+    net.crash("204");
+    net.restart("204");
+    net.run_for(1_000);
+    let now = net.now;
+    net.send_as("HUBN", "204", notify(OTHER_CHILD, 3, now));
+    net.send_as("HUBN", "204", notify(CHILD, 4, now));
+    net.run_for(1_000);
+    assert_eq!(inbox_len(&net, "204"), 2, "restored from its store: the corrected number matches");
+    assert!(net.authority("204").inbox_state(&LookupId([3; 16])).is_none(), "and the old one does not");
+    assert!(net.authority("204").inbox_state(&LookupId([4; 16])).is_some());
+}
+
+#[test]
 fn authority_equivocates__second_entry_refused__proof_kept__alarm_raised() {
     let mut net = net();
     record(&mut net, "316", plan("CPP-1", CHILD, PlanType::ChildProtection));

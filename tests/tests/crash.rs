@@ -180,3 +180,54 @@ async fn authority_killed_during_plan_writes__every_acknowledged_plan_survives()
     node.kill().expect("stop");
     let _ = node.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_killed_after_answering__every_answered_lookup_is_in_its_audit_log() {
+    let fed = Fed::create(spec());
+    let hubn = fed.start("HUBN").await;
+    let hubs = fed.start("HUBS").await;
+    let home = fed.home("RXH01");
+    let mut accounts = cpis_node::gateway::accounts::Accounts::default();
+    let token = accounts.add_system("EHR", "Clinical system").unwrap();
+    accounts.save(&home.join("gateway").join("users.json")).unwrap();
+    let hubs_toml: String = fed.hub_addresses.iter().map(|(code, addr)| format!("{code} = \"{addr}\"\n")).collect();
+    let config = home.join("setting.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "role = \"setting\"\ncode = \"RXH01\"\nkey_file = \"node.key\"\ndirectory_file = \"directory.cpis\"\n\
+             [hub_addresses]\n{hubs_toml}[gateway]\ndata_dir = \"gateway\"\n"
+        ),
+    )
+    .unwrap();
+    let mut gateway = spawn_node(NODE, &config);
+    let addr_file = home.join("gateway").join("http.addr");
+    wait_until("the gateway listens", Duration::from_secs(20), || async { addr_file.exists() }).await;
+    let url = std::fs::read_to_string(&addr_file).unwrap();
+    let addr: std::net::SocketAddr = url.trim().trim_start_matches("http://").parse().unwrap();
+
+    let mut answered = 0;
+    for nhs in children(12) {
+        let path = format!("/FHIR/R4/CareTeam?patient:identifier=https://fhir.nhs.uk/Id/nhs-number|{}", nhs.digits());
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nIsUnscheduledAccessEvent: true\r\n\
+             X-User-Id: D1\r\nX-User-Name: A Doctor\r\nX-User-Role: Doctor\r\nConnection: close\r\n\r\n"
+        );
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await.unwrap();
+        let mut reply = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{}", &reply[..reply.len().min(300)]);
+        answered += 1;
+    }
+    // Killed the moment the last answer arrived: no chance to flush anything on the way out.
+    gateway.kill().expect("SIGKILL");
+    let _ = gateway.wait();
+    let audit = std::fs::read_to_string(home.join("gateway").join("audit.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), answered, "every answered lookup was on disk before its answer left");
+    let numbers: BTreeSet<String> = lines.iter().filter_map(|l| l["nhs"].as_str().map(String::from)).collect();
+    assert_eq!(numbers, children(12).iter().map(|n| n.digits()).collect());
+    hubn.shutdown().await;
+    hubs.shutdown().await;
+}

@@ -43,6 +43,11 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// The directory the node trusts now.
+    pub(crate) fn directory(&self) -> TrustedDirectory {
+        self.directory.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     pub fn new(
         inputs: mpsc::Sender<Input>,
         store: Store,
@@ -95,7 +100,7 @@ async fn require_token(
     next.run(request).await
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
 }
 
@@ -122,7 +127,7 @@ fn stopping() -> Response {
 }
 
 /// Sends a command to the event loop and waits for its reply.
-async fn ask(state: &ApiState, command: Command) -> Result<Reply, Response> {
+pub(crate) async fn ask(state: &ApiState, command: Command) -> Result<Reply, Response> {
     let (reply, rx) = oneshot::channel();
     state.inputs.send(Input::Command { command, reply }).await.map_err(|_| stopping())?;
     rx.await.map_err(|_| stopping())
@@ -185,17 +190,39 @@ async fn list_plans(State(state): State<ApiState>) -> Response {
     if let Err(r) = authority_only(&state) {
         return r;
     }
-    let plans = state.store.scan(Table::Plans).map_err(store_error).and_then(|rows| {
+    match read_plans(&state) {
+        Ok(plans) => axum::Json(json!({ "plans": plans.iter().map(plan_json).collect::<Vec<_>>() })).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Every plan in the store, by reference.
+pub(crate) fn read_plans(state: &ApiState) -> Result<Vec<Plan>, Response> {
+    state.store.scan(Table::Plans).map_err(store_error).and_then(|rows| {
         rows.into_iter()
             .map(|(key, value)| {
                 let row = cpis_protocol::schema::StoredRow { table: Table::Plans, key, value };
-                schema::PLANS.decode(&row).map(|(_, p)| plan_json(&p)).map_err(store_error)
+                schema::PLANS.decode(&row).map(|(_, p)| p).map_err(store_error)
             })
-            .collect::<Result<Vec<Value>, Response>>()
-    });
-    match plans {
-        Ok(plans) => axum::Json(json!({ "plans": plans })).into_response(),
-        Err(r) => r,
+            .collect()
+    })
+}
+
+/// Runs an import of CSV bytes: the per-row report, or why the file was refused as a whole.
+pub(crate) async fn run_import(state: &ApiState, body: &[u8], dry_run: bool) -> Result<Value, Response> {
+    let rows = import::parse_csv(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    let valid: Vec<(usize, Plan)> =
+        rows.iter().filter_map(|r| r.plan.as_ref().ok().map(|p| (r.row, p.clone()))).collect();
+    if dry_run {
+        let outcomes = valid.iter().map(|(row, _)| (*row, RowOutcome::Applied)).collect();
+        let mut report = import_report(rows, outcomes);
+        report["dry_run"] = json!(true);
+        return Ok(report);
+    }
+    match ask(state, Command::ImportPlans(valid)).await? {
+        Reply::Imported(report) => Ok(import_report(rows, report.rows)),
+        Reply::Refused(e) => Err(error(refusal_status(&e), e)),
+        _ => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "an unexpected reply to an import")),
     }
 }
 
@@ -214,23 +241,23 @@ pub fn plan_json(p: &Plan) -> Value {
 }
 
 #[derive(Deserialize)]
-struct PlanBody {
-    reference: String,
-    nhs: String,
-    plan_type: String,
-    start: String,
-    end: Option<String>,
-    due: Option<String>,
+pub(crate) struct PlanBody {
+    pub(crate) reference: String,
+    pub(crate) nhs: String,
+    pub(crate) plan_type: String,
+    pub(crate) start: String,
+    pub(crate) end: Option<String>,
+    pub(crate) due: Option<String>,
 }
 
-fn optional_date(field: &str, text: Option<&str>) -> Result<Option<Date>, String> {
+pub(crate) fn optional_date(field: &str, text: Option<&str>) -> Result<Option<Date>, String> {
     match text.map(str::trim).filter(|t| !t.is_empty()) {
         None => Ok(None),
         Some(t) => Date::parse(t).map(Some).map_err(|e| format!("{field}: {e}")),
     }
 }
 
-fn parse_plan(b: &PlanBody) -> Result<Plan, String> {
+pub(crate) fn parse_plan(b: &PlanBody) -> Result<Plan, String> {
     let plan = Plan {
         reference: PlanRef::parse(&b.reference).map_err(|e| format!("reference: {e}"))?,
         nhs: NhsNumber::parse(&b.nhs).map_err(|e| format!("nhs: {e}"))?,
@@ -275,22 +302,14 @@ async fn withdraw_plan(State(state): State<ApiState>, Path(reference): Path<Stri
 }
 
 async fn import_csv(State(state): State<ApiState>, body: Bytes) -> Response {
-    let rows = match import::parse_csv(&body) {
-        Ok(rows) => rows,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let valid: Vec<(usize, Plan)> =
-        rows.iter().filter_map(|r| r.plan.as_ref().ok().map(|p| (r.row, p.clone()))).collect();
-    match ask(&state, Command::ImportPlans(valid)).await {
-        Ok(Reply::Imported(report)) => axum::Json(import_report(rows, report.rows)).into_response(),
-        Ok(Reply::Refused(e)) => error(refusal_status(&e), e),
-        Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "an unexpected reply to an import"),
+    match run_import(&state, &body, false).await {
+        Ok(report) => axum::Json(report).into_response(),
         Err(r) => r,
     }
 }
 
 /// The per-row report: rows refused while parsing, and the node's outcome for the others.
-fn import_report(rows: Vec<ImportRow>, outcomes: Vec<(usize, RowOutcome)>) -> Value {
+pub(crate) fn import_report(rows: Vec<ImportRow>, outcomes: Vec<(usize, RowOutcome)>) -> Value {
     let outcomes: BTreeMap<usize, RowOutcome> = outcomes.into_iter().collect();
     let (mut applied, mut unchanged, mut refused) = (0usize, 0usize, 0usize);
     let mut report = Vec::with_capacity(rows.len());
@@ -339,7 +358,7 @@ async fn list_notifications(State(state): State<ApiState>) -> Response {
     }
 }
 
-fn read_inbox(state: &ApiState) -> Result<Vec<Value>, StoreError> {
+pub(crate) fn read_inbox(state: &ApiState) -> Result<Vec<Value>, StoreError> {
     let decode = |table: Table, rows: Vec<(Vec<u8>, Vec<u8>)>| {
         rows.into_iter().map(move |(key, value)| cpis_protocol::schema::StoredRow { table, key, value })
     };

@@ -234,6 +234,65 @@ pub struct NodeConfig {
     pub timing: Timing,
     #[serde(default)]
     pub limits: Limits,
+    /// An authority's web pages for its social workers (docs/council.md). Default none: no pages.
+    #[serde(default)]
+    pub pages: Option<PagesConfig>,
+}
+
+/// An authority's web pages: inbox, plans, import, audit log. Every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PagesConfig {
+    /// HTTP address. Default `127.0.0.1:0` (a free port, written to `<data_dir>/pages.addr`).
+    /// Any address that is not loopback needs `tls_cert` and `tls_key` (HTTPS).
+    pub listen: SocketAddr,
+    /// PEM certificate chain for HTTPS. Default none.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS. Default none.
+    pub tls_key: Option<PathBuf>,
+    /// A signed-in person idle this long is signed out. Default 1800000 ms (30 minutes).
+    pub session_idle_ms: u64,
+    /// Failed sign-ins in a row that lock an account. Default 5.
+    pub lockout_failures: u32,
+    /// How long a locked account stays locked. Default 900000 ms (15 minutes).
+    pub lockout_ms: u64,
+    /// A notification not acknowledged this long after it arrived is overdue. Default 86400000
+    /// ms (a day).
+    pub overdue_after_ms: u64,
+}
+
+impl Default for PagesConfig {
+    fn default() -> Self {
+        PagesConfig {
+            listen: default_api_listen(),
+            tls_cert: None,
+            tls_key: None,
+            session_idle_ms: 30 * 60_000,
+            lockout_failures: 5,
+            lockout_ms: 15 * 60_000,
+            overdue_after_ms: 24 * 3_600_000,
+        }
+    }
+}
+
+impl PagesConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, rule: &str| Err(ConfigError::Invalid { field, rule: rule.into() });
+        if !self.listen.ip().is_loopback() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return invalid("pages.listen", "an address that is not loopback needs tls_cert and tls_key (HTTPS)");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("pages.tls_cert", "tls_cert and tls_key go together");
+        }
+        if self.session_idle_ms == 0 || self.lockout_ms == 0 || self.overdue_after_ms == 0 || self.lockout_failures == 0
+        {
+            return invalid(
+                "pages",
+                "session_idle_ms, lockout_ms, overdue_after_ms and lockout_failures must be above zero",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The role a node runs.
@@ -276,6 +335,10 @@ impl NodeConfig {
         config.data_dir = anchor(base, &config.data_dir);
         config.key_file = config.key_file.map(|p| anchor(base, &p));
         config.directory_file = config.directory_file.map(|p| anchor(base, &p));
+        if let Some(pages) = config.pages.as_mut() {
+            pages.tls_cert = pages.tls_cert.as_ref().map(|p| anchor(base, p));
+            pages.tls_key = pages.tls_key.as_ref().map(|p| anchor(base, p));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -305,6 +368,16 @@ impl NodeConfig {
         for code in self.hub_addresses.keys() {
             OdsCode::parse(code)
                 .map_err(|e| ConfigError::Invalid { field: "hub_addresses", rule: format!("{code}: {e}") })?;
+        }
+        match (&self.pages, self.role) {
+            (Some(_), NodeRole::Hub) => {
+                return Err(ConfigError::Invalid {
+                    field: "pages",
+                    rule: "only an authority has council pages".into(),
+                });
+            }
+            (Some(pages), NodeRole::Authority) => pages.validate()?,
+            (None, _) => {}
         }
         self.timing.validate()
     }
@@ -339,6 +412,18 @@ impl NodeConfig {
     /// Where the node writes the API address it bound.
     pub fn api_addr_path(&self) -> PathBuf {
         self.data_dir.join("api.addr")
+    }
+    /// The council pages' accounts file.
+    pub fn users_path(&self) -> PathBuf {
+        self.data_dir.join("users.json")
+    }
+    /// Where the node writes its council pages' URL.
+    pub fn pages_addr_path(&self) -> PathBuf {
+        self.data_dir.join("pages.addr")
+    }
+    /// The council pages' audit log.
+    pub fn pages_audit_path(&self) -> PathBuf {
+        self.data_dir.join("pages-audit.jsonl")
     }
     /// Where the node writes the QUIC address it bound.
     pub fn quic_addr_path(&self) -> PathBuf {

@@ -8,10 +8,12 @@
 //! The modules depend on each other in one direction: `runtime` (the event loop, which owns all
 //! state) uses `net` (connections), `store`, `status` and `metrics`; `net` and `api` only send
 //! [`inputs::Input`]s to it.
+pub mod accounts;
 pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod council;
 pub mod gateway;
 pub mod import;
 pub mod inputs;
@@ -21,3 +23,4 @@ pub mod runtime;
 pub mod status;
 pub mod store;
 pub mod transport;
+pub mod web;

@@ -38,6 +38,7 @@ const TIMER_CAP: Duration = Duration::from_secs(1);
 pub struct RunningNode {
     api_addr: SocketAddr,
     quic_addr: Option<SocketAddr>,
+    pages_url: Option<String>,
     token: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -56,6 +57,10 @@ impl RunningNode {
 
     pub fn api_addr(&self) -> SocketAddr {
         self.api_addr
+    }
+    /// The council pages' URL, if the config asks for them.
+    pub fn pages_url(&self) -> Option<&str> {
+        self.pages_url.as_deref()
     }
     pub fn quic_addr(&self) -> Option<SocketAddr> {
         self.quic_addr
@@ -135,6 +140,10 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     };
     tasks.push(tokio::spawn(net::accept_loop(endpoint.clone(), ctx.clone(), roles).instrument(span.clone())));
     let state = crate::api::ApiState::new(inputs_tx, store, directory_for_api, token.clone(), config.role);
+    let pages_url = match &config.pages {
+        Some(pages) => Some(start_pages(&config, pages, state.clone(), shutdown_rx.clone(), &mut tasks).await?),
+        None => None,
+    };
     let app = crate::api::router(state);
     let mut api_shutdown = shutdown_rx.clone();
     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -145,8 +154,33 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
             error!(error = %e, "the API server stopped");
         }
     }));
-    info!(%api_addr, quic = ?quic_addr, "node running");
-    Ok(RunningNode { api_addr, quic_addr, token, shutdown: shutdown_tx, tasks, endpoint })
+    info!(%api_addr, quic = ?quic_addr, pages = pages_url.as_deref().unwrap_or("none"), "node running");
+    Ok(RunningNode { api_addr, quic_addr, pages_url, token, shutdown: shutdown_tx, tasks, endpoint })
+}
+
+/// Binds and serves an authority's council pages; returns their URL.
+async fn start_pages(
+    config: &NodeConfig,
+    pages: &config::PagesConfig,
+    state: crate::api::ApiState,
+    stop: watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<String> {
+    use crate::web::{self, Door, SessionRules};
+    let bound = web::bind(pages.listen, (pages.tls_cert.as_ref(), pages.tls_key.as_ref())).await?;
+    let url = bound.url.clone();
+    std::fs::write(config.pages_addr_path(), &url)?;
+    let rules = SessionRules {
+        idle_ms: pages.session_idle_ms,
+        lockout_failures: pages.lockout_failures,
+        lockout_ms: pages.lockout_ms,
+    };
+    let door = Door::new(config.users_path(), &crate::accounts::AccountRole::COUNCIL, rules, url.starts_with("https:"));
+    let name = state.directory().member(&config.code()).map(|m| m.name.clone()).unwrap_or_else(|| config.code.clone());
+    let council = crate::council::Council::new(state, door, name, pages.overdue_after_ms, &config.pages_audit_path())
+        .with_context(|| format!("opening {}", config.pages_audit_path().display()))?;
+    tasks.push(tokio::spawn(web::serve(bound, crate::council::router(std::sync::Arc::new(council)), stop)));
+    Ok(url)
 }
 
 /// Why this node's key cannot sign, if it cannot.

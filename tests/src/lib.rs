@@ -72,6 +72,7 @@ impl Fed {
             log_format: LogFormat::Text,
             timing: Timing::short(),
             limits: Default::default(),
+            pages: None,
         }
     }
 
@@ -255,4 +256,140 @@ pub fn spawn_node(binary: &str, config: &Path) -> std::process::Child {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn the node")
+}
+
+// What the web page tests share: raw HTTP/1.1 and a browser without JavaScript.
+
+/// One HTTP/1.1 request: status, headers (lower-case names) and body.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the gateway answers");
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+        .await
+        .expect("an answer within 30 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// A browser without JavaScript: keeps cookies, posts forms.
+pub struct Page {
+    pub addr: SocketAddr,
+    pub cookies: BTreeMap<String, String>,
+}
+
+fn form_encode(fields: &[(&str, &str)]) -> String {
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
+                b' ' => "+".into(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    fields.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
+}
+
+/// The value of a hidden `csrf` field in a page.
+pub fn csrf(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+impl Page {
+    pub fn new(addr: SocketAddr) -> Page {
+        Page { addr, cookies: BTreeMap::new() }
+    }
+
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        form: Option<&[(&str, &str)]>,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let body = form.map(form_encode);
+        let content_type = form.map(|_| "application/x-www-form-urlencoded");
+        self.send_body(method, path, content_type, body.as_deref().unwrap_or("")).await
+    }
+
+    /// A `multipart/form-data` post, as a form with a file field sends it: `(name, file name if
+    /// a file, content)`.
+    pub async fn post_multipart(
+        &mut self,
+        path: &str,
+        parts: &[(&str, Option<&str>, &str)],
+    ) -> (u16, Vec<(String, String)>, String) {
+        let boundary = "----cpis-test-boundary-7f3a";
+        let mut body = String::new();
+        for (name, file, content) in parts {
+            body.push_str(&format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\""));
+            if let Some(file) = file {
+                body.push_str(&format!("; filename=\"{file}\"\r\nContent-Type: text/csv"));
+            }
+            body.push_str(&format!("\r\n\r\n{content}\r\n"));
+        }
+        body.push_str(&format!("--{boundary}--\r\n"));
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        self.send_body("POST", path, Some(&content_type), &body).await
+    }
+
+    async fn send_body(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+        let mut headers = vec![("Cookie", cookie.as_str())];
+        if let Some(content_type) = content_type {
+            headers.push(("Content-Type", content_type));
+        }
+        let (status, headers, body) = request(self.addr, method, path, &headers, body).await;
+        for (_, value) in headers.iter().filter(|(k, _)| k == "set-cookie") {
+            let pair = value.split(';').next().unwrap_or("");
+            if let Some((k, v)) = pair.split_once('=') {
+                if v.is_empty() {
+                    self.cookies.remove(k)
+                } else {
+                    self.cookies.insert(k.into(), v.into())
+                };
+            }
+        }
+        (status, headers, body)
+    }
+
+    pub async fn sign_in(&mut self, user: &str, password: &str) -> (u16, String) {
+        let (_, _, form) = self.send("GET", "/sign-in", None).await;
+        let token = csrf(&form);
+        let (status, _, body) =
+            self.send("POST", "/sign-in", Some(&[("user", user), ("password", password), ("csrf", &token)])).await;
+        (status, body)
+    }
 }

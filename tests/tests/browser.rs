@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests report a failed precondition by panicking.
 #![allow(non_snake_case)]
 
+use cpis_node::accounts::{AccountRole, Accounts};
 use cpis_node::gateway::RunningGateway;
-use cpis_node::gateway::accounts::{Accounts, GatewayRole};
 use cpis_node::runtime::RunningNode;
 use cpis_protocol::harness::FederationSpec;
 use cpis_protocol::records::SettingType;
@@ -68,7 +68,7 @@ async fn world() -> World {
     config.stale_after_ms = 4_000;
     config.hub_timeout_ms = 1_500;
     let mut accounts = Accounts::default();
-    accounts.add_user("sam.patel", "Sam Patel", "Staff nurse", GatewayRole::Clinician, PASSWORD).unwrap();
+    accounts.add_user("sam.patel", "Sam Patel", "Staff nurse", AccountRole::Clinician, PASSWORD).unwrap();
     accounts.save(&config.gateway.users_path()).unwrap();
     let gateway = RunningGateway::start(config).await.expect("the gateway starts");
     World { fed, nodes, gateway }

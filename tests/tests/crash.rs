@@ -187,7 +187,7 @@ async fn gateway_killed_after_answering__every_answered_lookup_is_in_its_audit_l
     let hubn = fed.start("HUBN").await;
     let hubs = fed.start("HUBS").await;
     let home = fed.home("RXH01");
-    let mut accounts = cpis_node::gateway::accounts::Accounts::default();
+    let mut accounts = cpis_node::accounts::Accounts::default();
     let token = accounts.add_system("EHR", "Clinical system").unwrap();
     accounts.save(&home.join("gateway").join("users.json")).unwrap();
     let hubs_toml: String = fed.hub_addresses.iter().map(|(code, addr)| format!("{code} = \"{addr}\"\n")).collect();

@@ -4,19 +4,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests report a failed precondition by panicking.
 #![allow(non_snake_case)]
 
+use cpis_node::accounts::{AccountRole, Accounts};
 use cpis_node::config::SettingConfig;
 use cpis_node::gateway::RunningGateway;
-use cpis_node::gateway::accounts::{Accounts, GatewayRole};
 use cpis_node::runtime::RunningNode;
 use cpis_protocol::harness::FederationSpec;
 use cpis_protocol::records::SettingType;
-use cpis_tests::{Fed, api_json, hub_caught_up, wait_until};
+use cpis_tests::{Fed, Page, api_json, csrf, header, hub_caught_up, request, wait_until};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// In Hackney's care and on Newham's child protection plan: two councils.
 const TWO_COUNCILS: &str = "9434765919";
@@ -91,8 +89,8 @@ async fn world() -> World {
     }
     let config = gateway_config(&fed);
     let mut accounts = Accounts::default();
-    accounts.add_user("sam.patel", "Sam Patel", "Staff nurse", GatewayRole::Clinician, PASSWORD).unwrap();
-    accounts.add_user("lee.jones", "Lee Jones", "Named nurse", GatewayRole::SafeguardingLead, PASSWORD).unwrap();
+    accounts.add_user("sam.patel", "Sam Patel", "Staff nurse", AccountRole::Clinician, PASSWORD).unwrap();
+    accounts.add_user("lee.jones", "Lee Jones", "Named nurse", AccountRole::SafeguardingLead, PASSWORD).unwrap();
     let token = accounts.add_system("EPIC-ED", "Epic, urgent treatment centre").unwrap();
     accounts.save(&config.gateway.users_path()).unwrap();
     let gateway = RunningGateway::start(config).await.expect("the gateway starts");
@@ -105,43 +103,6 @@ fn gateway_config(fed: &Fed) -> SettingConfig {
     config.stale_after_ms = 4_000;
     config.hub_timeout_ms = 1_500;
     config
-}
-
-/// One HTTP/1.1 request: status, headers (lower-case names) and body.
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, Vec<(String, String)>, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("the gateway answers");
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
-        .await
-        .expect("an answer within 30 s")
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    (status, headers, body.to_string())
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 /// Where FHIR responses are saved for the independent validator.
@@ -337,72 +298,11 @@ async fn fhir_api__found_two_councils_unborn_none_history_unavailable_every_erro
     gateway.shutdown().await;
 }
 
-/// A browser without JavaScript: keeps cookies, posts forms.
-struct Page {
-    addr: SocketAddr,
-    cookies: BTreeMap<String, String>,
-}
-
-fn form_encode(fields: &[(&str, &str)]) -> String {
-    let encode = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (b as char).to_string(),
-                b' ' => "+".into(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    fields.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&")
-}
-
-/// The value of a hidden `csrf` field in a page.
-fn csrf(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
-    html[at..].split('"').next().unwrap().to_string()
-}
-
-impl Page {
-    async fn send(
-        &mut self,
-        method: &str,
-        path: &str,
-        form: Option<&[(&str, &str)]>,
-    ) -> (u16, Vec<(String, String)>, String) {
-        let cookie = self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
-        let mut headers = vec![("Cookie", cookie.as_str())];
-        let body = form.map(form_encode).unwrap_or_default();
-        if form.is_some() {
-            headers.push(("Content-Type", "application/x-www-form-urlencoded"));
-        }
-        let (status, headers, body) = request(self.addr, method, path, &headers, &body).await;
-        for (_, value) in headers.iter().filter(|(k, _)| k == "set-cookie") {
-            let pair = value.split(';').next().unwrap_or("");
-            if let Some((k, v)) = pair.split_once('=') {
-                if v.is_empty() {
-                    self.cookies.remove(k)
-                } else {
-                    self.cookies.insert(k.into(), v.into())
-                };
-            }
-        }
-        (status, headers, body)
-    }
-
-    async fn sign_in(&mut self, user: &str, password: &str) -> (u16, String) {
-        let (_, _, form) = self.send("GET", "/sign-in", None).await;
-        let token = csrf(&form);
-        let (status, _, body) =
-            self.send("POST", "/sign-in", Some(&[("user", user), ("password", password), ("csrf", &token)])).await;
-        (status, body)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clinician_page__sign_in_search_alert_roles_csrf_lockout__and_the_council_is_told_who_looked() {
     let world = world().await;
     let addr = world.gateway.addr();
-    let mut page = Page { addr, cookies: BTreeMap::new() };
+    let mut page = Page::new(addr);
 
     let (status, headers, _) = page.send("GET", "/", None).await;
     assert_eq!((status, header(&headers, "location")), (303, Some("/sign-in")), "signed out: sent to sign in");
@@ -448,7 +348,7 @@ async fn clinician_page__sign_in_search_alert_roles_csrf_lockout__and_the_counci
     })
     .await;
 
-    let mut lead = Page { addr, cookies: BTreeMap::new() };
+    let mut lead = Page::new(addr);
     assert_eq!(lead.sign_in("lee.jones", PASSWORD).await.0, 303);
     let (status, _, audit) = lead.send("GET", "/audit", None).await;
     assert_eq!(status, 200);
@@ -459,7 +359,7 @@ async fn clinician_page__sign_in_search_alert_roles_csrf_lockout__and_the_counci
     assert_eq!(status, 303);
     assert_eq!(page.send("GET", "/", None).await.0, 303, "signed out");
 
-    let mut guesser = Page { addr, cookies: BTreeMap::new() };
+    let mut guesser = Page::new(addr);
     for _ in 0..5 {
         assert_eq!(guesser.sign_in("lee.jones", "a wrong guess here").await.0, 401);
     }

@@ -2,13 +2,13 @@
 //! document, and choose the exit code.
 
 use crate::{
-    ChangeArgs, Cli, Command, ContactsCommand, DemoArgs, EnrolArgs, FederationCommand, GatewayCommand, GatewayRoleArg,
-    InboxCommand, LookupArgs, PlansCommand, RoleArg, SetMemberArgs,
+    ChangeArgs, Cli, Command, ContactsCommand, CouncilCommand, CouncilRoleArg, DemoArgs, EnrolArgs, FederationCommand,
+    GatewayCommand, GatewayRoleArg, InboxCommand, LookupArgs, PlansCommand, RoleArg, SetMemberArgs,
 };
 use anyhow::Context;
+use cpis_node::accounts::{AccountRole, Accounts, AccountsError};
 use cpis_node::client::{self, LookupRequest};
 use cpis_node::config::{SettingConfig, read_directory};
-use cpis_node::gateway::accounts::{Accounts, AccountsError, GatewayRole};
 use cpis_protocol::directory::Role;
 use cpis_protocol::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
 use cpis_protocol::records::{Contacts, Person, PlanType};
@@ -97,6 +97,7 @@ pub(crate) async fn run(cli: Cli) -> Outcome {
         Command::Inbox(c) => inbox(c, json).await,
         Command::Lookup(args) => lookup(args, json).await,
         Command::Gateway(c) => gateway(c, json),
+        Command::Council(c) => council_accounts(c, json),
         Command::Status(node) => {
             let reply = status::status(&NodeApi::from_config(&node.node)?).await?;
             emit(json, &reply, status::status_text);
@@ -517,11 +518,11 @@ async fn inbox(command: InboxCommand, json: bool) -> Outcome {
     Ok(EXIT_OK)
 }
 
-fn gateway_role(role: GatewayRoleArg) -> GatewayRole {
+fn gateway_role(role: GatewayRoleArg) -> AccountRole {
     match role {
-        GatewayRoleArg::Clinician => GatewayRole::Clinician,
-        GatewayRoleArg::SafeguardingLead => GatewayRole::SafeguardingLead,
-        GatewayRoleArg::Administrator => GatewayRole::Administrator,
+        GatewayRoleArg::Clinician => AccountRole::Clinician,
+        GatewayRoleArg::SafeguardingLead => AccountRole::SafeguardingLead,
+        GatewayRoleArg::Administrator => AccountRole::Administrator,
     }
 }
 
@@ -535,47 +536,86 @@ fn password(from_stdin: bool) -> Result<(String, bool), Failure> {
     Ok((line.trim_end_matches(['\r', '\n']).to_string(), false))
 }
 
+/// A change to an accounts file, whichever door it is for.
+enum AccountsAction {
+    AddUser { user: String, name: String, job: String, role: AccountRole, password_stdin: bool },
+    SetPassword { user: String, password_stdin: bool },
+    AddSystem { system: String, name: String },
+    Disable { name: String },
+    List,
+}
+
 fn gateway(command: GatewayCommand, json: bool) -> Outcome {
+    let path = |g: &crate::GatewayArg| SettingConfig::load(&g.config).map(|c| c.gateway.users_path());
+    let (path, action) = match command {
+        GatewayCommand::AddUser { gateway, user, name, job, role, password_stdin } => {
+            (path(&gateway)?, AccountsAction::AddUser { user, name, job, role: gateway_role(role), password_stdin })
+        }
+        GatewayCommand::SetPassword { gateway, user, password_stdin } => {
+            (path(&gateway)?, AccountsAction::SetPassword { user, password_stdin })
+        }
+        GatewayCommand::AddSystem { gateway, system, name } => {
+            (path(&gateway)?, AccountsAction::AddSystem { system, name })
+        }
+        GatewayCommand::Disable { gateway, name } => (path(&gateway)?, AccountsAction::Disable { name }),
+        GatewayCommand::List { gateway } => (path(&gateway)?, AccountsAction::List),
+    };
+    accounts(&path, action, json)
+}
+
+fn council_accounts(command: CouncilCommand, json: bool) -> Outcome {
+    let path = |n: &crate::NodeArg| cpis_node::config::NodeConfig::load(&n.node).map(|c| c.users_path());
+    let role = |r: CouncilRoleArg| match r {
+        CouncilRoleArg::SocialWorker => AccountRole::SocialWorker,
+        CouncilRoleArg::TeamManager => AccountRole::TeamManager,
+        CouncilRoleArg::Administrator => AccountRole::Administrator,
+    };
+    let (path, action) = match command {
+        CouncilCommand::AddUser { node, user, name, job, role: r, password_stdin } => {
+            (path(&node)?, AccountsAction::AddUser { user, name, job, role: role(r), password_stdin })
+        }
+        CouncilCommand::SetPassword { node, user, password_stdin } => {
+            (path(&node)?, AccountsAction::SetPassword { user, password_stdin })
+        }
+        CouncilCommand::Disable { node, name } => (path(&node)?, AccountsAction::Disable { name }),
+        CouncilCommand::List { node } => (path(&node)?, AccountsAction::List),
+    };
+    accounts(&path, action, json)
+}
+
+fn accounts(path: &Path, action: AccountsAction, json: bool) -> Outcome {
     let invalid = |e: AccountsError| match e {
         AccountsError::Invalid { .. } | AccountsError::Exists { .. } | AccountsError::Missing { .. } => {
             bad_input(format!("{e}: nothing was changed"))
         }
         other => Failure::from(other),
     };
-    let config = |g: &crate::GatewayArg| SettingConfig::load(&g.config).map(|c| c.gateway.users_path());
-    let reply = match command {
-        GatewayCommand::AddUser { gateway, user, name, job, role, password_stdin } => {
-            let path = config(&gateway)?;
+    let mut accounts = Accounts::load(path)?;
+    let reply = match action {
+        AccountsAction::AddUser { user, name, job, role, password_stdin } => {
             let (password, generated) = password(password_stdin)?;
-            let mut accounts = Accounts::load(&path)?;
-            accounts.add_user(&user, &name, &job, gateway_role(role), &password).map_err(invalid)?;
-            accounts.save(&path)?;
-            json!({ "user": user, "role": gateway_role(role).name(), "password": generated.then_some(password), "file": path })
+            accounts.add_user(&user, &name, &job, role, &password).map_err(invalid)?;
+            json!({ "user": user, "role": role.name(), "password": generated.then_some(password), "file": path })
         }
-        GatewayCommand::SetPassword { gateway, user, password_stdin } => {
-            let path = config(&gateway)?;
+        AccountsAction::SetPassword { user, password_stdin } => {
             let (password, generated) = password(password_stdin)?;
-            let mut accounts = Accounts::load(&path)?;
             accounts.set_password(&user, &password).map_err(invalid)?;
-            accounts.save(&path)?;
             json!({ "user": user, "password": generated.then_some(password), "file": path })
         }
-        GatewayCommand::AddSystem { gateway, system, name } => {
-            let path = config(&gateway)?;
-            let mut accounts = Accounts::load(&path)?;
+        AccountsAction::AddSystem { system, name } => {
             let token = accounts.add_system(&system, &name).map_err(invalid)?;
-            accounts.save(&path)?;
             json!({ "system": system, "token": token, "file": path })
         }
-        GatewayCommand::Disable { gateway, name } => {
-            let path = config(&gateway)?;
-            let mut accounts = Accounts::load(&path)?;
+        AccountsAction::Disable { name } => {
             accounts.disable(&name).map_err(invalid)?;
-            accounts.save(&path)?;
             json!({ "disabled": name, "file": path })
         }
-        GatewayCommand::List { gateway } => gateway::list_json(&Accounts::load(&config(&gateway)?)?),
+        AccountsAction::List => {
+            emit(json, &gateway::list_json(&accounts), gateway::text);
+            return Ok(EXIT_OK);
+        }
     };
+    accounts.save(path)?;
     emit(json, &reply, gateway::text);
     Ok(EXIT_OK)
 }

@@ -13,10 +13,10 @@ use crate::api::NodeApi;
 use crate::care;
 use crate::council::{self, NewPlan};
 use crate::render::{items, now, number, text};
+use cpis_node::accounts::{AccountRole, Accounts};
 use cpis_node::client::{self, LookupOutcome, LookupRequest};
 use cpis_node::config::{NodeConfig, SettingConfig, Timing};
 use cpis_node::gateway::RunningGateway;
-use cpis_node::gateway::accounts::{Accounts, GatewayRole};
 use cpis_node::runtime::RunningNode;
 use cpis_protocol::directory::Role;
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
@@ -777,9 +777,9 @@ impl Demo {
     async fn serve(&mut self, duration: Duration) -> Result<Value, String> {
         let (config, config_file) = self.settings.get("RXH01").cloned().ok_or("no setting RXH01")?;
         let people = [
-            ("sam.patel", "Sam Patel", "Staff nurse", GatewayRole::Clinician),
-            ("lee.jones", "Lee Jones", "Named nurse for safeguarding", GatewayRole::SafeguardingLead),
-            ("ari.admin", "Ari Khan", "Gateway administrator", GatewayRole::Administrator),
+            ("sam.patel", "Sam Patel", "Staff nurse", AccountRole::Clinician),
+            ("lee.jones", "Lee Jones", "Named nurse for safeguarding", AccountRole::SafeguardingLead),
+            ("ari.admin", "Ari Khan", "Gateway administrator", AccountRole::Administrator),
         ];
         let mut accounts = Accounts::default();
         let mut users = Vec::new();

@@ -1,8 +1,8 @@
 //! `cpis gateway …`: a setting gateway's people and calling systems, as text or JSON. The
-//! accounts file itself is `cpis_node::gateway::accounts`; the running gateway reads it again
+//! accounts file itself is `cpis_node::accounts`; the running gateway reads it again
 //! whenever it changes.
 
-use cpis_node::gateway::accounts::Accounts;
+use cpis_node::accounts::Accounts;
 use serde_json::{Value, json};
 use std::fmt::Write;
 

@@ -48,6 +48,10 @@ enum Command {
     /// use its FHIR API with a bearer token). Works whether or not the gateway is running.
     #[command(subcommand)]
     Gateway(GatewayCommand),
+    /// Councils: the people who sign in at the authority node's pages (needs `[pages]` in its
+    /// config). Works whether or not the node is running.
+    #[command(subcommand)]
+    Council(CouncilCommand),
     /// Anyone running a node: its role, peers, replication lag and queues.
     Status(NodeArg),
     /// Plays the federation's founding story on an embedded federation on loopback, checking
@@ -414,6 +418,60 @@ enum GatewayRoleArg {
     Clinician,
     SafeguardingLead,
     Administrator,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CouncilRoleArg {
+    SocialWorker,
+    TeamManager,
+    Administrator,
+}
+
+#[derive(Subcommand)]
+enum CouncilCommand {
+    /// Adds a person who signs in at the council's pages; prints a new random password once,
+    /// unless --password-stdin gives one.
+    AddUser {
+        #[command(flatten)]
+        node: NodeArg,
+        /// The user name they sign in with (letters, digits, . - _ @).
+        #[arg(long)]
+        user: String,
+        /// Their full name, recorded with everything they do.
+        #[arg(long)]
+        name: String,
+        /// Their job, e.g. "Duty social worker".
+        #[arg(long)]
+        job: String,
+        /// What they may do: read and acknowledge (social worker), also change plans and import
+        /// (team manager), also read the audit log (administrator).
+        #[arg(long, value_enum, default_value = "social-worker")]
+        role: CouncilRoleArg,
+        /// Read the password (at least 12 characters) from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Sets a new password for a person (and enables the account).
+    SetPassword {
+        #[command(flatten)]
+        node: NodeArg,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disables a person (the entry stays, for the audit log).
+    Disable {
+        #[command(flatten)]
+        node: NodeArg,
+        #[arg(long)]
+        name: String,
+    },
+    /// Lists people (never a password).
+    List {
+        #[command(flatten)]
+        node: NodeArg,
+    },
 }
 
 #[derive(Args)]

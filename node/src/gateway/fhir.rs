@@ -138,7 +138,7 @@ impl Gateway {
             header_text(headers, "Authorization")?.and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| {
                 FhirError::access_denied("an Authorization: Bearer token for the calling system is required")
             })?;
-        let accounts = self.accounts();
+        let accounts = self.door.accounts();
         let system = accounts
             .system_with_token(token.trim())
             .ok_or_else(|| FhirError::access_denied("the bearer token is not one of this gateway's calling systems"))?;

@@ -16,16 +16,16 @@
 //! ```
 //!
 //! Plain HTTP is served on loopback only; any other address needs a certificate and serves
-//! HTTPS (rustls, TLS 1.3).
+//! HTTPS (rustls, TLS 1.3). Sign-in, sessions and serving are [`crate::web`]'s.
 
-pub mod accounts;
 pub mod audit;
 pub mod fhir;
 mod pages;
 
+use crate::accounts::AccountRole;
 use crate::client::{Client, ClientError, LookupOutcome, LookupRequest, Pace};
 use crate::config::{self, SettingConfig};
-use accounts::Accounts;
+use crate::web::{self, Door, SessionRules};
 use anyhow::Context;
 use audit::{AuditEntry, AuditLog};
 use axum::Router;
@@ -35,11 +35,10 @@ use cpis_protocol::records::{LookupKind, Person};
 use cpis_protocol::time::Timestamp;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 /// How often the gateway checks that its home hubs' connections are open.
 const KEEP_WARM_MS: u64 = 5_000;
@@ -74,28 +73,13 @@ pub enum Via {
 pub struct Gateway {
     config: SettingConfig,
     client: Arc<Client>,
-    accounts: Mutex<(Option<SystemTime>, Arc<Accounts>)>,
+    door: Door,
     audit: AuditLog,
-    sessions: Mutex<pages::Sessions>,
     recent: Mutex<VecDeque<(Instant, LookupOutcome)>>,
     base_url: String,
 }
 
 impl Gateway {
-    /// The accounts file as it is now (read again whenever it changed on disk).
-    fn accounts(&self) -> Arc<Accounts> {
-        let path = self.config.gateway.users_path();
-        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        let mut held = self.accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if held.0 != modified {
-            match Accounts::load(&path) {
-                Ok(accounts) => *held = (modified, Arc::new(accounts)),
-                Err(e) => warn!(reason = %e, "the accounts file cannot be read: keeping the accounts last read"),
-            }
-        }
-        held.1.clone()
-    }
-
     fn fhir_base(&self) -> String {
         format!("{}/FHIR/R4", self.base_url)
     }
@@ -228,7 +212,7 @@ fn router(gateway: Arc<Gateway>) -> Router {
         .route("/audit", get(pages::audit_page))
         .route("/assets/{*file}", get(pages::asset))
         .fallback(pages::not_found)
-        .layer(axum::middleware::from_fn(pages::security_headers))
+        .layer(axum::middleware::from_fn(web::security_headers))
         .with_state(gateway)
 }
 
@@ -251,33 +235,26 @@ impl RunningGateway {
         let client = Arc::new(Client::open(config.clone())?);
         let audit = AuditLog::open(&config.gateway.audit_path())
             .with_context(|| format!("opening the audit log {}", config.gateway.audit_path().display()))?;
-        let listener = tokio::net::TcpListener::bind(config.gateway.listen)
-            .await
-            .with_context(|| format!("binding the gateway's HTTP address {}", config.gateway.listen))?;
-        let addr = listener.local_addr()?;
-        let tls = match (&config.gateway.tls_cert, &config.gateway.tls_key) {
-            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
-            _ => None,
-        };
-        let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
-        std::fs::write(config.gateway.http_addr_path(), &url)
-            .with_context(|| format!("writing {}", config.gateway.http_addr_path().display()))?;
+        let g = &config.gateway;
+        let bound = web::bind(g.listen, (g.tls_cert.as_ref(), g.tls_key.as_ref())).await?;
+        let addr = bound.listener.local_addr()?;
+        let url = bound.url.clone();
+        std::fs::write(g.http_addr_path(), &url)
+            .with_context(|| format!("writing {}", g.http_addr_path().display()))?;
+        let rules =
+            SessionRules { idle_ms: g.session_idle_ms, lockout_failures: g.lockout_failures, lockout_ms: g.lockout_ms };
+        let door = Door::new(g.users_path(), &AccountRole::GATEWAY, rules, url.starts_with("https:"));
         let gateway = Arc::new(Gateway {
-            accounts: Mutex::new((None, Arc::new(Accounts::default()))),
+            door,
             audit,
-            sessions: Mutex::new(pages::Sessions::default()),
             recent: Mutex::new(VecDeque::new()),
             base_url: url.clone(),
             client: client.clone(),
             config,
         });
-        let users = gateway.accounts().users.len();
+        let users = gateway.door.accounts().users.len();
         let (shutdown, stop) = watch::channel(false);
-        let app = router(gateway.clone());
-        let serve = match tls {
-            None => tokio::spawn(serve_plain(listener, app, stop.clone())),
-            Some(acceptor) => tokio::spawn(serve_tls(listener, acceptor, app, stop.clone())),
-        };
+        let serve = tokio::spawn(web::serve(bound, router(gateway.clone()), stop.clone()));
         let warm = tokio::spawn(keep_warm(client.clone(), stop));
         let (code, name, _, kind) = client.describe();
         info!(%code, %name, %url, kind = kind_name(kind), users, "setting gateway listening");
@@ -311,66 +288,4 @@ async fn keep_warm(client: Arc<Client>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
     }
-}
-
-async fn serve_plain(listener: tokio::net::TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
-    let stopped = async move {
-        let _ = stop.changed().await;
-    };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-        error!(reason = %e, "the gateway's HTTP server stopped");
-    }
-}
-
-/// Most HTTPS handshakes in progress at once.
-const TLS_HANDSHAKES_MAX: usize = 256;
-/// Longest a client may take over its TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
-
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    app: Router,
-    mut stop: watch::Receiver<bool>,
-) {
-    use hyper_util::rt::TokioIo;
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(TLS_HANDSHAKES_MAX));
-    loop {
-        let (tcp, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => { warn!(reason = %e, "accepting an HTTPS connection failed"); continue; }
-            },
-            _ = stop.changed() => return,
-        };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else { continue };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            let timeout = Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
-            let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await else { return };
-            drop(permit);
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-        });
-    }
-}
-
-/// The HTTPS server config from a PEM certificate chain and key (ring provider, no client
-/// certificates: people sign in, systems present tokens).
-fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading the certificate {}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("the certificate {} is not PEM", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the key {}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the certificate and key do not fit together")?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
 }

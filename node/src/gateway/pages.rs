@@ -1,20 +1,16 @@
 //! The clinician's page, server-rendered with maud and styled with the vendored NHS.UK frontend
 //! (no JavaScript at all): sign in, search by NHS number, the child care alert, councils that
 //! could not be checked, the visit history; and the audit page for safeguarding leads and
-//! administrators.
-//!
-//! Sessions live in memory (a restart signs everyone out): an unguessable token in an
-//! `HttpOnly`, `SameSite=Strict` cookie (`Secure` over HTTPS), with a CSRF token per session
-//! checked on every form. Sign-in has its own double-submit token. After `lockout_failures`
-//! failed sign-ins in a row an account is locked for `lockout_ms`, whether it exists or not.
+//! administrators. Sessions, CSRF and lockout are [`crate::web`]'s.
 
 use super::fhir::unavailable_text;
 use super::{Caller, Gateway, Via, kind_name};
 use crate::client::{ClientError, LookupOutcome};
-use axum::body::Body;
+use crate::web::{
+    CsrfForm, SESSION_COOKIE, SIGN_IN_COOKIE, Session, SignInForm, SignInRefused, constant_time_eq, random_token,
+};
 use axum::extract::{Form, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use cpis_protocol::ids::NhsNumber;
 use cpis_protocol::records::{Contacts, LookupKind, Person, Plan, PlanType};
@@ -22,145 +18,9 @@ use cpis_protocol::setting::{AuthorityView, ShownVisit};
 use cpis_protocol::time::Timestamp;
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-/// Most signed-in sessions held at once (the oldest goes first).
-const SESSIONS_MAX: usize = 10_000;
-/// Most accounts whose failed sign-ins are counted at once.
-const FAILURES_MAX: usize = 10_000;
-const SESSION_COOKIE: &str = "cpis_session";
-const SIGN_IN_COOKIE: &str = "cpis_sign_in";
 const SERVICE_NAME: &str = "Child protection alerts";
-
-/// One signed-in person.
-#[derive(Clone)]
-pub(super) struct Session {
-    user: String,
-    name: String,
-    job: String,
-    role: super::accounts::GatewayRole,
-    csrf: String,
-    last_seen: Instant,
-}
-
-/// Signed-in sessions and failed sign-ins.
-#[derive(Default)]
-pub(super) struct Sessions {
-    by_token: HashMap<String, Session>,
-    failures: HashMap<String, (u32, Option<Instant>)>,
-}
-
-fn random_token() -> String {
-    hex::encode(rand::random::<[u8; 32]>())
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-impl Gateway {
-    fn https(&self) -> bool {
-        self.base_url.starts_with("https:")
-    }
-
-    fn set_cookie(&self, name: &str, value: &str, max_age_s: u64) -> HeaderValue {
-        let secure = if self.https() { "; Secure" } else { "" };
-        let text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}");
-        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
-    }
-
-    /// The signed-in session of this request, if any (touching it keeps it alive).
-    fn session(&self, headers: &HeaderMap) -> Option<Session> {
-        let token = cookie(headers, SESSION_COOKIE)?;
-        let idle = Duration::from_millis(self.config.gateway.session_idle_ms);
-        let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let session = sessions.by_token.get_mut(token)?;
-        if session.last_seen.elapsed() > idle {
-            sessions.by_token.remove(token);
-            return None;
-        }
-        session.last_seen = Instant::now();
-        Some(session.clone())
-    }
-
-    /// Whether `user` is locked now.
-    fn locked(&self, user: &str) -> bool {
-        let sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        sessions.failures.get(user).and_then(|(_, until)| *until).is_some_and(|until| Instant::now() < until)
-    }
-
-    fn sign_in_failed(&self, user: &str) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if sessions.failures.len() >= FAILURES_MAX && !sessions.failures.contains_key(user) {
-            sessions.failures.retain(|_, (_, until)| until.is_some());
-            if sessions.failures.len() >= FAILURES_MAX {
-                return;
-            }
-        }
-        let entry = sessions.failures.entry(user.to_string()).or_insert((0, None));
-        if entry.1.is_some_and(|until| Instant::now() >= until) {
-            *entry = (0, None);
-        }
-        entry.0 += 1;
-        if entry.0 >= self.config.gateway.lockout_failures {
-            entry.1 = Some(Instant::now() + Duration::from_millis(self.config.gateway.lockout_ms));
-        }
-    }
-
-    fn start_session(&self, user: &super::accounts::User) -> String {
-        let token = random_token();
-        let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        sessions.failures.remove(&user.user);
-        if sessions.by_token.len() >= SESSIONS_MAX {
-            let oldest = sessions.by_token.iter().min_by_key(|(_, s)| s.last_seen).map(|(t, _)| t.clone());
-            if let Some(t) = oldest {
-                sessions.by_token.remove(&t);
-            }
-        }
-        let session = Session {
-            user: user.user.clone(),
-            name: user.name.clone(),
-            job: user.job.clone(),
-            role: user.role,
-            csrf: random_token(),
-            last_seen: Instant::now(),
-        };
-        sessions.by_token.insert(token.clone(), session);
-        token
-    }
-}
-
-/// Headers on every response: no framing, no referrer, only this origin's styles and images,
-/// and nothing cached (pages hold case data).
-pub(super) async fn security_headers(request: Request<Body>, next: Next) -> Response {
-    let is_asset = request.uri().path().starts_with("/assets/");
-    let mut response = next.run(request).await;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
-    );
-    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    if !is_asset {
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    }
-    response
-}
 
 const NHS_LOGO_PATH: &str = "M200 0v80H0V0h200Zm-27.5 5.5c-14.5 0-29 5-29 22 0 10.2 7.7 13.5 14.7 16.3l.7.3c5.4 2 10.1 3.9 10.1 8.4 0 6.5-8.5 7.5-14 7.5s-12.5-1.5-16-3.5L135 70c5.5 2 13.5 3.5 20 3.5 15.5 0 32-4.5 32-22.5 0-19.5-25.5-16.5-25.5-25.5 0-5.5 5.5-6.5 12.5-6.5a35 35 0 0 1 14.5 3l4-13.5c-4.5-2-12-3-20-3Zm-131 2h-22l-14 65H22l9-45h.5l13.5 45h21.5l14-65H64l-9 45h-.5l-13-45Zm63 0h-18l-13 65h17l6-28H117l-5.5 28H129l13.5-65H125L119.5 32h-20l5-24.5Z";
 
@@ -229,7 +89,7 @@ fn page(status: StatusCode, markup: Markup) -> Response {
 
 /// `GET /`: the search form, or the way to sign in.
 pub(super) async fn home(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    match gateway.session(&headers) {
+    match gateway.door.session(&headers) {
         Some(s) => page(StatusCode::OK, search_page(&gateway, &s, "", None)),
         None => Redirect::to("/sign-in").into_response(),
     }
@@ -299,7 +159,7 @@ pub(super) async fn search(
     headers: HeaderMap,
     Form(form): Form<SearchForm>,
 ) -> Response {
-    let Some(session) = gateway.session(&headers) else { return Redirect::to("/sign-in").into_response() };
+    let Some(session) = gateway.door.session(&headers) else { return Redirect::to("/sign-in").into_response() };
     if !constant_time_eq(&form.csrf, &session.csrf) {
         return forbidden(&gateway, Some(&session), "The form had expired. Go back and try again.");
     }
@@ -551,20 +411,15 @@ fn sign_in_markup(gateway: &Gateway, token: &str, user: &str, error: Option<&str
 
 /// `GET /sign-in`
 pub(super) async fn sign_in_page(State(gateway): State<Arc<Gateway>>) -> Response {
-    let token = random_token();
-    let mut response = page(StatusCode::OK, sign_in_markup(&gateway, &token, "", None));
-    response.headers_mut().append(header::SET_COOKIE, gateway.set_cookie(SIGN_IN_COOKIE, &token, 3600));
-    response
+    sign_in_form(&gateway, StatusCode::OK, "", None)
 }
 
-#[derive(Deserialize)]
-pub(super) struct SignInForm {
-    #[serde(default)]
-    user: String,
-    #[serde(default)]
-    password: String,
-    #[serde(default)]
-    csrf: String,
+/// The sign-in page with a fresh double-submit token.
+fn sign_in_form(gateway: &Gateway, status: StatusCode, user: &str, error: Option<&str>) -> Response {
+    let token = random_token();
+    let mut response = page(status, sign_in_markup(gateway, &token, user, error));
+    response.headers_mut().append(header::SET_COOKIE, gateway.door.set_cookie(SIGN_IN_COOKIE, &token, 3600));
+    response
 }
 
 /// `POST /sign-in`
@@ -574,43 +429,15 @@ pub(super) async fn sign_in(
     Form(form): Form<SignInForm>,
 ) -> Response {
     let user: String = form.user.trim().chars().take(64).collect();
-    let again = |message: &str| {
-        let token = random_token();
-        let mut response = page(StatusCode::UNAUTHORIZED, sign_in_markup(&gateway, &token, &user, Some(message)));
-        response.headers_mut().append(header::SET_COOKIE, gateway.set_cookie(SIGN_IN_COOKIE, &token, 3600));
-        response
-    };
-    if !cookie(&headers, SIGN_IN_COOKIE).is_some_and(|c| constant_time_eq(c, &form.csrf)) {
-        return again("The sign-in form had expired: enter your user name and password again");
+    match gateway.door.sign_in(&headers, &user, form.password, &form.csrf).await {
+        Ok((token, _)) => {
+            let mut response = Redirect::to("/").into_response();
+            response.headers_mut().append(header::SET_COOKIE, gateway.door.session_cookie(&token));
+            response.headers_mut().append(header::SET_COOKIE, gateway.door.set_cookie(SIGN_IN_COOKIE, "", 0));
+            response
+        }
+        Err(SignInRefused(message)) => sign_in_form(&gateway, StatusCode::UNAUTHORIZED, &user, Some(&message)),
     }
-    if gateway.locked(&user) {
-        tracing::warn!(user = %user, "sign-in refused: the account is locked");
-        let minutes = gateway.config.gateway.lockout_ms.div_ceil(60_000);
-        return again(&format!(
-            "This account is locked after repeated failed sign-ins. Try again in up to {minutes} minutes, or ask your administrator"
-        ));
-    }
-    let accounts = gateway.accounts();
-    let (password, name) = (form.password, user.clone());
-    let found = tokio::task::spawn_blocking(move || accounts.sign_in(&name, &password).cloned()).await.ok().flatten();
-    let Some(found) = found else {
-        gateway.sign_in_failed(&user);
-        tracing::warn!(user = %user, "sign-in refused: wrong user name or password");
-        return again("The user name or password is not right");
-    };
-    let token = gateway.start_session(&found);
-    tracing::info!(user = %found.user, role = found.role.name(), "signed in");
-    let mut response = Redirect::to("/").into_response();
-    let idle_s = gateway.config.gateway.session_idle_ms / 1000;
-    response.headers_mut().append(header::SET_COOKIE, gateway.set_cookie(SESSION_COOKIE, &token, idle_s));
-    response.headers_mut().append(header::SET_COOKIE, gateway.set_cookie(SIGN_IN_COOKIE, "", 0));
-    response
-}
-
-#[derive(Deserialize)]
-pub(super) struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
 }
 
 /// `POST /sign-out`
@@ -619,19 +446,15 @@ pub(super) async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = gateway.session(&headers).filter(|s| constant_time_eq(&form.csrf, &s.csrf));
-    if let (Some(session), Some(token)) = (session, cookie(&headers, SESSION_COOKIE)) {
-        gateway.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).by_token.remove(token);
-        tracing::info!(user = %session.user, "signed out");
-    }
+    gateway.door.sign_out(&headers, &form.csrf);
     let mut response = Redirect::to("/sign-in").into_response();
-    response.headers_mut().append(header::SET_COOKIE, gateway.set_cookie(SESSION_COOKIE, "", 0));
+    response.headers_mut().append(header::SET_COOKIE, gateway.door.set_cookie(SESSION_COOKIE, "", 0));
     response
 }
 
 /// `GET /audit`: the gateway's newest lookups (safeguarding leads and administrators).
 pub(super) async fn audit_page(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let Some(session) = gateway.session(&headers) else { return Redirect::to("/sign-in").into_response() };
+    let Some(session) = gateway.door.session(&headers) else { return Redirect::to("/sign-in").into_response() };
     if !session.role.reads_audit() {
         return forbidden(
             &gateway,
@@ -699,7 +522,7 @@ pub(super) async fn asset(Path(file): Path<String>) -> Response {
 
 /// Any other path.
 pub(super) async fn not_found(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    let session = gateway.session(&headers);
+    let session = gateway.door.session(&headers);
     let content = html! { h1 class="nhsuk-heading-l" { "Page not found" } p { a href="/" { "Go to the search" } } };
     page(StatusCode::NOT_FOUND, layout(&gateway, "Page not found", session.as_ref(), content))
 }

@@ -14,8 +14,8 @@
 //! Prints figures; asserts nothing about speed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a failed precondition panics.
 
+use cpis_node::accounts::Accounts;
 use cpis_node::gateway::RunningGateway;
-use cpis_node::gateway::accounts::Accounts;
 use cpis_protocol::harness::FederationSpec;
 use cpis_protocol::ids::NhsNumber;
 use cpis_protocol::records::SettingType;

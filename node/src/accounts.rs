@@ -1,10 +1,10 @@
-//! The gateway's people and calling systems: one JSON file (`users.json` in the gateway's data
-//! folder, owner-only), written by `cpis gateway …` commands and read by the running gateway
-//! whenever it changes.
+//! The people who sign in at a node's web pages (a setting gateway's, a council's) and the
+//! systems that call its APIs: one JSON file (`users.json`, owner-only), written by `cpis gateway
+//! …` and `cpis council …` commands and read by the running node whenever it changes.
 //!
-//! A person has a user name, a display name, a job (what the access event records as their
-//! role, "Staff nurse" say), a gateway role and an argon2id password hash. A calling system (a
-//! clinical system's integration) has a name and the SHA-256 of its bearer token; the token
+//! A person has a user name, a display name, a job (what a lookup records as their role, "Staff
+//! nurse" say), a role that says what they may do, and an argon2id password hash. A calling system
+//! (a clinical system's integration) has a name and the SHA-256 of its bearer token; the token
 //! itself is shown once, when it is made, and never stored.
 
 use argon2::Argon2;
@@ -21,37 +21,49 @@ pub const PASSWORD_CHARS_MIN: usize = 12;
 /// Longest password accepted (argon2 takes any length; this bounds the work per sign-in).
 pub const PASSWORD_CHARS_MAX: usize = 256;
 
-/// What a signed-in person may do at the gateway.
+/// What a signed-in person may do. A setting gateway takes the first three, a council's pages
+/// the last three.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum GatewayRole {
-    /// Looks children up.
+pub enum AccountRole {
+    /// At a gateway: looks children up.
     Clinician,
-    /// Also reads the gateway's audit log.
+    /// At a gateway: also reads the gateway's audit log.
     SafeguardingLead,
-    /// Also reads the audit log (people and systems are managed with `cpis gateway`).
+    /// Anywhere: what the others may, and the audit log (people are managed with `cpis`).
     Administrator,
+    /// At a council: reads the inbox and plans, acknowledges notifications.
+    SocialWorker,
+    /// At a council: also records, ends and withdraws plans, and imports them.
+    TeamManager,
 }
 
-impl GatewayRole {
-    pub const ALL: [GatewayRole; 3] =
-        [GatewayRole::Clinician, GatewayRole::SafeguardingLead, GatewayRole::Administrator];
+impl AccountRole {
+    /// The roles of a setting gateway.
+    pub const GATEWAY: [AccountRole; 3] =
+        [AccountRole::Clinician, AccountRole::SafeguardingLead, AccountRole::Administrator];
+    /// The roles of a council's pages.
+    pub const COUNCIL: [AccountRole; 3] =
+        [AccountRole::SocialWorker, AccountRole::TeamManager, AccountRole::Administrator];
 
     pub fn name(self) -> &'static str {
         match self {
-            GatewayRole::Clinician => "clinician",
-            GatewayRole::SafeguardingLead => "safeguarding-lead",
-            GatewayRole::Administrator => "administrator",
+            AccountRole::Clinician => "clinician",
+            AccountRole::SafeguardingLead => "safeguarding-lead",
+            AccountRole::Administrator => "administrator",
+            AccountRole::SocialWorker => "social-worker",
+            AccountRole::TeamManager => "team-manager",
         }
     }
 
-    pub fn parse(text: &str) -> Option<GatewayRole> {
-        GatewayRole::ALL.into_iter().find(|r| r.name() == text)
+    /// Whether this role may read the audit log of the node it signs in to.
+    pub fn reads_audit(self) -> bool {
+        matches!(self, AccountRole::SafeguardingLead | AccountRole::Administrator)
     }
 
-    /// Whether this role may read the gateway's audit log.
-    pub fn reads_audit(self) -> bool {
-        self != GatewayRole::Clinician
+    /// Whether this role may change a council's plans (record, end, withdraw, import).
+    pub fn changes_plans(self) -> bool {
+        matches!(self, AccountRole::TeamManager | AccountRole::Administrator)
     }
 }
 
@@ -63,7 +75,7 @@ pub struct User {
     pub name: String,
     /// Recorded in each access event as the person's role.
     pub job: String,
-    pub role: GatewayRole,
+    pub role: AccountRole,
     /// An argon2id PHC string.
     pub password: String,
     #[serde(default)]
@@ -206,7 +218,7 @@ impl Accounts {
         user: &str,
         name: &str,
         job: &str,
-        role: GatewayRole,
+        role: AccountRole,
         password: &str,
     ) -> Result<(), AccountsError> {
         check_handle("user", user)?;
@@ -289,7 +301,7 @@ mod tests {
     #[test]
     fn a_person_signs_in_with_their_password_only__and_no_secret_is_in_debug() {
         let mut accounts = Accounts::default();
-        accounts.add_user("sam", "Sam Patel", "Staff nurse", GatewayRole::Clinician, "correct horse battery").unwrap();
+        accounts.add_user("sam", "Sam Patel", "Staff nurse", AccountRole::Clinician, "correct horse battery").unwrap();
         assert!(accounts.users[0].password.starts_with("$argon2id$"));
         assert_eq!(accounts.sign_in("sam", "correct horse battery").map(|u| u.name.as_str()), Some("Sam Patel"));
         assert!(accounts.sign_in("sam", "wrong horse battery").is_none());
@@ -308,19 +320,19 @@ mod tests {
         let mut accounts = Accounts::default();
         let refused = |r: Result<(), AccountsError>| r.unwrap_err().to_string();
         assert!(
-            refused(accounts.add_user("sam", "Sam", "Nurse", GatewayRole::Clinician, "short")).starts_with("password")
+            refused(accounts.add_user("sam", "Sam", "Nurse", AccountRole::Clinician, "short")).starts_with("password")
         );
         assert!(
-            refused(accounts.add_user("sa m", "Sam", "Nurse", GatewayRole::Clinician, "long enough pass"))
+            refused(accounts.add_user("sa m", "Sam", "Nurse", AccountRole::Clinician, "long enough pass"))
                 .starts_with("user")
         );
         assert!(
-            refused(accounts.add_user("sam", "", "Nurse", GatewayRole::Clinician, "long enough pass"))
+            refused(accounts.add_user("sam", "", "Nurse", AccountRole::Clinician, "long enough pass"))
                 .starts_with("name")
         );
         assert!(accounts.users.is_empty());
-        accounts.add_user("sam", "Sam", "Nurse", GatewayRole::Clinician, "long enough pass").unwrap();
-        let again = refused(accounts.add_user("sam", "Sam", "Nurse", GatewayRole::Clinician, "long enough pass"));
+        accounts.add_user("sam", "Sam", "Nurse", AccountRole::Clinician, "long enough pass").unwrap();
+        let again = refused(accounts.add_user("sam", "Sam", "Nurse", AccountRole::Clinician, "long enough pass"));
         assert!(again.contains("already"), "{again}");
     }
 
@@ -331,7 +343,7 @@ mod tests {
         let path = dir.path().join("gateway").join("users.json");
         let mut accounts = Accounts::default();
         accounts
-            .add_user("sam", "Sam Patel", "Staff nurse", GatewayRole::SafeguardingLead, "long enough pass")
+            .add_user("sam", "Sam Patel", "Staff nurse", AccountRole::SafeguardingLead, "long enough pass")
             .unwrap();
         accounts.save(&path).unwrap();
         assert_eq!(Accounts::load(&path).unwrap(), accounts);

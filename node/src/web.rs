@@ -1,0 +1,360 @@
+//! What a node's web pages share, whichever door they are (a setting gateway's for clinicians, a
+//! council's for social workers): people signing in from the accounts file ([`crate::accounts`]),
+//! sessions, CSRF tokens, lockout, security headers, and serving plain HTTP on loopback or HTTPS
+//! elsewhere.
+//!
+//! Sessions live in memory (a restart signs everyone out): an unguessable token in an
+//! `HttpOnly`, `SameSite=Strict` cookie (`Secure` over HTTPS), with a CSRF token per session that
+//! every form carries. The sign-in form has its own double-submit token. After `lockout_failures`
+//! failed sign-ins in a row an account is locked for `lockout_ms`, whether it exists or not.
+
+use crate::accounts::{AccountRole, Accounts, User};
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+use tracing::{error, warn};
+
+/// Most signed-in sessions held at once (the oldest goes first).
+const SESSIONS_MAX: usize = 10_000;
+/// Most accounts whose failed sign-ins are counted at once.
+const FAILURES_MAX: usize = 10_000;
+pub const SESSION_COOKIE: &str = "cpis_session";
+pub const SIGN_IN_COOKIE: &str = "cpis_sign_in";
+
+/// One signed-in person.
+#[derive(Clone)]
+pub struct Session {
+    pub user: String,
+    pub name: String,
+    pub job: String,
+    pub role: AccountRole,
+    pub csrf: String,
+    last_seen: Instant,
+}
+
+/// How long sessions last and when accounts lock.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionRules {
+    pub idle_ms: u64,
+    pub lockout_failures: u32,
+    pub lockout_ms: u64,
+}
+
+#[derive(Default)]
+struct Sessions {
+    by_token: HashMap<String, Session>,
+    failures: HashMap<String, (u32, Option<Instant>)>,
+}
+
+/// One web door: its accounts file, the roles it lets in, and its sessions.
+pub struct Door {
+    users_path: PathBuf,
+    roles: &'static [AccountRole],
+    rules: SessionRules,
+    https: bool,
+    accounts: Mutex<(Option<SystemTime>, Arc<Accounts>)>,
+    sessions: Mutex<Sessions>,
+}
+
+/// Why a sign-in was refused, in words for the person.
+pub struct SignInRefused(pub String);
+
+/// The sign-in form's fields.
+#[derive(serde::Deserialize)]
+pub struct SignInForm {
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// A form that carries nothing but its CSRF token (sign out, say).
+#[derive(serde::Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+pub fn random_token() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// The value of cookie `name`, if the request carries it.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Equality whose time does not depend on where two tokens differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Door {
+    pub fn new(users_path: PathBuf, roles: &'static [AccountRole], rules: SessionRules, https: bool) -> Door {
+        Door {
+            users_path,
+            roles,
+            rules,
+            https,
+            accounts: Mutex::new((None, Arc::new(Accounts::default()))),
+            sessions: Mutex::new(Sessions::default()),
+        }
+    }
+
+    /// The accounts file as it is now (read again whenever it changed on disk).
+    pub fn accounts(&self) -> Arc<Accounts> {
+        let modified = std::fs::metadata(&self.users_path).and_then(|m| m.modified()).ok();
+        let mut held = lock(&self.accounts);
+        if held.0 != modified {
+            match Accounts::load(&self.users_path) {
+                Ok(accounts) => *held = (modified, Arc::new(accounts)),
+                Err(e) => warn!(reason = %e, "the accounts file cannot be read: keeping the accounts last read"),
+            }
+        }
+        held.1.clone()
+    }
+
+    /// A `Set-Cookie` value for this door.
+    pub fn set_cookie(&self, name: &str, value: &str, max_age_s: u64) -> HeaderValue {
+        let secure = if self.https { "; Secure" } else { "" };
+        let text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_s}{secure}");
+        HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    /// The `Set-Cookie` value that starts a session, for a token from [`Door::sign_in`].
+    pub fn session_cookie(&self, token: &str) -> HeaderValue {
+        self.set_cookie(SESSION_COOKIE, token, self.rules.idle_ms / 1000)
+    }
+
+    /// The signed-in session of this request, if any (touching it keeps it alive).
+    pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
+        let token = cookie(headers, SESSION_COOKIE)?;
+        let idle = Duration::from_millis(self.rules.idle_ms);
+        let mut sessions = lock(&self.sessions);
+        let session = sessions.by_token.get_mut(token)?;
+        if session.last_seen.elapsed() > idle {
+            sessions.by_token.remove(token);
+            return None;
+        }
+        session.last_seen = Instant::now();
+        Some(session.clone())
+    }
+
+    /// Checks a sign-in form (its double-submit token, the lockout, the password, the role) and
+    /// starts a session: its token, for [`Door::session_cookie`].
+    pub async fn sign_in(
+        &self,
+        headers: &HeaderMap,
+        user: &str,
+        password: String,
+        csrf: &str,
+    ) -> Result<(String, User), SignInRefused> {
+        if !cookie(headers, SIGN_IN_COOKIE).is_some_and(|c| constant_time_eq(c, csrf)) {
+            return Err(SignInRefused("The sign-in form had expired: enter your user name and password again".into()));
+        }
+        if self.locked(user) {
+            warn!(user = %user, "sign-in refused: the account is locked");
+            let minutes = self.rules.lockout_ms.div_ceil(60_000);
+            return Err(SignInRefused(format!(
+                "This account is locked after repeated failed sign-ins. Try again in up to {minutes} minutes, or ask your administrator"
+            )));
+        }
+        let accounts = self.accounts();
+        let name = user.to_string();
+        let found =
+            tokio::task::spawn_blocking(move || accounts.sign_in(&name, &password).cloned()).await.ok().flatten();
+        let Some(found) = found.filter(|u| self.roles.contains(&u.role)) else {
+            self.sign_in_failed(user);
+            warn!(user = %user, "sign-in refused: wrong user name or password");
+            return Err(SignInRefused("The user name or password is not right".into()));
+        };
+        tracing::info!(user = %found.user, role = found.role.name(), "signed in");
+        Ok((self.start_session(&found), found))
+    }
+
+    /// Ends the session of this request if the form's CSRF token is its own.
+    pub fn sign_out(&self, headers: &HeaderMap, csrf: &str) -> Option<Session> {
+        let session = self.session(headers).filter(|s| constant_time_eq(csrf, &s.csrf))?;
+        let token = cookie(headers, SESSION_COOKIE)?;
+        lock(&self.sessions).by_token.remove(token);
+        tracing::info!(user = %session.user, "signed out");
+        Some(session)
+    }
+
+    fn locked(&self, user: &str) -> bool {
+        let sessions = lock(&self.sessions);
+        sessions.failures.get(user).and_then(|(_, until)| *until).is_some_and(|until| Instant::now() < until)
+    }
+
+    fn sign_in_failed(&self, user: &str) {
+        let mut sessions = lock(&self.sessions);
+        if sessions.failures.len() >= FAILURES_MAX && !sessions.failures.contains_key(user) {
+            sessions.failures.retain(|_, (_, until)| until.is_some());
+            if sessions.failures.len() >= FAILURES_MAX {
+                return;
+            }
+        }
+        let entry = sessions.failures.entry(user.to_string()).or_insert((0, None));
+        if entry.1.is_some_and(|until| Instant::now() >= until) {
+            *entry = (0, None);
+        }
+        entry.0 += 1;
+        if entry.0 >= self.rules.lockout_failures {
+            entry.1 = Some(Instant::now() + Duration::from_millis(self.rules.lockout_ms));
+        }
+    }
+
+    fn start_session(&self, user: &User) -> String {
+        let token = random_token();
+        let mut sessions = lock(&self.sessions);
+        sessions.failures.remove(&user.user);
+        if sessions.by_token.len() >= SESSIONS_MAX {
+            let oldest = sessions.by_token.iter().min_by_key(|(_, s)| s.last_seen).map(|(t, _)| t.clone());
+            if let Some(t) = oldest {
+                sessions.by_token.remove(&t);
+            }
+        }
+        let session = Session {
+            user: user.user.clone(),
+            name: user.name.clone(),
+            job: user.job.clone(),
+            role: user.role,
+            csrf: random_token(),
+            last_seen: Instant::now(),
+        };
+        sessions.by_token.insert(token.clone(), session);
+        token
+    }
+}
+
+/// Headers on every response: no framing, no referrer, only this origin's styles and images,
+/// no script, and nothing cached but the vendored assets (pages hold case data).
+pub async fn security_headers(request: Request<Body>, next: Next) -> Response {
+    let is_asset = request.uri().path().starts_with("/assets/");
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'none'; object-src 'none'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if !is_asset {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// A listener bound, with its URL (`http://…` or `https://…`) and what serves it.
+pub struct Bound {
+    pub listener: tokio::net::TcpListener,
+    pub url: String,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Binds `listen`: HTTPS with the certificate and key if given, else plain HTTP.
+pub async fn bind(listen: std::net::SocketAddr, tls: (Option<&PathBuf>, Option<&PathBuf>)) -> anyhow::Result<Bound> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the web pages on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let tls = match tls {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+    Ok(Bound { listener, url, tls })
+}
+
+/// Serves `app` until `stop` changes.
+pub async fn serve(bound: Bound, app: Router, stop: watch::Receiver<bool>) {
+    match bound.tls {
+        None => serve_plain(bound.listener, app, stop).await,
+        Some(acceptor) => serve_tls(bound.listener, acceptor, app, stop).await,
+    }
+}
+
+async fn serve_plain(listener: tokio::net::TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        error!(reason = %e, "the web server stopped");
+    }
+}
+
+/// Most HTTPS handshakes in progress at once.
+const TLS_HANDSHAKES_MAX: usize = 256;
+/// Longest a client may take over its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::TokioIo;
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(TLS_HANDSHAKES_MAX));
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { warn!(reason = %e, "accepting an HTTPS connection failed"); continue; }
+            },
+            _ = stop.changed() => return,
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else { continue };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(TLS_HANDSHAKE_TIMEOUT_MS);
+            let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await else { return };
+            drop(permit);
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+        });
+    }
+}
+
+/// The HTTPS server config from a PEM certificate chain and key (ring provider, TLS 1.3, no
+/// client certificates: people sign in, systems present tokens).
+fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading the certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("the certificate {} is not PEM", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not fit together")?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}

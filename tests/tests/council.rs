@@ -1,0 +1,163 @@
+//! The council's pages on a real authority node: a social worker sees and acknowledges a
+//! notification caused by a real lookup; a team manager imports a CSV with broken rows and
+//! changes plans; each role reaches only what it may; the audit log says who did what.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // Tests report a failed precondition by panicking.
+#![allow(non_snake_case)]
+
+use cpis_node::accounts::{AccountRole, Accounts};
+use cpis_node::client::{LookupRequest, lookup};
+use cpis_node::config::PagesConfig;
+use cpis_protocol::harness::FederationSpec;
+use cpis_protocol::ids::NhsNumber;
+use cpis_protocol::records::{Person, SettingType};
+use cpis_tests::{Fed, Page, api_json, csrf, header, hub_caught_up, wait_until};
+use serde_json::json;
+use std::time::Duration;
+
+const CHILD: &str = "9434765919";
+const PASSWORD: &str = "correct horse battery staple";
+
+fn spec() -> FederationSpec {
+    FederationSpec::new("council").hub("HUBN").authority("204", "Hackney", &["HUBN"]).setting(
+        "RXH01",
+        "Royal Sussex County UTC",
+        SettingType::UrgentTreatmentCentre,
+        &["HUBN"],
+    )
+}
+
+/// The lookup id in the first inbox row's link.
+fn first_notification(html: &str) -> String {
+    let at = html.find("href=\"/inbox/").expect("a notification link") + "href=\"/inbox/".len();
+    html[at..at + 32].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn council_pages__acknowledge_a_real_notification__import_with_broken_rows__roles_and_audit() {
+    let fed = Fed::create(spec());
+    let hub = fed.start("HUBN").await;
+    let mut accounts = Accounts::default();
+    accounts.add_user("ali.khan", "Ali Khan", "Duty social worker", AccountRole::SocialWorker, PASSWORD).unwrap();
+    accounts.add_user("jo.smith", "Jo Smith", "Team manager", AccountRole::TeamManager, PASSWORD).unwrap();
+    accounts.add_user("pat.lee", "Pat Lee", "Service administrator", AccountRole::Administrator, PASSWORD).unwrap();
+    accounts.add_user("sam.patel", "Sam Patel", "Staff nurse", AccountRole::Clinician, PASSWORD).unwrap();
+    accounts.save(&fed.home("204").join("users.json")).unwrap();
+    let hackney = fed.start_with("204", |c| c.pages = Some(PagesConfig::default())).await;
+    let url = hackney.pages_url().expect("the pages are served").to_string();
+    let addr = url.trim_start_matches("http://").parse().unwrap();
+
+    let plan = json!({ "reference": "LAC-1", "nhs": CHILD, "plan_type": "LAC", "start": "2026-01-05" });
+    assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan)).await.0, 200);
+    wait_until("the plan reaches the hub", Duration::from_secs(20), || hub_caught_up(&fed, "HUBN", "204")).await;
+    let nurse = Person { id: "N1".into(), name: "Sam Patel".into(), role: "Staff nurse".into() };
+    let request = LookupRequest { nhs: NhsNumber::parse(CHILD).unwrap(), person: nurse };
+    lookup(&fed.setting_config("RXH01"), request).await.expect("the lookup is answered");
+    wait_until("the notification reaches Hackney", Duration::from_secs(20), || async {
+        let (_, inbox) = api_json(&fed, "204", "GET", "/notifications", None).await;
+        inbox["notifications"].as_array().is_some_and(|n| n.len() == 1)
+    })
+    .await;
+
+    // A social worker sees it, opens it and acknowledges it with a note.
+    let mut worker = Page::new(addr);
+    assert_eq!(worker.send("GET", "/inbox", None).await.0, 303, "signed out: sent to sign in");
+    assert_eq!(worker.sign_in("sam.patel", PASSWORD).await.0, 401, "a gateway role cannot sign in at a council");
+    assert_eq!(worker.sign_in("ali.khan", PASSWORD).await.0, 303);
+    let (status, _, inbox) = worker.send("GET", "/inbox", None).await;
+    assert_eq!(status, 200);
+    assert!(inbox.contains("1 not acknowledged") && inbox.contains("0 overdue"), "counts on every page");
+    assert!(inbox.contains("Sam Patel, Staff nurse") && inbox.contains("Royal Sussex County UTC (RXH01)"), "{inbox}");
+    let id = first_notification(&inbox);
+    let (_, _, detail) = worker.send("GET", &format!("/inbox/{id}"), None).await;
+    assert!(detail.contains("LAC-1") && detail.contains("Acknowledge"), "{detail}");
+    let token = csrf(&detail);
+    let ack = [("note", "Called the UTC; child safe, visit planned"), ("csrf", token.as_str())];
+    let (status, headers, _) = worker.send("POST", &format!("/inbox/{id}/ack"), Some(&ack)).await;
+    assert_eq!((status, header(&headers, "location")), (303, Some(format!("/inbox/{id}").as_str())));
+    let (_, _, acknowledged) = worker.send("GET", &format!("/inbox/{id}"), None).await;
+    assert!(acknowledged.contains("Acknowledged by Ali Khan (ali.khan)") && acknowledged.contains("child safe"));
+    let (_, _, open) = worker.send("GET", "/inbox", None).await;
+    assert!(open.contains("No notifications match") && open.contains("0 not acknowledged"), "it left the list");
+    let (_, _, all) = worker.send("GET", "/inbox?show=all&nhs=943+476+5919", None).await;
+    assert!(all.contains(&id), "shown with every notification, filtered by child");
+    let (status, _, bad) = worker.send("GET", "/inbox?nhs=123", None).await;
+    assert!(status == 400 && bad.contains("govuk-error-summary") && bad.contains("NHS number"), "{bad}");
+    let (_, from_api) = api_json(&fed, "204", "GET", "/notifications", None).await;
+    let note = &from_api["notifications"][0]["acknowledged"]["note"];
+    assert_eq!(note, &json!("Called the UTC; child safe, visit planned"), "the same store the API reads");
+
+    // A social worker cannot import or change plans.
+    assert_eq!(worker.send("GET", "/import", None).await.0, 403);
+    let (_, _, plans) = worker.send("GET", "/plans", None).await;
+    assert!(plans.contains("LAC-1") && !plans.contains("Record a plan"), "read only");
+    let forged = [
+        ("reference", "CPP-2"),
+        ("nhs", CHILD),
+        ("plan_type", "CPP"),
+        ("start", "2026-02-01"),
+        ("csrf", token.as_str()),
+    ];
+    assert_eq!(worker.send("POST", "/plans", Some(&forged)).await.0, 403);
+
+    // A team manager imports a file with broken rows, after a dry run.
+    let mut manager = Page::new(addr);
+    assert_eq!(manager.sign_in("jo.smith", PASSWORD).await.0, 303);
+    let (_, _, form) = manager.send("GET", "/import", None).await;
+    let token = csrf(&form);
+    let csv = "reference,nhs_number,plan_type,start_date,end_date,due_date,withdrawn\n\
+               CPP-10,4010232137,CPP,2026-03-01,,,\n\
+               CPP-11,4010232138,CPP,2026-03-01,,,\n\
+               LAC-12,9434765870,LAC,2026-13-01,,,\n";
+    let parts = |dry: bool| {
+        let mut p = vec![("csrf", None, token.as_str()), ("file", Some("plans.csv"), csv)];
+        if dry {
+            p.push(("dry_run", None, "yes"));
+        }
+        p
+    };
+    let (status, _, dry) = manager.post_multipart("/import", &parts(true)).await;
+    assert_eq!(status, 200, "{dry}");
+    assert!(dry.contains("Dry run: nothing was stored. 1 applied, 0 unchanged, 2 refused"), "{dry}");
+    let (_, _, listed) = manager.send("GET", "/plans?q=CPP-10", None).await;
+    assert!(listed.contains("0 of 1 plans"), "the dry run stored nothing: {listed}");
+    let (_, _, done) = manager.post_multipart("/import", &parts(false)).await;
+    assert!(done.contains("1 applied, 0 unchanged, 2 refused"), "{done}");
+    assert!(
+        done.contains("check digit") && done.contains("start_date: no such day"),
+        "each refused row says why: {done}"
+    );
+
+    // Plans: an error names the field; a change goes through the node.
+    let (_, _, plans) = manager.send("GET", "/plans", None).await;
+    let token = csrf(&plans);
+    let bad = [
+        ("reference", "CPP-20"),
+        ("nhs", "123"),
+        ("plan_type", "CPP"),
+        ("start", "2026-02-01"),
+        ("csrf", token.as_str()),
+    ];
+    let (status, _, refused) = manager.send("POST", "/plans", Some(&bad)).await;
+    assert!(status == 400 && refused.contains("href=\"#nhs\"") && refused.contains("nhs:"), "{refused}");
+    let withdraw = [("csrf", token.as_str())];
+    assert_eq!(manager.send("POST", "/plans/CPP-10/withdraw", Some(&withdraw)).await.0, 303);
+    let (_, _, after) = manager.send("GET", "/plans?q=CPP-10", None).await;
+    assert!(after.contains("Withdrawn"), "{after}");
+    assert_eq!(manager.send("GET", "/audit", None).await.0, 403, "only administrators read the audit log");
+
+    let mut admin = Page::new(addr);
+    assert_eq!(admin.sign_in("pat.lee", PASSWORD).await.0, 303);
+    let (status, _, audit) = admin.send("GET", "/audit", None).await;
+    assert_eq!(status, 200);
+    for want in [
+        "Ali Khan (ali.khan)",
+        "acknowledged: notification",
+        "Jo Smith (jo.smith)",
+        "imported plans: 1 applied",
+        "withdrew plan CPP-10",
+    ] {
+        assert!(audit.contains(want), "the audit log lacks {want:?}: {audit}");
+    }
+    hackney.shutdown().await;
+    hub.shutdown().await;
+}

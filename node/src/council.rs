@@ -41,6 +41,10 @@ const SERVICE_NAME: &str = "Child protection notifications";
 const PAGE_ROWS_MAX: usize = 200;
 /// Largest CSV file the import page takes.
 const IMPORT_BYTES_MAX: usize = 64 << 20;
+/// Rows an import job sends to the node at a time (its progress moves by this much).
+const IMPORT_CHUNK_ROWS: usize = 1_000;
+/// Import jobs remembered (the oldest finished one goes first).
+const IMPORT_JOBS_MAX: usize = 32;
 
 /// What every council page shares.
 pub struct Council {
@@ -50,6 +54,24 @@ pub struct Council {
     overdue_after_ms: u64,
     actions: Mutex<std::fs::File>,
     actions_path: PathBuf,
+    jobs: Mutex<Jobs>,
+}
+
+/// Imports running or finished, newest last (at most [`IMPORT_JOBS_MAX`]).
+#[derive(Default)]
+struct Jobs {
+    next: u64,
+    list: Vec<(u64, Arc<Mutex<ImportJob>>)>,
+}
+
+/// One import: who started it, how far it is, and its per-row report once done.
+struct ImportJob {
+    user: String,
+    dry_run: bool,
+    rows_total: usize,
+    rows_done: usize,
+    report: Option<Value>,
+    error: Option<String>,
 }
 
 /// One thing a person did, as the audit log keeps it.
@@ -76,7 +98,8 @@ impl Council {
         options.create(true).append(true);
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let actions = Mutex::new(options.open(actions_path)?);
-        Ok(Council { api, door, name, overdue_after_ms, actions, actions_path: actions_path.to_path_buf() })
+        let actions_path = actions_path.to_path_buf();
+        Ok(Council { api, door, name, overdue_after_ms, actions, actions_path, jobs: Mutex::default() })
     }
 
     /// Appends to the audit log and syncs it (actions are rare: a sync each is cheap).
@@ -122,6 +145,8 @@ pub fn router(council: Arc<Council>) -> Router {
         .route("/plans/{reference}/end", post(end_plan))
         .route("/plans/{reference}/withdraw", post(withdraw_plan))
         .route("/import", get(import_page).post(import))
+        .route("/import/jobs/{id}", get(import_job))
+        .route("/import/jobs/{id}/results.csv", get(import_results_csv))
         .route("/audit", get(audit))
         .route("/assets/{*file}", get(asset))
         .fallback(not_found)
@@ -149,6 +174,11 @@ fn counts(council: &Council) -> (usize, usize) {
 }
 
 fn layout(council: &Council, title: &str, session: Option<&Session>, content: Markup) -> Markup {
+    layout_with(council, title, session, content, false)
+}
+
+/// The page around every page's content; `refresh` reloads it every second (a running import).
+fn layout_with(council: &Council, title: &str, session: Option<&Session>, content: Markup, refresh: bool) -> Markup {
     let counts = session.map(|_| counts(council));
     html! {
         (DOCTYPE)
@@ -157,6 +187,7 @@ fn layout(council: &Council, title: &str, session: Option<&Session>, content: Ma
                 meta charset="utf-8";
                 title { (title) " – " (SERVICE_NAME) " – " (council.name) }
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                @if refresh { meta http-equiv="refresh" content="1"; }
                 link rel="icon" href="/assets/images/favicon.ico" sizes="48x48";
                 link rel="stylesheet" href="/assets/govuk-frontend.min.css";
             }
@@ -187,7 +218,7 @@ fn layout(council: &Council, title: &str, session: Option<&Session>, content: Ma
                 }
                 div class="govuk-width-container" {
                     @if let (Some(s), Some((open, overdue))) = (session, counts) {
-                        div class="govuk-!-margin-top-4" {
+                        section class="govuk-!-margin-top-4" aria-label="Your account" {
                             p class="govuk-body-s" id="counts" {
                                 "Signed in as " strong { (s.name) } " (" (s.role.name()) "). "
                                 strong { (open) " not acknowledged" } ", of which " strong { (overdue) " overdue" } "."
@@ -892,26 +923,147 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, mut mul
         Ok(s) => s,
         Err(r) => return r,
     };
-    let (report, error) = if file.is_empty() {
-        (None, Some("Choose a CSV file to import".to_string()))
-    } else {
-        match api::run_import(&council.api, &file, dry_run).await {
-            Ok(report) => {
-                if !dry_run {
-                    let what = format!(
-                        "{} applied, {} unchanged, {} refused",
-                        report["applied"], report["unchanged"], report["refused"]
-                    );
-                    council.record(&session, "imported plans", what);
+    let refuse = |message: String| {
+        let markup = import_markup(&session, None, Some(&message));
+        page(StatusCode::BAD_REQUEST, layout(&council, "Error: Import plans", Some(&session), markup))
+    };
+    if file.is_empty() {
+        return refuse("Choose a CSV file to import".into());
+    }
+    let rows = match crate::import::parse_csv(&file) {
+        Ok(rows) => rows,
+        Err(e) => return refuse(e.to_string()),
+    };
+    let job = Arc::new(Mutex::new(ImportJob {
+        user: session.user.clone(),
+        dry_run,
+        rows_total: rows.len(),
+        rows_done: 0,
+        report: None,
+        error: None,
+    }));
+    let id = council.add_job(job.clone());
+    tokio::spawn(run_job(council.clone(), session, rows, job));
+    Redirect::to(&format!("/import/jobs/{id}")).into_response()
+}
+
+impl Council {
+    fn add_job(&self, job: Arc<Mutex<ImportJob>>) -> u64 {
+        let mut jobs = self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        jobs.next += 1;
+        let id = jobs.next;
+        if jobs.list.len() >= IMPORT_JOBS_MAX {
+            let finished =
+                jobs.list.iter().position(|(_, j)| j.lock().is_ok_and(|j| j.report.is_some() || j.error.is_some()));
+            jobs.list.remove(finished.unwrap_or(0));
+        }
+        jobs.list.push((id, job));
+        id
+    }
+
+    fn job(&self, id: &str) -> Option<Arc<Mutex<ImportJob>>> {
+        let id: u64 = id.parse().ok()?;
+        let jobs = self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        jobs.list.iter().find(|(i, _)| *i == id).map(|(_, j)| j.clone())
+    }
+}
+
+/// Sends the valid rows to the node [`IMPORT_CHUNK_ROWS`] at a time (each chunk durable before
+/// the next), moving the job's progress, then builds the per-row report.
+async fn run_job(
+    council: Arc<Council>,
+    session: Session,
+    rows: Vec<crate::import::ImportRow>,
+    job: Arc<Mutex<ImportJob>>,
+) {
+    let update = |f: &dyn Fn(&mut ImportJob)| f(&mut job.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let dry_run = job.lock().map(|j| j.dry_run).unwrap_or(true);
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(IMPORT_CHUNK_ROWS) {
+        let valid: Vec<(usize, Plan)> =
+            chunk.iter().filter_map(|r| r.plan.as_ref().ok().map(|p| (r.row, p.clone()))).collect();
+        if dry_run {
+            outcomes.extend(valid.iter().map(|(row, _)| (*row, cpis_protocol::authority::RowOutcome::Applied)));
+        } else {
+            match api::ask(&council.api, Command::ImportPlans(valid)).await {
+                Ok(Reply::Imported(report)) => outcomes.extend(report.rows),
+                Ok(Reply::Refused(e)) => return update(&|j| j.error = Some(e.to_string())),
+                Ok(_) | Err(_) => {
+                    return update(&|j| {
+                        j.error = Some("the node stopped during the import: rows already applied stay applied; import the file again".into())
+                    });
                 }
-                (Some(report), None)
             }
-            Err(r) => (None, Some(response_message(r).await)),
+        }
+        update(&|j| j.rows_done += chunk.len());
+    }
+    let mut report = api::import_report(rows, outcomes);
+    if dry_run {
+        report["dry_run"] = Value::Bool(true);
+    } else {
+        let what =
+            format!("{} applied, {} unchanged, {} refused", report["applied"], report["unchanged"], report["refused"]);
+        council.record(&session, "imported plans", what);
+    }
+    update(&|j| j.report = Some(report.clone()));
+}
+
+async fn import_job(State(council): State<Arc<Council>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let session = match signed_in(&council, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(job) = council.job(&id).filter(|j| j.lock().is_ok_and(|j| j.user == session.user)) else {
+        return not_found(State(council), headers).await;
+    };
+    let (total, done, report, error) = {
+        let j = job.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (j.rows_total, j.rows_done, j.report.clone(), j.error.clone())
+    };
+    let running = report.is_none() && error.is_none();
+    let content = html! {
+        @if running {
+            h1 class="govuk-heading-l" { "Importing plans" }
+            p class="govuk-body" id="progress-text" { (done) " of " (total) " rows done" }
+            progress id="progress" max=(total.max(1)) value=(done) aria-labelledby="progress-text" { (done) " of " (total) }
+            p class="govuk-body-s" { "This page refreshes every second until the import ends." }
+        } @else {
+            (import_markup(&session, report.as_ref(), error.as_deref()))
+            @if report.is_some() {
+                p class="govuk-body" { a class="govuk-link" href=(format!("/import/jobs/{id}/results.csv")) download { "Download the results (CSV)" } }
+            }
         }
     };
-    let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    let title = if error.is_some() { "Error: Import plans" } else { "Import plans" };
-    page(status, layout(&council, title, Some(&session), import_markup(&session, report.as_ref(), error.as_deref())))
+    page(StatusCode::OK, layout_with(&council, "Import plans", Some(&session), content, running))
+}
+
+/// The per-row results as CSV: `row,reference,result,reason`.
+async fn import_results_csv(
+    State(council): State<Arc<Council>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let session = match signed_in(&council, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let report =
+        council.job(&id).and_then(|j| j.lock().ok().filter(|j| j.user == session.user).and_then(|j| j.report.clone()));
+    let Some(report) = report else { return not_found(State(council), headers).await };
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let _ = out.write_record(["row", "reference", "result", "reason"]);
+    for row in report["rows"].as_array().map_or(&[][..], Vec::as_slice) {
+        let _ = out.write_record([
+            row["row"].to_string(),
+            text(row, "reference"),
+            text(row, "result"),
+            text(row, "reason"),
+        ]);
+    }
+    let bytes = out.into_inner().unwrap_or_default();
+    let disposition = format!("attachment; filename=\"import-{id}-results.csv\"");
+    ([(header::CONTENT_TYPE, "text/csv".to_string()), (header::CONTENT_DISPOSITION, disposition)], bytes)
+        .into_response()
 }
 
 /// Percent-encodes one path segment (a plan reference may hold any printable character).
@@ -925,15 +1077,6 @@ fn path_segment(text: &str) -> String {
             }
         })
         .collect()
-}
-
-/// The `error` of an API error response.
-async fn response_message(r: Response) -> String {
-    let bytes = axum::body::to_bytes(r.into_body(), 64 << 10).await.unwrap_or_default();
-    serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .map(|v| text(&v, "error"))
-        .unwrap_or_else(|| "the file was refused".into())
 }
 
 async fn audit(State(council): State<Arc<Council>>, headers: HeaderMap) -> Response {

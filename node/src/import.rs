@@ -29,6 +29,32 @@ struct Columns {
     withdrawn: Option<usize>,
 }
 
+/// Every column the format has, in its usual order.
+const COLUMNS: [&str; 7] = ["reference", "nhs_number", "plan_type", "start_date", "end_date", "due_date", "withdrawn"];
+
+/// Checks that every column of the header is one of the format's, once: a misspelt column
+/// (`withdrawl`) would otherwise be ignored, and a plan meant to be withdrawn stored open.
+fn check_header(header: &csv::StringRecord) -> Result<(), String> {
+    let known = COLUMNS.map(|c| format!("`{c}`")).join(", ");
+    let mut seen = BTreeSet::new();
+    for (i, h) in header.iter().enumerate() {
+        let name = h.trim().to_ascii_lowercase();
+        if !COLUMNS.contains(&name.as_str()) {
+            let near = COLUMNS.iter().find(|c| name.len() >= 3 && c.starts_with(&name[..3.min(name.len())]));
+            let hint = near.map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
+            let shown: String = h.trim().chars().take(40).collect();
+            return Err(format!(
+                "the header's column {} `{shown}` is not a column of the format{hint}; the columns are {known}",
+                i + 1
+            ));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(format!("the header names `{name}` twice"));
+        }
+    }
+    Ok(())
+}
+
 fn columns(header: &csv::StringRecord) -> Result<Columns, String> {
     let find = |name: &str| header.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
     let need = |name: &str| find(name).ok_or_else(|| format!("the header has no `{name}` column"));
@@ -48,6 +74,7 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(bytes);
     let header = reader.headers().map_err(|e| format!("cannot read the header row: {e}"))?.clone();
     let cols = columns(&header)?;
+    check_header(&header)?;
     let mut rows = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, record) in reader.records().enumerate() {
@@ -58,7 +85,7 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
         let (reference, plan) = match record {
             Ok(r) => {
                 let reference = r.get(cols.reference).unwrap_or("").to_string();
-                let plan = parse_row(&cols, &r).and_then(|p| {
+                let plan = row_shape(&r, header.len()).and_then(|()| parse_row(&cols, &r)).and_then(|p| {
                     if seen.insert(p.reference.clone()) {
                         Ok(p)
                     } else {
@@ -71,7 +98,22 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
         };
         rows.push(ImportRow { row, reference, plan });
     }
+    if rows.is_empty() {
+        return Err("the file has a header but no rows: is the export empty?".into());
+    }
     Ok(rows)
+}
+
+/// A row must have the header's number of fields, none spanning lines (an unterminated quote
+/// would otherwise swallow the rows after it).
+fn row_shape(r: &csv::StringRecord, fields: usize) -> Result<(), String> {
+    if r.iter().any(|f| f.contains(['\n', '\r'])) {
+        return Err("a field runs over several lines: is a quote (\") not closed?".into());
+    }
+    if r.len() != fields {
+        return Err(format!("the row has {} fields, the header has {fields}", r.len()));
+    }
+    Ok(())
 }
 
 fn parse_row(cols: &Columns, r: &csv::StringRecord) -> Result<Plan, String> {
@@ -119,6 +161,31 @@ mod tests {
         assert!(reasons[4].1.as_ref().unwrap_err().contains("due date"));
         assert_eq!(reasons[5].0, 7);
         assert!(reasons[5].1.as_ref().unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn a_misspelt_or_repeated_column_or_an_empty_export_is_refused_whole() {
+        let typo = parse_csv(b"reference,nhs_number,plan_type,start_date,withdrawl\nA,9434765919,LAC,2026-01-05,yes\n");
+        let err = typo.err().unwrap();
+        assert!(err.contains("column 5 `withdrawl`") && err.contains("did you mean `withdrawn`"), "{err}");
+        let twice = parse_csv(b"reference,nhs_number,plan_type,start_date,Reference\nA,9434765919,LAC,2026-01-05,B\n");
+        assert!(twice.err().unwrap().contains("`reference` twice"));
+        let empty = parse_csv(b"reference,nhs_number,plan_type,start_date\n").err().unwrap();
+        assert!(empty.contains("no rows"), "{empty}");
+    }
+
+    #[test]
+    fn rows_of_the_wrong_shape_are_refused_and_an_open_quote_swallows_nothing_silently() {
+        let csv = "reference,nhs_number,plan_type,start_date\n\
+                   A-1,9434765919,LAC,2026-01-05,extra\n\
+                   A-2,9434765919\n\
+                   \"A-3,9434765919,LAC,2026-01-05\n\
+                   A-4,4010232137,CPP,2026-01-05\n";
+        let rows = parse_csv(csv.as_bytes()).unwrap();
+        let reasons: Vec<String> = rows.iter().map(|r| r.plan.as_ref().err().cloned().unwrap_or_default()).collect();
+        assert!(reasons[0].contains("5 fields, the header has 4"), "{reasons:?}");
+        assert!(reasons[1].contains("2 fields"), "{reasons:?}");
+        assert!(rows.iter().all(|r| r.plan.is_err()), "the row after the open quote is not taken as data: {reasons:?}");
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub enum NhsNumberError {
     /// The modulus-11 check digit does not hold.
     #[error("the NHS number's check digit is wrong")]
     CheckDigit,
+    /// One digit ten times (`0000000000`, `1111111111`): the check digit holds, but no such
+    /// number is ever issued; it is what a blank or placeholder field becomes.
+    #[error("an NHS number is never one digit repeated (a blank or placeholder value?)")]
+    Repeated,
 }
 
 impl NhsNumber {
@@ -49,6 +53,9 @@ impl NhsNumber {
     }
 
     fn from_digits(d: [u8; 10]) -> Result<NhsNumber, NhsNumberError> {
+        if d.iter().all(|&x| x == d[0]) {
+            return Err(NhsNumberError::Repeated);
+        }
         let sum: u32 = d[..9].iter().enumerate().map(|(i, &x)| u32::from(x) * (10 - i as u32)).sum();
         let check = match 11 - sum % 11 {
             11 => 0,
@@ -324,6 +331,8 @@ mod tests {
         assert_eq!(NhsNumber::parse("943476591"), Err(NhsNumberError::Length(9)));
         assert_eq!(NhsNumber::parse("94347659199"), Err(NhsNumberError::Length(11)));
         assert_eq!(NhsNumber::parse("94347659l9"), Err(NhsNumberError::NonDigit));
+        assert_eq!(NhsNumber::parse("000 000 0000"), Err(NhsNumberError::Repeated));
+        assert_eq!(NhsNumber::try_from(1_111_111_111), Err(NhsNumberError::Repeated));
         assert_eq!(NhsNumber::parse("943-476-5919"), NhsNumber::parse("9434765919"));
         assert_eq!(NhsNumber::parse(""), Err(NhsNumberError::Length(0)));
     }

@@ -2573,6 +2573,9 @@ fn csv_entries() -> Entries<()> {
         rows_breaking_the_due_date_rules__each_refused__nothing_stored,
         row_with_a_withdrawn_value_that_is_not_yes_or_no__refused__nothing_stored,
         row_with_fewer_fields_than_the_header__refused__nothing_stored,
+        header_with_a_misspelt_column__400_names_it_and_the_right_one__nothing_stored,
+        header_without_rows__400_says_the_export_is_empty__nothing_stored,
+        row_with_an_unclosed_quote__refused_with_what_it_swallowed__nothing_stored,
         row_that_is_not_utf8__refused__nothing_stored,
         row_repeating_a_reference__second_refused__nothing_stored,
     ]
@@ -2648,8 +2651,9 @@ async fn import_sent_to_a_hub__404__nothing_stored(c: Arc<Ctx<()>>) {
 }
 
 async fn rows_with_invalid_nhs_numbers__each_refused__nothing_stored(c: Arc<Ctx<()>>) {
-    let rows = b"A-1,9434765910,LAC,2026-01-05,,,\nA-2,943476591,LAC,2026-01-05,,,\nA-3,94347659X9,LAC,2026-01-05,,,\n";
-    rows_refused(&c, rows, &[(2, "nhs_number"), (3, "nhs_number"), (4, "nhs_number")]).await;
+    let rows = b"A-1,9434765910,LAC,2026-01-05,,,\nA-2,943476591,LAC,2026-01-05,,,\nA-3,94347659X9,LAC,2026-01-05,,,\n\
+                 A-4,0000000000,LAC,2026-01-05,,,\n";
+    rows_refused(&c, rows, &[(2, "nhs_number"), (3, "nhs_number"), (4, "nhs_number"), (5, "repeated")]).await;
 }
 
 async fn rows_with_bad_dates__each_refused__nothing_stored(c: Arc<Ctx<()>>) {
@@ -2675,8 +2679,22 @@ async fn row_with_a_withdrawn_value_that_is_not_yes_or_no__refused__nothing_stor
     rows_refused(&c, b"A-1,9434765919,LAC,2026-01-05,,,maybe\n", &[(2, "withdrawn")]).await;
 }
 
+async fn header_with_a_misspelt_column__400_names_it_and_the_right_one__nothing_stored(c: Arc<Ctx<()>>) {
+    // A row meant to be withdrawn would otherwise be stored open.
+    let body = b"reference,nhs_number,plan_type,start_date,withdrawl\nLAC-9,9434765919,LAC,2026-01-05,yes\n".to_vec();
+    file_refused(&c, body, 400, &["`withdrawl`", "`withdrawn`"]).await;
+}
+
+async fn header_without_rows__400_says_the_export_is_empty__nothing_stored(c: Arc<Ctx<()>>) {
+    file_refused(&c, HEADER.as_bytes().to_vec(), 400, &["no rows"]).await;
+}
+
+async fn row_with_an_unclosed_quote__refused_with_what_it_swallowed__nothing_stored(c: Arc<Ctx<()>>) {
+    rows_refused(&c, b"\"A-1,9434765919,LAC,2026-01-05,,,\nA-2,4010232137,CPP,2026-01-05,,,\n", &[(2, "quote")]).await;
+}
+
 async fn row_with_fewer_fields_than_the_header__refused__nothing_stored(c: Arc<Ctx<()>>) {
-    rows_refused(&c, b"A-1,9434765919\n", &[(2, "plan_type")]).await;
+    rows_refused(&c, b"A-1,9434765919\n", &[(2, "2 fields, the header has 7")]).await;
 }
 
 async fn row_that_is_not_utf8__refused__nothing_stored(c: Arc<Ctx<()>>) {

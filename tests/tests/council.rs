@@ -26,6 +26,21 @@ fn spec() -> FederationSpec {
     )
 }
 
+/// Posts an import and follows its job page until it ends (a bounded poll): the final page.
+async fn import(page: &mut Page, parts: &[(&str, Option<&str>, &str)]) -> (u16, Vec<(String, String)>, String) {
+    let (status, headers, body) = page.post_multipart("/import", parts).await;
+    let Some(job) = header(&headers, "location").map(String::from) else { return (status, headers, body) };
+    assert!(job.starts_with("/import/jobs/"), "{job}");
+    for _ in 0..200 {
+        let (status, headers, body) = page.send("GET", &job, None).await;
+        if !body.contains("http-equiv=\"refresh\"") {
+            return (status, headers, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the import job {job} did not end after 200 polls");
+}
+
 /// The lookup id in the first inbox row's link.
 fn first_notification(html: &str) -> String {
     let at = html.find("href=\"/inbox/").expect("a notification link") + "href=\"/inbox/".len();
@@ -115,17 +130,22 @@ async fn council_pages__acknowledge_a_real_notification__import_with_broken_rows
         }
         p
     };
-    let (status, _, dry) = manager.post_multipart("/import", &parts(true)).await;
+    let (status, _, dry) = import(&mut manager, &parts(true)).await;
     assert_eq!(status, 200, "{dry}");
     assert!(dry.contains("Dry run: nothing was stored. 1 applied, 0 unchanged, 2 refused"), "{dry}");
     let (_, _, listed) = manager.send("GET", "/plans?q=CPP-10", None).await;
     assert!(listed.contains("0 of 1 plans"), "the dry run stored nothing: {listed}");
-    let (_, _, done) = manager.post_multipart("/import", &parts(false)).await;
+    let (_, _, done) = import(&mut manager, &parts(false)).await;
     assert!(done.contains("1 applied, 0 unchanged, 2 refused"), "{done}");
     assert!(
         done.contains("check digit") && done.contains("start_date: no such day"),
         "each refused row says why: {done}"
     );
+    let link = done.find("/import/jobs/").map(|at| done[at..].split('"').next().unwrap().to_string()).unwrap();
+    let (status, headers, csv) = manager.send("GET", &link, None).await;
+    assert_eq!((status, header(&headers, "content-type")), (200, Some("text/csv")), "{link}");
+    assert!(csv.starts_with("row,reference,result,reason\n2,CPP-10,applied,\n3,CPP-11,refused,"), "{csv}");
+    assert_eq!(worker.send("GET", &link, None).await.0, 404, "another person's import is not theirs to see");
 
     // Plans: an error names the field; a change goes through the node.
     let (_, _, plans) = manager.send("GET", "/plans", None).await;

@@ -143,6 +143,7 @@ pub fn serve_text(serve: &Value) -> String {
         text(serve, "fhir_base"),
         text(serve, "fhir_token")
     );
+    let _ = writeln!(out, "  Council page:    {}   (Hackney's inbox, plans and import)", text(serve, "council_url"));
     for u in items(serve, "users") {
         let (user, password, role, member) = (text(u, "user"), text(u, "password"), text(u, "role"), text(u, "member"));
         let _ = writeln!(out, "  Sign in as {user:<12} password {password}  ({role} at {member})");
@@ -429,6 +430,10 @@ impl Demo {
         } else {
             let mut config = NodeConfig::load(config_file)?;
             config.timing = Timing::short();
+            if m.code == "204" {
+                // Hackney's pages, for `--serve` (their people are made when serving starts).
+                config.pages = Some(cpis_node::config::PagesConfig::default());
+            }
             self.nodes.insert(m.code, Slot { config, file: config_file.to_path_buf(), running: None });
         }
         Ok(())
@@ -790,6 +795,19 @@ impl Demo {
         }
         let token = accounts.add_system("DEMO-EHR", "Demonstration clinical system").map_err(|e| e.to_string())?;
         accounts.save(&config.gateway.users_path()).map_err(|e| e.to_string())?;
+        let hackney = self.nodes.get("204").ok_or("no node 204")?;
+        let council_url = hackney.running.as_ref().and_then(|n| n.pages_url()).map(|u| format!("{u}/"));
+        let mut council = Accounts::default();
+        let council_people = [
+            ("ali.khan", "Ali Khan", "Duty social worker", AccountRole::SocialWorker),
+            ("jo.smith", "Jo Smith", "Team manager", AccountRole::TeamManager),
+        ];
+        for (user, name, job, role) in council_people {
+            let password = crate::gateway::random_password();
+            council.add_user(user, name, job, role, &password).map_err(|e| e.to_string())?;
+            users.push(json!({ "user": user, "password": password, "role": role.name(), "member": "204" }));
+        }
+        council.save(&hackney.config.users_path()).map_err(|e| e.to_string())?;
         let gateway = RunningGateway::start(config).await.map_err(|e| format!("starting RXH01's gateway: {e:#}"))?;
         let mut nodes: Vec<Value> = self
             .nodes
@@ -809,7 +827,7 @@ impl Demo {
             "clinician_url": format!("{}/", gateway.url()),
             "fhir_base": format!("{}/FHIR/R4", gateway.url()),
             "fhir_token": token,
-            "council_url": Value::Null,
+            "council_url": council_url,
             "users": users,
             "nodes": nodes,
             "flagged_nhs": [&n[0], &n[2], &n[3], &n[5], &n[8]],

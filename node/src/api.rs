@@ -82,6 +82,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/notifications/{lookup_id}/ack", post(acknowledge))
         .route("/directory", post(publish_directory))
         .route("/backup", post(backup))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such path: see docs/api.md") })
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)

@@ -1,7 +1,7 @@
 //! The daemon's command line: `cpis-node run --config FILE` runs one hub, authority or care
 //! setting gateway (the config's `role`) until SIGINT or SIGTERM.
 
-use crate::config::{LogFormat, NodeConfig, SettingConfig};
+use crate::config::{ConfigError, LogFormat, NodeConfig, SettingConfig};
 use crate::gateway::RunningGateway;
 use crate::runtime::RunningNode;
 use anyhow::Context;
@@ -40,10 +40,40 @@ enum Command {
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file must stay greppable (`grep peer=HUBN`).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Exit code: the node ran and stopped when told to.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the node failed while starting or running (see the message and the log).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: the config file (or a file it names) is unusable; nothing was started.
+pub const EXIT_BAD_CONFIG: u8 = 2;
+
+/// The whole program: runs [`main`] and turns its outcome into an exit code, printing an error
+/// as one line of causes (never in Rust's debug form).
+pub fn run() -> std::process::ExitCode {
+    let outcome = tokio::runtime::Runtime::new().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(main()));
+    match outcome {
+        Ok(()) => std::process::ExitCode::from(EXIT_OK),
+        Err(e) => {
+            // Each cause once: an error whose text already says its cause is not followed by it.
+            let mut text = String::new();
+            for cause in e.chain().map(ToString::to_string) {
+                if !text.contains(&cause) {
+                    text += &if text.is_empty() { cause } else { format!(": {cause}") };
+                }
+            }
+            eprintln!("error: {text}");
+            let config = e.chain().any(|c| c.downcast_ref::<crate::config::ConfigError>().is_some());
+            std::process::ExitCode::from(if config { EXIT_BAD_CONFIG } else { EXIT_FAILED })
+        }
     }
 }
 
@@ -70,9 +100,11 @@ pub async fn main() -> anyhow::Result<()> {
 }
 
 /// Whether the config file says `role = "setting"` (a setting gateway's config).
-fn is_setting_config(path: &std::path::Path) -> anyhow::Result<bool> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+fn is_setting_config(path: &std::path::Path) -> Result<bool, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let value: toml::Table =
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
     Ok(value.get("role").and_then(|r| r.as_str()) == Some("setting"))
 }
 

@@ -294,6 +294,14 @@ impl Browser {
         self.session_command("POST", &path, Some(json!({ "text": text }))).await.map(drop)
     }
 
+    /// Chooses a file for an `<input type=file>`: ChromeDriver takes its absolute path as the
+    /// typed text.
+    pub async fn choose_file(&self, element: &Element, file: &Path) -> anyhow::Result<()> {
+        let path = file.canonicalize().with_context(|| format!("the file to upload, {}", file.display()))?;
+        let text = path.to_str().ok_or_else(|| anyhow!("not a UTF-8 path: {}", path.display()))?;
+        self.send_keys(element, text).await
+    }
+
     /// Empties an input.
     pub async fn clear(&self, element: &Element) -> anyhow::Result<()> {
         self.session_command("POST", &format!("/element/{}/clear", element.0), Some(json!({}))).await.map(drop)
@@ -308,6 +316,12 @@ impl Browser {
     pub async fn text(&self, element: &Element) -> anyhow::Result<String> {
         let value = self.session_command("GET", &format!("/element/{}/text", element.0), None).await?;
         Ok(value.as_str().unwrap_or("").to_string())
+    }
+
+    /// An element's attribute as written in the page (`None` if it has none).
+    pub async fn attribute(&self, element: &Element, name: &str) -> anyhow::Result<Option<String>> {
+        let value = self.session_command("GET", &format!("/element/{}/attribute/{name}", element.0), None).await?;
+        Ok(value.as_str().map(str::to_string))
     }
 
     /// The current page's HTML as the browser holds it.

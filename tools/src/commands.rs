@@ -14,7 +14,7 @@ use cpis_protocol::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
 use cpis_protocol::records::{Contacts, Person, PlanType};
 use cpis_protocol::time::Date;
 use cpis_tools::api::NodeApi;
-use cpis_tools::render::{now, number};
+use cpis_tools::render::{now, number, out};
 use cpis_tools::{admin, care, council, demo, gateway, show, status};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -76,9 +76,9 @@ type Outcome = Result<u8, Failure>;
 /// Prints `value` as JSON, or the text `render` makes of it.
 fn emit(json: bool, value: &Value, render: impl FnOnce(&Value) -> String) {
     if json {
-        println!("{value}");
+        out(&format!("{value}\n"));
     } else {
-        print!("{}", render(value));
+        out(&render(value));
     }
 }
 
@@ -692,7 +692,7 @@ async fn run_demo(args: DemoArgs, json: bool) -> Outcome {
     };
     // While serving, the report was printed as serving began.
     if json && report.serve.is_none() {
-        println!("{}", report.json());
+        out(&format!("{}\n", report.json()));
     }
     Ok(if report.held { EXIT_OK } else { EXIT_FAILED })
 }

@@ -12,7 +12,7 @@ use crate::admin::{self, CreateOptions, EnrolOptions};
 use crate::api::NodeApi;
 use crate::care;
 use crate::council::{self, NewPlan};
-use crate::render::{items, now, number, text};
+use crate::render::{items, now, number, out, text};
 use cpis_node::accounts::{AccountRole, Accounts};
 use cpis_node::client::{self, LookupOutcome, LookupRequest};
 use cpis_node::config::{NodeConfig, SettingConfig, Timing};
@@ -97,7 +97,7 @@ impl Observer for Silent {
     fn screen(&mut self, _: &str) {}
     fn serving(&mut self, report: &Report) {
         use std::io::Write;
-        println!("{}", report.json());
+        out(&format!("{}\n", report.json()));
         let _ = std::io::stdout().flush();
     }
 }
@@ -107,25 +107,25 @@ pub struct Printer;
 
 impl Observer for Printer {
     fn started(&mut self, number: usize, total: usize, name: &str) {
-        println!("\n[{number}/{total}] {name}");
+        out(&format!("\n[{number}/{total}] {name}\n"));
     }
     fn finished(&mut self, step: &Step) {
         let verdict = if step.held { "HELD" } else { "DID NOT HOLD" };
-        println!("      {verdict} in {} ms", step.ms);
+        out(&format!("      {verdict} in {} ms\n", step.ms));
         for line in step.detail.lines() {
-            println!("      {line}");
+            out(&format!("      {line}\n"));
         }
     }
     fn screen(&mut self, text: &str) {
-        println!();
+        out("\n");
         for line in text.lines() {
-            println!("      | {line}");
+            out(&format!("      | {line}\n"));
         }
     }
     fn serving(&mut self, report: &Report) {
         use std::io::Write;
         if let Some(serve) = &report.serve {
-            println!("\n{}", serve_text(serve));
+            out(&format!("\n{}\n", serve_text(serve)));
         }
         let _ = std::io::stdout().flush();
     }

@@ -68,6 +68,17 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Writes to standard output. A reader that went away (`cpis … | head`) ends the command
+/// quietly, with exit 0, instead of a panic.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+    if written.is_err_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) {
+        std::process::exit(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

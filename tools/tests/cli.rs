@@ -261,3 +261,29 @@ async fn gateway__accounts_made_by_cpis_gateway__and_cpis_lookup_through_it_show
     gateway.shutdown().await;
     fed.stop().await;
 }
+
+#[test]
+fn output_to_a_reader_that_went_away__exits_quietly_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let fed = dir.path().join("fed");
+    let created = std::process::Command::new(env!("CARGO_BIN_EXE_cpis"))
+        .args(["federation", "create", "--name", "Pipe"])
+        .arg("--dir")
+        .arg(&fed)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    // `cpis federation show | head -0`: the reading end is closed before anything is written.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cpis"))
+        .args(["federation", "show", "--dir"])
+        .arg(&fed)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

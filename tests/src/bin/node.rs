@@ -2,7 +2,6 @@
 //! (and kill it).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a failed precondition panics.
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    cpis_node::cli::main().await
+fn main() -> std::process::ExitCode {
+    cpis_node::cli::run()
 }

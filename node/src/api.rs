@@ -12,7 +12,7 @@ use crate::inputs::Input;
 use crate::store::{Store, StoreError};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -22,7 +22,7 @@ use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
 use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::records::{Contacts, Plan, PlanType};
 use cpis_protocol::schema::{self, Table};
-use cpis_protocol::time::Date;
+use cpis_protocol::time::{Date, Timestamp};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -349,14 +349,124 @@ async fn set_contacts(State(state): State<ApiState>, body: Bytes) -> Response {
     }
 }
 
-async fn list_notifications(State(state): State<ApiState>) -> Response {
+/// Notifications newest first, filtered and paged (every parameter optional; docs/api.md).
+async fn list_notifications(State(state): State<ApiState>, Query(query): Query<InboxQuery>) -> Response {
     if let Err(r) = authority_only(&state) {
         return r;
     }
+    let filter = match query.checked() {
+        Ok(f) => f,
+        Err(errors) => {
+            let message = errors.into_iter().map(|(_, e)| e).collect::<Vec<_>>().join("; ");
+            return error(StatusCode::BAD_REQUEST, message);
+        }
+    };
     match read_inbox(&state) {
-        Ok(items) => axum::Json(json!({ "notifications": items })).into_response(),
+        Ok(items) => {
+            let (total, page) = filter_inbox(items, &filter, &query);
+            let offset = query.offset.unwrap_or(0);
+            axum::Json(json!({ "total": total, "offset": offset, "notifications": page })).into_response()
+        }
         Err(e) => store_error(e),
     }
+}
+
+/// Most notifications in one answer (`limit` is capped to it).
+pub const NOTIFICATIONS_PAGE_MAX: usize = 10_000;
+
+/// The inbox's filters and paging, as a query string gives them (every one optional).
+#[derive(Deserialize, Default)]
+pub(crate) struct InboxQuery {
+    /// `open`: only those not acknowledged; `all` (the API's default): every one.
+    #[serde(default)]
+    pub(crate) show: String,
+    /// The child's NHS number.
+    #[serde(default)]
+    pub(crate) nhs: String,
+    /// A care setting's ODS code, or part of its name.
+    #[serde(default)]
+    pub(crate) setting: String,
+    /// `YYYY-MM-DD`: looked up on or after.
+    #[serde(default)]
+    pub(crate) from: String,
+    /// `YYYY-MM-DD`: looked up on or before.
+    #[serde(default)]
+    pub(crate) to: String,
+    /// Most to return (default and cap [`NOTIFICATIONS_PAGE_MAX`]).
+    pub(crate) limit: Option<usize>,
+    /// How many of the matching ones to skip first.
+    pub(crate) offset: Option<usize>,
+}
+
+/// An [`InboxQuery`] whose values were checked.
+pub(crate) struct InboxFilter {
+    open_only: bool,
+    nhs: Option<NhsNumber>,
+    setting: String,
+    from: Option<Date>,
+    to: Option<Date>,
+}
+
+impl InboxQuery {
+    /// The filter, or every field that is wrong with why (`(field, message)`).
+    pub(crate) fn checked(&self) -> Result<InboxFilter, Vec<(&'static str, String)>> {
+        let mut errors = Vec::new();
+        let open_only = match self.show.trim() {
+            "" | "all" => false,
+            "open" => true,
+            _ => {
+                errors.push(("show", "show: use open or all".to_string()));
+                false
+            }
+        };
+        let nhs = match self.nhs.trim() {
+            "" => None,
+            t => NhsNumber::parse(t).map_err(|e| errors.push(("nhs", format!("NHS number: {e}")))).ok(),
+        };
+        let mut date = |field: &'static str, t: &str| match t.trim() {
+            "" => None,
+            t => Date::parse(t).map_err(|e| errors.push((field, format!("{field}: {e}")))).ok(),
+        };
+        let (from, to) = (date("from", &self.from), date("to", &self.to));
+        let setting = self.setting.trim().to_lowercase();
+        if errors.is_empty() { Ok(InboxFilter { open_only, nhs, setting, from, to }) } else { Err(errors) }
+    }
+}
+
+/// A time as the API writes it (`2026-11-29T10:00:00Z`).
+pub(crate) fn timestamp_of(text: &str) -> Option<Timestamp> {
+    let date = Date::parse(text.get(..10)?).ok()?;
+    let clock: Vec<u64> = text.get(11..19)?.split(':').filter_map(|x| x.parse().ok()).collect();
+    let [h, m, s] = clock[..] else { return None };
+    let days = u64::try_from(date.0).ok()?;
+    Some(Timestamp(days * cpis_protocol::time::DAY_MS + ((h * 60 + m) * 60 + s) * 1000))
+}
+
+/// A text field of a JSON object, or "".
+pub(crate) fn text(v: &Value, field: &str) -> String {
+    v[field].as_str().unwrap_or("").to_string()
+}
+
+impl InboxFilter {
+    fn keeps(&self, item: &Value) -> bool {
+        let day = item["looked_at"].as_str().and_then(timestamp_of).map(Timestamp::date);
+        let setting = &item["setting"];
+        (!self.open_only || item["acknowledged"].is_null())
+            && self.nhs.is_none_or(|n| text(item, "nhs") == n.digits())
+            && (self.setting.is_empty()
+                || text(setting, "code").to_lowercase() == self.setting
+                || text(setting, "name").to_lowercase().contains(&self.setting))
+            && self.from.is_none_or(|d| day.is_some_and(|x| x >= d))
+            && self.to.is_none_or(|d| day.is_some_and(|x| x <= d))
+    }
+}
+
+/// The notifications the filter keeps: how many in all, and the page `query` asks for.
+pub(crate) fn filter_inbox(items: Vec<Value>, filter: &InboxFilter, query: &InboxQuery) -> (usize, Vec<Value>) {
+    let kept: Vec<Value> = items.into_iter().filter(|i| filter.keeps(i)).collect();
+    let limit = query.limit.unwrap_or(NOTIFICATIONS_PAGE_MAX).min(NOTIFICATIONS_PAGE_MAX);
+    let total = kept.len();
+    (total, kept.into_iter().skip(query.offset.unwrap_or(0)).take(limit).collect())
 }
 
 pub(crate) fn read_inbox(state: &ApiState) -> Result<Vec<Value>, StoreError> {

@@ -14,7 +14,7 @@
 // A handler's early exit is an HTTP response; boxing it would only hide that.
 #![allow(clippy::result_large_err)]
 
-use crate::api::{self, ApiState, PlanBody};
+use crate::api::{self, ApiState, InboxQuery, PlanBody, text, timestamp_of};
 use crate::web::{
     self, CsrfForm, Door, SESSION_COOKIE, SIGN_IN_COOKIE, Session, SignInForm, SignInRefused, constant_time_eq,
     random_token,
@@ -28,7 +28,7 @@ use cpis_protocol::authority::Change;
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
 use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::records::Plan;
-use cpis_protocol::time::{Date, Timestamp};
+use cpis_protocol::time::Date;
 use maud::{DOCTYPE, Markup, html};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -327,72 +327,21 @@ async fn sign_out(State(council): State<Arc<Council>>, headers: HeaderMap, Form(
     response
 }
 
-/// The inbox's filters, all optional.
-#[derive(Deserialize, Default)]
-struct InboxFilter {
-    /// `all` shows acknowledged ones too (default: only those not acknowledged).
-    #[serde(default)]
-    show: String,
-    #[serde(default)]
-    nhs: String,
-    #[serde(default)]
-    setting: String,
-    /// `YYYY-MM-DD`: looked up on or after.
-    #[serde(default)]
-    from: String,
-    /// `YYYY-MM-DD`: looked up on or before.
-    #[serde(default)]
-    to: String,
-}
-
-/// A time as the API writes it (`2026-11-29T10:00:00Z`).
-fn timestamp_of(text: &str) -> Option<Timestamp> {
-    let date = Date::parse(text.get(..10)?).ok()?;
-    let clock: Vec<u64> = text.get(11..19)?.split(':').filter_map(|x| x.parse().ok()).collect();
-    let [h, m, s] = clock[..] else { return None };
-    let days = u64::try_from(date.0).ok()?;
-    Some(Timestamp(days * cpis_protocol::time::DAY_MS + ((h * 60 + m) * 60 + s) * 1000))
-}
-
-fn text(v: &Value, field: &str) -> String {
-    v[field].as_str().unwrap_or("").to_string()
-}
-
-fn day_of(v: &Value, field: &str) -> Option<Date> {
-    v[field].as_str().and_then(timestamp_of).map(Timestamp::date)
-}
-
-fn matches(item: &Value, f: &InboxFilter, nhs: Option<NhsNumber>, from: Option<Date>, to: Option<Date>) -> bool {
-    let day = day_of(item, "looked_at");
-    (f.show == "all" || item["acknowledged"].is_null())
-        && nhs.is_none_or(|n| text(item, "nhs") == n.digits())
-        && (f.setting.trim().is_empty() || {
-            let wanted = f.setting.trim().to_lowercase();
-            let setting = &item["setting"];
-            text(setting, "code").to_lowercase() == wanted || text(setting, "name").to_lowercase().contains(&wanted)
-        })
-        && from.is_none_or(|d| day.is_some_and(|x| x >= d))
-        && to.is_none_or(|d| day.is_some_and(|x| x <= d))
-}
-
-async fn inbox(State(council): State<Arc<Council>>, headers: HeaderMap, Query(f): Query<InboxFilter>) -> Response {
+async fn inbox(State(council): State<Arc<Council>>, headers: HeaderMap, Query(mut f): Query<InboxQuery>) -> Response {
     let session = match signed_in(&council, &headers) {
         Ok(s) => s,
         Err(r) => return r,
     };
-    let mut errors = Vec::new();
-    let nhs = match f.nhs.trim() {
-        "" => None,
-        t => NhsNumber::parse(t).map_err(|e| errors.push(("nhs", format!("NHS number: {e}")))).ok(),
+    // The pages show what is not acknowledged unless asked for all; the API shows all.
+    if f.show.is_empty() {
+        f.show = "open".into();
+    }
+    f.limit = Some(PAGE_ROWS_MAX);
+    let (errors, shown) = match f.checked() {
+        Ok(filter) => (vec![], api::filter_inbox(api::read_inbox(&council.api).unwrap_or_default(), &filter, &f).1),
+        Err(errors) => (errors, vec![]),
     };
-    let date = |field: &'static str, t: &str, errors: &mut Vec<(&str, String)>| match t.trim() {
-        "" => None,
-        t => Date::parse(t).map_err(|e| errors.push((field, format!("{field}: {e}")))).ok(),
-    };
-    let from = date("from", &f.from, &mut errors);
-    let to = date("to", &f.to, &mut errors);
-    let items = api::read_inbox(&council.api).unwrap_or_default();
-    let shown: Vec<&Value> = items.iter().filter(|i| matches(i, &f, nhs, from, to)).take(PAGE_ROWS_MAX).collect();
+    let shown: Vec<&Value> = shown.iter().collect();
     let content = html! {
         @if !errors.is_empty() { (error_summary(&errors)) }
         h1 class="govuk-heading-l" { "Inbox" }
@@ -403,7 +352,7 @@ async fn inbox(State(council): State<Arc<Council>>, headers: HeaderMap, Query(f)
                     legend class="govuk-fieldset__legend govuk-fieldset__legend--s" { "Show" }
                     div class="govuk-radios govuk-radios--small govuk-radios--inline" {
                         div class="govuk-radios__item" {
-                            input class="govuk-radios__input" id="show-open" name="show" type="radio" value="open" checked[f.show != "all"];
+                            input class="govuk-radios__input" id="show-open" name="show" type="radio" value="open" checked[f.show == "open"];
                             label class="govuk-label govuk-radios__label" for="show-open" { "Not acknowledged" }
                         }
                         div class="govuk-radios__item" {

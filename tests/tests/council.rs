@@ -100,6 +100,14 @@ async fn council_pages__acknowledge_a_real_notification__import_with_broken_rows
     let (_, from_api) = api_json(&fed, "204", "GET", "/notifications", None).await;
     let note = &from_api["notifications"][0]["acknowledged"]["note"];
     assert_eq!(note, &json!("Called the UTC; child safe, visit planned"), "the same store the API reads");
+    // The API filters and pages as the pages do.
+    let count = |v: &serde_json::Value| (v["total"].as_u64(), v["notifications"].as_array().map(Vec::len));
+    let (_, open) = api_json(&fed, "204", "GET", "/notifications?show=open", None).await;
+    assert_eq!(count(&open), (Some(0), Some(0)));
+    let (_, paged) = api_json(&fed, "204", "GET", "/notifications?setting=rxh01&limit=0", None).await;
+    assert_eq!(count(&paged), (Some(1), Some(0)), "{paged}");
+    let (status, refused) = api_json(&fed, "204", "GET", "/notifications?from=2026-02-30", None).await;
+    assert!(status == 400 && refused["error"].as_str().unwrap_or("").starts_with("from:"), "{refused}");
 
     // A social worker cannot import or change plans.
     assert_eq!(worker.send("GET", "/import", None).await.0, 403);

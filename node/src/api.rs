@@ -476,6 +476,14 @@ pub(crate) fn read_inbox(state: &ApiState) -> Result<Vec<Value>, StoreError> {
     let acks: BTreeMap<LookupId, Acknowledgement> = decode(Table::InboxAcks, state.store.scan(Table::InboxAcks)?)
         .filter_map(|row| schema::INBOX_ACKS.decode(&row).ok())
         .collect();
+    let handed: BTreeMap<[u8; 16], Timestamp> = state
+        .store
+        .scan(Table::Handed)?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            Some((<[u8; 16]>::try_from(k.as_slice()).ok()?, Timestamp(u64::from_be_bytes(v.try_into().ok()?))))
+        })
+        .collect();
     let directory = state.directory.read().ok().map(|d| d.clone());
     let mut items: Vec<(LookupId, InboxItem)> = Vec::new();
     for row in decode(Table::Inbox, state.store.scan(Table::Inbox)?) {
@@ -485,7 +493,14 @@ pub(crate) fn read_inbox(state: &ApiState) -> Result<Vec<Value>, StoreError> {
         }
     }
     items.sort_by_key(|(_, i)| std::cmp::Reverse(i.received_at));
-    Ok(items.iter().map(|(id, item)| notification_json(item, acks.get(id), directory.as_ref())).collect())
+    Ok(items
+        .iter()
+        .map(|(id, item)| {
+            let mut json = notification_json(item, acks.get(id), directory.as_ref());
+            json["handed_at"] = handed.get(&id.0).map_or(Value::Null, |t| json!(t.to_string()));
+            json
+        })
+        .collect())
 }
 
 fn notification_json(item: &InboxItem, ack: Option<&Acknowledgement>, dir: Option<&TrustedDirectory>) -> Value {

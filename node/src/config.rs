@@ -237,6 +237,44 @@ pub struct NodeConfig {
     /// An authority's web pages for its social workers (docs/council.md). Default none: no pages.
     #[serde(default)]
     pub pages: Option<PagesConfig>,
+    /// An authority hands each notification to the council's case-management system by this
+    /// webhook (docs/council.md). Default none.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Where an authority posts each notification, signed with HMAC-SHA256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://host:port/path` of the case-management system's endpoint. Required.
+    pub url: String,
+    /// A file holding the shared secret the signature is made with (at least 32 characters,
+    /// owner-only). Required.
+    pub secret_file: PathBuf,
+    /// Longest wait between retries of a delivery that failed. Default 300000 ms (5 minutes).
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+fn default_retry_max_ms() -> u64 {
+    300_000
+}
+
+impl WebhookConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let rest = self.url.strip_prefix("http://").ok_or_else(|| ConfigError::Invalid {
+            field: "webhook.url",
+            rule: "an http:// URL (put the endpoint on the council's own network, or behind a local TLS proxy)".into(),
+        })?;
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(ConfigError::Invalid { field: "webhook.url", rule: "the URL names no host".into() });
+        }
+        if self.retry_max_ms == 0 {
+            return Err(ConfigError::Invalid { field: "webhook.retry_max_ms", rule: "must be above zero".into() });
+        }
+        Ok(())
+    }
 }
 
 /// An authority's web pages: inbox, plans, import, audit log. Every field has a default.
@@ -335,6 +373,9 @@ impl NodeConfig {
         config.data_dir = anchor(base, &config.data_dir);
         config.key_file = config.key_file.map(|p| anchor(base, &p));
         config.directory_file = config.directory_file.map(|p| anchor(base, &p));
+        if let Some(webhook) = config.webhook.as_mut() {
+            webhook.secret_file = anchor(base, &webhook.secret_file);
+        }
         if let Some(pages) = config.pages.as_mut() {
             pages.tls_cert = pages.tls_cert.as_ref().map(|p| anchor(base, p));
             pages.tls_key = pages.tls_key.as_ref().map(|p| anchor(base, p));
@@ -377,6 +418,16 @@ impl NodeConfig {
                 });
             }
             (Some(pages), NodeRole::Authority) => pages.validate()?,
+            (None, _) => {}
+        }
+        match (&self.webhook, self.role) {
+            (Some(_), NodeRole::Hub) => {
+                return Err(ConfigError::Invalid {
+                    field: "webhook",
+                    rule: "only an authority hands on notifications".into(),
+                });
+            }
+            (Some(webhook), NodeRole::Authority) => webhook.validate()?,
             (None, _) => {}
         }
         self.timing.validate()

@@ -440,6 +440,7 @@ fn notification_markup(council: &Council, session: &Session, item: &Value, error
             (row("Setting's contact", contact))
             (row("Your plans matched", matched.join(", ")))
             (row("Recorded by hub", text(item, "hub")))
+            (row("Handed to the case-management system", item["handed_at"].as_str().map_or("Not handed on (no webhook, or not yet)".to_string(), String::from)))
             (row("Received", text(item, "received_at")))
             (row("Lookup", text(item, "lookup_id")))
         }

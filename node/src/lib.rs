@@ -24,3 +24,4 @@ pub mod status;
 pub mod store;
 pub mod transport;
 pub mod web;
+pub mod webhook;

@@ -58,11 +58,15 @@ pub enum Table {
     /// so that an authority restored from an older copy can have them again. Key: lookup id
     /// (16 bytes) then authority code. Value: `DeliveredRecord`.
     Delivered,
+    /// Notifications an authority's node handed to the council's case-management system (its
+    /// webhook answered 2xx). Written by the node, not by the machine. Key: lookup id (16 bytes).
+    /// Value: when, in ms since the epoch (u64 big-endian).
+    Handed,
 }
 
 impl Table {
     /// Every table, in the order a driver creates them.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Meta,
         Table::Entries,
         Table::Heads,
@@ -75,6 +79,7 @@ impl Table {
         Table::Plans,
         Table::Equivocations,
         Table::Delivered,
+        Table::Handed,
     ];
 
     /// The table's name in the node's database file.
@@ -92,6 +97,7 @@ impl Table {
             Table::Plans => "plans",
             Table::Equivocations => "equivocations",
             Table::Delivered => "delivered",
+            Table::Handed => "handed",
         }
     }
 }

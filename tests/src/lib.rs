@@ -73,6 +73,7 @@ impl Fed {
             timing: Timing::short(),
             limits: Default::default(),
             pages: None,
+            webhook: None,
         }
     }
 

@@ -189,3 +189,97 @@ async fn council_pages__acknowledge_a_real_notification__import_with_broken_rows
     hackney.shutdown().await;
     hub.shutdown().await;
 }
+
+/// A case-management system's endpoint: answers 503 to the first `failures` posts, then 200;
+/// keeps every post's headers and body.
+async fn endpoint(
+    failures: usize,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<(u16, String, String)>>>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let mut reader = tokio::io::BufReader::new(stream);
+            let (mut head, mut length) = (String::new(), 0usize);
+            for _ in 0..64 {
+                let mut line = String::new();
+                if reader.read_line(&mut line).await.unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body).await;
+            let status = if log.lock().unwrap().len() < failures { 503 } else { 200 };
+            log.lock().unwrap().push((status, head, String::from_utf8_lossy(&body).into_owned()));
+            let answer = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = reader.get_mut().write_all(answer.as_bytes()).await;
+        }
+    });
+    (addr, seen)
+}
+
+fn header_value(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook__a_notification_is_posted_signed__retried_until_taken__and_not_again_after_a_restart() {
+    let fed = Fed::create(spec());
+    let hub = fed.start("HUBN").await;
+    let (addr, seen) = endpoint(2).await;
+    let secret = "a shared secret of more than thirty-two characters";
+    let secret_file = fed.home("204").join("webhook.secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let webhook = cpis_node::config::WebhookConfig {
+        url: format!("http://{addr}/cpis/notifications"),
+        secret_file: secret_file.clone(),
+        retry_max_ms: 1_000,
+    };
+    let with_webhook = |c: &mut cpis_node::config::NodeConfig| c.webhook = Some(webhook.clone());
+    let hackney = fed.start_with("204", with_webhook).await;
+    let plan = json!({ "reference": "LAC-1", "nhs": CHILD, "plan_type": "LAC", "start": "2026-01-05" });
+    assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan)).await.0, 200);
+    wait_until("the plan reaches the hub", Duration::from_secs(20), || hub_caught_up(&fed, "HUBN", "204")).await;
+    let nurse = Person { id: "N1".into(), name: "Sam Patel".into(), role: "Staff nurse".into() };
+    let request = LookupRequest { nhs: NhsNumber::parse(CHILD).unwrap(), person: nurse };
+    let outcome = lookup(&fed.setting_config("RXH01"), request).await.expect("the lookup is answered");
+    let id = outcome.lookup_id.to_hex();
+    wait_until("the endpoint takes the notification", Duration::from_secs(30), || async {
+        seen.lock().unwrap().iter().any(|(status, _, _)| *status == 200)
+    })
+    .await;
+    let posts = seen.lock().unwrap().clone();
+    assert_eq!(posts.iter().map(|(s, _, _)| *s).collect::<Vec<_>>(), [503, 503, 200], "retried until taken");
+    for (_, head, body) in &posts {
+        assert_eq!(header_value(head, "x-cpis-delivery"), id, "the same delivery id on every try");
+        let timestamp: u64 = header_value(head, "x-cpis-timestamp").parse().unwrap();
+        let expected = cpis_node::webhook::signature(secret.as_bytes(), timestamp, body.as_bytes());
+        assert_eq!(header_value(head, "x-cpis-signature"), expected, "signed with the shared secret");
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!((doc["lookup_id"].as_str(), doc["person"]["name"].as_str()), (Some(id.as_str()), Some("Sam Patel")));
+    }
+    wait_until("the inbox says it was handed on", Duration::from_secs(10), || async {
+        let (_, inbox) = api_json(&fed, "204", "GET", "/notifications", None).await;
+        inbox["notifications"][0]["handed_at"].is_string()
+    })
+    .await;
+    // Recorded durably: a restarted node does not post it again.
+    hackney.shutdown().await;
+    let hackney = fed.start_with("204", with_webhook).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(seen.lock().unwrap().len(), 3, "nothing posted again after the restart");
+    hackney.shutdown().await;
+    hub.shutdown().await;
+}

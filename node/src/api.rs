@@ -70,6 +70,9 @@ pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 pub fn router(state: ApiState) -> Router {
+    // Health needs no token: a service manager or load balancer asks it, and it says nothing of
+    // the node's data.
+    let health = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state.clone());
     Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
@@ -86,6 +89,40 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
+        .merge(health)
+}
+
+/// Longest the event loop may take to answer a health check.
+const HEALTH_TIMEOUT_MS: u64 = 2_000;
+
+async fn snapshot(state: &ApiState) -> Option<Box<crate::status::Snapshot>> {
+    let (reply, rx) = oneshot::channel();
+    state.inputs.send(Input::Status(reply)).await.ok()?;
+    tokio::time::timeout(std::time::Duration::from_millis(HEALTH_TIMEOUT_MS), rx).await.ok()?.ok()
+}
+
+/// `GET /healthz`: 200 while the node's event loop answers, else 503.
+async fn healthz(State(state): State<ApiState>) -> Response {
+    match snapshot(&state).await {
+        Some(_) => axum::Json(json!({ "status": "ok" })).into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the event loop did not answer within {HEALTH_TIMEOUT_MS} ms"),
+        ),
+    }
+}
+
+/// `GET /readyz`: 200 when the node can do its work, else 503 with every reason.
+async fn readyz(State(state): State<ApiState>) -> Response {
+    let Some(snapshot) = snapshot(&state).await else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the event loop did not answer within {HEALTH_TIMEOUT_MS} ms"),
+        );
+    };
+    let reasons = snapshot.not_ready();
+    let status = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({ "ready": reasons.is_empty(), "reasons": reasons }))).into_response()
 }
 
 /// Every request must carry the token, checked before anything of it is read: a caller without
@@ -96,6 +133,7 @@ async fn require_token(
     next: axum::middleware::Next,
 ) -> Response {
     if !authorised(&state, request.headers()) {
+        tracing::warn!(path = %request.uri().path(), "API request refused: missing or wrong bearer token");
         return unauthorised();
     }
     next.run(request).await
@@ -129,9 +167,31 @@ fn stopping() -> Response {
 
 /// Sends a command to the event loop and waits for its reply.
 pub(crate) async fn ask(state: &ApiState, command: Command) -> Result<Reply, Response> {
+    let what = describe(&command);
     let (reply, rx) = oneshot::channel();
     state.inputs.send(Input::Command { command, reply }).await.map_err(|_| stopping())?;
-    rx.await.map_err(|_| stopping())
+    let reply = rx.await.map_err(|_| stopping())?;
+    // What changed, for the operator's log: references and counts, never an NHS number.
+    match &reply {
+        Reply::Refused(e) => tracing::warn!(command = %what, reason = %e, "operator command refused"),
+        Reply::Imported(r) => tracing::info!(command = %what, rows = r.rows.len(), "plans imported"),
+        Reply::Changed(change) => tracing::info!(command = %what, result = ?change, "operator command applied"),
+        Reply::Directory { version } => tracing::info!(command = %what, version, "directory published"),
+    }
+    Ok(reply)
+}
+
+/// A command in words for the log: what and which, with no case data.
+fn describe(command: &Command) -> String {
+    match command {
+        Command::PublishDirectories(chain) => format!("publish {} directory version(s)", chain.len()),
+        Command::RecordPlan(p) => format!("record plan {}", p.reference),
+        Command::EndPlan { reference, end } => format!("end plan {reference} on {end}"),
+        Command::WithdrawPlan(reference) => format!("withdraw plan {reference}"),
+        Command::SetContacts(_) => "set contacts".into(),
+        Command::Acknowledge { lookup_id, .. } => format!("acknowledge notification {}", lookup_id.to_hex()),
+        Command::ImportPlans(rows) => format!("import {} plan(s)", rows.len()),
+    }
 }
 
 async fn command(state: &ApiState, command: Command) -> Response {

@@ -82,6 +82,24 @@ fn time(t: Option<Timestamp>) -> Value {
 }
 
 impl Snapshot {
+    /// Why this node cannot do its work now (empty when it can): its key is not active, its
+    /// directory expired, or it is connected to no member at all (a hub with no peer, an
+    /// authority with none of its home hubs).
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.key_status != "active" {
+            reasons.push(format!("the key this node runs on ({}) is {}", self.key_id, self.key_status));
+        }
+        if self.now >= self.directory_expires_at {
+            reasons
+                .push(format!("directory version {} expired at {}", self.directory_version, self.directory_expires_at));
+        }
+        if !self.peers.is_empty() && !self.peers.iter().any(|p| p.connected) {
+            reasons.push(format!("connected to none of its {} peers", self.peers.len()));
+        }
+        reasons
+    }
+
     /// The status document (`GET /status`).
     pub fn json(&self) -> Value {
         let peers: Vec<Value> = self

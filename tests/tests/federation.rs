@@ -125,3 +125,33 @@ async fn owning_authority_down__lookup_still_answered__notice_arrives_after_rest
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health__needs_no_token__ready_only_once_connected__and_says_why_not() {
+    let fed = Fed::create(spec());
+    let hubn = fed.start("HUBN").await;
+    let (addr, _) = fed.api_of("HUBN");
+    let (status, _, body) = cpis_tests::request(addr, "GET", "/healthz", &[], "").await;
+    assert_eq!((status, body.as_str()), (200, "{\"status\":\"ok\"}"));
+    let (status, _, body) = cpis_tests::request(addr, "GET", "/readyz", &[], "").await;
+    assert_eq!(status, 503, "a hub with no peer is not ready: {body}");
+    assert!(body.contains("connected to none of its"), "{body}");
+    let (status, _, _) = cpis_tests::request(addr, "GET", "/status", &[], "").await;
+    assert_eq!(status, 401, "everything else still needs the token");
+    let hubs = fed.start("HUBS").await;
+    wait_until("HUBN is ready once HUBS is up", Duration::from_secs(20), || async {
+        cpis_tests::request(addr, "GET", "/readyz", &[], "").await.0 == 200
+    })
+    .await;
+    let (status, _, missing) = cpis_tests::request(
+        addr,
+        "GET",
+        "/no/such/path",
+        &[("Authorization", &format!("Bearer {}", fed.api_of("HUBN").1))],
+        "",
+    )
+    .await;
+    assert!(status == 404 && missing.contains("no such path"), "{missing}");
+    hubn.shutdown().await;
+    hubs.shutdown().await;
+}

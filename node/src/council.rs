@@ -15,10 +15,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::api::{self, ApiState, InboxQuery, PlanBody, text, timestamp_of};
-use crate::web::{
-    self, CsrfForm, Door, SESSION_COOKIE, SIGN_IN_COOKIE, Session, SignInForm, SignInRefused, constant_time_eq,
-    random_token,
-};
+use crate::web::{self, CsrfForm, Door, Session, SignInForm, constant_time_eq};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Form, Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -296,35 +293,17 @@ fn sign_in_markup(council: &Council, token: &str, user: &str, error: Option<&str
     layout(council, if error.is_some() { "Error: Sign in" } else { "Sign in" }, None, content)
 }
 
-fn sign_in_form(council: &Council, status: StatusCode, user: &str, error: Option<&str>) -> Response {
-    let token = random_token();
-    let mut response = page(status, sign_in_markup(council, &token, user, error));
-    response.headers_mut().append(header::SET_COOKIE, council.door.set_cookie(SIGN_IN_COOKIE, &token, 3600));
-    response
-}
-
 async fn sign_in_page(State(council): State<Arc<Council>>) -> Response {
-    sign_in_form(&council, StatusCode::OK, "", None)
+    web::sign_in_form(&council.door, StatusCode::OK, |token| sign_in_markup(&council, token, "", None))
 }
 
 async fn sign_in(State(council): State<Arc<Council>>, headers: HeaderMap, Form(form): Form<SignInForm>) -> Response {
-    let user: String = form.user.trim().chars().take(64).collect();
-    match council.door.sign_in(&headers, &user, form.password, &form.csrf).await {
-        Ok((token, _)) => {
-            let mut response = Redirect::to("/inbox").into_response();
-            response.headers_mut().append(header::SET_COOKIE, council.door.session_cookie(&token));
-            response.headers_mut().append(header::SET_COOKIE, council.door.set_cookie(SIGN_IN_COOKIE, "", 0));
-            response
-        }
-        Err(SignInRefused(message)) => sign_in_form(&council, StatusCode::UNAUTHORIZED, &user, Some(&message)),
-    }
+    let render = |token: &str, user: &str, error: &str| sign_in_markup(&council, token, user, Some(error));
+    web::sign_in(&council.door, &headers, form, "/inbox", render).await
 }
 
 async fn sign_out(State(council): State<Arc<Council>>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
-    council.door.sign_out(&headers, &form.csrf);
-    let mut response = Redirect::to("/sign-in").into_response();
-    response.headers_mut().append(header::SET_COOKIE, council.door.set_cookie(SESSION_COOKIE, "", 0));
-    response
+    web::sign_out(&council.door, &headers, &form)
 }
 
 async fn inbox(State(council): State<Arc<Council>>, headers: HeaderMap, Query(mut f): Query<InboxQuery>) -> Response {

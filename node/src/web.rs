@@ -12,9 +12,10 @@ use crate::accounts::{AccountRole, Accounts, User};
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Request, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::Markup;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -246,6 +247,45 @@ impl Door {
         sessions.by_token.insert(token.clone(), session);
         token
     }
+}
+
+/// The sign-in page with a fresh double-submit token; `render(token)` makes its markup.
+pub fn sign_in_form(door: &Door, status: StatusCode, render: impl FnOnce(&str) -> Markup) -> Response {
+    let token = random_token();
+    let mut response = (status, render(&token)).into_response();
+    response.headers_mut().append(header::SET_COOKIE, door.set_cookie(SIGN_IN_COOKIE, &token, 3600));
+    response
+}
+
+/// `POST /sign-in`: a redirect to `home` with the session's cookie, or the form again (401) with
+/// why; `render(token, user, error)` makes the form's markup.
+pub async fn sign_in(
+    door: &Door,
+    headers: &HeaderMap,
+    form: SignInForm,
+    home: &str,
+    render: impl FnOnce(&str, &str, &str) -> Markup,
+) -> Response {
+    let user: String = form.user.trim().chars().take(64).collect();
+    match door.sign_in(headers, &user, form.password, &form.csrf).await {
+        Ok((token, _)) => {
+            let mut response = Redirect::to(home).into_response();
+            response.headers_mut().append(header::SET_COOKIE, door.session_cookie(&token));
+            response.headers_mut().append(header::SET_COOKIE, door.set_cookie(SIGN_IN_COOKIE, "", 0));
+            response
+        }
+        Err(SignInRefused(message)) => {
+            sign_in_form(door, StatusCode::UNAUTHORIZED, |token| render(token, &user, &message))
+        }
+    }
+}
+
+/// `POST /sign-out`: ends the session if the form is its own, and goes back to signing in.
+pub fn sign_out(door: &Door, headers: &HeaderMap, form: &CsrfForm) -> Response {
+    door.sign_out(headers, &form.csrf);
+    let mut response = Redirect::to("/sign-in").into_response();
+    response.headers_mut().append(header::SET_COOKIE, door.set_cookie(SESSION_COOKIE, "", 0));
+    response
 }
 
 /// Headers on every response: no framing, no referrer, only this origin's styles and images,

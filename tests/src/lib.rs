@@ -394,3 +394,12 @@ impl Page {
         (status, body)
     }
 }
+
+/// `n` valid NHS numbers, deterministically, from the stem `100_000_000 + offset` up.
+pub fn children(n: usize, offset: u64) -> Vec<cpis_protocol::ids::NhsNumber> {
+    (0u64..)
+        .map(|i| 100_000_000 + offset + i * 37)
+        .filter_map(|stem| (0..10).find_map(|d| cpis_protocol::ids::NhsNumber::try_from(stem * 10 + d).ok()))
+        .take(n)
+        .collect()
+}

@@ -85,16 +85,7 @@ fn visit_json(v: &ShownVisit) -> Value {
 }
 
 /// `alert`, `no-records` or `could-not-check`: what the answer comes to.
-pub fn result_name(o: &LookupOutcome) -> &'static str {
-    let a = &o.answer;
-    if a.plans().next().is_some() {
-        "alert"
-    } else if a.no_records() {
-        "no-records"
-    } else {
-        "could-not-check"
-    }
-}
+pub use cpis_node::gateway::result_name;
 
 /// The outcome as one JSON document (shape in docs/cli.md).
 pub fn lookup_json(o: &LookupOutcome, now: Timestamp) -> Value {

@@ -189,24 +189,20 @@ fn lookup_error(e: &ClientError) -> FhirError {
     }
 }
 
+/// Which search: the plans, or the visit history.
+#[derive(Clone, Copy)]
+enum SearchOf {
+    CareTeam,
+    AuditEvent,
+}
+
 /// `GET /FHIR/R4/CareTeam?patient:identifier=…`
 pub async fn care_team(
     State(gateway): State<Arc<Gateway>>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let trace = trace_id(&headers).ok().flatten();
-    let search = match gateway.check_search(&headers, &query) {
-        Ok(s) => s,
-        Err(e) => return e.into_response_with(trace.as_deref()),
-    };
-    match gateway.look_up(search.nhs, search.caller).await {
-        Ok(outcome) => {
-            let body = care_team_bundle(&outcome, &gateway.fhir_base(), super::now());
-            fhir_response(StatusCode::OK, &body, trace.as_deref())
-        }
-        Err(e) => lookup_error(&e).into_response_with(trace.as_deref()),
-    }
+    search(&gateway, &headers, &query, SearchOf::CareTeam).await
 }
 
 /// `GET /FHIR/R4/AuditEvent?patient:identifier=…`: the visit history of the latest lookup of
@@ -216,14 +212,25 @@ pub async fn audit_event(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let trace = trace_id(&headers).ok().flatten();
-    let search = match gateway.check_search(&headers, &query) {
+    search(&gateway, &headers, &query, SearchOf::AuditEvent).await
+}
+
+async fn search(gateway: &Gateway, headers: &HeaderMap, query: &HashMap<String, String>, of: SearchOf) -> Response {
+    let trace = trace_id(headers).ok().flatten();
+    let search = match gateway.check_search(headers, query) {
         Ok(s) => s,
         Err(e) => return e.into_response_with(trace.as_deref()),
     };
-    match gateway.history(search.nhs, search.caller).await {
+    let outcome = match of {
+        SearchOf::CareTeam => gateway.look_up(search.nhs, search.caller).await,
+        SearchOf::AuditEvent => gateway.history(search.nhs, search.caller).await,
+    };
+    match outcome {
         Ok(outcome) => {
-            let body = audit_event_bundle(&outcome, &gateway.fhir_base());
+            let body = match of {
+                SearchOf::CareTeam => care_team_bundle(&outcome, &gateway.fhir_base(), super::now()),
+                SearchOf::AuditEvent => audit_event_bundle(&outcome, &gateway.fhir_base()),
+            };
             fhir_response(StatusCode::OK, &body, trace.as_deref())
         }
         Err(e) => lookup_error(&e).into_response_with(trace.as_deref()),

@@ -6,9 +6,7 @@
 use super::fhir::unavailable_text;
 use super::{Caller, Gateway, Via, kind_name};
 use crate::client::{ClientError, LookupOutcome};
-use crate::web::{
-    CsrfForm, SESSION_COOKIE, SIGN_IN_COOKIE, Session, SignInForm, SignInRefused, constant_time_eq, random_token,
-};
+use crate::web::{self, CsrfForm, Session, SignInForm, constant_time_eq};
 use axum::extract::{Form, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -411,15 +409,7 @@ fn sign_in_markup(gateway: &Gateway, token: &str, user: &str, error: Option<&str
 
 /// `GET /sign-in`
 pub(super) async fn sign_in_page(State(gateway): State<Arc<Gateway>>) -> Response {
-    sign_in_form(&gateway, StatusCode::OK, "", None)
-}
-
-/// The sign-in page with a fresh double-submit token.
-fn sign_in_form(gateway: &Gateway, status: StatusCode, user: &str, error: Option<&str>) -> Response {
-    let token = random_token();
-    let mut response = page(status, sign_in_markup(gateway, &token, user, error));
-    response.headers_mut().append(header::SET_COOKIE, gateway.door.set_cookie(SIGN_IN_COOKIE, &token, 3600));
-    response
+    web::sign_in_form(&gateway.door, StatusCode::OK, |token| sign_in_markup(&gateway, token, "", None))
 }
 
 /// `POST /sign-in`
@@ -428,16 +418,8 @@ pub(super) async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<SignInForm>,
 ) -> Response {
-    let user: String = form.user.trim().chars().take(64).collect();
-    match gateway.door.sign_in(&headers, &user, form.password, &form.csrf).await {
-        Ok((token, _)) => {
-            let mut response = Redirect::to("/").into_response();
-            response.headers_mut().append(header::SET_COOKIE, gateway.door.session_cookie(&token));
-            response.headers_mut().append(header::SET_COOKIE, gateway.door.set_cookie(SIGN_IN_COOKIE, "", 0));
-            response
-        }
-        Err(SignInRefused(message)) => sign_in_form(&gateway, StatusCode::UNAUTHORIZED, &user, Some(&message)),
-    }
+    let render = |token: &str, user: &str, error: &str| sign_in_markup(&gateway, token, user, Some(error));
+    web::sign_in(&gateway.door, &headers, form, "/", render).await
 }
 
 /// `POST /sign-out`
@@ -446,10 +428,7 @@ pub(super) async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    gateway.door.sign_out(&headers, &form.csrf);
-    let mut response = Redirect::to("/sign-in").into_response();
-    response.headers_mut().append(header::SET_COOKIE, gateway.door.set_cookie(SESSION_COOKIE, "", 0));
-    response
+    web::sign_out(&gateway.door, &headers, &form)
 }
 
 /// `GET /audit`: the gateway's newest lookups (safeguarding leads and administrators).

@@ -10,8 +10,7 @@
 use cpis_node::accounts::{AccountRole, Accounts};
 use cpis_node::config::PagesConfig;
 use cpis_protocol::harness::FederationSpec;
-use cpis_protocol::ids::NhsNumber;
-use cpis_tests::{Fed, Page, csrf, header};
+use cpis_tests::{Fed, Page, children, csrf, header};
 use std::time::{Duration, Instant};
 
 #[tokio::main]
@@ -27,11 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let hackney = fed.start_with("204", |c| c.pages = Some(PagesConfig::default())).await;
     let addr = hackney.pages_url().unwrap().trim_start_matches("http://").parse().unwrap();
     let mut csv = String::from("reference,nhs_number,plan_type,start_date,end_date,due_date,withdrawn\n");
-    let numbers = (0u64..)
-        .map(|i| 100_000_000 + i * 37)
-        .filter_map(|stem| (0..10).find_map(|d| NhsNumber::try_from(stem * 10 + d).ok()))
-        .take(rows);
-    for (i, nhs) in numbers.enumerate() {
+    for (i, nhs) in children(rows, 0).into_iter().enumerate() {
         csv += &format!("LAC-{i},{},LAC,2026-01-05,,,\n", nhs.digits());
     }
     let mut page = Page::new(addr);

@@ -19,19 +19,11 @@ use cpis_node::gateway::RunningGateway;
 use cpis_protocol::harness::FederationSpec;
 use cpis_protocol::ids::NhsNumber;
 use cpis_protocol::records::SettingType;
-use cpis_tests::{Fed, http, hub_caught_up, wait_until};
+use cpis_tests::{Fed, children, http, hub_caught_up, wait_until};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-fn children(n: usize, offset: u64) -> Vec<NhsNumber> {
-    (0u64..)
-        .map(|i| 100_000_000 + offset + i * 37)
-        .filter_map(|stem| (0..10).find_map(|d| NhsNumber::try_from(stem * 10 + d).ok()))
-        .take(n)
-        .collect()
-}
 
 /// One keep-alive HTTP/1.1 connection to the gateway.
 struct Caller {

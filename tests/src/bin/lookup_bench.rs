@@ -13,17 +13,9 @@ use cpis_protocol::harness::FederationSpec;
 use cpis_protocol::ids::{LookupId, NhsNumber};
 use cpis_protocol::records::{Person, SettingType};
 use cpis_protocol::wire::{self, Message};
-use cpis_tests::{Fed, http, hub_caught_up, wait_until};
+use cpis_tests::{Fed, children, http, hub_caught_up, wait_until};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn children(n: usize, offset: u64) -> Vec<NhsNumber> {
-    (0u64..)
-        .map(|i| 100_000_000 + offset + i * 37)
-        .filter_map(|stem| (0..10).find_map(|d| NhsNumber::try_from(stem * 10 + d).ok()))
-        .take(n)
-        .collect()
-}
 
 async fn worker(
     fed: Arc<Fed>,

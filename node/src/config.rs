@@ -241,6 +241,54 @@ pub struct NodeConfig {
     /// webhook (docs/council.md). Default none.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
+    /// Or by MESH (docs/council.md); at most one of the two. Default none.
+    #[serde(default)]
+    pub mesh: Option<MeshConfig>,
+}
+
+/// An authority's MESH mailbox: each notification is sent as one MESH message to the council's
+/// case-management mailbox (docs/council.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// `http://host:port` of the MESH API (its `/messageexchange/...` paths). Required.
+    pub url: String,
+    /// This authority's mailbox id. Required.
+    pub mailbox: String,
+    /// A file holding the mailbox's password (owner-only). Required.
+    pub password_file: PathBuf,
+    /// A file holding the MESH environment's shared key for the authorisation header. Required.
+    pub shared_key_file: PathBuf,
+    /// The case-management system's mailbox the notifications go to. Required.
+    pub to_mailbox: String,
+    /// The MESH workflow id of the messages. Default `CPIS_NOTIFICATION`.
+    #[serde(default = "default_workflow_id")]
+    pub workflow_id: String,
+    /// Longest wait between retries of a message that failed. Default 300000 ms (5 minutes).
+    #[serde(default = "default_retry_max_ms")]
+    pub retry_max_ms: u64,
+}
+
+fn default_workflow_id() -> String {
+    "CPIS_NOTIFICATION".into()
+}
+
+impl MeshConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field, rule: &str| Err(ConfigError::Invalid { field, rule: rule.into() });
+        if self.url.strip_prefix("http://").is_none_or(|rest| rest.is_empty()) {
+            return invalid("mesh.url", "an http:// URL of the MESH API (a local MESH client or proxy)");
+        }
+        let id_ok =
+            |t: &str| !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !id_ok(&self.mailbox) || !id_ok(&self.to_mailbox) || !id_ok(&self.workflow_id) {
+            return invalid("mesh.mailbox", "mailbox, to_mailbox and workflow_id are 1 to 64 letters, digits or _");
+        }
+        if self.retry_max_ms == 0 {
+            return invalid("mesh.retry_max_ms", "must be above zero");
+        }
+        Ok(())
+    }
 }
 
 /// Where an authority posts each notification, signed with HMAC-SHA256.
@@ -376,6 +424,10 @@ impl NodeConfig {
         if let Some(webhook) = config.webhook.as_mut() {
             webhook.secret_file = anchor(base, &webhook.secret_file);
         }
+        if let Some(mesh) = config.mesh.as_mut() {
+            mesh.password_file = anchor(base, &mesh.password_file);
+            mesh.shared_key_file = anchor(base, &mesh.shared_key_file);
+        }
         if let Some(pages) = config.pages.as_mut() {
             pages.tls_cert = pages.tls_cert.as_ref().map(|p| anchor(base, p));
             pages.tls_key = pages.tls_key.as_ref().map(|p| anchor(base, p));
@@ -420,15 +472,22 @@ impl NodeConfig {
             (Some(pages), NodeRole::Authority) => pages.validate()?,
             (None, _) => {}
         }
-        match (&self.webhook, self.role) {
-            (Some(_), NodeRole::Hub) => {
+        match (&self.webhook, &self.mesh, self.role) {
+            (None, None, _) => {}
+            (_, _, NodeRole::Hub) => {
                 return Err(ConfigError::Invalid {
                     field: "webhook",
                     rule: "only an authority hands on notifications".into(),
                 });
             }
-            (Some(webhook), NodeRole::Authority) => webhook.validate()?,
-            (None, _) => {}
+            (Some(_), Some(_), _) => {
+                return Err(ConfigError::Invalid {
+                    field: "mesh",
+                    rule: "use either webhook or mesh, not both".into(),
+                });
+            }
+            (Some(webhook), None, _) => webhook.validate()?,
+            (None, Some(mesh), _) => mesh.validate()?,
         }
         self.timing.validate()
     }

@@ -141,9 +141,8 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     tasks.push(tokio::spawn(net::accept_loop(endpoint.clone(), ctx.clone(), roles).instrument(span.clone())));
     let store_for_webhook = store.clone();
     let state = crate::api::ApiState::new(inputs_tx, store, directory_for_api, token.clone(), config.role);
-    if let Some(webhook) = config.webhook.clone() {
-        let secret = crate::webhook::read_secret(&webhook)?;
-        let run = crate::webhook::run(webhook, secret, state.clone(), store_for_webhook, shutdown_rx.clone());
+    if let Some(sink) = crate::handover::Sink::from_config(&config)? {
+        let run = crate::handover::run(sink, state.clone(), store_for_webhook, shutdown_rx.clone());
         tasks.push(tokio::spawn(run.instrument(span.clone())));
     }
     let pages_url = match &config.pages {

@@ -74,6 +74,7 @@ impl Fed {
             limits: Default::default(),
             pages: None,
             webhook: None,
+            mesh: None,
         }
     }
 

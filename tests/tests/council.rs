@@ -265,7 +265,7 @@ async fn webhook__a_notification_is_posted_signed__retried_until_taken__and_not_
     for (_, head, body) in &posts {
         assert_eq!(header_value(head, "x-cpis-delivery"), id, "the same delivery id on every try");
         let timestamp: u64 = header_value(head, "x-cpis-timestamp").parse().unwrap();
-        let expected = cpis_node::webhook::signature(secret.as_bytes(), timestamp, body.as_bytes());
+        let expected = cpis_node::handover::signature(secret.as_bytes(), timestamp, body.as_bytes());
         assert_eq!(header_value(head, "x-cpis-signature"), expected, "signed with the shared secret");
         let doc: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!((doc["lookup_id"].as_str(), doc["person"]["name"].as_str()), (Some(id.as_str()), Some("Sam Patel")));

@@ -30,8 +30,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// How often the inbox is looked at for notifications not yet handed on.
-const POLL_MS: u64 = 500;
+/// How often the store is asked whether anything was written since (cheap); the inbox is read
+/// again only then, or after a failure's wait.
+const POLL_MS: u64 = 50;
 /// The first wait after a failed post; it doubles up to `retry_max_ms`.
 const RETRY_FIRST_MS: u64 = 500;
 /// Longest a post may take.
@@ -184,7 +185,17 @@ pub async fn run(sink: Sink, state: ApiState, store: Store, mut stop: watch::Rec
         }
     };
     let mut wait_ms = RETRY_FIRST_MS;
+    let mut seen_commits = None;
+    let mut all_handed = false;
     loop {
+        let commits = store.stats().commits;
+        if all_handed && seen_commits == Some(commits) {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(POLL_MS)) => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        seen_commits = Some(commits);
         let pending: Vec<Value> = match api::read_inbox(&state) {
             Ok(items) => items.into_iter().rev().filter(|i| !done.contains(&api::text(i, "lookup_id"))).collect(),
             Err(e) => {
@@ -193,12 +204,14 @@ pub async fn run(sink: Sink, state: ApiState, store: Store, mut stop: watch::Rec
             }
         };
         let mut pause = Duration::from_millis(POLL_MS);
+        all_handed = true;
         for item in pending {
             let id = api::text(&item, "lookup_id");
             match sink.hand(&id, &item).await {
                 Ok(()) => {
                     if let Err(e) = record(&store, &id).await {
                         warn!(reason = %e, "a notification was handed on but could not be recorded: it will be sent again");
+                        all_handed = false;
                         break;
                     }
                     info!(lookup = %id, by = sink.name(), "notification handed to the case-management system");
@@ -209,6 +222,7 @@ pub async fn run(sink: Sink, state: ApiState, store: Store, mut stop: watch::Rec
                     warn!(lookup = %id, by = sink.name(), %reason, retry_in_ms = wait_ms, "the case-management system did not take a notification");
                     pause = Duration::from_millis(wait_ms);
                     wait_ms = (wait_ms * 2).min(sink.retry_max_ms());
+                    all_handed = false;
                     break;
                 }
             }

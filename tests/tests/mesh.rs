@@ -105,6 +105,25 @@ async fn mesh__one_message_per_notification__also_when_the_node_stopped_after_me
     for id in [&first, &second] {
         assert_eq!(sent_with_local_id(addr, &key, id).await, 200, "still exactly one message for {id}");
     }
+
+    // How long a notification takes to become a MESH message (printed; not a test of speed).
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let id = lookup(&fed.setting_config("RXH01"), look()).await.unwrap().lookup_id.to_hex();
+        wait_until("the notification reaches MESH", Duration::from_secs(30), || async {
+            sent_with_local_id(addr, &key, &id).await == 200
+        })
+        .await;
+        took.push(started.elapsed());
+    }
+    took.sort();
+    println!(
+        "lookup answered -> notification a MESH message in the case-management mailbox, {} lookups: p50 {:.0?}, p99 {:.0?} (tracking polled every 50 ms)",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() * 99 / 100]
+    );
     hackney.shutdown().await;
     hub.shutdown().await;
 }

@@ -264,6 +264,13 @@ pub struct MeshConfig {
     /// The MESH workflow id of the messages. Default `CPIS_NOTIFICATION`.
     #[serde(default = "default_workflow_id")]
     pub workflow_id: String,
+    /// Plan files arriving in the mailbox under this workflow are imported and answered.
+    /// Default `CPIS_PLAN_UPLOAD`.
+    #[serde(default = "default_upload_workflow_id")]
+    pub upload_workflow_id: String,
+    /// The workflow of the answers to plan files. Default `CPIS_PLAN_UPLOAD_RESULT`.
+    #[serde(default = "default_result_workflow_id")]
+    pub result_workflow_id: String,
     /// Longest wait between retries of a message that failed. Default 300000 ms (5 minutes).
     #[serde(default = "default_retry_max_ms")]
     pub retry_max_ms: u64,
@@ -271,6 +278,14 @@ pub struct MeshConfig {
 
 fn default_workflow_id() -> String {
     "CPIS_NOTIFICATION".into()
+}
+
+fn default_upload_workflow_id() -> String {
+    "CPIS_PLAN_UPLOAD".into()
+}
+
+fn default_result_workflow_id() -> String {
+    "CPIS_PLAN_UPLOAD_RESULT".into()
 }
 
 impl MeshConfig {
@@ -281,8 +296,10 @@ impl MeshConfig {
         }
         let id_ok =
             |t: &str| !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !id_ok(&self.mailbox) || !id_ok(&self.to_mailbox) || !id_ok(&self.workflow_id) {
-            return invalid("mesh.mailbox", "mailbox, to_mailbox and workflow_id are 1 to 64 letters, digits or _");
+        let ids =
+            [&self.mailbox, &self.to_mailbox, &self.workflow_id, &self.upload_workflow_id, &self.result_workflow_id];
+        if !ids.iter().all(|t| id_ok(t)) {
+            return invalid("mesh.mailbox", "mailbox ids and workflow ids are 1 to 64 letters, digits or _");
         }
         if self.retry_max_ms == 0 {
             return invalid("mesh.retry_max_ms", "must be above zero");

@@ -159,6 +159,125 @@ pub fn mesh_authorization(mailbox: &str, password: &str, shared_key: &str) -> St
     format!("NHSMESH {mailbox}:{nonce}:1:{timestamp}:{}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// Largest plan file taken from the MESH inbox (as the import API).
+const UPLOAD_BYTES_MAX: usize = crate::api::BODY_BYTES_MAX;
+/// How often the MESH inbox is looked at for plan files.
+const MESH_INBOX_POLL_MS: u64 = 1_000;
+
+/// Imports plan files that arrive in the authority's MESH mailbox under `upload_workflow_id`
+/// (the CSV format of `cpis plans import`) and answers each with a MESH message to its sender:
+/// the import report as JSON (`result_workflow_id`, local id `result-` and the upload's message
+/// id), then acknowledges the upload. Run again after a stop, an upload is imported again (which
+/// changes nothing) and its answer is not sent twice (MESH's tracking is asked first). Other
+/// messages are left in the mailbox.
+pub async fn run_mesh_inbox(
+    config: MeshConfig,
+    password: String,
+    shared_key: String,
+    state: ApiState,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut left = HashSet::new();
+    loop {
+        if let Err(reason) = mesh_inbox_once(&config, &password, &shared_key, &state, &mut left).await {
+            warn!(%reason, "the MESH inbox could not be read or answered: trying again");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(MESH_INBOX_POLL_MS)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn mesh_inbox_once(
+    config: &MeshConfig,
+    password: &str,
+    shared_key: &str,
+    state: &ApiState,
+    left: &mut HashSet<String>,
+) -> Result<(), String> {
+    let (authority, _) = split_url(&config.url)?;
+    let mailbox = &config.mailbox;
+    let auth = || ("authorization", mesh_authorization(mailbox, password, shared_key));
+    let inbox = format!("/messageexchange/{mailbox}/inbox");
+    let (status, _, body) = fetch(authority, hyper::Method::GET, &inbox, vec![auth()], vec![], 0).await?;
+    if status != 200 {
+        return Err(format!("MESH answered {status} to listing the inbox"));
+    }
+    let listed: Value = serde_json::from_slice(&body).map_err(|e| format!("MESH's inbox list: {e}"))?;
+    let ids: Vec<String> = listed["messages"]
+        .as_array()
+        .map_or(vec![], |m| m.iter().filter_map(|x| x.as_str().map(String::from)).collect());
+    let new: Vec<String> = ids.into_iter().filter(|id| !left.contains(id)).collect();
+    for id in new {
+        let path = format!("{inbox}/{id}");
+        let (status, headers, body) =
+            fetch(authority, hyper::Method::GET, &path, vec![auth()], vec![], UPLOAD_BYTES_MAX).await?;
+        if status != 200 {
+            return Err(format!("MESH answered {status} to reading message {id}"));
+        }
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        if header("mex-workflowid") != config.upload_workflow_id {
+            info!(message = %id, workflow = %header("mex-workflowid"), "a MESH message of another workflow is left in the mailbox");
+            left.insert(id);
+            continue;
+        }
+        let from = header("mex-from");
+        let report = match crate::api::run_import(state, &body, false).await {
+            Ok(report) => report,
+            Err(refused) => {
+                let bytes = axum::body::to_bytes(refused.into_body(), ANSWER_BYTES_MAX).await.unwrap_or_default();
+                serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|_| serde_json::json!({ "error": "the file was refused" }))
+            }
+        };
+        info!(message = %id, applied = %report["applied"], refused = %report["refused"], "plan file from MESH imported");
+        let mut answer = report;
+        answer["upload"] = Value::String(id.clone());
+        answer_upload(config, authority, auth, &from, &id, &answer).await?;
+        let acknowledge = format!("{inbox}/{id}/status/acknowledged");
+        let status = exchange(authority, hyper::Method::PUT, &acknowledge, vec![auth()], vec![]).await?;
+        if !(200..300).contains(&status) {
+            return Err(format!("MESH answered {status} to acknowledging message {id}"));
+        }
+    }
+    Ok(())
+}
+
+/// Sends the import report back to the uploader, unless MESH shows it was sent already.
+async fn answer_upload(
+    config: &MeshConfig,
+    authority: &str,
+    auth: impl Fn() -> (&'static str, String),
+    to: &str,
+    upload: &str,
+    answer: &Value,
+) -> Result<(), String> {
+    let mailbox = &config.mailbox;
+    let local_id = format!("result-{upload}");
+    let tracking = format!("/messageexchange/{mailbox}/outbox/tracking/{local_id}");
+    match exchange(authority, hyper::Method::GET, &tracking, vec![auth()], vec![]).await? {
+        200 => return Ok(()),
+        404 => {}
+        status => return Err(format!("MESH tracking answered {status}")),
+    }
+    let headers = vec![
+        auth(),
+        ("content-type", "application/json".to_string()),
+        ("mex-from", mailbox.clone()),
+        ("mex-to", to.to_string()),
+        ("mex-workflowid", config.result_workflow_id.clone()),
+        ("mex-localid", local_id),
+        ("mex-subject", "Plan file import results".to_string()),
+    ];
+    let body = serde_json::to_vec(answer).map_err(|e| e.to_string())?;
+    match exchange(authority, hyper::Method::POST, &format!("/messageexchange/{mailbox}/outbox"), headers, body).await?
+    {
+        200..=299 => Ok(()),
+        status => Err(format!("MESH answered {status} to the import results")),
+    }
+}
+
 /// `http://host:port/path` → (`host:port`, `/path`).
 fn split_url(url: &str) -> Result<(&str, String), String> {
     let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
@@ -250,6 +369,18 @@ async fn exchange(
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
 ) -> Result<u16, String> {
+    fetch(authority, method, path, headers, body, 0).await.map(|(status, _, _)| status)
+}
+
+/// One HTTP/1.1 exchange: the status, the answer's headers, and at most `answer_max` bytes of it.
+async fn fetch(
+    authority: &str,
+    method: hyper::Method,
+    path: &str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    answer_max: usize,
+) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
     let run = async {
         let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("cannot connect: {e}"))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -263,9 +394,14 @@ async fn exchange(
         let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
         let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
         let status = response.status().as_u16();
-        let _ = Limited::new(response.into_body(), ANSWER_BYTES_MAX).collect().await;
+        let answer_headers = response.headers().clone();
+        let answer = Limited::new(response.into_body(), answer_max.max(ANSWER_BYTES_MAX))
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| format!("reading the answer: {e}"))?;
         driver.abort();
-        Ok(status)
+        Ok((status, answer_headers, answer))
     };
     tokio::time::timeout(Duration::from_millis(POST_TIMEOUT_MS), run)
         .await

@@ -142,6 +142,16 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     let store_for_webhook = store.clone();
     let state = crate::api::ApiState::new(inputs_tx, store, directory_for_api, token.clone(), config.role);
     if let Some(sink) = crate::handover::Sink::from_config(&config)? {
+        if let crate::handover::Sink::Mesh { config, password, shared_key } = &sink {
+            let inbox = crate::handover::run_mesh_inbox(
+                config.clone(),
+                password.clone(),
+                shared_key.clone(),
+                state.clone(),
+                shutdown_rx.clone(),
+            );
+            tasks.push(tokio::spawn(inbox.instrument(span.clone())));
+        }
         let run = crate::handover::run(sink, state.clone(), store_for_webhook, shutdown_rx.clone());
         tasks.push(tokio::spawn(run.instrument(span.clone())));
     }

@@ -39,7 +39,8 @@ async fn sent_with_local_id(addr: SocketAddr, key: &str, local_id: &str) -> u16 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs NHS England's MESH sandbox: run .ci/mesh"]
-async fn mesh__one_message_per_notification__also_when_the_node_stopped_after_mesh_took_it() {
+async fn mesh__one_message_per_notification__also_when_the_node_stopped_after_mesh_took_it__and_a_plan_file_is_imported_and_answered()
+ {
     let (addr, key) = sandbox();
     let fed = Fed::create(FederationSpec::new("mesh").hub("HUBN").authority("204", "Hackney", &["HUBN"]).setting(
         "RXH01",
@@ -58,6 +59,8 @@ async fn mesh__one_message_per_notification__also_when_the_node_stopped_after_me
         shared_key_file: home.join("mesh.key"),
         to_mailbox: "X26ABC2".into(),
         workflow_id: "TEST_WORKFLOW".into(),
+        upload_workflow_id: "TEST_WORKFLOW_ACK".into(),
+        result_workflow_id: "TEST_WORKFLOW".into(),
         retry_max_ms: 1_000,
     };
     let with_mesh = |c: &mut cpis_node::config::NodeConfig| c.mesh = Some(mesh.clone());
@@ -105,6 +108,51 @@ async fn mesh__one_message_per_notification__also_when_the_node_stopped_after_me
     for id in [&first, &second] {
         assert_eq!(sent_with_local_id(addr, &key, id).await, 200, "still exactly one message for {id}");
     }
+
+    // The case-management system sends a plan file with a broken row; Hackney imports it and
+    // answers with the report.
+    let cms = mesh_authorization("X26ABC2", "password", &key);
+    let csv =
+        "reference,nhs_number,plan_type,start_date\nCPP-7,4010232137,CPP,2026-02-01\nCPP-8,4010232138,CPP,2026-02-01\n";
+    let headers = [
+        ("Authorization", cms.as_str()),
+        ("Content-Type", "text/csv"),
+        ("mex-from", "X26ABC2"),
+        ("mex-to", "X26ABC1"),
+        ("mex-workflowid", "TEST_WORKFLOW_ACK"),
+        ("mex-localid", "export-2026-11-30"),
+        ("Accept", "application/vnd.mesh.v2+json"),
+    ];
+    let (status, _, sent) = request(addr, "POST", "/messageexchange/X26ABC2/outbox", &headers, csv).await;
+    assert_eq!(status, 202, "{sent}");
+    let upload = serde_json::from_str::<serde_json::Value>(&sent).unwrap()["message_id"].as_str().unwrap().to_string();
+    wait_until("Hackney answers the plan file", Duration::from_secs(30), || async {
+        sent_with_local_id(addr, &key, &format!("result-{upload}")).await == 200
+    })
+    .await;
+    let (_, plans) = api_json(&fed, "204", "GET", "/plans", None).await;
+    assert!(plans["plans"].as_array().unwrap().iter().any(|p| p["reference"] == "CPP-7"), "the good row is imported");
+    let cms = || mesh_authorization("X26ABC2", "password", &key);
+    let (_, _, listed) = request(addr, "GET", "/messageexchange/X26ABC2/inbox", &[("Authorization", &cms())], "").await;
+    let ids: Vec<String> = serde_json::from_str::<serde_json::Value>(&listed).unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_string())
+        .collect();
+    let mut answer = None;
+    for id in ids {
+        let path = format!("/messageexchange/X26ABC2/inbox/{id}");
+        let (_, headers, body) = request(addr, "GET", &path, &[("Authorization", &cms())], "").await;
+        if cpis_tests::header(&headers, "mex-localid") == Some(format!("result-{upload}").as_str()) {
+            answer = Some(serde_json::from_str::<serde_json::Value>(&body).unwrap());
+        }
+    }
+    let answer = answer.expect("the answer is in the case-management mailbox");
+    assert_eq!((answer["applied"].as_u64(), answer["refused"].as_u64()), (Some(1), Some(1)), "{answer}");
+    assert!(answer["rows"][1]["reason"].as_str().unwrap().contains("check digit"), "{answer}");
+    let (_, _, left) = request(addr, "GET", "/messageexchange/X26ABC1/inbox", &[("Authorization", &auth)], "").await;
+    assert!(!left.contains(&upload), "the plan file was acknowledged: {left}");
 
     // How long a notification takes to become a MESH message (printed; not a test of speed).
     let mut took = Vec::new();

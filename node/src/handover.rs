@@ -115,31 +115,57 @@ impl Sink {
             }
             Sink::Mesh { config, password, shared_key } => {
                 let (authority, _) = split_url(&config.url)?;
-                let mailbox = &config.mailbox;
-                let auth = || ("authorization", mesh_authorization(mailbox, password, shared_key));
-                let tracking = format!("/messageexchange/{mailbox}/outbox/tracking/{id}");
-                match exchange(authority, hyper::Method::GET, &tracking, vec![auth()], vec![]).await? {
-                    200 => return Ok(()),
-                    404 => {}
-                    status => return Err(format!("MESH tracking answered {status}")),
-                }
-                let headers = vec![
-                    auth(),
-                    ("content-type", "application/json".to_string()),
-                    ("accept", "application/vnd.mesh.v2+json".to_string()),
-                    ("mex-from", mailbox.clone()),
-                    ("mex-to", config.to_mailbox.clone()),
-                    ("mex-workflowid", config.workflow_id.clone()),
-                    ("mex-localid", id.to_string()),
-                    ("mex-subject", "Child protection notification".to_string()),
-                ];
-                let outbox = format!("/messageexchange/{mailbox}/outbox");
-                match exchange(authority, hyper::Method::POST, &outbox, headers, body).await? {
-                    200..=299 => Ok(()),
-                    status => Err(format!("MESH answered {status}")),
-                }
+                let auth = || ("authorization", mesh_authorization(&config.mailbox, password, shared_key));
+                let message = MeshMessage {
+                    to: &config.to_mailbox,
+                    workflow: &config.workflow_id,
+                    local_id: id.to_string(),
+                    subject: "Child protection notification",
+                };
+                mesh_send_once(config, authority, auth, message, body).await
             }
         }
+    }
+}
+
+/// One MESH message to send.
+struct MeshMessage<'a> {
+    to: &'a str,
+    workflow: &'a str,
+    local_id: String,
+    subject: &'static str,
+}
+
+/// Sends a MESH message unless MESH's tracking shows that one with its local id already left the
+/// mailbox (sent before a stop): so a message is never sent twice.
+async fn mesh_send_once(
+    config: &MeshConfig,
+    authority: &str,
+    auth: impl Fn() -> (&'static str, String),
+    message: MeshMessage<'_>,
+    body: Vec<u8>,
+) -> Result<(), String> {
+    let mailbox = &config.mailbox;
+    let tracking = format!("/messageexchange/{mailbox}/outbox/tracking/{}", message.local_id);
+    match exchange(authority, hyper::Method::GET, &tracking, vec![auth()], vec![]).await? {
+        200 => return Ok(()),
+        404 => {}
+        status => return Err(format!("MESH tracking answered {status}")),
+    }
+    let headers = vec![
+        auth(),
+        ("content-type", "application/json".to_string()),
+        ("accept", "application/vnd.mesh.v2+json".to_string()),
+        ("mex-from", mailbox.clone()),
+        ("mex-to", message.to.to_string()),
+        ("mex-workflowid", message.workflow.to_string()),
+        ("mex-localid", message.local_id),
+        ("mex-subject", message.subject.to_string()),
+    ];
+    match exchange(authority, hyper::Method::POST, &format!("/messageexchange/{mailbox}/outbox"), headers, body).await?
+    {
+        200..=299 => Ok(()),
+        status => Err(format!("MESH answered {status}")),
     }
 }
 
@@ -234,7 +260,14 @@ async fn mesh_inbox_once(
         info!(message = %id, applied = %report["applied"], refused = %report["refused"], "plan file from MESH imported");
         let mut answer = report;
         answer["upload"] = Value::String(id.clone());
-        answer_upload(config, authority, auth, &from, &id, &answer).await?;
+        let message = MeshMessage {
+            to: &from,
+            workflow: &config.result_workflow_id,
+            local_id: format!("result-{id}"),
+            subject: "Plan file import results",
+        };
+        let body = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
+        mesh_send_once(config, authority, auth, message, body).await?;
         let acknowledge = format!("{inbox}/{id}/status/acknowledged");
         let status = exchange(authority, hyper::Method::PUT, &acknowledge, vec![auth()], vec![]).await?;
         if !(200..300).contains(&status) {
@@ -242,40 +275,6 @@ async fn mesh_inbox_once(
         }
     }
     Ok(())
-}
-
-/// Sends the import report back to the uploader, unless MESH shows it was sent already.
-async fn answer_upload(
-    config: &MeshConfig,
-    authority: &str,
-    auth: impl Fn() -> (&'static str, String),
-    to: &str,
-    upload: &str,
-    answer: &Value,
-) -> Result<(), String> {
-    let mailbox = &config.mailbox;
-    let local_id = format!("result-{upload}");
-    let tracking = format!("/messageexchange/{mailbox}/outbox/tracking/{local_id}");
-    match exchange(authority, hyper::Method::GET, &tracking, vec![auth()], vec![]).await? {
-        200 => return Ok(()),
-        404 => {}
-        status => return Err(format!("MESH tracking answered {status}")),
-    }
-    let headers = vec![
-        auth(),
-        ("content-type", "application/json".to_string()),
-        ("mex-from", mailbox.clone()),
-        ("mex-to", to.to_string()),
-        ("mex-workflowid", config.result_workflow_id.clone()),
-        ("mex-localid", local_id),
-        ("mex-subject", "Plan file import results".to_string()),
-    ];
-    let body = serde_json::to_vec(answer).map_err(|e| e.to_string())?;
-    match exchange(authority, hyper::Method::POST, &format!("/messageexchange/{mailbox}/outbox"), headers, body).await?
-    {
-        200..=299 => Ok(()),
-        status => Err(format!("MESH answered {status} to the import results")),
-    }
 }
 
 /// `http://host:port/path` → (`host:port`, `/path`).

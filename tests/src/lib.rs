@@ -404,3 +404,21 @@ pub fn children(n: usize, offset: u64) -> Vec<cpis_protocol::ids::NhsNumber> {
         .take(n)
         .collect()
 }
+
+/// Gives Hackney (204) and Newham (316) their contacts, then waits until hubs HUBN and HUBS hold
+/// both councils' feeds as far as written (the gateway and browser tests' federation).
+pub async fn two_councils_with_contacts_at_both_hubs(fed: &Fed) {
+    for (code, name, office, ooh) in [
+        ("204", "Hackney CSC", "020 8356 5500", "020 8356 2710"),
+        ("316", "Newham CSC", "020 8430 2000", "020 8430 2001"),
+    ] {
+        let contacts = serde_json::json!({ "name": name, "office_phone": office, "out_of_hours_phone": ooh });
+        assert_eq!(api_json(fed, code, "PUT", "/contacts", Some(contacts)).await.0, 200);
+    }
+    for hub in ["HUBN", "HUBS"] {
+        wait_until("plans and contacts reach both hubs", Duration::from_secs(30), || async {
+            hub_caught_up(fed, hub, "204").await && hub_caught_up(fed, hub, "316").await
+        })
+        .await;
+    }
+}

@@ -15,7 +15,7 @@ use cpis_node::runtime::RunningNode;
 use cpis_protocol::harness::FederationSpec;
 use cpis_protocol::records::SettingType;
 use cpis_tests::webdriver::Browser;
-use cpis_tests::{Fed, api_json, hub_caught_up, wait_until};
+use cpis_tests::{Fed, api_json, wait_until};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -74,19 +74,7 @@ async fn world(council_pages: bool) -> World {
         let (status, answer) = api_json(&fed, code, "POST", "/plans", Some(plan)).await;
         assert_eq!(status, 200, "{answer}");
     }
-    for (code, name, office, ooh) in [
-        ("204", "Hackney CSC", "020 8356 5500", "020 8356 2710"),
-        ("316", "Newham CSC", "020 8430 2000", "020 8430 2001"),
-    ] {
-        let contacts = json!({ "name": name, "office_phone": office, "out_of_hours_phone": ooh });
-        assert_eq!(api_json(&fed, code, "PUT", "/contacts", Some(contacts)).await.0, 200);
-    }
-    for hub in ["HUBN", "HUBS"] {
-        wait_until("plans and contacts reach both hubs", Duration::from_secs(30), || async {
-            hub_caught_up(&fed, hub, "204").await && hub_caught_up(&fed, hub, "316").await
-        })
-        .await;
-    }
+    cpis_tests::two_councils_with_contacts_at_both_hubs(&fed).await;
     let mut config = fed.setting_config("RXH01");
     config.gateway.data_dir = fed.home("RXH01").join("gateway");
     config.stale_after_ms = 4_000;

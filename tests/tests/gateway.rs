@@ -10,7 +10,7 @@ use cpis_node::gateway::RunningGateway;
 use cpis_node::runtime::RunningNode;
 use cpis_protocol::harness::FederationSpec;
 use cpis_protocol::records::SettingType;
-use cpis_tests::{Fed, Page, api_json, csrf, header, hub_caught_up, request, wait_until};
+use cpis_tests::{Fed, Page, api_json, csrf, header, request, wait_until};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -74,19 +74,7 @@ async fn world() -> World {
         json!({ "reference": "UCPP-204-2", "nhs": UNBORN, "plan_type": "UCPP", "start": "2026-09-01", "due": due }),
     )
     .await;
-    for (code, name, office, ooh) in [
-        ("204", "Hackney CSC", "020 8356 5500", "020 8356 2710"),
-        ("316", "Newham CSC", "020 8430 2000", "020 8430 2001"),
-    ] {
-        let contacts = json!({ "name": name, "office_phone": office, "out_of_hours_phone": ooh });
-        assert_eq!(api_json(&fed, code, "PUT", "/contacts", Some(contacts)).await.0, 200);
-    }
-    for hub in ["HUBN", "HUBS"] {
-        wait_until("plans and contacts reach both hubs", Duration::from_secs(30), || async {
-            hub_caught_up(&fed, hub, "204").await && hub_caught_up(&fed, hub, "316").await
-        })
-        .await;
-    }
+    cpis_tests::two_councils_with_contacts_at_both_hubs(&fed).await;
     let config = gateway_config(&fed);
     let mut accounts = Accounts::default();
     accounts.add_user("sam.patel", "Sam Patel", "Staff nurse", AccountRole::Clinician, PASSWORD).unwrap();

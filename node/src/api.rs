@@ -9,6 +9,7 @@
 use crate::config::NodeRole;
 use crate::import::{self, ImportRow};
 use crate::inputs::Input;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use axum::Router;
 use axum::body::Bytes;
@@ -23,6 +24,7 @@ use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::records::{Contacts, Plan, PlanType};
 use cpis_protocol::schema::{self, Table};
 use cpis_protocol::time::{Date, Timestamp};
+use prometheus_client::encoding::prometheus_text;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -39,7 +41,10 @@ pub struct ApiState {
     store: Store,
     directory: Arc<RwLock<TrustedDirectory>>,
     token: String,
+    /// The token of `GET /metrics` alone (a scraper's: it can change nothing).
+    metrics_token: String,
     role: NodeRole,
+    pub(crate) metrics: Metrics,
 }
 
 impl ApiState {
@@ -52,10 +57,12 @@ impl ApiState {
         inputs: mpsc::Sender<Input>,
         store: Store,
         directory: Arc<RwLock<TrustedDirectory>>,
-        token: String,
+        tokens: (String, String),
         role: NodeRole,
+        metrics: Metrics,
     ) -> ApiState {
-        ApiState { inputs, store, directory, token, role }
+        let (token, metrics_token) = tokens;
+        ApiState { inputs, store, directory, token, metrics_token, role, metrics }
     }
 }
 
@@ -73,9 +80,14 @@ pub fn router(state: ApiState) -> Router {
     // Health needs no token: a service manager or load balancer asks it, and it says nothing of
     // the node's data.
     let health = Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state.clone());
+    // Metrics take their own token (or the API's): a scraper holding it can change nothing.
+    let metrics_route = Router::new()
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_metrics_token))
+        .with_state(state.clone());
+    let counted = state.metrics.clone();
     Router::new()
         .route("/status", get(status))
-        .route("/metrics", get(metrics))
         .route("/plans", get(list_plans).post(record_plan))
         .route("/plans/import", post(import_csv))
         .route("/plans/{reference}/end", post(end_plan))
@@ -90,6 +102,19 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
         .merge(health)
+        .merge(metrics_route)
+        .layer(axum::middleware::from_fn_with_state(counted, count_requests))
+}
+
+/// Counts every request by its answer's status code (`cpis_api_requests_total`).
+pub(crate) async fn count_requests(
+    State(metrics): State<Metrics>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let response = next.run(request).await;
+    metrics.api_request(response.status().as_u16());
+    response
 }
 
 /// Longest the event loop may take to answer a health check.
@@ -139,6 +164,19 @@ async fn require_token(
     next.run(request).await
 }
 
+async fn require_metrics_token(
+    State(state): State<ApiState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let headers = request.headers();
+    if !bearer_is(headers, &state.metrics_token) && !bearer_is(headers, &state.token) {
+        tracing::warn!(path = %request.uri().path(), "metrics request refused: missing or wrong bearer token");
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token (see <data_dir>/metrics.token)");
+    }
+    next.run(request).await
+}
+
 pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, axum::Json(json!({ "error": message.to_string() }))).into_response()
 }
@@ -148,10 +186,19 @@ fn unauthorised() -> Response {
 }
 
 fn authorised(state: &ApiState, headers: &HeaderMap) -> bool {
-    let expected = format!("Bearer {}", state.token);
+    bearer_is(headers, &state.token)
+}
+
+/// Whether the request's `Authorization` is `Bearer <token>` (the scheme in any case, as HTTP
+/// says), compared in constant time in the token's content.
+fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
     let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
-    // Constant time in the content: compare every byte whatever differs first.
-    given.len() == expected.len() && given.iter().zip(expected.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    let Some((scheme, credentials)) = given.split_at_checked(7) else { return false };
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return false;
+    }
+    credentials.len() == token.len()
+        && credentials.iter().zip(token.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 fn authority_only(state: &ApiState) -> Result<(), Response> {
@@ -238,7 +285,9 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         return stopping();
     }
     match rx.await {
-        Ok(snapshot) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], snapshot.prometheus()).into_response(),
+        Ok(snapshot) => {
+            ([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], snapshot.prometheus()).into_response()
+        }
         Err(_) => stopping(),
     }
 }
@@ -281,7 +330,7 @@ pub(crate) async fn run_import(state: &ApiState, body: &[u8], dry_run: bool) -> 
         return Ok(report);
     }
     match ask(state, Command::ImportPlans(valid)).await? {
-        Reply::Imported(report) => Ok(import_report(rows, report.rows)),
+        Reply::Imported(report) => Ok(count_import(state, import_report(rows, report.rows))),
         Reply::Refused(e) => Err(error(refusal_status(&e), e)),
         _ => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "an unexpected reply to an import")),
     }
@@ -328,7 +377,7 @@ pub(crate) fn parse_plan(b: &PlanBody) -> Result<Plan, String> {
         due: optional_date("due", b.due.as_deref())?,
         withdrawn: false,
     };
-    plan.check().map_err(|e| e.to_string())?;
+    plan.check_recorded_on(crate::net::now().date()).map_err(|e| e.to_string())?;
     Ok(plan)
 }
 
@@ -362,11 +411,27 @@ async fn withdraw_plan(State(state): State<ApiState>, Path(reference): Path<Stri
     }
 }
 
-async fn import_csv(State(state): State<ApiState>, body: Bytes) -> Response {
-    match run_import(&state, &body, false).await {
+/// `POST /plans/import[?dry_run=true]`.
+async fn import_csv(State(state): State<ApiState>, Query(q): Query<ImportQuery>, body: Bytes) -> Response {
+    match run_import(&state, &body, q.dry_run).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(r) => r,
     }
+}
+
+#[derive(Deserialize)]
+struct ImportQuery {
+    /// Check every row and answer as an import would, storing nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Adds an import's rows to `cpis_import_rows_total` (dry runs are not counted).
+pub(crate) fn count_import(state: &ApiState, report: Value) -> Value {
+    for outcome in ["applied", "unchanged", "refused"] {
+        state.metrics.import_rows(outcome, report[outcome].as_u64().unwrap_or(0));
+    }
+    report
 }
 
 /// The per-row report: rows refused while parsing, and the node's outcome for the others.
@@ -636,5 +701,27 @@ async fn publish_directory(State(state): State<ApiState>, body: Bytes) -> Respon
     match cpis_protocol::codec::decode::<Vec<SignedDirectory>>(&body, crate::config::DIRECTORY_FILE_BYTES_MAX) {
         Ok(chain) => command(&state, Command::PublishDirectories(chain)).await,
         Err(e) => error(StatusCode::BAD_REQUEST, format!("not a list of signed directory versions: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn bearer_scheme_in_any_case_and_token_exact() {
+        for given in ["Bearer abc123", "bearer abc123", "BEARER abc123"] {
+            assert!(bearer_is(&with(given), "abc123"), "{given}");
+        }
+        for given in ["Bearer abc124", "Bearer abc12", "Basic abc123", "Bearerabc123", "Bearer  abc123", ""] {
+            assert!(!bearer_is(&with(given), "abc123"), "{given}");
+        }
+        assert!(!bearer_is(&HeaderMap::new(), "abc123"));
     }
 }

@@ -27,6 +27,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Loads a config and every file it names (keys, directory, certificates) without starting
+    /// anything: exit 0 if the node could start from it, 78 if not (a service manager's
+    /// `ExecStartPre`).
+    CheckConfig {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Asks the running node for a consistent copy of its store (safe while it writes).
     Backup {
         /// The node's TOML config (its data_dir holds the API's address and token).
@@ -53,8 +61,9 @@ fn init_logs(format: LogFormat) {
 pub const EXIT_OK: u8 = 0;
 /// Exit code: the node failed while starting or running (see the message and the log).
 pub const EXIT_FAILED: u8 = 1;
-/// Exit code: the config file (or a file it names) is unusable; nothing was started.
-pub const EXIT_BAD_CONFIG: u8 = 2;
+/// Exit code: the config file (or a file it names) is unusable; nothing was started
+/// (`EX_CONFIG` of sysexits.h: systemd units do not restart on it).
+pub const EXIT_BAD_CONFIG: u8 = 78;
 
 /// The whole program: runs [`main`] and turns its outcome into an exit code, printing an error
 /// as one line of causes (never in Rust's debug form).
@@ -81,6 +90,7 @@ pub fn run() -> std::process::ExitCode {
 pub async fn main() -> anyhow::Result<()> {
     let config = match Cli::parse().command {
         Command::Run { config } => config,
+        Command::CheckConfig { config } => return check_config(&config),
         Command::Backup { config, to } => return backup(&config, &to).await,
     };
     if is_setting_config(&config)? {
@@ -90,12 +100,38 @@ pub async fn main() -> anyhow::Result<()> {
     init_logs(config.log_format);
     let mut node = RunningNode::start(config).await.context("starting the node")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tell_service_manager(sd_notify::NotifyState::Ready);
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
         _ = term.recv() => tracing::info!("terminated: stopping"),
         _ = node.stopped() => anyhow::bail!("the node stopped on a fatal error (see the log)"),
     }
+    tell_service_manager(sd_notify::NotifyState::Stopping);
     node.shutdown().await;
+    Ok(())
+}
+
+/// Tells systemd (a `Type=notify` unit) that the node is ready or stopping; nothing when not
+/// run by systemd.
+fn tell_service_manager(state: sd_notify::NotifyState) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(&[state])
+    {
+        tracing::warn!(error = %e, "could not notify the service manager");
+    }
+}
+
+/// `cpis-node check-config`: everything `run` reads before it starts, and nothing more.
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    if is_setting_config(path)? {
+        let config = SettingConfig::load(path)?;
+        config.check_files()?;
+        println!("{}: a valid setting gateway config for {}", path.display(), config.code);
+    } else {
+        let config = NodeConfig::load(path)?;
+        config.check_files()?;
+        println!("{}: a valid {} config for {}", path.display(), config.role.role().name(), config.code);
+    }
     Ok(())
 }
 
@@ -113,10 +149,12 @@ async fn run_gateway(path: &std::path::Path) -> anyhow::Result<()> {
     init_logs(LogFormat::Text);
     let gateway = RunningGateway::start(config).await.context("starting the setting gateway")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tell_service_manager(sd_notify::NotifyState::Ready);
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
         _ = term.recv() => tracing::info!("terminated: stopping"),
     }
+    tell_service_manager(sd_notify::NotifyState::Stopping);
     gateway.shutdown().await;
     Ok(())
 }

@@ -536,6 +536,11 @@ impl NodeConfig {
     pub fn token_path(&self) -> PathBuf {
         self.data_dir.join("api.token")
     }
+
+    /// The token of `GET /metrics` (for a Prometheus scraper).
+    pub fn metrics_token_path(&self) -> PathBuf {
+        self.data_dir.join("metrics.token")
+    }
     /// Where the node writes the API address it bound.
     pub fn api_addr_path(&self) -> PathBuf {
         self.data_dir.join("api.addr")
@@ -556,6 +561,31 @@ impl NodeConfig {
     pub fn quic_addr_path(&self) -> PathBuf {
         self.data_dir.join("quic.addr")
     }
+
+    /// Every rule, and every file the config names (key, directory, certificates, secrets)
+    /// read as `run` reads it: what `cpis-node check-config` checks, and `run` before starting.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        self.validate()?;
+        read_key(&self.key_path())?;
+        check_directory(&self.directory_path())?;
+        let pages = self.pages.iter().flat_map(|p| [&p.tls_cert, &p.tls_key]).flatten();
+        let webhook = self.webhook.iter().map(|w| &w.secret_file);
+        let mesh = self.mesh.iter().flat_map(|m| [&m.password_file, &m.shared_key_file]);
+        pages.chain(webhook).chain(mesh).try_for_each(|f| readable(f))
+    }
+}
+
+/// The file can be opened for reading.
+fn readable(path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path).map(drop).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })
+}
+
+/// The directory file decodes and is trustworthy now (roots, signatures, not expired).
+fn check_directory(path: &Path) -> Result<(), ConfigError> {
+    let signed = read_directory(path)?;
+    cpis_protocol::directory::TrustedDirectory::bootstrap(signed, crate::net::now())
+        .map(drop)
+        .map_err(|e| ConfigError::Directory { path: path.to_path_buf(), problem: e.to_string() })
 }
 
 /// A care setting's config: for `cpis lookup` on its own, and for the setting gateway
@@ -698,6 +728,13 @@ impl SettingConfig {
             return Err(ConfigError::Invalid { field: "stale_after_ms", rule: "must be above zero".into() });
         }
         Ok(config)
+    }
+
+    /// The key, the directory and the gateway's certificate read as the gateway reads them.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        read_key(&self.key_file)?;
+        check_directory(&self.directory_file)?;
+        [&self.gateway.tls_cert, &self.gateway.tls_key].into_iter().flatten().try_for_each(|f| readable(f))
     }
 }
 

@@ -149,6 +149,7 @@ pub fn router(council: Arc<Council>) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(IMPORT_BYTES_MAX))
         .layer(axum::middleware::from_fn(web::security_headers))
+        .layer(axum::middleware::from_fn_with_state(council.api.metrics.clone(), api::count_requests))
         .with_state(council)
 }
 
@@ -930,6 +931,7 @@ async fn run_job(
     if dry_run {
         report["dry_run"] = Value::Bool(true);
     } else {
+        report = api::count_import(&council.api, report);
         let what =
             format!("{} applied, {} unchanged, {} refused", report["applied"], report["unchanged"], report["refused"]);
         council.record(&session, "imported plans", what);

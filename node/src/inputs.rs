@@ -44,6 +44,8 @@ pub enum Input {
     Frame { from: OdsCode, conn_id: u64, message: Box<Message>, _bytes: [OwnedSemaphorePermit; 2] },
     /// A connection was refused (for metrics).
     Refused { reason: &'static str },
+    /// A frame could not be decoded and its connection was closed (for metrics).
+    BadFrame,
     /// An operator's command; the reply comes back once it is safe to give.
     Command { command: Command, reply: oneshot::Sender<Reply> },
     /// A snapshot of the node for status and metrics.

@@ -1,24 +1,61 @@
-//! Counters kept by the event loop and rendered as Prometheus text by `GET /metrics`.
+//! What a node counts while it runs, kept in `prometheus-client` metrics (shared, atomic: the
+//! event loop, the store's forwarder, the API and the import jobs each hold a clone), and the
+//! registry `GET /metrics` encodes with the gauges of a [`crate::status::Snapshot`].
 
 use cpis_protocol::machine::Event;
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
 
-/// Upper bounds of the lookup latency histogram, in seconds.
-const LATENCY_BUCKETS_S: [f64; 10] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0];
+/// One label: its name and value.
+type Label = [(&'static str, &'static str); 1];
 
-#[derive(Clone, Debug, Default)]
+/// Upper bounds of the lookup and store-commit histograms, in seconds.
+const FAST_BUCKETS_S: [f64; 12] = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0, 10.0];
+/// Upper bounds of the notification delivery histogram, in seconds (a council may be down for hours).
+const DELIVERY_BUCKETS_S: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 60.0, 600.0, 3600.0, 86400.0];
+
+#[derive(Clone, Debug)]
 pub struct Metrics {
-    messages_in: BTreeMap<&'static str, u64>,
-    messages_out: BTreeMap<&'static str, u64>,
-    bytes_out: u64,
-    refused: BTreeMap<&'static str, u64>,
-    events: BTreeMap<&'static str, u64>,
-    writes: u64,
-    lookup_buckets: [u64; LATENCY_BUCKETS_S.len()],
-    lookup_count: u64,
-    lookup_sum_s: f64,
+    messages_in: Family<Label, Counter>,
+    messages_out: Family<Label, Counter>,
+    messages_refused: Family<Label, Counter>,
+    connections_refused: Family<Label, Counter>,
+    events: Family<Label, Counter>,
+    bytes_out: Counter,
+    writes: Counter,
+    lookup: Histogram,
+    store_commit: Histogram,
+    delivery: Histogram,
+    api_requests: Family<[(&'static str, String); 1], Counter>,
+    import_rows: Family<Label, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let metrics = Metrics {
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            messages_refused: Family::default(),
+            connections_refused: Family::default(),
+            events: Family::default(),
+            bytes_out: Counter::default(),
+            writes: Counter::default(),
+            lookup: Histogram::new(FAST_BUCKETS_S),
+            store_commit: Histogram::new(FAST_BUCKETS_S),
+            delivery: Histogram::new(DELIVERY_BUCKETS_S),
+            api_requests: Family::default(),
+            import_rows: Family::default(),
+        };
+        // Series an alert watches exist from the start at 0, so that their first increase shows.
+        for outcome in ["applied", "unchanged", "refused"] {
+            metrics.import_rows(outcome, 0);
+        }
+        metrics.message_refused("bad_frame");
+        metrics
+    }
 }
 
 fn event_name(e: &Event) -> &'static str {
@@ -43,65 +80,127 @@ fn event_name(e: &Event) -> &'static str {
 }
 
 impl Metrics {
-    pub fn received(&mut self, kind: &'static str) {
-        *self.messages_in.entry(kind).or_default() += 1;
+    pub fn received(&self, kind: &'static str) {
+        self.messages_in.get_or_create(&[("kind", kind)]).inc();
     }
-    pub fn sent(&mut self, kind: &'static str, bytes: usize) {
-        *self.messages_out.entry(kind).or_default() += 1;
-        self.bytes_out += bytes as u64;
+    pub fn sent(&self, kind: &'static str, bytes: usize) {
+        self.messages_out.get_or_create(&[("kind", kind)]).inc();
+        self.bytes_out.inc_by(bytes as u64);
     }
-    pub fn refused(&mut self, reason: &'static str) {
-        *self.refused.entry(reason).or_default() += 1;
+    /// A connection turned away (handshake, admission, role, session limit).
+    pub fn connection_refused(&self, reason: &'static str) {
+        self.connections_refused.get_or_create(&[("reason", reason)]).inc();
     }
-    pub fn event(&mut self, e: &Event) {
-        *self.events.entry(event_name(e)).or_default() += 1;
+    /// A frame or message refused (the connection may stay open).
+    pub fn message_refused(&self, reason: &'static str) {
+        self.messages_refused.get_or_create(&[("reason", reason)]).inc();
     }
-    pub fn write_submitted(&mut self) {
-        self.writes += 1;
-    }
-    pub fn lookup_answered(&mut self, latency: Duration) {
-        let s = latency.as_secs_f64();
-        self.lookup_count += 1;
-        self.lookup_sum_s += s;
-        for (i, bound) in LATENCY_BUCKETS_S.iter().enumerate() {
-            if s <= *bound {
-                self.lookup_buckets[i] += 1;
-            }
+    pub fn event(&self, e: &Event) {
+        let name = event_name(e);
+        self.events.get_or_create(&[("event", name)]).inc();
+        match e {
+            Event::BatchRefused { .. }
+            | Event::MessageRefused { .. }
+            | Event::LookupRefused { .. }
+            | Event::DirectoryRefused { .. }
+            | Event::RateLimited { .. } => self.message_refused(name),
+            Event::NotificationDelivered { latency_ms, .. } => self.delivery.observe(*latency_ms as f64 / 1000.0),
+            _ => {}
         }
+    }
+    pub fn write_submitted(&self) {
+        self.writes.inc();
+    }
+    pub fn write_durable(&self, latency: Duration) {
+        self.store_commit.observe(latency.as_secs_f64());
+    }
+    pub fn lookup_answered(&self, latency: Duration) {
+        self.lookup.observe(latency.as_secs_f64());
+    }
+    pub fn api_request(&self, status: u16) {
+        self.api_requests.get_or_create(&[("code", status.to_string())]).inc();
+    }
+    /// Rows of a (not dry-run) import with one outcome: `applied`, `unchanged` or `refused`.
+    pub fn import_rows(&self, outcome: &'static str, rows: u64) {
+        self.import_rows.get_or_create(&[("outcome", outcome)]).inc_by(rows);
     }
 
-    /// Prometheus text for the counters (gauges are added by the caller).
-    pub fn render(&self, out: &mut String) {
-        let mut counter = |name: &str, help: &str, label: &str, values: &BTreeMap<&'static str, u64>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for (k, v) in values {
-                let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
-            }
-        };
-        counter("cpis_messages_received_total", "Messages received, by kind.", "kind", &self.messages_in);
-        counter("cpis_messages_sent_total", "Messages sent, by kind.", "kind", &self.messages_out);
-        counter("cpis_connections_refused_total", "Connections refused, by reason.", "reason", &self.refused);
-        counter("cpis_events_total", "State machine events, by kind.", "event", &self.events);
-        let _ = writeln!(
-            out,
-            "# HELP cpis_bytes_sent_total Bytes of frames sent.\n# TYPE cpis_bytes_sent_total counter\ncpis_bytes_sent_total {}",
-            self.bytes_out
+    /// Registers the counters and histograms (names without the `_total` the encoder adds).
+    pub fn register(&self, r: &mut Registry) {
+        r.register("cpis_messages_received", "Messages received from peers, by kind", self.messages_in.clone());
+        r.register("cpis_messages_sent", "Messages sent to peers and settings, by kind", self.messages_out.clone());
+        r.register(
+            "cpis_messages_refused",
+            "Frames and messages refused (bad frames, refused batches, lookups and directories), by reason",
+            self.messages_refused.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP cpis_store_writes_total Write batches handed to the store.\n# TYPE cpis_store_writes_total counter\ncpis_store_writes_total {}",
-            self.writes
+        r.register(
+            "cpis_connections_refused",
+            "Connections turned away (handshake, admission, role, session limit), by reason",
+            self.connections_refused.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP cpis_lookup_seconds Time from a lookup's arrival to its answer leaving (includes the durable write)."
+        r.register("cpis_events", "State machine events, by kind", self.events.clone());
+        r.register("cpis_bytes_sent", "Bytes of frames sent", self.bytes_out.clone());
+        r.register("cpis_store_writes", "Write batches handed to the store", self.writes.clone());
+        r.register_with_unit(
+            "cpis_lookup",
+            "Time from a lookup's arrival at a hub to its answer leaving (includes the durable write)",
+            Unit::Seconds,
+            self.lookup.clone(),
         );
-        let _ = writeln!(out, "# TYPE cpis_lookup_seconds histogram");
-        for (bound, count) in LATENCY_BUCKETS_S.iter().zip(self.lookup_buckets) {
-            let _ = writeln!(out, "cpis_lookup_seconds_bucket{{le=\"{bound}\"}} {count}");
-        }
-        let _ = writeln!(out, "cpis_lookup_seconds_bucket{{le=\"+Inf\"}} {}", self.lookup_count);
-        let _ = writeln!(out, "cpis_lookup_seconds_sum {}", self.lookup_sum_s);
-        let _ = writeln!(out, "cpis_lookup_seconds_count {}", self.lookup_count);
+        r.register_with_unit(
+            "cpis_store_commit",
+            "Time from a write batch handed to the store until it is durable",
+            Unit::Seconds,
+            self.store_commit.clone(),
+        );
+        r.register_with_unit(
+            "cpis_notification_delivery",
+            "Time from a lookup answered at this hub until the council's node receipted its notification (stored it)",
+            Unit::Seconds,
+            self.delivery.clone(),
+        );
+        r.register(
+            "cpis_api_requests",
+            "Requests to the node's HTTP API and pages, by status code",
+            self.api_requests.clone(),
+        );
+        r.register(
+            "cpis_import_rows",
+            "Rows of plan imports, by outcome (applied, unchanged, refused)",
+            self.import_rows.clone(),
+        );
+    }
+}
+
+/// The process's resident memory, open file descriptors and CPU time (Linux `/proc`; `None`
+/// where it cannot be read).
+pub struct ProcessStats {
+    pub resident_bytes: Option<u64>,
+    pub open_fds: Option<u64>,
+    pub cpu_seconds: Option<f64>,
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, fixed at 100 by Linux's ABI).
+const USER_HZ: f64 = 100.0;
+
+impl ProcessStats {
+    pub fn read() -> ProcessStats {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let resident_bytes = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024);
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count() as u64);
+        // Fields after the command name (which may hold spaces): utime and stime are the 12th
+        // and 13th.
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let cpu_seconds = stat.rsplit_once(')').and_then(|(_, rest)| {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            Some(ticks as f64 / USER_HZ)
+        });
+        ProcessStats { resident_bytes, open_fds, cpu_seconds }
     }
 }

@@ -380,7 +380,7 @@ async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u
             Err(e) => {
                 let reason = e.to_string();
                 warn!(%peer, %reason, "bad frame: closing the connection");
-                let _ = ctx.inputs.send(Input::Refused { reason: "bad_frame" }).await;
+                let _ = ctx.inputs.send(Input::BadFrame).await;
                 conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
                 return reason;
             }
@@ -433,7 +433,7 @@ async fn setting_session(
         match read_message(&mut recv).await {
             Ok(Some(_)) if read == SETTING_SESSION_FRAMES_MAX => {
                 warn!(setting = %code, "more frames than a lookup session holds: closing the connection");
-                let _ = ctx.inputs.send(Input::Refused { reason: "bad_frame" }).await;
+                let _ = ctx.inputs.send(Input::BadFrame).await;
                 conn.close(CLOSE_BAD_FRAME.into(), b"too many frames");
                 break;
             }
@@ -445,7 +445,7 @@ async fn setting_session(
             Ok(None) | Err(FrameError::Read(_)) => break,
             Err(e) => {
                 warn!(setting = %code, reason = %e, "bad frame from a setting: closing the connection");
-                let _ = ctx.inputs.send(Input::Refused { reason: "bad_frame" }).await;
+                let _ = ctx.inputs.send(Input::BadFrame).await;
                 conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
                 break;
             }

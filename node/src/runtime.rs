@@ -48,7 +48,7 @@ pub struct RunningNode {
 impl RunningNode {
     /// Binds QUIC (hubs) and the API, restores from the store, returns once listening.
     pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
-        config.validate()?;
+        config.check_files()?;
         config::create_private_dir(&config.data_dir)?;
         let code = config.code();
         let span = info_span!("node", code = %code);
@@ -113,6 +113,8 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
         std::fs::write(config.quic_addr_path(), addr.to_string())?;
     }
     let token = crate::api::load_or_create_token(&config.token_path())?;
+    let metrics_token = crate::api::load_or_create_token(&config.metrics_token_path())?;
+    let metrics = Metrics::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind(config.api_listen)
         .await
@@ -132,7 +134,15 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     let span = tracing::Span::current();
     let mut tasks = Vec::new();
     let directory_for_api = directory.clone();
-    let node = Node::new(machine, store.clone(), directory, ctx.clone(), config.clone(), endpoint.clone(), own_key);
+    let node = Node::new(
+        machine,
+        store.clone(),
+        directory,
+        ctx.clone(),
+        config.clone(),
+        (endpoint.clone(), own_key),
+        metrics.clone(),
+    );
     tasks.push(tokio::spawn(node.run(inputs_rx, shutdown_rx.clone()).instrument(span.clone())));
     let roles: &'static [Role] = match config.role {
         NodeRole::Hub => &[Role::Hub, Role::Authority, Role::Setting],
@@ -140,7 +150,14 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     };
     tasks.push(tokio::spawn(net::accept_loop(endpoint.clone(), ctx.clone(), roles).instrument(span.clone())));
     let store_for_webhook = store.clone();
-    let state = crate::api::ApiState::new(inputs_tx, store, directory_for_api, token.clone(), config.role);
+    let state = crate::api::ApiState::new(
+        inputs_tx,
+        store,
+        directory_for_api,
+        (token.clone(), metrics_token),
+        config.role,
+        metrics,
+    );
     if let Some(sink) = crate::handover::Sink::from_config(&config)? {
         if let crate::handover::Sink::Mesh { config, password, shared_key } = &sink {
             let inbox = crate::handover::run_mesh_inbox(
@@ -271,8 +288,9 @@ struct Node {
     lookup_routes: HashMap<LookupId, VecDeque<(u64, Instant)>>,
     sync_routes: HashMap<OdsCode, u64>,
     dialing: BTreeMap<OdsCode, tokio::task::JoinHandle<()>>,
-    durable_queue: mpsc::UnboundedSender<crate::store::CommitReceiver>,
-    durable_rx: Option<mpsc::UnboundedReceiver<crate::store::CommitReceiver>>,
+    /// Each write's commit, with when it was handed to the store.
+    durable_queue: mpsc::UnboundedSender<(Instant, crate::store::CommitReceiver)>,
+    durable_rx: Option<mpsc::UnboundedReceiver<(Instant, crate::store::CommitReceiver)>>,
     writes_submitted: u64,
     writes_durable: u64,
     next_command: u64,
@@ -288,8 +306,8 @@ impl Node {
         directory: Arc<RwLock<TrustedDirectory>>,
         ctx: NetContext,
         config: NodeConfig,
-        endpoint: quinn::Endpoint,
-        key: PublicKey,
+        (endpoint, key): (quinn::Endpoint, PublicKey),
+        metrics: Metrics,
     ) -> Node {
         let (durable_queue, durable_rx) = mpsc::unbounded_channel();
         Node {
@@ -312,7 +330,7 @@ impl Node {
             writes_durable: 0,
             next_command: 0,
             replies: HashMap::new(),
-            metrics: Metrics::default(),
+            metrics,
             started: Instant::now(),
         }
     }
@@ -387,10 +405,14 @@ impl Node {
     fn spawn_durability_forwarder(&mut self) -> mpsc::Receiver<Durability> {
         let (tx, rx) = mpsc::channel(1024);
         let Some(mut queued) = self.durable_rx.take() else { return rx };
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            while let Some(done) = queued.recv().await {
+            while let Some((submitted, done)) = queued.recv().await {
                 let report = match done.await {
-                    Ok(Ok(write_id)) => Durability::Durable { write_id },
+                    Ok(Ok(write_id)) => {
+                        metrics.write_durable(submitted.elapsed());
+                        Durability::Durable { write_id }
+                    }
                     Ok(Err(e)) => Durability::Failed(e.to_string()),
                     Err(_) => Durability::Failed("the store's writer stopped".into()),
                 };
@@ -412,7 +434,8 @@ impl Node {
             },
             Input::Disconnected { peer, conn_id } => self.on_disconnected(&peer, conn_id),
             Input::Frame { from, conn_id, message, _bytes } => self.on_frame(from, conn_id, *message),
-            Input::Refused { reason } => self.metrics.refused(reason),
+            Input::Refused { reason } => self.metrics.connection_refused(reason),
+            Input::BadFrame => self.metrics.message_refused("bad_frame"),
             Input::Command { command, reply } => {
                 self.next_command += 1;
                 let id = CommandId(self.next_command);
@@ -453,7 +476,7 @@ impl Node {
     ) {
         if self.settings.len() >= SETTING_SESSIONS_MAX {
             warn!(setting = %peer, "too many setting sessions open: this one is turned away");
-            self.metrics.refused("setting_sessions_full");
+            self.metrics.connection_refused("setting_sessions_full");
             return;
         }
         let first = !self.settings.values().any(|s| s.code == peer);
@@ -527,7 +550,7 @@ impl Node {
             for w in out.writes {
                 self.metrics.write_submitted();
                 self.writes_submitted = self.writes_submitted.max(w.id);
-                let _ = self.durable_queue.send(self.store.submit(w));
+                let _ = self.durable_queue.send((Instant::now(), self.store.submit(w)));
             }
             for t in out.transmits {
                 self.send(t);
@@ -712,6 +735,7 @@ impl Node {
                     plans: a.plans().count(),
                     notifications,
                     unacknowledged,
+                    oldest_unacknowledged: a.oldest_unacknowledged(),
                 }
             }),
             hub: self.machine.as_hub().map(|h| HubState {

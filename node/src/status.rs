@@ -1,14 +1,20 @@
 //! A snapshot of a running node, taken by the event loop, and its two renderings: the status
 //! document (`GET /status`, `cpis status`) and the Prometheus text of `GET /metrics`.
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProcessStats};
 use cpis_protocol::directory::Role;
 use cpis_protocol::ids::OdsCode;
 use cpis_protocol::sign::KeyId;
 use cpis_protocol::time::Timestamp;
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::sync::atomic::AtomicU64;
 
 /// A peer this node keeps (or has) a connection with.
 #[derive(Clone, Debug)]
@@ -32,6 +38,7 @@ pub struct AuthorityState {
     pub plans: usize,
     pub notifications: usize,
     pub unacknowledged: usize,
+    pub oldest_unacknowledged: Option<Timestamp>,
 }
 
 /// One authority's replica at a hub.
@@ -159,91 +166,153 @@ impl Snapshot {
         doc
     }
 
-    /// The Prometheus text of `GET /metrics`.
+    /// The Prometheus text (version 0.0.4) of `GET /metrics`: the counters and histograms kept
+    /// while running, and this snapshot's gauges.
     pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        self.metrics.render(&mut out);
-        let mut gauge = |name: &str, help: &str, value: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        let mut r = Registry::default();
+        self.metrics.register(&mut r);
+        let seconds = |ms: u64| ms as f64 / 1000.0;
+        let gauge = |r: &mut Registry, name: &str, help: &str, value: f64| {
+            let g = Gauge::<f64, AtomicU64>::default();
+            g.set(value);
+            r.register(name, help, g);
         };
-        gauge("cpis_directory_version", "The directory version this node trusts.", self.directory_version.to_string());
-        let expiry = self.directory_expires_at.since(self.now) as f64 / 1000.0;
-        gauge("cpis_directory_expires_in_seconds", "Time until the trusted directory expires.", format!("{expiry:.0}"));
-        let key_ok = u8::from(self.key_status == "active");
+        let family = |r: &mut Registry, name: &str, help: &str, label: &'static str, values: Vec<(String, f64)>| {
+            let f = Family::<[(&'static str, String); 1], Gauge<f64, AtomicU64>>::default();
+            for (k, v) in values {
+                f.get_or_create(&[(label, k)]).set(v);
+            }
+            r.register(name, help, f);
+        };
+        r.register(
+            "cpis_build",
+            "The version of cpis-node running",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+        );
         gauge(
+            &mut r,
+            "cpis_ready",
+            "1 if the node can do its work now (see /readyz for why not)",
+            f64::from(u8::from(self.not_ready().is_empty())),
+        );
+        gauge(
+            &mut r,
+            "cpis_directory_version",
+            "The directory version this node trusts",
+            self.directory_version as f64,
+        );
+        gauge(
+            &mut r,
+            "cpis_directory_expires_in_seconds",
+            "Time until the trusted directory expires",
+            seconds(self.directory_expires_at.since(self.now)),
+        );
+        gauge(
+            &mut r,
             "cpis_own_key_active",
-            "1 if the key this node runs on is an active key in the directory.",
-            key_ok.to_string(),
+            "1 if the key this node runs on is an active key in the directory",
+            f64::from(u8::from(self.key_status == "active")),
         );
         if let Some(until) = self.key_valid_until {
-            let left = until.since(self.now) as f64 / 1000.0;
             gauge(
+                &mut r,
                 "cpis_own_key_expires_in_seconds",
-                "Time until the key this node runs on expires.",
-                format!("{left:.0}"),
+                "Time until the key this node runs on expires",
+                seconds(until.since(self.now)),
             );
         }
+        r.register(
+            "cpis_own_key",
+            "The key this node runs on, and its status in the directory",
+            Info::new([("key", self.key_id.to_string()), ("status", self.key_status.to_string())]),
+        );
         let connected = self.peers.iter().filter(|p| p.connected).count();
-        gauge("cpis_peers_connected", "Members connected now.", connected.to_string());
-        gauge("cpis_inputs_queued", "Inputs waiting for the event loop.", self.inputs_queued.to_string());
+        gauge(&mut r, "cpis_peers_connected", "Members connected now", connected as f64);
+        gauge(&mut r, "cpis_inputs_queued", "Inputs waiting for the event loop", self.inputs_queued as f64);
         gauge(
+            &mut r,
             "cpis_writes_in_flight",
-            "Writes handed to the store and not yet durable.",
-            self.writes_in_flight.to_string(),
+            "Writes handed to the store and not yet durable",
+            self.writes_in_flight as f64,
         );
-        let _ = writeln!(
-            out,
-            "# HELP cpis_own_key_info The key this node runs on, and its status in the directory.\n\
-             # TYPE cpis_own_key_info gauge\ncpis_own_key_info{{key=\"{}\",status=\"{}\"}} 1",
-            self.key_id, self.key_status
-        );
-        let _ = writeln!(
-            out,
-            "# HELP cpis_peer_queue_frames Frames queued towards each peer.\n# TYPE cpis_peer_queue_frames gauge"
-        );
-        for p in self.peers.iter().filter(|p| p.connected) {
-            let _ = writeln!(out, "cpis_peer_queue_frames{{peer=\"{}\"}} {}", p.code, p.queued);
-        }
+        let queues = self.peers.iter().filter(|p| p.connected).map(|p| (p.code.to_string(), p.queued as f64)).collect();
+        family(&mut r, "cpis_peer_queue_frames", "Frames queued towards each connected peer", "peer", queues);
         if let Some(h) = &self.hub {
-            let _ = writeln!(
-                out,
-                "# HELP cpis_replica_head_age_seconds Age of the newest head of each authority this hub's replica matches.\n# TYPE cpis_replica_head_age_seconds gauge"
+            let ages = h
+                .origins
+                .iter()
+                .filter_map(|o| Some((o.origin.to_string(), seconds(self.now.since(o.head_at?)))))
+                .collect();
+            family(
+                &mut r,
+                "cpis_replica_head_age_seconds",
+                "Age of the newest signed head of each council's feed this hub holds (councils re-sign it every few minutes)",
+                "origin",
+                ages,
             );
-            for o in &h.origins {
-                if let Some(t) = o.head_at {
-                    let _ = writeln!(
-                        out,
-                        "cpis_replica_head_age_seconds{{origin=\"{}\"}} {:.3}",
-                        o.origin,
-                        self.now.since(t) as f64 / 1000.0
-                    );
-                }
-            }
-            let _ = writeln!(
-                out,
-                "# HELP cpis_notifications_waiting Notifications not yet acknowledged, by destination authority.\n# TYPE cpis_notifications_waiting gauge"
+            let feeds = h.visit_feeds.iter().map(|(o, s)| (o.to_string(), *s as f64)).collect();
+            family(
+                &mut r,
+                "cpis_visit_feed_seq",
+                "Mark of each hub's visit feed held here, this hub's own included (visits are numbered by their time in ms; kept apart from councils' feeds)",
+                "hub",
+                feeds,
             );
-            for (authority, n) in &h.waiting {
-                let _ = writeln!(out, "cpis_notifications_waiting{{authority=\"{authority}\"}} {n}");
-            }
-            let _ = writeln!(
-                out,
-                "# HELP cpis_equivocations Equivocations proven.\n# TYPE cpis_equivocations gauge\ncpis_equivocations {}",
-                h.equivocations
+            let waiting = h.waiting.iter().map(|(a, n)| (a.to_string(), *n as f64)).collect();
+            family(
+                &mut r,
+                "cpis_notifications_waiting",
+                "Notifications not yet acknowledged, by destination council",
+                "authority",
+                waiting,
             );
-            let _ = writeln!(
-                out,
-                "# HELP cpis_settings_connected Setting sessions open.\n# TYPE cpis_settings_connected gauge\ncpis_settings_connected {}",
-                self.settings_connected
+            let oldest = h.oldest_waiting.map_or(0.0, |t| seconds(self.now.since(t)));
+            gauge(
+                &mut r,
+                "cpis_notification_oldest_waiting_seconds",
+                "Age of the oldest notification not yet acknowledged by its council (0 when none)",
+                oldest,
             );
+            gauge(
+                &mut r,
+                "cpis_equivocations",
+                "Equivocations proven (a council signed two histories)",
+                h.equivocations as f64,
+            );
+            gauge(&mut r, "cpis_settings_connected", "Setting sessions open", self.settings_connected as f64);
         }
         if let Some(a) = &self.authority {
-            let _ = writeln!(
-                out,
-                "# HELP cpis_inbox_unacknowledged Notifications not yet acknowledged.\n# TYPE cpis_inbox_unacknowledged gauge\ncpis_inbox_unacknowledged {}",
-                a.unacknowledged
+            gauge(&mut r, "cpis_inbox_unacknowledged", "Notifications not yet acknowledged", a.unacknowledged as f64);
+            let oldest = a.oldest_unacknowledged.map_or(0.0, |t| seconds(self.now.since(t)));
+            gauge(
+                &mut r,
+                "cpis_inbox_oldest_unacknowledged_seconds",
+                "Age of the oldest notification not yet acknowledged (0 when none)",
+                oldest,
             );
         }
+        let process = ProcessStats::read();
+        if let Some(b) = process.resident_bytes {
+            gauge(&mut r, "process_resident_memory_bytes", "Resident memory size in bytes", b as f64);
+        }
+        if let Some(n) = process.open_fds {
+            gauge(&mut r, "process_open_fds", "Number of open file descriptors", n as f64);
+        }
+        if let Some(s) = process.cpu_seconds {
+            let c = Counter::<f64, AtomicU64>::default();
+            c.inc_by(s);
+            r.register("process_cpu_seconds", "Total user and system CPU time spent in seconds", c);
+        }
+        let started = self.now.as_millis().saturating_sub(self.uptime_s * 1000);
+        gauge(
+            &mut r,
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            seconds(started),
+        );
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &r);
         out
     }
 }

@@ -206,6 +206,10 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open_err = |e: redb::Error| StoreError::Open { path: path.to_path_buf(), source: Arc::new(e) };
         let db = Database::create(path).map_err(|e| open_err(e.into()))?;
+        // Owner-only, whatever the umask (and tightened if an older file was looser).
+        #[cfg(unix)]
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| open_err(redb::StorageError::Io(e).into()))?;
         let mut txn = db.begin_write().map_err(|e| open_err(e.into()))?;
         txn.set_durability(Durability::Immediate).map_err(|e| open_err(e.into()))?;
         for table in Table::ALL {

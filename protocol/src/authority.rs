@@ -324,6 +324,11 @@ impl Authority {
         (self.inbox.len(), self.inbox.values().filter(|e| !e.acknowledged).count())
     }
 
+    /// When the oldest notification not yet acknowledged arrived.
+    pub fn oldest_unacknowledged(&self) -> Option<Timestamp> {
+        self.inbox.values().filter(|e| !e.acknowledged).map(|e| e.received_at).min()
+    }
+
     /// Lookup ids of every notification held (their bodies are in the store only).
     pub fn inbox_ids(&self) -> impl Iterator<Item = &LookupId> {
         self.inbox.keys()
@@ -429,7 +434,7 @@ impl Authority {
         ops: &mut Vec<StoreOp>,
         after: &mut Vec<After>,
     ) -> Result<Change, CommandError> {
-        plan.check()?;
+        plan.check_recorded_on(now.date())?;
         if self.plans.get(&plan.reference) == Some(&plan) {
             return Ok(Change::Unchanged);
         }

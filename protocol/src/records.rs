@@ -96,7 +96,19 @@ pub enum PlanError {
     /// A due date on a plan that is not for an unborn child.
     #[error("only an unborn-child plan has an expected due date")]
     UnexpectedDueDate,
+    /// A start date after tomorrow (a plan is recorded once it has started).
+    #[error("the start date {0} is in the future (a plan is recorded once it has started)")]
+    StartInTheFuture(Date),
+    /// A start date before 1990 (a mistyped year, or a placeholder date).
+    #[error("the start date {0} is before 1990 (a mistyped year?)")]
+    StartTooEarly(Date),
+    /// An expected due date more than a year away.
+    #[error("the expected due date {0} is more than a year away")]
+    DueTooLate(Date),
 }
+
+/// The earliest start date a plan may be recorded with.
+pub const EARLIEST_START: (i32, u32, u32) = (1990, 1, 1);
 
 impl Plan {
     /// Checks the rules that tie a plan's fields together.
@@ -107,6 +119,24 @@ impl Plan {
         match (self.plan_type, self.due) {
             (PlanType::UnbornChildProtection, None) => Err(PlanError::MissingDueDate),
             (PlanType::ChildProtection | PlanType::LookedAfter, Some(_)) => Err(PlanError::UnexpectedDueDate),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Plan::check`], and the dates a council may record on `today`: a start no later than
+    /// tomorrow (a council's today may be UTC's yesterday) and not before 1990, a due date within
+    /// a year. Replicated plans are not judged by this (they were recorded on their own day).
+    pub fn check_recorded_on(&self, today: Date) -> Result<(), PlanError> {
+        self.check()?;
+        if self.start > today.plus_days(1) {
+            return Err(PlanError::StartInTheFuture(self.start));
+        }
+        let (y, m, d) = EARLIEST_START;
+        if Date::from_ymd(y, m, d).is_ok_and(|earliest| self.start < earliest) {
+            return Err(PlanError::StartTooEarly(self.start));
+        }
+        match self.due {
+            Some(due) if due > today.plus_days(365) => Err(PlanError::DueTooLate(due)),
             _ => Ok(()),
         }
     }
@@ -341,6 +371,22 @@ mod tests {
         assert_eq!(PlanType::parse("764841000000100"), Some(PlanType::LookedAfter));
         assert_eq!(PlanType::parse("lac"), Some(PlanType::LookedAfter));
         assert_eq!(PlanType::parse("XYZ"), None);
+    }
+
+    #[test]
+    fn a_council_records_start_dates_from_1990_to_tomorrow_and_due_dates_within_a_year() {
+        let today = Date::parse("2026-11-30").unwrap();
+        let at = |start: &str| plan(PlanType::LookedAfter, start, None, None).check_recorded_on(today);
+        assert_eq!(at("2026-12-01"), Ok(()), "tomorrow: a council ahead of UTC");
+        assert_eq!(at("1990-01-01"), Ok(()));
+        let (future, early) = (Date::parse("2099-01-01").unwrap(), Date::parse("1900-01-01").unwrap());
+        assert_eq!(at("2099-01-01"), Err(PlanError::StartInTheFuture(future)));
+        assert_eq!(at("1900-01-01"), Err(PlanError::StartTooEarly(early)));
+        let unborn = |due: &str| plan(PlanType::UnbornChildProtection, "2026-11-01", None, Some(due));
+        assert_eq!(unborn("2027-06-01").check_recorded_on(today), Ok(()));
+        let late = Date::parse("2028-06-01").unwrap();
+        assert_eq!(unborn("2028-06-01").check_recorded_on(today), Err(PlanError::DueTooLate(late)));
+        assert_eq!(unborn("2028-06-01").check(), Ok(()), "a replicated plan is not judged by today");
     }
 
     #[test]

@@ -495,6 +495,11 @@ impl Cluster {
         self.cuts.iter().any(|(c, _)| *c == id)
     }
 
+    /// How many cuts and one-way losses are in force.
+    pub fn cuts_in_force(&self) -> usize {
+        self.cuts.len() + self.oneway.len()
+    }
+
     /// Every cut and one-way loss ends, and the wire stops losing, duplicating and delaying.
     pub fn heal(&mut self) {
         self.cuts.clear();

@@ -11,6 +11,8 @@ use crate::agenda::Agenda;
 use crate::badinput::BadInput;
 use crate::checker::{History, WipeView};
 use crate::cluster::{Cluster, Cut, WireFaults};
+use crate::human;
+use crate::timeline::FaultClass;
 use crate::world::{NodeId, World};
 use cpis_protocol::harness::SplitMix64;
 use cpis_protocol::schema::{self, StoredRow, Table};
@@ -134,41 +136,60 @@ impl FaultPlan {
 
     /// The plan in words, with members' codes (for the report).
     pub fn describe(&self, world: &World) -> Vec<String> {
-        let c = |n: &NodeId| world.code(*n).to_string();
-        let mut out = vec![];
-        if self.loss_per_million > 0 {
-            out.push(format!("loss {:.3}%", f64::from(self.loss_per_million) / 1e4));
-        }
-        if self.dup_per_million > 0 {
-            out.push(format!("duplication {:.3}%", f64::from(self.dup_per_million) / 1e4));
-        }
-        if self.jitter_ms > 0 {
-            out.push(format!("delay up to {} ms", self.jitter_ms));
-        }
-        if self.skew_max_ms > 0 {
-            out.push(format!("clock skew up to {} ms", self.skew_max_ms));
-        }
-        if self.bad_clock_settings > 0 {
-            out.push(format!("{} setting(s) with a bad clock", self.bad_clock_settings));
-        }
-        if let Some(ms) = self.slow_disk_ms {
-            out.push(format!("slow disks up to {ms} ms"));
-        }
-        if self.bad_inputs > 0 {
-            out.push(format!("{} bad inputs", self.bad_inputs));
-        }
+        let mut out: Vec<String> = self.describe_static().into_iter().map(|(text, _)| text).collect();
         for e in &self.episodes {
-            let what = match &e.kind {
-                EpisodeKind::Isolate(n) => format!("isolate {}", c(n)),
-                EpisodeKind::RegionCut(r) => format!("cut off {}", world.spec.regions[*r].name),
-                EpisodeKind::OneWay { from, to } => format!("one-way loss {}->{}", c(from), c(to)),
-                EpisodeKind::Flap { a, b, period_ms } => format!("flap {}-{} every {period_ms} ms", c(a), c(b)),
-                EpisodeKind::Crash(n) => format!("crash {}", c(n)),
-                EpisodeKind::Wipe(n) => format!("wipe {}", c(n)),
-            };
-            out.push(format!("{what} at +{}s for {}s", e.at_ms / 1000, e.duration_ms / 1000));
+            out.push(format!(
+                "{} at +{} for {}",
+                e.kind.describe(world),
+                human::duration(e.at_ms),
+                human::duration(e.duration_ms)
+            ));
         }
         out
+    }
+
+    /// The faults that hold for the whole period (the wire, clocks, disks, bad input), in words.
+    pub fn describe_static(&self) -> Vec<(String, FaultClass)> {
+        let mut out = vec![];
+        if self.loss_per_million > 0 {
+            out.push((format!("loss {:.3}%", f64::from(self.loss_per_million) / 1e4), FaultClass::Wire));
+        }
+        if self.dup_per_million > 0 {
+            out.push((format!("duplication {:.3}%", f64::from(self.dup_per_million) / 1e4), FaultClass::Wire));
+        }
+        if self.jitter_ms > 0 {
+            out.push((format!("delay up to {}", human::duration(self.jitter_ms)), FaultClass::Wire));
+        }
+        if self.skew_max_ms > 0 {
+            out.push((format!("clock skew up to {}", human::duration(self.skew_max_ms)), FaultClass::Clock));
+        }
+        if self.bad_clock_settings > 0 {
+            out.push((format!("{} setting(s) with a bad clock", self.bad_clock_settings), FaultClass::Clock));
+        }
+        if let Some(ms) = self.slow_disk_ms {
+            out.push((format!("slow disks up to {}", human::duration(ms)), FaultClass::Disk));
+        }
+        if self.bad_inputs > 0 {
+            out.push((format!("{} bad inputs", self.bad_inputs), FaultClass::BadInput));
+        }
+        out
+    }
+}
+
+impl EpisodeKind {
+    /// The episode in words, with members' codes.
+    pub fn describe(&self, world: &World) -> String {
+        let c = |n: &NodeId| world.code(*n).to_string();
+        match self {
+            EpisodeKind::Isolate(n) => format!("isolate {}", c(n)),
+            EpisodeKind::RegionCut(r) => format!("cut off {}", world.spec.regions[*r].name),
+            EpisodeKind::OneWay { from, to } => format!("one-way loss {}->{}", c(from), c(to)),
+            EpisodeKind::Flap { a, b, period_ms } => {
+                format!("flap {}-{} every {}", c(a), c(b), human::duration(*period_ms))
+            }
+            EpisodeKind::Crash(n) => format!("crash {}", c(n)),
+            EpisodeKind::Wipe(n) => format!("wipe {}", c(n)),
+        }
     }
 }
 
@@ -192,7 +213,12 @@ pub struct Faults {
     pub healed_at: Option<u64>,
     /// Most notifications waiting for one authority at the heal.
     pub backlog_at_heal: usize,
+    /// True times at which bad input was handed to a machine, at most [`BAD_INPUTS_MAX`].
+    pub bad_inputs_at: Vec<u64>,
 }
+
+/// Most bad inputs a plan injects (a swarm run draws at most 40).
+pub const BAD_INPUTS_MAX: usize = 1_000;
 
 /// The id of an episode's cut in the cluster (episodes of scenarios use ids from 1 << 32).
 fn cut_id(i: usize) -> u64 {
@@ -209,6 +235,7 @@ impl Faults {
             bad: BadInput::new(seed),
             healed_at: None,
             backlog_at_heal: 0,
+            bad_inputs_at: vec![],
         }
     }
 
@@ -274,7 +301,12 @@ impl Faults {
             FaultEv::Begin(i) => self.begin(cluster, history, i),
             FaultEv::End(i) => self.end(cluster, i),
             FaultEv::Toggle(i) => self.toggle(cluster, i),
-            FaultEv::BadInput => self.bad.inject_random(cluster, history),
+            FaultEv::BadInput => {
+                if self.bad_inputs_at.len() < BAD_INPUTS_MAX {
+                    self.bad_inputs_at.push(cluster.now());
+                }
+                self.bad.inject_random(cluster, history);
+            }
             FaultEv::Heal => self.heal(cluster, history),
         }
     }

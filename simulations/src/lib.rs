@@ -44,14 +44,18 @@
 
 pub mod adversary;
 pub mod agenda;
+pub mod assurance;
 pub mod badinput;
 pub mod checker;
 pub mod cluster;
 pub mod faults;
 pub mod fnv;
+pub mod human;
+pub mod plots;
 pub mod report;
 pub mod run;
 pub mod scenarios;
 pub mod sim;
+pub mod timeline;
 pub mod workload;
 pub mod world;

@@ -2,9 +2,15 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use cpis_simulations::assurance;
+use cpis_simulations::human;
 use cpis_simulations::report::{RunReport, Summary};
-use cpis_simulations::run::{LoadMode, RunConfig, violation_lines};
+use cpis_simulations::run::{LoadMode, Progress, RunConfig, run_with_progress, violation_lines};
 use cpis_simulations::scenarios::Scenario;
+use cpis_simulations::timeline::Timeline;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Deterministic simulation of the federation under partitions, crashes and faults.
@@ -51,6 +57,10 @@ struct Cli {
     /// List the named scenarios, with what each does, and exit.
     #[arg(long)]
     list: bool,
+    /// Write the assurer's report to this folder: a page per run (`seed-7.html`,
+    /// `scenario-<name>.html`) with its faults, figures and plots, and `index.html`.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
@@ -117,8 +127,12 @@ fn print_run(r: &RunReport, json: bool) {
         return;
     }
     println!("{}", r.line());
+    match r.faults.len() {
+        0 => println!("  faults drawn: none"),
+        n => println!("  faults drawn ({n}): {}", r.faults.join("; ")),
+    }
     if !r.ok {
-        println!("  FAILED seed {} ({}); faults: {}", r.seed, r.scenario, r.faults.join(", "));
+        println!("  FAILED seed {} ({})", r.seed, r.scenario);
         for line in violation_lines(&r.lost) {
             println!("  lost: {line}");
         }
@@ -145,7 +159,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let reports = cpis_simulations::run::run_all(&configs, |r| print_run(r, cli.json));
+    let mut reports = vec![];
+    let mut written = true;
+    for (i, config) in configs.iter().enumerate() {
+        let bar = progress_bar(i, configs.len(), config);
+        let mut r = run_with_progress(config, &mut |p| show(bar.as_ref(), p));
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
+        }
+        print_run(&r, cli.json);
+        if let Some(dir) = &cli.report
+            && let Err(e) = assurance::write_page(dir, &r)
+        {
+            eprintln!("cpis-sim: {e}");
+            written = false;
+        }
+        // The page has it; a long sweep need not keep every run's samples.
+        r.timeline = Timeline::default();
+        reports.push(r);
+    }
     let summary = Summary::of(&reports);
     if cli.json {
         match serde_json::to_string(&serde_json::json!({ "summary": summary })) {
@@ -155,5 +187,47 @@ fn main() -> ExitCode {
     } else if reports.len() > 1 {
         println!("{}", summary.text());
     }
-    if summary.passed == summary.runs { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if let Some(dir) = &cli.report {
+        match assurance::write_index(dir, &reports, &summary) {
+            Ok(path) if cli.json => eprintln!("assurer's report: {}", path.display()),
+            Ok(path) => println!("assurer's report: {}", path.display()),
+            Err(e) => {
+                eprintln!("cpis-sim: {e}");
+                written = false;
+            }
+        }
+    }
+    if summary.passed == summary.runs && written { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// A progress bar for a run, on a terminal only: elsewhere (a pipe, a file, CI) nothing is drawn.
+fn progress_bar(i: usize, runs: usize, config: &RunConfig) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let what = config
+        .scenario
+        .map_or_else(|| format!("seed {}", config.seed), |s| format!("{} seed {}", s.name(), config.seed));
+    let bar = ProgressBar::new(1);
+    let style = ProgressStyle::with_template("{prefix} [{bar:30}] {msg} ({elapsed})")
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(format!("run {}/{runs}: {what}", i + 1));
+    // Redrawn on its own, so that the clock moves during the load, which reports nothing.
+    bar.enable_steady_tick(std::time::Duration::from_millis(250));
+    Some(bar)
+}
+
+fn show(bar: Option<&ProgressBar>, p: Progress) {
+    let Some(bar) = bar else { return };
+    match p {
+        Progress::Loading => bar.set_message("building the federation and loading the caseloads"),
+        Progress::Measuring { done_ms, total_ms } => {
+            bar.set_length(total_ms);
+            bar.set_position(done_ms);
+            bar.set_message(format!("{} of at most {} simulated", human::duration(done_ms), human::duration(total_ms)));
+        }
+        Progress::Checking => bar.set_message("final checks"),
+    }
 }

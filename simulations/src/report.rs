@@ -3,6 +3,8 @@
 use crate::adversary::{AdversaryStats, HostileSettingStats};
 use crate::badinput::BadInputStats;
 use crate::checker::Violations;
+use crate::human;
+use crate::timeline::Timeline;
 use crate::workload::LookupStats;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -143,6 +145,9 @@ pub struct RunReport {
     pub unexpected: Violations,
     pub ok: bool,
     pub reproduce: String,
+    /// What the run recorded over time, for the assurer's report (not in the JSON).
+    #[serde(skip)]
+    pub timeline: Timeline,
 }
 
 impl RunReport {
@@ -164,7 +169,7 @@ impl RunReport {
             }
         };
         format!(
-            "seed {:>6} {:<36} {} trace {} | lookups {}/{} answered (checked {}, stale {}, unavailable {}; forged refused {}), flagged {} (missed: {} no hub, {} not caught up, {} unavailable, {} no answer, {} refused, {} forged) | notices {}/{} p50 {} p99 {} max {} ms | converged {} | ended shown p99 {} ms{} | {:.0}x real | lost {} unexpected {}",
+            "seed {:>6} {:<36} {} trace {} | lookups {}/{} answered (checked {}, stale {}, unavailable {}; forged refused {}), flagged {} (missed: {} no hub, {} not caught up, {} unavailable, {} no answer, {} refused, {} forged) | notices {}/{} p50 {} p99 {} max {} | converged {} | ended shown p99 {}{} | {:.0}x real | lost {} unexpected {}",
             self.seed,
             self.scenario,
             if self.ok { "ok  " } else { "FAIL" },
@@ -184,11 +189,11 @@ impl RunReport {
             l.flagged_missed_forged,
             n.delivered,
             n.promised,
-            n.latency_ms.p50,
-            n.latency_ms.p99,
-            n.latency_ms.max,
-            self.convergence_after_heal_ms.map_or("never".into(), |ms| format!("{ms} ms")),
-            self.ended_plan_shown_ms.p99.max(self.withdrawn_plan_shown_ms.p99),
+            human::duration(n.latency_ms.p50),
+            human::duration(n.latency_ms.p99),
+            human::duration(n.latency_ms.max),
+            human::duration_or(self.convergence_after_heal_ms, "never"),
+            human::duration(self.ended_plan_shown_ms.p99.max(self.withdrawn_plan_shown_ms.p99)),
             hostile,
             self.sim_to_real,
             self.lost.count,
@@ -349,15 +354,15 @@ impl Summary {
     pub fn text(&self) -> String {
         let mut out = vec![];
         out.push(format!(
-            "{} runs: {} passed, {} failed{}; simulated {:.1} h in {:.1} s of measured periods ({:.0}x real time), {:.1} s in all",
+            "{} runs: {} passed, {} failed{}; simulated {} in {} of measured periods ({:.0}x real time), {} in all",
             self.runs,
             self.passed,
             self.runs - self.passed,
             if self.failed_seeds.is_empty() { String::new() } else { format!(" ({})", self.failed_seeds.join(", ")) },
-            self.simulated_ms as f64 / 3.6e6,
-            self.real_ms as f64 / 1e3,
+            human::duration(self.simulated_ms),
+            human::duration(self.real_ms),
             self.sim_to_real,
-            self.wall_ms as f64 / 1e3,
+            human::duration(self.wall_ms),
         ));
         out.push(format!(
             "  lookups: {} made, {} answered: {} all checked, {} some stale, {} some unavailable; {} answers refused as forged ({} retried at another hub, {} never resolved); {} checked strictly",
@@ -383,21 +388,21 @@ impl Summary {
             self.flagged_missed_forged,
         ));
         out.push(format!(
-            "  notifications: {} promised, {} delivered, {} outstanding, {} lost with a wiped disk; latency p50 (median of runs) {} ms, p99 (worst run) {} ms, max {} ms",
+            "  notifications: {} promised, {} delivered, {} outstanding, {} lost with a wiped disk; latency p50 (median of runs) {}, p99 (worst run) {}, max {}",
             self.notifications_promised,
             self.notifications_delivered,
             self.notifications_outstanding,
             self.notifications_lost_with_wiped_disk,
-            self.notification_latency_p50_median_ms,
-            self.notification_latency_p99_max_ms,
-            self.notification_latency_max_ms,
+            human::duration(self.notification_latency_p50_median_ms),
+            human::duration(self.notification_latency_p99_max_ms),
+            human::duration(self.notification_latency_max_ms),
         ));
         out.push(format!(
-            "  convergence after heal: median {} ms, max {} ms, {} runs not converged; ended plan shown at most {} ms",
-            self.convergence_after_heal_median_ms,
-            self.convergence_after_heal_max_ms,
+            "  convergence after heal: median {}, max {}, {} runs not converged; ended plan shown at most {}",
+            human::duration(self.convergence_after_heal_median_ms),
+            human::duration(self.convergence_after_heal_max_ms),
             self.not_converged,
-            self.ended_plan_shown_max_ms,
+            human::duration(self.ended_plan_shown_max_ms),
         ));
         let a = &self.adversary;
         out.push(format!(

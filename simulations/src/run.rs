@@ -13,9 +13,11 @@ use crate::adversary::{Attacks, HostileHub, HostileSetting};
 use crate::checker::{FeedView, History, HubView, Violations, feed_view};
 use crate::cluster::Cluster;
 use crate::faults::{FaultPlan, Faults};
+use crate::human;
 use crate::report::{HostileReport, HostileSettingReport, MessageReport, NotificationReport, Percentiles, RunReport};
 use crate::scenarios::{Scenario, ScenarioActor};
 use crate::sim::Sim;
+use crate::timeline::{Sampler, Timeline, fault_spans};
 use crate::workload::{Workload, WorkloadSpec};
 use crate::world::{NodeId, World, WorldSpec};
 use cpis_protocol::authority::AuthorityConfig;
@@ -135,8 +137,25 @@ pub fn draw_hostile(seed: u64, world: &World) -> (Option<(NodeId, Attacks)>, Opt
     (hub, setting)
 }
 
+/// Where a run is, for a progress bar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Building the world and loading the caseloads.
+    Loading,
+    /// The measured period and the wait after the heal: simulated time done of the most there is.
+    Measuring { done_ms: u64, total_ms: u64 },
+    /// The final checks.
+    Checking,
+}
+
 /// Runs one seed or scenario and checks it.
 pub fn run(config: &RunConfig) -> RunReport {
+    run_with_progress(config, &mut |_| {})
+}
+
+/// Runs one seed or scenario and checks it, telling `progress` where it is.
+pub fn run_with_progress(config: &RunConfig, progress: &mut dyn FnMut(Progress)) -> RunReport {
+    progress(Progress::Loading);
     let started = Instant::now();
     let spec = WorldSpec::england(config.scale);
     let world = World::build(spec.clone());
@@ -183,10 +202,15 @@ pub fn run(config: &RunConfig) -> RunReport {
     if let Some(s) = hostile_setting {
         sim.hostile_setting = Some(HostileSetting::new(&sim.cluster, s, config.seed, start));
     }
-    let convergence = measured_period(&mut sim, config, period);
+    let total_ms = period + 3 * config.bound_ms + SETTLE_MS_MAX;
+    let mut sampler = Sampler::new(start, total_ms);
+    let mut tick = |done_ms| progress(Progress::Measuring { done_ms, total_ms });
+    let convergence = measured_period(&mut sim, config, period, &mut sampler, &mut tick);
     let run_real_ms = measured.elapsed().as_millis() as u64;
+    progress(Progress::Checking);
     let checking = Instant::now();
     let mut report = final_report(&mut sim, config, convergence);
+    report.timeline = timeline(&sim, &report, sampler, start, period);
     report.load_real_ms = load_real_ms;
     report.check_real_ms = checking.elapsed().as_millis() as u64;
     report.real_ms = run_real_ms;
@@ -284,8 +308,15 @@ fn converged(sim: &Sim, heal: u64) -> bool {
     })
 }
 
-/// Runs the measured period, heals, and measures convergence. Returns the convergence time.
-fn measured_period(sim: &mut Sim, config: &RunConfig, period: u64) -> Option<u64> {
+/// Runs the measured period, heals, and measures convergence, sampling as it goes. Returns the
+/// convergence time.
+fn measured_period(
+    sim: &mut Sim,
+    config: &RunConfig,
+    period: u64,
+    sampler: &mut Sampler,
+    tick: &mut dyn FnMut(u64),
+) -> Option<u64> {
     let t1 = sim.cluster.now();
     // Figures count from here: the load is not measured.
     sim.cluster.reset_counters();
@@ -295,7 +326,7 @@ fn measured_period(sim: &mut Sim, config: &RunConfig, period: u64) -> Option<u64
         s.prepare(&sim.cluster.world, &mut sim.work, t1, config.intensity);
     }
     let heal = t1 + period;
-    sim.run_until(heal);
+    sampler.run_until(sim, heal, tick);
     let bound = config.bound_ms;
     let mut convergence = None;
     for _ in 0..=3 * bound / 1_000 {
@@ -307,13 +338,41 @@ fn measured_period(sim: &mut Sim, config: &RunConfig, period: u64) -> Option<u64
             break;
         }
         let next = sim.cluster.now() + 1_000;
-        sim.run_until(next);
+        sampler.run_until(sim, next, tick);
     }
-    sim.run_until(heal + 2 * bound);
+    sampler.run_until(sim, heal + 2 * bound, tick);
     sim.work.running = false;
-    sim.run_until(heal + 3 * bound);
+    sampler.run_until(sim, heal + 3 * bound, tick);
     settle(sim);
+    sampler.finish(sim);
     convergence
+}
+
+/// What the run recorded over time, with the spans of its faults and its notifications.
+fn timeline(sim: &Sim, report: &RunReport, sampler: Sampler, start: u64, period: u64) -> Timeline {
+    let c = &sim.cluster;
+    let end_ms = c.now() - start;
+    let mut hostile = vec![];
+    if let Some(h) = &report.hostile_hub {
+        hostile.push(format!("hub {} ({})", h.hub, h.attacks.join(", ")));
+    }
+    if let Some(s) = &report.hostile_setting {
+        hostile.push(format!("setting {}", s.setting));
+    }
+    let delivered = sim.history.promised.values().filter_map(|p| Some((p.answered_at, p.received_at?)));
+    let (notices, notice_bins) = crate::timeline::notices(delivered, start);
+    Timeline {
+        every_ms: sampler.every_ms(),
+        heal_ms: period,
+        end_ms,
+        hubs: c.world.hubs.clone().map(|h| c.world.code(h).to_string()).collect(),
+        faults: fault_spans(&sim.faults.plan, &c.world, period, end_ms, &hostile),
+        bad_inputs_ms: sim.faults.bad_inputs_at.iter().map(|t| t.saturating_sub(start)).collect(),
+        samples: sampler.samples,
+        notices,
+        notice_bins,
+        notices_outstanding: report.notifications.outstanding,
+    }
 }
 
 fn hub_view(c: &Cluster, h: NodeId) -> Option<HubView> {
@@ -355,7 +414,10 @@ fn final_report(sim: &mut Sim, config: &RunConfig, convergence: Option<u64>) -> 
     sim.history.check_hubs(&feeds, &views);
     match convergence {
         Some(ms) if ms <= config.bound_ms => {}
-        Some(ms) => sim.history.lost.push("convergence", format!("converged {ms} ms after the heal, past the bound")),
+        Some(ms) => {
+            let detail = format!("converged {} after the heal, past the bound", human::duration(ms));
+            sim.history.lost.push("convergence", detail);
+        }
         None => sim.history.lost.push("convergence", "did not converge within three bounds of the heal".into()),
     }
     if !down.is_empty() {

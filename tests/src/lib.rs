@@ -80,9 +80,15 @@ impl Fed {
 
     /// Writes a node's config file and returns its path.
     pub fn write_node_config(&self, code: &str) -> PathBuf {
+        self.write_node_config_with(code, |_| {})
+    }
+
+    /// Writes a node's config file after `change` edits it, and returns its path.
+    pub fn write_node_config_with(&self, code: &str, change: impl FnOnce(&mut NodeConfig)) -> PathBuf {
         let path = self.home(code).join("node.toml");
-        let text = toml_of(&self.node_config(code));
-        std::fs::write(&path, text).expect("write config");
+        let mut config = self.node_config(code);
+        change(&mut config);
+        std::fs::write(&path, toml_of(&config)).expect("write config");
         path
     }
 
@@ -154,6 +160,10 @@ fn toml_of(c: &NodeConfig) -> String {
         t.reconnect_base_ms,
         t.reconnect_cap_ms,
         t.head_interval_ms
+    );
+    text += &format!(
+        "[limits]\nsetting_lookups_per_hour = {}\nperson_lookups_per_hour = {}\n",
+        c.limits.setting_lookups_per_hour, c.limits.person_lookups_per_hour
     );
     text
 }

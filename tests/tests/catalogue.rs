@@ -447,6 +447,9 @@ fn refused_connection(reason: &str) -> String {
     format!("cpis_connections_refused_total{{reason=\"{reason}\"}}")
 }
 
+/// Bad frames are counted as refused messages, not refused connections.
+const BAD_FRAMES: &str = "cpis_messages_refused_total{reason=\"bad_frame\"}";
+
 /// One layer: its world, the stores read before the entries, the entries' verdicts.
 struct Run<L> {
     ctx: Arc<Ctx<L>>,
@@ -1260,24 +1263,24 @@ fn frame_entries() -> Entries<()> {
 /// `CLOSE_BAD_FRAME` and counts a bad frame.
 async fn bad_frame_from_a_setting(w: &World, bytes: Vec<u8>) {
     let q = w.quiet().await;
-    let name = refused_connection("bad_frame");
-    let before = w.metric(HUB, &name).await;
+    let name = BAD_FRAMES;
+    let before = w.metric(HUB, name).await;
     let ended = open_session(w, SETTING, &bytes).await.outcome(WAIT).await;
     assert!(is_closed_with(&ended, CLOSE_BAD_FRAME), "{ended:?}");
-    w.counted(HUB, &name, before).await;
+    w.counted(HUB, name, before).await;
     w.still_quiet(q).await;
 }
 
 /// A hub writes `bytes` on its stream: the hub closes the connection with `CLOSE_BAD_FRAME`.
 async fn bad_frame_from_a_hub(w: &World, bytes: Vec<u8>) {
     let q = w.quiet().await;
-    let name = refused_connection("bad_frame");
-    let before = w.metric(HUB, &name).await;
+    let name = BAD_FRAMES;
+    let before = w.metric(HUB, name).await;
     let mut peer = member(w, ROGUE_HUB).await;
     peer.send_bytes(&bytes).await;
     let ended = peer.ended(WAIT).await;
     assert!(is_closed_with(&ended, CLOSE_BAD_FRAME), "{ended:?}");
-    w.counted(HUB, &name, before).await;
+    w.counted(HUB, name, before).await;
     w.still_quiet(q).await;
 }
 
@@ -2349,7 +2352,7 @@ fn api_entries() -> Entries<()> {
     entries![
         request_without_a_token__401__nothing_stored,
         request_with_a_wrong_token__401__nothing_stored,
-        lowercase_bearer__401__nothing_stored,
+        lowercase_bearer_with_a_wrong_token__401__nothing_stored,
         basic_authorization__401__nothing_stored,
         malformed_json_without_a_token__401__nothing_stored,
         end_with_a_malformed_body_without_a_token__401__nothing_stored,
@@ -2411,8 +2414,9 @@ async fn request_with_a_wrong_token__401__nothing_stored(c: Arc<Ctx<()>>) {
     refused_by_api(&c.w, req, 401, &["token"]).await;
 }
 
-async fn lowercase_bearer__401__nothing_stored(c: Arc<Ctx<()>>) {
-    let header = format!("bearer {}", c.w.token(AUTH));
+/// The scheme's case does not matter (HTTP says so: `bearer <token>` is accepted); the token does.
+async fn lowercase_bearer_with_a_wrong_token__401__nothing_stored(c: Arc<Ctx<()>>) {
+    let header = format!("bearer {}", c.w.token(AUTH).to_uppercase());
     refused_by_api(&c.w, Req::post(AUTH, "/plans").json(good_plan()).auth(Auth::Header(header)), 401, &["token"]).await;
 }
 
@@ -2568,6 +2572,7 @@ fn csv_entries() -> Entries<()> {
         import_sent_to_a_hub__404__nothing_stored,
         rows_with_invalid_nhs_numbers__each_refused__nothing_stored,
         rows_with_bad_dates__each_refused__nothing_stored,
+        rows_with_implausible_dates__each_refused__nothing_stored,
         row_with_an_unknown_plan_type__refused__nothing_stored,
         row_ending_before_it_starts__refused__nothing_stored,
         rows_breaking_the_due_date_rules__each_refused__nothing_stored,
@@ -2660,6 +2665,11 @@ async fn rows_with_bad_dates__each_refused__nothing_stored(c: Arc<Ctx<()>>) {
     let rows =
         b"A-1,9434765919,LAC,2026-02-30,,,\nA-2,9434765919,LAC,05/01/2026,,,\nA-3,9434765919,LAC,2026-01-05,never,,\n";
     rows_refused(&c, rows, &[(2, "start_date"), (3, "start_date"), (4, "end_date")]).await;
+}
+
+async fn rows_with_implausible_dates__each_refused__nothing_stored(c: Arc<Ctx<()>>) {
+    let rows = b"A-1,9434765919,LAC,2099-01-05,,,\nA-2,9434765919,LAC,1900-01-05,,,\nA-3,9434765919,UCPP,2026-01-05,,2099-06-01,\n";
+    rows_refused(&c, rows, &[(2, "in the future"), (3, "before 1990"), (4, "more than a year away")]).await;
 }
 
 async fn row_with_an_unknown_plan_type__refused__nothing_stored(c: Arc<Ctx<()>>) {

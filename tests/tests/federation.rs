@@ -91,6 +91,33 @@ async fn two_hubs_three_authorities__lookup_at_far_hub__plans_contacts_history_a
         assert!(metrics.contains(line), "metrics lack {line}");
     }
     assert!(!metrics.contains(CHILD), "no NHS number in metrics");
+    for family in [
+        "cpis_build_info{version=",
+        "cpis_ready 1",
+        "cpis_store_commit_seconds_count",
+        "cpis_notification_delivery_seconds_count",
+        "cpis_notification_oldest_waiting_seconds",
+        "cpis_visit_feed_seq{hub=\"HUBS\"}",
+        "cpis_api_requests_total{code=\"200\"}",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(metrics.contains(family), "metrics lack {family}");
+    }
+    let types: Vec<&str> = metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    for name in &types {
+        assert!(metrics.contains(&format!("# HELP {name} ")), "{name} has no HELP line");
+    }
+    assert!(!metrics.contains("cpis_replica_head_age_seconds{origin=\"HUB"), "hubs' own feeds are kept apart");
+    // The scraper's token reads the metrics and nothing else.
+    let scraper = std::fs::read_to_string(fed.node_config("HUBS").metrics_token_path()).expect("metrics.token");
+    assert_eq!(cpis_tests::http(addr, scraper.trim(), "GET", "/metrics", None).await.0, 200);
+    assert_eq!(cpis_tests::http(addr, scraper.trim(), "GET", "/status", None).await.0, 401);
+    assert_eq!(cpis_tests::http(addr, "wrong", "GET", "/metrics", None).await.0, 401);
+    let (_, authority) = cpis_tests::http(fed.api_of("204").0, &fed.api_of("204").1, "GET", "/metrics", None).await;
+    for family in ["cpis_inbox_unacknowledged 2", "cpis_inbox_oldest_unacknowledged_seconds"] {
+        assert!(authority.contains(family), "the authority's metrics lack {family}");
+    }
     for node in nodes {
         node.shutdown().await;
     }

@@ -149,7 +149,12 @@ async fn garbage_bytes_and_oversized_frame__connection_closed__nothing_stored_ch
     let oversized = ((cpis_protocol::wire::FRAME_BYTES_MAX + 1) as u32).to_be_bytes().to_vec();
     let outcome = send_raw(&fed, fed.fed.identity("RXH01").seed(), oversized).await;
     assert!(matches!(outcome, Ended::Closed(code) if code == bad_frame), "{outcome:?}");
-    assert_eq!(metric(&fed, "HUBS", "cpis_connections_refused_total{reason=\"bad_frame\"}").await, 2);
+    assert_eq!(metric(&fed, "HUBS", "cpis_messages_refused_total{reason=\"bad_frame\"}").await, 2);
+    assert_eq!(
+        metric(&fed, "HUBS", "cpis_connections_refused_total{reason=\"bad_frame\"}").await,
+        0,
+        "bad frames are refused messages, not refused connections"
+    );
 
     let setting = fed.setting_config("RXH01");
     lookup(&setting, request()).await.expect("the hub still serves well-behaved peers");

@@ -14,8 +14,19 @@ use std::time::Duration;
 
 /// Largest reply accepted from a node.
 pub const REPLY_BYTES_MAX: usize = 256 << 20;
-/// How long one request may take (a large import is the slowest).
+/// How long one request may take by default (a large import is the slowest).
 pub const REQUEST_TIMEOUT_MS: u64 = 120_000;
+
+static REQUEST_TIMEOUT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(REQUEST_TIMEOUT_MS);
+
+/// Sets how long each request may take (`cpis --timeout`), for the whole process.
+pub fn set_request_timeout(timeout: Duration) {
+    REQUEST_TIMEOUT.store(timeout.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn request_timeout_ms() -> u64 {
+    REQUEST_TIMEOUT.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Why a call to the node's API gave no answer.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +44,7 @@ pub enum ApiError {
     #[error("cannot reach the node's API at {addr}: {reason}; is the node running?")]
     Unreachable { addr: SocketAddr, reason: String },
     /// The node took too long.
-    #[error("the node did not answer within {0} ms")]
+    #[error("the node did not answer within {0} ms (give more with --timeout SECONDS)")]
     TimedOut(u64),
     /// The HTTP exchange failed half way.
     #[error("HTTP exchange with the node failed: {0}")]
@@ -103,19 +114,20 @@ impl NodeApi {
 
     /// A GET with extra headers, answered whatever its status: `(status, JSON body)`.
     pub async fn get_with(&self, path: &str, headers: &[(&'static str, String)]) -> Result<(u16, Value), ApiError> {
-        let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(Method::GET, path, None, headers))
-            .await
-            .map_err(|_| ApiError::TimedOut(REQUEST_TIMEOUT_MS))??;
+        let ms = request_timeout_ms();
+        let (status, bytes) =
+            tokio::time::timeout(Duration::from_millis(ms), self.exchange(Method::GET, path, None, headers))
+                .await
+                .map_err(|_| ApiError::TimedOut(ms))??;
         let value = serde_json::from_slice::<Value>(&bytes).map_err(|e| ApiError::BadReply(e.to_string()))?;
         Ok((status, value))
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<(&'static str, Vec<u8>)>) -> Result<Value, ApiError> {
-        let timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
-        let (status, bytes) = tokio::time::timeout(timeout, self.exchange(method, path, body, &[]))
+        let ms = request_timeout_ms();
+        let (status, bytes) = tokio::time::timeout(Duration::from_millis(ms), self.exchange(method, path, body, &[]))
             .await
-            .map_err(|_| ApiError::TimedOut(REQUEST_TIMEOUT_MS))??;
+            .map_err(|_| ApiError::TimedOut(ms))??;
         let value = serde_json::from_slice::<Value>(&bytes);
         match (status, value) {
             (200..=299, Ok(value)) => Ok(value),

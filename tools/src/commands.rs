@@ -478,12 +478,12 @@ async fn plans(command: PlansCommand, json: bool) -> Outcome {
             let reply = council::list_plans(&NodeApi::from_config(&node.node)?).await?;
             emit(json, &reply, council::plans_text);
         }
-        PlansCommand::Import { file, node } => return import(&file, &node.node, json).await,
+        PlansCommand::Import { file, dry_run, node } => return import(&file, &node.node, dry_run, json).await,
     }
     Ok(EXIT_OK)
 }
 
-async fn import(file: &Path, node: &Path, json: bool) -> Outcome {
+async fn import(file: &Path, node: &Path, dry_run: bool, json: bool) -> Outcome {
     let size = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();
     if size > council::IMPORT_BYTES_MAX {
         return Err(bad_input(format!(
@@ -494,18 +494,16 @@ async fn import(file: &Path, node: &Path, json: bool) -> Outcome {
     }
     let csv = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let api = NodeApi::from_config(node)?;
-    let report = council::import(&api, csv).await?;
+    let report = council::import(&api, csv, dry_run).await?;
     emit(json, &report, council::import_text);
     if number(&report, "refused") > 0 { Ok(EXIT_ROWS_REFUSED) } else { Ok(EXIT_OK) }
 }
 
 async fn inbox(command: InboxCommand, json: bool) -> Outcome {
     match command {
-        InboxCommand::List { unacknowledged, node } => {
-            let mut reply = council::notifications(&NodeApi::from_config(&node.node)?).await?;
-            if unacknowledged && let Some(list) = reply.get_mut("notifications").and_then(Value::as_array_mut) {
-                list.retain(|n| n.get("acknowledged").is_none_or(Value::is_null));
-            }
+        InboxCommand::List { unacknowledged, limit, offset, node } => {
+            let api = NodeApi::from_config(&node.node)?;
+            let reply = council::notifications(&api, unacknowledged, limit, offset).await?;
             emit(json, &reply, |v| council::inbox_text(v, unacknowledged));
         }
         InboxCommand::Ack { lookup_id, by, node } => {

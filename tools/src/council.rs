@@ -51,8 +51,10 @@ pub async fn list_plans(api: &NodeApi) -> Result<Value, ApiError> {
     api.get("/plans").await
 }
 
-pub async fn import(api: &NodeApi, csv: Vec<u8>) -> Result<Value, ApiError> {
-    api.send_bytes("/plans/import", "text/csv", csv).await
+/// Imports a CSV file; with `dry_run` the node checks every row and stores nothing.
+pub async fn import(api: &NodeApi, csv: Vec<u8>, dry_run: bool) -> Result<Value, ApiError> {
+    let path = if dry_run { "/plans/import?dry_run=true" } else { "/plans/import" };
+    api.send_bytes(path, "text/csv", csv).await
 }
 
 pub async fn set_contacts(api: &NodeApi, contacts: &Contacts) -> Result<Value, ApiError> {
@@ -64,8 +66,10 @@ pub async fn set_contacts(api: &NodeApi, contacts: &Contacts) -> Result<Value, A
     api.send_json(Method::PUT, "/contacts", &body).await
 }
 
-pub async fn notifications(api: &NodeApi) -> Result<Value, ApiError> {
-    api.get("/notifications").await
+/// One page of the inbox, newest first: `open` ones only or all.
+pub async fn notifications(api: &NodeApi, open_only: bool, limit: usize, offset: usize) -> Result<Value, ApiError> {
+    let show = if open_only { "open" } else { "all" };
+    api.get(&format!("/notifications?show={show}&limit={limit}&offset={offset}")).await
 }
 
 pub async fn acknowledge(api: &NodeApi, lookup_id: LookupId, by: &str) -> Result<Value, ApiError> {
@@ -145,6 +149,9 @@ pub fn import_text(report: &Value) -> String {
         "\n{applied} applied, {unchanged} unchanged, {refused} refused (of {} rows)",
         applied + unchanged + refused
     );
+    if report["dry_run"] == true {
+        let _ = writeln!(out, "A dry run: nothing was stored (\"applied\" means the row would be).");
+    }
     if refused > 0 {
         let _ = writeln!(
             out,
@@ -155,19 +162,24 @@ pub fn import_text(report: &Value) -> String {
 }
 
 /// The inbox, one block per notification.
+/// One page of the inbox in words, and where it sits among all that match.
 pub fn inbox_text(value: &Value, unacknowledged_only: bool) -> String {
-    let all = items(value, "notifications");
-    let shown: Vec<&Value> =
-        all.iter().filter(|n| !unacknowledged_only || n.get("acknowledged").is_none_or(Value::is_null)).collect();
+    let shown = items(value, "notifications");
+    let total = value["total"].as_u64().unwrap_or(shown.len() as u64);
+    let offset = value["offset"].as_u64().unwrap_or(0);
+    let which = if unacknowledged_only { "notifications not acknowledged" } else { "notifications" };
     if shown.is_empty() {
-        return "No notifications.\n".to_string();
+        return if total == 0 { format!("No {which}.\n") } else { format!("No more {which} ({total} in all).\n") };
     }
     let mut out = String::new();
-    for n in &shown {
+    for n in shown {
         notification_text(&mut out, n);
     }
-    let open = all.iter().filter(|n| n.get("acknowledged").is_none_or(Value::is_null)).count();
-    let _ = writeln!(out, "{} notifications, {open} not acknowledged", all.len());
+    let (first, last) = (offset + 1, offset + shown.len() as u64);
+    let _ = writeln!(out, "{which} {first} to {last} of {total}, newest first");
+    if last < total {
+        let _ = writeln!(out, "the next page: --offset {last}");
+    }
     out
 }
 

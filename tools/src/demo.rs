@@ -458,8 +458,9 @@ impl Demo {
                 };
                 council::set_contacts(&api, &contacts).await.map_err(|e| e.to_string())?;
             }
-            let report =
-                council::import(&api, plans_csv(m.code, self.today).into_bytes()).await.map_err(|e| e.to_string())?;
+            let report = council::import(&api, plans_csv(m.code, self.today).into_bytes(), false)
+                .await
+                .map_err(|e| e.to_string())?;
             if number(&report, "refused") > 0 {
                 return Err(format!("{}'s import refused rows: {report}", m.name));
             }
@@ -657,7 +658,7 @@ impl Demo {
         let api = self.api("204")?;
         let id = lookup_id.to_hex();
         poll(POLL_TRIES_MAX, || async {
-            let inbox = council::notifications(&api).await.ok()?;
+            let inbox = council::notifications(&api, false, 100, 0).await.ok()?;
             items(&inbox, "notifications").iter().find(|n| text(n, "lookup_id") == id).cloned()
         })
         .await
@@ -731,7 +732,7 @@ impl Demo {
         poll(POLL_TRIES_MAX, || async { self.waiting_for("204").await.filter(|w| *w == 0) })
             .await
             .ok_or("the hubs still hold notifications for Hackney")?;
-        let inbox = council::notifications(&self.api("204")?).await.map_err(|e| e.to_string())?;
+        let inbox = council::notifications(&self.api("204")?, false, 100, 0).await.map_err(|e| e.to_string())?;
         let all = items(&inbox, "notifications");
         let count = |id: LookupId| all.iter().filter(|n| text(n, "lookup_id") == id.to_hex()).count();
         let (first_n, second_n) = (count(self.lookups[0]), count(second));

@@ -23,6 +23,10 @@ struct Cli {
     /// Print one JSON document instead of text (shapes in docs/cli.md).
     #[arg(long, global = true)]
     json: bool,
+    /// Seconds to wait for a node's or gateway's API before giving up (a large import is the
+    /// slowest call).
+    #[arg(long, global = true, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -371,6 +375,9 @@ enum PlansCommand {
     /// Imports a CSV file from a case-management system (format in docs/cli.md).
     Import {
         file: PathBuf,
+        /// Check every row and print the report an import would give, storing nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         node: NodeArg,
     },
@@ -398,6 +405,12 @@ enum InboxCommand {
         /// Only those not yet acknowledged.
         #[arg(long)]
         unacknowledged: bool,
+        /// Most to show, newest first.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// How many of the newest to skip first (the next page: --offset 100).
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
         #[command(flatten)]
         node: NodeArg,
     },
@@ -578,6 +591,7 @@ struct DemoArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cpis_tools::api::set_request_timeout(std::time::Duration::from_secs(cli.timeout));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

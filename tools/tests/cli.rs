@@ -15,6 +15,16 @@ async fn csv_import__good_bad_and_repeated_file__each_row_answered_and_second_im
     let node = fed.node_arg();
     let csv = example_csv();
 
+    let dry = cpis(&["plans", "import", &csv, "--dry-run", "--node", &node]).await;
+    assert_eq!(dry.code, 3, "a dry run answers as the import would: {}", dry.stderr);
+    assert!(
+        dry.stdout.contains("6 applied, 0 unchanged, 8 refused") && dry.stdout.contains("nothing was stored"),
+        "{}",
+        dry.stdout
+    );
+    let listed = cpis(&["plans", "list", "--node", &node, "--json"]).await.json();
+    assert!(items(&listed, "plans").is_empty(), "a dry run stores nothing: {listed}");
+
     let first = cpis(&["plans", "import", &csv, "--node", &node, "--json"]).await;
     assert_eq!(first.code, 3, "refused rows make exit code 3: {}", first.stderr);
     let report = first.json();
@@ -102,7 +112,36 @@ async fn lookup__flagged_child__plan_shown_with_contacts_freshness_and_notificat
     .await;
     let listed = cpis(&["inbox", "list", "--node", &node]).await;
     assert!(listed.stdout.contains("Sam Patel, Staff nurse") && listed.stdout.contains("RXH01"), "{}", listed.stdout);
+    assert!(listed.stdout.contains("notifications 1 to 2 of 2, newest first"), "{}", listed.stdout);
+    let first = cpis(&["inbox", "list", "--limit", "1", "--node", &node]).await;
+    assert_eq!(first.stdout.matches("Lookup ").count(), 1, "{}", first.stdout);
+    assert!(
+        first.stdout.contains("notifications 1 to 1 of 2") && first.stdout.contains("--offset 1"),
+        "{}",
+        first.stdout
+    );
+    let second = cpis(&["inbox", "list", "--limit", "1", "--offset", "1", "--node", &node, "--json"]).await.json();
+    assert_eq!((number(&second, "total"), items(&second, "notifications").len()), (2, 1));
+    let past = cpis(&["inbox", "list", "--offset", "2", "--node", &node]).await;
+    assert_eq!(past.stdout, "No more notifications (2 in all).\n");
     fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_accepts_but_never_answers__gives_up_after_timeout_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("api.addr"), hung.local_addr().unwrap().to_string()).unwrap();
+    std::fs::write(data.join("api.token"), "token").unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "role = \"authority\"\ncode = \"204\"\ndata_dir = \"data\"\n").unwrap();
+    // Connections are accepted (by the kernel's backlog) and never read or answered.
+    let run = cpis(&["--timeout", "1", "status", "--node", config.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("did not answer within 1000 ms (give more with --timeout SECONDS)"), "{}", run.stderr);
+    drop(hung);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

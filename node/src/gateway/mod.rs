@@ -230,6 +230,7 @@ impl RunningGateway {
     /// returns once listening.
     pub async fn start(config: SettingConfig) -> anyhow::Result<RunningGateway> {
         config.gateway.validate()?;
+        config.check_files()?;
         config::create_private_dir(&config.gateway.data_dir)
             .with_context(|| format!("creating the gateway's folder {}", config.gateway.data_dir.display()))?;
         let client = Arc::new(Client::open(config.clone())?);

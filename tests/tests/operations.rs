@@ -56,12 +56,14 @@ fn run_under_a_service_manager__ready_then_stopping_notices__data_owner_only() {
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // The log goes to a file, as under a service manager: no colours, fields greppable.
+    let log_path = dir.path().join("node.log");
     let mut node = Command::new(NODE)
         .args(["run", "--config"])
         .arg(&config)
         .env("NOTIFY_SOCKET", &socket_path)
-        .env("RUST_LOG", "warn")
-        .stderr(Stdio::null())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
         .spawn()
         .unwrap();
     let mut buf = [0u8; 256];
@@ -84,4 +86,7 @@ fn run_under_a_service_manager__ready_then_stopping_notices__data_owner_only() {
     assert_eq!(&buf[..n], b"STOPPING=1\n");
     let status = node.wait().unwrap();
     assert_eq!(status.code(), Some(0), "a node told to stop exits 0");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("node running") && log.contains("code=HUBN"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no terminal colours in a log file: {log:?}");
 }

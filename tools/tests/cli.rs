@@ -124,6 +124,15 @@ async fn lookup__flagged_child__plan_shown_with_contacts_freshness_and_notificat
     assert_eq!((number(&second, "total"), items(&second, "notifications").len()), (2, 1));
     let past = cpis(&["inbox", "list", "--offset", "2", "--node", &node]).await;
     assert_eq!(past.stdout, "No more notifications (2 in all).\n");
+
+    // Ended ten days ago: still shown for a year, as ended, never as an alert.
+    let ended = cpis_protocol::time::Timestamp::from_millis(cpis_node::net::now().as_millis() - 10 * 86_400_000);
+    let end = ended.date().to_string();
+    assert_eq!(cpis(&["plans", "end", "LAC-2026-0001", "--end", &end, "--node", &node]).await.code, 0);
+    fed.replicated().await;
+    let after = lookup(&fed.setting_arg(), "943 476 5919", false).await;
+    assert!(after.stdout.contains("ENDED PLAN (shown for a year after its end)"), "{}", after.stdout);
+    assert!(!after.stdout.contains("  ALERT:"), "an ended plan is not an alert: {}", after.stdout);
     fed.stop().await;
 }
 

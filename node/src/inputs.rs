@@ -5,7 +5,8 @@
 use crate::status::Snapshot;
 use cpis_protocol::ids::OdsCode;
 use cpis_protocol::machine::{Command, Reply};
-use cpis_protocol::sign::PublicKey;
+use cpis_protocol::records::AccessEvent;
+use cpis_protocol::sign::{PublicKey, Verified};
 use cpis_protocol::wire::Message;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
@@ -15,6 +16,16 @@ pub const INPUT_QUEUE_MAX: usize = 16_384;
 pub const INPUT_QUEUE_BYTES_MAX: usize = 64 << 20;
 /// Of those, the most one connection may hold (so that one peer cannot fill the queue).
 pub const PEER_INPUT_BYTES_MAX: usize = 8 << 20;
+
+/// What a connection hands the event loop.
+pub enum Delivered {
+    /// A decoded message.
+    Message(Message),
+    /// A care setting's lookup whose signature the connection's task already checked with the
+    /// key the directory lists under its key id (so that verification runs beside the event
+    /// loop, not on it).
+    VerifiedLookup(Verified<AccessEvent>),
+}
 
 /// How a connection carries our frames.
 pub enum Link {
@@ -41,7 +52,7 @@ pub enum Input {
     /// A decoded message from a connection. The permits hold its bytes against
     /// [`INPUT_QUEUE_BYTES_MAX`] and the connection's [`PEER_INPUT_BYTES_MAX`] until the loop has
     /// handled it.
-    Frame { from: OdsCode, conn_id: u64, message: Box<Message>, _bytes: [OwnedSemaphorePermit; 2] },
+    Frame { from: OdsCode, conn_id: u64, message: Box<Delivered>, _bytes: [OwnedSemaphorePermit; 2] },
     /// A connection was refused (for metrics).
     Refused { reason: &'static str },
     /// A frame could not be decoded and its connection was closed (for metrics).

@@ -53,7 +53,7 @@ impl Default for Metrics {
         for outcome in ["applied", "unchanged", "refused"] {
             metrics.import_rows(outcome, 0);
         }
-        metrics.message_refused("bad_frame");
+        let _ = metrics.messages_refused.get_or_create(&[("reason", "bad_frame")]);
         metrics
     }
 }

@@ -5,7 +5,7 @@
 //! its frames in order on it. A care setting opens one bidirectional stream per lookup session and
 //! reads the hub's replies on it.
 
-use crate::inputs::{Input, Link, PEER_INPUT_BYTES_MAX};
+use crate::inputs::{Delivered, Input, Link, PEER_INPUT_BYTES_MAX};
 use crate::transport::{self, FrameError, read_message, write_frame};
 use cpis_protocol::directory::{AdmissionError, Role, TrustedDirectory};
 use cpis_protocol::ids::OdsCode;
@@ -339,18 +339,33 @@ async fn write_frames_uni(conn: quinn::Connection, mut rx: mpsc::Receiver<Vec<u8
 
 /// Hands a decoded message to the event loop, once its bytes fit in the connection's budget and
 /// the node's.
+/// Hands a frame of `size` bytes to the event loop, once the connection's and the node's byte
+/// budgets have room for it.
 async fn deliver(
     ctx: &NetContext,
     own: &Arc<Semaphore>,
     from: &OdsCode,
     conn_id: u64,
-    message: Message,
+    (message, size): (Delivered, usize),
 ) -> Result<(), ()> {
-    let bytes = u32::try_from(wire::encode_frame(&message).len()).unwrap_or(u32::MAX).max(1);
+    let bytes = u32::try_from(size).unwrap_or(u32::MAX).max(1);
     let mine = own.clone().acquire_many_owned(bytes).await.map_err(|_| ())?;
     let node = ctx.input_bytes.clone().acquire_many_owned(bytes).await.map_err(|_| ())?;
     let input = Input::Frame { from: from.clone(), conn_id, message: Box::new(message), _bytes: [mine, node] };
     ctx.inputs.send(input).await.map_err(|_| ())
+}
+
+/// A setting's lookup checked here, beside the event loop, with the key the directory lists for
+/// the setting under the lookup's key id. Anything else, or a lookup that does not verify, goes
+/// to the loop as it came (the hub refuses it there, with its reason).
+fn pre_verify(ctx: &NetContext, from: &OdsCode, message: Message) -> Delivered {
+    let Message::Lookup(signed) = message else { return Delivered::Message(message) };
+    let key =
+        ctx.directory.read().ok().and_then(|d| d.member(from).and_then(|m| m.key(signed.key_id)).map(|k| k.public));
+    match key.map(|k| signed.clone().verify_with(&k)) {
+        Some(Ok(verified)) => Delivered::VerifiedLookup(verified),
+        _ => Delivered::Message(Message::Lookup(signed)),
+    }
 }
 
 fn connection_budget() -> Arc<Semaphore> {
@@ -370,10 +385,10 @@ async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u
     };
     loop {
         let frame = tokio::select! {
-            f = read_message(&mut recv) => f,
+            f = transport::read_frame(&mut recv) => f,
             _ = shutdown.changed() => return "shutting down".into(),
         };
-        let message = match frame {
+        let (message, size) = match frame {
             Ok(Some(m)) => m,
             Ok(None) => return "stream finished".into(),
             Err(FrameError::Read(e)) => return e.to_string(),
@@ -385,7 +400,7 @@ async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u
                 return reason;
             }
         };
-        if deliver(ctx, &own, peer, conn_id, message).await.is_err() {
+        if deliver(ctx, &own, peer, conn_id, (Delivered::Message(message), size)).await.is_err() {
             return "node stopping".into();
         }
     }
@@ -430,15 +445,16 @@ async fn setting_session(
     // A session is a Sync then a Lookup: at most a few frames; one more closes the connection.
     let own = connection_budget();
     for read in 0..=SETTING_SESSION_FRAMES_MAX {
-        match read_message(&mut recv).await {
+        match transport::read_frame(&mut recv).await {
             Ok(Some(_)) if read == SETTING_SESSION_FRAMES_MAX => {
                 warn!(setting = %code, "more frames than a lookup session holds: closing the connection");
                 let _ = ctx.inputs.send(Input::BadFrame).await;
                 conn.close(CLOSE_BAD_FRAME.into(), b"too many frames");
                 break;
             }
-            Ok(Some(message)) => {
-                if deliver(&ctx, &own, &code, conn_id, message).await.is_err() {
+            Ok(Some((message, size))) => {
+                let delivered = pre_verify(&ctx, &code, message);
+                if deliver(&ctx, &own, &code, conn_id, (delivered, size)).await.is_err() {
                     break;
                 }
             }

@@ -8,7 +8,7 @@
 //! own `poll_timeout`.
 
 use crate::config::{self, NodeConfig, NodeRole};
-use crate::inputs::{Durability, INPUT_QUEUE_BYTES_MAX, INPUT_QUEUE_MAX, Input, Link};
+use crate::inputs::{Delivered, Durability, INPUT_QUEUE_BYTES_MAX, INPUT_QUEUE_MAX, Input, Link};
 use crate::metrics::Metrics;
 use crate::net::{self, NetContext};
 use crate::status::{AuthorityState, HubState, OriginState, PeerState, Snapshot};
@@ -515,12 +515,22 @@ impl Node {
         }
     }
 
-    fn on_frame(&mut self, from: OdsCode, conn_id: u64, message: Message) {
+    fn on_frame(&mut self, from: OdsCode, conn_id: u64, delivered: Delivered) {
         let member = self.peers.get(&from).is_some_and(|p| p.conn_id == conn_id);
         let setting = self.settings.contains_key(&conn_id);
         if !member && !setting {
             return;
         }
+        let message = match delivered {
+            Delivered::VerifiedLookup(lookup) if setting => {
+                let id = lookup.body().lookup_id;
+                self.lookup_routes.entry(id).or_default().push_back((conn_id, Instant::now()));
+                self.metrics.received("lookup");
+                return self.machine.handle_verified_lookup(&from, lookup, net::now());
+            }
+            Delivered::VerifiedLookup(lookup) => Message::Lookup(lookup.into_signed()),
+            Delivered::Message(message) => message,
+        };
         if setting {
             match &message {
                 Message::Lookup(l) => {

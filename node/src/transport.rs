@@ -348,6 +348,11 @@ pub async fn write_frame(send: &mut quinn::SendStream, frame: &[u8]) -> Result<(
 
 /// Reads and decodes one frame; `Ok(None)` if the stream ended cleanly before a header.
 pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message>, FrameError> {
+    Ok(read_frame(recv).await?.map(|(message, _)| message))
+}
+
+/// [`read_message`], with the frame's size in bytes (header included).
+pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Option<(Message, usize)>, FrameError> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     match recv.read_exact(&mut header).await {
         Ok(()) => {}
@@ -357,7 +362,7 @@ pub async fn read_message(recv: &mut quinn::RecvStream) -> Result<Option<Message
     let len = wire::frame_len(header)?;
     let mut payload = vec![0u8; len];
     recv.read_exact(&mut payload).await.map_err(|e| exact_error(e, len))?;
-    Ok(Some(wire::decode_payload(&payload)?))
+    Ok(Some((wire::decode_payload(&payload)?, FRAME_HEADER_BYTES + len)))
 }
 
 fn exact_error(error: ReadExactError, expected: usize) -> FrameError {

@@ -401,20 +401,7 @@ impl TrustedDirectory {
         signer: &OdsCode,
         role: Role,
     ) -> Result<Verified<T>, RecordError> {
-        let member = self.member(signer).ok_or_else(|| RecordError::UnknownSigner(signer.clone()))?;
-        if member.role != role {
-            return Err(RecordError::WrongRole {
-                code: signer.clone(),
-                expected: role.name(),
-                actual: member.role.name(),
-            });
-        }
-        let key = member
-            .key(signed.key_id)
-            .ok_or_else(|| RecordError::UnknownKey { code: signer.clone(), key: signed.key_id })?;
-        if matches!(key.status, KeyStatus::Revoked { .. }) {
-            return Err(RecordError::RevokedKey { code: signer.clone(), key: signed.key_id });
-        }
+        self.signer_key(signed.key_id, signer, role)?;
         let bad = || RecordError::BadSignature { code: signer.clone() };
         let prepared = self.prepared.get(&signed.key_id).ok_or_else(bad)?;
         signed.verify_prepared(prepared).map_err(|_| bad())
@@ -430,16 +417,52 @@ impl TrustedDirectory {
     ) -> Result<Verified<T>, RecordError> {
         let key_id = signed.key_id;
         let verified = self.verify(signed, signer, role)?;
-        let key = self.member(signer).and_then(|m| m.key(key_id));
-        let Some(key) = key.filter(|k| k.valid_from <= at && at < k.valid_until) else {
+        self.check_window(self.signer_key(key_id, signer, role)?, signer, at)?;
+        Ok(verified)
+    }
+
+    /// For a record whose signature a driver already checked (off its event loop) with the key
+    /// this directory lists under the record's key id: every check of [`Self::verify_at`] but
+    /// the signature's, against this directory now.
+    pub fn admit_verified_at<T>(
+        &self,
+        verified: &Verified<T>,
+        signer: &OdsCode,
+        role: Role,
+        at: Timestamp,
+    ) -> Result<(), RecordError> {
+        self.check_window(self.signer_key(verified.signed().key_id, signer, role)?, signer, at)
+    }
+
+    /// The key `signer` signs with as a `role`: a member's, of that role, known and not revoked.
+    fn signer_key(&self, key_id: KeyId, signer: &OdsCode, role: Role) -> Result<&MemberKey, RecordError> {
+        let member = self.member(signer).ok_or_else(|| RecordError::UnknownSigner(signer.clone()))?;
+        if member.role != role {
+            return Err(RecordError::WrongRole {
+                code: signer.clone(),
+                expected: role.name(),
+                actual: member.role.name(),
+            });
+        }
+        let key = member.key(key_id).ok_or_else(|| RecordError::UnknownKey { code: signer.clone(), key: key_id })?;
+        if matches!(key.status, KeyStatus::Revoked { .. }) {
+            return Err(RecordError::RevokedKey { code: signer.clone(), key: key_id });
+        }
+        Ok(key)
+    }
+
+    /// `at` falls in the key's validity window, and not at or after its retirement.
+    fn check_window(&self, key: &MemberKey, signer: &OdsCode, at: Timestamp) -> Result<(), RecordError> {
+        let key_id = key.id();
+        if !(key.valid_from <= at && at < key.valid_until) {
             return Err(RecordError::OutsideWindow { code: signer.clone(), key: key_id, at });
-        };
+        }
         if let KeyStatus::Retired { at: retired_at } = key.status
             && at >= retired_at
         {
             return Err(RecordError::SignedAfterRetirement { code: signer.clone(), key: key_id, at, retired_at });
         }
-        Ok(verified)
+        Ok(())
     }
 }
 
@@ -596,6 +619,27 @@ mod tests {
 
     fn now() -> Timestamp {
         Timestamp(DAY)
+    }
+
+    #[test]
+    fn a_record_verified_by_the_driver_is_admitted_only_in_its_keys_window_and_before_its_retirement() {
+        let r = roots();
+        let mut d = directory(1, &r);
+        d.members[1].keys[0].status = KeyStatus::Retired { at: Timestamp(5 * DAY) };
+        let trusted = TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now()).unwrap();
+        let signer = Identity::from_seed([11; 32]);
+        let verified = signer.sign(directory(9, &r)).verify_with(&signer.public()).unwrap();
+        let code = OdsCode::parse("204").unwrap();
+        let admit = |role, at| trusted.admit_verified_at(&verified, &code, role, Timestamp(at));
+        assert!(admit(Role::Authority, DAY).is_ok());
+        assert!(matches!(admit(Role::Authority, 6 * DAY), Err(RecordError::SignedAfterRetirement { .. })));
+        assert!(matches!(admit(Role::Authority, 2000 * DAY), Err(RecordError::OutsideWindow { .. })));
+        assert!(matches!(admit(Role::Hub, DAY), Err(RecordError::WrongRole { .. })));
+        // The same verdicts as checking the signature here.
+        let here = |at| trusted.verify_at(verified.signed().clone(), &code, Role::Authority, Timestamp(at)).map(drop);
+        assert!(here(DAY).is_ok());
+        assert!(matches!(here(6 * DAY), Err(RecordError::SignedAfterRetirement { .. })));
+        assert!(matches!(here(2000 * DAY), Err(RecordError::OutsideWindow { .. })));
     }
 
     #[test]

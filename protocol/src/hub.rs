@@ -12,9 +12,10 @@ use crate::directory::{KeyStatus, Role, SignedDirectory, TrustedDirectory};
 use crate::feed::{EntryBody, LiveFeed, SignedEntry, SignedHead};
 use crate::ids::{LookupId, NhsNumber, OdsCode};
 use crate::machine::{CommandId, DirectoryState, Event, Queues, Reply, RestoreError, Transmit, earliest};
+use crate::records::AccessEvent;
 use crate::refusal::Refusal;
 use crate::schema::{self, RowError, StoreOp, StoredRow};
-use crate::sign::{Identity, KeyId, Signed};
+use crate::sign::{Identity, KeyId, Signed, Verified};
 use crate::time::Timestamp;
 use crate::wire::{Message, Notification, Receipt, Refused};
 use serde::{Deserialize, Serialize};
@@ -24,7 +25,7 @@ mod lookups;
 mod notify;
 mod replica;
 
-pub use lookups::RateLimits;
+pub use lookups::{IncomingLookup, RateLimits};
 
 /// Timings and limits of a hub; every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -466,6 +467,15 @@ impl Hub {
         }
     }
 
+    /// A lookup whose signature the driver checked (see [`IncomingLookup`]); from anything but a
+    /// connected setting it is refused as the same lookup off the wire would be.
+    pub(crate) fn handle_verified_lookup(&mut self, from: &OdsCode, lookup: Verified<AccessEvent>, now: Timestamp) {
+        match self.peers.get(from).map(|p| p.role) {
+            Some(Role::Setting) => self.on_lookup(from, IncomingLookup::Verified(lookup), now),
+            _ => self.handle_message(from, Message::Lookup(lookup.into_signed()), now),
+        }
+    }
+
     pub(crate) fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
         let kind = message.kind();
         let Some(role) = self.peers.get(from).map(|p| p.role) else {
@@ -480,7 +490,7 @@ impl Hub {
             }
             (Role::Hub | Role::Authority, Message::Feed(batch)) => self.on_feed(from, role, batch, now),
             (Role::Hub | Role::Authority, Message::Head(head)) => self.on_head(from, role, head, now),
-            (Role::Setting, Message::Lookup(event)) => self.on_lookup(from, event, now),
+            (Role::Setting, Message::Lookup(event)) => self.on_lookup(from, IncomingLookup::Signed(event), now),
             (Role::Hub, Message::Notify(n)) => self.on_relay(from, n, now),
             (Role::Hub | Role::Authority, Message::Receipt(r)) => self.on_receipt(from, r, now),
             (Role::Hub | Role::Authority, Message::Refused(r)) => self.on_refused(from, r),

@@ -15,7 +15,9 @@
 //!    - [`handle_connected`](machine::Machine::handle_connected) /
 //!      [`handle_disconnected`](machine::Machine::handle_disconnected) as connections come and go
 //!      (the driver checked the peer's key in the handshake);
-//!    - [`handle_message`](machine::Machine::handle_message) for every decoded frame;
+//!    - [`handle_message`](machine::Machine::handle_message) for every decoded frame, or
+//!      [`handle_verified_lookup`](machine::Machine::handle_verified_lookup) for a setting's lookup
+//!      whose signature the driver already checked beside its event loop;
 //!    - [`handle_timeout`](machine::Machine::handle_timeout) once the time
 //!      [`poll_timeout`](machine::Machine::poll_timeout) gave has come;
 //!    - [`handle_command`](machine::Machine::handle_command) for an operator's command;

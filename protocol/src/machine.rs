@@ -9,10 +9,10 @@ use crate::codec;
 use crate::directory::{AdmissionError, DirectoryError, Role, SignedDirectory, TrustedDirectory};
 use crate::hub::{Hub, HubConfig};
 use crate::ids::{LookupId, OdsCode, PlanRef};
-use crate::records::{Contacts, LookupKind, Plan};
+use crate::records::{AccessEvent, Contacts, LookupKind, Plan};
 use crate::refusal::Refusal;
 use crate::schema::{self, RowError, StoreOp, StoredRow, WriteBatch};
-use crate::sign::{Identity, KeyId};
+use crate::sign::{Identity, KeyId, Verified};
 use crate::time::{Date, Timestamp};
 use crate::wire::{DIRECTORY_CHAIN_MAX, FRAME_BYTES_MAX, Message};
 use std::collections::{BTreeMap, VecDeque};
@@ -207,6 +207,17 @@ impl Machine {
     /// A message from a connected peer.
     pub fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
         each!(self, m => m.handle_message(from, message, now))
+    }
+
+    /// A care setting's lookup whose signature the driver already checked, off its event loop,
+    /// with the key the directory lists under the lookup's key id (`Signed::verify_with`). The hub
+    /// makes every other check of [`Message::Lookup`] (key window, kind, replay, limits); an
+    /// authority refuses it as it refuses any lookup.
+    pub fn handle_verified_lookup(&mut self, from: &OdsCode, lookup: Verified<AccessEvent>, now: Timestamp) {
+        match self {
+            Machine::Hub(h) => h.handle_verified_lookup(from, lookup, now),
+            Machine::Authority(a) => a.handle_message(from, Message::Lookup(lookup.into_signed()), now),
+        }
     }
 
     /// The time [`Machine::poll_timeout`] gave has come (calling it early is harmless).

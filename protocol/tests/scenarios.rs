@@ -907,3 +907,50 @@ fn hub_whose_own_key_is_revoked__refuses_lookups_so_that_settings_ask_another_hu
     assert!(refused(&net, "HUBS", |r| matches!(r, Refusal::OwnKeyNotUsable(_))) >= 1);
     assert_eq!(net.disk("HUBS").table(Table::AccessLog).count(), before, "no visit signed with a revoked key");
 }
+
+#[test]
+fn lookup_whose_signature_the_driver_checked__answered__and_the_hub_still_checks_the_keys_retirement() {
+    let mut net = net();
+    net.run_for(1_000);
+    net.lookup("RXH01", "HUBS", nhs(CHILD));
+    net.run_for(1_000);
+    let fed = net.fed.clone();
+    let key = fed.identity("RXH01").public();
+    let person = Person { id: "U1".into(), name: "Dr A Clinician".into(), role: "Nurse".into() };
+    let driver_checked = |net: &Net, id: LookupId| {
+        let signed = net.setting("RXH01").lookup(nhs(CHILD), person.clone(), id, net.now).unwrap();
+        signed.verify_with(&key).expect("the setting's own signature verifies")
+    };
+    let first = LookupId([7; 16]);
+    let verified = driver_checked(&net, first);
+    net.with_machine("HUBS", |m, now| m.handle_verified_lookup(&code("RXH01"), verified, now));
+    net.run_for(1_000);
+    assert!(matches!(net.reply_to(first), Some(Message::Answer(_))), "{:?}", net.reply_to(first));
+
+    // The key is retired; a lookup it signs afterwards verifies, but the hub refuses it: the
+    // session is closed (the key no longer admitted) or the signing time is after retirement.
+    let refusals = |net: &Net| {
+        refused(net, "HUBS", |r| {
+            matches!(
+                r,
+                Refusal::NotConnected
+                    | Refusal::Signature(cpis_protocol::directory::RecordError::SignedAfterRetirement { .. })
+            )
+        })
+    };
+    let before = refusals(&net);
+    let current = net.hub("HUBS").directory().directory().clone();
+    let retired_at = net.now;
+    let v2 = fed.next_directory(&current, |d| {
+        let m = d.members.iter_mut().find(|m| m.code.as_str() == "RXH01").unwrap();
+        m.keys[0].status = KeyStatus::Retired { at: retired_at };
+    });
+    assert_eq!(net.command("HUBS", Command::PublishDirectories(vec![v2])), Some(Reply::Directory { version: 2 }));
+    net.run_for(1_000);
+    let second = LookupId([8; 16]);
+    let verified = driver_checked(&net, second);
+    net.with_machine("HUBS", |m, now| m.handle_verified_lookup(&code("RXH01"), verified, now));
+    net.run_for(1_000);
+    assert!(!matches!(net.reply_to(second), Some(Message::Answer(_))), "no answer to a lookup signed after retirement");
+    assert_eq!(refusals(&net), before + 1);
+}

@@ -9,7 +9,7 @@ use crate::machine::{Event, Transmit};
 use crate::records::{AccessEvent, LookupKind};
 use crate::refusal::Refusal;
 use crate::schema::{self, StoreOp};
-use crate::sign::Signed;
+use crate::sign::{Signed, Verified};
 use crate::time::{DAY_MS, Timestamp};
 use crate::wire::{ANSWER_PLANS_MAX, AuthorityAnswer, FeedBatch, HISTORY_LEN_MAX, LookupAnswer, Message, Notification};
 use std::collections::{BTreeMap, HashMap};
@@ -86,10 +86,26 @@ enum Seen {
     Retry,
 }
 
+/// A lookup as it reaches the hub: as signed on the wire, or with its signature already checked
+/// by the driver (off the event loop) against the key the directory lists under its key id.
+pub enum IncomingLookup {
+    Signed(Signed<AccessEvent>),
+    Verified(Verified<AccessEvent>),
+}
+
+impl IncomingLookup {
+    fn signed(&self) -> &Signed<AccessEvent> {
+        match self {
+            IncomingLookup::Signed(s) => s,
+            IncomingLookup::Verified(v) => v.signed(),
+        }
+    }
+}
+
 impl Hub {
-    pub(super) fn on_lookup(&mut self, from: &OdsCode, signed: Signed<AccessEvent>, now: Timestamp) {
-        let lookup_id = signed.body.lookup_id;
-        let kind = match self.check_lookup(from, &signed, now) {
+    pub(super) fn on_lookup(&mut self, from: &OdsCode, lookup: IncomingLookup, now: Timestamp) {
+        let lookup_id = lookup.signed().body.lookup_id;
+        let (signed, kind) = match self.check_lookup(from, lookup, now) {
             Err(reason) => {
                 if let Refusal::SettingRateLimited(_) | Refusal::PersonRateLimited(_) = reason {
                     let per_person = matches!(reason, Refusal::PersonRateLimited(_));
@@ -97,8 +113,8 @@ impl Hub {
                 }
                 return self.refuse_lookup(from, lookup_id, reason);
             }
-            Ok((Seen::Retry, _)) => return self.answer_retry(from, &signed, now),
-            Ok((Seen::New, kind)) => kind,
+            Ok((Seen::Retry, signed, _)) => return self.answer_retry(from, &signed, now),
+            Ok((Seen::New, signed, kind)) => (signed, kind),
         };
         let nhs = signed.body.nhs;
         let answer = self.answer(&signed.body, now);
@@ -139,24 +155,34 @@ impl Hub {
         }
     }
 
-    /// Checks a lookup, cheapest refusals first after the signature; returns whether it is new
-    /// and what kind of lookup the setting's type in the directory makes it.
+    /// Checks a lookup, cheapest refusals first after the signature; returns whether it is new,
+    /// the signed lookup, and what kind of lookup the setting's type in the directory makes it.
     fn check_lookup(
         &mut self,
         from: &OdsCode,
-        signed: &Signed<AccessEvent>,
+        lookup: IncomingLookup,
         now: Timestamp,
-    ) -> Result<(Seen, LookupKind), Refusal> {
-        let event = &signed.body;
+    ) -> Result<(Seen, Signed<AccessEvent>, LookupKind), Refusal> {
         let own = self.identity.key_id();
         let me = self.dir.trusted.member(&self.code);
         if !me.and_then(|m| m.key(own)).is_some_and(|k| k.usable_at(now)) {
             return Err(Refusal::OwnKeyNotUsable(own));
         }
-        if event.setting != *from {
-            return Err(Refusal::NotFromSetting { claimed: event.setting.clone(), from: from.clone() });
+        let claimed = &lookup.signed().body.setting;
+        if claimed != from {
+            return Err(Refusal::NotFromSetting { claimed: claimed.clone(), from: from.clone() });
         }
-        self.dir.trusted.verify_at(signed.clone(), from, Role::Setting, event.at)?;
+        let signed = match lookup {
+            IncomingLookup::Signed(s) => {
+                let at = s.body.at;
+                self.dir.trusted.verify_at(s, from, Role::Setting, at)?.into_signed()
+            }
+            IncomingLookup::Verified(v) => {
+                self.dir.trusted.admit_verified_at(&v, from, Role::Setting, v.body().at)?;
+                v.into_signed()
+            }
+        };
+        let event = &signed.body;
         event.check()?;
         let skew_ms = self.config.clock_skew_max_ms;
         if now.since(event.at) > skew_ms || event.at.since(now) > skew_ms {
@@ -170,12 +196,12 @@ impl Hub {
             .map_or(LookupKind::Scheduled, |t| t.lookup_kind());
         let seen = match self.recent_lookups.get(&event.lookup_id) {
             None => Seen::New,
-            Some((_, signature)) if *signature == signed.signature => return Ok((Seen::Retry, kind)),
+            Some((_, signature)) if *signature == signed.signature => return Ok((Seen::Retry, signed, kind)),
             Some(_) => return Err(Refusal::Replayed(event.lookup_id)),
         };
         let limits = (self.config.setting_lookups_per_hour, self.config.person_lookups_per_hour);
         self.limits.allow(from, &event.person.id, limits, now)?;
-        Ok((seen, kind))
+        Ok((seen, signed, kind))
     }
 
     /// Adds the visit to this hub's own feed; returns the work to do once it is durable.

@@ -377,7 +377,7 @@ pub(crate) fn parse_plan(b: &PlanBody) -> Result<Plan, String> {
         due: optional_date("due", b.due.as_deref())?,
         withdrawn: false,
     };
-    plan.check_recorded_on(crate::net::now().date()).map_err(|e| e.to_string())?;
+    plan.check().map_err(|e| e.to_string())?;
     Ok(plan)
 }
 

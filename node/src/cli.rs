@@ -112,11 +112,9 @@ pub async fn main() -> anyhow::Result<()> {
 }
 
 /// Tells systemd (a `Type=notify` unit) that the node is ready or stopping; nothing when not
-/// run by systemd.
+/// run by systemd (no `NOTIFY_SOCKET`).
 fn tell_service_manager(state: sd_notify::NotifyState) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some()
-        && let Err(e) = sd_notify::notify(&[state])
-    {
+    if let Err(e) = sd_notify::notify(&[state]) {
         tracing::warn!(error = %e, "could not notify the service manager");
     }
 }

@@ -13,7 +13,8 @@ use std::time::Duration;
 type Label = [(&'static str, &'static str); 1];
 
 /// Upper bounds of the lookup and store-commit histograms, in seconds.
-const FAST_BUCKETS_S: [f64; 12] = [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 2.0, 10.0];
+const FAST_BUCKETS_S: [f64; 14] =
+    [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0];
 /// Upper bounds of the notification delivery histogram, in seconds (a council may be down for hours).
 const DELIVERY_BUCKETS_S: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 60.0, 600.0, 3600.0, 86400.0];
 
@@ -99,11 +100,11 @@ impl Metrics {
         let name = event_name(e);
         self.events.get_or_create(&[("event", name)]).inc();
         match e {
+            // A rate-limited lookup is also a refused lookup: counted once, as that.
             Event::BatchRefused { .. }
             | Event::MessageRefused { .. }
             | Event::LookupRefused { .. }
-            | Event::DirectoryRefused { .. }
-            | Event::RateLimited { .. } => self.message_refused(name),
+            | Event::DirectoryRefused { .. } => self.message_refused(name),
             Event::NotificationDelivered { latency_ms, .. } => self.delivery.observe(*latency_ms as f64 / 1000.0),
             _ => {}
         }

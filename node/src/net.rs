@@ -337,8 +337,6 @@ async fn write_frames_uni(conn: quinn::Connection, mut rx: mpsc::Receiver<Vec<u8
     }
 }
 
-/// Hands a decoded message to the event loop, once its bytes fit in the connection's budget and
-/// the node's.
 /// Hands a frame of `size` bytes to the event loop, once the connection's and the node's byte
 /// budgets have room for it.
 async fn deliver(

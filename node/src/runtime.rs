@@ -297,6 +297,8 @@ struct Node {
     replies: HashMap<CommandId, oneshot::Sender<Reply>>,
     metrics: Metrics,
     started: Instant,
+    /// When the node started, by the wall clock (`process_start_time_seconds`).
+    started_at: Timestamp,
 }
 
 impl Node {
@@ -332,6 +334,7 @@ impl Node {
             replies: HashMap::new(),
             metrics,
             started: Instant::now(),
+            started_at: net::now(),
         }
     }
 
@@ -521,32 +524,33 @@ impl Node {
         if !member && !setting {
             return;
         }
-        let message = match delivered {
-            Delivered::VerifiedLookup(lookup) if setting => {
-                let id = lookup.body().lookup_id;
-                self.lookup_routes.entry(id).or_default().push_back((conn_id, Instant::now()));
-                self.metrics.received("lookup");
-                return self.machine.handle_verified_lookup(&from, lookup, net::now());
-            }
-            Delivered::VerifiedLookup(lookup) => Message::Lookup(lookup.into_signed()),
-            Delivered::Message(message) => message,
+        let lookup_id = match &delivered {
+            Delivered::VerifiedLookup(l) => Some(l.body().lookup_id),
+            Delivered::Message(Message::Lookup(l)) => Some(l.body.lookup_id),
+            Delivered::Message(_) => None,
         };
         if setting {
-            match &message {
-                Message::Lookup(l) => {
-                    self.lookup_routes.entry(l.body.lookup_id).or_default().push_back((conn_id, Instant::now()));
-                }
-                Message::Sync { .. } => {
-                    self.sync_routes.insert(from.clone(), conn_id);
-                }
-                _ => {}
+            if let Some(id) = lookup_id {
+                self.lookup_routes.entry(id).or_default().push_back((conn_id, Instant::now()));
+            }
+            if let Delivered::Message(Message::Sync { .. }) = &delivered {
+                self.sync_routes.insert(from.clone(), conn_id);
             }
         }
-        if let (Message::Sync { directory_version, .. }, Some(seen)) = (&message, self.seen.get_mut(&from)) {
-            seen.directory_version = Some(*directory_version);
+        let now = net::now();
+        match delivered {
+            Delivered::VerifiedLookup(lookup) => {
+                self.metrics.received("lookup");
+                self.machine.handle_verified_lookup(&from, lookup, now);
+            }
+            Delivered::Message(message) => {
+                if let (Message::Sync { directory_version, .. }, Some(seen)) = (&message, self.seen.get_mut(&from)) {
+                    seen.directory_version = Some(*directory_version);
+                }
+                self.metrics.received(message.kind());
+                self.machine.handle_message(&from, message, now);
+            }
         }
-        self.metrics.received(message.kind());
-        self.machine.handle_message(&from, message, net::now());
     }
 
     /// Lets the machine's outputs out.
@@ -732,6 +736,7 @@ impl Node {
             directory_version: dir.version(),
             directory_expires_at: dir.directory().expires_at,
             uptime_s: self.started.elapsed().as_secs(),
+            started_at: self.started_at,
             peers: self.peer_states(dir, &code),
             settings_connected: self.settings.len(),
             inputs_queued: self.ctx.inputs.max_capacity() - self.ctx.inputs.capacity(),

@@ -75,6 +75,7 @@ pub struct Snapshot {
     pub directory_version: u64,
     pub directory_expires_at: Timestamp,
     pub uptime_s: u64,
+    pub started_at: Timestamp,
     pub peers: Vec<PeerState>,
     pub settings_connected: usize,
     pub inputs_queued: usize,
@@ -246,7 +247,7 @@ impl Snapshot {
             family(
                 &mut r,
                 "cpis_replica_head_age_seconds",
-                "Age of the newest signed head of each council's feed this hub holds (councils re-sign it every few minutes)",
+                "Age of the newest signed head of each council's feed this hub holds (councils re-sign it every head_interval_ms, a minute by default)",
                 "origin",
                 ages,
             );

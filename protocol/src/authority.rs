@@ -434,8 +434,15 @@ impl Authority {
         ops: &mut Vec<StoreOp>,
         after: &mut Vec<After>,
     ) -> Result<Change, CommandError> {
-        plan.check_recorded_on(now.date())?;
-        if self.plans.get(&plan.reference) == Some(&plan) {
+        // Dates are judged against today when they are new: a plan stored long ago can still be
+        // ended or withdrawn, and an unchanged row of a nightly export stays unchanged.
+        let stored = self.plans.get(&plan.reference);
+        if stored.is_none_or(|s| s.start != plan.start || s.due != plan.due) {
+            plan.check_recorded_on(now.date())?;
+        } else {
+            plan.check()?;
+        }
+        if stored == Some(&plan) {
             return Ok(Change::Unchanged);
         }
         ops.push(schema::PLANS.put(&plan.reference, &plan));

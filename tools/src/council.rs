@@ -67,7 +67,7 @@ pub async fn set_contacts(api: &NodeApi, contacts: &Contacts) -> Result<Value, A
 }
 
 /// One page of the inbox, newest first: `open` ones only or all.
-pub async fn notifications(api: &NodeApi, open_only: bool, limit: usize, offset: usize) -> Result<Value, ApiError> {
+pub async fn notifications(api: &NodeApi, open_only: bool, limit: u64, offset: u64) -> Result<Value, ApiError> {
     let show = if open_only { "open" } else { "all" };
     api.get(&format!("/notifications?show={show}&limit={limit}&offset={offset}")).await
 }
@@ -150,7 +150,7 @@ pub fn import_text(report: &Value) -> String {
         applied + unchanged + refused
     );
     if report["dry_run"] == true {
-        let _ = writeln!(out, "A dry run: nothing was stored (\"applied\" means the row would be).");
+        let _ = writeln!(out, "A dry run: nothing was stored (\"applied\" means the row would be sent to the node).");
     }
     if refused > 0 {
         let _ = writeln!(
@@ -161,7 +161,6 @@ pub fn import_text(report: &Value) -> String {
     out
 }
 
-/// The inbox, one block per notification.
 /// One page of the inbox in words, and where it sits among all that match.
 pub fn inbox_text(value: &Value, unacknowledged_only: bool) -> String {
     let shown = items(value, "notifications");

@@ -23,8 +23,8 @@ struct Cli {
     /// Print one JSON document instead of text (shapes in docs/cli.md).
     #[arg(long, global = true)]
     json: bool,
-    /// Seconds to wait for a node's or gateway's API before giving up (a large import is the
-    /// slowest call).
+    /// Seconds to wait for a node's or a gateway's HTTP API before giving up (a large import is
+    /// the slowest call; `cpis lookup` over QUIC keeps the setting's hub_timeout_ms).
     #[arg(long, global = true, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     timeout: u64,
     #[command(subcommand)]
@@ -375,7 +375,9 @@ enum PlansCommand {
     /// Imports a CSV file from a case-management system (format in docs/cli.md).
     Import {
         file: PathBuf,
-        /// Check every row and print the report an import would give, storing nothing.
+        /// Check every row's fields and print the report, storing nothing ("applied" means the
+        /// row would be sent; the node's own checks, such as dates against today, come with the
+        /// real import).
         #[arg(long)]
         dry_run: bool,
         #[command(flatten)]
@@ -406,11 +408,11 @@ enum InboxCommand {
         #[arg(long)]
         unacknowledged: bool,
         /// Most to show, newest first.
-        #[arg(long, default_value_t = 100)]
-        limit: usize,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+        limit: u64,
         /// How many of the newest to skip first (the next page: --offset 100).
         #[arg(long, default_value_t = 0)]
-        offset: usize,
+        offset: u64,
         #[command(flatten)]
         node: NodeArg,
     },

@@ -121,6 +121,19 @@ fn ms(sorted: &[Duration], q: f64) -> f64 {
     sorted.get(at).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
 
+/// Polls `check` every half millisecond until it holds; panics naming `what` after 30 s (a
+/// stall is a finding, never a figure).
+async fn poll_fast(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    panic!("{what}: not within 30 s");
+}
+
 /// A CSV of one LAC plan per child.
 fn plans_csv(children: &[NhsNumber], first: usize) -> String {
     let mut csv = String::from("reference,nhs_number,plan_type,start_date\n");
@@ -200,7 +213,7 @@ async fn spawn(fed: &Fed, code: &str) -> NodeProcess {
         .arg(&config)
         .env(RUN_AS_NODE, "1")
         .env("RUST_LOG", "warn")
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(fed.home(code).join("node.log")).expect("a log file"))
         .spawn()
         .map(NodeProcess)
         .expect("spawn a node");
@@ -276,13 +289,11 @@ async fn lookups(report: &mut Report) {
         setting_lookups(fed.clone(), codes[0].clone(), "HUBS".into(), vec![*nhs]).await;
         let answered = Instant::now();
         let path = format!("/notifications?nhs={}&limit=1", nhs.digits());
-        for _ in 0..20_000 {
+        let arrived = async || {
             let (_, text) = http(addr, &token, "GET", &path, None).await;
-            if serde_json::from_str::<Value>(&text).is_ok_and(|v| v["total"].as_u64() >= Some(1)) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
+            serde_json::from_str::<Value>(&text).is_ok_and(|v| v["total"].as_u64() >= Some(1))
+        };
+        poll_fast("the notification reaches the council's inbox", arrived).await;
         notified.push(answered.elapsed());
     }
     notified.sort();
@@ -321,12 +332,7 @@ async fn visible_at_all_hubs(report: &mut Report) {
         let recorded = Instant::now();
         let seq = authority_seq(&fed, "204").await;
         for h in &hubs {
-            for _ in 0..20_000 {
-                if hub_seq(&fed, h, "204").await >= seq {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_micros(500)).await;
-            }
+            poll_fast("the plan reaches every hub", async || hub_seq(&fed, h, "204").await >= seq).await;
         }
         samples.push(recorded.elapsed());
     }

@@ -144,7 +144,7 @@ fn is_setting_config(path: &std::path::Path) -> Result<bool, ConfigError> {
 
 async fn run_gateway(path: &std::path::Path) -> anyhow::Result<()> {
     let config = SettingConfig::load(path)?;
-    init_logs(LogFormat::Text);
+    init_logs(config.gateway.log_format);
     let gateway = RunningGateway::start(config).await.context("starting the setting gateway")?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tell_service_manager(sd_notify::NotifyState::Ready);

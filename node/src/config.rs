@@ -648,6 +648,8 @@ pub struct GatewayConfig {
     pub lockout_failures: u32,
     /// How long a locked account stays locked. Default 900000 ms (15 minutes).
     pub lockout_ms: u64,
+    /// `text` (default) or `json` log lines.
+    pub log_format: LogFormat,
 }
 
 impl Default for GatewayConfig {
@@ -662,6 +664,7 @@ impl Default for GatewayConfig {
             session_idle_ms: 30 * 60_000,
             lockout_failures: 5,
             lockout_ms: 15 * 60_000,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -844,6 +847,12 @@ mod tests {
         assert_eq!((hub.role, hub.timing), (NodeRole::Hub, Timing::default()));
         assert_eq!(NodeConfig::load(&examples.join("authority.toml")).unwrap().role, NodeRole::Authority);
         assert_eq!(SettingConfig::load(&examples.join("setting.toml")).unwrap().code, "RXH01");
+        // The configs the Debian package installs as examples.
+        let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/examples");
+        assert_eq!(NodeConfig::load(&packaged.join("hub.toml")).unwrap().role, NodeRole::Hub);
+        assert_eq!(NodeConfig::load(&packaged.join("authority.toml")).unwrap().role, NodeRole::Authority);
+        let gateway = SettingConfig::load(&packaged.join("gateway.toml")).unwrap();
+        assert_eq!(gateway.gateway.log_format, LogFormat::Json);
     }
 
     #[test]

@@ -358,6 +358,12 @@ async fn serve_tls(
     mut stop: watch::Receiver<bool>,
 ) {
     use hyper_util::rt::TokioIo;
+    // Browsers that reached the pages over HTTPS keep to HTTPS for a year.
+    let app = app.layer(axum::middleware::map_response(|mut response: Response| async move {
+        let hsts = HeaderValue::from_static("max-age=31536000");
+        response.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+        response
+    }));
     let handshakes = Arc::new(tokio::sync::Semaphore::new(TLS_HANDSHAKES_MAX));
     loop {
         let (tcp, _) = tokio::select! {
@@ -397,4 +403,62 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<tokio_rustls::T
         .context("the certificate and key do not fit together")?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A page served over HTTPS (TLS 1.3, a certificate from files) carries HSTS with the other
+    /// security headers; over plain HTTP it does not.
+    #[tokio::test]
+    async fn https_pages_carry_hsts_and_the_security_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        let app = || {
+            Router::new()
+                .route("/", axum::routing::get(|| async { "hello" }))
+                .layer(axum::middleware::from_fn(security_headers))
+        };
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let bound = bind(loopback, (Some(&cert_path), Some(&key_path))).await.unwrap();
+        let addr = bound.listener.local_addr().unwrap();
+        assert!(bound.url.starts_with("https://"));
+        let (stop_tx, stop) = watch::channel(false);
+        tokio::spawn(serve(bound, app(), stop.clone()));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut response = String::new();
+        tls.read_to_string(&mut response).await.unwrap();
+        let lower = response.to_ascii_lowercase();
+        assert!(lower.starts_with("http/1.1 200"), "{response}");
+        assert!(lower.contains("strict-transport-security: max-age=31536000"), "{response}");
+        assert!(lower.contains("content-security-policy:") && lower.contains("x-frame-options: deny"), "{response}");
+
+        let plain = bind(loopback, (None, None)).await.unwrap();
+        let plain_addr = plain.listener.local_addr().unwrap();
+        tokio::spawn(serve(plain, app(), stop));
+        let mut tcp = tokio::net::TcpStream::connect(plain_addr).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut response = String::new();
+        tcp.read_to_string(&mut response).await.unwrap();
+        assert!(!response.to_ascii_lowercase().contains("strict-transport-security"), "{response}");
+        let _ = stop_tx.send(true);
+    }
 }

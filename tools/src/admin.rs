@@ -603,6 +603,8 @@ deadline_ms = 2000
 session_idle_ms = 1800000
 lockout_failures = 5
 lockout_ms = 900000
+# Log lines: "text" or "json".
+log_format = "text"
 "#,
         code = member.code,
         name = member.name,

@@ -446,7 +446,12 @@ async fn council_pages_in_chromium__acknowledge_a_lookup_no_import_for_social_wo
     accessibility.push(("council import form", run_axe(&browser, &axe).await));
     let started = Instant::now();
     click(&browser, "form[action='/import'] button[type='submit']").await;
-    // The job's page refreshes itself every second until the results are there.
+    // The upload is answered with a redirect to the job's page, which refreshes itself every
+    // second until the results are there. (The click may return before the browser has moved.)
+    wait_until("the browser reaches the import's job page", Duration::from_secs(20), || async {
+        browser.url().await.is_ok_and(|u| u.contains("/import/jobs/"))
+    })
+    .await;
     let job = browser.url().await.unwrap();
     let path = job.strip_prefix(&council).unwrap_or_else(|| panic!("on the council's pages: {job}")).to_string();
     assert!(path.starts_with("/import/jobs/"), "sent to the import's job page: {job}");

@@ -402,9 +402,7 @@ impl TrustedDirectory {
         role: Role,
     ) -> Result<Verified<T>, RecordError> {
         self.signer_key(signed.key_id, signer, role)?;
-        let bad = || RecordError::BadSignature { code: signer.clone() };
-        let prepared = self.prepared.get(&signed.key_id).ok_or_else(bad)?;
-        signed.verify_prepared(prepared).map_err(|_| bad())
+        self.check_signature(signed, signer)
     }
 
     /// [`Self::verify`], and the record's own time `at` must fall in the key's validity window.
@@ -415,10 +413,17 @@ impl TrustedDirectory {
         role: Role,
         at: Timestamp,
     ) -> Result<Verified<T>, RecordError> {
-        let key_id = signed.key_id;
-        let verified = self.verify(signed, signer, role)?;
-        self.check_window(self.signer_key(key_id, signer, role)?, signer, at)?;
+        let key = self.signer_key(signed.key_id, signer, role)?;
+        let verified = self.check_signature(signed, signer)?;
+        self.check_window(key, signer, at)?;
         Ok(verified)
+    }
+
+    /// The signature, with the key prepared for its key id (after [`Self::signer_key`]).
+    fn check_signature<T: Signable>(&self, signed: Signed<T>, signer: &OdsCode) -> Result<Verified<T>, RecordError> {
+        let bad = || RecordError::BadSignature { code: signer.clone() };
+        let prepared = self.prepared.get(&signed.key_id).ok_or_else(bad)?;
+        signed.verify_prepared(prepared).map_err(|_| bad())
     }
 
     /// For a record whose signature a driver already checked (off its event loop) with the key

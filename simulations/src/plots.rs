@@ -225,6 +225,23 @@ fn faults(t: &Timeline) -> Result<Plot, PlotError> {
     Ok(with_text("faults", "Faults over the run".into(), desc, svg))
 }
 
+/// A plot over the measured period (hours across) with linear values up, under `caption`.
+fn time_chart<'a, 'b: 'a>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    caption: &str,
+    y_label_area: u32,
+    x_max: f64,
+    y_max: f64,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>, PlotError> {
+    ChartBuilder::on(root)
+        .caption(caption, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(y_label_area)
+        .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+        .map_err(failed)
+}
+
 /// The heal's vertical line and the series' legend of a time plot.
 fn heal_line_and_legend<'a, 'b: 'a>(
     chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
@@ -256,13 +273,7 @@ fn replication_lag(t: &Timeline) -> Result<Plot, PlotError> {
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, 380)).into_drawing_area();
         root.fill(&WHITE).map_err(failed)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Replication lag per hub", (FONT, 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(90)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-            .map_err(failed)?;
+        let mut chart = time_chart(&root, "Replication lag per hub", 90, x_max, y_max)?;
         chart
             .configure_mesh()
             .x_label_formatter(&time_label)
@@ -458,13 +469,7 @@ fn lookups(t: &Timeline) -> Result<Plot, PlotError> {
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, 360)).into_drawing_area();
         root.fill(&WHITE).map_err(failed)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption("Lookups answered and missed", (FONT, 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-            .map_err(failed)?;
+        let mut chart = time_chart(&root, "Lookups answered and missed", 70, x_max, y_max)?;
         chart
             .configure_mesh()
             .x_label_formatter(&time_label)

@@ -249,6 +249,10 @@ pub struct Net {
     pub received: Vec<Received>,
     /// Messages and bytes sent, per node.
     pub sent: BTreeMap<OdsCode, (u64, u64)>,
+    /// Messages sent, per sender, receiver and kind.
+    pub traffic: BTreeMap<(OdsCode, OdsCode, &'static str), u64>,
+    /// Messages to lose once each: the next of this kind on this link (see [`Net::lose_next`]).
+    lose: Vec<(OdsCode, OdsCode, &'static str)>,
 }
 
 fn ordered(a: &OdsCode, b: &OdsCode) -> (OdsCode, OdsCode) {
@@ -274,6 +278,8 @@ impl Net {
             events: Vec::new(),
             received: Vec::new(),
             sent: BTreeMap::new(),
+            traffic: BTreeMap::new(),
+            lose: Vec::new(),
             config,
             fed,
         };
@@ -521,7 +527,24 @@ impl Net {
         self.enqueue(code(from), code(to), frame);
     }
 
+    /// Loses the next message of `kind` that `from` sends `to`, while their connection stays up.
+    pub fn lose_next(&mut self, from: &str, to: &str, kind: &'static str) {
+        self.lose.push((code(from), code(to), kind));
+    }
+
+    /// Messages of `kind` sent from `from` to `to` so far.
+    pub fn traffic(&self, from: &str, to: &str, kind: &'static str) -> u64 {
+        self.traffic.get(&(code(from), code(to), kind)).copied().unwrap_or(0)
+    }
+
     fn transmit(&mut self, from: &OdsCode, t: Transmit) {
+        let kind = t.message.kind();
+        *self.traffic.entry((from.clone(), t.to.clone(), kind)).or_default() += 1;
+        let link = (from.clone(), t.to.clone(), kind);
+        if let Some(i) = self.lose.iter().position(|l| *l == link) {
+            self.lose.remove(i);
+            return;
+        }
         let frame = wire::encode_frame(&t.message);
         self.enqueue(from.clone(), t.to, frame);
     }

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 mod lookups;
 mod notify;
 mod replica;
+use replica::ALL_BUCKETS;
 
 pub use lookups::{IncomingLookup, RateLimits};
 
@@ -438,7 +439,7 @@ impl Hub {
             let hubs: Vec<OdsCode> =
                 self.peers.iter().filter(|(_, p)| p.role == Role::Hub).map(|(c, _)| c.clone()).collect();
             for peer in hubs {
-                self.send_sync(&peer);
+                self.send_digest(&peer);
             }
             let authorities: Vec<OdsCode> =
                 self.peers.iter().filter(|(_, p)| p.role == Role::Authority).map(|(c, _)| c.clone()).collect();
@@ -482,7 +483,15 @@ impl Hub {
             return self.refuse(from, kind, Refusal::NotConnected);
         };
         match (role, message) {
-            (_, Message::Sync { directory_version, marks }) => self.on_sync(from, role, directory_version, &marks, now),
+            (_, Message::Sync { directory_version, marks }) => {
+                self.on_sync(from, role, directory_version, &marks, ALL_BUCKETS, now)
+            }
+            (Role::Hub, Message::Digest { directory_version, fingerprints }) => {
+                self.on_digest(from, directory_version, &fingerprints)
+            }
+            (Role::Hub, Message::SyncPart { directory_version, buckets, marks }) => {
+                self.on_sync(from, role, directory_version, &marks, buckets, now)
+            }
             (Role::Hub | Role::Authority, Message::Directories(chain)) => {
                 if let Err(reason) = self.accept_directories(Some(from), chain, now) {
                     self.out.event(Event::DirectoryRefused { from: Some(from.clone()), reason });
@@ -580,7 +589,8 @@ impl Hub {
         ops
     }
 
-    fn send_sync(&mut self, peer: &OdsCode) {
+    /// Every mark this hub holds: each authority's sequence and head time, each hub's visits.
+    fn sync_marks(&self) -> Vec<crate::wire::Mark> {
         let mut marks: Vec<crate::wire::Mark> = self.authorities.keys().map(|o| self.authority_mark(o)).collect();
         for (origin, feed) in &self.visits {
             // A hub whose store started empty asks peers for every visit of its own they hold.
@@ -589,7 +599,22 @@ impl Hub {
             }
             marks.push(crate::wire::Mark { origin: origin.clone(), seq: feed.mark, head_at: Timestamp(0) });
         }
+        marks
+    }
+
+    fn send_sync(&mut self, peer: &OdsCode) {
+        let marks = self.sync_marks();
         self.out.send(peer, Message::Sync { directory_version: self.dir.version(), marks });
+    }
+
+    /// The periodic sync between hubs: a digest of the marks, which settles equal replicas in
+    /// one small message. A hub still taking back its own visits sends every mark instead.
+    fn send_digest(&mut self, peer: &OdsCode) {
+        if self.own_recovery != OwnRecovery::Done {
+            return self.send_sync(peer);
+        }
+        let fingerprints = crate::wire::fingerprints(&self.sync_marks());
+        self.out.send(peer, Message::Digest { directory_version: self.dir.version(), fingerprints });
     }
 
     fn authority_mark(&self, origin: &OdsCode) -> crate::wire::Mark {

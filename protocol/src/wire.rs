@@ -17,9 +17,10 @@ use crate::refusal::RefusalCode;
 use crate::sign::{Signable, Signed};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 /// The version of the messages below; peers speaking another are refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame payload, in bytes.
 pub const FRAME_BYTES_MAX: usize = 4 << 20;
 /// Bytes of the length prefix.
@@ -45,6 +46,33 @@ pub struct Mark {
     pub seq: u64,
     /// When the head the sender holds for it was signed (zero for feeds without heads).
     pub head_at: Timestamp,
+}
+
+/// Buckets of a [`Message::Digest`]: an origin's mark falls in bucket [`bucket_of`] its code.
+pub const DIGEST_BUCKETS: usize = 16;
+const _: () = assert!(DIGEST_BUCKETS <= u16::BITS as usize, "a SyncPart names its buckets in a u16");
+
+/// The bucket of an origin's mark: the first byte of the SHA-256 of its code, modulo
+/// [`DIGEST_BUCKETS`].
+pub fn bucket_of(origin: &OdsCode) -> usize {
+    usize::from(Sha256::digest(origin.as_str().as_bytes())[0]) % DIGEST_BUCKETS
+}
+
+/// Per bucket, a fingerprint of the marks in it: the first 8 bytes of the SHA-256 of the
+/// bucket's marks, encoded, in origin order. Equal sets of marks give equal fingerprints; a mark
+/// at zero (nothing held) counts as no mark.
+pub fn fingerprints(marks: &[Mark]) -> [u64; DIGEST_BUCKETS] {
+    let mut sorted: Vec<&Mark> = marks.iter().filter(|m| m.seq != 0 || m.head_at != Timestamp(0)).collect();
+    sorted.sort_by(|a, b| a.origin.cmp(&b.origin));
+    let mut hashers: [Sha256; DIGEST_BUCKETS] = std::array::from_fn(|_| Sha256::new());
+    for mark in sorted {
+        hashers[bucket_of(&mark.origin)].update(codec::encode(mark));
+    }
+    hashers.map(|h| {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&h.finalize()[..8]);
+        u64::from_be_bytes(first)
+    })
 }
 
 /// A run of an origin's feed: every live entry the sender holds of `origin` with
@@ -159,6 +187,13 @@ pub enum Message {
     /// A hub to an authority that asked with [`Message::Redeliver`]: a notification it delivered,
     /// with the authority's own receipt for it.
     Redelivered { notification: Box<Signed<Notification>>, receipt: Signed<Receipt> },
+    /// A hub to a peer hub every sync interval: its directory version and, per bucket of origins,
+    /// a [`fingerprints`] of its marks there. Equal replicas settle with this one message; the
+    /// receiver answers with its own marks in the buckets that differ ([`Message::SyncPart`]).
+    Digest { directory_version: u64, fingerprints: [u64; DIGEST_BUCKETS] },
+    /// The sender's marks in the buckets set in `buckets` (bit `i` for bucket `i`), and no
+    /// others: the receiver answers, as to a [`Message::Sync`], with what the sender lacks there.
+    SyncPart { directory_version: u64, buckets: u16, marks: Vec<Mark> },
 }
 
 impl Message {
@@ -176,6 +211,8 @@ impl Message {
             Message::Refused(_) => "refused",
             Message::Redeliver { .. } => "redeliver",
             Message::Redelivered { .. } => "redelivered",
+            Message::Digest { .. } => "digest",
+            Message::SyncPart { .. } => "sync-part",
         }
     }
 }
@@ -261,7 +298,7 @@ fn limit(what: &'static str, len: usize, max: usize) -> Result<(), WireError> {
 
 fn check_limits(message: &Message) -> Result<(), WireError> {
     match message {
-        Message::Sync { marks, .. } => limit("marks", marks.len(), SYNC_MARKS_MAX),
+        Message::Sync { marks, .. } | Message::SyncPart { marks, .. } => limit("marks", marks.len(), SYNC_MARKS_MAX),
         Message::Directories(chain) => limit("directory versions", chain.len(), DIRECTORY_CHAIN_MAX),
         Message::Feed(batch) => limit("batch entries", batch.entries.len(), BATCH_ENTRIES_MAX),
         Message::Answer(a) => {
@@ -279,6 +316,7 @@ fn check_limits(message: &Message) -> Result<(), WireError> {
         | Message::Lookup(_)
         | Message::Receipt(_)
         | Message::Refused(_)
-        | Message::Redeliver { .. } => Ok(()),
+        | Message::Redeliver { .. }
+        | Message::Digest { .. } => Ok(()),
     }
 }

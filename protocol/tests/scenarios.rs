@@ -786,6 +786,103 @@ fn empty_sync_from_a_hub__reply_bounded_by_its_budget__the_rest_follows_on_reque
     }
 }
 
+/// Three hubs in a full mesh; 204 has one home hub, 316 two.
+fn three_hubs() -> Net {
+    let fed = FederationSpec::new("three hubs")
+        .hub("HUBN")
+        .hub("HUBS")
+        .hub("HUBW")
+        .authority("204", "Hackney", &["HUBN"])
+        .authority("316", "Newham", &["HUBN", "HUBS"])
+        .setting("RXH01", "Royal Sussex County UTC", SettingType::UrgentTreatmentCentre, &["HUBS"])
+        .build();
+    // Heads every ten minutes: the harness starts every timer at one instant, so a head re-signed
+    // every minute would be in flight at every other sync and make a digest differ.
+    let mut cfg = NetConfig::default();
+    cfg.authority.head_interval_ms = 600_000;
+    let mut net = Net::new(fed, cfg);
+    // Past the first syncs, which carry every mark while each hub takes back its own visits.
+    net.run_for(3 * net.config.hub.sync_interval_ms);
+    net
+}
+
+const HUBS3: [&str; 3] = ["HUBN", "HUBS", "HUBW"];
+
+/// Messages of `kind` between hubs, summed over every ordered pair.
+fn between_hubs(net: &Net, kind: &'static str) -> u64 {
+    HUBS3.iter().flat_map(|a| HUBS3.iter().map(move |b| (a, b))).map(|(a, b)| net.traffic(a, b, kind)).sum()
+}
+
+#[test]
+fn a_change_is_passed_on_by_its_home_hubs_only__each_hub_receives_it_once_per_home_hub() {
+    let mut net = three_hubs();
+    record(&mut net, "316", plan("CP-1", CHILD, PlanType::ChildProtection));
+    net.run_for(2_000);
+    let before = |net: &Net, from: &str, to: &str| net.traffic(from, to, "feed");
+    let start: Vec<u64> =
+        HUBS3.iter().flat_map(|a| HUBS3.iter().map(move |b| (a, b))).map(|(a, b)| before(&net, a, b)).collect();
+    record(&mut net, "316", plan("CP-2", OTHER_CHILD, PlanType::ChildProtection));
+    net.run_for(2_000);
+    for hub in HUBS3 {
+        assert!(hub_holds(&net, hub, "316", OTHER_CHILD), "{hub} holds the plan");
+    }
+    let sent: Vec<u64> = HUBS3
+        .iter()
+        .flat_map(|a| HUBS3.iter().map(move |b| (a, b)))
+        .map(|(a, b)| before(&net, a, b))
+        .zip(&start)
+        .map(|(now, then)| now - then)
+        .collect();
+    // Pairs in order (N,N) (N,S) (N,W) (S,N) (S,S) (S,W) (W,N) (W,S) (W,W): each home hub sends
+    // the run to both other hubs; the far hub passes nothing on.
+    assert_eq!(sent, [0, 1, 1, 1, 0, 1, 0, 0, 0], "runs between hubs, per ordered pair");
+    // A re-signed head (one per authority in the window) goes from one home hub (the first) to
+    // every hub but the authority's home hubs: 204's (home N) to S and W, 316's (homes N, S)
+    // from N to W only.
+    let heads = |net: &Net| -> Vec<u64> {
+        HUBS3.iter().flat_map(|a| HUBS3.iter().map(move |b| (a, b))).map(|(a, b)| net.traffic(a, b, "head")).collect()
+    };
+    let start = heads(&net);
+    net.run_for(net.config.authority.head_interval_ms);
+    let sent: Vec<u64> = heads(&net).iter().zip(&start).map(|(now, then)| now - then).collect();
+    assert_eq!(sent, [0, 1, 2, 0, 0, 0, 0, 0, 0], "heads between hubs, per ordered pair");
+}
+
+#[test]
+fn equal_replicas__each_periodic_sync_is_one_digest__no_marks_and_no_entries() {
+    let mut net = three_hubs();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    record(&mut net, "316", plan("CP-1", OTHER_CHILD, PlanType::ChildProtection));
+    net.run_for(5_000);
+    let kinds = ["digest", "sync", "sync-part", "feed"];
+    let before: Vec<u64> = kinds.iter().map(|k| between_hubs(&net, k)).collect();
+    let intervals = 4;
+    net.run_for(intervals * net.config.hub.sync_interval_ms);
+    let during: Vec<u64> = kinds.iter().zip(&before).map(|(k, b)| between_hubs(&net, k) - b).collect();
+    // Six ordered pairs of hubs, one digest each per interval; nothing else needed saying.
+    assert_eq!(during, [6 * intervals, 0, 0, 0], "digest, sync, sync-part, feed between hubs");
+}
+
+#[test]
+fn hub_that_missed_a_run_on_a_live_connection__finds_it_by_digest__takes_only_that_bucket() {
+    let mut net = three_hubs();
+    record(&mut net, "316", plan("CP-1", OTHER_CHILD, PlanType::ChildProtection));
+    net.run_for(5_000);
+    // HUBW loses the run from 204's only home hub; its connection stays up.
+    net.lose_next("HUBN", "HUBW", "feed");
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    assert!(hub_holds(&net, "HUBS", "204", CHILD));
+    assert!(!hub_holds(&net, "HUBW", "204", CHILD), "the run to HUBW was lost");
+    let (parts, whole) = (between_hubs(&net, "sync-part"), between_hubs(&net, "sync"));
+    net.run_for(2 * net.config.hub.sync_interval_ms);
+    assert!(hub_holds(&net, "HUBW", "204", CHILD), "HUBW took the run after a digest showed the gap");
+    assert!(between_hubs(&net, "sync-part") > parts, "the gap was settled by a partial sync");
+    assert_eq!(between_hubs(&net, "sync"), whole, "no hub sent every mark");
+    let head = |hub: &str| net.hub(hub).replicas()[&code("204")].head().cloned();
+    assert_eq!(head("HUBW"), head("HUBN"), "under the same head");
+}
+
 #[test]
 fn lossy_network__everything_converges_and_every_notice_arrives_once() {
     let cfg = NetConfig { loss_per_million: 200_000, seed: 42, ..Default::default() };

@@ -9,7 +9,7 @@ use cpis_protocol::merkle::Digest;
 use cpis_protocol::records::{Plan, PlanType};
 use cpis_protocol::sign::signing_bytes;
 use cpis_protocol::time::{Date, Timestamp};
-use cpis_protocol::wire::{self, FRAME_BYTES_MAX, FeedBatch, Message, WireError};
+use cpis_protocol::wire::{self, DIGEST_BUCKETS, FRAME_BYTES_MAX, FeedBatch, Mark, Message, WireError};
 use proptest::prelude::*;
 
 fn golden_entry() -> FeedEntry {
@@ -98,6 +98,40 @@ fn trailing_bytes_are_refused() {
     let mut payload = wire::encode_payload(&Message::Sync { directory_version: 1, marks: vec![] });
     payload.push(0);
     assert!(matches!(wire::decode_payload(&payload), Err(WireError::Decode(_))));
+}
+
+fn mark(origin: &str, seq: u64, head_at: u64) -> Mark {
+    Mark { origin: OdsCode::parse(origin).unwrap(), seq, head_at: Timestamp(head_at) }
+}
+
+#[test]
+fn digest_fingerprints_are_order_free_a_zero_mark_is_no_mark_and_a_change_shows_in_its_bucket_only() {
+    let marks: Vec<Mark> = ["204", "316", "E5A1B", "HUBN", "HUBS"].iter().map(|o| mark(o, 7, 1_000)).collect();
+    let base = wire::fingerprints(&marks);
+    let mut reversed = marks.clone();
+    reversed.reverse();
+    assert_eq!(wire::fingerprints(&reversed), base, "the order of marks does not matter");
+    let mut with_zero = marks.clone();
+    with_zero.push(mark("801", 0, 0));
+    assert_eq!(wire::fingerprints(&with_zero), base, "a mark at zero counts as none");
+    for (i, changed) in [mark("316", 8, 1_000), mark("316", 7, 2_000)].into_iter().enumerate() {
+        let mut moved = marks.clone();
+        moved[1] = changed;
+        let differ: Vec<usize> = (0..DIGEST_BUCKETS).filter(|&b| wire::fingerprints(&moved)[b] != base[b]).collect();
+        assert_eq!(differ, [wire::bucket_of(&moved[1].origin)], "change {i} shows in 316's bucket only");
+    }
+}
+
+#[test]
+fn digest_and_sync_part_round_trip_and_a_sync_part_over_the_mark_limit_is_refused() {
+    let fingerprints = wire::fingerprints(&[mark("204", 3, 9)]);
+    let digest = Message::Digest { directory_version: 4, fingerprints };
+    assert_eq!(wire::decode_frame(&wire::encode_frame(&digest)).unwrap(), digest);
+    let part = Message::SyncPart { directory_version: 4, buckets: 0b101, marks: vec![mark("204", 3, 9)] };
+    assert_eq!(wire::decode_frame(&wire::encode_frame(&part)).unwrap(), part);
+    let marks = vec![mark("204", 3, 9); wire::SYNC_MARKS_MAX + 1];
+    let payload = wire::encode_payload(&Message::SyncPart { directory_version: 4, buckets: 1, marks });
+    assert!(matches!(wire::decode_payload(&payload), Err(WireError::TooMany { what: "marks", .. })));
 }
 
 proptest! {

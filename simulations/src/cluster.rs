@@ -632,9 +632,15 @@ impl Cluster {
     /// Sends `message` from `from` to `to` over the network.
     pub fn send(&mut self, from: NodeId, to: NodeId, message: &Message) {
         let frame = wire::encode_frame(message);
-        let kind = self.counters.by_kind.entry(message.kind()).or_default();
-        kind.messages += 1;
-        kind.bytes += frame.len() as u64;
+        let bytes = frame.len() as u64;
+        let hub_to_hub = self.world.hubs.contains(&from) && self.world.hubs.contains(&to);
+        for (tally, counts) in [(true, &mut self.counters.by_kind), (hub_to_hub, &mut self.counters.between_hubs)] {
+            if tally {
+                let kind = counts.entry(message.kind()).or_default();
+                kind.messages += 1;
+                kind.bytes += bytes;
+            }
+        }
         self.send_frame(from, to, frame);
     }
 

@@ -26,6 +26,8 @@ pub struct Counters {
     pub directories_learned: u64,
     /// Messages sent, by kind.
     pub by_kind: BTreeMap<&'static str, KindCount>,
+    /// Messages sent from a hub to a hub, by kind (also counted in `by_kind`).
+    pub between_hubs: BTreeMap<&'static str, KindCount>,
 }
 
 /// Messages and bytes of one kind.

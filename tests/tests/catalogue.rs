@@ -1254,6 +1254,7 @@ fn frame_entries() -> Entries<()> {
         length_above_the_frame_maximum_on_a_members_stream__closed_bad_frame__nothing_stored,
         setting_sends_a_feed_batch__refused_not_allowed__nothing_stored,
         setting_sends_a_directory_chain__refused_not_allowed__nothing_stored,
+        setting_sends_a_digest__refused_not_allowed__nothing_stored,
         hub_sends_a_lookup__refused_not_allowed__nothing_stored,
         too_many_frames_in_a_setting_session__closed_bad_frame__nothing_stored,
     ]
@@ -1405,6 +1406,11 @@ async fn setting_sends_a_feed_batch__refused_not_allowed__nothing_stored(c: Arc<
 async fn setting_sends_a_directory_chain__refused_not_allowed__nothing_stored(c: Arc<Ctx<()>>) {
     let v2 = c.w.fed.fed.next_directory(&c.w.fed.fed.directory.directory, |_| {});
     not_allowed_from_a_setting(&c.w, Message::Directories(vec![v2])).await;
+}
+
+async fn setting_sends_a_digest__refused_not_allowed__nothing_stored(c: Arc<Ctx<()>>) {
+    let fingerprints = wire::fingerprints(&[]);
+    not_allowed_from_a_setting(&c.w, Message::Digest { directory_version: 1, fingerprints }).await;
 }
 
 async fn hub_sends_a_lookup__refused_not_allowed__nothing_stored(c: Arc<Ctx<()>>) {

@@ -1,6 +1,6 @@
 //! The hub's replicas: authorities' feeds taken only in whole runs that reproduce the
 //! authority's signed head; hubs' visit feeds taken only from the hub that made them;
-//! anti-entropy by marks; pruning of old tombstones and visits.
+//! anti-entropy by digests and marks; pruning of old tombstones and visits.
 
 use super::{After, Hub, Replica, Staging};
 use crate::authority::{FEED_ENTRIES_MAX, run_batches};
@@ -8,16 +8,23 @@ use crate::codec;
 use crate::directory::Role;
 use crate::feed::{Applied, EntryBody, FeedHead, LiveFeed, SignedEntry, SignedHead, verify_entry, verify_head};
 use crate::ids::OdsCode;
-use crate::machine::Event;
+use crate::machine::{Event, Transmit};
 use crate::refusal::Refusal;
 use crate::schema::{self, StoreOp};
 use crate::sign::Verified;
 use crate::time::{DAY_MS, Timestamp};
-use crate::wire::{BATCH_ENTRIES_MAX, FeedBatch, Mark, Message};
+use crate::wire::{BATCH_ENTRIES_MAX, DIGEST_BUCKETS, FeedBatch, Mark, Message, bucket_of, fingerprints};
 use std::collections::HashMap;
 
 /// A rough size of one entry on the wire, for a sync reply's byte budget.
 const ENTRY_BYTES_ESTIMATE: usize = 320;
+
+/// A sync's scope when it covers every origin (a [`Message::Sync`]).
+pub(super) const ALL_BUCKETS: u16 = u16::MAX;
+
+fn in_scope(origin: &OdsCode, buckets: u16) -> bool {
+    buckets & (1 << bucket_of(origin)) != 0
+}
 
 impl Hub {
     /// Puts a visit into its feed and the history index.
@@ -58,6 +65,7 @@ impl Hub {
         role: Role,
         directory_version: u64,
         marks: &[Mark],
+        buckets: u16,
         now: Timestamp,
     ) {
         if directory_version < self.dir.version() {
@@ -85,12 +93,28 @@ impl Hub {
                 peer.sync_budget = peer.sync_budget.saturating_add(refill).min(cap);
                 peer.budget_at = now.max(peer.budget_at);
                 let budget = peer.sync_budget;
-                let spent = self.send_missing(from, marks, budget);
+                let spent = self.send_missing(from, marks, buckets, budget);
                 if let Some(peer) = self.peers.get_mut(from) {
                     peer.sync_budget = peer.sync_budget.saturating_sub(spent);
                 }
             }
         }
+    }
+
+    /// A peer hub's digest: for each bucket whose fingerprint differs from ours, our marks there,
+    /// so that the peer sends what we lack; nothing when the replicas are equal.
+    pub(super) fn on_digest(&mut self, from: &OdsCode, directory_version: u64, theirs: &[u64; DIGEST_BUCKETS]) {
+        if directory_version < self.dir.version() {
+            self.out.send(from, Message::Directories(self.dir.after(directory_version)));
+        }
+        let marks = self.sync_marks();
+        let ours = fingerprints(&marks);
+        let buckets = (0..DIGEST_BUCKETS).filter(|&i| ours[i] != theirs[i]).fold(0u16, |b, i| b | 1 << i);
+        if buckets == 0 {
+            return;
+        }
+        let marks = marks.into_iter().filter(|m| in_scope(&m.origin, buckets)).collect();
+        self.out.send(from, Message::SyncPart { directory_version: self.dir.version(), buckets, marks });
     }
 
     /// Sends `to` the run of `origin`'s replica after `after`, its head on the last batch.
@@ -105,13 +129,14 @@ impl Hub {
         count
     }
 
-    /// Answers a hub's sync: every authority run it lacks (within `budget` bytes; at least one
-    /// run), newer heads, and the visits it may take from us. Returns the bytes spent.
-    fn send_missing(&mut self, to: &OdsCode, marks: &[Mark], budget: usize) -> usize {
+    /// Answers a hub's sync over the origins in `buckets`: every authority run it lacks (within
+    /// `budget` bytes; at least one run), newer heads, and the visits it may take from us.
+    /// Returns the bytes spent.
+    fn send_missing(&mut self, to: &OdsCode, marks: &[Mark], buckets: u16, budget: usize) -> usize {
         let theirs: HashMap<&OdsCode, &Mark> = marks.iter().map(|m| (&m.origin, m)).collect();
         let mut spent = 0usize;
         let mut more = false;
-        let origins: Vec<OdsCode> = self.authorities.keys().cloned().collect();
+        let origins: Vec<OdsCode> = self.authorities.keys().filter(|o| in_scope(o, buckets)).cloned().collect();
         for origin in origins {
             let Some(head) = self.authorities.get(&origin).and_then(|r| r.head.clone()) else { continue };
             let their = theirs.get(&origin);
@@ -128,6 +153,9 @@ impl Hub {
         }
         // Visits: ours, and theirs back to them (a hub restored from an empty store).
         for origin in [self.code.clone(), to.clone()] {
+            if !in_scope(&origin, buckets) {
+                continue;
+            }
             let their_seq = theirs.get(&origin).map_or(0, |m| m.seq);
             let Some(feed) = self.visits.get(&origin).filter(|f| f.mark > their_seq || origin == *to) else { continue };
             let live: Vec<SignedEntry> = feed.entries.range(their_seq + 1..).map(|(_, e)| e.clone()).collect();
@@ -449,7 +477,9 @@ impl Hub {
         let count = fresh.len();
         let mut after_write =
             vec![After::Event(Event::EntriesAccepted { origin: origin.clone(), from: from.clone(), count, upto })];
-        let forward: Vec<Message> = if after == 0 {
+        let forward: Vec<Message> = if !self.first_hop(from) {
+            vec![]
+        } else if after == 0 {
             // A replaced replica: peers behind will ask; tell them there is a newer head.
             vec![Message::Head(head)]
         } else {
@@ -461,13 +491,33 @@ impl Hub {
         self.out.write(ops, after_write);
     }
 
-    /// A newer signature over the live set we hold: freshness. Stored and passed on.
+    /// A newer signature over the live set we hold: freshness. Stored; if it came from the
+    /// authority itself, passed on by one of its home hubs (the first in the directory connected
+    /// to us) to every hub but its home hubs. A hub that misses it takes it at its next sync.
     fn update_head(&mut self, from: &OdsCode, origin: &OdsCode, head: SignedHead) {
         if let Some(replica) = self.authorities.get_mut(origin) {
             replica.head = Some(head.clone());
         }
-        let after = vec![After::Forward(Box::new(Message::Head(head.clone())), Some(from.clone()))];
+        let mut after = vec![];
+        let homes = self.dir.trusted.member(origin).map(|m| m.home_hubs.clone()).unwrap_or_default();
+        let relay = homes.iter().find(|h| **h == self.code || self.peers.contains_key(*h));
+        if self.first_hop(from) && relay == Some(&self.code) {
+            for (peer, p) in &self.peers {
+                if p.role == Role::Hub && !homes.contains(peer) {
+                    let message = Message::Head(head.clone());
+                    after.push(After::Send(Box::new(Transmit { to: peer.clone(), message })));
+                }
+            }
+        }
         self.out.write(vec![schema::HEADS.put(origin, &head)], after);
+    }
+
+    /// Whether what came from `from` is passed on to every peer hub: only from the authority
+    /// itself. Hubs are a full mesh, so the authority's home hubs reach every hub in one hop, and
+    /// a hub that missed it (its link was down) takes it at its next sync. Each hub receives a
+    /// change about once per home hub, however many hubs there are.
+    fn first_hop(&self, from: &OdsCode) -> bool {
+        self.peers.get(from).is_some_and(|p| p.role == Role::Authority)
     }
 
     pub(super) fn on_head(&mut self, from: &OdsCode, role: Role, head: SignedHead, now: Timestamp) {

@@ -1,6 +1,7 @@
-//! Writes the seed corpora of the fuzz targets: real frames and payloads (a Sync, a Feed batch
-//! with its head, a Lookup, an Answer, and the other messages a small federation exchanges), the
-//! fixed federation's signed directory and its next version, and the example plan file.
+//! Writes the seed corpora of the fuzz targets: real frames and payloads (a Sync, a Digest, a
+//! Feed batch with its head, a Lookup, an Answer, and the other messages a small federation
+//! exchanges), the fixed federation's signed directory and its next version, and the example plan
+//! file.
 //!
 //! `.ci/fuzz seeds` runs it: `seeds <corpus dir>` (tests/fuzz/corpus) writes `<dir>/<target>/<name>`.
 
@@ -130,6 +131,11 @@ fn main() {
     );
     seen.insert("lookup", Message::Lookup(lookup));
     seen.insert("redeliver", Message::Redeliver { since: fed.start });
+    // The periodic sync between hubs: a digest, and the marks of a bucket that differed.
+    let marks = vec![wire::Mark { origin: code("204"), seq: 2, head_at: net.now }];
+    seen.insert("digest", Message::Digest { directory_version: 1, fingerprints: wire::fingerprints(&marks) });
+    let buckets = 1 << wire::bucket_of(&code("204"));
+    seen.insert("sync-part", Message::SyncPart { directory_version: 1, buckets, marks });
     if let Some(Message::Feed(FeedBatch { head: Some(head), .. })) = seen.get("feed") {
         let head = head.clone();
         seen.insert("head", Message::Head(head));

@@ -191,7 +191,7 @@ fn authorised(state: &ApiState, headers: &HeaderMap) -> bool {
 
 /// Whether the request's `Authorization` is `Bearer <token>` (the scheme in any case, as HTTP
 /// says), compared in constant time in the token's content.
-fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
     let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
     let Some((scheme, credentials)) = given.split_at_checked(7) else { return false };
     if !scheme.eq_ignore_ascii_case(b"bearer ") {

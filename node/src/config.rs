@@ -697,6 +697,10 @@ impl GatewayConfig {
     pub fn audit_path(&self) -> PathBuf {
         self.data_dir.join("audit.jsonl")
     }
+    /// The token of the gateway's `GET /metrics` (for a Prometheus scraper).
+    pub fn metrics_token_path(&self) -> PathBuf {
+        self.data_dir.join("metrics.token")
+    }
     /// Where the gateway writes the HTTP address it bound.
     pub fn http_addr_path(&self) -> PathBuf {
         self.data_dir.join("http.addr")

@@ -3,10 +3,14 @@
 //! registry `GET /metrics` encodes with the gauges of a [`crate::status::Snapshot`].
 
 use cpis_protocol::machine::Event;
+use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 /// One label: its name and value.
@@ -172,6 +176,95 @@ impl Metrics {
             self.import_rows.clone(),
         );
     }
+}
+
+/// What a setting gateway counts: its lookups by result and door, their time, and lookups its
+/// audit log could not record. Its `GET /metrics` renders them with [`register_process`].
+#[derive(Clone, Debug)]
+pub struct GatewayMetrics {
+    lookups: Family<[(&'static str, &'static str); 2], Counter>,
+    lookup: Histogram,
+    audit_failures: Counter,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> GatewayMetrics {
+        let metrics = GatewayMetrics {
+            lookups: Family::default(),
+            lookup: Histogram::new(FAST_BUCKETS_S),
+            audit_failures: Counter::default(),
+        };
+        // The series an alert watches exist from the start at 0.
+        for via in ["page", "fhir"] {
+            let _ = metrics.lookups.get_or_create(&[("result", "could-not-check"), ("via", via)]);
+        }
+        metrics
+    }
+}
+
+impl GatewayMetrics {
+    /// A lookup (or an answer reused for a visit history) with its result: `alert`,
+    /// `no-records`, `could-not-check`, `refused` or `cached`; `via` is `page` or `fhir`.
+    pub fn lookup(&self, result: &'static str, via: &'static str, took: Duration) {
+        self.lookups.get_or_create(&[("result", result), ("via", via)]).inc();
+        if result != "cached" {
+            self.lookup.observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn audit_failed(&self) {
+        self.audit_failures.inc();
+    }
+
+    /// The Prometheus text (version 0.0.4) of the gateway's `GET /metrics`.
+    pub fn prometheus(&self, start_time_s: f64) -> String {
+        let mut r = Registry::default();
+        r.register(
+            "cpis_gateway_lookups",
+            "Lookups through this gateway, by result (alert, no-records, could-not-check, refused, cached) and door (page, fhir)",
+            self.lookups.clone(),
+        );
+        r.register_with_unit(
+            "cpis_gateway_lookup",
+            "Time from a lookup asked at the gateway to its verified answer, or to giving up",
+            Unit::Seconds,
+            self.lookup.clone(),
+        );
+        r.register(
+            "cpis_gateway_audit_failures",
+            "Lookups whose line could not be written to the audit log (the answer was still shown)",
+            self.audit_failures.clone(),
+        );
+        register_process(&mut r, start_time_s);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &r);
+        out
+    }
+}
+
+/// Registers the build and the process's gauges (resident memory, open files, CPU time, start
+/// time), with the names Prometheus's own clients use.
+pub fn register_process(r: &mut Registry, start_time_s: f64) {
+    let gauge = |r: &mut Registry, name: &str, help: &str, value: f64| {
+        let g = Gauge::<f64, AtomicU64>::default();
+        g.set(value);
+        r.register(name, help, g);
+    };
+    r.register("cpis_build", "The version of cpis-node running", Info::new([("version", env!("CARGO_PKG_VERSION"))]));
+    let process = ProcessStats::read();
+    if let Some(b) = process.resident_bytes {
+        gauge(r, "process_resident_memory_bytes", "Resident memory size in bytes", b as f64);
+    }
+    if let Some(n) = process.open_fds {
+        gauge(r, "process_open_fds", "Number of open file descriptors", n as f64);
+    }
+    if let Some(s) = process.cpu_seconds {
+        let c = Counter::<f64, AtomicU64>::default();
+        c.inc_by(s);
+        r.register("process_cpu_seconds", "Total user and system CPU time spent in seconds", c);
+    }
+    gauge(r, "process_start_time_seconds", "Start time of the process since the Unix epoch in seconds", start_time_s);
 }
 
 /// The process's resident memory, open file descriptors and CPU time (Linux `/proc`; `None`

@@ -1,13 +1,12 @@
 //! A snapshot of a running node, taken by the event loop, and its two renderings: the status
 //! document (`GET /status`, `cpis status`) and the Prometheus text of `GET /metrics`.
 
-use crate::metrics::{Metrics, ProcessStats};
+use crate::metrics::Metrics;
 use cpis_protocol::directory::Role;
 use cpis_protocol::ids::OdsCode;
 use cpis_protocol::sign::KeyId;
 use cpis_protocol::time::Timestamp;
 use prometheus_client::encoding::prometheus_text;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
@@ -185,11 +184,6 @@ impl Snapshot {
             }
             r.register(name, help, f);
         };
-        r.register(
-            "cpis_build",
-            "The version of cpis-node running",
-            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
-        );
         gauge(
             &mut r,
             "cpis_ready",
@@ -292,25 +286,8 @@ impl Snapshot {
                 oldest,
             );
         }
-        let process = ProcessStats::read();
-        if let Some(b) = process.resident_bytes {
-            gauge(&mut r, "process_resident_memory_bytes", "Resident memory size in bytes", b as f64);
-        }
-        if let Some(n) = process.open_fds {
-            gauge(&mut r, "process_open_fds", "Number of open file descriptors", n as f64);
-        }
-        if let Some(s) = process.cpu_seconds {
-            let c = Counter::<f64, AtomicU64>::default();
-            c.inc_by(s);
-            r.register("process_cpu_seconds", "Total user and system CPU time spent in seconds", c);
-        }
         let started = self.now.as_millis().saturating_sub(self.uptime_s * 1000);
-        gauge(
-            &mut r,
-            "process_start_time_seconds",
-            "Start time of the process since the Unix epoch in seconds",
-            seconds(started),
-        );
+        crate::metrics::register_process(&mut r, seconds(started));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_text::encode(&mut out, &r);

@@ -279,6 +279,28 @@ async fn fhir_api__found_two_councils_unborn_none_history_unavailable_every_erro
         results,
         ["alert", "alert", "alert", "no-records", "cached", "alert", "could-not-check", "could-not-check"]
     );
+
+    // The gateway's own metrics: for the bearer of its metrics token only, and counting the same.
+    let addr = world.gateway.addr();
+    let (status, _, _) = request(addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 401, "no token");
+    let system = format!("Bearer {}", world.token);
+    let (status, _, _) = request(addr, "GET", "/metrics", &[("Authorization", system.as_str())], "").await;
+    assert_eq!(status, 401, "a calling system's token is not the metrics token");
+    let token = std::fs::read_to_string(world.fed.home("RXH01").join("gateway").join("metrics.token")).unwrap();
+    let bearer = format!("Bearer {}", token.trim());
+    let (status, headers, text) = request(addr, "GET", "/metrics", &[("Authorization", bearer.as_str())], "").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(header(&headers, "content-type").is_some_and(|t| t.starts_with("text/plain")));
+    for (result, count) in [("alert", 4), ("no-records", 1), ("cached", 1), ("could-not-check", 2)] {
+        let line = format!("cpis_gateway_lookups_total{{result=\"{result}\",via=\"fhir\"}} {count}\n");
+        assert!(text.contains(&line), "{line} in:\n{text}");
+    }
+    assert!(text.contains("cpis_gateway_lookup_seconds_count 7\n"), "a time for each lookup made:\n{text}");
+    assert!(text.contains("cpis_gateway_audit_failures_total 0\n"));
+    assert!(text.contains("process_resident_memory_bytes "));
+    assert!(text.contains("# HELP cpis_gateway_lookups_total Lookups through this gateway"), "{text}");
+
     let gateway = world.gateway;
     for node in world.nodes.into_values() {
         node.shutdown().await;

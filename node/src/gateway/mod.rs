@@ -25,14 +25,19 @@ mod pages;
 use crate::accounts::AccountRole;
 use crate::client::{Client, ClientError, LookupOutcome, LookupRequest, Pace};
 use crate::config::{self, SettingConfig};
+use crate::metrics::GatewayMetrics;
 use crate::web::{self, Door, SessionRules};
 use anyhow::Context;
 use audit::{AuditEntry, AuditLog};
 use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use cpis_protocol::ids::NhsNumber;
 use cpis_protocol::records::{LookupKind, Person};
 use cpis_protocol::time::Timestamp;
+use prometheus_client::encoding::prometheus_text;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -77,6 +82,10 @@ pub struct Gateway {
     audit: AuditLog,
     recent: Mutex<VecDeque<(Instant, LookupOutcome)>>,
     base_url: String,
+    metrics: GatewayMetrics,
+    metrics_token: String,
+    /// When the gateway started, in seconds since the Unix epoch.
+    started_s: f64,
 }
 
 impl Gateway {
@@ -94,12 +103,14 @@ impl Gateway {
     /// Looks a child up for `caller` and records it in the audit log before returning.
     pub async fn look_up(&self, nhs: NhsNumber, caller: Caller) -> Result<LookupOutcome, ClientError> {
         let request = LookupRequest { nhs, person: caller.person.clone() };
+        let began = Instant::now();
         let result = self.client.lookup(request, self.pace()).await;
         let (result_name, lookup_id, hub) = match &result {
             Ok(o) => (result_name(o), Some(o.lookup_id.to_hex()), Some(o.answer.hub.to_string())),
             Err(ClientError::Refused { .. }) => ("refused", None, None),
             Err(_) => ("could-not-check", None, None),
         };
+        self.metrics.lookup(result_name, caller.via.name(), began.elapsed());
         let kind = self.client.describe().3;
         info!(
             nhs = %nhs.masked(),
@@ -129,6 +140,7 @@ impl Gateway {
         };
         match cached {
             Some(outcome) => {
+                self.metrics.lookup("cached", caller.via.name(), Duration::ZERO);
                 let hub = Some(outcome.answer.hub.to_string());
                 self.audit(&caller, nhs, outcome.kind, "cached", Some(outcome.lookup_id.to_hex()), hub).await;
                 Ok(outcome)
@@ -166,6 +178,7 @@ impl Gateway {
         // The answer is shown even if the audit log cannot be written: an alert withheld for a
         // full disk would be worse. The operator is told.
         if let Err(e) = self.audit.record(entry).await {
+            self.metrics.audit_failed();
             error!(reason = %e, "a lookup could not be written to the audit log");
         }
     }
@@ -211,9 +224,21 @@ fn router(gateway: Arc<Gateway>) -> Router {
         .route("/search", post(pages::search))
         .route("/audit", get(pages::audit_page))
         .route("/assets/{*file}", get(pages::asset))
+        .route("/metrics", get(metrics))
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn(web::security_headers))
         .with_state(gateway)
+}
+
+/// `GET /metrics`: the gateway's counters and its process, for the bearer of `metrics.token`.
+async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if !crate::api::bearer_is(&headers, &gateway.metrics_token) {
+        tracing::warn!("metrics request refused: missing or wrong bearer token");
+        let message = "missing or wrong bearer token (see metrics.token in the gateway's data_dir)";
+        return (StatusCode::UNAUTHORIZED, message).into_response();
+    }
+    let text = gateway.metrics.prometheus(gateway.started_s);
+    ([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], text).into_response()
 }
 
 /// A gateway running in this process.
@@ -234,6 +259,7 @@ impl RunningGateway {
         config::create_private_dir(&config.gateway.data_dir)
             .with_context(|| format!("creating the gateway's folder {}", config.gateway.data_dir.display()))?;
         let client = Arc::new(Client::open(config.clone())?);
+        let metrics_token = crate::api::load_or_create_token(&config.gateway.metrics_token_path())?;
         let audit = AuditLog::open(&config.gateway.audit_path())
             .with_context(|| format!("opening the audit log {}", config.gateway.audit_path().display()))?;
         let g = &config.gateway;
@@ -252,6 +278,9 @@ impl RunningGateway {
             base_url: url.clone(),
             client: client.clone(),
             config,
+            metrics: GatewayMetrics::default(),
+            metrics_token,
+            started_s: now().as_millis() as f64 / 1000.0,
         });
         let users = gateway.door.accounts().users.len();
         let (shutdown, stop) = watch::channel(false);

@@ -203,13 +203,16 @@ impl Default for GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// A lookup (or an answer reused for a visit history) with its result: `alert`,
-    /// `no-records`, `could-not-check`, `refused` or `cached`; `via` is `page` or `fhir`.
+    /// A lookup made, with its result: `alert`, `no-records`, `could-not-check` or `refused`;
+    /// `via` is `page` or `fhir`.
     pub fn lookup(&self, result: &'static str, via: &'static str, took: Duration) {
         self.lookups.get_or_create(&[("result", result), ("via", via)]).inc();
-        if result != "cached" {
-            self.lookup.observe(took.as_secs_f64());
-        }
+        self.lookup.observe(took.as_secs_f64());
+    }
+
+    /// An answer reused for a visit history (no lookup made): counted as `cached`.
+    pub fn reused(&self, via: &'static str) {
+        self.lookups.get_or_create(&[("result", "cached"), ("via", via)]).inc();
     }
 
     pub fn audit_failed(&self) {
@@ -236,21 +239,28 @@ impl GatewayMetrics {
             self.audit_failures.clone(),
         );
         register_process(&mut r, start_time_s);
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_text::encode(&mut out, &r);
-        out
+        encode(&r)
     }
+}
+
+/// The Prometheus text (version 0.0.4) of a registry.
+pub fn encode(r: &Registry) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = prometheus_text::encode(&mut out, r);
+    out
+}
+
+/// Registers a gauge holding `value`.
+pub fn gauge(r: &mut Registry, name: &str, help: &str, value: f64) {
+    let g = Gauge::<f64, AtomicU64>::default();
+    g.set(value);
+    r.register(name, help, g);
 }
 
 /// Registers the build and the process's gauges (resident memory, open files, CPU time, start
 /// time), with the names Prometheus's own clients use.
 pub fn register_process(r: &mut Registry, start_time_s: f64) {
-    let gauge = |r: &mut Registry, name: &str, help: &str, value: f64| {
-        let g = Gauge::<f64, AtomicU64>::default();
-        g.set(value);
-        r.register(name, help, g);
-    };
     r.register("cpis_build", "The version of cpis-node running", Info::new([("version", env!("CARGO_PKG_VERSION"))]));
     let process = ProcessStats::read();
     if let Some(b) = process.resident_bytes {

@@ -1,12 +1,11 @@
 //! A snapshot of a running node, taken by the event loop, and its two renderings: the status
 //! document (`GET /status`, `cpis status`) and the Prometheus text of `GET /metrics`.
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, gauge};
 use cpis_protocol::directory::Role;
 use cpis_protocol::ids::OdsCode;
 use cpis_protocol::sign::KeyId;
 use cpis_protocol::time::Timestamp;
-use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
@@ -172,11 +171,6 @@ impl Snapshot {
         let mut r = Registry::default();
         self.metrics.register(&mut r);
         let seconds = |ms: u64| ms as f64 / 1000.0;
-        let gauge = |r: &mut Registry, name: &str, help: &str, value: f64| {
-            let g = Gauge::<f64, AtomicU64>::default();
-            g.set(value);
-            r.register(name, help, g);
-        };
         let family = |r: &mut Registry, name: &str, help: &str, label: &'static str, values: Vec<(String, f64)>| {
             let f = Family::<[(&'static str, String); 1], Gauge<f64, AtomicU64>>::default();
             for (k, v) in values {
@@ -288,9 +282,6 @@ impl Snapshot {
         }
         let started = self.now.as_millis().saturating_sub(self.uptime_s * 1000);
         crate::metrics::register_process(&mut r, seconds(started));
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = prometheus_text::encode(&mut out, &r);
-        out
+        crate::metrics::encode(&r)
     }
 }

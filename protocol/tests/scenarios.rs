@@ -808,9 +808,21 @@ fn three_hubs() -> Net {
 
 const HUBS3: [&str; 3] = ["HUBN", "HUBS", "HUBW"];
 
+/// Messages of `kind` sent per ordered pair of hubs, in the order (N,N) (N,S) (N,W) (S,N) … (W,W).
+fn per_pair(net: &Net, kind: &'static str) -> Vec<u64> {
+    HUBS3.iter().flat_map(|a| HUBS3.iter().map(move |b| net.traffic(a, b, kind))).collect()
+}
+
 /// Messages of `kind` between hubs, summed over every ordered pair.
 fn between_hubs(net: &Net, kind: &'static str) -> u64 {
-    HUBS3.iter().flat_map(|a| HUBS3.iter().map(move |b| (a, b))).map(|(a, b)| net.traffic(a, b, kind)).sum()
+    per_pair(net, kind).iter().sum()
+}
+
+/// Messages of `kind` per ordered pair of hubs while `run` goes on.
+fn sent_per_pair(net: &mut Net, kind: &'static str, run: impl FnOnce(&mut Net)) -> Vec<u64> {
+    let before = per_pair(net, kind);
+    run(net);
+    per_pair(net, kind).iter().zip(&before).map(|(now, then)| now - then).collect()
 }
 
 #[test]
@@ -818,33 +830,20 @@ fn a_change_is_passed_on_by_its_home_hubs_only__each_hub_receives_it_once_per_ho
     let mut net = three_hubs();
     record(&mut net, "316", plan("CP-1", CHILD, PlanType::ChildProtection));
     net.run_for(2_000);
-    let before = |net: &Net, from: &str, to: &str| net.traffic(from, to, "feed");
-    let start: Vec<u64> =
-        HUBS3.iter().flat_map(|a| HUBS3.iter().map(move |b| (a, b))).map(|(a, b)| before(&net, a, b)).collect();
-    record(&mut net, "316", plan("CP-2", OTHER_CHILD, PlanType::ChildProtection));
-    net.run_for(2_000);
+    let sent = sent_per_pair(&mut net, "feed", |net| {
+        record(net, "316", plan("CP-2", OTHER_CHILD, PlanType::ChildProtection));
+        net.run_for(2_000);
+    });
     for hub in HUBS3 {
         assert!(hub_holds(&net, hub, "316", OTHER_CHILD), "{hub} holds the plan");
     }
-    let sent: Vec<u64> = HUBS3
-        .iter()
-        .flat_map(|a| HUBS3.iter().map(move |b| (a, b)))
-        .map(|(a, b)| before(&net, a, b))
-        .zip(&start)
-        .map(|(now, then)| now - then)
-        .collect();
-    // Pairs in order (N,N) (N,S) (N,W) (S,N) (S,S) (S,W) (W,N) (W,S) (W,W): each home hub sends
-    // the run to both other hubs; the far hub passes nothing on.
+    // Each home hub sends the run to both other hubs; the far hub passes nothing on.
     assert_eq!(sent, [0, 1, 1, 1, 0, 1, 0, 0, 0], "runs between hubs, per ordered pair");
     // A re-signed head (one per authority in the window) goes from one home hub (the first) to
     // every hub but the authority's home hubs: 204's (home N) to S and W, 316's (homes N, S)
     // from N to W only.
-    let heads = |net: &Net| -> Vec<u64> {
-        HUBS3.iter().flat_map(|a| HUBS3.iter().map(move |b| (a, b))).map(|(a, b)| net.traffic(a, b, "head")).collect()
-    };
-    let start = heads(&net);
-    net.run_for(net.config.authority.head_interval_ms);
-    let sent: Vec<u64> = heads(&net).iter().zip(&start).map(|(now, then)| now - then).collect();
+    let interval = net.config.authority.head_interval_ms;
+    let sent = sent_per_pair(&mut net, "head", |net| net.run_for(interval));
     assert_eq!(sent, [0, 1, 2, 0, 0, 0, 0, 0, 0], "heads between hubs, per ordered pair");
 }
 

@@ -19,7 +19,7 @@
 
 use crate::agenda::Agenda;
 use crate::fnv::{Fnv, FnvMap};
-use crate::report::Counters;
+use crate::report::{Counters, KindCount};
 use crate::world::{NodeId, World};
 use cpis_protocol::authority::{Authority, AuthorityConfig};
 use cpis_protocol::directory::{Directory, Role, SignedDirectory, TrustedDirectory};
@@ -31,7 +31,7 @@ use cpis_protocol::schema::WriteBatch;
 use cpis_protocol::sign::{Identity, KeyId};
 use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{self, Message};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::hash::Hasher;
 use std::rc::Rc;
 
@@ -632,14 +632,14 @@ impl Cluster {
     /// Sends `message` from `from` to `to` over the network.
     pub fn send(&mut self, from: NodeId, to: NodeId, message: &Message) {
         let frame = wire::encode_frame(message);
-        let bytes = frame.len() as u64;
-        let hub_to_hub = self.world.hubs.contains(&from) && self.world.hubs.contains(&to);
-        for (tally, counts) in [(true, &mut self.counters.by_kind), (hub_to_hub, &mut self.counters.between_hubs)] {
-            if tally {
-                let kind = counts.entry(message.kind()).or_default();
-                kind.messages += 1;
-                kind.bytes += bytes;
-            }
+        let count = |counts: &mut BTreeMap<&'static str, KindCount>| {
+            let kind = counts.entry(message.kind()).or_default();
+            kind.messages += 1;
+            kind.bytes += frame.len() as u64;
+        };
+        count(&mut self.counters.by_kind);
+        if self.world.hubs.contains(&from) && self.world.hubs.contains(&to) {
+            count(&mut self.counters.between_hubs);
         }
         self.send_frame(from, to, frame);
     }

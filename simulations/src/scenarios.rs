@@ -454,16 +454,12 @@ impl ScenarioActor {
             Scenario::WithdrawalReachesACutOffHub => {
                 self.agenda.at(start + 45 * MINUTE_MS, Step::WithdrawOutsideLondon)
             }
-            Scenario::HostileHubServesStaleAnswers => {
-                for k in 1..(s.hours() * 3) {
-                    self.agenda.at(start + k * 20 * MINUTE_MS, Step::ChangeTargetPlan);
-                }
-            }
-            // A change every 10 minutes: a dozen runs reach the third hub only through the
-            // hostile hub (which relays only what the authority sent it), so that some are cut.
-            Scenario::HostileHubOmitsEntries => {
-                for k in 1..(s.hours() * 6) {
-                    self.agenda.at(start + k * 10 * MINUTE_MS, Step::ChangeTargetPlan);
+            Scenario::HostileHubServesStaleAnswers | Scenario::HostileHubOmitsEntries => {
+                // For omission, a change every 10 minutes: a dozen runs reach the third hub only
+                // through the hostile hub (which relays only what the authority sent it).
+                let every = if s == Scenario::HostileHubOmitsEntries { 10 } else { 20 };
+                for k in 1..(s.hours() * 60 / every) {
+                    self.agenda.at(start + k * every * MINUTE_MS, Step::ChangeTargetPlan);
                 }
             }
             Scenario::KeyRotationStorm => {

@@ -140,7 +140,7 @@ impl Gateway {
         };
         match cached {
             Some(outcome) => {
-                self.metrics.lookup("cached", caller.via.name(), Duration::ZERO);
+                self.metrics.reused(caller.via.name());
                 let hub = Some(outcome.answer.hub.to_string());
                 self.audit(&caller, nhs, outcome.kind, "cached", Some(outcome.lookup_id.to_hex()), hub).await;
                 Ok(outcome)

@@ -68,9 +68,7 @@ impl Hub {
         buckets: u16,
         now: Timestamp,
     ) {
-        if directory_version < self.dir.version() {
-            self.out.send(from, Message::Directories(self.dir.after(directory_version)));
-        }
+        self.offer_directories(from, directory_version);
         match role {
             // A setting syncs only its directory.
             Role::Setting => {}
@@ -104,9 +102,7 @@ impl Hub {
     /// A peer hub's digest: for each bucket whose fingerprint differs from ours, our marks there,
     /// so that the peer sends what we lack; nothing when the replicas are equal.
     pub(super) fn on_digest(&mut self, from: &OdsCode, directory_version: u64, theirs: &[u64; DIGEST_BUCKETS]) {
-        if directory_version < self.dir.version() {
-            self.out.send(from, Message::Directories(self.dir.after(directory_version)));
-        }
+        self.offer_directories(from, directory_version);
         let marks = self.sync_marks();
         let ours = fingerprints(&marks);
         let buckets = (0..DIGEST_BUCKETS).filter(|&i| ours[i] != theirs[i]).fold(0u16, |b, i| b | 1 << i);
@@ -115,6 +111,13 @@ impl Hub {
         }
         let marks = marks.into_iter().filter(|m| in_scope(&m.origin, buckets)).collect();
         self.out.send(from, Message::SyncPart { directory_version: self.dir.version(), buckets, marks });
+    }
+
+    /// A peer behind our directory version gets the versions it lacks.
+    fn offer_directories(&mut self, to: &OdsCode, their_version: u64) {
+        if their_version < self.dir.version() {
+            self.out.send(to, Message::Directories(self.dir.after(their_version)));
+        }
     }
 
     /// Sends `to` the run of `origin`'s replica after `after`, its head on the last batch.
@@ -499,7 +502,7 @@ impl Hub {
             replica.head = Some(head.clone());
         }
         let mut after = vec![];
-        let homes = self.dir.trusted.member(origin).map(|m| m.home_hubs.clone()).unwrap_or_default();
+        let homes = self.dir.trusted.member(origin).map_or(&[][..], |m| &m.home_hubs[..]);
         let relay = homes.iter().find(|h| **h == self.code || self.peers.contains_key(*h));
         if self.first_hop(from) && relay == Some(&self.code) {
             for (peer, p) in &self.peers {

@@ -128,6 +128,12 @@ async fn authority_down_during_its_rotation__starts_on_the_new_key_and_fetches_t
     install_key(&fed, "204", &new_file);
     fed.start_node("204").await;
     fed.whole().await;
+    // Connected first; the directory comes from the hub in answer to the node's first sync.
+    poll("204 learns the directory from its hub", || async {
+        let status = api(fed.node("204")).get("/status").await.unwrap();
+        number(&status, "directory_version") == version
+    })
+    .await;
     let status = api(fed.node("204")).get("/status").await.unwrap();
     assert_eq!(text(&status["key"], "id"), text(&rotated, "new_key_id"));
     assert_eq!(number(&status, "directory_version"), version, "learned from its hub: {status}");

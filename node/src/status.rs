@@ -101,7 +101,7 @@ impl Snapshot {
                 .push(format!("directory version {} expired at {}", self.directory_version, self.directory_expires_at));
         }
         if !self.peers.is_empty() && !self.peers.iter().any(|p| p.connected) {
-            reasons.push(format!("connected to none of its {} peers", self.peers.len()));
+            reasons.push(format!("connected to none of its peers ({} in the directory)", self.peers.len()));
         }
         reasons
     }

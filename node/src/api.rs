@@ -9,6 +9,7 @@
 use crate::config::NodeRole;
 use crate::import::{self, ImportRow};
 use crate::inputs::Input;
+use crate::jobs;
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use axum::Router;
@@ -28,7 +29,7 @@ use prometheus_client::encoding::prometheus_text;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest request body (a CSV import).
@@ -45,6 +46,8 @@ pub struct ApiState {
     metrics_token: String,
     role: NodeRole,
     pub(crate) metrics: Metrics,
+    /// CSV imports running in the background (the API's and the council pages').
+    pub(crate) jobs: Arc<Mutex<jobs::Jobs>>,
 }
 
 impl ApiState {
@@ -62,7 +65,7 @@ impl ApiState {
         metrics: Metrics,
     ) -> ApiState {
         let (token, metrics_token) = tokens;
-        ApiState { inputs, store, directory, token, metrics_token, role, metrics }
+        ApiState { inputs, store, directory, token, metrics_token, role, metrics, jobs: Arc::default() }
     }
 }
 
@@ -90,6 +93,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/status", get(status))
         .route("/plans", get(list_plans).post(record_plan))
         .route("/plans/import", post(import_csv))
+        .route("/plans/import/jobs", post(start_import_job))
+        .route("/plans/import/jobs/{id}", get(import_job))
         .route("/plans/{reference}/end", post(end_plan))
         .route("/plans/{reference}/withdraw", post(withdraw_plan))
         .route("/contacts", put(set_contacts))
@@ -416,6 +421,39 @@ async fn import_csv(State(state): State<ApiState>, Query(q): Query<ImportQuery>,
     match run_import(&state, &body, q.dry_run).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(r) => r,
+    }
+}
+
+/// `POST /plans/import/jobs[?dry_run=true]`: the file is checked as a whole (header, at least one
+/// row), then imported in the background; 202 with the job, to be read at
+/// `GET /plans/import/jobs/{job}` until its `state` is `done` (with the report) or `failed`.
+async fn start_import_job(State(state): State<ApiState>, Query(q): Query<ImportQuery>, body: Bytes) -> Response {
+    if let Err(r) = authority_only(&state) {
+        return r;
+    }
+    let rows = match import::parse_csv(&body) {
+        Ok(rows) => rows,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let id = jobs::start(&state, jobs::API_OWNER.into(), rows, q.dry_run, |report| {
+        tracing::info!(
+            applied = %report["applied"], unchanged = %report["unchanged"], refused = %report["refused"],
+            "plans imported by an API import job"
+        );
+    });
+    let job = jobs::get(&state, id).map_or(Value::Null, |j| j.json(id));
+    let location = format!("/plans/import/jobs/{id}");
+    (StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(job)).into_response()
+}
+
+/// `GET /plans/import/jobs/{job}`: how far the job is; its report once done.
+async fn import_job(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match id.parse().ok().and_then(|n| jobs::get(&state, n).map(|j| j.json(n))) {
+        Some(job) => axum::Json(job).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no import job {id} (the node remembers the last {} jobs until it restarts)", jobs::JOBS_MAX),
+        ),
     }
 }
 

@@ -38,10 +38,6 @@ const SERVICE_NAME: &str = "Child protection notifications";
 const PAGE_ROWS_MAX: usize = 200;
 /// Largest CSV file the import page takes.
 const IMPORT_BYTES_MAX: usize = 64 << 20;
-/// Rows an import job sends to the node at a time (its progress moves by this much).
-const IMPORT_CHUNK_ROWS: usize = 1_000;
-/// Import jobs remembered (the oldest finished one goes first).
-const IMPORT_JOBS_MAX: usize = 32;
 
 /// What every council page shares.
 pub struct Council {
@@ -51,24 +47,6 @@ pub struct Council {
     overdue_after_ms: u64,
     actions: Mutex<std::fs::File>,
     actions_path: PathBuf,
-    jobs: Mutex<Jobs>,
-}
-
-/// Imports running or finished, newest last (at most [`IMPORT_JOBS_MAX`]).
-#[derive(Default)]
-struct Jobs {
-    next: u64,
-    list: Vec<(u64, Arc<Mutex<ImportJob>>)>,
-}
-
-/// One import: who started it, how far it is, and its per-row report once done.
-struct ImportJob {
-    user: String,
-    dry_run: bool,
-    rows_total: usize,
-    rows_done: usize,
-    report: Option<Value>,
-    error: Option<String>,
 }
 
 /// One thing a person did, as the audit log keeps it.
@@ -96,7 +74,7 @@ impl Council {
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let actions = Mutex::new(options.open(actions_path)?);
         let actions_path = actions_path.to_path_buf();
-        Ok(Council { api, door, name, overdue_after_ms, actions, actions_path, jobs: Mutex::default() })
+        Ok(Council { api, door, name, overdue_after_ms, actions, actions_path })
     }
 
     /// Appends to the audit log and syncs it (actions are rare: a sync each is cheap).
@@ -864,79 +842,18 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, mut mul
         Ok(rows) => rows,
         Err(e) => return refuse(e.to_string()),
     };
-    let job = Arc::new(Mutex::new(ImportJob {
-        user: session.user.clone(),
-        dry_run,
-        rows_total: rows.len(),
-        rows_done: 0,
-        report: None,
-        error: None,
-    }));
-    let id = council.add_job(job.clone());
-    tokio::spawn(run_job(council.clone(), session, rows, job));
+    let recorder = council.clone();
+    let id = crate::jobs::start(&council.api, session.user.clone(), rows, dry_run, move |report| {
+        let what =
+            format!("{} applied, {} unchanged, {} refused", report["applied"], report["unchanged"], report["refused"]);
+        recorder.record(&session, "imported plans", what);
+    });
     Redirect::to(&format!("/import/jobs/{id}")).into_response()
 }
 
-impl Council {
-    fn add_job(&self, job: Arc<Mutex<ImportJob>>) -> u64 {
-        let mut jobs = self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        jobs.next += 1;
-        let id = jobs.next;
-        if jobs.list.len() >= IMPORT_JOBS_MAX {
-            let finished =
-                jobs.list.iter().position(|(_, j)| j.lock().is_ok_and(|j| j.report.is_some() || j.error.is_some()));
-            jobs.list.remove(finished.unwrap_or(0));
-        }
-        jobs.list.push((id, job));
-        id
-    }
-
-    fn job(&self, id: &str) -> Option<Arc<Mutex<ImportJob>>> {
-        let id: u64 = id.parse().ok()?;
-        let jobs = self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        jobs.list.iter().find(|(i, _)| *i == id).map(|(_, j)| j.clone())
-    }
-}
-
-/// Sends the valid rows to the node [`IMPORT_CHUNK_ROWS`] at a time (each chunk durable before
-/// the next), moving the job's progress, then builds the per-row report.
-async fn run_job(
-    council: Arc<Council>,
-    session: Session,
-    rows: Vec<crate::import::ImportRow>,
-    job: Arc<Mutex<ImportJob>>,
-) {
-    let update = |f: &dyn Fn(&mut ImportJob)| f(&mut job.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-    let dry_run = job.lock().map(|j| j.dry_run).unwrap_or(true);
-    let mut outcomes = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(IMPORT_CHUNK_ROWS) {
-        let valid: Vec<(usize, Plan)> =
-            chunk.iter().filter_map(|r| r.plan.as_ref().ok().map(|p| (r.row, p.clone()))).collect();
-        if dry_run {
-            outcomes.extend(valid.iter().map(|(row, _)| (*row, cpis_protocol::authority::RowOutcome::Applied)));
-        } else {
-            match api::ask(&council.api, Command::ImportPlans(valid)).await {
-                Ok(Reply::Imported(report)) => outcomes.extend(report.rows),
-                Ok(Reply::Refused(e)) => return update(&|j| j.error = Some(e.to_string())),
-                Ok(_) | Err(_) => {
-                    return update(&|j| {
-                        j.error = Some("the node stopped during the import: rows already applied stay applied; import the file again".into())
-                    });
-                }
-            }
-        }
-        update(&|j| j.rows_done += chunk.len());
-    }
-    let mut report = api::import_report(rows, outcomes);
-    if dry_run {
-        report["dry_run"] = Value::Bool(true);
-    } else {
-        report = api::count_import(&council.api, report);
-        let what =
-            format!("{} applied, {} unchanged, {} refused", report["applied"], report["unchanged"], report["refused"]);
-        council.record(&session, "imported plans", what);
-    }
-    update(&|j| j.report = Some(report.clone()));
+/// Job `id` if the signed-in person started it.
+fn own_job(council: &Council, session: &Session, id: &str) -> Option<crate::jobs::Job> {
+    id.parse().ok().and_then(|id| crate::jobs::get(&council.api, id)).filter(|j| j.owner == session.user)
 }
 
 async fn import_job(State(council): State<Arc<Council>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -944,14 +861,11 @@ async fn import_job(State(council): State<Arc<Council>>, headers: HeaderMap, Pat
         Ok(s) => s,
         Err(r) => return r,
     };
-    let Some(job) = council.job(&id).filter(|j| j.lock().is_ok_and(|j| j.user == session.user)) else {
+    let Some(job) = own_job(&council, &session, &id) else {
         return not_found(State(council), headers).await;
     };
-    let (total, done, report, error) = {
-        let j = job.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        (j.rows_total, j.rows_done, j.report.clone(), j.error.clone())
-    };
-    let running = report.is_none() && error.is_none();
+    let running = job.running();
+    let crate::jobs::Job { rows_total: total, rows_done: done, report, error, .. } = job;
     let content = html! {
         @if running {
             h1 class="govuk-heading-l" { "Importing plans" }
@@ -978,9 +892,9 @@ async fn import_results_csv(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let report =
-        council.job(&id).and_then(|j| j.lock().ok().filter(|j| j.user == session.user).and_then(|j| j.report.clone()));
-    let Some(report) = report else { return not_found(State(council), headers).await };
+    let Some(report) = own_job(&council, &session, &id).and_then(|j| j.report) else {
+        return not_found(State(council), headers).await;
+    };
     let mut out = csv::Writer::from_writer(Vec::new());
     let _ = out.write_record(["row", "reference", "result", "reason"]);
     for row in report["rows"].as_array().map_or(&[][..], Vec::as_slice) {

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod handover;
 pub mod import;
 pub mod inputs;
+pub mod jobs;
 pub mod metrics;
 pub mod net;
 pub mod runtime;

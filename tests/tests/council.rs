@@ -283,3 +283,76 @@ async fn webhook__a_notification_is_posted_signed__retried_until_taken__and_not_
     hackney.shutdown().await;
     hub.shutdown().await;
 }
+
+/// Polls an API import job until it is no longer running (bounded): the job's last state.
+async fn import_job_end(fed: &Fed, job: u64) -> serde_json::Value {
+    let path = format!("/plans/import/jobs/{job}");
+    let mut last = json!(null);
+    for _ in 0..600 {
+        last = api_json(fed, "204", "GET", &path, None).await.1;
+        if last["state"] != "running" {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("import job {job} still running after 600 polls: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_import_job__runs_in_chunks__reports_every_row__a_dry_run_stores_nothing__a_bad_file_is_refused_whole() {
+    let fed = Fed::create(spec());
+    let hub = fed.start("HUBN").await;
+    let hackney = fed.start("204").await;
+    let (addr, token) = fed.api_of("204");
+    let post = |path: &'static str, csv: String| {
+        let token = token.clone();
+        async move {
+            let (status, body) = cpis_tests::http(addr, &token, "POST", path, Some(("text/csv", csv.as_bytes()))).await;
+            (status, serde_json::from_str::<serde_json::Value>(&body).unwrap_or(json!(body)))
+        }
+    };
+    // More rows than one chunk, with a broken row in the second chunk.
+    let rows = cpis_node::jobs::CHUNK_ROWS + 500;
+    let mut csv = String::from("reference,nhs_number,plan_type,start_date\n");
+    for (i, nhs) in cpis_tests::children(rows, 0).iter().enumerate() {
+        let nhs = if i == 1_200 { "4010232138".to_string() } else { nhs.digits() };
+        csv.push_str(&format!("CPP-{i},{nhs},CPP,2026-02-01\n"));
+    }
+    let (status, dry) = post("/plans/import/jobs?dry_run=true", csv.clone()).await;
+    assert_eq!(status, 202, "{dry}");
+    assert_eq!((dry["rows_total"].as_u64(), dry["dry_run"].as_bool()), (Some(rows as u64), Some(true)), "{dry}");
+    let dry = import_job_end(&fed, dry["job"].as_u64().unwrap()).await;
+    assert_eq!(dry["state"], "done", "{dry}");
+    assert_eq!(
+        (dry["report"]["applied"].as_u64(), dry["report"]["refused"].as_u64()),
+        (Some(rows as u64 - 1), Some(1))
+    );
+    let (_, plans) = api_json(&fed, "204", "GET", "/plans", None).await;
+    assert_eq!(plans["plans"].as_array().unwrap().len(), 0, "a dry run stores nothing");
+
+    let (status, job) = post("/plans/import/jobs", csv.clone()).await;
+    assert_eq!(status, 202, "{job}");
+    let done = import_job_end(&fed, job["job"].as_u64().unwrap()).await;
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["rows_done"].as_u64(), Some(rows as u64), "{done}");
+    let report = &done["report"];
+    assert_eq!((report["applied"].as_u64(), report["refused"].as_u64()), (Some(rows as u64 - 1), Some(1)));
+    let refused: Vec<_> = report["rows"].as_array().unwrap().iter().filter(|r| r["result"] == "refused").collect();
+    assert_eq!(refused[0]["row"].as_u64(), Some(1_202), "rows are numbered as lines, the header being 1");
+    assert!(refused[0]["reason"].as_str().unwrap().contains("check digit"), "{}", refused[0]);
+    let (_, plans) = api_json(&fed, "204", "GET", "/plans", None).await;
+    assert_eq!(plans["plans"].as_array().unwrap().len(), rows - 1);
+
+    // The same file again changes nothing; a misspelt column refuses the file before any job.
+    let again = post("/plans/import/jobs", csv).await.1;
+    let again = import_job_end(&fed, again["job"].as_u64().unwrap()).await;
+    assert_eq!(again["report"]["unchanged"].as_u64(), Some(rows as u64 - 1), "{again}");
+    let (status, refused) =
+        post("/plans/import/jobs", "reference,nhs_number,plan_type,start_date,withdrawl\n".into()).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("withdrawl"), "{refused}");
+    let (status, missing) = api_json(&fed, "204", "GET", "/plans/import/jobs/99", None).await;
+    assert_eq!(status, 404, "{missing}");
+    hackney.shutdown().await;
+    hub.shutdown().await;
+}

@@ -1,0 +1,140 @@
+//! Import jobs: a CSV import run in the background, a chunk of rows at a time, whose progress and
+//! per-row report the council's pages (`/import/jobs/N`) and the operator API
+//! (`/plans/import/jobs/N`) both read. One runner for both doors.
+
+use crate::api::{self, ApiState};
+use crate::import::ImportRow;
+use cpis_protocol::authority::RowOutcome;
+use cpis_protocol::machine::{Command, Reply};
+use cpis_protocol::records::Plan;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Rows a job sends to the node at a time (its progress moves by this much); each chunk is
+/// durable before the next is sent.
+pub const CHUNK_ROWS: usize = 1_000;
+/// Jobs remembered (when full, the oldest finished one goes first).
+pub const JOBS_MAX: usize = 32;
+
+/// Imports running or finished, newest last (at most [`JOBS_MAX`]).
+#[derive(Default)]
+pub struct Jobs {
+    next: u64,
+    list: Vec<(u64, Arc<Mutex<Job>>)>,
+}
+
+/// One import: who started it, how far it is, and its per-row report once done.
+#[derive(Clone)]
+pub struct Job {
+    /// The account that started it through the pages, or [`API_OWNER`].
+    pub owner: String,
+    pub dry_run: bool,
+    pub rows_total: usize,
+    pub rows_done: usize,
+    pub report: Option<Value>,
+    pub error: Option<String>,
+}
+
+/// The owner of jobs started through the API (its token holder, who may read every job).
+pub const API_OWNER: &str = "(api)";
+
+impl Job {
+    pub fn running(&self) -> bool {
+        self.report.is_none() && self.error.is_none()
+    }
+
+    /// The job as `GET /plans/import/jobs/N` shows it.
+    pub fn json(&self, id: u64) -> Value {
+        let state = match (&self.report, &self.error) {
+            (Some(_), _) => "done",
+            (None, Some(_)) => "failed",
+            (None, None) => "running",
+        };
+        let mut doc = json!({
+            "job": id,
+            "state": state,
+            "dry_run": self.dry_run,
+            "rows_total": self.rows_total,
+            "rows_done": self.rows_done,
+        });
+        if let Some(report) = &self.report {
+            doc["report"] = report.clone();
+        }
+        if let Some(error) = &self.error {
+            doc["error"] = json!(error);
+        }
+        doc
+    }
+}
+
+/// Starts importing `rows` (already parsed: the file as a whole was accepted) in the background
+/// and returns the job's number. `on_done` gets the report of a finished import that stored
+/// something (not a dry run), for the caller's audit line.
+pub fn start(
+    state: &ApiState,
+    owner: String,
+    rows: Vec<ImportRow>,
+    dry_run: bool,
+    on_done: impl FnOnce(&Value) + Send + 'static,
+) -> u64 {
+    let job =
+        Arc::new(Mutex::new(Job { owner, dry_run, rows_total: rows.len(), rows_done: 0, report: None, error: None }));
+    let id = {
+        let mut jobs = state.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        jobs.next += 1;
+        if jobs.list.len() >= JOBS_MAX {
+            let finished = jobs.list.iter().position(|(_, j)| !lock(j).running());
+            jobs.list.remove(finished.unwrap_or(0));
+        }
+        let id = jobs.next;
+        jobs.list.push((id, job.clone()));
+        id
+    };
+    tokio::spawn(run(state.clone(), rows, job, on_done));
+    id
+}
+
+/// A copy of job `id` as it is now, if it is remembered.
+pub fn get(state: &ApiState, id: u64) -> Option<Job> {
+    let jobs = state.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+    jobs.list.iter().find(|(i, _)| *i == id).map(|(_, j)| lock(j).clone())
+}
+
+fn lock(job: &Mutex<Job>) -> std::sync::MutexGuard<'_, Job> {
+    job.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Sends the valid rows to the node [`CHUNK_ROWS`] at a time, moving the job's progress, then
+/// builds the per-row report.
+async fn run(state: ApiState, rows: Vec<ImportRow>, job: Arc<Mutex<Job>>, on_done: impl FnOnce(&Value)) {
+    let dry_run = lock(&job).dry_run;
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(CHUNK_ROWS) {
+        let valid: Vec<(usize, Plan)> =
+            chunk.iter().filter_map(|r| r.plan.as_ref().ok().map(|p| (r.row, p.clone()))).collect();
+        if dry_run {
+            outcomes.extend(valid.iter().map(|(row, _)| (*row, RowOutcome::Applied)));
+        } else {
+            match api::ask(&state, Command::ImportPlans(valid)).await {
+                Ok(Reply::Imported(report)) => outcomes.extend(report.rows),
+                Ok(Reply::Refused(e)) => return lock(&job).error = Some(e.to_string()),
+                Ok(_) | Err(_) => {
+                    lock(&job).error = Some(
+                        "the node stopped during the import: rows already applied stay applied; import the file again"
+                            .into(),
+                    );
+                    return;
+                }
+            }
+        }
+        lock(&job).rows_done += chunk.len();
+    }
+    let mut report = api::import_report(rows, outcomes);
+    if dry_run {
+        report["dry_run"] = Value::Bool(true);
+    } else {
+        report = api::count_import(&state, report);
+        on_done(&report);
+    }
+    lock(&job).report = Some(report);
+}

@@ -11,6 +11,7 @@ use crate::import::{self, ImportRow};
 use crate::inputs::Input;
 use crate::jobs;
 use crate::metrics::Metrics;
+use crate::status::{PlansHeld, Spread};
 use crate::store::{Store, StoreError};
 use axum::Router;
 use axum::body::Bytes;
@@ -305,10 +306,34 @@ async fn list_plans(State(state): State<ApiState>) -> Response {
     if let Err(r) = authority_only(&state) {
         return r;
     }
-    match read_plans(&state) {
-        Ok(plans) => axum::Json(json!({ "plans": plans.iter().map(plan_json).collect::<Vec<_>>() })).into_response(),
-        Err(r) => r,
+    let plans = match read_plans(&state) {
+        Ok(plans) => plans,
+        Err(r) => return r,
+    };
+    let held = plans_held(&state, &plans).await;
+    let plans: Vec<Value> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut doc = plan_json(p);
+            if let (Value::Object(doc), Value::Object(spread)) = (&mut doc, Spread::json(held.spread(i).as_ref())) {
+                doc.extend(spread);
+            }
+            doc
+        })
+        .collect();
+    axum::Json(json!({ "plans": plans })).into_response()
+}
+
+/// How far every hub holds the feed, and where each of `plans` stands (empty if the event loop
+/// does not answer: every plan then shows as not known).
+pub(crate) async fn plans_held(state: &ApiState, plans: &[Plan]) -> PlansHeld {
+    let (reply, rx) = oneshot::channel();
+    let references = plans.iter().map(|p| p.reference.clone()).collect();
+    if state.inputs.send(Input::PlansHeld { references, reply }).await.is_err() {
+        return PlansHeld::default();
     }
+    rx.await.unwrap_or_default()
 }
 
 /// Every plan in the store, by reference.

@@ -504,7 +504,18 @@ fn plan_state(p: &Plan, today: Date) -> (&'static str, &'static str) {
     }
 }
 
-fn plans_markup(
+/// Whether every hub holds a plan's latest version, as a tag.
+fn spread_tag(spread: Option<&crate::status::Spread>) -> (String, &'static str) {
+    let list = |codes: &[cpis_protocol::ids::OdsCode]| codes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ");
+    match spread {
+        None => ("Not in the feed".into(), "govuk-tag--grey"),
+        Some(s) if s.everywhere() => ("At every hub".into(), "govuk-tag--green"),
+        Some(s) if !s.behind.is_empty() => (format!("Not yet at {}", list(&s.behind)), "govuk-tag--yellow"),
+        Some(s) => (format!("Not known for {}", list(&s.unknown)), "govuk-tag--grey"),
+    }
+}
+
+async fn plans_markup(
     council: &Council,
     session: &Session,
     q: &str,
@@ -522,6 +533,8 @@ fn plans_markup(
             .take(PAGE_ROWS_MAX)
             .collect()
     };
+    let shown_plans: Vec<Plan> = shown.iter().map(|p| (*p).clone()).collect();
+    let held = api::plans_held(&council.api, &shown_plans).await;
     let today = crate::net::now().date();
     let value = |f: fn(&PlanForm) -> &String| form.map(|x| f(x).clone()).unwrap_or_default();
     html! {
@@ -544,12 +557,14 @@ fn plans_markup(
                     th scope="col" class="govuk-table__header" { "Start" }
                     th scope="col" class="govuk-table__header" { "End" }
                     th scope="col" class="govuk-table__header" { "State" }
+                    th scope="col" class="govuk-table__header" { "Hubs" }
                     @if session.role.changes_plans() { th scope="col" class="govuk-table__header" { "Change" } }
                 }
             }
             tbody class="govuk-table__body" {
-                @for p in &shown {
+                @for (i, p) in shown.iter().enumerate() {
                     @let (state, tag) = plan_state(p, today);
+                    @let (spread, spread_class) = spread_tag(held.spread(i).as_ref());
                     tr class="govuk-table__row" {
                         td class="govuk-table__cell" { (p.reference) }
                         td class="govuk-table__cell" { (p.nhs.digits()) }
@@ -557,6 +572,7 @@ fn plans_markup(
                         td class="govuk-table__cell" { (p.start) }
                         td class="govuk-table__cell" { @if let Some(e) = p.end { (e) } }
                         td class="govuk-table__cell" { strong class=(format!("govuk-tag {tag}")) { (state) } }
+                        td class="govuk-table__cell" { strong class=(format!("govuk-tag {spread_class}")) { (spread) } }
                         @if session.role.changes_plans() {
                             td class="govuk-table__cell" {
                                 @if !p.withdrawn {
@@ -608,7 +624,7 @@ async fn plans(State(council): State<Arc<Council>>, headers: HeaderMap, Query(se
     };
     page(
         StatusCode::OK,
-        layout(&council, "Plans", Some(&session), plans_markup(&council, &session, &search.q, &[], None)),
+        layout(&council, "Plans", Some(&session), plans_markup(&council, &session, &search.q, &[], None).await),
     )
 }
 
@@ -685,7 +701,7 @@ async fn add_plan(State(council): State<Arc<Council>>, headers: HeaderMap, Form(
         Ok(_) => Redirect::to(&format!("/plans?q={}", path_segment(&form.reference))).into_response(),
         Err(e) => {
             let errors = [(field_of(&e), e.clone())];
-            let markup = plans_markup(&council, &session, "", &errors, Some(&form));
+            let markup = plans_markup(&council, &session, "", &errors, Some(&form)).await;
             page(StatusCode::BAD_REQUEST, layout(&council, "Error: Plans", Some(&session), markup))
         }
     }
@@ -719,7 +735,7 @@ async fn end_plan(
         }
         Err(e) => Err(e),
     };
-    plan_change_answer(&council, &session, &reference, result)
+    plan_change_answer(&council, &session, &reference, result).await
 }
 
 async fn withdraw_plan(
@@ -739,10 +755,10 @@ async fn withdraw_plan(
         }
         Err(e) => Err(format!("reference: {e}")),
     };
-    plan_change_answer(&council, &session, &reference, result)
+    plan_change_answer(&council, &session, &reference, result).await
 }
 
-fn plan_change_answer(
+async fn plan_change_answer(
     council: &Council,
     session: &Session,
     reference: &str,
@@ -752,7 +768,7 @@ fn plan_change_answer(
         Ok(_) => Redirect::to(&format!("/plans?q={}", path_segment(reference))).into_response(),
         Err(e) => {
             let errors = [(field_of(&e), e.clone())];
-            let markup = plans_markup(council, session, reference, &errors, None);
+            let markup = plans_markup(council, session, reference, &errors, None).await;
             page(StatusCode::BAD_REQUEST, layout(council, "Error: Plans", Some(session), markup))
         }
     }

@@ -2,8 +2,8 @@
 //! tasks (`net`) and the operator API (`api`) only ever send these; the loop (`runtime`) owns all
 //! state and answers through the channels they carry.
 
-use crate::status::Snapshot;
-use cpis_protocol::ids::OdsCode;
+use crate::status::{PlansHeld, Snapshot};
+use cpis_protocol::ids::{OdsCode, PlanRef};
 use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::records::AccessEvent;
 use cpis_protocol::sign::{PublicKey, Verified};
@@ -61,6 +61,9 @@ pub enum Input {
     Command { command: Command, reply: oneshot::Sender<Reply> },
     /// A snapshot of the node for status and metrics.
     Status(oneshot::Sender<Box<Snapshot>>),
+    /// How far every hub holds an authority's feed, and the sequence of each named plan's latest
+    /// version (the plans list and pages).
+    PlansHeld { references: Vec<PlanRef>, reply: oneshot::Sender<PlansHeld> },
 }
 
 /// What the store's writer reports, on its own channel (never held back by input limits).

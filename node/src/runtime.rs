@@ -11,7 +11,7 @@ use crate::config::{self, NodeConfig, NodeRole};
 use crate::inputs::{Delivered, Durability, INPUT_QUEUE_BYTES_MAX, INPUT_QUEUE_MAX, Input, Link};
 use crate::metrics::Metrics;
 use crate::net::{self, NetContext};
-use crate::status::{AuthorityState, HubState, OriginState, PeerState, Snapshot};
+use crate::status::{AuthorityState, HubState, OriginState, PeerState, PlansHeld, Snapshot};
 use crate::store::Store;
 use crate::transport;
 use anyhow::Context;
@@ -448,6 +448,13 @@ impl Node {
             Input::Status(reply) => {
                 let _ = reply.send(Box::new(self.snapshot()));
             }
+            Input::PlansHeld { references, reply } => {
+                let held = self.machine.as_authority().map_or_else(PlansHeld::default, |a| PlansHeld {
+                    hubs: a.held_by_hubs(),
+                    seqs: references.iter().map(|r| a.plan_seq(r)).collect(),
+                });
+                let _ = reply.send(held);
+            }
         }
     }
 
@@ -751,6 +758,7 @@ impl Node {
                     notifications,
                     unacknowledged,
                     oldest_unacknowledged: a.oldest_unacknowledged(),
+                    held: a.held_by_hubs(),
                 }
             }),
             hub: self.machine.as_hub().map(|h| HubState {

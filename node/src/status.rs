@@ -37,6 +37,63 @@ pub struct AuthorityState {
     pub notifications: usize,
     pub unacknowledged: usize,
     pub oldest_unacknowledged: Option<Timestamp>,
+    /// How far each hub holds the feed, as the home hubs last said (`None`: not said yet).
+    pub held: Vec<(OdsCode, Option<u64>)>,
+}
+
+/// How far every hub holds an authority's feed, and the sequence of some plans' latest versions
+/// (`None` for a plan no longer in the feed).
+#[derive(Clone, Debug, Default)]
+pub struct PlansHeld {
+    pub hubs: Vec<(OdsCode, Option<u64>)>,
+    pub seqs: Vec<Option<u64>>,
+}
+
+/// Where one plan's latest version has reached.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Spread {
+    /// Hubs known to hold an older state of the feed.
+    pub behind: Vec<OdsCode>,
+    /// Hubs no home hub has said anything of yet.
+    pub unknown: Vec<OdsCode>,
+}
+
+impl PlansHeld {
+    /// Where the `i`th plan's latest version has reached; `None` if it is not in the feed.
+    pub fn spread(&self, i: usize) -> Option<Spread> {
+        let seq = (*self.seqs.get(i)?)?;
+        let mut spread = Spread::default();
+        for (hub, held) in &self.hubs {
+            match held {
+                None => spread.unknown.push(hub.clone()),
+                Some(h) if *h < seq => spread.behind.push(hub.clone()),
+                Some(_) => {}
+            }
+        }
+        Some(spread)
+    }
+}
+
+impl Spread {
+    /// Whether every hub is known to hold the plan's latest version.
+    pub fn everywhere(&self) -> bool {
+        self.behind.is_empty() && self.unknown.is_empty()
+    }
+
+    /// The plan's fields of the API's plans list: `at_every_hub`, `not_yet_at`, `not_known_at`.
+    pub fn json(spread: Option<&Spread>) -> Value {
+        fn codes(c: &[OdsCode]) -> Vec<&str> {
+            c.iter().map(OdsCode::as_str).collect()
+        }
+        match spread {
+            None => json!({ "at_every_hub": null, "not_yet_at": [], "not_known_at": [] }),
+            Some(s) => json!({
+                "at_every_hub": s.everywhere(),
+                "not_yet_at": codes(&s.behind),
+                "not_known_at": codes(&s.unknown),
+            }),
+        }
+    }
 }
 
 /// One authority's replica at a hub.
@@ -138,6 +195,8 @@ impl Snapshot {
             doc["plans"] = json!(a.plans);
             doc["notifications"] = json!(a.notifications);
             doc["notifications_unacknowledged"] = json!(a.unacknowledged);
+            doc["hubs_holding"] =
+                json!(a.held.iter().map(|(h, seq)| json!({ "hub": h.as_str(), "seq": seq })).collect::<Vec<_>>());
         }
         if let Some(h) = &self.hub {
             let origins: Vec<Value> = h

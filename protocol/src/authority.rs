@@ -166,6 +166,9 @@ pub struct Authority {
     head: Option<SignedHead>,
     inbox: BTreeMap<LookupId, InboxEntry>,
     hubs: BTreeMap<OdsCode, KeyId>,
+    /// How far each hub holds our feed, as each home hub last told ([`Message::Held`]): the
+    /// reporting hub, then the hubs it named.
+    held: BTreeMap<OdsCode, BTreeMap<OdsCode, u64>>,
     /// From when each hub is asked to deliver again what it delivered (the newest notification
     /// held at the start, less the clock margin: after a restore from an older copy, what the
     /// copy lacks), and the hubs asked since the start (each once).
@@ -205,6 +208,7 @@ impl Authority {
             head: None,
             inbox: BTreeMap::new(),
             hubs: BTreeMap::new(),
+            held: BTreeMap::new(),
             redeliver_since: Timestamp(0),
             redelivery_asked: BTreeSet::new(),
             staging: BTreeMap::new(),
@@ -337,6 +341,28 @@ impl Authority {
     /// When each notification arrived, and whether it is acknowledged.
     pub fn inbox_state(&self, id: &LookupId) -> Option<(Timestamp, bool)> {
         self.inbox.get(id).map(|e| (e.received_at, e.acknowledged))
+    }
+
+    /// The sequence of the newest durable entry of a plan (its latest version, or its removal):
+    /// what a hub must hold to show the plan as it now is.
+    pub fn plan_seq(&self, reference: &PlanRef) -> Option<u64> {
+        self.feed.latest(&EntryKey::Plan(reference.clone())).map(|e| e.body.seq)
+    }
+
+    /// How far every hub of the directory holds this authority's feed, as its home hubs last
+    /// reported (a hub's word on itself first, else the furthest another hub saw it at); `None`
+    /// for a hub no report has named. Hubs' unsigned word: for the council to see whether its
+    /// changes have spread, never for a decision.
+    pub fn held_by_hubs(&self) -> Vec<(OdsCode, Option<u64>)> {
+        self.dir
+            .trusted
+            .with_role(Role::Hub)
+            .map(|hub| {
+                let own = self.held.get(&hub.code).and_then(|r| r.get(&hub.code)).copied();
+                let seen = self.held.values().filter_map(|r| r.get(&hub.code)).max().copied();
+                (hub.code.clone(), own.or(seen))
+            })
+            .collect()
     }
 
     /// Hubs currently connected.
@@ -669,6 +695,12 @@ impl Authority {
             Message::Feed(batch) => self.on_own_feed(from, batch, now),
             Message::Notify(n) => self.on_notify(from, n, now),
             Message::Redelivered { notification, receipt } => self.on_redelivered(from, *notification, receipt),
+            Message::Held { hubs } => {
+                let dir = &self.dir.trusted;
+                let named = hubs.into_iter().filter(|h| dir.member(&h.hub).is_some_and(|m| m.role == Role::Hub));
+                let report = named.map(|h| (h.hub, h.seq)).collect();
+                self.held.insert(from.clone(), report);
+            }
             Message::Refused(_) => {}
             _ => self.refuse(from, kind, Refusal::NotAllowed { sender: "hub", kind, receiver: "authority" }),
         }

@@ -17,7 +17,7 @@ use crate::refusal::Refusal;
 use crate::schema::{self, RowError, StoreOp, StoredRow};
 use crate::sign::{Identity, KeyId, Signed, Verified};
 use crate::time::Timestamp;
-use crate::wire::{Message, Notification, Receipt, Refused};
+use crate::wire::{HeldBy, Message, Notification, Receipt, Refused};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -193,6 +193,10 @@ pub struct Hub {
     /// Outbox keys by when they are next due.
     due: BTreeSet<(Timestamp, LookupId, OdsCode)>,
     peers: BTreeMap<OdsCode, Peer>,
+    /// How far each peer hub holds each authority's feed, as its last sync or digest showed.
+    peer_marks: BTreeMap<OdsCode, BTreeMap<OdsCode, u64>>,
+    /// The last [`Message::Held`] sent to each connected authority (sent again only changed).
+    held_sent: BTreeMap<OdsCode, Vec<HeldBy>>,
     /// Origins and sequences at which an equivocation was proven (proof in the store).
     equivocations: BTreeSet<(OdsCode, u64)>,
     own_recovery: OwnRecovery,
@@ -227,6 +231,8 @@ impl Hub {
             delivered: BTreeMap::new(),
             due: BTreeSet::new(),
             peers: BTreeMap::new(),
+            peer_marks: BTreeMap::new(),
+            held_sent: BTreeMap::new(),
             equivocations: BTreeSet::new(),
             own_recovery: if rows.is_empty() { OwnRecovery::AwaitingPeer } else { OwnRecovery::Done },
             next_sync_at: now,
@@ -415,6 +421,7 @@ impl Hub {
             Role::Authority => {
                 let marks = vec![self.authority_mark(peer)];
                 self.out.send(peer, Message::Sync { directory_version: self.dir.version(), marks });
+                self.send_held(peer);
             }
             Role::Setting => {}
         }
@@ -423,6 +430,7 @@ impl Hub {
 
     pub(crate) fn handle_disconnected(&mut self, peer: &OdsCode) {
         self.peers.remove(peer);
+        self.held_sent.remove(peer);
         self.staging.retain(|(from, _), _| from != peer);
     }
 
@@ -446,6 +454,7 @@ impl Hub {
             for peer in authorities {
                 let marks = vec![self.authority_mark(&peer)];
                 self.out.send(&peer, Message::Sync { directory_version: self.dir.version(), marks });
+                self.send_held(&peer);
             }
         }
         self.deliver_due(now);
@@ -615,6 +624,21 @@ impl Hub {
         }
         let fingerprints = crate::wire::fingerprints(&self.sync_marks());
         self.out.send(peer, Message::Digest { directory_version: self.dir.version(), fingerprints });
+    }
+
+    /// Tells an authority how far each hub known to this one holds its feed, unless that is what
+    /// it was last told.
+    fn send_held(&mut self, authority: &OdsCode) {
+        let mut hubs = vec![HeldBy { hub: self.code.clone(), seq: self.authority_mark(authority).seq }];
+        hubs.extend(
+            self.peer_marks
+                .iter()
+                .filter_map(|(hub, marks)| marks.get(authority).map(|&seq| HeldBy { hub: hub.clone(), seq })),
+        );
+        if self.held_sent.get(authority) != Some(&hubs) {
+            self.held_sent.insert(authority.clone(), hubs.clone());
+            self.out.send(authority, Message::Held { hubs });
+        }
     }
 
     fn authority_mark(&self, origin: &OdsCode) -> crate::wire::Mark {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// The version of the messages below; peers speaking another are refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Largest frame payload, in bytes.
 pub const FRAME_BYTES_MAX: usize = 4 << 20;
 /// Bytes of the length prefix.
@@ -46,6 +46,14 @@ pub struct Mark {
     pub seq: u64,
     /// When the head the sender holds for it was signed (zero for feeds without heads).
     pub head_at: Timestamp,
+}
+
+/// How far one hub holds an authority's feed (the sequence of the head its replica matches; 0
+/// for none), as the hub reporting it last learnt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBy {
+    pub hub: OdsCode,
+    pub seq: u64,
 }
 
 /// Buckets of a [`Message::Digest`]: an origin's mark falls in bucket [`bucket_of`] its code.
@@ -194,6 +202,11 @@ pub enum Message {
     /// The sender's marks in the buckets set in `buckets` (bit `i` for bucket `i`), and no
     /// others: the receiver answers, as to a [`Message::Sync`], with what the sender lacks there.
     SyncPart { directory_version: u64, buckets: u16, marks: Vec<Mark> },
+    /// A hub to an authority, on connect and then every sync interval when it changed: how far
+    /// each hub it knows of holds the authority's feed (itself, and its peer hubs as their last
+    /// syncs and digests showed). The authority shows it to the council (whether a change has
+    /// reached every hub); it is the hub's unsigned word and changes nothing.
+    Held { hubs: Vec<HeldBy> },
 }
 
 impl Message {
@@ -213,6 +226,7 @@ impl Message {
             Message::Redelivered { .. } => "redelivered",
             Message::Digest { .. } => "digest",
             Message::SyncPart { .. } => "sync-part",
+            Message::Held { .. } => "held",
         }
     }
 }
@@ -300,6 +314,7 @@ fn check_limits(message: &Message) -> Result<(), WireError> {
     match message {
         Message::Sync { marks, .. } | Message::SyncPart { marks, .. } => limit("marks", marks.len(), SYNC_MARKS_MAX),
         Message::Directories(chain) => limit("directory versions", chain.len(), DIRECTORY_CHAIN_MAX),
+        Message::Held { hubs } => limit("hubs", hubs.len(), SYNC_MARKS_MAX),
         Message::Feed(batch) => limit("batch entries", batch.entries.len(), BATCH_ENTRIES_MAX),
         Message::Answer(a) => {
             limit("authorities in an answer", a.authorities.len(), ANSWER_AUTHORITIES_MAX)?;

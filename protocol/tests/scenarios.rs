@@ -882,6 +882,39 @@ fn hub_that_missed_a_run_on_a_live_connection__finds_it_by_digest__takes_only_th
     assert_eq!(head("HUBW"), head("HUBN"), "under the same head");
 }
 
+/// How far each of the three hubs holds 204's feed, as 204 was told.
+fn held_by(net: &Net) -> Vec<(String, Option<u64>)> {
+    net.authority("204").held_by_hubs().into_iter().map(|(h, seq)| (h.as_str().to_string(), seq)).collect()
+}
+
+#[test]
+fn authority_learns_from_its_home_hub_how_far_every_hub_holds_its_feed__a_cut_off_hub_shows_behind_until_healed() {
+    let mut net = three_hubs();
+    record(&mut net, "204", plan("CP-1", OTHER_CHILD, PlanType::ChildProtection));
+    net.run_for(3 * net.config.hub.sync_interval_ms);
+    let first = net.authority("204").plan_seq(&PlanRef::parse("CP-1").unwrap()).expect("CP-1 is in the feed");
+    let seq = net.authority("204").last_seq();
+    let all_at = |seq| HUBS3.iter().map(|h| (h.to_string(), Some(seq))).collect::<Vec<_>>();
+    assert_eq!(held_by(&net), all_at(seq), "every hub holds the whole feed, as its home hub HUBN says");
+
+    // HUBW is cut off from both other hubs: HUBN still says where it last saw it.
+    net.cut("HUBN", "HUBW");
+    net.cut("HUBS", "HUBW");
+    record(&mut net, "204", plan("LAC-2", CHILD, PlanType::LookedAfter));
+    net.run_for(3 * net.config.hub.sync_interval_ms);
+    let second = net.authority("204").plan_seq(&PlanRef::parse("LAC-2").unwrap()).expect("LAC-2 is in the feed");
+    let now = net.authority("204").last_seq();
+    assert!(second > seq && first <= seq);
+    let held = held_by(&net);
+    assert_eq!(held[..2], all_at(now)[..2], "HUBN and HUBS hold the change");
+    assert_eq!(held[2], ("HUBW".to_string(), Some(seq)), "HUBW is known to be behind");
+
+    net.heal();
+    net.run_for(3 * net.config.hub.sync_interval_ms);
+    assert_eq!(held_by(&net), all_at(now), "healed: every hub holds the change, and 204 knows it");
+    assert!(between_hubs(&net, "held") == 0, "the report goes to authorities only");
+}
+
 #[test]
 fn lossy_network__everything_converges_and_every_notice_arrives_once() {
     let cfg = NetConfig { loss_per_million: 200_000, seed: 42, ..Default::default() };

@@ -134,6 +134,15 @@ fn digest_and_sync_part_round_trip_and_a_sync_part_over_the_mark_limit_is_refuse
     assert!(matches!(wire::decode_payload(&payload), Err(WireError::TooMany { what: "marks", .. })));
 }
 
+#[test]
+fn held_round_trips_and_a_held_naming_more_hubs_than_a_directory_may_hold_is_refused() {
+    let held =
+        |n: usize| Message::Held { hubs: vec![wire::HeldBy { hub: OdsCode::parse("HUBN").unwrap(), seq: 7 }; n] };
+    assert_eq!(wire::decode_frame(&wire::encode_frame(&held(2))).unwrap(), held(2));
+    let payload = wire::encode_payload(&held(wire::SYNC_MARKS_MAX + 1));
+    assert!(matches!(wire::decode_payload(&payload), Err(WireError::TooMany { what: "hubs", .. })));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2_000))]
 

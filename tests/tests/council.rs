@@ -356,3 +356,54 @@ async fn api_import_job__runs_in_chunks__reports_every_row__a_dry_run_stores_not
     hackney.shutdown().await;
     hub.shutdown().await;
 }
+
+/// The plan `reference` in `GET /plans`.
+async fn listed_plan(fed: &Fed, reference: &str) -> serde_json::Value {
+    let (_, plans) = api_json(fed, "204", "GET", "/plans", None).await;
+    plans["plans"].as_array().unwrap().iter().find(|p| p["reference"] == reference).cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_show_whether_every_hub_holds_their_latest_version__a_stopped_hub_shows_behind_until_it_catches_up() {
+    let fed = Fed::create(FederationSpec::new("spread").hub("HUBN").hub("HUBS").authority("204", "Hackney", &["HUBN"]));
+    let north = fed.start("HUBN").await;
+    let south = fed.start("HUBS").await;
+    let mut accounts = Accounts::default();
+    accounts.add_user("ali.khan", "Ali Khan", "Duty social worker", AccountRole::SocialWorker, PASSWORD).unwrap();
+    accounts.save(&fed.home("204").join("users.json")).unwrap();
+    let hackney = fed.start_with("204", |c| c.pages = Some(PagesConfig::default())).await;
+    let addr = hackney.pages_url().unwrap().trim_start_matches("http://").parse().unwrap();
+
+    let plan = |reference: &str, nhs: &str| json!({ "reference": reference, "nhs": nhs, "plan_type": "CPP", "start": "2026-01-05" });
+    assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan("CPP-1", CHILD))).await.0, 200);
+    wait_until("both hubs are known to hold CPP-1", Duration::from_secs(20), || async {
+        listed_plan(&fed, "CPP-1").await["at_every_hub"] == true
+    })
+    .await;
+    let (_, status) = api_json(&fed, "204", "GET", "/status", None).await;
+    assert_eq!(status["hubs_holding"].as_array().map(Vec::len), Some(2), "{status}");
+
+    // HUBS stops: its home hub still says where HUBS was, so a new plan shows as not yet there.
+    south.shutdown().await;
+    assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan("CPP-2", "4010232137"))).await.0, 200);
+    wait_until("CPP-2 shows as not yet at HUBS", Duration::from_secs(20), || async {
+        listed_plan(&fed, "CPP-2").await["not_yet_at"] == json!(["HUBS"])
+    })
+    .await;
+    assert_eq!(listed_plan(&fed, "CPP-1").await["at_every_hub"], true, "the older plan is still everywhere");
+    let mut worker = Page::new(addr);
+    assert_eq!(worker.sign_in("ali.khan", PASSWORD).await.0, 303);
+    let (_, _, page) = worker.send("GET", "/plans", None).await;
+    assert!(page.contains("Not yet at HUBS") && page.contains("At every hub"), "{page}");
+
+    let south = fed.start("HUBS").await;
+    wait_until("HUBS catches up and is known to", Duration::from_secs(30), || async {
+        listed_plan(&fed, "CPP-2").await["at_every_hub"] == true
+    })
+    .await;
+    let (_, _, page) = worker.send("GET", "/plans", None).await;
+    assert!(!page.contains("Not yet at"), "{page}");
+    hackney.shutdown().await;
+    south.shutdown().await;
+    north.shutdown().await;
+}

@@ -37,6 +37,16 @@ pub fn status_text(s: &Value) -> String {
             number(s, "feed_seq"),
             text(s, "head_signed_at")
         );
+        let held: Vec<String> = items(s, "hubs_holding")
+            .iter()
+            .map(|h| match h.get("seq").and_then(Value::as_u64) {
+                Some(seq) => format!("{} {seq}", text(h, "hub")),
+                None => format!("{} not known", text(h, "hub")),
+            })
+            .collect();
+        if !held.is_empty() {
+            let _ = writeln!(out, "Held by hubs:  {} (as the home hubs last said)", held.join(", "));
+        }
         let _ = writeln!(out, "Plans:         {}", number(s, "plans"));
         let _ = writeln!(
             out,

@@ -84,6 +84,7 @@ impl Hub {
                 }
             }
             Role::Hub => {
+                self.note_peer_marks(from, marks, buckets);
                 let cap = self.config.sync_reply_bytes_max;
                 let Some(peer) = self.peers.get_mut(from) else { return };
                 let refill =
@@ -106,11 +107,30 @@ impl Hub {
         let marks = self.sync_marks();
         let ours = fingerprints(&marks);
         let buckets = (0..DIGEST_BUCKETS).filter(|&i| ours[i] != theirs[i]).fold(0u16, |b, i| b | 1 << i);
+        // Where the fingerprints agree, the peer holds exactly what we hold.
+        let same: Vec<crate::wire::Mark> = marks.iter().filter(|m| !in_scope(&m.origin, buckets)).cloned().collect();
+        self.note_peer_marks(from, &same, !buckets);
         if buckets == 0 {
             return;
         }
         let marks = marks.into_iter().filter(|m| in_scope(&m.origin, buckets)).collect();
         self.out.send(from, Message::SyncPart { directory_version: self.dir.version(), buckets, marks });
+    }
+
+    /// Remembers how far peer hub `from` holds each authority's feed in `buckets`, from its marks
+    /// there (an authority replica of ours it has no mark for, it does not hold), for
+    /// [`Message::Held`].
+    fn note_peer_marks(&mut self, from: &OdsCode, marks: &[crate::wire::Mark], buckets: u16) {
+        let dir = &self.dir.trusted;
+        let known = self.peer_marks.entry(from.clone()).or_default();
+        for origin in self.authorities.keys().filter(|o| in_scope(o, buckets)) {
+            known.insert(origin.clone(), 0);
+        }
+        for m in marks.iter().filter(|m| in_scope(&m.origin, buckets)) {
+            if dir.member(&m.origin).is_some_and(|member| member.role == Role::Authority) {
+                known.insert(m.origin.clone(), m.seq);
+            }
+        }
     }
 
     /// A peer behind our directory version gets the versions it lacks.

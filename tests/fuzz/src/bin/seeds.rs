@@ -136,6 +136,9 @@ fn main() {
     seen.insert("digest", Message::Digest { directory_version: 1, fingerprints: wire::fingerprints(&marks) });
     let buckets = 1 << wire::bucket_of(&code("204"));
     seen.insert("sync-part", Message::SyncPart { directory_version: 1, buckets, marks });
+    // A hub telling an authority how far each hub holds its feed.
+    let hubs = vec![wire::HeldBy { hub: code("HUBN"), seq: 2 }, wire::HeldBy { hub: code("HUBS"), seq: 1 }];
+    seen.insert("held", Message::Held { hubs });
     if let Some(Message::Feed(FeedBatch { head: Some(head), .. })) = seen.get("feed") {
         let head = head.clone();
         seen.insert("head", Message::Head(head));

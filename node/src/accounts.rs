@@ -9,6 +9,7 @@
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use cpis_protocol::time::Date;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -20,6 +21,65 @@ pub const ACCOUNTS_MAX: usize = 10_000;
 pub const PASSWORD_CHARS_MIN: usize = 12;
 /// Longest password accepted (argon2 takes any length; this bounds the work per sign-in).
 pub const PASSWORD_CHARS_MAX: usize = 256;
+/// Days a calling system's token is accepted for, unless told otherwise.
+pub const SYSTEM_TOKEN_DAYS_DEFAULT: u32 = 365;
+/// Longest a calling system's token may be accepted for.
+pub const SYSTEM_TOKEN_DAYS_MAX: u32 = 730;
+
+/// What a calling system may read through the FHIR API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// Child protection alerts (`CareTeam`): a lookup, which the child's council is told of.
+    Alerts,
+    /// Visit histories (`AuditEvent`).
+    History,
+}
+
+impl Access {
+    pub const ALL: [Access; 2] = [Access::Alerts, Access::History];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Alerts => "alerts",
+            Access::History => "history",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Access> {
+        Access::ALL.into_iter().find(|a| a.name() == text)
+    }
+
+    /// What it reads, in words, with its FHIR resource.
+    pub fn what(self) -> &'static str {
+        match self {
+            Access::Alerts => "child protection alerts (CareTeam)",
+            Access::History => "visit histories (AuditEvent)",
+        }
+    }
+}
+
+fn all_access() -> Vec<Access> {
+    Access::ALL.to_vec()
+}
+
+/// A date as `YYYY-MM-DD` in the accounts file.
+mod day {
+    use cpis_protocol::time::Date;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(date: &Option<Date>, s: S) -> Result<S::Ok, S::Error> {
+        match date {
+            Some(d) => s.serialize_str(&d.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Date>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| Date::parse(&t).map_err(|e| serde::de::Error::custom(format!("valid_until: {e}")))).transpose()
+    }
+}
 
 /// What a signed-in person may do. A setting gateway takes the first three, a council's pages
 /// the last three.
@@ -98,6 +158,26 @@ pub struct System {
     pub token_sha256: String,
     #[serde(default)]
     pub disabled: bool,
+    /// The last day (UTC) its token is accepted; none for a system added before tokens expired
+    /// (renew it to give it one).
+    #[serde(default, with = "day")]
+    pub valid_until: Option<Date>,
+    /// What it may read (both, unless it was added with less).
+    #[serde(default = "all_access")]
+    pub may: Vec<Access>,
+}
+
+impl System {
+    /// Why this system may not read `access` on `today`, if it may not.
+    pub fn refusal(&self, access: Access, today: Date) -> Option<String> {
+        if let Some(until) = self.valid_until.filter(|until| today > *until) {
+            return Some(format!(
+                "the token of calling system {} expired after {until}: ask the gateway's administrator for a new one (cpis gateway renew-system)",
+                self.system
+            ));
+        }
+        (!self.may.contains(&access)).then(|| format!("calling system {} may not read {}", self.system, access.what()))
+    }
 }
 
 impl fmt::Debug for System {
@@ -177,6 +257,15 @@ pub fn password_matches(hash: &str, password: &str) -> bool {
         return false;
     }
     PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+}
+
+/// The last day a token made on `today` and accepted for `days` days is accepted.
+fn token_valid_until(days: u32, today: Date) -> Result<Date, AccountsError> {
+    if !(1..=SYSTEM_TOKEN_DAYS_MAX).contains(&days) {
+        let rule = format!("a token is accepted for 1 to {SYSTEM_TOKEN_DAYS_MAX} days, not {days}");
+        return Err(AccountsError::Invalid { field: "valid-days", rule });
+    }
+    Ok(Date(today.0.saturating_add(days as i32 - 1)))
 }
 
 /// Hex SHA-256 of a bearer token.
@@ -265,10 +354,22 @@ impl Accounts {
         Err(AccountsError::Missing { kind: "user or system", name: name.into() })
     }
 
-    /// Adds a calling system and returns its new bearer token (shown once, never stored).
-    pub fn add_system(&mut self, system: &str, name: &str) -> Result<String, AccountsError> {
+    /// Adds a calling system that may read `may`, its token accepted for `valid_days` from
+    /// `today`, and returns the new bearer token (shown once, never stored).
+    pub fn add_system(
+        &mut self,
+        system: &str,
+        name: &str,
+        may: &[Access],
+        valid_days: u32,
+        today: Date,
+    ) -> Result<String, AccountsError> {
         check_handle("system", system)?;
         check_name("name", name, 100)?;
+        if may.is_empty() {
+            return Err(AccountsError::Invalid { field: "may", rule: "name at least one of alerts, history".into() });
+        }
+        let valid_until = token_valid_until(valid_days, today)?;
         if self.systems.iter().any(|s| s.system == system) {
             return Err(AccountsError::Exists { kind: "system", name: system.into() });
         }
@@ -276,8 +377,34 @@ impl Accounts {
             return Err(AccountsError::Full);
         }
         let token = hex::encode(rand::random::<[u8; 32]>());
-        let token_sha256 = token_digest(&token);
-        self.systems.push(System { system: system.into(), name: name.into(), token_sha256, disabled: false });
+        let mut may = may.to_vec();
+        may.dedup();
+        self.systems.push(System {
+            system: system.into(),
+            name: name.into(),
+            token_sha256: token_digest(&token),
+            disabled: false,
+            valid_until: Some(valid_until),
+            may,
+        });
+        Ok(token)
+    }
+
+    /// Gives a calling system a new token, accepted for `valid_days` from `today`, and returns it;
+    /// the old token stops working as soon as the gateway reads the file again.
+    pub fn renew_system(&mut self, system: &str, valid_days: u32, today: Date) -> Result<String, AccountsError> {
+        let valid_until = token_valid_until(valid_days, today)?;
+        let entry = self
+            .systems
+            .iter_mut()
+            .find(|s| s.system == system)
+            .ok_or_else(|| AccountsError::Missing { kind: "system", name: system.into() })?;
+        if entry.disabled {
+            return Err(AccountsError::Invalid { field: "system", rule: format!("{system} is disabled") });
+        }
+        let token = hex::encode(rand::random::<[u8; 32]>());
+        entry.token_sha256 = token_digest(&token);
+        entry.valid_until = Some(valid_until);
         Ok(token)
     }
 
@@ -306,13 +433,51 @@ mod tests {
         assert_eq!(accounts.sign_in("sam", "correct horse battery").map(|u| u.name.as_str()), Some("Sam Patel"));
         assert!(accounts.sign_in("sam", "wrong horse battery").is_none());
         assert!(accounts.sign_in("nobody", "correct horse battery").is_none());
-        let token = accounts.add_system("EPIC", "Epic ED").unwrap();
+        let token = accounts.add_system("EPIC", "Epic ED", &Access::ALL, 30, Date(20_000)).unwrap();
         assert_eq!(accounts.system_with_token(&token).map(|s| s.system.as_str()), Some("EPIC"));
         assert!(accounts.system_with_token("not-a-token").is_none());
         let debug = format!("{accounts:?}");
         assert!(!debug.contains("argon2") && !debug.contains(&accounts.systems[0].token_sha256), "{debug}");
         accounts.disable("sam").unwrap();
         assert!(accounts.sign_in("sam", "correct horse battery").is_none());
+    }
+
+    #[test]
+    fn a_system_token_expires_after_its_last_day__renewal_replaces_it__and_a_system_reads_only_what_it_may() {
+        let mut accounts = Accounts::default();
+        let today = Date(20_000);
+        let old = accounts.add_system("EPIC", "Epic ED", &[Access::Alerts], 30, today).unwrap();
+        let system = accounts.system_with_token(&old).unwrap().clone();
+        assert_eq!(system.valid_until, Some(Date(20_029)), "30 days, today included");
+        assert_eq!(system.refusal(Access::Alerts, Date(20_029)), None, "accepted on its last day");
+        let expired = system.refusal(Access::Alerts, Date(20_030)).unwrap();
+        assert!(expired.contains("expired after") && expired.contains("renew-system"), "{expired}");
+        let history = system.refusal(Access::History, today).unwrap();
+        assert!(history.contains("may not read visit histories"), "{history}");
+
+        let new = accounts.renew_system("EPIC", 60, Date(20_030)).unwrap();
+        assert!(accounts.system_with_token(&old).is_none(), "the old token is gone");
+        let renewed = accounts.system_with_token(&new).unwrap();
+        assert_eq!((renewed.valid_until, renewed.refusal(Access::Alerts, Date(20_030))), (Some(Date(20_089)), None));
+
+        // Out of range or unknown: refused, naming it, and nothing changes.
+        let before = accounts.clone();
+        for days in [0, SYSTEM_TOKEN_DAYS_MAX + 1] {
+            let e = accounts.renew_system("EPIC", days, today).unwrap_err().to_string();
+            assert!(e.starts_with("valid-days"), "{e}");
+            let e = accounts.add_system("CERNER", "Cerner", &Access::ALL, days, today).unwrap_err().to_string();
+            assert!(e.starts_with("valid-days"), "{e}");
+        }
+        assert!(accounts.add_system("CERNER", "Cerner", &[], 30, today).unwrap_err().to_string().starts_with("may"));
+        assert!(accounts.renew_system("NOBODY", 30, today).is_err());
+        assert_eq!(accounts, before);
+
+        // A file written before tokens expired: both kinds of read, no expiry.
+        let text = r#"{"systems": [{"system": "OLD", "name": "Old", "token_sha256": "00"}]}"#;
+        let old: Accounts = serde_json::from_str(text).unwrap();
+        assert_eq!((old.systems[0].may.clone(), old.systems[0].valid_until), (Access::ALL.to_vec(), None));
+        let saved = serde_json::to_string(&accounts).unwrap();
+        assert!(saved.contains(r#""valid_until":"2025-01-01""#), "a readable date: {saved}");
     }
 
     #[test]

@@ -219,9 +219,19 @@ impl GatewayMetrics {
         self.audit_failures.inc();
     }
 
-    /// The Prometheus text (version 0.0.4) of the gateway's `GET /metrics`.
-    pub fn prometheus(&self, start_time_s: f64) -> String {
+    /// The Prometheus text (version 0.0.4) of the gateway's `GET /metrics`; `tokens` are the
+    /// enabled calling systems whose tokens expire, with the seconds left.
+    pub fn prometheus(&self, start_time_s: f64, tokens: &[(String, f64)]) -> String {
         let mut r = Registry::default();
+        let expiry = Family::<[(&'static str, String); 1], Gauge<f64, AtomicU64>>::default();
+        for (system, seconds) in tokens {
+            expiry.get_or_create(&[("system", system.clone())]).set(*seconds);
+        }
+        r.register(
+            "cpis_gateway_system_token_expires_in_seconds",
+            "Time until each calling system's bearer token stops being accepted (negative: expired)",
+            expiry,
+        );
         r.register(
             "cpis_gateway_lookups",
             "Lookups through this gateway, by result (alert, no-records, could-not-check, refused, cached) and door (page, fhir)",

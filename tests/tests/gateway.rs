@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Tests report a failed precondition by panicking.
 #![allow(non_snake_case)]
 
-use cpis_node::accounts::{AccountRole, Accounts};
+use cpis_node::accounts::{Access, AccountRole, Accounts};
 use cpis_node::config::SettingConfig;
 use cpis_node::gateway::RunningGateway;
 use cpis_node::runtime::RunningNode;
@@ -79,7 +79,9 @@ async fn world() -> World {
     let mut accounts = Accounts::default();
     accounts.add_user("sam.patel", "Sam Patel", "Staff nurse", AccountRole::Clinician, PASSWORD).unwrap();
     accounts.add_user("lee.jones", "Lee Jones", "Named nurse", AccountRole::SafeguardingLead, PASSWORD).unwrap();
-    let token = accounts.add_system("EPIC-ED", "Epic, urgent treatment centre").unwrap();
+    let token = accounts
+        .add_system("EPIC-ED", "Epic, urgent treatment centre", &Access::ALL, 30, cpis_node::net::now().date())
+        .unwrap();
     accounts.save(&config.gateway.users_path()).unwrap();
     let gateway = RunningGateway::start(config).await.expect("the gateway starts");
     World { fed, nodes, gateway, token }
@@ -239,6 +241,29 @@ async fn fhir_api__found_two_councils_unborn_none_history_unavailable_every_erro
     let (_, _, bad) = fhir.search("CareTeam", "9434765918", &[]).await;
     assert!(bad["issue"][0]["details"]["text"].as_str().unwrap().contains("check digit"), "the rule is named: {bad}");
 
+    // Per-system rights and expiry: a system that may read alerts only, and one whose token
+    // expired yesterday (the gateway reads the accounts file again when it changes).
+    let users = world.fed.home("RXH01").join("gateway").join("users.json");
+    let mut accounts = Accounts::load(&users).unwrap();
+    let today = cpis_node::net::now().date();
+    let alerts_only = accounts.add_system("PAS", "Patient administration", &[Access::Alerts], 30, today).unwrap();
+    let expired = accounts.add_system("OLD-EHR", "Retired system", &Access::ALL, 1, today.plus_days(-1)).unwrap();
+    accounts.save(&users).unwrap();
+    let refusals = [
+        ("error-system-may-not-read-history", "AuditEvent", alerts_only.as_str(), "may not read visit histories"),
+        ("error-system-token-expired", "CareTeam", expired.as_str(), "expired after"),
+    ];
+    for (name, resource, token, why) in refusals {
+        let bearer = format!("Bearer {token}");
+        let (status, _, outcome) = fhir.search(resource, TWO_COUNCILS, &[("Authorization", Some(&bearer))]).await;
+        assert_eq!((status, error_code(&outcome)), (403, "ACCESS_DENIED"), "{name}: {outcome}");
+        assert!(outcome["issue"][0]["details"]["text"].as_str().unwrap().contains(why), "{name}: {outcome}");
+        fhir.save(name, &outcome);
+    }
+    let bearer = format!("Bearer {alerts_only}");
+    let (status, _, _) = fhir.search("CareTeam", NONE, &[("Authorization", Some(&bearer))]).await;
+    assert_eq!(status, 200, "the alerts-only system may still look children up");
+
     // Hackney stops: its plans are still shown, as of its last head, with a warning naming it.
     world.nodes.remove("204").unwrap().shutdown().await;
     tokio::time::sleep(Duration::from_millis(5_000)).await;
@@ -271,13 +296,26 @@ async fn fhir_api__found_two_councils_unborn_none_history_unavailable_every_erro
 
     let audit = std::fs::read_to_string(world.fed.home("RXH01").join("gateway").join("audit.jsonl")).unwrap();
     let entries: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(
-        entries.iter().all(|e| e["via"] == "fhir" && e["system"] == "EPIC-ED" && e["user_name"] == "Dr Ada Okafor")
+    assert!(entries.iter().all(|e| e["via"] == "fhir" && e["user_name"] == "Dr Ada Okafor"), "{audit}");
+    assert_eq!(
+        entries.iter().map(|e| e["system"].as_str().unwrap()).filter(|s| *s == "PAS").count(),
+        1,
+        "the lookup by the alerts-only system is recorded as its own"
     );
     let results: Vec<&str> = entries.iter().filter_map(|e| e["result"].as_str()).collect();
     assert_eq!(
         results,
-        ["alert", "alert", "alert", "no-records", "cached", "alert", "could-not-check", "could-not-check"]
+        [
+            "alert",
+            "alert",
+            "alert",
+            "no-records",
+            "cached",
+            "no-records",
+            "alert",
+            "could-not-check",
+            "could-not-check"
+        ]
     );
 
     // The gateway's own metrics: for the bearer of its metrics token only, and counting the same.
@@ -292,11 +330,17 @@ async fn fhir_api__found_two_councils_unborn_none_history_unavailable_every_erro
     let (status, headers, text) = request(addr, "GET", "/metrics", &[("Authorization", bearer.as_str())], "").await;
     assert_eq!(status, 200, "{text}");
     assert!(header(&headers, "content-type").is_some_and(|t| t.starts_with("text/plain")));
-    for (result, count) in [("alert", 4), ("no-records", 1), ("cached", 1), ("could-not-check", 2)] {
+    for (result, count) in [("alert", 4), ("no-records", 2), ("cached", 1), ("could-not-check", 2)] {
         let line = format!("cpis_gateway_lookups_total{{result=\"{result}\",via=\"fhir\"}} {count}\n");
         assert!(text.contains(&line), "{line} in:\n{text}");
     }
-    assert!(text.contains("cpis_gateway_lookup_seconds_count 7\n"), "a time for each lookup made:\n{text}");
+    assert!(text.contains("cpis_gateway_lookup_seconds_count 8\n"), "a time for each lookup made:\n{text}");
+    let expiry = |system: &str| -> f64 {
+        let prefix = format!("cpis_gateway_system_token_expires_in_seconds{{system=\"{system}\"}} ");
+        let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{prefix} in:\n{text}"));
+        line[prefix.len()..].parse().unwrap()
+    };
+    assert!(expiry("OLD-EHR") < 0.0 && expiry("EPIC-ED") > 28.0 * 86_400.0, "{text}");
     assert!(text.contains("cpis_gateway_audit_failures_total 0\n"));
     assert!(text.contains("process_resident_memory_bytes "));
     assert!(text.contains("# HELP cpis_gateway_lookups_total Lookups through this gateway"), "{text}");

@@ -6,7 +6,7 @@ use crate::{
     GatewayCommand, GatewayRoleArg, InboxCommand, LookupArgs, PlansCommand, RoleArg, SetMemberArgs,
 };
 use anyhow::Context;
-use cpis_node::accounts::{AccountRole, Accounts, AccountsError};
+use cpis_node::accounts::{Access, AccountRole, Accounts, AccountsError};
 use cpis_node::client::{self, LookupRequest};
 use cpis_node::config::{SettingConfig, read_directory};
 use cpis_protocol::directory::Role;
@@ -534,11 +534,17 @@ fn password(from_stdin: bool) -> Result<(String, bool), Failure> {
     Ok((line.trim_end_matches(['\r', '\n']).to_string(), false))
 }
 
+/// The last day a calling system's token is accepted, as the accounts file has it.
+fn valid_until(accounts: &Accounts, system: &str) -> Option<String> {
+    accounts.systems.iter().find(|s| s.system == system)?.valid_until.map(|d| d.to_string())
+}
+
 /// A change to an accounts file, whichever door it is for.
 enum AccountsAction {
     AddUser { user: String, name: String, job: String, role: AccountRole, password_stdin: bool },
     SetPassword { user: String, password_stdin: bool },
-    AddSystem { system: String, name: String },
+    AddSystem { system: String, name: String, may: Vec<Access>, valid_days: u32 },
+    RenewSystem { system: String, valid_days: u32 },
     Disable { name: String },
     List,
 }
@@ -552,8 +558,16 @@ fn gateway(command: GatewayCommand, json: bool) -> Outcome {
         GatewayCommand::SetPassword { gateway, user, password_stdin } => {
             (path(&gateway)?, AccountsAction::SetPassword { user, password_stdin })
         }
-        GatewayCommand::AddSystem { gateway, system, name } => {
-            (path(&gateway)?, AccountsAction::AddSystem { system, name })
+        GatewayCommand::AddSystem { gateway, system, name, may, valid_days } => {
+            let may = if may.is_empty() {
+                Access::ALL.to_vec()
+            } else {
+                may.iter().filter_map(|m| Access::parse(m)).collect()
+            };
+            (path(&gateway)?, AccountsAction::AddSystem { system, name, may, valid_days })
+        }
+        GatewayCommand::RenewSystem { gateway, system, valid_days } => {
+            (path(&gateway)?, AccountsAction::RenewSystem { system, valid_days })
         }
         GatewayCommand::Disable { gateway, name } => (path(&gateway)?, AccountsAction::Disable { name }),
         GatewayCommand::List { gateway } => (path(&gateway)?, AccountsAction::List),
@@ -600,9 +614,13 @@ fn accounts(path: &Path, action: AccountsAction, json: bool) -> Outcome {
             accounts.set_password(&user, &password).map_err(invalid)?;
             json!({ "user": user, "password": generated.then_some(password), "file": path })
         }
-        AccountsAction::AddSystem { system, name } => {
-            let token = accounts.add_system(&system, &name).map_err(invalid)?;
-            json!({ "system": system, "token": token, "file": path })
+        AccountsAction::AddSystem { system, name, may, valid_days } => {
+            let token = accounts.add_system(&system, &name, &may, valid_days, now().date()).map_err(invalid)?;
+            json!({ "system": system, "token": token, "valid_until": valid_until(&accounts, &system), "file": path })
+        }
+        AccountsAction::RenewSystem { system, valid_days } => {
+            let token = accounts.renew_system(&system, valid_days, now().date()).map_err(invalid)?;
+            json!({ "system": system, "token": token, "valid_until": valid_until(&accounts, &system), "file": path })
         }
         AccountsAction::Disable { name } => {
             accounts.disable(&name).map_err(invalid)?;

@@ -794,7 +794,15 @@ impl Demo {
             accounts.add_user(user, name, job, role, &password).map_err(|e| e.to_string())?;
             users.push(json!({ "user": user, "password": password, "role": role.name(), "member": "RXH01" }));
         }
-        let token = accounts.add_system("DEMO-EHR", "Demonstration clinical system").map_err(|e| e.to_string())?;
+        let token = accounts
+            .add_system(
+                "DEMO-EHR",
+                "Demonstration clinical system",
+                &cpis_node::accounts::Access::ALL,
+                30,
+                now().date(),
+            )
+            .map_err(|e| e.to_string())?;
         accounts.save(&config.gateway.users_path()).map_err(|e| e.to_string())?;
         let hackney = self.nodes.get("204").ok_or("no node 204")?;
         let council_url = hackney.running.as_ref().and_then(|n| n.pages_url()).map(|u| format!("{u}/"));

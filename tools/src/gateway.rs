@@ -22,7 +22,15 @@ pub fn list_json(accounts: &Accounts) -> Value {
     let systems: Vec<Value> = accounts
         .systems
         .iter()
-        .map(|s| json!({ "system": s.system, "name": s.name, "disabled": s.disabled }))
+        .map(|s| {
+            json!({
+                "system": s.system,
+                "name": s.name,
+                "disabled": s.disabled,
+                "may": s.may.iter().map(|a| a.name()).collect::<Vec<_>>(),
+                "valid_until": s.valid_until.map(|d| d.to_string()),
+            })
+        })
         .collect();
     json!({ "users": users, "systems": systems })
 }
@@ -47,7 +55,12 @@ pub fn text(v: &Value) -> String {
         let _ = writeln!(out, "{} calling systems:", systems.len());
         for s in systems {
             let off = if s["disabled"] == json!(true) { "  (disabled)" } else { "" };
-            let _ = writeln!(out, "  {:<20} {}{off}", text_of(&s["system"]), text_of(&s["name"]));
+            let may =
+                s["may"].as_array().map_or(String::new(), |m| m.iter().map(text_of).collect::<Vec<_>>().join("+"));
+            let until = s["valid_until"]
+                .as_str()
+                .map_or("no expiry (renew it to set one)".into(), |d| format!("token until {d}"));
+            let _ = writeln!(out, "  {:<20} {:<15} {until}  {}{off}", text_of(&s["system"]), may, text_of(&s["name"]));
         }
         return out;
     }
@@ -59,6 +72,7 @@ pub fn text(v: &Value) -> String {
     } else if let Some(system) = v["system"].as_str() {
         let _ = writeln!(out, "system {system}: saved in {}", text_of(&v["file"]));
         let _ = writeln!(out, "bearer token (shown once; only its hash is kept): {}", text_of(&v["token"]));
+        let _ = writeln!(out, "accepted until the end of {} (UTC); renew it before then", text_of(&v["valid_until"]));
     } else if let Some(name) = v["disabled"].as_str() {
         let _ = writeln!(out, "{name} disabled in {}", text_of(&v["file"]));
     }

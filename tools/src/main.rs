@@ -539,6 +539,25 @@ enum GatewayCommand {
         /// What it is, e.g. "Epic, emergency department".
         #[arg(long)]
         name: String,
+        /// What it may read: alerts (CareTeam lookups) and history (AuditEvent); repeat for
+        /// both. Default: both.
+        #[arg(long = "may", value_parser = ["alerts", "history"])]
+        may: Vec<String>,
+        /// Days its token is accepted for, from today (1 to 730).
+        #[arg(long, default_value_t = cpis_node::accounts::SYSTEM_TOKEN_DAYS_DEFAULT)]
+        valid_days: u32,
+    },
+    /// Gives a calling system a new bearer token (printed once) accepted for --valid-days; its
+    /// old token stops working as soon as the gateway reads the file again.
+    RenewSystem {
+        #[command(flatten)]
+        gateway: GatewayArg,
+        /// The system's short name.
+        #[arg(long)]
+        system: String,
+        /// Days the new token is accepted for, from today (1 to 730).
+        #[arg(long, default_value_t = cpis_node::accounts::SYSTEM_TOKEN_DAYS_DEFAULT)]
+        valid_days: u32,
     },
     /// Disables a person or a calling system by name (the entry stays, for the audit log).
     Disable {

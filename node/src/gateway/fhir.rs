@@ -8,6 +8,7 @@
 //! `OperationOutcome`s with the national Spine codes.
 
 use super::{Caller, Gateway, Via};
+use crate::accounts::Access;
 use crate::client::{ClientError, LookupOutcome};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -133,7 +134,12 @@ fn patient_identifier(query: &HashMap<String, String>) -> Result<NhsNumber, Fhir
 impl Gateway {
     /// Checks a search: the bearer token, `IsUnscheduledAccessEvent` against what this setting
     /// may do, the person headers, and the NHS number.
-    fn check_search(&self, headers: &HeaderMap, query: &HashMap<String, String>) -> Result<Search, FhirError> {
+    fn check_search(
+        &self,
+        headers: &HeaderMap,
+        query: &HashMap<String, String>,
+        of: SearchOf,
+    ) -> Result<Search, FhirError> {
         let token =
             header_text(headers, "Authorization")?.and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(|| {
                 FhirError::access_denied("an Authorization: Bearer token for the calling system is required")
@@ -142,6 +148,14 @@ impl Gateway {
         let system = accounts
             .system_with_token(token.trim())
             .ok_or_else(|| FhirError::access_denied("the bearer token is not one of this gateway's calling systems"))?;
+        let access = match of {
+            SearchOf::CareTeam => Access::Alerts,
+            SearchOf::AuditEvent => Access::History,
+        };
+        if let Some(refusal) = system.refusal(access, super::now().date()) {
+            tracing::warn!(system = %system.system, reason = %refusal, "FHIR request refused");
+            return Err(FhirError::access_denied(refusal));
+        }
         let unscheduled = match required(headers, "IsUnscheduledAccessEvent")?.to_ascii_lowercase().as_str() {
             "true" => true,
             "false" => false,
@@ -217,7 +231,7 @@ pub async fn audit_event(
 
 async fn search(gateway: &Gateway, headers: &HeaderMap, query: &HashMap<String, String>, of: SearchOf) -> Response {
     let trace = trace_id(headers).ok().flatten();
-    let search = match gateway.check_search(headers, query) {
+    let search = match gateway.check_search(headers, query, of) {
         Ok(s) => s,
         Err(e) => return e.into_response_with(trace.as_deref()),
     };

@@ -237,7 +237,20 @@ async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
         let message = "missing or wrong bearer token (see metrics.token in the gateway's data_dir)";
         return (StatusCode::UNAUTHORIZED, message).into_response();
     }
-    let text = gateway.metrics.prometheus(gateway.started_s);
+    let now = now();
+    let tokens: Vec<(String, f64)> = gateway
+        .door
+        .accounts()
+        .systems
+        .iter()
+        .filter(|s| !s.disabled)
+        .filter_map(|s| {
+            // Accepted to the end of its last day (UTC).
+            let end_ms = (i64::from(s.valid_until?.0) + 1) * cpis_protocol::time::DAY_MS as i64;
+            Some((s.system.clone(), (end_ms - now.as_millis() as i64) as f64 / 1000.0))
+        })
+        .collect();
+    let text = gateway.metrics.prometheus(gateway.started_s, &tokens);
     ([(header::CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], text).into_response()
 }
 

@@ -14,7 +14,7 @@
 //! Prints figures; asserts nothing about speed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a failed precondition panics.
 
-use cpis_node::accounts::Accounts;
+use cpis_node::accounts::{Access, Accounts};
 use cpis_node::gateway::RunningGateway;
 use cpis_protocol::harness::FederationSpec;
 use cpis_protocol::ids::NhsNumber;
@@ -93,7 +93,7 @@ async fn start_gateway(
     config.gateway.data_dir = fed.home("RXQ01").join(name);
     change(&mut config);
     let mut accounts = Accounts::default();
-    let token = accounts.add_system("BENCH", "Bench").unwrap();
+    let token = accounts.add_system("BENCH", "Bench", &Access::ALL, 30, cpis_node::net::now().date()).unwrap();
     accounts.save(&config.gateway.users_path()).unwrap();
     (RunningGateway::start(config).await.unwrap(), token)
 }

@@ -12,9 +12,12 @@
 //!
 //! **MESH.** Each notification is one message from the authority's mailbox to the council's
 //! case-management mailbox, with the lookup id as its local id (`mex-localid`). Before sending, the
-//! node asks MESH's tracking whether a message with that local id already left its mailbox (it
-//! may have stopped after MESH accepted one and before recording it): if so, it records it and
-//! sends nothing. So MESH holds exactly one message per notification.
+//! node asks MESH's tracking by local id whether a message with that local id already left its
+//! mailbox (it may have stopped after MESH accepted one and before recording it): if so (200, or
+//! 300 for several, which an earlier fault left behind and which is logged), it records it and
+//! sends nothing. So MESH holds exactly one message per notification, as long as MESH's tracking
+//! still knows the message: it forgets one once it has left the outbox, so a node stopped for
+//! longer than that between sending and recording sends it again (docs/council.md).
 
 use crate::api::{self, ApiState};
 use crate::config::{MeshConfig, NodeConfig, WebhookConfig};
@@ -97,6 +100,21 @@ impl Sink {
         }
     }
 
+    /// What becomes of a notification the other side took but the node could not record as
+    /// handed on: the log's words.
+    fn unrecorded(&self) -> &'static str {
+        match self {
+            Sink::Webhook { .. } => {
+                "a notification was posted but could not be recorded as handed on: it will be posted again, with \
+                 the same X-CPIS-Delivery id, and the receiver drops the repeat by that id"
+            }
+            Sink::Mesh { .. } => {
+                "a notification was sent over MESH but could not be recorded as handed on: it will be recorded on \
+                 the next pass, when MESH's tracking shows it left, and not sent again"
+            }
+        }
+    }
+
     /// Hands one notification on; `Err` says why it was not taken (no case data in it).
     async fn hand(&self, id: &str, item: &Value) -> Result<(), String> {
         let body = serde_json::to_vec(item).map_err(|e| e.to_string())?;
@@ -122,7 +140,15 @@ impl Sink {
                     local_id: id.to_string(),
                     subject: "Child protection notification",
                 };
-                mesh_send_once(config, authority, auth, message, body).await
+                if mesh_send_once(config, authority, auth, message, body).await? == Sent::SeveralBefore {
+                    warn!(
+                        lookup = %id,
+                        "MESH's tracking shows more than one message for this notification left the mailbox (an earlier \
+                         fault): it is recorded as handed on and nothing more is sent; the case-management system may \
+                         hold it more than once"
+                    );
+                }
+                Ok(())
             }
         }
     }
@@ -136,19 +162,33 @@ struct MeshMessage<'a> {
     subject: &'static str,
 }
 
+/// How a MESH message came to have left the mailbox.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// Sent now.
+    Now,
+    /// One with its local id had already left (sent before a stop).
+    Before,
+    /// Several with its local id had already left (through some earlier fault).
+    SeveralBefore,
+}
+
 /// Sends a MESH message unless MESH's tracking shows that one with its local id already left the
-/// mailbox (sent before a stop): so a message is never sent twice.
+/// mailbox (sent before a stop): so a message is not sent twice while MESH's tracking knows it.
 async fn mesh_send_once(
     config: &MeshConfig,
     authority: &str,
     auth: impl Fn() -> (&'static str, String),
     message: MeshMessage<'_>,
     body: Vec<u8>,
-) -> Result<(), String> {
+) -> Result<Sent, String> {
     let mailbox = &config.mailbox;
     let tracking = format!("/messageexchange/{mailbox}/outbox/tracking/{}", message.local_id);
     match exchange(authority, hyper::Method::GET, &tracking, vec![auth()], vec![]).await? {
-        200 => return Ok(()),
+        200 => return Ok(Sent::Before),
+        // It left more than once: sent all the same. Sending another, or waiting for ever (and
+        // holding up every message behind it), would only make it worse.
+        300 => return Ok(Sent::SeveralBefore),
         404 => {}
         status => return Err(format!("MESH tracking answered {status}")),
     }
@@ -164,7 +204,7 @@ async fn mesh_send_once(
     ];
     match exchange(authority, hyper::Method::POST, &format!("/messageexchange/{mailbox}/outbox"), headers, body).await?
     {
-        200..=299 => Ok(()),
+        200..=299 => Ok(Sent::Now),
         status => Err(format!("MESH answered {status}")),
     }
 }
@@ -193,9 +233,12 @@ const MESH_INBOX_POLL_MS: u64 = 1_000;
 /// Imports plan files that arrive in the authority's MESH mailbox under `upload_workflow_id`
 /// (the CSV format of `cpis plans import`) and answers each with a MESH message to its sender:
 /// the import report as JSON (`result_workflow_id`, local id `result-` and the upload's message
-/// id), then acknowledges the upload. Run again after a stop, an upload is imported again (which
-/// changes nothing) and its answer is not sent twice (MESH's tracking is asked first). Other
-/// messages are left in the mailbox.
+/// id), then acknowledges the upload. A file that can never be imported (refused whole, larger than
+/// the import takes, sent in chunks) is answered with why (`{"upload", "error"}`) and acknowledged
+/// too, so that it leaves the mailbox. A message that fails for a while (MESH or the node not
+/// answering) is left for the next pass; the others are taken all the same. Run again after a
+/// stop, an upload is imported again (which changes nothing) and its answer is not sent twice
+/// (MESH's tracking is asked first). Other messages are left in the mailbox.
 pub async fn run_mesh_inbox(
     config: MeshConfig,
     password: String,
@@ -206,7 +249,7 @@ pub async fn run_mesh_inbox(
     let mut left = HashSet::new();
     loop {
         if let Err(reason) = mesh_inbox_once(&config, &password, &shared_key, &state, &mut left).await {
-            warn!(%reason, "the MESH inbox could not be read or answered: trying again");
+            warn!(%reason, "the MESH inbox could not be read: trying again");
         }
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(MESH_INBOX_POLL_MS)) => {}
@@ -215,64 +258,130 @@ pub async fn run_mesh_inbox(
     }
 }
 
+/// What became of a plan file given to the import.
+enum Imported {
+    /// The per-row report.
+    Report(Value),
+    /// Refused whole, and why: it will never be imported as it is.
+    Refused(String),
+    /// Not imported now (the node is stopping, say), and why: try again later.
+    Later(String),
+}
+
+/// Where the plan files from MESH are imported.
+trait PlanImport {
+    fn import(&self, csv: &[u8]) -> impl Future<Output = Imported> + Send;
+}
+
+impl PlanImport for ApiState {
+    async fn import(&self, csv: &[u8]) -> Imported {
+        match crate::api::run_import(self, csv, false).await {
+            Ok(report) => Imported::Report(report),
+            Err(refused) => {
+                let status = refused.status();
+                let bytes = axum::body::to_bytes(refused.into_body(), ANSWER_BYTES_MAX).await.unwrap_or_default();
+                let reason = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(String::from))
+                    .unwrap_or_else(|| "the file was refused".into());
+                if status.is_server_error() { Imported::Later(reason) } else { Imported::Refused(reason) }
+            }
+        }
+    }
+}
+
+/// One pass over the inbox. `Err` only if the inbox could not be listed; a message that could not
+/// be taken is logged and left for the next pass.
 async fn mesh_inbox_once(
     config: &MeshConfig,
     password: &str,
     shared_key: &str,
-    state: &ApiState,
+    importer: &impl PlanImport,
     left: &mut HashSet<String>,
 ) -> Result<(), String> {
     let (authority, _) = split_url(&config.url)?;
     let mailbox = &config.mailbox;
     let auth = || ("authorization", mesh_authorization(mailbox, password, shared_key));
     let inbox = format!("/messageexchange/{mailbox}/inbox");
-    let (status, _, body) = fetch(authority, hyper::Method::GET, &inbox, vec![auth()], vec![], 0).await?;
-    if status != 200 {
-        return Err(format!("MESH answered {status} to listing the inbox"));
+    let listed = fetch(authority, hyper::Method::GET, &inbox, vec![auth()], vec![], 0).await?;
+    if listed.status != 200 {
+        return Err(format!("MESH answered {} to listing the inbox", listed.status));
     }
-    let listed: Value = serde_json::from_slice(&body).map_err(|e| format!("MESH's inbox list: {e}"))?;
+    let listed = listed.body.ok_or("MESH's inbox list is too long")?;
+    let listed: Value = serde_json::from_slice(&listed).map_err(|e| format!("MESH's inbox list: {e}"))?;
     let ids: Vec<String> = listed["messages"]
         .as_array()
         .map_or(vec![], |m| m.iter().filter_map(|x| x.as_str().map(String::from)).collect());
     let new: Vec<String> = ids.into_iter().filter(|id| !left.contains(id)).collect();
     for id in new {
-        let path = format!("{inbox}/{id}");
-        let (status, headers, body) =
-            fetch(authority, hyper::Method::GET, &path, vec![auth()], vec![], UPLOAD_BYTES_MAX).await?;
-        if status != 200 {
-            return Err(format!("MESH answered {status} to reading message {id}"));
+        if let Err(reason) = mesh_take(config, authority, &auth, importer, &id, left).await {
+            warn!(message = %id, %reason, "a MESH message could not be taken now: it is left for the next pass");
         }
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        if header("mex-workflowid") != config.upload_workflow_id {
-            info!(message = %id, workflow = %header("mex-workflowid"), "a MESH message of another workflow is left in the mailbox");
-            left.insert(id);
-            continue;
+    }
+    Ok(())
+}
+
+/// Takes one message from the inbox: a plan file is imported (if it can be), answered and
+/// acknowledged; a message of another workflow is left. `Err`: it could not be done now, and the
+/// message stays in the mailbox for the next pass.
+async fn mesh_take(
+    config: &MeshConfig,
+    authority: &str,
+    auth: &impl Fn() -> (&'static str, String),
+    importer: &impl PlanImport,
+    id: &str,
+    left: &mut HashSet<String>,
+) -> Result<(), String> {
+    let inbox = format!("/messageexchange/{}/inbox", config.mailbox);
+    let path = format!("{inbox}/{id}");
+    let message = fetch(authority, hyper::Method::GET, &path, vec![auth()], vec![], UPLOAD_BYTES_MAX).await?;
+    // 200: the whole message; 206: the first of its chunks.
+    if !matches!(message.status, 200 | 206) {
+        return Err(format!("MESH answered {} to reading it", message.status));
+    }
+    let header = |name: &str| message.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    if header("mex-workflowid") != config.upload_workflow_id {
+        info!(message = %id, workflow = %header("mex-workflowid"), "a MESH message of another workflow is left in the mailbox");
+        left.insert(id.to_string());
+        return Ok(());
+    }
+    let most = format!("{} MiB", UPLOAD_BYTES_MAX >> 20);
+    let imported = match (message.status, &message.body) {
+        (206, _) => Imported::Refused(format!(
+            "the file was sent in {} chunks: send it as one message of at most {most}",
+            header("mex-total-chunks")
+        )),
+        (_, None) => Imported::Refused(format!("the file is larger than {most}: split it")),
+        (_, Some(csv)) => importer.import(csv).await,
+    };
+    let mut answer = match imported {
+        Imported::Report(report) => {
+            info!(message = %id, applied = %report["applied"], refused = %report["refused"], "plan file from MESH imported");
+            report
         }
-        let from = header("mex-from");
-        let report = match crate::api::run_import(state, &body, false).await {
-            Ok(report) => report,
-            Err(refused) => {
-                let bytes = axum::body::to_bytes(refused.into_body(), ANSWER_BYTES_MAX).await.unwrap_or_default();
-                serde_json::from_slice(&bytes)
-                    .unwrap_or_else(|_| serde_json::json!({ "error": "the file was refused" }))
-            }
-        };
-        info!(message = %id, applied = %report["applied"], refused = %report["refused"], "plan file from MESH imported");
-        let mut answer = report;
-        answer["upload"] = Value::String(id.clone());
-        let message = MeshMessage {
-            to: &from,
-            workflow: &config.result_workflow_id,
-            local_id: format!("result-{id}"),
-            subject: "Plan file import results",
-        };
-        let body = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
-        mesh_send_once(config, authority, auth, message, body).await?;
-        let acknowledge = format!("{inbox}/{id}/status/acknowledged");
-        let status = exchange(authority, hyper::Method::PUT, &acknowledge, vec![auth()], vec![]).await?;
-        if !(200..300).contains(&status) {
-            return Err(format!("MESH answered {status} to acknowledging message {id}"));
+        Imported::Refused(reason) => {
+            warn!(message = %id, %reason, "a plan file from MESH was refused whole: its sender is told why");
+            serde_json::json!({ "error": reason })
         }
+        Imported::Later(reason) => return Err(format!("it could not be imported now: {reason}")),
+    };
+    answer["upload"] = Value::String(id.to_string());
+    let from = header("mex-from");
+    let result = MeshMessage {
+        to: &from,
+        workflow: &config.result_workflow_id,
+        local_id: format!("result-{id}"),
+        subject: "Plan file import results",
+    };
+    let body = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
+    let sent = mesh_send_once(config, authority, auth, result, body).await.map_err(|e| format!("answering it: {e}"))?;
+    if sent == Sent::SeveralBefore {
+        warn!(message = %id, "MESH's tracking shows the answer to this plan file left the mailbox more than once");
+    }
+    let acknowledge = format!("{path}/status/acknowledged");
+    let status = exchange(authority, hyper::Method::PUT, &acknowledge, vec![auth()], vec![]).await?;
+    if !(200..300).contains(&status) {
+        return Err(format!("MESH answered {status} to acknowledging it"));
     }
     Ok(())
 }
@@ -328,7 +437,7 @@ pub async fn run(sink: Sink, state: ApiState, store: Store, mut stop: watch::Rec
             match sink.hand(&id, &item).await {
                 Ok(()) => {
                     if let Err(e) = record(&store, &id).await {
-                        warn!(reason = %e, "a notification was handed on but could not be recorded: it will be sent again");
+                        warn!(lookup = %id, by = sink.name(), reason = %e, "{}", sink.unrecorded());
                         all_handed = false;
                         break;
                     }
@@ -368,10 +477,19 @@ async fn exchange(
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
 ) -> Result<u16, String> {
-    fetch(authority, method, path, headers, body, 0).await.map(|(status, _, _)| status)
+    fetch(authority, method, path, headers, body, 0).await.map(|answer| answer.status)
 }
 
-/// One HTTP/1.1 exchange: the status, the answer's headers, and at most `answer_max` bytes of it.
+/// An HTTP answer.
+struct Answer {
+    status: u16,
+    headers: hyper::HeaderMap,
+    /// The body; `None` if it is longer than the exchange reads.
+    body: Option<Bytes>,
+}
+
+/// One HTTP/1.1 exchange, within `POST_TIMEOUT_MS`: the answer, with its body if that is at most
+/// `answer_max` bytes (or `ANSWER_BYTES_MAX`, if more).
 async fn fetch(
     authority: &str,
     method: hyper::Method,
@@ -379,13 +497,35 @@ async fn fetch(
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
     answer_max: usize,
-) -> Result<(u16, hyper::HeaderMap, Bytes), String> {
+) -> Result<Answer, String> {
+    fetch_within(Duration::from_millis(POST_TIMEOUT_MS), authority, method, path, headers, body, answer_max).await
+}
+
+/// A task aborted when this is dropped: the connection's task ends with its exchange, whichever
+/// way that ends (an answer, an error, the timeout).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn fetch_within(
+    timeout: Duration,
+    authority: &str,
+    method: hyper::Method,
+    path: &str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    answer_max: usize,
+) -> Result<Answer, String> {
     let run = async {
         let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("cannot connect: {e}"))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
-        let driver = tokio::spawn(connection);
+        let _connection = AbortOnDrop(tokio::spawn(connection));
         let mut request = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, authority);
         for (name, value) in headers {
             request = request.header(name, value);
@@ -393,23 +533,31 @@ async fn fetch(
         let request = request.body(Full::new(Bytes::from(body))).map_err(|e| e.to_string())?;
         let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
         let status = response.status().as_u16();
-        let answer_headers = response.headers().clone();
-        let answer = Limited::new(response.into_body(), answer_max.max(ANSWER_BYTES_MAX))
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .map_err(|e| format!("reading the answer: {e}"))?;
-        driver.abort();
-        Ok((status, answer_headers, answer))
+        let headers = response.headers().clone();
+        let most = answer_max.max(ANSWER_BYTES_MAX);
+        let declared = hyper::body::Body::size_hint(response.body()).lower();
+        let body = if usize::try_from(declared).map_or(true, |n| n > most) {
+            None
+        } else {
+            match Limited::new(response.into_body(), most).collect().await {
+                Ok(body) => Some(body.to_bytes()),
+                Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => None,
+                Err(e) => return Err(format!("reading the answer: {e}")),
+            }
+        };
+        Ok(Answer { status, headers, body })
     };
-    tokio::time::timeout(Duration::from_millis(POST_TIMEOUT_MS), run)
+    tokio::time::timeout(timeout, run)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {POST_TIMEOUT_MS} ms")))
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
@@ -424,5 +572,251 @@ mod tests {
         assert!(a.starts_with("sha256=") && a.len() == 7 + 64);
         assert_ne!(a, signature(b"secret", 1_700_000_001, b"{}"), "the timestamp is signed");
         assert_ne!(a, signature(b"other", 1_700_000_000, b"{}"), "the secret matters");
+    }
+
+    /// A stand-in for MESH on 127.0.0.1: an inbox, tracking by local id, an outbox.
+    #[derive(Default)]
+    struct FakeMesh {
+        /// The inbox, oldest first: message id and what reading it gives.
+        inbox: Vec<(String, Stored)>,
+        /// Tracking's answer for a local id (404 if none); a message sent makes it 200.
+        tracking: HashMap<String, u16>,
+        /// The messages sent: recipient, local id, body.
+        sent: Vec<(String, String, Value)>,
+        acknowledged: Vec<String>,
+    }
+
+    enum Stored {
+        /// A message in one piece: its workflow and body (from `X26CMS`).
+        Whole(&'static str, Bytes),
+        /// The first of two chunks of a plan file.
+        Chunked,
+        /// Reading it is answered with this status.
+        Failing(u16),
+    }
+
+    const UPLOAD: &str = "CPIS_PLAN_UPLOAD";
+    const GOOD_CSV: &str = "reference,nhs_number,plan_type,start_date\nCPP-7,4010232137,CPP,2026-02-01\n";
+
+    fn fake_answer(
+        mesh: &Mutex<FakeMesh>,
+        method: &hyper::Method,
+        path: &str,
+        headers: &hyper::HeaderMap,
+        body: &[u8],
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let mut mesh = lock(mesh);
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let parts: Vec<&str> = path.trim_start_matches("/messageexchange/").split('/').collect();
+        let from = [("mex-from", "X26CMS")];
+        match (method.as_str(), parts.as_slice()) {
+            ("GET", [_, "inbox"]) => {
+                let ids: Vec<&str> = mesh
+                    .inbox
+                    .iter()
+                    .map(|(id, _)| id.as_str())
+                    .filter(|id| !mesh.acknowledged.iter().any(|a| a == id))
+                    .collect();
+                axum::Json(json!({ "messages": ids })).into_response()
+            }
+            ("GET", [_, "inbox", id]) => match mesh.inbox.iter().find(|(i, _)| i == id).map(|(_, m)| m) {
+                Some(Stored::Whole(workflow, body)) => {
+                    (from, [("mex-workflowid", *workflow)], body.clone()).into_response()
+                }
+                Some(Stored::Chunked) => (
+                    hyper::StatusCode::PARTIAL_CONTENT,
+                    from,
+                    [("mex-workflowid", UPLOAD), ("mex-chunk-range", "1:2"), ("mex-total-chunks", "2")],
+                    "reference,nhs_number,plan_type,start_date\n",
+                )
+                    .into_response(),
+                Some(Stored::Failing(status)) => hyper::StatusCode::from_u16(*status)
+                    .unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR)
+                    .into_response(),
+                None => hyper::StatusCode::NOT_FOUND.into_response(),
+            },
+            ("PUT", [_, "inbox", id, "status", "acknowledged"]) => {
+                mesh.acknowledged.push((*id).to_string());
+                hyper::StatusCode::OK.into_response()
+            }
+            ("GET", [_, "outbox", "tracking", local_id]) => {
+                let status = mesh.tracking.get(*local_id).copied().unwrap_or(404);
+                hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR).into_response()
+            }
+            ("POST", [_, "outbox"]) => {
+                let local_id = header("mex-localid");
+                mesh.tracking.insert(local_id.clone(), 200);
+                let body = serde_json::from_slice(body).unwrap_or(Value::Null);
+                mesh.sent.push((header("mex-to"), local_id, body));
+                (hyper::StatusCode::ACCEPTED, axum::Json(json!({ "message_id": "SENT" }))).into_response()
+            }
+            _ => hyper::StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+
+    fn lock(mesh: &Mutex<FakeMesh>) -> std::sync::MutexGuard<'_, FakeMesh> {
+        mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts `mesh` on 127.0.0.1; its URL.
+    async fn serve_fake_mesh(mesh: Arc<Mutex<FakeMesh>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let url = format!("http://{}", listener.local_addr().unwrap_or_else(|e| panic!("address: {e}")));
+        let app = axum::Router::new().fallback(
+            move |method: hyper::Method, uri: hyper::Uri, headers: hyper::HeaderMap, body: Bytes| {
+                let mesh = mesh.clone();
+                async move { fake_answer(&mesh, &method, uri.path(), &headers, &body) }
+            },
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn mesh_config(url: String) -> MeshConfig {
+        MeshConfig {
+            url,
+            mailbox: "X26LA".into(),
+            password_file: "mesh.password".into(),
+            shared_key_file: "mesh.key".into(),
+            to_mailbox: "X26CMS".into(),
+            workflow_id: "CPIS_NOTIFICATION".into(),
+            upload_workflow_id: UPLOAD.into(),
+            result_workflow_id: "CPIS_PLAN_UPLOAD_RESULT".into(),
+            retry_max_ms: 1_000,
+        }
+    }
+
+    /// Imports what the CSV parser takes; refuses the rest, as the node's import does.
+    struct ParseOnly;
+
+    impl PlanImport for ParseOnly {
+        async fn import(&self, csv: &[u8]) -> Imported {
+            match crate::import::parse_csv(csv) {
+                Ok(rows) => Imported::Report(json!({ "applied": rows.len(), "refused": 0 })),
+                Err(e) => Imported::Refused(e),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tracking_300_counts_as_sent_and_nothing_is_sent_again() {
+        let mesh = Arc::new(Mutex::new(FakeMesh::default()));
+        let twice = "00112233445566778899aabbccddeeff";
+        lock(&mesh).tracking.insert(twice.into(), 300);
+        let url = serve_fake_mesh(mesh.clone()).await;
+        let sink = Sink::Mesh { config: mesh_config(url), password: "password".into(), shared_key: "key".into() };
+        assert_eq!(sink.hand(twice, &json!({ "lookup_id": twice })).await, Ok(()), "several left: it was sent");
+        let once = "ffeeddccbbaa99887766554433221100";
+        assert_eq!(sink.hand(once, &json!({ "lookup_id": once })).await, Ok(()));
+        let sent: Vec<String> = lock(&mesh).sent.iter().map(|s| s.1.clone()).collect();
+        assert_eq!(sent, [once], "only the notification MESH's tracking did not know was sent");
+        lock(&mesh).tracking.insert(twice.into(), 503);
+        assert!(sink.hand(twice, &json!({})).await.is_err(), "any other answer is a failure, tried again");
+    }
+
+    #[tokio::test]
+    async fn plan_files_that_can_never_be_imported_are_answered_and_acknowledged_and_do_not_hold_up_the_others() {
+        let mesh = Arc::new(Mutex::new(FakeMesh::default()));
+        let png = Bytes::from_static(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01");
+        lock(&mesh).inbox = vec![
+            ("BIG".into(), Stored::Whole(UPLOAD, Bytes::from(vec![b'a'; UPLOAD_BYTES_MAX + 1]))),
+            ("CHUNKED".into(), Stored::Chunked),
+            ("FAILING".into(), Stored::Failing(503)),
+            ("PICTURE".into(), Stored::Whole(UPLOAD, png)),
+            ("OTHER".into(), Stored::Whole("SOMETHING_ELSE", Bytes::from_static(b"{}"))),
+            ("GOOD".into(), Stored::Whole(UPLOAD, Bytes::from_static(GOOD_CSV.as_bytes()))),
+        ];
+        let url = serve_fake_mesh(mesh.clone()).await;
+        let config = mesh_config(url);
+        let mut left = HashSet::new();
+        assert_eq!(mesh_inbox_once(&config, "password", "key", &ParseOnly, &mut left).await, Ok(()));
+        {
+            let mesh = lock(&mesh);
+            let answers: HashMap<&str, &Value> = mesh
+                .sent
+                .iter()
+                .map(|(to, id, body)| {
+                    assert_eq!(to, "X26CMS", "answered to the sender");
+                    (id.as_str(), body)
+                })
+                .collect();
+            let error = |id: &str| answers.get(id).and_then(|a| a["error"].as_str()).unwrap_or("").to_string();
+            assert!(error("result-BIG").contains("larger than 64 MiB"), "{answers:?}");
+            assert!(error("result-CHUNKED").contains("2 chunks"), "{answers:?}");
+            assert!(error("result-PICTURE").contains("header row"), "{answers:?}");
+            assert_eq!(answers.get("result-GOOD").map(|a| &a["applied"]), Some(&json!(1)), "{answers:?}");
+            assert_eq!(answers.get("result-GOOD").map(|a| &a["upload"]), Some(&json!("GOOD")));
+            assert_eq!(answers.len(), 4, "nothing else answered: {answers:?}");
+            assert_eq!(mesh.acknowledged, ["BIG", "CHUNKED", "PICTURE", "GOOD"]);
+        }
+        assert!(left.contains("OTHER"), "another workflow's message is left alone");
+
+        // The message that failed for a while is taken on a later pass.
+        lock(&mesh).inbox[2].1 = Stored::Whole(UPLOAD, Bytes::from_static(GOOD_CSV.as_bytes()));
+        assert_eq!(mesh_inbox_once(&config, "password", "key", &ParseOnly, &mut left).await, Ok(()));
+        let mesh = lock(&mesh);
+        assert_eq!(mesh.acknowledged.last().map(String::as_str), Some("FAILING"));
+        assert_eq!(mesh.sent.len(), 5, "each answered once");
+    }
+
+    #[tokio::test]
+    async fn no_connection_task_outlives_an_exchange_that_timed_out() {
+        // A server that takes the request and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("address: {e}")).to_string();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().take(1).flatten() {
+                held.push(stream);
+                std::thread::sleep(Duration::from_secs(30));
+            }
+        });
+        let runtime = tokio::runtime::Handle::current();
+        let before = runtime.metrics().num_alive_tasks();
+        let got = fetch_within(Duration::from_millis(300), &addr, hyper::Method::GET, "/", vec![], vec![], 0).await;
+        assert!(got.is_err_and(|e| e.contains("no answer within 300 ms")));
+        assert!(tasks_back_to(before).await, "no connection task outlives the exchange");
+    }
+
+    /// Whether the runtime's live tasks come back to `count` within a hundred turns of it.
+    async fn tasks_back_to(count: usize) -> bool {
+        for _ in 0..100 {
+            if tokio::runtime::Handle::current().metrics().num_alive_tasks() == count {
+                return true;
+            }
+            tokio::task::yield_now().await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_connection_task_is_aborted_when_its_exchange_is_dropped() {
+        let before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let connection = AbortOnDrop(tokio::spawn(std::future::pending::<()>()));
+        assert_eq!(tokio::runtime::Handle::current().metrics().num_alive_tasks(), before + 1);
+        drop(connection);
+        assert!(tasks_back_to(before).await, "the task that would never end was aborted");
+    }
+
+    #[test]
+    fn the_log_says_what_becomes_of_a_notification_handed_on_but_not_recorded() {
+        let mesh = Sink::Mesh {
+            config: mesh_config("http://127.0.0.1:1".into()),
+            password: String::new(),
+            shared_key: String::new(),
+        };
+        assert!(
+            mesh.unrecorded().contains("recorded on the next pass") && mesh.unrecorded().contains("not sent again")
+        );
+        let webhook = Sink::Webhook {
+            config: WebhookConfig {
+                url: "http://127.0.0.1:1/".into(),
+                secret_file: "secret".into(),
+                retry_max_ms: 1_000,
+            },
+            secret: vec![],
+        };
+        assert!(webhook.unrecorded().contains("posted again") && webhook.unrecorded().contains("X-CPIS-Delivery"));
     }
 }

@@ -9,6 +9,8 @@ use cpis_protocol::records::{Person, SettingType};
 use cpis_tests::{Fed, api_json, hub_caught_up, spawn_node, wait_until};
 use serde_json::json;
 use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Child;
 use std::time::Duration;
 
 const NODE: &str = env!("CARGO_BIN_EXE_cpis-node-under-test");
@@ -35,13 +37,17 @@ fn plan_json(i: usize, nhs: NhsNumber) -> serde_json::Value {
     json!({ "reference": format!("LAC-{i}"), "nhs": nhs.digits(), "plan_type": "LAC", "start": "2026-01-05" })
 }
 
-async fn wait_for_api(fed: &Fed, code: &str) {
+/// Starts the node of `config` as a process and waits (20 s at most) until its API answers. The
+/// address file a run before left is removed first, so that the wait is for this run's.
+async fn start_process(fed: &Fed, code: &str, config: &Path) -> Child {
     let path = fed.home(code).join("api.addr");
     let _ = std::fs::remove_file(&path);
+    let node = spawn_node(NODE, config);
     wait_until("the node's API is up", Duration::from_secs(20), || async {
         path.exists() && tokio::net::TcpStream::connect(fed.api_of(code).0).await.is_ok()
     })
     .await;
+    node
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,8 +56,7 @@ async fn hub_killed_while_answering_and_replicating__restarted__nothing_acknowle
     let hubn = fed.start("HUBN").await;
     let hackney = fed.start("204").await;
     let config = fed.write_node_config("HUBS");
-    let mut hubs = spawn_node(NODE, &config);
-    wait_for_api(&fed, "HUBS").await;
+    let mut hubs = start_process(&fed, "HUBS", &config).await;
     let kids = children(120);
     for (i, nhs) in kids.iter().take(20).enumerate() {
         assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan_json(i, *nhs))).await.0, 200);
@@ -81,8 +86,7 @@ async fn hub_killed_while_answering_and_replicating__restarted__nothing_acknowle
             let _ = hubs.wait();
         }
         if i == 65 {
-            hubs = spawn_node(NODE, &config);
-            wait_for_api(&fed, "HUBS").await;
+            hubs = start_process(&fed, "HUBS", &config).await;
         }
     }
     assert!(
@@ -129,8 +133,7 @@ async fn hub_killed_while_answering_and_replicating__restarted__nothing_acknowle
 async fn authority_killed_during_plan_writes__every_acknowledged_plan_survives() {
     let fed = Fed::create(spec());
     let config = fed.write_node_config("204");
-    let mut node = spawn_node(NODE, &config);
-    wait_for_api(&fed, "204").await;
+    let mut node = start_process(&fed, "204", &config).await;
     const PLANS: usize = 20_000;
     let kids = children(PLANS);
     let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -170,8 +173,7 @@ async fn authority_killed_during_plan_writes__every_acknowledged_plan_survives()
         acknowledged.len()
     );
 
-    let mut node = spawn_node(NODE, &config);
-    wait_for_api(&fed, "204").await;
+    let mut node = start_process(&fed, "204", &config).await;
     let (_, plans) = api_json(&fed, "204", "GET", "/plans", None).await;
     let held: BTreeSet<String> =
         plans["plans"].as_array().unwrap().iter().map(|p| p["reference"].as_str().unwrap().to_string()).collect();
@@ -188,7 +190,9 @@ async fn gateway_killed_after_answering__every_answered_lookup_is_in_its_audit_l
     let hubs = fed.start("HUBS").await;
     let home = fed.home("RXH01");
     let mut accounts = cpis_node::accounts::Accounts::default();
-    let token = accounts.add_system("EHR", "Clinical system").unwrap();
+    let token = accounts
+        .add_system("EHR", "Clinical system", &cpis_node::accounts::Access::ALL, 30, cpis_node::net::now().date())
+        .unwrap();
     accounts.save(&home.join("gateway").join("users.json")).unwrap();
     let hubs_toml: String = fed.hub_addresses.iter().map(|(code, addr)| format!("{code} = \"{addr}\"\n")).collect();
     let config = home.join("setting.toml");

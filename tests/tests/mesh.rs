@@ -9,15 +9,23 @@
 use cpis_node::client::{LookupRequest, lookup};
 use cpis_node::config::MeshConfig;
 use cpis_node::handover::mesh_authorization;
+use cpis_node::store::Store;
 use cpis_protocol::harness::FederationSpec;
-use cpis_protocol::ids::NhsNumber;
+use cpis_protocol::ids::{LookupId, NhsNumber};
 use cpis_protocol::records::{Person, SettingType};
-use cpis_tests::{Fed, api_json, hub_caught_up, request, wait_until};
+use cpis_protocol::schema::Table;
+use cpis_tests::{Fed, api_json, hub_caught_up, request, spawn_node, wait_until};
 use serde_json::json;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 
 const CHILD: &str = "9434765919";
+const NODE: &str = env!("CARGO_BIN_EXE_cpis-node-under-test");
 
 fn sandbox() -> (SocketAddr, String) {
     let url = std::env::var("CPIS_MESH_SANDBOX").expect("CPIS_MESH_SANDBOX: run this test with .ci/mesh");
@@ -37,9 +45,158 @@ async fn sent_with_local_id(addr: SocketAddr, key: &str, local_id: &str) -> u16 
     request(addr, "GET", &path, &[("Authorization", &auth)], "").await.0
 }
 
+/// The first message the proxy saw posted to an outbox: its local id and MESH's status, which the
+/// proxy kept from the node.
+#[derive(Debug)]
+struct Withheld {
+    local_id: String,
+    status: u16,
+}
+
+/// A proxy on 127.0.0.1 between a node and MESH. It passes each request to MESH and MESH's answer
+/// back, one request per connection (it asks MESH to close after answering and tells the node
+/// the same, so no connection is reused), except MESH's answer to the first message posted to an
+/// outbox: that message reaches MESH and MESH's whole answer is read, but the answer is reported
+/// on the returned channel instead of passed on, and the node's connection is held open, the node
+/// waiting, until the node goes away.
+async fn withholding_proxy(mesh: SocketAddr) -> (SocketAddr, oneshot::Receiver<Withheld>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (report, withheld) = oneshot::channel();
+    let report = Arc::new(Mutex::new(Some(report)));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(relay(client, mesh, report.clone()));
+        }
+    });
+    (addr, withheld)
+}
+
+async fn relay(mut client: TcpStream, mesh: SocketAddr, report: Arc<Mutex<Option<oneshot::Sender<Withheld>>>>) {
+    let Some((head, body)) = read_request(&mut client).await else { return };
+    let mut upstream = TcpStream::connect(mesh).await.expect("MESH answers");
+    upstream.write_all(&closing(&head)).await.unwrap();
+    upstream.write_all(&body).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), upstream.read_to_end(&mut answer))
+        .await
+        .expect("MESH answers within 30 s")
+        .unwrap();
+    let (answer_head, answer_body) = split_head(&answer).expect("an HTTP answer from MESH");
+    let request_line = head.lines().next().unwrap_or_default();
+    let posted_to_outbox = request_line.starts_with("POST ")
+        && request_line.split(' ').nth(1).is_some_and(|path| path.trim_end_matches('/').ends_with("/outbox"));
+    let to_withhold = if posted_to_outbox { report.lock().unwrap().take() } else { None };
+    if let Some(report) = to_withhold {
+        let status = answer_head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let local_id = header_value(&head, "mex-localid").unwrap_or_default();
+        let _ = report.send(Withheld { local_id, status });
+        // Nothing more comes on this connection: the read ends when the node is killed.
+        let _ = tokio::time::timeout(Duration::from_secs(120), client.read(&mut [0u8; 1])).await;
+        return;
+    }
+    let _ = client.write_all(&closing(&answer_head)).await;
+    let _ = client.write_all(answer_body).await;
+    let _ = client.shutdown().await;
+}
+
+/// One request from a connection: its head (without the blank line) and its body
+/// (`Content-Length` bytes). `None` if the connection closes first.
+async fn read_request(client: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut bytes = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let (head, mut body) = loop {
+        if let Some((head, body)) = split_head(&bytes) {
+            break (head, body.to_vec());
+        }
+        assert!(bytes.len() < 64 << 10, "a request head under 64 KiB");
+        let n = tokio::time::timeout(Duration::from_secs(30), client.read(&mut buffer)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        bytes.extend_from_slice(&buffer[..n]);
+    };
+    assert!(header_value(&head, "transfer-encoding").is_none(), "the node's requests have a Content-Length");
+    let length: usize = header_value(&head, "content-length").map_or(0, |v| v.parse().expect("a Content-Length"));
+    while body.len() < length {
+        let n = tokio::time::timeout(Duration::from_secs(30), client.read(&mut buffer)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&buffer[..n]);
+    }
+    body.truncate(length);
+    Some((head, body))
+}
+
+/// The head of an HTTP message (text up to the blank line) and what follows it.
+fn split_head(bytes: &[u8]) -> Option<(String, &[u8])> {
+    let at = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    Some((String::from_utf8_lossy(&bytes[..at]).into_owned(), &bytes[at + 4..]))
+}
+
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// `head` with `Connection: close` in place of any connection header, and the blank line.
+fn closing(head: &str) -> Vec<u8> {
+    let mut text: String = head
+        .lines()
+        .filter(|line| {
+            let name = line.split_once(':').map_or("", |(k, _)| k.trim());
+            !name.eq_ignore_ascii_case("connection") && !name.eq_ignore_ascii_case("keep-alive")
+        })
+        .map(|line| format!("{line}\r\n"))
+        .collect();
+    text.push_str("Connection: close\r\n\r\n");
+    text.into_bytes()
+}
+
+/// The `[mesh]` table of a node's config file.
+fn mesh_toml(mesh: &MeshConfig) -> String {
+    format!(
+        "[mesh]\nurl = \"{}\"\nmailbox = \"{}\"\npassword_file = {:?}\nshared_key_file = {:?}\nto_mailbox = \"{}\"\n\
+         workflow_id = \"{}\"\nupload_workflow_id = \"{}\"\nresult_workflow_id = \"{}\"\nretry_max_ms = {}\n",
+        mesh.url,
+        mesh.mailbox,
+        mesh.password_file.display().to_string(),
+        mesh.shared_key_file.display().to_string(),
+        mesh.to_mailbox,
+        mesh.workflow_id,
+        mesh.upload_workflow_id,
+        mesh.result_workflow_id,
+        mesh.retry_max_ms
+    )
+}
+
+/// Starts the node of `config` as a process and waits until its API answers.
+async fn start_process(fed: &Fed, code: &str, config: &Path) -> std::process::Child {
+    let addr_file = fed.home(code).join("api.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    let node = spawn_node(NODE, config);
+    wait_until("the node's API is up", Duration::from_secs(20), || async {
+        addr_file.exists() && TcpStream::connect(fed.api_of(code).0).await.is_ok()
+    })
+    .await;
+    node
+}
+
+/// Whether the store in `data_dir` holds the notification `id`, and whether it recorded it as
+/// handed on.
+fn stored_and_handed(data_dir: &Path, id: &str) -> (bool, bool) {
+    let store = Store::open(&data_dir.join("node.redb")).unwrap();
+    let key = LookupId::from_hex(id).unwrap().0;
+    (store.get(Table::Inbox, &key).unwrap().is_some(), store.get(Table::Handed, &key).unwrap().is_some())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs NHS England's MESH sandbox: run .ci/mesh"]
-async fn mesh__one_message_per_notification__also_when_the_node_stopped_after_mesh_took_it__and_a_plan_file_is_imported_and_answered()
+async fn mesh__one_message_per_notification__also_when_the_node_is_killed_after_mesh_accepted_it_and_before_it_read_the_answer__and_a_plan_file_is_imported_and_answered()
  {
     let (addr, key) = sandbox();
     let fed = Fed::create(FederationSpec::new("mesh").hub("HUBN").authority("204", "Hackney", &["HUBN"]).setting(
@@ -75,43 +232,127 @@ async fn mesh__one_message_per_notification__also_when_the_node_stopped_after_me
     let look = || LookupRequest { nhs: NhsNumber::parse(CHILD).unwrap(), person: nurse() };
     let first = lookup(&fed.setting_config("RXH01"), look()).await.unwrap().lookup_id.to_hex();
 
-    // As if Hackney's node had sent it and stopped before recording it: MESH already holds it.
-    let auth = mesh_authorization("X26ABC1", "password", &key);
-    let headers = [
-        ("Authorization", auth.as_str()),
-        ("Content-Type", "application/json"),
-        ("mex-from", "X26ABC1"),
-        ("mex-to", "X26ABC2"),
-        ("mex-workflowid", "TEST_WORKFLOW"),
-        ("mex-localid", first.as_str()),
-    ];
-    let (status, _, body) = request(addr, "POST", "/messageexchange/X26ABC1/outbox", &headers, "{}").await;
-    assert_eq!(status, 202, "the sandbox takes the message: {body}");
+    // Hackney's node, a process, reaches MESH through a proxy that keeps MESH's answer to its
+    // first message from it. Once MESH has taken the message, the node is killed (SIGKILL).
+    let (proxy, withheld) = withholding_proxy(addr).await;
+    let config = fed.write_node_config("204");
+    let through_proxy = MeshConfig { url: format!("http://{proxy}"), ..mesh.clone() };
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&mesh_toml(&through_proxy));
+    std::fs::write(&config, text).unwrap();
+    let mut node = start_process(&fed, "204", &config).await;
+    let withheld = tokio::time::timeout(Duration::from_secs(30), withheld)
+        .await
+        .expect("the node posts the notification to MESH within 30 s")
+        .expect("the proxy reports it");
+    assert_eq!((withheld.local_id.as_str(), withheld.status), (first.as_str(), 202), "MESH took the notification");
+    assert_eq!(sent_with_local_id(addr, &key, &first).await, 200, "MESH holds the message before the kill");
+    node.kill().expect("SIGKILL");
+    let _ = node.wait();
+    assert_eq!(
+        stored_and_handed(&home, &first),
+        (true, false),
+        "killed after MESH took the notification and before the node recorded it as handed on"
+    );
 
-    let hackney = fed.start_with("204", with_mesh).await;
+    // Restarted, the node finds the message in MESH's tracking, records it and sends nothing.
+    let mut node = start_process(&fed, "204", &config).await;
     wait_until("the first notification is recorded as handed on", Duration::from_secs(30), || async {
         let (_, inbox) = api_json(&fed, "204", "GET", "/notifications", None).await;
         inbox["notifications"].as_array().is_some_and(|n| n.len() == 1 && n[0]["handed_at"].is_string())
     })
     .await;
     assert_eq!(sent_with_local_id(addr, &key, &first).await, 200, "exactly one message: nothing sent again");
+    node.kill().expect("stop");
+    let _ = node.wait();
 
-    // A lookup while Hackney is up: one message; a restart sends nothing more.
+    // From here Hackney's node runs in this process and reaches MESH directly. A lookup while it
+    // is up: one message; a restart sends nothing more.
+    let hackney = fed.start_with("204", with_mesh).await;
     let second = lookup(&fed.setting_config("RXH01"), look()).await.unwrap().lookup_id.to_hex();
     wait_until("the second notification reaches MESH", Duration::from_secs(30), || async {
         sent_with_local_id(addr, &key, &second).await == 200
     })
     .await;
     hackney.shutdown().await;
+
+    // While Hackney is down, MESH comes to hold one notification twice (as some earlier fault could
+    // leave it: tracking by its local id answers 300), and another notification follows it.
+    let twice = lookup(&fed.setting_config("RXH01"), look()).await.unwrap().lookup_id.to_hex();
+    let la = mesh_authorization("X26ABC1", "password", &key);
+    for _ in 0..2 {
+        let headers = [
+            ("Authorization", la.as_str()),
+            ("Content-Type", "application/json"),
+            ("mex-from", "X26ABC1"),
+            ("mex-to", "X26ABC2"),
+            ("mex-workflowid", "TEST_WORKFLOW"),
+            ("mex-localid", twice.as_str()),
+        ];
+        let (status, _, body) = request(addr, "POST", "/messageexchange/X26ABC1/outbox", &headers, "{}").await;
+        assert_eq!(status, 202, "the sandbox takes the message: {body}");
+    }
+    assert_eq!(sent_with_local_id(addr, &key, &twice).await, 300, "MESH's tracking: several messages");
+    let after = lookup(&fed.setting_config("RXH01"), look()).await.unwrap().lookup_id.to_hex();
+
+    // Restarted, Hackney counts the one MESH holds twice as sent, sends nothing more for it, and
+    // goes on to the next; a restart after that sends nothing more either.
+    let hackney = fed.start_with("204", with_mesh).await;
+    wait_until("the notification after the one MESH holds twice reaches MESH", Duration::from_secs(30), || async {
+        sent_with_local_id(addr, &key, &after).await == 200
+    })
+    .await;
+    let (_, inbox) = api_json(&fed, "204", "GET", "/notifications", None).await;
+    let handed = |id: &str| {
+        inbox["notifications"].as_array().unwrap().iter().any(|n| n["lookup_id"] == id && n["handed_at"].is_string())
+    };
+    assert!(handed(&twice), "the notification MESH holds twice is recorded as handed on: {inbox}");
+    hackney.shutdown().await;
     let hackney = fed.start_with("204", with_mesh).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    for id in [&first, &second] {
+    for id in [&first, &second, &after] {
         assert_eq!(sent_with_local_id(addr, &key, id).await, 200, "still exactly one message for {id}");
     }
 
-    // The case-management system sends a plan file with a broken row; Hackney imports it and
-    // answers with the report.
+    // The case-management system sends a plan file in two chunks and a file that is not CSV, which
+    // can never be imported, and then a plan file with a broken row. Hackney answers the first two
+    // with why, and imports the third and answers it with the report; it acknowledges all three.
+    let chunked = {
+        let cms = mesh_authorization("X26ABC2", "password", &key);
+        let mut headers = vec![
+            ("Authorization", cms.as_str()),
+            ("Content-Type", "text/csv"),
+            ("mex-from", "X26ABC2"),
+            ("mex-to", "X26ABC1"),
+            ("mex-workflowid", "TEST_WORKFLOW_ACK"),
+            ("mex-localid", "export-2026-11-29"),
+            ("mex-chunk-range", "1:2"),
+            ("Accept", "application/vnd.mesh.v2+json"),
+        ];
+        let first_chunk = "reference,nhs_number,plan_type,start_date\n";
+        let (status, _, sent) = request(addr, "POST", "/messageexchange/X26ABC2/outbox", &headers, first_chunk).await;
+        assert_eq!(status, 202, "{sent}");
+        let id = serde_json::from_str::<serde_json::Value>(&sent).unwrap()["message_id"].as_str().unwrap().to_string();
+        headers.retain(|(name, _)| ["Authorization", "Accept"].contains(name));
+        headers.push(("mex-chunk-range", "2:2"));
+        let path = format!("/messageexchange/X26ABC2/outbox/{id}/2");
+        let (status, _, sent) = request(addr, "POST", &path, &headers, "CPP-9,4010232137,CPP,2026-02-01\n").await;
+        assert_eq!(status, 202, "{sent}");
+        id
+    };
     let cms = mesh_authorization("X26ABC2", "password", &key);
+    let headers = [
+        ("Authorization", cms.as_str()),
+        ("Content-Type", "application/pdf"),
+        ("mex-from", "X26ABC2"),
+        ("mex-to", "X26ABC1"),
+        ("mex-workflowid", "TEST_WORKFLOW_ACK"),
+        ("mex-localid", "export-2026-11-29-letter"),
+        ("Accept", "application/vnd.mesh.v2+json"),
+    ];
+    let (status, _, sent) = request(addr, "POST", "/messageexchange/X26ABC2/outbox", &headers, "%PDF-1.7\n%\n").await;
+    assert_eq!(status, 202, "{sent}");
+    let not_csv = serde_json::from_str::<serde_json::Value>(&sent).unwrap()["message_id"].as_str().unwrap().to_string();
     let csv =
         "reference,nhs_number,plan_type,start_date\nCPP-7,4010232137,CPP,2026-02-01\nCPP-8,4010232138,CPP,2026-02-01\n";
     let headers = [
@@ -126,8 +367,13 @@ async fn mesh__one_message_per_notification__also_when_the_node_stopped_after_me
     let (status, _, sent) = request(addr, "POST", "/messageexchange/X26ABC2/outbox", &headers, csv).await;
     assert_eq!(status, 202, "{sent}");
     let upload = serde_json::from_str::<serde_json::Value>(&sent).unwrap()["message_id"].as_str().unwrap().to_string();
-    wait_until("Hackney answers the plan file", Duration::from_secs(30), || async {
-        sent_with_local_id(addr, &key, &format!("result-{upload}")).await == 200
+    wait_until("Hackney answers the three files", Duration::from_secs(30), || async {
+        for id in [&chunked, &not_csv, &upload] {
+            if sent_with_local_id(addr, &key, &format!("result-{id}")).await != 200 {
+                return false;
+            }
+        }
+        true
     })
     .await;
     let (_, plans) = api_json(&fed, "204", "GET", "/plans", None).await;
@@ -140,19 +386,33 @@ async fn mesh__one_message_per_notification__also_when_the_node_stopped_after_me
         .iter()
         .map(|m| m.as_str().unwrap().to_string())
         .collect();
-    let mut answer = None;
+    let mut answers = std::collections::HashMap::new();
+    let mut held_twice = 0;
     for id in ids {
         let path = format!("/messageexchange/X26ABC2/inbox/{id}");
         let (_, headers, body) = request(addr, "GET", &path, &[("Authorization", &cms())], "").await;
-        if cpis_tests::header(&headers, "mex-localid") == Some(format!("result-{upload}").as_str()) {
-            answer = Some(serde_json::from_str::<serde_json::Value>(&body).unwrap());
+        let local_id = cpis_tests::header(&headers, "mex-localid").unwrap_or_default().to_string();
+        if local_id == twice {
+            held_twice += 1;
+        }
+        if let Some(upload) = local_id.strip_prefix("result-") {
+            answers.insert(upload.to_string(), serde_json::from_str::<serde_json::Value>(&body).unwrap());
         }
     }
-    let answer = answer.expect("the answer is in the case-management mailbox");
+    assert_eq!(held_twice, 2, "nothing more was sent for the notification MESH held twice");
+    let answer = answers.get(&upload).expect("the answer is in the case-management mailbox");
     assert_eq!((answer["applied"].as_u64(), answer["refused"].as_u64()), (Some(1), Some(1)), "{answer}");
     assert!(answer["rows"][1]["reason"].as_str().unwrap().contains("check digit"), "{answer}");
+    let error = |id: &str| answers.get(id).and_then(|a| a["error"].as_str()).unwrap_or_default().to_string();
+    assert!(error(&chunked).contains("2 chunks"), "the chunked file is answered with why: {answers:?}");
+    assert!(!error(&not_csv).is_empty(), "the file that is not CSV is answered with why: {answers:?}");
+    let (_, plans) = api_json(&fed, "204", "GET", "/plans", None).await;
+    assert!(!plans.to_string().contains("CPP-9"), "nothing of the chunked file is imported");
+    let auth = mesh_authorization("X26ABC1", "password", &key);
     let (_, _, left) = request(addr, "GET", "/messageexchange/X26ABC1/inbox", &[("Authorization", &auth)], "").await;
-    assert!(!left.contains(&upload), "the plan file was acknowledged: {left}");
+    for id in [&chunked, &not_csv, &upload] {
+        assert!(!left.contains(id.as_str()), "every plan file was acknowledged: {left}");
+    }
 
     // How long a notification takes to become a MESH message (printed; not a test of speed).
     let mut took = Vec::new();

@@ -251,8 +251,20 @@ pub struct NodeConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeshConfig {
-    /// `http://host:port` of the MESH API (its `/messageexchange/...` paths). Required.
+    /// `https://host:port` of the MESH API (its `/messageexchange/...` paths), or `http://` for a
+    /// local MESH client or proxy. Required.
     pub url: String,
+    /// The certificate authorities (PEM) that sign the MESH server's certificate. Required for
+    /// an `https://` URL.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The mailbox's client certificate (PEM, its chain after it), which MESH requires over
+    /// HTTPS; with `client_key_file`.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM, owner-only).
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
     /// This authority's mailbox id. Required.
     pub mailbox: String,
     /// A file holding the mailbox's password (owner-only). Required.
@@ -291,8 +303,20 @@ fn default_result_workflow_id() -> String {
 impl MeshConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, rule: &str| Err(ConfigError::Invalid { field, rule: rule.into() });
-        if self.url.strip_prefix("http://").is_none_or(|rest| rest.is_empty()) {
-            return invalid("mesh.url", "an http:// URL of the MESH API (a local MESH client or proxy)");
+        let Some(https) = url_is_https(&self.url) else {
+            return invalid(
+                "mesh.url",
+                "an https:// URL of the MESH API (or http:// for a local MESH client or proxy)",
+            );
+        };
+        if https && self.ca_file.is_none() {
+            return invalid("mesh.ca_file", "required with an https:// URL: the CAs that sign MESH's certificate");
+        }
+        if !https && (self.ca_file.is_some() || self.client_cert_file.is_some()) {
+            return invalid("mesh.ca_file", "certificates are for an https:// URL only");
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return invalid("mesh.client_cert_file", "client_cert_file and client_key_file go together");
         }
         let id_ok =
             |t: &str| !t.is_empty() && t.len() <= 64 && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -312,8 +336,13 @@ impl MeshConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
-    /// `http://host:port/path` of the case-management system's endpoint. Required.
+    /// `https://host:port/path` (or `http://` on the council's own network) of the
+    /// case-management system's endpoint. Required.
     pub url: String,
+    /// The certificate authorities (PEM) that sign the endpoint's certificate. Required for an
+    /// `https://` URL.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// A file holding the shared secret the signature is made with (at least 32 characters,
     /// owner-only). Required.
     pub secret_file: PathBuf,
@@ -322,18 +351,30 @@ pub struct WebhookConfig {
     pub retry_max_ms: u64,
 }
 
+/// Whether `url` is `https://` (`Some(true)`) or `http://` (`Some(false)`) with a host; `None`
+/// for anything else.
+fn url_is_https(url: &str) -> Option<bool> {
+    let (https, rest) = match url.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, url.strip_prefix("http://")?),
+    };
+    (!rest.is_empty() && !rest.starts_with('/')).then_some(https)
+}
+
 fn default_retry_max_ms() -> u64 {
     300_000
 }
 
 impl WebhookConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        let rest = self.url.strip_prefix("http://").ok_or_else(|| ConfigError::Invalid {
-            field: "webhook.url",
-            rule: "an http:// URL (put the endpoint on the council's own network, or behind a local TLS proxy)".into(),
-        })?;
-        if rest.is_empty() || rest.starts_with('/') {
-            return Err(ConfigError::Invalid { field: "webhook.url", rule: "the URL names no host".into() });
+        let invalid = |field, rule: &str| Err(ConfigError::Invalid { field, rule: rule.into() });
+        match url_is_https(&self.url) {
+            None => return invalid("webhook.url", "an https:// or http:// URL that names a host"),
+            Some(true) if self.ca_file.is_none() => {
+                return invalid("webhook.ca_file", "required with an https:// URL: the CAs that sign its certificate");
+            }
+            Some(false) if self.ca_file.is_some() => return invalid("webhook.ca_file", "for an https:// URL only"),
+            Some(_) => {}
         }
         if self.retry_max_ms == 0 {
             return Err(ConfigError::Invalid { field: "webhook.retry_max_ms", rule: "must be above zero".into() });
@@ -440,10 +481,14 @@ impl NodeConfig {
         config.directory_file = config.directory_file.map(|p| anchor(base, &p));
         if let Some(webhook) = config.webhook.as_mut() {
             webhook.secret_file = anchor(base, &webhook.secret_file);
+            webhook.ca_file = webhook.ca_file.as_ref().map(|p| anchor(base, p));
         }
         if let Some(mesh) = config.mesh.as_mut() {
             mesh.password_file = anchor(base, &mesh.password_file);
             mesh.shared_key_file = anchor(base, &mesh.shared_key_file);
+            for file in [&mut mesh.ca_file, &mut mesh.client_cert_file, &mut mesh.client_key_file] {
+                *file = file.as_ref().map(|p| anchor(base, p));
+            }
         }
         if let Some(pages) = config.pages.as_mut() {
             pages.tls_cert = pages.tls_cert.as_ref().map(|p| anchor(base, p));
@@ -569,9 +614,13 @@ impl NodeConfig {
         read_key(&self.key_path())?;
         check_directory(&self.directory_path())?;
         let pages = self.pages.iter().flat_map(|p| [&p.tls_cert, &p.tls_key]).flatten();
-        let webhook = self.webhook.iter().map(|w| &w.secret_file);
-        let mesh = self.mesh.iter().flat_map(|m| [&m.password_file, &m.shared_key_file]);
-        pages.chain(webhook).chain(mesh).try_for_each(|f| readable(f))
+        let webhook = self.webhook.iter().flat_map(|w| [Some(&w.secret_file), w.ca_file.as_ref()]).flatten();
+        let mesh = self.mesh.iter().flat_map(|m| {
+            [Some(&m.password_file), Some(&m.shared_key_file), m.ca_file.as_ref()]
+                .into_iter()
+                .chain([m.client_cert_file.as_ref(), m.client_key_file.as_ref()])
+        });
+        pages.chain(webhook).chain(mesh.flatten()).try_for_each(|f| readable(f))
     }
 }
 
@@ -842,6 +891,32 @@ mod tests {
         assert!(e.to_string().contains("timing.tick_ms"), "{e}");
         let e = parse("role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\nbogus = 1\n").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn https_for_mesh_and_the_webhook_needs_its_ca_and_a_client_certificate_comes_with_its_key() {
+        let authority = "role = \"authority\"\ncode = \"204\"\ndata_dir = \"d\"\n";
+        let mesh = |extra: &str| {
+            let table =
+                "[mesh]\nmailbox = \"X26A\"\npassword_file = \"p\"\nshared_key_file = \"k\"\nto_mailbox = \"X26B\"\n";
+            parse(&format!("{authority}{table}{extra}"))
+        };
+        let refused = |r: Result<NodeConfig, ConfigError>| r.map(drop).unwrap_err().to_string();
+        assert!(refused(mesh("url = \"https://mesh.example.org\"\n")).contains("mesh.ca_file"));
+        let e =
+            refused(mesh("url = \"https://mesh.example.org\"\nca_file = \"ca.pem\"\nclient_cert_file = \"c.pem\"\n"));
+        assert!(e.contains("client_key_file go together"), "{e}");
+        assert!(refused(mesh("url = \"http://127.0.0.1:8700\"\nca_file = \"ca.pem\"\n")).contains("https:// URL only"));
+        assert!(refused(mesh("url = \"ftp://mesh\"\n")).contains("mesh.url"));
+        let both = "url = \"https://mesh.example.org\"\nca_file = \"ca.pem\"\nclient_cert_file = \"c.pem\"\nclient_key_file = \"c.key\"\n";
+        let ok = mesh(both).unwrap().mesh.unwrap();
+        assert!(
+            ok.ca_file.unwrap().is_absolute() && ok.client_key_file.unwrap().is_absolute(),
+            "anchored to the config"
+        );
+        let webhook = |extra: &str| parse(&format!("{authority}[webhook]\nsecret_file = \"s\"\n{extra}"));
+        assert!(refused(webhook("url = \"https://cms.example.org/in\"\n")).contains("webhook.ca_file"));
+        assert!(webhook("url = \"https://cms.example.org/in\"\nca_file = \"ca.pem\"\n").is_ok());
     }
 
     #[test]

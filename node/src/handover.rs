@@ -29,6 +29,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use serde_json::Value;
 use std::collections::HashSet;
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -57,10 +58,49 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Where notifications go, with the secrets to get them there.
+/// Where notifications go, with the secrets to get them there (no `Debug`: it holds secrets).
+#[derive(Clone)]
 pub enum Sink {
-    Webhook { config: WebhookConfig, secret: Vec<u8> },
-    Mesh { config: MeshConfig, password: String, shared_key: String },
+    Webhook { config: WebhookConfig, secret: Vec<u8>, to: Endpoint },
+    Mesh { config: Box<MeshConfig>, password: String, shared_key: String, to: Endpoint },
+}
+
+/// Where requests go: `host:port`, the URL's path, and for an `https://` URL the TLS to speak
+/// there (the server checked against the configured CAs; a client certificate if configured).
+#[derive(Clone)]
+pub struct Endpoint {
+    authority: String,
+    path: String,
+    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+}
+
+impl Endpoint {
+    /// The endpoint of an `http://` or `https://` URL; an https one needs `ca_file`.
+    pub fn new(url: &str, ca_file: Option<&Path>, client: Option<(&Path, &Path)>) -> anyhow::Result<Endpoint> {
+        let (https, rest) = match url.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => {
+                (false, url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("{url} is not an http(s):// URL"))?)
+            }
+        };
+        let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+        let host = match authority.rsplit_once(':') {
+            Some((host, port)) if !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => host,
+            _ => authority,
+        };
+        let with_port =
+            if host == authority { format!("{authority}:{}", if https { 443 } else { 80 }) } else { authority.into() };
+        let tls = if https {
+            let ca = ca_file.ok_or_else(|| anyhow::anyhow!("{url}: an https:// URL needs a CA file"))?;
+            let name =
+                rustls::pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+                    .map_err(|e| anyhow::anyhow!("{url}: {host} is not a host name or address: {e}"))?;
+            Some((crate::web::tls_connector(ca, client)?, name))
+        } else {
+            None
+        };
+        Ok(Endpoint { authority: with_port, path, tls })
+    }
 }
 
 fn read_secret_file(path: &std::path::Path, what: &str, min: usize) -> anyhow::Result<String> {
@@ -76,12 +116,15 @@ impl Sink {
     pub fn from_config(config: &NodeConfig) -> anyhow::Result<Option<Sink>> {
         if let Some(webhook) = &config.webhook {
             let secret = read_secret_file(&webhook.secret_file, "webhook secret", SECRET_CHARS_MIN)?;
-            return Ok(Some(Sink::Webhook { config: webhook.clone(), secret: secret.into_bytes() }));
+            let to = Endpoint::new(&webhook.url, webhook.ca_file.as_deref(), None)?;
+            return Ok(Some(Sink::Webhook { config: webhook.clone(), secret: secret.into_bytes(), to }));
         }
         if let Some(mesh) = &config.mesh {
             let password = read_secret_file(&mesh.password_file, "MESH mailbox password", 1)?;
             let shared_key = read_secret_file(&mesh.shared_key_file, "MESH shared key", 1)?;
-            return Ok(Some(Sink::Mesh { config: mesh.clone(), password, shared_key }));
+            let client = mesh.client_cert_file.as_deref().zip(mesh.client_key_file.as_deref());
+            let to = Endpoint::new(&mesh.url, mesh.ca_file.as_deref(), client)?;
+            return Ok(Some(Sink::Mesh { config: Box::new(mesh.clone()), password, shared_key, to }));
         }
         Ok(None)
     }
@@ -119,7 +162,7 @@ impl Sink {
     async fn hand(&self, id: &str, item: &Value) -> Result<(), String> {
         let body = serde_json::to_vec(item).map_err(|e| e.to_string())?;
         match self {
-            Sink::Webhook { config, secret } => {
+            Sink::Webhook { secret, to, .. } => {
                 let timestamp = crate::net::now().as_millis() / 1000;
                 let headers = vec![
                     ("content-type", "application/json".to_string()),
@@ -127,12 +170,10 @@ impl Sink {
                     ("x-cpis-timestamp", timestamp.to_string()),
                     ("x-cpis-signature", signature(secret, timestamp, &body)),
                 ];
-                let (authority, path) = split_url(&config.url)?;
-                let status = exchange(authority, hyper::Method::POST, &path, headers, body).await?;
+                let status = exchange(to, hyper::Method::POST, &to.path, headers, body).await?;
                 if (200..300).contains(&status) { Ok(()) } else { Err(format!("it answered {status}")) }
             }
-            Sink::Mesh { config, password, shared_key } => {
-                let (authority, _) = split_url(&config.url)?;
+            Sink::Mesh { config, password, shared_key, to } => {
                 let auth = || ("authorization", mesh_authorization(&config.mailbox, password, shared_key));
                 let message = MeshMessage {
                     to: &config.to_mailbox,
@@ -140,7 +181,7 @@ impl Sink {
                     local_id: id.to_string(),
                     subject: "Child protection notification",
                 };
-                if mesh_send_once(config, authority, auth, message, body).await? == Sent::SeveralBefore {
+                if mesh_send_once(config, to, auth, message, body).await? == Sent::SeveralBefore {
                     warn!(
                         lookup = %id,
                         "MESH's tracking shows more than one message for this notification left the mailbox (an earlier \
@@ -177,14 +218,14 @@ enum Sent {
 /// mailbox (sent before a stop): so a message is not sent twice while MESH's tracking knows it.
 async fn mesh_send_once(
     config: &MeshConfig,
-    authority: &str,
+    to: &Endpoint,
     auth: impl Fn() -> (&'static str, String),
     message: MeshMessage<'_>,
     body: Vec<u8>,
 ) -> Result<Sent, String> {
     let mailbox = &config.mailbox;
     let tracking = format!("/messageexchange/{mailbox}/outbox/tracking/{}", message.local_id);
-    match exchange(authority, hyper::Method::GET, &tracking, vec![auth()], vec![]).await? {
+    match exchange(to, hyper::Method::GET, &tracking, vec![auth()], vec![]).await? {
         200 => return Ok(Sent::Before),
         // It left more than once: sent all the same. Sending another, or waiting for ever (and
         // holding up every message behind it), would only make it worse.
@@ -202,8 +243,7 @@ async fn mesh_send_once(
         ("mex-localid", message.local_id),
         ("mex-subject", message.subject.to_string()),
     ];
-    match exchange(authority, hyper::Method::POST, &format!("/messageexchange/{mailbox}/outbox"), headers, body).await?
-    {
+    match exchange(to, hyper::Method::POST, &format!("/messageexchange/{mailbox}/outbox"), headers, body).await? {
         200..=299 => Ok(Sent::Now),
         status => Err(format!("MESH answered {status}")),
     }
@@ -239,16 +279,11 @@ const MESH_INBOX_POLL_MS: u64 = 1_000;
 /// answering) is left for the next pass; the others are taken all the same. Run again after a
 /// stop, an upload is imported again (which changes nothing) and its answer is not sent twice
 /// (MESH's tracking is asked first). Other messages are left in the mailbox.
-pub async fn run_mesh_inbox(
-    config: MeshConfig,
-    password: String,
-    shared_key: String,
-    state: ApiState,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run_mesh_inbox(sink: Sink, state: ApiState, mut stop: watch::Receiver<bool>) {
+    let Sink::Mesh { config, password, shared_key, to } = sink else { return };
     let mut left = HashSet::new();
     loop {
-        if let Err(reason) = mesh_inbox_once(&config, &password, &shared_key, &state, &mut left).await {
+        if let Err(reason) = mesh_inbox_once(&config, &to, &password, &shared_key, &state, &mut left).await {
             warn!(%reason, "the MESH inbox could not be read: trying again");
         }
         tokio::select! {
@@ -294,16 +329,16 @@ impl PlanImport for ApiState {
 /// be taken is logged and left for the next pass.
 async fn mesh_inbox_once(
     config: &MeshConfig,
+    to: &Endpoint,
     password: &str,
     shared_key: &str,
     importer: &impl PlanImport,
     left: &mut HashSet<String>,
 ) -> Result<(), String> {
-    let (authority, _) = split_url(&config.url)?;
     let mailbox = &config.mailbox;
     let auth = || ("authorization", mesh_authorization(mailbox, password, shared_key));
     let inbox = format!("/messageexchange/{mailbox}/inbox");
-    let listed = fetch(authority, hyper::Method::GET, &inbox, vec![auth()], vec![], 0).await?;
+    let listed = fetch(to, hyper::Method::GET, &inbox, vec![auth()], vec![], 0).await?;
     if listed.status != 200 {
         return Err(format!("MESH answered {} to listing the inbox", listed.status));
     }
@@ -314,7 +349,7 @@ async fn mesh_inbox_once(
         .map_or(vec![], |m| m.iter().filter_map(|x| x.as_str().map(String::from)).collect());
     let new: Vec<String> = ids.into_iter().filter(|id| !left.contains(id)).collect();
     for id in new {
-        if let Err(reason) = mesh_take(config, authority, &auth, importer, &id, left).await {
+        if let Err(reason) = mesh_take(config, to, &auth, importer, &id, left).await {
             warn!(message = %id, %reason, "a MESH message could not be taken now: it is left for the next pass");
         }
     }
@@ -326,7 +361,7 @@ async fn mesh_inbox_once(
 /// message stays in the mailbox for the next pass.
 async fn mesh_take(
     config: &MeshConfig,
-    authority: &str,
+    to: &Endpoint,
     auth: &impl Fn() -> (&'static str, String),
     importer: &impl PlanImport,
     id: &str,
@@ -334,7 +369,7 @@ async fn mesh_take(
 ) -> Result<(), String> {
     let inbox = format!("/messageexchange/{}/inbox", config.mailbox);
     let path = format!("{inbox}/{id}");
-    let message = fetch(authority, hyper::Method::GET, &path, vec![auth()], vec![], UPLOAD_BYTES_MAX).await?;
+    let message = fetch(to, hyper::Method::GET, &path, vec![auth()], vec![], UPLOAD_BYTES_MAX).await?;
     // 200: the whole message; 206: the first of its chunks.
     if !matches!(message.status, 200 | 206) {
         return Err(format!("MESH answered {} to reading it", message.status));
@@ -374,22 +409,16 @@ async fn mesh_take(
         subject: "Plan file import results",
     };
     let body = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
-    let sent = mesh_send_once(config, authority, auth, result, body).await.map_err(|e| format!("answering it: {e}"))?;
+    let sent = mesh_send_once(config, to, auth, result, body).await.map_err(|e| format!("answering it: {e}"))?;
     if sent == Sent::SeveralBefore {
         warn!(message = %id, "MESH's tracking shows the answer to this plan file left the mailbox more than once");
     }
     let acknowledge = format!("{path}/status/acknowledged");
-    let status = exchange(authority, hyper::Method::PUT, &acknowledge, vec![auth()], vec![]).await?;
+    let status = exchange(to, hyper::Method::PUT, &acknowledge, vec![auth()], vec![]).await?;
     if !(200..300).contains(&status) {
         return Err(format!("MESH answered {status} to acknowledging it"));
     }
     Ok(())
-}
-
-/// `http://host:port/path` → (`host:port`, `/path`).
-fn split_url(url: &str) -> Result<(&str, String), String> {
-    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
-    Ok(rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}"))))
 }
 
 /// The lookup ids already handed on.
@@ -471,13 +500,13 @@ async fn record(store: &Store, id: &str) -> anyhow::Result<()> {
 
 /// One HTTP/1.1 exchange: the status, the answer read and dropped.
 async fn exchange(
-    authority: &str,
+    to: &Endpoint,
     method: hyper::Method,
     path: &str,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
 ) -> Result<u16, String> {
-    fetch(authority, method, path, headers, body, 0).await.map(|answer| answer.status)
+    fetch(to, method, path, headers, body, 0).await.map(|answer| answer.status)
 }
 
 /// An HTTP answer.
@@ -491,14 +520,14 @@ struct Answer {
 /// One HTTP/1.1 exchange, within `POST_TIMEOUT_MS`: the answer, with its body if that is at most
 /// `answer_max` bytes (or `ANSWER_BYTES_MAX`, if more).
 async fn fetch(
-    authority: &str,
+    to: &Endpoint,
     method: hyper::Method,
     path: &str,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
     answer_max: usize,
 ) -> Result<Answer, String> {
-    fetch_within(Duration::from_millis(POST_TIMEOUT_MS), authority, method, path, headers, body, answer_max).await
+    fetch_within(Duration::from_millis(POST_TIMEOUT_MS), to, method, path, headers, body, answer_max).await
 }
 
 /// A task aborted when this is dropped: the connection's task ends with its exchange, whichever
@@ -511,9 +540,13 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// A connection's stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 async fn fetch_within(
     timeout: Duration,
-    authority: &str,
+    to: &Endpoint,
     method: hyper::Method,
     path: &str,
     headers: Vec<(&'static str, String)>,
@@ -521,12 +554,18 @@ async fn fetch_within(
     answer_max: usize,
 ) -> Result<Answer, String> {
     let run = async {
-        let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("cannot connect: {e}"))?;
+        let stream = tokio::net::TcpStream::connect(&to.authority).await.map_err(|e| format!("cannot connect: {e}"))?;
+        let stream: Box<dyn Io> = match &to.tls {
+            None => Box::new(stream),
+            Some((connector, name)) => {
+                Box::new(connector.connect(name.clone(), stream).await.map_err(|e| format!("TLS: {e}"))?)
+            }
+        };
         let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
         let _connection = AbortOnDrop(tokio::spawn(connection));
-        let mut request = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, authority);
+        let mut request = hyper::Request::builder().method(method).uri(path).header(hyper::header::HOST, &to.authority);
         for (name, value) in headers {
             request = request.header(name, value);
         }
@@ -684,7 +723,16 @@ mod tests {
             upload_workflow_id: UPLOAD.into(),
             result_workflow_id: "CPIS_PLAN_UPLOAD_RESULT".into(),
             retry_max_ms: 1_000,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
+    }
+
+    fn mesh_sink(url: &str) -> Sink {
+        let to = Endpoint::new(url, None, None).unwrap_or_else(|e| panic!("{e}"));
+        let config = Box::new(mesh_config(url.into()));
+        Sink::Mesh { config, password: "password".into(), shared_key: "key".into(), to }
     }
 
     /// Imports what the CSV parser takes; refuses the rest, as the node's import does.
@@ -705,7 +753,7 @@ mod tests {
         let twice = "00112233445566778899aabbccddeeff";
         lock(&mesh).tracking.insert(twice.into(), 300);
         let url = serve_fake_mesh(mesh.clone()).await;
-        let sink = Sink::Mesh { config: mesh_config(url), password: "password".into(), shared_key: "key".into() };
+        let sink = mesh_sink(&url);
         assert_eq!(sink.hand(twice, &json!({ "lookup_id": twice })).await, Ok(()), "several left: it was sent");
         let once = "ffeeddccbbaa99887766554433221100";
         assert_eq!(sink.hand(once, &json!({ "lookup_id": once })).await, Ok(()));
@@ -728,9 +776,10 @@ mod tests {
             ("GOOD".into(), Stored::Whole(UPLOAD, Bytes::from_static(GOOD_CSV.as_bytes()))),
         ];
         let url = serve_fake_mesh(mesh.clone()).await;
+        let to = Endpoint::new(&url, None, None).unwrap_or_else(|e| panic!("{e}"));
         let config = mesh_config(url);
         let mut left = HashSet::new();
-        assert_eq!(mesh_inbox_once(&config, "password", "key", &ParseOnly, &mut left).await, Ok(()));
+        assert_eq!(mesh_inbox_once(&config, &to, "password", "key", &ParseOnly, &mut left).await, Ok(()));
         {
             let mesh = lock(&mesh);
             let answers: HashMap<&str, &Value> = mesh
@@ -754,7 +803,7 @@ mod tests {
 
         // The message that failed for a while is taken on a later pass.
         lock(&mesh).inbox[2].1 = Stored::Whole(UPLOAD, Bytes::from_static(GOOD_CSV.as_bytes()));
-        assert_eq!(mesh_inbox_once(&config, "password", "key", &ParseOnly, &mut left).await, Ok(()));
+        assert_eq!(mesh_inbox_once(&config, &to, "password", "key", &ParseOnly, &mut left).await, Ok(()));
         let mesh = lock(&mesh);
         assert_eq!(mesh.acknowledged.last().map(String::as_str), Some("FAILING"));
         assert_eq!(mesh.sent.len(), 5, "each answered once");
@@ -774,7 +823,8 @@ mod tests {
         });
         let runtime = tokio::runtime::Handle::current();
         let before = runtime.metrics().num_alive_tasks();
-        let got = fetch_within(Duration::from_millis(300), &addr, hyper::Method::GET, "/", vec![], vec![], 0).await;
+        let to = Endpoint::new(&format!("http://{addr}"), None, None).unwrap_or_else(|e| panic!("{e}"));
+        let got = fetch_within(Duration::from_millis(300), &to, hyper::Method::GET, "/", vec![], vec![], 0).await;
         assert!(got.is_err_and(|e| e.contains("no answer within 300 ms")));
         assert!(tasks_back_to(before).await, "no connection task outlives the exchange");
     }
@@ -799,23 +849,127 @@ mod tests {
         assert!(tasks_back_to(before).await, "the task that would never end was aborted");
     }
 
+    fn fail<T>(e: impl std::fmt::Display) -> T {
+        panic!("{e}")
+    }
+
+    /// PEM files of a CA, a server certificate for 127.0.0.1 and a client certificate signed by
+    /// it, and a second CA that signed neither.
+    struct Pki {
+        dir: tempfile::TempDir,
+        server: rustls::ServerConfig,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(fail);
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap_or_else(fail)).unwrap_or_else(fail);
+            let leaf = |name: &str| {
+                let key = KeyPair::generate().unwrap_or_else(fail);
+                let cert = CertificateParams::new(vec![name.to_string()])
+                    .and_then(|p| p.signed_by(&key, &ca))
+                    .unwrap_or_else(fail);
+                (cert, key)
+            };
+            let (server_cert, server_key) = leaf("127.0.0.1");
+            let (client_cert, client_key) = leaf("X26LA");
+            let mut other = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(fail);
+            other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let other = other.self_signed(&KeyPair::generate().unwrap_or_else(fail)).unwrap_or_else(fail);
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let files = [
+                ("ca.pem", ca.pem()),
+                ("other-ca.pem", other.pem()),
+                ("client.pem", client_cert.pem()),
+                ("client.key", client_key.serialize_pem()),
+            ];
+            for (name, pem) in files {
+                std::fs::write(dir.path().join(name), pem).unwrap_or_else(|e| panic!("{e}"));
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der().clone()).unwrap_or_else(|e| panic!("{e}"));
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            let key = rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let server = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(vec![server_cert.der().clone()], key)
+                .unwrap_or_else(|e| panic!("{e}"));
+            Pki { dir, server }
+        }
+
+        fn path(&self, name: &str) -> std::path::PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// An HTTPS server that wants a client certificate from this CA and answers every request
+        /// 200; its URL.
+        async fn serve(&self) -> String {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+            let url = format!("https://{}", listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(self.server.clone()));
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut tls) = acceptor.accept(stream).await else { return };
+                        let mut request = vec![0u8; 4096];
+                        let _ = tls.read(&mut request).await;
+                        let answer = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+                        let _ = tls.write_all(answer.as_bytes()).await;
+                        let _ = tls.shutdown().await;
+                    });
+                }
+            });
+            url
+        }
+    }
+
+    #[tokio::test]
+    async fn https_with_a_client_certificate_refused_without_one_or_against_the_wrong_ca() {
+        let pki = Pki::new();
+        let url = pki.serve().await;
+        let (ca, other) = (pki.path("ca.pem"), pki.path("other-ca.pem"));
+        let client = (pki.path("client.pem"), pki.path("client.key"));
+        let client = Some((client.0.as_path(), client.1.as_path()));
+        let status = |to: Endpoint| async move { exchange(&to, hyper::Method::GET, "/", vec![], vec![]).await };
+
+        let to = Endpoint::new(&url, Some(&ca), client).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(status(to).await, Ok(200), "the CA checks the server, the server takes our certificate");
+        let no_client_cert = Endpoint::new(&url, Some(&ca), None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(status(no_client_cert).await.is_err(), "the server wants a client certificate");
+        let wrong_ca = Endpoint::new(&url, Some(&other), client).unwrap_or_else(|e| panic!("{e}"));
+        let refused = status(wrong_ca).await.unwrap_err();
+        assert!(refused.starts_with("TLS: ") && refused.contains("certificate"), "{refused}");
+        let without_ca = Endpoint::new(&url, None, client).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(without_ca.contains("needs a CA file"), "{without_ca}");
+        let not_pem = Endpoint::new(&url, Some(&pki.path("missing.pem")), None).err().map(|e| format!("{e:#}"));
+        assert!(not_pem.is_some_and(|e| e.contains("missing.pem")), "a missing CA file is named");
+    }
+
     #[test]
     fn the_log_says_what_becomes_of_a_notification_handed_on_but_not_recorded() {
-        let mesh = Sink::Mesh {
-            config: mesh_config("http://127.0.0.1:1".into()),
-            password: String::new(),
-            shared_key: String::new(),
-        };
+        let mesh = mesh_sink("http://127.0.0.1:1");
         assert!(
             mesh.unrecorded().contains("recorded on the next pass") && mesh.unrecorded().contains("not sent again")
         );
         let webhook = Sink::Webhook {
             config: WebhookConfig {
                 url: "http://127.0.0.1:1/".into(),
+                ca_file: None,
                 secret_file: "secret".into(),
                 retry_max_ms: 1_000,
             },
             secret: vec![],
+            to: Endpoint::new("http://127.0.0.1:1/", None, None).unwrap_or_else(|e| panic!("{e}")),
         };
         assert!(webhook.unrecorded().contains("posted again") && webhook.unrecorded().contains("X-CPIS-Delivery"));
     }

@@ -159,14 +159,8 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
         metrics,
     );
     if let Some(sink) = crate::handover::Sink::from_config(&config)? {
-        if let crate::handover::Sink::Mesh { config, password, shared_key } = &sink {
-            let inbox = crate::handover::run_mesh_inbox(
-                config.clone(),
-                password.clone(),
-                shared_key.clone(),
-                state.clone(),
-                shutdown_rx.clone(),
-            );
+        if matches!(sink, crate::handover::Sink::Mesh { .. }) {
+            let inbox = crate::handover::run_mesh_inbox(sink.clone(), state.clone(), shutdown_rx.clone());
             tasks.push(tokio::spawn(inbox.instrument(span.clone())));
         }
         let run = crate::handover::run(sink, state.clone(), store_for_webhook, shutdown_rx.clone());

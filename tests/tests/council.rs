@@ -244,6 +244,7 @@ async fn webhook__a_notification_is_posted_signed__retried_until_taken__and_not_
     std::fs::write(&secret_file, secret).unwrap();
     let webhook = cpis_node::config::WebhookConfig {
         url: format!("http://{addr}/cpis/notifications"),
+        ca_file: None,
         secret_file: secret_file.clone(),
         retry_max_ms: 1_000,
     };

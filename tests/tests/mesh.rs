@@ -219,6 +219,9 @@ async fn mesh__one_message_per_notification__also_when_the_node_is_killed_after_
         upload_workflow_id: "TEST_WORKFLOW_ACK".into(),
         result_workflow_id: "TEST_WORKFLOW".into(),
         retry_max_ms: 1_000,
+        ca_file: None,
+        client_cert_file: None,
+        client_key_file: None,
     };
     let with_mesh = |c: &mut cpis_node::config::NodeConfig| c.mesh = Some(mesh.clone());
 
@@ -432,6 +435,54 @@ async fn mesh__one_message_per_notification__also_when_the_node_is_killed_after_
         took[took.len() / 2],
         took[took.len() * 99 / 100]
     );
+    hackney.shutdown().await;
+    hub.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NHS England's MESH sandbox over HTTPS: run .ci/mesh"]
+async fn mesh_over_https__the_mailbox_presents_its_client_certificate__and_a_notification_is_handed_on() {
+    let url = std::env::var("CPIS_MESH_TLS_SANDBOX").expect("CPIS_MESH_TLS_SANDBOX: run this test with .ci/mesh");
+    let tls = std::path::PathBuf::from(std::env::var("CPIS_MESH_TLS_DIR").expect("CPIS_MESH_TLS_DIR"));
+    let (_, key) = sandbox();
+    let fed = Fed::create(FederationSpec::new("mesh-tls").hub("HUBN").authority("204", "Hackney", &["HUBN"]).setting(
+        "RXH01",
+        "Royal Sussex County UTC",
+        SettingType::UrgentTreatmentCentre,
+        &["HUBN"],
+    ));
+    let hub = fed.start("HUBN").await;
+    let home = fed.home("204");
+    std::fs::write(home.join("mesh.password"), "password").unwrap();
+    std::fs::write(home.join("mesh.key"), &key).unwrap();
+    let mesh = MeshConfig {
+        url,
+        mailbox: "X26ABC1".into(),
+        password_file: home.join("mesh.password"),
+        shared_key_file: home.join("mesh.key"),
+        to_mailbox: "X26ABC2".into(),
+        workflow_id: "TEST_WORKFLOW".into(),
+        upload_workflow_id: "TEST_WORKFLOW_ACK".into(),
+        result_workflow_id: "TEST_WORKFLOW".into(),
+        retry_max_ms: 1_000,
+        ca_file: Some(tls.join("ca.pem")),
+        client_cert_file: Some(tls.join("client.pem")),
+        client_key_file: Some(tls.join("client.key")),
+    };
+    let hackney = fed.start_with("204", |c| c.mesh = Some(mesh)).await;
+    let plan = json!({ "reference": "LAC-1", "nhs": CHILD, "plan_type": "LAC", "start": "2026-01-05" });
+    assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan)).await.0, 200);
+    wait_until("the plan reaches the hub", Duration::from_secs(20), || hub_caught_up(&fed, "HUBN", "204")).await;
+    let nurse = Person { id: "N1".into(), name: "Sam Patel".into(), role: "Staff nurse".into() };
+    lookup(&fed.setting_config("RXH01"), LookupRequest { nhs: NhsNumber::parse(CHILD).unwrap(), person: nurse })
+        .await
+        .unwrap();
+    // Handed on: MESH's tracking (over HTTPS) knew no such message, and MESH took the post.
+    wait_until("the notification is handed on over HTTPS", Duration::from_secs(30), || async {
+        let (_, inbox) = api_json(&fed, "204", "GET", "/notifications", None).await;
+        inbox["notifications"].as_array().is_some_and(|n| n.len() == 1 && n[0]["handed_at"].is_string())
+    })
+    .await;
     hackney.shutdown().await;
     hub.shutdown().await;
 }

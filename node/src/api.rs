@@ -658,15 +658,29 @@ pub(crate) fn filter_inbox(items: Vec<Value>, filter: &InboxFilter, query: &Inbo
 }
 
 pub(crate) fn read_inbox(state: &ApiState) -> Result<Vec<Value>, StoreError> {
-    let decode = |table: Table, rows: Vec<(Vec<u8>, Vec<u8>)>| {
+    read_notifications(state, None)
+}
+
+/// Notifications as the API shows them, newest first: every one (`None`), or those of `ids`
+/// (read one by one, the rest of the inbox untouched).
+pub(crate) fn read_notifications(state: &ApiState, ids: Option<&[LookupId]>) -> Result<Vec<Value>, StoreError> {
+    let rows = |table: Table| -> Result<Vec<crate::store::KeyValue>, StoreError> {
+        let Some(ids) = ids else { return state.store.scan(table) };
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(value) = state.store.get(table, &id.0)? {
+                rows.push((id.0.to_vec(), value));
+            }
+        }
+        Ok(rows)
+    };
+    let decode = |table: Table, rows: Vec<crate::store::KeyValue>| {
         rows.into_iter().map(move |(key, value)| cpis_protocol::schema::StoredRow { table, key, value })
     };
-    let acks: BTreeMap<LookupId, Acknowledgement> = decode(Table::InboxAcks, state.store.scan(Table::InboxAcks)?)
+    let acks: BTreeMap<LookupId, Acknowledgement> = decode(Table::InboxAcks, rows(Table::InboxAcks)?)
         .filter_map(|row| schema::INBOX_ACKS.decode(&row).ok())
         .collect();
-    let handed: BTreeMap<[u8; 16], Timestamp> = state
-        .store
-        .scan(Table::Handed)?
+    let handed: BTreeMap<[u8; 16], Timestamp> = rows(Table::Handed)?
         .into_iter()
         .filter_map(|(k, v)| {
             Some((<[u8; 16]>::try_from(k.as_slice()).ok()?, Timestamp(u64::from_be_bytes(v.try_into().ok()?))))
@@ -674,7 +688,7 @@ pub(crate) fn read_inbox(state: &ApiState) -> Result<Vec<Value>, StoreError> {
         .collect();
     let directory = state.directory.read().ok().map(|d| d.clone());
     let mut items: Vec<(LookupId, InboxItem)> = Vec::new();
-    for row in decode(Table::Inbox, state.store.scan(Table::Inbox)?) {
+    for row in decode(Table::Inbox, rows(Table::Inbox)?) {
         match schema::INBOX.decode(&row) {
             Ok(item) => items.push(item),
             Err(e) => tracing::error!(error = %e, "a notification in the store does not decode"),

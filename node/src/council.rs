@@ -374,8 +374,8 @@ async fn inbox(State(council): State<Arc<Council>>, headers: HeaderMap, Query(mu
 }
 
 fn find_notification(council: &Council, id: &str) -> Option<Value> {
-    let id = LookupId::from_hex(id)?.to_hex();
-    api::read_inbox(&council.api).ok()?.into_iter().find(|i| text(i, "lookup_id") == id)
+    let id = LookupId::from_hex(id)?;
+    api::read_notifications(&council.api, Some(&[id])).ok()?.into_iter().next()
 }
 
 fn notification_markup(council: &Council, session: &Session, item: &Value, error: Option<String>) -> Markup {

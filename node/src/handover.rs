@@ -452,8 +452,17 @@ pub async fn run(sink: Sink, state: ApiState, store: Store, mut stop: watch::Rec
             }
         }
         seen_commits = Some(commits);
-        let pending: Vec<Value> = match api::read_inbox(&state) {
-            Ok(items) => items.into_iter().rev().filter(|i| !done.contains(&api::text(i, "lookup_id"))).collect(),
+        // Only the keys of the inbox are read, then the notifications not yet handed on.
+        let pending = store.keys(Table::Inbox).and_then(|keys| {
+            let new: Vec<LookupId> = keys
+                .iter()
+                .filter_map(|k| <[u8; 16]>::try_from(k.as_slice()).ok().map(LookupId))
+                .filter(|id| !done.contains(&id.to_hex()))
+                .collect();
+            if new.is_empty() { Ok(vec![]) } else { api::read_notifications(&state, Some(&new)) }
+        });
+        let pending: Vec<Value> = match pending {
+            Ok(items) => items.into_iter().rev().collect(),
             Err(e) => {
                 warn!(reason = %e, "cannot read the inbox to hand notifications on");
                 vec![]

@@ -271,6 +271,18 @@ impl Store {
         Ok(rows)
     }
 
+    /// Every key of `table`, ascending, as of the latest durable commit (without copying values).
+    pub fn keys(&self, table: Table) -> Result<Vec<Vec<u8>>, StoreError> {
+        let txn = self.begin_read()?;
+        let t = open_read(&txn, table)?;
+        let read_err = |e: redb::StorageError| StoreError::Read { table: table.name(), source: arc(e) };
+        let mut keys = Vec::new();
+        for entry in t.iter().map_err(read_err)? {
+            keys.push(entry.map_err(read_err)?.0.value().to_vec());
+        }
+        Ok(keys)
+    }
+
     /// Queues `batch` for the writer and returns at once. The receiver resolves with
     /// `Ok(batch.id)` once the batch is durable, or with the error that kept it from being so.
     /// Batches become durable in the order they are submitted.

@@ -20,7 +20,7 @@ use cpis_protocol::ids::{LookupId, OdsCode};
 use cpis_protocol::machine::{CommandId, Event, Machine, Reply, Transmit, WRITES_IN_FLIGHT_MAX};
 use cpis_protocol::sign::{Identity, PublicKey};
 use cpis_protocol::time::Timestamp;
-use cpis_protocol::wire::{self, Message};
+use cpis_protocol::wire::{self, Message, Refused};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -280,6 +280,8 @@ struct Node {
     settings: HashMap<u64, SettingSession>,
     /// Sessions waiting for the answer to a lookup id, oldest first (a retry adds one).
     lookup_routes: HashMap<LookupId, VecDeque<(u64, Instant)>>,
+    /// Each setting's session that last sent something other than a lookup (its `Sync`): where
+    /// `Directories`, and the refusal of a message that is no lookup, go.
     sync_routes: HashMap<OdsCode, u64>,
     dialing: BTreeMap<OdsCode, tokio::task::JoinHandle<()>>,
     /// Each write's commit, with when it was handed to the store.
@@ -534,7 +536,9 @@ impl Node {
             if let Some(id) = lookup_id {
                 self.lookup_routes.entry(id).or_default().push_back((conn_id, Instant::now()));
             }
-            if let Delivered::Message(Message::Sync { .. }) = &delivered {
+            if let Delivered::Message(message) = &delivered
+                && !matches!(message, Message::Lookup(_))
+            {
                 self.sync_routes.insert(from.clone(), conn_id);
             }
         }
@@ -587,7 +591,7 @@ impl Node {
         }
         let route = match &t.message {
             Message::Answer(a) => self.next_lookup_route(a.lookup_id),
-            Message::Refused(r) => r.lookup_id.and_then(|id| self.next_lookup_route(id)),
+            Message::Refused(Refused { lookup_id: Some(id), .. }) => self.next_lookup_route(*id),
             _ => self.sync_routes.get(&t.to).map(|c| (*c, Instant::now())),
         };
         let Some((conn_id, since)) = route else {

@@ -651,6 +651,10 @@ impl Hub {
     }
 
     fn refuse(&mut self, from: &OdsCode, kind: &'static str, reason: Refusal) {
+        // A setting's session waits for an answer: it is told at once, not left to time out.
+        if self.peers.get(from).is_some_and(|p| p.role == Role::Setting) {
+            self.out.send(from, Message::Refused(Refused { lookup_id: None, code: reason.code() }));
+        }
         self.out.event(Event::MessageRefused { from: from.clone(), kind, reason });
     }
 

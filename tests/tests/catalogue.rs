@@ -46,7 +46,9 @@ use cpis_protocol::refusal::RefusalCode;
 use cpis_protocol::schema::{self, StoredRow};
 use cpis_protocol::sign::{Identity, SignatureBytes, Signed};
 use cpis_protocol::time::{DAY_MS, Date, Timestamp};
-use cpis_protocol::wire::{self, FeedBatch, Mark, Message, Notification, PROTOCOL_VERSION, Receipt, SYNC_MARKS_MAX};
+use cpis_protocol::wire::{
+    self, FeedBatch, Mark, Message, Notification, PROTOCOL_VERSION, Receipt, Refused, SYNC_MARKS_MAX,
+};
 use cpis_tests::{Fed, api_json, hub_caught_up, hub_seq, wait_until};
 use quinn::rustls;
 use serde_json::{Value, json};
@@ -56,7 +58,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -1385,15 +1387,22 @@ async fn length_above_the_frame_maximum_on_a_members_stream__closed_bad_frame__n
     bad_frame_from_a_hub(&c.w, (u32::MAX).to_be_bytes().to_vec()).await;
 }
 
-/// `message` from a setting's lookup session is refused as not allowed (the hub counts it; a
-/// setting is sent no reply for it).
+/// `message` from a setting's lookup session is refused as not allowed: the hub counts it and
+/// answers `Refused(NotAllowed)` at once, so that the session does not wait for a time-out.
 async fn not_allowed_from_a_setting(w: &World, message: Message) {
     let q = w.quiet().await;
     let name = event("message_refused");
     let before = w.metric(HUB, &name).await;
     let session = open_session(w, SETTING, &wire::encode_frame(&message)).await;
+    let answered = Instant::now();
+    match session.outcome(WAIT).await {
+        Ended::Reply(m) => {
+            assert!(matches!(*m, Message::Refused(Refused { lookup_id: None, code: RefusalCode::NotAllowed })), "{m:?}")
+        }
+        other => panic!("expected Refused(NotAllowed), got {other:?}"),
+    }
+    println!("refused message answered in {} ms", answered.elapsed().as_millis());
     w.counted(HUB, &name, before).await;
-    drop(session);
     w.still_quiet(q).await;
 }
 

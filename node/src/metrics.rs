@@ -59,6 +59,7 @@ impl Default for Metrics {
             metrics.import_rows(outcome, 0);
         }
         let _ = metrics.messages_refused.get_or_create(&[("reason", "bad_frame")]);
+        let _ = metrics.events.get_or_create(&[("event", "directory_forked")]);
         metrics
     }
 }
@@ -69,6 +70,9 @@ fn event_name(e: &Event) -> &'static str {
         Event::BatchRefused { .. } => "batch_refused",
         Event::Equivocation { .. } => "equivocation",
         Event::DirectoryUpdated { .. } => "directory_updated",
+        Event::DirectoryRefused { reason: cpis_protocol::directory::DirectoryError::Forked { .. }, .. } => {
+            "directory_forked"
+        }
         Event::DirectoryRefused { .. } => "directory_refused",
         Event::LookupAnswered { .. } => "lookup_answered",
         Event::LookupRefused { .. } => "lookup_refused",

@@ -15,7 +15,7 @@ use crate::status::{AuthorityState, HubState, OriginState, PeerState, PlansHeld,
 use crate::store::Store;
 use crate::transport;
 use anyhow::Context;
-use cpis_protocol::directory::{KeyStatus, Role, TrustedDirectory};
+use cpis_protocol::directory::{DirectoryError, KeyStatus, Role, TrustedDirectory};
 use cpis_protocol::ids::{LookupId, OdsCode};
 use cpis_protocol::machine::{CommandId, Event, Machine, Reply, Transmit, WRITES_IN_FLIGHT_MAX};
 use cpis_protocol::sign::{Identity, PublicKey};
@@ -653,6 +653,9 @@ impl Node {
             Event::LookupRefused { lookup_id, from, reason } => warn!(%lookup_id, %from, %reason, "lookup refused"),
             Event::RateLimited { setting, per_person } => {
                 warn!(%setting, per_person, "ALARM: lookup rate limit reached (enumeration?)")
+            }
+            Event::DirectoryRefused { from, reason: reason @ DirectoryError::Forked { .. } } => {
+                error!(from = ?from, %reason, "directory version refused")
             }
             Event::DirectoryRefused { from, reason } => warn!(from = ?from, %reason, "directory version refused"),
             Event::RefusedByPeer { from, lookup_id, code } => {

@@ -201,6 +201,12 @@ pub enum DirectoryError {
     /// A list is longer than its maximum.
     #[error("too many {what}: {len} (at most {max})")]
     TooMany { what: &'static str, len: usize, max: usize },
+    /// A version other than the trusted one, with the same number, signed by the roots as well:
+    /// the root key holders signed two different directories (or a root key is in other hands).
+    #[error(
+        "ALARM: a different directory version {version}, also signed by the root keys: the directory forked; the trusted version is kept"
+    )]
+    Forked { version: u64 },
 }
 
 /// The rule a member's entry in the directory breaks.

@@ -156,12 +156,20 @@ impl Machine {
         }
         let mut dir = DirectoryState::new(directory);
         dir.restore(rows, now)?;
-        Ok(match config {
+        // The trusted version is kept in the store too (a node's first comes from its file): a
+        // later version's predecessor is then at hand to check a fork against after a restart.
+        let stored = schema::DIRECTORY.decode_all(rows).any(|r| r.is_ok_and(|(v, _)| v == dir.version()));
+        let keep = (!stored).then(|| schema::DIRECTORY.put(&dir.version(), dir.trusted.signed()));
+        let mut machine = match config {
             RoleConfig::Hub(c) => Machine::Hub(Box::new(Hub::restore(code, identity, dir, c, rows, now)?)),
             RoleConfig::Authority(c) => {
                 Machine::Authority(Box::new(Authority::restore(code, identity, dir, c, rows, now)?))
             }
-        })
+        };
+        if let Some(op) = keep {
+            each!(&mut machine, m => m.out.write(vec![op], vec![]));
+        }
+        Ok(machine)
     }
 
     pub fn role(&self) -> Role {
@@ -351,6 +359,9 @@ impl<A> Queues<A> {
 /// are behind.
 pub(crate) struct DirectoryState {
     pub trusted: TrustedDirectory,
+    /// The version before the trusted one, when this node accepted the trusted one as its
+    /// update: what a different version with the trusted one's number is checked against.
+    previous: Option<TrustedDirectory>,
     chain: BTreeMap<u64, SignedDirectory>,
 }
 
@@ -361,7 +372,7 @@ impl DirectoryState {
     pub(crate) fn new(trusted: TrustedDirectory) -> Self {
         let mut chain = BTreeMap::new();
         chain.insert(trusted.version(), trusted.signed().clone());
-        DirectoryState { trusted, chain }
+        DirectoryState { trusted, previous: None, chain }
     }
 
     pub(crate) fn version(&self) -> u64 {
@@ -369,21 +380,26 @@ impl DirectoryState {
     }
 
     /// Applies the versions of `chain` newer than the trusted one, in order. On error nothing
-    /// changes. Returns the store ops for the versions accepted (empty if none were new).
+    /// changes. Returns the store ops for the versions accepted (empty if none were new). A
+    /// version with the trusted one's number but other content, signed as validly, is refused as
+    /// [`DirectoryError::Forked`] (one with bad signatures is ignored like any older version).
     pub(crate) fn accept(
         &mut self,
         chain: Vec<SignedDirectory>,
         now: Timestamp,
     ) -> Result<Vec<StoreOp>, DirectoryError> {
         let mut trusted = self.trusted.clone();
+        let mut previous = None;
         let mut accepted = Vec::new();
         for next in chain.into_iter().take(DIRECTORY_CHAIN_MAX) {
             if next.directory.version <= trusted.version() {
+                self.check_fork(&next)?;
                 continue;
             }
             // Versions passed through on the way may have expired since; only the newest must
             // be current (as in TUF).
-            trusted = trusted.accept_update(next.clone(), Timestamp(0))?;
+            let newer = trusted.accept_update(next.clone(), Timestamp(0))?;
+            previous = Some(std::mem::replace(&mut trusted, newer));
             accepted.push(next);
         }
         if !accepted.is_empty() {
@@ -399,7 +415,23 @@ impl DirectoryState {
             }
         }
         self.trusted = trusted;
+        if previous.is_some() {
+            self.previous = previous;
+        }
         Ok(ops)
+    }
+
+    /// A version numbered as the trusted one, with other content and the signatures its
+    /// predecessor's roots require, is a fork.
+    fn check_fork(&self, other: &SignedDirectory) -> Result<(), DirectoryError> {
+        let version = other.directory.version;
+        let differs = version == self.trusted.version() && other.directory != *self.trusted.directory();
+        match &self.previous {
+            Some(previous) if differs && previous.accept_update(other.clone(), Timestamp(0)).is_ok() => {
+                Err(DirectoryError::Forked { version })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Versions after `version`, oldest first: at most [`DIRECTORY_CHAIN_MAX`] and half a frame
@@ -429,10 +461,11 @@ impl DirectoryState {
             stored.insert(version, d);
         }
         let mut trusted = self.trusted.clone();
+        let mut previous = None;
         for (_, d) in stored.range(trusted.version() + 1..) {
             match trusted.accept_update(d.clone(), Timestamp(0)) {
                 Ok(next) => {
-                    trusted = next;
+                    previous = Some(std::mem::replace(&mut trusted, next));
                     self.chain.insert(d.directory.version, d.clone());
                 }
                 // A gap or a version from another chain: keep the longest chain that holds.
@@ -442,6 +475,15 @@ impl DirectoryState {
         // The newest must be current; an expired newest means running on what the file gave.
         if trusted.check_unexpired(now).is_ok() {
             self.trusted = trusted;
+            self.previous = previous.or(self.previous.take());
+        }
+        // Started from the newest version (the directory file): its predecessor, if stored and
+        // the trusted version follows from it, is what a fork is checked against.
+        if self.previous.is_none() {
+            let before = stored.get(&self.trusted.version().saturating_sub(1)).cloned();
+            let follows = |p: &TrustedDirectory| p.accept_update(self.trusted.signed().clone(), Timestamp(0)).is_ok();
+            self.previous =
+                before.and_then(|p| TrustedDirectory::bootstrap(p, Timestamp(0)).ok()).filter(|p| follows(p));
         }
         Ok(())
     }

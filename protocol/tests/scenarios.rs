@@ -3,7 +3,7 @@
 #![allow(non_snake_case)]
 
 use cpis_protocol::authority::{Change, CommandError, RowOutcome};
-use cpis_protocol::directory::KeyStatus;
+use cpis_protocol::directory::{DirectoryError, KeyStatus, SignedDirectory};
 use cpis_protocol::feed::{EntryBody, FeedEntry, FeedHead, SignedEntry};
 use cpis_protocol::harness::{FederationSpec, Net, NetConfig, TestFederation, code};
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
@@ -492,6 +492,45 @@ fn record_signed_after_its_key_was_retired__refused() {
     net.send_as("HUBS", "HUBN", Message::Head(after_retirement));
     net.run_for(1_000);
     assert!(refused(&net, "HUBN", |r| matches!(r, Refusal::Head { .. })) >= 1);
+}
+
+#[test]
+fn a_different_directory_with_the_trusted_version_and_valid_signatures__refused_as_a_fork__the_trusted_one_kept() {
+    let mut net = net();
+    net.run_for(1_000);
+    let fed = net.fed.clone();
+    let current = net.hub("HUBN").directory().directory().clone();
+    let v2 = fed.next_directory(&current, |_| {});
+    assert_eq!(
+        net.command("HUBN", Command::PublishDirectories(vec![v2.clone()])),
+        Some(Reply::Directory { version: 2 })
+    );
+    net.run_for(2_000);
+    let forked = fed.next_directory(&current, |d| d.members.retain(|m| m.code.as_str() != "RXH01"));
+    let reply = net.command("HUBN", Command::PublishDirectories(vec![forked.clone()]));
+    let forked_at_2 = |r: &Option<Reply>| {
+        matches!(r, Some(Reply::Refused(CommandError::Directory(DirectoryError::Forked { version: 2 }))))
+    };
+    assert!(forked_at_2(&reply), "{reply:?}");
+    // From a peer hub: refused the same way, as an event.
+    net.send_as("HUBS", "HUBN", Message::Directories(vec![forked.clone()]));
+    net.run_for(1_000);
+    let forks =
+        net.events_of("HUBN", |e| matches!(e, Event::DirectoryRefused { reason: DirectoryError::Forked { .. }, .. }));
+    let forks = forks.len();
+    assert_eq!(forks, 1, "the fork sent by a peer is reported");
+    // Without the roots' signatures it proves nothing: ignored, as any older version.
+    let unsigned = SignedDirectory { signatures: vec![], ..forked.clone() };
+    assert_eq!(net.command("HUBN", Command::PublishDirectories(vec![unsigned])), Some(Reply::Directory { version: 2 }));
+    // The trusted version again (the same content): nothing happens.
+    assert_eq!(net.command("HUBN", Command::PublishDirectories(vec![v2])), Some(Reply::Directory { version: 2 }));
+    assert!(net.hub("HUBN").directory().member(&code("RXH01")).is_some(), "the trusted version is kept");
+    // After a restart, the fork is still recognised.
+    net.crash("HUBN");
+    net.restart("HUBN");
+    net.run_for(1_000);
+    let reply = net.command("HUBN", Command::PublishDirectories(vec![forked]));
+    assert!(forked_at_2(&reply), "after a restart: {reply:?}");
 }
 
 #[test]

@@ -320,6 +320,7 @@ pub fn directory_error_name(e: &DirectoryError) -> &'static str {
         DirectoryError::DuplicateMember(_) => "directory-duplicate-member",
         DirectoryError::BadMember { .. } => "directory-bad-member",
         DirectoryError::TooMany { .. } => "directory-too-many",
+        DirectoryError::Forked { .. } => "directory-forked",
     }
 }
 

@@ -2130,6 +2130,7 @@ fn directory_entries() -> Entries<Dirs> {
         threshold_of_zero__400_names_threshold__nothing_stored,
         directory_skipping_a_version__400_names_version__nothing_stored,
         directory_at_a_version_already_trusted__ignored_200__nothing_stored,
+        another_directory_with_the_trusted_version_signed_by_the_roots__400_names_forked__alarm__nothing_stored,
         directory_of_another_federation__400_names_federation__nothing_stored,
         expired_directory__400_names_expired__nothing_stored,
         directory_with_thousands_of_members__400_names_members__nothing_stored,
@@ -2207,14 +2208,20 @@ async fn directory_skipping_a_version__400_names_version__nothing_stored(c: Arc<
     directory_refused(&c, v3(&c, |d| d.version += 1), &["version"]).await;
 }
 
+/// Another version 2 (with another name for a member), signed by the roots two of three.
+fn other_v2(c: &Ctx<Dirs>) -> SignedDirectory {
+    c.w.fed.fed.next_directory(&c.l.v2, |d| {
+        d.version = 2;
+        d.members[0].name = "Hub of Another Version Two".into();
+    })
+}
+
 async fn directory_at_a_version_already_trusted__ignored_200__nothing_stored(c: Arc<Ctx<Dirs>>) {
     let w = &c.w;
     let q = w.quiet().await;
-    // Another version 2 (with another name for a member), signed by two roots.
-    let other = c.w.fed.fed.next_directory(&c.l.v2, |d| {
-        d.version = 2;
-        d.members[0].name = "Hub of Another Version Two".into();
-    });
+    // Another version 2 whose signatures do not hold proves nothing: skipped as known.
+    let mut other = other_v2(&c);
+    other.signatures[0].signature.0[0] ^= 1;
     let req = Req::post(HUB, "/directory").bytes("application/octet-stream", codec::encode(&vec![other]));
     let (status, body) = req.send(w).await;
     // Versions at or below the trusted one are skipped as known: the answer is the version kept.
@@ -2222,6 +2229,16 @@ async fn directory_at_a_version_already_trusted__ignored_200__nothing_stored(c: 
     let answer: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(answer["directory_version"], 2, "{body}");
     w.still_quiet(q).await;
+}
+
+async fn another_directory_with_the_trusted_version_signed_by_the_roots__400_names_forked__alarm__nothing_stored(
+    c: Arc<Ctx<Dirs>>,
+) {
+    // Posted by an operator: refused, naming the fork.
+    directory_refused(&c, other_v2(&c), &["forked"]).await;
+    // Sent by a peer hub: refused, counted as a fork (the alert CpisDirectoryForked watches it).
+    refused_at_the_hub(&c.w, ROGUE_HUB, Message::Directories(vec![other_v2(&c)]), "directory_forked").await;
+    assert_eq!(c.w.directory_version(HUB).await, 2);
 }
 
 async fn directory_of_another_federation__400_names_federation__nothing_stored(c: Arc<Ctx<Dirs>>) {

@@ -336,9 +336,10 @@ impl Node {
 
     async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
         let mut durability = self.spawn_durability_forwarder();
-        self.refresh_dialers();
+        self.refresh_dialers(false);
         self.drain();
         let mut expiries = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
+        let mut redials = tokio::time::interval(Duration::from_millis(self.config.timing.reconnect_cap_ms.max(1)));
         loop {
             let wait = self.timer();
             // Writes the store has not yet made durable bound how much new work is taken in.
@@ -361,6 +362,7 @@ impl Node {
                 },
                 _ = tokio::time::sleep(wait) => self.machine.handle_timeout(net::now()),
                 _ = expiries.tick() => self.check_expiries(),
+                _ = redials.tick() => self.refresh_dialers(true),
                 _ = shutdown.changed() => break,
             }
             self.drain();
@@ -631,7 +633,7 @@ impl Node {
                 if let Ok(mut shared) = self.directory.write() {
                     *shared = self.machine.directory().clone();
                 }
-                self.refresh_dialers();
+                self.refresh_dialers(false);
             }
             Event::PeerNotAdmitted { peer, reason } => {
                 warn!(%peer, %reason, "closing the connections of a peer the directory no longer admits");
@@ -680,8 +682,12 @@ impl Node {
     /// Starts a dial loop for each peer this node keeps a connection to: an authority its home
     /// hubs; a hub every hub with a greater code (those with a smaller code dial us). A hub also
     /// dials each hub with a smaller code once at start, so that a peer still holding a dead
-    /// connection from before a crash replaces it at once rather than after the idle timeout.
-    fn refresh_dialers(&mut self) {
+    /// connection from before a crash replaces it at once rather than after the idle timeout,
+    /// and again (called every `reconnect_cap_ms`) while not connected to it: a hub that rotated
+    /// its key while the two could not reach each other is refused when it dials us (we do not
+    /// know its new key), and our dial is what fetches the directory that lists it. `again`: only
+    /// those dials, and no repeated warnings.
+    fn refresh_dialers(&mut self, again: bool) {
         let dir = self.machine.directory().clone();
         let me = self.ctx.me.clone();
         let targets: Vec<(OdsCode, net::Dial)> = match self.config.role {
@@ -696,11 +702,15 @@ impl Node {
                 .collect(),
         };
         for (target, dial) in targets {
-            if self.dialing.get(&target).is_some_and(|h| !h.is_finished()) {
+            let connected = dial == net::Dial::Once && self.peers.contains_key(&target);
+            let skip = connected || (again && dial == net::Dial::Keep);
+            if skip || self.dialing.get(&target).is_some_and(|h| !h.is_finished()) {
                 continue;
             }
             let Some(addr) = self.address_of(&dir, &target) else {
-                warn!(peer = %target, "no usable address for this hub: set hub_addresses in the config");
+                if !again {
+                    warn!(peer = %target, "no usable address for this hub: set hub_addresses in the config");
+                }
                 continue;
             };
             let (base, cap) = (self.config.timing.reconnect_base_ms, self.config.timing.reconnect_cap_ms);

@@ -115,6 +115,28 @@ async fn rotation__the_key_a_node_runs_on_is_not_retired__until_it_restarts_on_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_rotated_while_its_peer_could_not_reach_it__the_peer_fetches_the_new_directory_and_they_reconnect() {
+    let mut fed = Federation::start().await;
+    import_and_replicate(&fed).await;
+    // HUBA is down while its key is rotated; HUBB runs on, with the directory before.
+    fed.stop_node("HUBA").await;
+    let (new_file, rotated) = rotate_key(&fed, "HUBA").await;
+    install_key(&fed, "HUBA", &new_file);
+    fed.start_node("HUBA").await;
+    // The new version goes to HUBA only. HUBB refuses HUBA's dial (it does not know the new key);
+    // HUBB's own dial to HUBA, made again while the two are not connected, fetches the version
+    // that lists it. `publish` waits until every node holds it.
+    publish(&fed, "HUBA").await;
+    fed.whole().await;
+    let status = api(fed.node("HUBB")).get("/status").await.unwrap();
+    let huba = items(&status, "peers").iter().find(|p| text(p, "code") == "HUBA").cloned().unwrap();
+    assert_eq!(text(&huba, "key"), text(&rotated, "new_key_id"), "HUBB is connected to HUBA on its new key");
+    fed.replicated().await;
+    assert_eq!(result(&lookup_json(&fed.setting_arg()).await), "alert");
+    fed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authority_down_during_its_rotation__starts_on_the_new_key_and_fetches_the_directory_that_lists_it() {
     let mut fed = Federation::start().await;
     import_and_replicate(&fed).await;

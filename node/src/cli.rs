@@ -8,10 +8,23 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// The release, the protocol it speaks and the store schema it reads: an upgrade that changes
+/// either is told apart by this line (`cpis-node --version`).
+fn version() -> &'static str {
+    let text = format!(
+        "{} (protocol {}, store schema {})",
+        env!("CARGO_PKG_VERSION"),
+        cpis_protocol::wire::PROTOCOL_VERSION,
+        cpis_protocol::schema::SCHEMA_VERSION
+    );
+    // Once per run, when the command line is parsed.
+    Box::leak(text.into_boxed_str())
+}
+
 #[derive(Parser)]
 #[command(
     name = "cpis-node",
-    version,
+    version = version(),
     about = "A node of the child protection federation (hub, authority or setting gateway)"
 )]
 struct Cli {

@@ -17,7 +17,8 @@ use crate::transport;
 use anyhow::Context;
 use cpis_protocol::directory::{DirectoryError, KeyStatus, Role, TrustedDirectory};
 use cpis_protocol::ids::{LookupId, OdsCode};
-use cpis_protocol::machine::{CommandId, Event, Machine, Reply, Transmit, WRITES_IN_FLIGHT_MAX};
+use cpis_protocol::machine::{CommandId, Event, Machine, ReadRequest, Reply, Transmit, WRITES_IN_FLIGHT_MAX};
+use cpis_protocol::schema::StoredRow;
 use cpis_protocol::sign::{Identity, PublicKey};
 use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{self, Message, Refused};
@@ -579,7 +580,25 @@ impl Node {
             for e in out.events {
                 self.on_event(e);
             }
+            // Rows the machine keeps in the store rather than in memory (delivered notifications
+            // an authority asked for again): read at once; what they bring goes out next round.
+            for request in out.reads {
+                let rows = self.read_rows(&request);
+                self.machine.handle_read(rows, net::now());
+            }
         }
+    }
+
+    fn read_rows(&self, request: &ReadRequest) -> Vec<StoredRow> {
+        let mut rows = Vec::with_capacity(request.keys.len());
+        for key in &request.keys {
+            match self.store.get(request.table, key) {
+                Ok(Some(value)) => rows.push(StoredRow { table: request.table, key: key.clone(), value }),
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, table = request.table.name(), "a row could not be read back"),
+            }
+        }
+        rows
     }
 
     fn send(&mut self, t: Transmit) {

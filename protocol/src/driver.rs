@@ -2,6 +2,7 @@
 //! in-memory disk with the same semantics as the node's store (batches applied whole, in order),
 //! for the test harness and the simulator.
 
+use crate::machine::ReadRequest;
 use crate::schema::{StoreOp, StoredRow, Table, WriteBatch};
 use std::collections::BTreeMap;
 
@@ -41,6 +42,15 @@ impl MemDisk {
     /// The rows of one table.
     pub fn table(&self, table: Table) -> impl Iterator<Item = (&Vec<u8>, &Vec<u8>)> {
         self.rows.range((table, vec![])..).take_while(move |((t, _), _)| *t == table).map(|((_, k), v)| (k, v))
+    }
+
+    /// The rows a machine asked to read back, those the disk holds.
+    pub fn read(&self, request: &ReadRequest) -> Vec<StoredRow> {
+        let row = |key: &Vec<u8>| {
+            let value = self.get(request.table, key)?.clone();
+            Some(StoredRow { table: request.table, key: key.clone(), value })
+        };
+        request.keys.iter().filter_map(row).collect()
     }
 
     pub fn get(&self, table: Table, key: &[u8]) -> Option<&Vec<u8>> {

@@ -569,6 +569,12 @@ impl Net {
                 return;
             };
             let out = m.drain();
+            if !out.reads.is_empty() {
+                let disk = self.disks.get(node);
+                let rows = out.reads.iter().flat_map(|r| disk.map(|d| d.read(r)).unwrap_or_default()).collect();
+                m.handle_read(rows, self.now);
+            }
+            let read = !out.reads.is_empty();
             for e in out.events {
                 self.events.push((node.clone(), e));
             }
@@ -576,6 +582,10 @@ impl Net {
                 self.transmit(node, t);
             }
             if out.writes.is_empty() {
+                // What a read brought is let out in the next round.
+                if read {
+                    continue;
+                }
                 return;
             }
             let due = self.now.plus_ms(self.config.durable_delay_ms);

@@ -188,8 +188,9 @@ pub struct Hub {
     recent_lookups: HashMap<LookupId, (Timestamp, crate::sign::SignatureBytes)>,
     limits: RateLimits,
     outbox: BTreeMap<(LookupId, OdsCode), OutboxItem>,
-    /// What this hub delivered, per authority, by receipt time.
-    delivered: BTreeMap<OdsCode, BTreeMap<(Timestamp, LookupId), DeliveredRecord>>,
+    /// What this hub delivered, per authority, by receipt time: the keys only (the records stay
+    /// in the store, read back for a [`Message::Redeliver`]).
+    delivered: BTreeMap<OdsCode, BTreeSet<(Timestamp, LookupId)>>,
     /// Outbox keys by when they are next due.
     due: BTreeSet<(Timestamp, LookupId, OdsCode)>,
     peers: BTreeMap<OdsCode, Peer>,
@@ -244,14 +245,14 @@ impl Hub {
         if rows.is_empty() {
             hub.out.write(vec![schema::schema_op()], vec![]);
         }
-        hub.resign_outbox(now);
+        hub.resign_outbox(rows, now);
         Ok(hub)
     }
 
     /// Re-signs, under the key the hub now runs on, the notifications it answered that wait in
-    /// its outbox (or that it keeps as delivered) under an older key, revoked or retired since:
-    /// none is lost to a key change.
-    fn resign_outbox(&mut self, now: Timestamp) {
+    /// its outbox (or that it keeps as delivered, read from its `rows`) under an older key,
+    /// revoked or retired since: none is lost to a key change.
+    fn resign_outbox(&mut self, rows: &[StoredRow], now: Timestamp) {
         let (code, identity) = (&self.code, &self.identity);
         let resign = |old: &Signed<Notification>| {
             (old.body.hub == *code && old.key_id != identity.key_id())
@@ -264,12 +265,11 @@ impl Hub {
                 ops.push(schema::OUTBOX.put(key, &item.record));
             }
         }
-        for (authority, kept) in &mut self.delivered {
-            for ((_, lookup_id), held) in kept.iter_mut() {
-                if let Some(notification) = resign(&held.notification) {
-                    held.notification = notification;
-                    ops.push(schema::DELIVERED.put(&(*lookup_id, authority.clone()), held));
-                }
+        for row in schema::DELIVERED.decode_all(rows).flatten() {
+            let (key, mut held) = row;
+            if let Some(notification) = resign(&held.notification) {
+                held.notification = notification;
+                ops.push(schema::DELIVERED.put(&key, &held));
             }
         }
         if !ops.is_empty() {
@@ -329,7 +329,7 @@ impl Hub {
             {
                 return Err(RowError::Mismatch(schema::Table::Delivered.name()));
             }
-            self.delivered.entry(authority).or_default().insert((record.receipted_at, lookup_id), record);
+            self.delivered.entry(authority).or_default().insert((record.receipted_at, lookup_id));
         }
         Ok(())
     }
@@ -661,6 +661,19 @@ impl Hub {
     fn refuse_lookup(&mut self, from: &OdsCode, lookup_id: LookupId, reason: Refusal) {
         self.out.send(from, Message::Refused(Refused { lookup_id: Some(lookup_id), code: reason.code() }));
         self.out.event(Event::LookupRefused { lookup_id, from: from.clone(), reason });
+    }
+
+    /// Rows read back at our request: delivered notifications an authority asked for again.
+    pub(crate) fn handle_read(&mut self, rows: Vec<StoredRow>, _now: Timestamp) {
+        for row in &rows {
+            // A row that does not decode was refused at restore already; a read cannot add one.
+            let Ok(((_, authority), record)) = schema::DELIVERED.decode(row) else { continue };
+            if self.peers.get(&authority).is_some_and(|p| p.role == Role::Authority) {
+                let message =
+                    Message::Redelivered { notification: Box::new(record.notification), receipt: record.receipt };
+                self.out.send(&authority, message);
+            }
+        }
     }
 
     pub(crate) fn handle_durable(&mut self, write_id: u64, now: Timestamp) {

@@ -267,14 +267,39 @@ impl Machine {
         each!(self, m => m.poll_timeout())
     }
 
-    /// Every output queued now, in the order a driver handles them: writes, transmits, events.
+    /// The next rows the machine asks to read back from the store (what it keeps there rather
+    /// than in memory); the driver answers with [`Machine::handle_read`].
+    pub fn poll_read(&mut self) -> Option<ReadRequest> {
+        each!(self, m => m.out.reads.pop_front())
+    }
+
+    /// The rows of a [`ReadRequest`] that the store holds (durable ones; a key it lacks is left
+    /// out).
+    pub fn handle_read(&mut self, rows: Vec<StoredRow>, now: Timestamp) {
+        match self {
+            Machine::Hub(h) => h.handle_read(rows, now),
+            // An authority asks for nothing.
+            Machine::Authority(_) => {}
+        }
+    }
+
+    /// Every output queued now, in the order a driver handles them: writes, transmits, events,
+    /// reads.
     pub fn drain(&mut self) -> Outputs {
         each!(self, m => Outputs {
             writes: m.out.writes.drain(..).collect(),
             transmits: m.out.transmits.drain(..).collect(),
             events: m.out.events.drain(..).collect(),
+            reads: m.out.reads.drain(..).collect(),
         })
     }
+}
+
+/// Rows a machine asks its driver to read from the store: the keys of one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub table: schema::Table,
+    pub keys: Vec<Vec<u8>>,
 }
 
 /// A machine's outputs after one call, as [`Machine::drain`] takes them.
@@ -283,11 +308,12 @@ pub struct Outputs {
     pub writes: Vec<WriteBatch>,
     pub transmits: Vec<Transmit>,
     pub events: Vec<Event>,
+    pub reads: Vec<ReadRequest>,
 }
 
 impl Outputs {
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.transmits.is_empty() && self.events.is_empty()
+        self.writes.is_empty() && self.transmits.is_empty() && self.events.is_empty() && self.reads.is_empty()
     }
 }
 
@@ -300,6 +326,7 @@ pub(crate) struct Queues<A> {
     pub transmits: VecDeque<Transmit>,
     pub writes: VecDeque<WriteBatch>,
     pub events: VecDeque<Event>,
+    pub reads: VecDeque<ReadRequest>,
     next_write_id: u64,
     held: BTreeMap<u64, Vec<A>>,
 }
@@ -310,6 +337,7 @@ impl<A> Queues<A> {
             transmits: VecDeque::new(),
             writes: VecDeque::new(),
             events: VecDeque::new(),
+            reads: VecDeque::new(),
             next_write_id: 1,
             held: BTreeMap::new(),
         }

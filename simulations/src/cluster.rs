@@ -624,7 +624,12 @@ impl Cluster {
         let m = self.nodes[to].machine.as_mut()?;
         m.handle_message(&code, message, now);
         let out = m.drain();
-        let copy = Outputs { writes: out.writes.clone(), transmits: out.transmits.clone(), events: out.events.clone() };
+        let copy = Outputs {
+            writes: out.writes.clone(),
+            transmits: out.transmits.clone(),
+            events: out.events.clone(),
+            reads: out.reads.clone(),
+        };
         self.route(to, out);
         Some(copy)
     }
@@ -712,7 +717,17 @@ impl Cluster {
     }
 
     fn route(&mut self, n: NodeId, out: Outputs) {
-        let Outputs { writes, transmits, events } = out;
+        let Outputs { writes, transmits, events, reads } = out;
+        // Rows the machine asked for come from its disk at once; what they bring goes out below.
+        if !reads.is_empty() {
+            let now = self.node_now(n);
+            let node = &mut self.nodes[n];
+            let rows = reads.iter().flat_map(|r| node.disk.read(r)).collect();
+            if let Some(m) = node.machine.as_mut() {
+                m.handle_read(rows, now);
+            }
+        }
+        let read = !reads.is_empty();
         let node = &mut self.nodes[n];
         node.pending.extend(writes);
         if !node.pending.is_empty() && !node.flush_due {
@@ -741,6 +756,9 @@ impl Cluster {
             if let Some(peer) = refused {
                 self.refuse_link(n, peer);
             }
+        }
+        if read {
+            self.pump(n);
         }
         self.arm_timer(n);
     }

@@ -169,7 +169,7 @@ impl Hub {
                 receipted_at: now,
             };
             ops.push(schema::DELIVERED.put(&key, &record));
-            ops.extend(self.keep_delivered(&r.authority, r.lookup_id, record));
+            ops.extend(self.keep_delivered(&r.authority, r.lookup_id, record.receipted_at));
         }
         let mut after = Vec::new();
         if r.hub == self.code {
@@ -185,14 +185,14 @@ impl Hub {
         self.out.write(ops, after);
     }
 
-    /// Keeps a delivered notification in memory, dropping the authority's oldest beyond
-    /// [`DELIVERED_PER_AUTHORITY_MAX`]; returns the deletions that drop makes.
-    fn keep_delivered(&mut self, authority: &OdsCode, lookup_id: LookupId, record: DeliveredRecord) -> Vec<StoreOp> {
+    /// Indexes a delivered notification (its record is in the store), dropping the authority's
+    /// oldest beyond [`DELIVERED_PER_AUTHORITY_MAX`]; returns the deletions that drop makes.
+    fn keep_delivered(&mut self, authority: &OdsCode, lookup_id: LookupId, receipted_at: Timestamp) -> Vec<StoreOp> {
         let kept = self.delivered.entry(authority.clone()).or_default();
-        kept.insert((record.receipted_at, lookup_id), record);
+        kept.insert((receipted_at, lookup_id));
         let mut ops = Vec::new();
         while kept.len() > DELIVERED_PER_AUTHORITY_MAX {
-            if let Some(((_, id), _)) = kept.pop_first() {
+            if let Some((_, id)) = kept.pop_first() {
                 ops.push(schema::DELIVERED.delete(&(id, authority.clone())));
             }
         }
@@ -205,7 +205,7 @@ impl Hub {
         let mut ops = Vec::new();
         for (authority, kept) in &mut self.delivered {
             let keep = kept.split_off(&(cutoff, LookupId([0; 16])));
-            for (_, id) in std::mem::replace(kept, keep).into_keys() {
+            for (_, id) in std::mem::replace(kept, keep) {
                 ops.push(schema::DELIVERED.delete(&(id, authority.clone())));
             }
         }
@@ -215,15 +215,19 @@ impl Hub {
 
     /// An authority (restored from an older copy, perhaps) asks again for what we delivered to it
     /// from `since` on: each goes with its own receipt for it, and it stores what it lacks.
+    /// The records stay in the store: they are read back, and sent in [`Hub::handle_read`].
     pub(super) fn redeliver(&mut self, authority: &OdsCode, since: Timestamp) {
-        let again: Vec<DeliveredRecord> = self
+        let keys: Vec<Vec<u8>> = self
             .delivered
             .get(authority)
-            .map(|kept| kept.range((since, LookupId([0; 16]))..).map(|(_, r)| r.clone()).collect())
+            .map(|kept| {
+                kept.range((since, LookupId([0; 16]))..)
+                    .map(|(_, id)| schema::DELIVERED.key(&(*id, authority.clone())))
+                    .collect()
+            })
             .unwrap_or_default();
-        for r in again {
-            self.out
-                .send(authority, Message::Redelivered { notification: Box::new(r.notification), receipt: r.receipt });
+        if !keys.is_empty() {
+            self.out.reads.push_back(crate::machine::ReadRequest { table: schema::Table::Delivered, keys });
         }
     }
 

@@ -9,6 +9,7 @@
 use cpis_node::client::{LookupRequest, lookup};
 use cpis_node::config::MeshConfig;
 use cpis_node::handover::mesh_authorization;
+use cpis_node::runtime::RunningNode;
 use cpis_node::store::Store;
 use cpis_protocol::harness::FederationSpec;
 use cpis_protocol::ids::{LookupId, NhsNumber};
@@ -194,12 +195,11 @@ fn stored_and_handed(data_dir: &Path, id: &str) -> (bool, bool) {
     (store.get(Table::Inbox, &key).unwrap().is_some(), store.get(Table::Handed, &key).unwrap().is_some())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs NHS England's MESH sandbox: run .ci/mesh"]
-async fn mesh__one_message_per_notification__also_when_the_node_is_killed_after_mesh_accepted_it_and_before_it_read_the_answer__and_a_plan_file_is_imported_and_answered()
- {
-    let (addr, key) = sandbox();
-    let fed = Fed::create(FederationSpec::new("mesh").hub("HUBN").authority("204", "Hackney", &["HUBN"]).setting(
+/// A federation of one hub (started), Hackney homed on it and a UTC; and Hackney's MESH config
+/// for the sandbox at `url` (its password and the shared key written to its folder; `tls`: the
+/// folder of the test CA and the mailbox's client certificate).
+async fn hackney_and_its_hub(name: &str, url: String, key: &str, tls: Option<&Path>) -> (Fed, RunningNode, MeshConfig) {
+    let fed = Fed::create(FederationSpec::new(name).hub("HUBN").authority("204", "Hackney", &["HUBN"]).setting(
         "RXH01",
         "Royal Sussex County UTC",
         SettingType::UrgentTreatmentCentre,
@@ -208,9 +208,9 @@ async fn mesh__one_message_per_notification__also_when_the_node_is_killed_after_
     let hub = fed.start("HUBN").await;
     let home = fed.home("204");
     std::fs::write(home.join("mesh.password"), "password").unwrap();
-    std::fs::write(home.join("mesh.key"), &key).unwrap();
+    std::fs::write(home.join("mesh.key"), key).unwrap();
     let mesh = MeshConfig {
-        url: format!("http://{addr}"),
+        url,
         mailbox: "X26ABC1".into(),
         password_file: home.join("mesh.password"),
         shared_key_file: home.join("mesh.key"),
@@ -219,10 +219,20 @@ async fn mesh__one_message_per_notification__also_when_the_node_is_killed_after_
         upload_workflow_id: "TEST_WORKFLOW_ACK".into(),
         result_workflow_id: "TEST_WORKFLOW".into(),
         retry_max_ms: 1_000,
-        ca_file: None,
-        client_cert_file: None,
-        client_key_file: None,
+        ca_file: tls.map(|t| t.join("ca.pem")),
+        client_cert_file: tls.map(|t| t.join("client.pem")),
+        client_key_file: tls.map(|t| t.join("client.key")),
     };
+    (fed, hub, mesh)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NHS England's MESH sandbox: run .ci/mesh"]
+async fn mesh__one_message_per_notification__also_when_the_node_is_killed_after_mesh_accepted_it_and_before_it_read_the_answer__and_a_plan_file_is_imported_and_answered()
+ {
+    let (addr, key) = sandbox();
+    let (fed, hub, mesh) = hackney_and_its_hub("mesh", format!("http://{addr}"), &key, None).await;
+    let home = fed.home("204");
     let with_mesh = |c: &mut cpis_node::config::NodeConfig| c.mesh = Some(mesh.clone());
 
     // Hackney records a plan, then stops; a lookup's notification waits at the hub.
@@ -445,30 +455,7 @@ async fn mesh_over_https__the_mailbox_presents_its_client_certificate__and_a_not
     let url = std::env::var("CPIS_MESH_TLS_SANDBOX").expect("CPIS_MESH_TLS_SANDBOX: run this test with .ci/mesh");
     let tls = std::path::PathBuf::from(std::env::var("CPIS_MESH_TLS_DIR").expect("CPIS_MESH_TLS_DIR"));
     let (_, key) = sandbox();
-    let fed = Fed::create(FederationSpec::new("mesh-tls").hub("HUBN").authority("204", "Hackney", &["HUBN"]).setting(
-        "RXH01",
-        "Royal Sussex County UTC",
-        SettingType::UrgentTreatmentCentre,
-        &["HUBN"],
-    ));
-    let hub = fed.start("HUBN").await;
-    let home = fed.home("204");
-    std::fs::write(home.join("mesh.password"), "password").unwrap();
-    std::fs::write(home.join("mesh.key"), &key).unwrap();
-    let mesh = MeshConfig {
-        url,
-        mailbox: "X26ABC1".into(),
-        password_file: home.join("mesh.password"),
-        shared_key_file: home.join("mesh.key"),
-        to_mailbox: "X26ABC2".into(),
-        workflow_id: "TEST_WORKFLOW".into(),
-        upload_workflow_id: "TEST_WORKFLOW_ACK".into(),
-        result_workflow_id: "TEST_WORKFLOW".into(),
-        retry_max_ms: 1_000,
-        ca_file: Some(tls.join("ca.pem")),
-        client_cert_file: Some(tls.join("client.pem")),
-        client_key_file: Some(tls.join("client.key")),
-    };
+    let (fed, hub, mesh) = hackney_and_its_hub("mesh-tls", url, &key, Some(&tls)).await;
     let hackney = fed.start_with("204", |c| c.mesh = Some(mesh)).await;
     let plan = json!({ "reference": "LAC-1", "nhs": CHILD, "plan_type": "LAC", "start": "2026-01-05" });
     assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan)).await.0, 200);

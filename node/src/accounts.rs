@@ -27,7 +27,7 @@ pub const SYSTEM_TOKEN_DAYS_DEFAULT: u32 = 365;
 pub const SYSTEM_TOKEN_DAYS_MAX: u32 = 730;
 
 /// What a calling system may read through the FHIR API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Access {
     /// Child protection alerts (`CareTeam`): a lookup, which the child's council is told of.
@@ -378,6 +378,7 @@ impl Accounts {
         }
         let token = hex::encode(rand::random::<[u8; 32]>());
         let mut may = may.to_vec();
+        may.sort();
         may.dedup();
         self.systems.push(System {
             system: system.into(),

@@ -326,7 +326,7 @@ async fn list_plans(State(state): State<ApiState>) -> Response {
 }
 
 /// How far every hub holds the feed, and where each of `plans` stands (empty if the event loop
-/// does not answer: every plan then shows as not known).
+/// does not answer: then no plan says where it has reached).
 pub(crate) async fn plans_held(state: &ApiState, plans: &[Plan]) -> PlansHeld {
     let (reply, rx) = oneshot::channel();
     let references = plans.iter().map(|p| p.reference.clone()).collect();
@@ -460,12 +460,16 @@ async fn start_import_job(State(state): State<ApiState>, Query(q): Query<ImportQ
         Ok(rows) => rows,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let id = jobs::start(&state, jobs::API_OWNER.into(), rows, q.dry_run, |report| {
+    let started = jobs::start(&state, jobs::API_OWNER.into(), rows, q.dry_run, |report| {
         tracing::info!(
             applied = %report["applied"], unchanged = %report["unchanged"], refused = %report["refused"],
             "plans imported by an API import job"
         );
     });
+    let id = match started {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, e),
+    };
     let job = jobs::get(&state, id).map_or(Value::Null, |j| j.json(id));
     let location = format!("/plans/import/jobs/{id}");
     (StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(job)).into_response()
@@ -473,6 +477,9 @@ async fn start_import_job(State(state): State<ApiState>, Query(q): Query<ImportQ
 
 /// `GET /plans/import/jobs/{job}`: how far the job is; its report once done.
 async fn import_job(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    if let Err(r) = authority_only(&state) {
+        return r;
+    }
     match id.parse().ok().and_then(|n| jobs::get(&state, n).map(|j| j.json(n))) {
         Some(job) => axum::Json(job).into_response(),
         None => error(

@@ -620,7 +620,19 @@ impl NodeConfig {
                 .into_iter()
                 .chain([m.client_cert_file.as_ref(), m.client_key_file.as_ref()])
         });
-        pages.chain(webhook).chain(mesh.flatten()).try_for_each(|f| readable(f))
+        pages.chain(webhook).chain(mesh.flatten()).try_for_each(|f| readable(f))?;
+        // The certificates and keys must be usable, not only readable: `run` would fail on them.
+        let unusable = |field, e: anyhow::Error| ConfigError::Invalid { field, rule: format!("{e:#}") };
+        if let Some(ca) = self.webhook.as_ref().and_then(|w| w.ca_file.as_ref()) {
+            crate::web::tls_connector(ca, None).map_err(|e| unusable("webhook.ca_file", e))?;
+        }
+        if let Some(m) = &self.mesh
+            && let Some(ca) = &m.ca_file
+        {
+            let client = m.client_cert_file.as_deref().zip(m.client_key_file.as_deref());
+            crate::web::tls_connector(ca, client).map_err(|e| unusable("mesh.ca_file", e))?;
+        }
+        Ok(())
     }
 }
 

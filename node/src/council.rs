@@ -859,12 +859,16 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, mut mul
         Err(e) => return refuse(e.to_string()),
     };
     let recorder = council.clone();
-    let id = crate::jobs::start(&council.api, session.user.clone(), rows, dry_run, move |report| {
+    let (user, who) = (session.user.clone(), session.clone());
+    let started = crate::jobs::start(&council.api, user, rows, dry_run, move |report| {
         let what =
             format!("{} applied, {} unchanged, {} refused", report["applied"], report["unchanged"], report["refused"]);
-        recorder.record(&session, "imported plans", what);
+        recorder.record(&who, "imported plans", what);
     });
-    Redirect::to(&format!("/import/jobs/{id}")).into_response()
+    match started {
+        Ok(id) => Redirect::to(&format!("/import/jobs/{id}")).into_response(),
+        Err(e) => refuse(e),
+    }
 }
 
 /// Job `id` if the signed-in person started it.

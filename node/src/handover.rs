@@ -69,6 +69,9 @@ pub enum Sink {
 /// there (the server checked against the configured CAs; a client certificate if configured).
 #[derive(Clone)]
 pub struct Endpoint {
+    /// `host:port` to connect to (the URL's, with the scheme's port if it names none).
+    address: String,
+    /// The URL's authority as written, for the `Host` header.
     authority: String,
     path: String,
     tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
@@ -84,22 +87,34 @@ impl Endpoint {
             }
         };
         let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-        let host = match authority.rsplit_once(':') {
-            Some((host, port)) if !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => host,
-            _ => authority,
+        // `host`, `host:port`, `[v6]` or `[v6]:port`.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) =
+                    v6.split_once(']').ok_or_else(|| anyhow::anyhow!("{url}: an unclosed [ in the host"))?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
         };
-        let with_port =
-            if host == authority { format!("{authority}:{}", if https { 443 } else { 80 }) } else { authority.into() };
+        let port = match port {
+            Some(p) => p.parse::<u16>().map_err(|_| anyhow::anyhow!("{url}: {p:?} is not a port"))?,
+            None if https => 443,
+            None => 80,
+        };
+        anyhow::ensure!(!host.is_empty(), "{url} names no host");
+        let address = if authority.starts_with('[') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
         let tls = if https {
             let ca = ca_file.ok_or_else(|| anyhow::anyhow!("{url}: an https:// URL needs a CA file"))?;
-            let name =
-                rustls::pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
-                    .map_err(|e| anyhow::anyhow!("{url}: {host} is not a host name or address: {e}"))?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| anyhow::anyhow!("{url}: {host} is not a host name or address: {e}"))?;
             Some((crate::web::tls_connector(ca, client)?, name))
         } else {
             None
         };
-        Ok(Endpoint { authority: with_port, path, tls })
+        Ok(Endpoint { address, authority: authority.to_string(), path, tls })
     }
 }
 
@@ -563,7 +578,7 @@ async fn fetch_within(
     answer_max: usize,
 ) -> Result<Answer, String> {
     let run = async {
-        let stream = tokio::net::TcpStream::connect(&to.authority).await.map_err(|e| format!("cannot connect: {e}"))?;
+        let stream = tokio::net::TcpStream::connect(&to.address).await.map_err(|e| format!("cannot connect: {e}"))?;
         let stream: Box<dyn Io> = match &to.tls {
             None => Box::new(stream),
             Some((connector, name)) => {
@@ -939,6 +954,22 @@ mod tests {
                 }
             });
             url
+        }
+    }
+
+    #[test]
+    fn an_endpoint_connects_to_host_and_port_and_names_the_host_as_written() {
+        let parts = |url: &str| {
+            let e = Endpoint::new(url, None, None).unwrap_or_else(|e| panic!("{url}: {e}"));
+            (e.address, e.authority, e.path)
+        };
+        let owned = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+        assert_eq!(parts("http://127.0.0.1:8700"), owned("127.0.0.1:8700", "127.0.0.1:8700", "/"));
+        assert_eq!(parts("http://cms.example.org/cpis/in"), owned("cms.example.org:80", "cms.example.org", "/cpis/in"));
+        assert_eq!(parts("http://[::1]/x"), owned("[::1]:80", "[::1]", "/x"));
+        assert_eq!(parts("http://[::1]:8080/"), owned("[::1]:8080", "[::1]:8080", "/"));
+        for bad in ["http://host:port/", "http://[::1/", "ftp://host/", "http://:80/"] {
+            assert!(Endpoint::new(bad, None, None).is_err(), "{bad}");
         }
     }
 

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 /// Rows a job sends to the node at a time (its progress moves by this much); each chunk is
 /// durable before the next is sent.
 pub const CHUNK_ROWS: usize = 1_000;
-/// Jobs remembered (when full, the oldest finished one goes first).
+/// Jobs remembered (when full, the oldest finished one goes first; a running one never does, so
+/// at most this many run at once).
 pub const JOBS_MAX: usize = 32;
 
 /// Imports running or finished, newest last (at most [`JOBS_MAX`]).
@@ -68,30 +69,33 @@ impl Job {
 }
 
 /// Starts importing `rows` (already parsed: the file as a whole was accepted) in the background
-/// and returns the job's number. `on_done` gets the report of a finished import that stored
-/// something (not a dry run), for the caller's audit line.
+/// and returns the job's number, or why it cannot start (every remembered job still running).
+/// `on_done` gets the report of a finished import that stored something (not a dry run), for the
+/// caller's audit line.
 pub fn start(
     state: &ApiState,
     owner: String,
     rows: Vec<ImportRow>,
     dry_run: bool,
     on_done: impl FnOnce(&Value) + Send + 'static,
-) -> u64 {
+) -> Result<u64, String> {
     let job =
         Arc::new(Mutex::new(Job { owner, dry_run, rows_total: rows.len(), rows_done: 0, report: None, error: None }));
     let id = {
         let mut jobs = state.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        jobs.next += 1;
         if jobs.list.len() >= JOBS_MAX {
-            let finished = jobs.list.iter().position(|(_, j)| !lock(j).running());
-            jobs.list.remove(finished.unwrap_or(0));
+            let Some(finished) = jobs.list.iter().position(|(_, j)| !lock(j).running()) else {
+                return Err(format!("{JOBS_MAX} imports are running: start this one when one of them has ended"));
+            };
+            jobs.list.remove(finished);
         }
+        jobs.next += 1;
         let id = jobs.next;
         jobs.list.push((id, job.clone()));
         id
     };
     tokio::spawn(run(state.clone(), rows, job, on_done));
-    id
+    Ok(id)
 }
 
 /// A copy of job `id` as it is now, if it is remembered.

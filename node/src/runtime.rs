@@ -590,15 +590,13 @@ impl Node {
     }
 
     fn read_rows(&self, request: &ReadRequest) -> Vec<StoredRow> {
-        let mut rows = Vec::with_capacity(request.keys.len());
-        for key in &request.keys {
-            match self.store.get(request.table, key) {
-                Ok(Some(value)) => rows.push(StoredRow { table: request.table, key: key.clone(), value }),
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, table = request.table.name(), "a row could not be read back"),
+        match self.store.get_many(request.table, &request.keys) {
+            Ok(rows) => rows.into_iter().map(|(key, value)| StoredRow { table: request.table, key, value }).collect(),
+            Err(e) => {
+                warn!(error = %e, table = request.table.name(), "rows could not be read back");
+                vec![]
             }
         }
-        rows
     }
 
     fn send(&mut self, t: Transmit) {

@@ -263,6 +263,20 @@ impl Store {
         Ok(t.get(key).map_err(read_err)?.map(|v| v.value().to_vec()))
     }
 
+    /// The rows at `keys` in `table` (those it holds), in one read transaction.
+    pub fn get_many(&self, table: Table, keys: &[Vec<u8>]) -> Result<Vec<KeyValue>, StoreError> {
+        let txn = self.begin_read()?;
+        let t = open_read(&txn, table)?;
+        let read_err = |e: redb::StorageError| StoreError::Read { table: table.name(), source: arc(e) };
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(value) = t.get(key.as_slice()).map_err(read_err)? {
+                rows.push((key.clone(), value.value().to_vec()));
+            }
+        }
+        Ok(rows)
+    }
+
     /// Every `(key, value)` of `table`, keys ascending, as of the latest durable commit.
     pub fn scan(&self, table: Table) -> Result<Vec<KeyValue>, StoreError> {
         let txn = self.begin_read()?;

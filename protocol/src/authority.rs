@@ -426,7 +426,12 @@ impl Authority {
     fn publish_directories(&mut self, id: CommandId, chain: Vec<SignedDirectory>, now: Timestamp) {
         let reply = match self.accept_directories(chain, now) {
             Ok(version) => Reply::Directory { version },
-            Err(e) => Reply::Refused(e.into()),
+            Err(e) => {
+                if matches!(e, DirectoryError::Forked { .. }) {
+                    self.out.event(Event::DirectoryRefused { from: None, reason: e.clone() });
+                }
+                Reply::Refused(e.into())
+            }
         };
         self.reply(id, reply);
     }
@@ -624,6 +629,8 @@ impl Authority {
     pub(crate) fn handle_disconnected(&mut self, hub: &OdsCode) {
         self.hubs.remove(hub);
         self.staging.remove(hub);
+        // Its report would go stale: the other home hubs' word on it stands meanwhile.
+        self.held.remove(hub);
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Timestamp) {

@@ -523,7 +523,13 @@ impl Hub {
     pub(crate) fn publish_directories(&mut self, id: CommandId, chain: Vec<SignedDirectory>, now: Timestamp) {
         let reply = match self.accept_directories(None, chain, now) {
             Ok(version) => Reply::Directory { version },
-            Err(e) => Reply::Refused(e.into()),
+            Err(e) => {
+                // A fork is an alarm whoever brings it (a peer's is reported where it arrives).
+                if matches!(e, crate::directory::DirectoryError::Forked { .. }) {
+                    self.out.event(Event::DirectoryRefused { from: None, reason: e.clone() });
+                }
+                Reply::Refused(e.into())
+            }
         };
         self.reply(id, reply);
     }

@@ -503,7 +503,7 @@ impl DirectoryState {
         // The newest must be current; an expired newest means running on what the file gave.
         if trusted.check_unexpired(now).is_ok() {
             self.trusted = trusted;
-            self.previous = previous.or(self.previous.take());
+            self.previous = previous;
         }
         // Started from the newest version (the directory file): its predecessor, if stored and
         // the trusted version follows from it, is what a fork is checked against.

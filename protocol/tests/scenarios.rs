@@ -518,7 +518,7 @@ fn a_different_directory_with_the_trusted_version_and_valid_signatures__refused_
     let forks =
         net.events_of("HUBN", |e| matches!(e, Event::DirectoryRefused { reason: DirectoryError::Forked { .. }, .. }));
     let forks = forks.len();
-    assert_eq!(forks, 1, "the fork sent by a peer is reported");
+    assert_eq!(forks, 2, "the fork posted by an operator and the one sent by a peer are both reported");
     // Without the roots' signatures it proves nothing: ignored, as any older version.
     let unsigned = SignedDirectory { signatures: vec![], ..forked.clone() };
     assert_eq!(net.command("HUBN", Command::PublishDirectories(vec![unsigned])), Some(Reply::Directory { version: 2 }));
@@ -952,6 +952,21 @@ fn authority_learns_from_its_home_hub_how_far_every_hub_holds_its_feed__a_cut_of
     net.run_for(3 * net.config.hub.sync_interval_ms);
     assert_eq!(held_by(&net), all_at(now), "healed: every hub holds the change, and 204 knows it");
     assert!(between_hubs(&net, "held") == 0, "the report goes to authorities only");
+}
+
+#[test]
+fn a_home_hub_cut_off_from_its_authority__its_spread_comes_from_the_other_home_hub_not_its_last_report() {
+    let mut net = three_hubs();
+    record(&mut net, "316", plan("CP-1", OTHER_CHILD, PlanType::ChildProtection));
+    net.run_for(3 * net.config.hub.sync_interval_ms);
+    // Newham loses its link to HUBS, one of its two home hubs; HUBS still syncs with HUBN.
+    net.cut("316", "HUBS");
+    record(&mut net, "316", plan("CP-2", CHILD, PlanType::ChildProtection));
+    net.run_for(3 * net.config.hub.sync_interval_ms);
+    let seq = net.authority("316").last_seq();
+    let held = net.authority("316").held_by_hubs();
+    let hubs = held.iter().find(|(h, _)| h.as_str() == "HUBS").map(|(_, s)| *s);
+    assert_eq!(hubs, Some(Some(seq)), "HUBN's word that HUBS holds the change, not HUBS's report from before the cut");
 }
 
 #[test]

@@ -41,7 +41,21 @@ fn check_config__valid_0__missing_key_or_bad_field_78_naming_it__and_run_refuses
     assert_eq!(run.status.code(), Some(EXIT_BAD_CONFIG), "run refuses the same config with the same code");
     std::fs::rename(key.with_extension("away"), &key).unwrap();
 
+    // MESH over HTTPS with a CA file that is readable but holds no certificate: refused before
+    // starting (the node would fail on it when it starts handing notifications on).
+    let home = fed.home("204");
+    for (name, text) in [("mesh.password", "password"), ("mesh.key", "key"), ("ca.pem", "not a certificate")] {
+        std::fs::write(home.join(name), text).unwrap();
+    }
     let text = std::fs::read_to_string(&config).unwrap();
+    let mesh = "\n[mesh]\nurl = \"https://mesh.example.org\"\nmailbox = \"X26ABC1\"\npassword_file = \"mesh.password\"\n\
+                shared_key_file = \"mesh.key\"\nto_mailbox = \"X26ABC2\"\nca_file = \"ca.pem\"\n";
+    std::fs::write(&config, format!("{text}{mesh}")).unwrap();
+    let (code, _, stderr) = check_config(&config);
+    assert_eq!(code, EXIT_BAD_CONFIG, "{stderr}");
+    assert!(stderr.contains("mesh.ca_file") && stderr.contains("ca.pem"), "{stderr}");
+    std::fs::write(&config, &text).unwrap();
+
     std::fs::write(&config, text.replacen("code = \"204\"", "code = \"not a code\"", 1)).unwrap();
     let (code, _, stderr) = check_config(&config);
     assert_eq!(code, EXIT_BAD_CONFIG, "{stderr}");

@@ -57,6 +57,9 @@ pub struct HubConfig {
     /// Most bytes of feed a hub sends in answer to one sync (the peer asks again for the rest).
     /// Default 8 MiB.
     pub sync_reply_bytes_max: usize,
+    /// Most waiting notifications held in memory; the others stay in the store and are read back
+    /// when due (those sent and awaiting their receipt are kept besides). Default 16,384.
+    pub outbox_bodies_max: usize,
 }
 
 impl Default for HubConfig {
@@ -73,6 +76,7 @@ impl Default for HubConfig {
             setting_lookups_per_hour: 1_200,
             person_lookups_per_hour: 120,
             sync_reply_bytes_max: 8 << 20,
+            outbox_bodies_max: 16_384,
         }
     }
 }
@@ -99,11 +103,21 @@ pub const DELIVERED_KEPT_DAYS: u64 = 30;
 /// Most delivered notifications a hub keeps per authority; the oldest go first.
 pub const DELIVERED_PER_AUTHORITY_MAX: usize = 65_536;
 
+/// A notification waiting for its receipt. Its body is held in memory within
+/// [`HubConfig::outbox_bodies_max`]; beyond that it stays in the store (the outbox table) and is
+/// read back when due, so routing and timing use only what is kept here.
 struct OutboxItem {
-    record: OutboxRecord,
+    notification: Option<Signed<Notification>>,
+    queued_at: Timestamp,
+    /// The notification's answering hub is this one (not a relayed copy).
+    answered_here: bool,
+    answered_at: Timestamp,
+    key_id: KeyId,
     attempts: u32,
     next_attempt_at: Timestamp,
     overdue_reported: bool,
+    /// Its body was asked of the store and has not come back yet.
+    reading: bool,
 }
 
 /// A hub's copy of one authority's published feed, and the newest head it matches.
@@ -188,6 +202,11 @@ pub struct Hub {
     recent_lookups: HashMap<LookupId, (Timestamp, crate::sign::SignatureBytes)>,
     limits: RateLimits,
     outbox: BTreeMap<(LookupId, OdsCode), OutboxItem>,
+    /// Outbox items whose body is in memory.
+    outbox_bodies: usize,
+    /// Receipts from an authority for a notification whose body is being read back (to keep it
+    /// as delivered): handled once it is.
+    receipts_waiting: BTreeMap<(LookupId, OdsCode), (OdsCode, Signed<Receipt>)>,
     /// What this hub delivered, per authority, by receipt time: the keys only (the records stay
     /// in the store, read back for a [`Message::Redeliver`]).
     delivered: BTreeMap<OdsCode, BTreeSet<(Timestamp, LookupId)>>,
@@ -229,6 +248,8 @@ impl Hub {
             staging: BTreeMap::new(),
             recent_lookups: HashMap::new(),
             outbox: BTreeMap::new(),
+            outbox_bodies: 0,
+            receipts_waiting: BTreeMap::new(),
             delivered: BTreeMap::new(),
             due: BTreeSet::new(),
             peers: BTreeMap::new(),
@@ -259,11 +280,16 @@ impl Hub {
                 .then(|| identity.sign(Notification { signed_at: now, ..old.body.clone() }))
         };
         let mut ops = Vec::new();
-        for (key, item) in &mut self.outbox {
-            if let Some(notification) = resign(&item.record.notification) {
-                item.record.notification = notification;
-                ops.push(schema::OUTBOX.put(key, &item.record));
+        for (key, mut record) in schema::OUTBOX.decode_all(rows).flatten() {
+            let (Some(notification), Some(item)) = (resign(&record.notification), self.outbox.get_mut(&key)) else {
+                continue;
+            };
+            item.key_id = notification.key_id;
+            if item.notification.is_some() {
+                item.notification = Some(notification.clone());
             }
+            record.notification = notification;
+            ops.push(schema::OUTBOX.put(&key, &record));
         }
         for row in schema::DELIVERED.decode_all(rows).flatten() {
             let (key, mut held) = row;
@@ -373,9 +399,14 @@ impl Hub {
         depths
     }
 
+    /// Waiting notifications whose body is held in memory (the others are in the store).
+    pub fn outbox_in_memory(&self) -> usize {
+        self.outbox_bodies
+    }
+
     /// When the longest-waiting notification was queued.
     pub fn oldest_waiting(&self) -> Option<Timestamp> {
-        self.outbox.values().map(|i| i.record.queued_at).min()
+        self.outbox.values().map(|i| i.queued_at).min()
     }
 
     /// Where equivocations were proven.
@@ -669,17 +700,39 @@ impl Hub {
         self.out.event(Event::LookupRefused { lookup_id, from: from.clone(), reason });
     }
 
-    /// Rows read back at our request: delivered notifications an authority asked for again.
-    pub(crate) fn handle_read(&mut self, rows: Vec<StoredRow>, _now: Timestamp) {
+    /// Rows read back at our request: delivered notifications an authority asked for again, and
+    /// waiting notifications whose turn has come (or whose receipt came).
+    pub(crate) fn handle_read(&mut self, rows: Vec<StoredRow>, now: Timestamp) {
+        // A row that does not decode was refused at restore already; a read cannot add one.
         for row in &rows {
-            // A row that does not decode was refused at restore already; a read cannot add one.
-            let Ok(((_, authority), record)) = schema::DELIVERED.decode(row) else { continue };
-            if self.peers.get(&authority).is_some_and(|p| p.role == Role::Authority) {
-                let message =
-                    Message::Redelivered { notification: Box::new(record.notification), receipt: record.receipt };
-                self.out.send(&authority, message);
+            match row.table {
+                schema::Table::Delivered => {
+                    let Ok(((_, authority), record)) = schema::DELIVERED.decode(row) else { continue };
+                    if self.peers.get(&authority).is_some_and(|p| p.role == Role::Authority) {
+                        let notification = Box::new(record.notification);
+                        self.out.send(&authority, Message::Redelivered { notification, receipt: record.receipt });
+                    }
+                }
+                schema::Table::Outbox => {
+                    let Ok((key, record)) = schema::OUTBOX.decode(row) else { continue };
+                    self.restore_body(&key, record.notification);
+                    if let Some((from, receipt)) = self.receipts_waiting.remove(&key) {
+                        self.on_receipt(&from, receipt, now);
+                    }
+                }
+                _ => {}
             }
         }
+        // A body asked for and not found is asked for again only after a retry's wait.
+        let missing: Vec<(LookupId, OdsCode)> =
+            self.outbox.iter().filter(|(_, i)| i.reading && i.notification.is_none()).map(|(k, _)| k.clone()).collect();
+        for key in missing {
+            if let Some(item) = self.outbox.get_mut(&key) {
+                item.reading = false;
+            }
+            self.reschedule(&key, now.plus_ms(self.config.retry_base_ms));
+        }
+        self.deliver_due(now);
     }
 
     pub(crate) fn handle_durable(&mut self, write_id: u64, now: Timestamp) {

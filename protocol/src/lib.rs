@@ -37,7 +37,8 @@
 //!    - [`poll_read`](machine::Machine::poll_read): read those keys of that table from the store
 //!      (durable rows; a missing key is left out) and give the rows to `handle_read`. A machine
 //!      keeps in memory only what it needs for every input, and reads back the rest (a hub's
-//!      delivered notifications, asked for again by an authority restored from an older copy).
+//!      delivered notifications, asked for again by an authority restored from an older copy;
+//!      waiting notifications beyond its memory budget, when their turn comes).
 //!
 //! A care setting is not a machine but a client: [`setting::Setting`] signs lookups and checks
 //! answers.

@@ -970,6 +970,35 @@ fn a_home_hub_cut_off_from_its_authority__its_spread_comes_from_the_other_home_h
 }
 
 #[test]
+fn outbox_beyond_its_memory_budget__waits_in_the_store__every_notification_arrives_once_after_a_restart_too() {
+    let mut cfg = NetConfig::default();
+    cfg.hub.outbox_bodies_max = 1;
+    let mut net = Net::new(federation(), cfg);
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    // Hackney is cut off: five notifications wait at its home hub, HUBN, relayed by HUBS.
+    net.isolate("204");
+    for _ in 0..5 {
+        net.lookup("RXH01", "HUBS", nhs(CHILD));
+        net.run_for(1_000);
+    }
+    net.run_for(60_000);
+    let waiting = |net: &Net| net.hub("HUBN").outbox_depths().get(&code("204")).copied().unwrap_or(0);
+    assert_eq!(waiting(&net), 5);
+    assert!(net.hub("HUBN").outbox_in_memory() <= 1, "at most the budget in memory: the rest wait in the store");
+    // A restart restores within the budget too; then Hackney comes back and gets each one once.
+    net.crash("HUBN");
+    net.restart("HUBN");
+    net.run_for(1_000);
+    assert!(net.hub("HUBN").outbox_in_memory() <= 1);
+    net.heal();
+    net.run_for(120_000);
+    assert_eq!(inbox_len(&net, "204"), 5, "every notification arrived once");
+    assert_eq!(waiting(&net), 0, "and every receipt came back");
+    assert_eq!(net.hub("HUBN").outbox_in_memory(), 0);
+}
+
+#[test]
 fn lossy_network__everything_converges_and_every_notice_arrives_once() {
     let cfg = NetConfig { loss_per_million: 200_000, seed: 42, ..Default::default() };
     let mut net = Net::new(federation(), cfg);

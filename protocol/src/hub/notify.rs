@@ -4,6 +4,7 @@
 use super::{After, DELIVERED_KEPT_DAYS, DELIVERED_PER_AUTHORITY_MAX, DeliveredRecord, Hub, OutboxItem, OutboxRecord};
 use crate::directory::Role;
 use crate::ids::{LookupId, OdsCode};
+use crate::machine::ReadRequest;
 use crate::machine::{Event, Transmit, backoff_ms};
 use crate::records::LookupKind;
 use crate::refusal::{Refusal, RefusalCode};
@@ -24,10 +25,43 @@ impl Hub {
             return;
         }
         self.due.insert((now, key.0, key.1.clone()));
-        self.outbox.insert(key, OutboxItem { record, attempts: 0, next_attempt_at: now, overdue_reported: false });
+        let item = OutboxItem {
+            queued_at: record.queued_at,
+            answered_here: n.hub == self.code,
+            answered_at: n.answered_at,
+            key_id: record.notification.key_id,
+            notification: (self.outbox_bodies < self.config.outbox_bodies_max).then_some(record.notification),
+            attempts: 0,
+            next_attempt_at: now,
+            overdue_reported: false,
+            reading: false,
+        };
+        self.outbox_bodies += usize::from(item.notification.is_some());
+        self.outbox.insert(key, item);
     }
 
-    fn reschedule(&mut self, key: &(LookupId, OdsCode), at: Timestamp) {
+    /// Puts back the body of a waiting notification read from the store.
+    pub(super) fn restore_body(&mut self, key: &(LookupId, OdsCode), notification: Signed<Notification>) {
+        if let Some(item) = self.outbox.get_mut(key) {
+            item.reading = false;
+            if item.notification.is_none() {
+                item.notification = Some(notification);
+                self.outbox_bodies += 1;
+            }
+        }
+    }
+
+    /// Lets go of a body held beyond the budget (it is in the store).
+    fn spill(&mut self, key: &(LookupId, OdsCode)) {
+        if self.outbox_bodies > self.config.outbox_bodies_max
+            && let Some(item) = self.outbox.get_mut(key)
+            && item.notification.take().is_some()
+        {
+            self.outbox_bodies -= 1;
+        }
+    }
+
+    pub(super) fn reschedule(&mut self, key: &(LookupId, OdsCode), at: Timestamp) {
         if let Some(item) = self.outbox.get_mut(key) {
             self.due.remove(&(item.next_attempt_at, key.0, key.1.clone()));
             item.next_attempt_at = at;
@@ -37,6 +71,8 @@ impl Hub {
 
     fn unqueue(&mut self, key: &(LookupId, OdsCode)) -> Option<OutboxItem> {
         let item = self.outbox.remove(key)?;
+        self.outbox_bodies -= usize::from(item.notification.is_some());
+        self.receipts_waiting.remove(key);
         self.due.remove(&(item.next_attempt_at, key.0, key.1.clone()));
         Some(item)
     }
@@ -73,18 +109,28 @@ impl Hub {
             .map(|(_, id, a)| (*id, a.clone()))
             .collect();
         let (base, cap, overdue) = (self.config.retry_base_ms, self.config.retry_cap_ms, self.config.overdue_after_ms);
+        let mut read = Vec::new();
         for key in due {
-            let Some(item) = self.outbox.get(&key) else { continue };
-            let answered_here = item.record.notification.body.hub == self.code;
-            let route = self.route(&key.1, answered_here, item.attempts);
+            let Some(item) = self.outbox.get_mut(&key) else { continue };
+            let Some(notification) = item.notification.clone() else {
+                // In the store: read back, then sent (it stays due meanwhile).
+                if !item.reading {
+                    item.reading = true;
+                    read.push(schema::OUTBOX.key(&key));
+                }
+                continue;
+            };
+            let (answered_here, attempts, waiting_ms) = (item.answered_here, item.attempts, now.since(item.queued_at));
+            let route = self.route(&key.1, answered_here, attempts);
             let salt = u64::from_le_bytes([
                 key.0.0[0], key.0.0[1], key.0.0[2], key.0.0[3], key.0.0[4], key.0.0[5], key.0.0[6], key.0.0[7],
             ]);
-            let next = now.plus_ms(backoff_ms(item.attempts, base, cap, salt));
-            let (message, waiting_ms) =
-                (Message::Notify(item.record.notification.clone()), now.since(item.record.queued_at));
-            if let Some(to) = route {
-                self.out.transmits.push_back(Transmit { to, message });
+            let next = now.plus_ms(backoff_ms(attempts, base, cap, salt));
+            let message = Message::Notify(notification);
+            match route {
+                Some(to) => self.out.transmits.push_back(Transmit { to, message }),
+                // Nowhere to send it now: it waits in the store if memory is full.
+                None => self.spill(&key),
             }
             self.reschedule(&key, next);
             let Some(item) = self.outbox.get_mut(&key) else { continue };
@@ -93,6 +139,9 @@ impl Hub {
                 item.overdue_reported = true;
                 self.out.event(Event::NotificationOverdue { lookup_id: key.0, authority: key.1.clone(), waiting_ms });
             }
+        }
+        if !read.is_empty() {
+            self.out.reads.push_back(ReadRequest { table: schema::Table::Outbox, keys: read });
         }
     }
 
@@ -118,7 +167,7 @@ impl Hub {
     pub(super) fn on_relay(&mut self, from: &OdsCode, signed: Signed<Notification>, now: Timestamp) {
         let n = &signed.body;
         let key = (n.event.body.lookup_id, n.authority.clone());
-        let held = self.outbox.get(&key).map(|item| item.record.notification.key_id);
+        let held = self.outbox.get(&key).map(|item| item.key_id);
         if held == Some(signed.key_id) {
             // Already held (and checked when it arrived): a retry changes nothing.
             return;
@@ -157,23 +206,33 @@ impl Hub {
             return self.refuse(from, "receipt", e.into());
         }
         let key = (r.lookup_id, r.authority.clone());
-        let Some(item) = self.unqueue(&key) else {
-            return;
-        };
+        let delivered_by_us = *from == r.authority;
+        match self.outbox.get_mut(&key) {
+            None => return,
+            // Kept as delivered with its body: read it back first.
+            Some(item) if delivered_by_us && item.notification.is_none() => {
+                if !item.reading {
+                    item.reading = true;
+                    self.out
+                        .reads
+                        .push_back(ReadRequest { table: schema::Table::Outbox, keys: vec![schema::OUTBOX.key(&key)] });
+                }
+                self.receipts_waiting.insert(key, (from.clone(), signed));
+                return;
+            }
+            Some(_) => {}
+        }
+        let Some(item) = self.unqueue(&key) else { return };
         let mut ops = vec![schema::OUTBOX.delete(&key)];
-        if *from == r.authority {
+        if let (true, Some(notification)) = (delivered_by_us, item.notification) {
             // Delivered by us: kept for a while, in case the authority loses it (a restore).
-            let record = DeliveredRecord {
-                notification: item.record.notification.clone(),
-                receipt: signed.clone(),
-                receipted_at: now,
-            };
+            let record = DeliveredRecord { notification, receipt: signed.clone(), receipted_at: now };
             ops.push(schema::DELIVERED.put(&key, &record));
             ops.extend(self.keep_delivered(&r.authority, r.lookup_id, record.receipted_at));
         }
         let mut after = Vec::new();
         if r.hub == self.code {
-            let latency_ms = now.since(item.record.notification.body.answered_at);
+            let latency_ms = now.since(item.answered_at);
             after.push(After::Event(Event::NotificationDelivered {
                 lookup_id: r.lookup_id,
                 authority: r.authority,
@@ -242,7 +301,7 @@ impl Hub {
         let from_authority = self.peers.get(from).map(|p| p.role) == Some(Role::Authority);
         let judged = matches!(refused.code, RefusalCode::BadNotification | RefusalCode::BadSignature);
         let key = (lookup_id, from.clone());
-        let relayed = self.outbox.get(&key).is_some_and(|i| i.record.notification.body.hub != self.code);
+        let relayed = self.outbox.get(&key).is_some_and(|i| !i.answered_here);
         if from_authority && judged && relayed && self.unqueue(&key).is_some() {
             self.out.write(vec![schema::OUTBOX.delete(&key)], vec![]);
         }

@@ -215,6 +215,9 @@ pub struct Hub {
     peers: BTreeMap<OdsCode, Peer>,
     /// How far each peer hub holds each authority's feed, as its last sync or digest showed.
     peer_marks: BTreeMap<OdsCode, BTreeMap<OdsCode, u64>>,
+    /// Peer hubs sent our directory because their digest showed the same version with other
+    /// content (once per peer and version).
+    forks_offered: BTreeSet<OdsCode>,
     /// The last [`Message::Held`] sent to each connected authority (sent again only changed).
     held_sent: BTreeMap<OdsCode, Vec<HeldBy>>,
     /// Origins and sequences at which an equivocation was proven (proof in the store).
@@ -254,6 +257,7 @@ impl Hub {
             due: BTreeSet::new(),
             peers: BTreeMap::new(),
             peer_marks: BTreeMap::new(),
+            forks_offered: BTreeSet::new(),
             held_sent: BTreeMap::new(),
             equivocations: BTreeSet::new(),
             own_recovery: if rows.is_empty() { OwnRecovery::AwaitingPeer } else { OwnRecovery::Done },
@@ -526,8 +530,8 @@ impl Hub {
             (_, Message::Sync { directory_version, marks }) => {
                 self.on_sync(from, role, directory_version, &marks, ALL_BUCKETS, now)
             }
-            (Role::Hub, Message::Digest { directory_version, fingerprints }) => {
-                self.on_digest(from, directory_version, &fingerprints)
+            (Role::Hub, Message::Digest { directory_version, directory, fingerprints }) => {
+                self.on_digest(from, (directory_version, directory), &fingerprints)
             }
             (Role::Hub, Message::SyncPart { directory_version, buckets, marks }) => {
                 self.on_sync(from, role, directory_version, &marks, buckets, now)
@@ -589,6 +593,7 @@ impl Hub {
             return Ok(before);
         }
         ops.extend(self.purge_revoked());
+        self.forks_offered.clear();
         let version = self.dir.version();
         let spread = Message::Directories(self.dir.after(before));
         let mut after = vec![After::Event(Event::DirectoryUpdated { version })];
@@ -660,7 +665,8 @@ impl Hub {
             return self.send_sync(peer);
         }
         let fingerprints = crate::wire::fingerprints(&self.sync_marks());
-        self.out.send(peer, Message::Digest { directory_version: self.dir.version(), fingerprints });
+        let (directory_version, directory) = (self.dir.version(), self.dir.fingerprint());
+        self.out.send(peer, Message::Digest { directory_version, directory, fingerprints });
     }
 
     /// Tells an authority how far each hub known to this one holds its feed, unless that is what

@@ -387,6 +387,8 @@ impl<A> Queues<A> {
 /// are behind.
 pub(crate) struct DirectoryState {
     pub trusted: TrustedDirectory,
+    /// [`crate::wire::directory_fingerprint`] of the trusted version.
+    fingerprint: u64,
     /// The version before the trusted one, when this node accepted the trusted one as its
     /// update: what a different version with the trusted one's number is checked against.
     previous: Option<TrustedDirectory>,
@@ -400,11 +402,16 @@ impl DirectoryState {
     pub(crate) fn new(trusted: TrustedDirectory) -> Self {
         let mut chain = BTreeMap::new();
         chain.insert(trusted.version(), trusted.signed().clone());
-        DirectoryState { trusted, previous: None, chain }
+        let fingerprint = crate::wire::directory_fingerprint(trusted.directory());
+        DirectoryState { trusted, fingerprint, previous: None, chain }
     }
 
     pub(crate) fn version(&self) -> u64 {
         self.trusted.version()
+    }
+
+    pub(crate) fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// Applies the versions of `chain` newer than the trusted one, in order. On error nothing
@@ -442,10 +449,11 @@ impl DirectoryState {
                 ops.push(schema::DIRECTORY.delete(&v));
             }
         }
-        self.trusted = trusted;
         if previous.is_some() {
+            self.fingerprint = crate::wire::directory_fingerprint(trusted.directory());
             self.previous = previous;
         }
+        self.trusted = trusted;
         Ok(ops)
     }
 
@@ -502,6 +510,7 @@ impl DirectoryState {
         }
         // The newest must be current; an expired newest means running on what the file gave.
         if trusted.check_unexpired(now).is_ok() {
+            self.fingerprint = crate::wire::directory_fingerprint(trusted.directory());
             self.trusted = trusted;
             self.previous = previous;
         }

@@ -83,6 +83,14 @@ pub fn fingerprints(marks: &[Mark]) -> [u64; DIGEST_BUCKETS] {
     })
 }
 
+/// The first 8 bytes of the SHA-256 of a directory's content (not of its signatures: one version
+/// signed by other roots is the same directory).
+pub fn directory_fingerprint(directory: &crate::directory::Directory) -> u64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&Sha256::digest(codec::encode(directory))[..8]);
+    u64::from_be_bytes(first)
+}
+
 /// A run of an origin's feed: every live entry the sender holds of `origin` with
 /// `after < seq <= upto`. A run of an authority's feed ends with the authority's head at `upto`
 /// (longer runs come in several batches, the head on the last); `after == 0` means the run is the
@@ -195,10 +203,13 @@ pub enum Message {
     /// A hub to an authority that asked with [`Message::Redeliver`]: a notification it delivered,
     /// with the authority's own receipt for it.
     Redelivered { notification: Box<Signed<Notification>>, receipt: Signed<Receipt> },
-    /// A hub to a peer hub every sync interval: its directory version and, per bucket of origins,
-    /// a [`fingerprints`] of its marks there. Equal replicas settle with this one message; the
-    /// receiver answers with its own marks in the buckets that differ ([`Message::SyncPart`]).
-    Digest { directory_version: u64, fingerprints: [u64; DIGEST_BUCKETS] },
+    /// A hub to a peer hub every sync interval: its directory version and a
+    /// [`directory_fingerprint`] of that version's content, and per bucket of origins a
+    /// [`fingerprints`] of its marks there. Equal replicas settle with this one message; the
+    /// receiver answers with its own marks in the buckets that differ ([`Message::SyncPart`]),
+    /// and with its own directory version if the version is the same but the content differs
+    /// (a fork, which the sender then finds).
+    Digest { directory_version: u64, directory: u64, fingerprints: [u64; DIGEST_BUCKETS] },
     /// The sender's marks in the buckets set in `buckets` (bit `i` for bucket `i`), and no
     /// others: the receiver answers, as to a [`Message::Sync`], with what the sender lacks there.
     SyncPart { directory_version: u64, buckets: u16, marks: Vec<Mark> },

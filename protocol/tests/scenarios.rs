@@ -534,6 +534,30 @@ fn a_different_directory_with_the_trusted_version_and_valid_signatures__refused_
 }
 
 #[test]
+fn two_hubs_given_different_versions_with_one_number_while_apart__each_finds_the_fork_by_the_others_digest() {
+    let mut net = net();
+    net.run_for(1_000);
+    let fed = net.fed.clone();
+    let current = net.hub("HUBN").directory().directory().clone();
+    // While the hubs cannot reach each other, each is given its own version 2.
+    net.cut("HUBN", "HUBS");
+    let v2 = fed.next_directory(&current, |_| {});
+    let other = fed.next_directory(&current, |d| d.members.retain(|m| m.code.as_str() != "RXH02"));
+    assert_eq!(net.command("HUBN", Command::PublishDirectories(vec![v2])), Some(Reply::Directory { version: 2 }));
+    assert_eq!(net.command("HUBS", Command::PublishDirectories(vec![other])), Some(Reply::Directory { version: 2 }));
+    net.run_for(2_000);
+    net.heal();
+    net.run_for(3 * net.config.hub.sync_interval_ms);
+    for hub in ["HUBN", "HUBS"] {
+        let forks =
+            net.events_of(hub, |e| matches!(e, Event::DirectoryRefused { reason: DirectoryError::Forked { .. }, .. }));
+        assert_eq!(forks.len(), 1, "{hub} finds the fork once");
+    }
+    assert!(net.hub("HUBN").directory().member(&code("RXH02")).is_some(), "each keeps its own version");
+    assert!(net.hub("HUBS").directory().member(&code("RXH02")).is_none());
+}
+
+#[test]
 fn setting_connection_opened_before_its_key_was_revoked__closed_at_once() {
     let mut net = net();
     net.run_for(1_000);

@@ -125,7 +125,7 @@ fn digest_fingerprints_are_order_free_a_zero_mark_is_no_mark_and_a_change_shows_
 #[test]
 fn digest_and_sync_part_round_trip_and_a_sync_part_over_the_mark_limit_is_refused() {
     let fingerprints = wire::fingerprints(&[mark("204", 3, 9)]);
-    let digest = Message::Digest { directory_version: 4, fingerprints };
+    let digest = Message::Digest { directory_version: 4, directory: 7, fingerprints };
     assert_eq!(wire::decode_frame(&wire::encode_frame(&digest)).unwrap(), digest);
     let part = Message::SyncPart { directory_version: 4, buckets: 0b101, marks: vec![mark("204", 3, 9)] };
     assert_eq!(wire::decode_frame(&wire::encode_frame(&part)).unwrap(), part);

@@ -1419,7 +1419,7 @@ async fn setting_sends_a_directory_chain__refused_not_allowed__nothing_stored(c:
 
 async fn setting_sends_a_digest__refused_not_allowed__nothing_stored(c: Arc<Ctx<()>>) {
     let fingerprints = wire::fingerprints(&[]);
-    not_allowed_from_a_setting(&c.w, Message::Digest { directory_version: 1, fingerprints }).await;
+    not_allowed_from_a_setting(&c.w, Message::Digest { directory_version: 1, directory: 0, fingerprints }).await;
 }
 
 async fn hub_sends_a_lookup__refused_not_allowed__nothing_stored(c: Arc<Ctx<()>>) {

@@ -102,8 +102,17 @@ impl Hub {
 
     /// A peer hub's digest: for each bucket whose fingerprint differs from ours, our marks there,
     /// so that the peer sends what we lack; nothing when the replicas are equal.
-    pub(super) fn on_digest(&mut self, from: &OdsCode, directory_version: u64, theirs: &[u64; DIGEST_BUCKETS]) {
+    pub(super) fn on_digest(&mut self, from: &OdsCode, directory: (u64, u64), theirs: &[u64; DIGEST_BUCKETS]) {
+        let (directory_version, fingerprint) = directory;
         self.offer_directories(from, directory_version);
+        // The same version with other content: ours goes to the peer, whose check finds the fork
+        // (and its digest brings theirs here). Once per peer and version.
+        if directory_version == self.dir.version()
+            && fingerprint != self.dir.fingerprint()
+            && self.forks_offered.insert(from.clone())
+        {
+            self.out.send(from, Message::Directories(vec![self.dir.trusted.signed().clone()]));
+        }
         let marks = self.sync_marks();
         let ours = fingerprints(&marks);
         let buckets = (0..DIGEST_BUCKETS).filter(|&i| ours[i] != theirs[i]).fold(0u16, |b, i| b | 1 << i);

@@ -133,7 +133,8 @@ fn main() {
     seen.insert("redeliver", Message::Redeliver { since: fed.start });
     // The periodic sync between hubs: a digest, and the marks of a bucket that differed.
     let marks = vec![wire::Mark { origin: code("204"), seq: 2, head_at: net.now }];
-    seen.insert("digest", Message::Digest { directory_version: 1, fingerprints: wire::fingerprints(&marks) });
+    let (directory, fingerprints) = (wire::directory_fingerprint(&fed.directory.directory), wire::fingerprints(&marks));
+    seen.insert("digest", Message::Digest { directory_version: 1, directory, fingerprints });
     let buckets = 1 << wire::bucket_of(&code("204"));
     seen.insert("sync-part", Message::SyncPart { directory_version: 1, buckets, marks });
     // A hub telling an authority how far each hub holds its feed.

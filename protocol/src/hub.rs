@@ -58,7 +58,7 @@ pub struct HubConfig {
     /// Default 8 MiB.
     pub sync_reply_bytes_max: usize,
     /// Most waiting notifications held in memory; the others stay in the store and are read back
-    /// when due (those sent and awaiting their receipt are kept besides). Default 16,384.
+    /// when due, or when their receipt comes. Default 16,384.
     pub outbox_bodies_max: usize,
 }
 

@@ -127,11 +127,11 @@ impl Hub {
             ]);
             let next = now.plus_ms(backoff_ms(attempts, base, cap, salt));
             let message = Message::Notify(notification);
-            match route {
-                Some(to) => self.out.transmits.push_back(Transmit { to, message }),
-                // Nowhere to send it now: it waits in the store if memory is full.
-                None => self.spill(&key),
+            if let Some(to) = route {
+                self.out.transmits.push_back(Transmit { to, message });
             }
+            // Beyond the budget it waits in the store, sent or not (a receipt reads it back).
+            self.spill(&key);
             self.reschedule(&key, next);
             let Some(item) = self.outbox.get_mut(&key) else { continue };
             item.attempts = item.attempts.saturating_add(1);

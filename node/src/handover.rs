@@ -75,6 +75,8 @@ pub struct Endpoint {
     authority: String,
     path: String,
     tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    /// Longest one exchange may take (`POST_TIMEOUT_MS`).
+    timeout: Duration,
 }
 
 impl Endpoint {
@@ -114,7 +116,8 @@ impl Endpoint {
         } else {
             None
         };
-        Ok(Endpoint { address, authority: authority.to_string(), path, tls })
+        let timeout = Duration::from_millis(POST_TIMEOUT_MS);
+        Ok(Endpoint { address, authority: authority.to_string(), path, tls, timeout })
     }
 }
 
@@ -541,19 +544,6 @@ struct Answer {
     body: Option<Bytes>,
 }
 
-/// One HTTP/1.1 exchange, within `POST_TIMEOUT_MS`: the answer, with its body if that is at most
-/// `answer_max` bytes (or `ANSWER_BYTES_MAX`, if more).
-async fn fetch(
-    to: &Endpoint,
-    method: hyper::Method,
-    path: &str,
-    headers: Vec<(&'static str, String)>,
-    body: Vec<u8>,
-    answer_max: usize,
-) -> Result<Answer, String> {
-    fetch_within(Duration::from_millis(POST_TIMEOUT_MS), to, method, path, headers, body, answer_max).await
-}
-
 /// A task aborted when this is dropped: the connection's task ends with its exchange, whichever
 /// way that ends (an answer, an error, the timeout).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
@@ -568,8 +558,9 @@ impl<T> Drop for AbortOnDrop<T> {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-async fn fetch_within(
-    timeout: Duration,
+/// One HTTP/1.1 exchange, within the endpoint's time limit: the answer, with its body if that is
+/// at most `answer_max` bytes (or `ANSWER_BYTES_MAX`, if more).
+async fn fetch(
     to: &Endpoint,
     method: hyper::Method,
     path: &str,
@@ -610,9 +601,9 @@ async fn fetch_within(
         };
         Ok(Answer { status, headers, body })
     };
-    tokio::time::timeout(timeout, run)
+    tokio::time::timeout(to.timeout, run)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())))
+        .unwrap_or_else(|_| Err(format!("no answer within {} ms", to.timeout.as_millis())))
 }
 
 #[cfg(test)]
@@ -847,8 +838,9 @@ mod tests {
         });
         let runtime = tokio::runtime::Handle::current();
         let before = runtime.metrics().num_alive_tasks();
-        let to = Endpoint::new(&format!("http://{addr}"), None, None).unwrap_or_else(|e| panic!("{e}"));
-        let got = fetch_within(Duration::from_millis(300), &to, hyper::Method::GET, "/", vec![], vec![], 0).await;
+        let mut to = Endpoint::new(&format!("http://{addr}"), None, None).unwrap_or_else(|e| panic!("{e}"));
+        to.timeout = Duration::from_millis(300);
+        let got = fetch(&to, hyper::Method::GET, "/", vec![], vec![], 0).await;
         assert!(got.is_err_and(|e| e.contains("no answer within 300 ms")));
         assert!(tasks_back_to(before).await, "no connection task outlives the exchange");
     }

@@ -7,7 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::config::NodeRole;
-use crate::import::{self, ImportRow};
+use crate::import::{self, ImportReport};
 use crate::inputs::Input;
 use crate::jobs;
 use crate::metrics::Metrics;
@@ -349,18 +349,16 @@ pub(crate) fn read_plans(state: &ApiState) -> Result<Vec<Plan>, Response> {
 }
 
 /// Runs an import of CSV bytes: the per-row report, or why the file was refused as a whole.
-pub(crate) async fn run_import(state: &ApiState, body: &[u8], dry_run: bool) -> Result<Value, Response> {
+pub(crate) async fn run_import(state: &ApiState, body: &[u8], dry_run: bool) -> Result<ImportReport, Response> {
     let rows = import::parse_csv(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     let valid: Vec<(usize, Plan)> =
         rows.iter().filter_map(|r| r.plan.as_ref().ok().map(|p| (r.row, p.clone()))).collect();
     if dry_run {
         let outcomes = valid.iter().map(|(row, _)| (*row, RowOutcome::Applied)).collect();
-        let mut report = import_report(rows, outcomes);
-        report["dry_run"] = json!(true);
-        return Ok(report);
+        return Ok(ImportReport { dry_run: true, ..ImportReport::new(rows, outcomes) });
     }
     match ask(state, Command::ImportPlans(valid)).await? {
-        Reply::Imported(report) => Ok(count_import(state, import_report(rows, report.rows))),
+        Reply::Imported(report) => Ok(count_import(state, ImportReport::new(rows, report.rows))),
         Reply::Refused(e) => Err(error(refusal_status(&e), e)),
         _ => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "an unexpected reply to an import")),
     }
@@ -462,7 +460,9 @@ async fn start_import_job(State(state): State<ApiState>, Query(q): Query<ImportQ
     };
     let started = jobs::start(&state, jobs::API_OWNER.into(), rows, q.dry_run, |report| {
         tracing::info!(
-            applied = %report["applied"], unchanged = %report["unchanged"], refused = %report["refused"],
+            applied = report.applied,
+            unchanged = report.unchanged,
+            refused = report.refused,
             "plans imported by an API import job"
         );
     });
@@ -470,9 +470,9 @@ async fn start_import_job(State(state): State<ApiState>, Query(q): Query<ImportQ
         Ok(id) => id,
         Err(e) => return error(StatusCode::TOO_MANY_REQUESTS, e),
     };
-    let job = jobs::get(&state, id).map_or(Value::Null, |j| j.json(id));
+    let job = jobs::get(&state, id);
     let location = format!("/plans/import/jobs/{id}");
-    (StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(job)).into_response()
+    (StatusCode::ACCEPTED, [(header::LOCATION, location)], axum::Json(job.as_ref().map(|j| j.json(id)))).into_response()
 }
 
 /// `GET /plans/import/jobs/{job}`: how far the job is; its report once done.
@@ -480,8 +480,8 @@ async fn import_job(State(state): State<ApiState>, Path(id): Path<String>) -> Re
     if let Err(r) = authority_only(&state) {
         return r;
     }
-    match id.parse().ok().and_then(|n| jobs::get(&state, n).map(|j| j.json(n))) {
-        Some(job) => axum::Json(job).into_response(),
+    match id.parse().ok().and_then(|n| jobs::get(&state, n).map(|j| (n, j))) {
+        Some((n, job)) => axum::Json(job.json(n)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             format!("no import job {id} (the node remembers the last {} jobs until it restarts)", jobs::JOBS_MAX),
@@ -497,44 +497,11 @@ struct ImportQuery {
 }
 
 /// Adds an import's rows to `cpis_import_rows_total` (dry runs are not counted).
-pub(crate) fn count_import(state: &ApiState, report: Value) -> Value {
-    for outcome in ["applied", "unchanged", "refused"] {
-        state.metrics.import_rows(outcome, report[outcome].as_u64().unwrap_or(0));
+pub(crate) fn count_import(state: &ApiState, report: ImportReport) -> ImportReport {
+    for (outcome, rows) in [("applied", report.applied), ("unchanged", report.unchanged), ("refused", report.refused)] {
+        state.metrics.import_rows(outcome, rows as u64);
     }
     report
-}
-
-/// The per-row report: rows refused while parsing, and the node's outcome for the others.
-pub(crate) fn import_report(rows: Vec<ImportRow>, outcomes: Vec<(usize, RowOutcome)>) -> Value {
-    let outcomes: BTreeMap<usize, RowOutcome> = outcomes.into_iter().collect();
-    let (mut applied, mut unchanged, mut refused) = (0usize, 0usize, 0usize);
-    let mut report = Vec::with_capacity(rows.len());
-    for ImportRow { row, reference, plan } in rows {
-        let outcome = match plan {
-            Err(reason) => Err(reason),
-            Ok(_) => match outcomes.get(&row) {
-                Some(RowOutcome::Applied) => Ok("applied"),
-                Some(RowOutcome::Unchanged) => Ok("unchanged"),
-                Some(RowOutcome::Refused(e)) => Err(e.to_string()),
-                None => Err("the node gave no outcome for this row".into()),
-            },
-        };
-        report.push(match outcome {
-            Ok(result) => {
-                if result == "applied" {
-                    applied += 1;
-                } else {
-                    unchanged += 1;
-                }
-                json!({ "row": row, "reference": reference, "result": result })
-            }
-            Err(reason) => {
-                refused += 1;
-                json!({ "row": row, "reference": reference, "result": "refused", "reason": reason })
-            }
-        });
-    }
-    json!({ "applied": applied, "unchanged": unchanged, "refused": refused, "rows": report })
 }
 
 async fn set_contacts(State(state): State<ApiState>, body: Bytes) -> Response {

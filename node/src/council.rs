@@ -15,6 +15,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::api::{self, ApiState, InboxQuery, PlanBody, text, timestamp_of};
+use crate::import::ImportReport;
 use crate::web::{self, CsrfForm, Door, Session, SignInForm, constant_time_eq};
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Form, Multipart, Path, Query, State};
@@ -774,7 +775,7 @@ async fn plan_change_answer(
     }
 }
 
-fn import_markup(session: &Session, report: Option<&Value>, error: Option<&str>) -> Markup {
+fn import_markup(session: &Session, report: Option<&ImportReport>, error: Option<&str>) -> Markup {
     html! {
         @if let Some(e) = error { (error_summary(&[("file", e.to_string())])) }
         h1 class="govuk-heading-l" { "Import plans" }
@@ -795,8 +796,8 @@ fn import_markup(session: &Session, report: Option<&Value>, error: Option<&str>)
         }
         @if let Some(r) = report {
             h2 class="govuk-heading-m" id="results" {
-                @if r["dry_run"] == Value::Bool(true) { "Dry run: nothing was stored. " }
-                (r["applied"]) " applied, " (r["unchanged"]) " unchanged, " (r["refused"]) " refused"
+                @if r.dry_run { "Dry run: nothing was stored. " }
+                (r.applied) " applied, " (r.unchanged) " unchanged, " (r.refused) " refused"
             }
             table class="govuk-table" {
                 thead class="govuk-table__head" {
@@ -808,12 +809,12 @@ fn import_markup(session: &Session, report: Option<&Value>, error: Option<&str>)
                     }
                 }
                 tbody class="govuk-table__body" {
-                    @for row in r["rows"].as_array().map_or(&[][..], Vec::as_slice).iter().take(PAGE_ROWS_MAX * 5) {
+                    @for row in r.rows.iter().take(PAGE_ROWS_MAX * 5) {
                         tr class="govuk-table__row" {
-                            td class="govuk-table__cell" { (row["row"]) }
-                            td class="govuk-table__cell" { (text(row, "reference")) }
-                            td class="govuk-table__cell" { (text(row, "result")) }
-                            td class="govuk-table__cell" { (text(row, "reason")) }
+                            td class="govuk-table__cell" { (row.row) }
+                            td class="govuk-table__cell" { (row.reference) }
+                            td class="govuk-table__cell" { (row.result) }
+                            td class="govuk-table__cell" { (row.reason.as_deref().unwrap_or("")) }
                         }
                     }
                 }
@@ -861,8 +862,7 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, mut mul
     let recorder = council.clone();
     let (user, who) = (session.user.clone(), session.clone());
     let started = crate::jobs::start(&council.api, user, rows, dry_run, move |report| {
-        let what =
-            format!("{} applied, {} unchanged, {} refused", report["applied"], report["unchanged"], report["refused"]);
+        let what = format!("{} applied, {} unchanged, {} refused", report.applied, report.unchanged, report.refused);
         recorder.record(&who, "imported plans", what);
     });
     match started {
@@ -917,13 +917,9 @@ async fn import_results_csv(
     };
     let mut out = csv::Writer::from_writer(Vec::new());
     let _ = out.write_record(["row", "reference", "result", "reason"]);
-    for row in report["rows"].as_array().map_or(&[][..], Vec::as_slice) {
-        let _ = out.write_record([
-            row["row"].to_string(),
-            text(row, "reference"),
-            text(row, "result"),
-            text(row, "reason"),
-        ]);
+    for row in &report.rows {
+        let _ =
+            out.write_record([&row.row.to_string(), &row.reference, row.result, row.reason.as_deref().unwrap_or("")]);
     }
     let bytes = out.into_inner().unwrap_or_default();
     let disposition = format!("attachment; filename=\"import-{id}-results.csv\"");

@@ -329,7 +329,7 @@ trait PlanImport {
 impl PlanImport for ApiState {
     async fn import(&self, csv: &[u8]) -> Imported {
         match crate::api::run_import(self, csv, false).await {
-            Ok(report) => Imported::Report(report),
+            Ok(report) => Imported::Report(serde_json::to_value(report).unwrap_or_default()),
             Err(refused) => {
                 let status = refused.status();
                 let bytes = axum::body::to_bytes(refused.into_body(), ANSWER_BYTES_MAX).await.unwrap_or_default();

@@ -3,11 +3,11 @@
 //! (`/plans/import/jobs/N`) both read. One runner for both doors.
 
 use crate::api::{self, ApiState};
-use crate::import::ImportRow;
+use crate::import::{ImportReport, ImportRow};
 use cpis_protocol::authority::RowOutcome;
 use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::records::Plan;
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Rows a job sends to the node at a time (its progress moves by this much); each chunk is
@@ -32,7 +32,7 @@ pub struct Job {
     pub dry_run: bool,
     pub rows_total: usize,
     pub rows_done: usize,
-    pub report: Option<Value>,
+    pub report: Option<ImportReport>,
     pub error: Option<String>,
 }
 
@@ -45,27 +45,36 @@ impl Job {
     }
 
     /// The job as `GET /plans/import/jobs/N` shows it.
-    pub fn json(&self, id: u64) -> Value {
+    pub fn json(&self, id: u64) -> JobView<'_> {
         let state = match (&self.report, &self.error) {
             (Some(_), _) => "done",
             (None, Some(_)) => "failed",
             (None, None) => "running",
         };
-        let mut doc = json!({
-            "job": id,
-            "state": state,
-            "dry_run": self.dry_run,
-            "rows_total": self.rows_total,
-            "rows_done": self.rows_done,
-        });
-        if let Some(report) = &self.report {
-            doc["report"] = report.clone();
+        JobView {
+            job: id,
+            state,
+            dry_run: self.dry_run,
+            rows_total: self.rows_total,
+            rows_done: self.rows_done,
+            report: self.report.as_ref(),
+            error: self.error.as_deref(),
         }
-        if let Some(error) = &self.error {
-            doc["error"] = json!(error);
-        }
-        doc
     }
+}
+
+/// A job as the API shows it (docs/api.md).
+#[derive(Serialize)]
+pub struct JobView<'a> {
+    job: u64,
+    state: &'static str,
+    dry_run: bool,
+    rows_total: usize,
+    rows_done: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<&'a ImportReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }
 
 /// Starts importing `rows` (already parsed: the file as a whole was accepted) in the background
@@ -77,7 +86,7 @@ pub fn start(
     owner: String,
     rows: Vec<ImportRow>,
     dry_run: bool,
-    on_done: impl FnOnce(&Value) + Send + 'static,
+    on_done: impl FnOnce(&ImportReport) + Send + 'static,
 ) -> Result<u64, String> {
     let job =
         Arc::new(Mutex::new(Job { owner, dry_run, rows_total: rows.len(), rows_done: 0, report: None, error: None }));
@@ -110,7 +119,7 @@ fn lock(job: &Mutex<Job>) -> std::sync::MutexGuard<'_, Job> {
 
 /// Sends the valid rows to the node [`CHUNK_ROWS`] at a time, moving the job's progress, then
 /// builds the per-row report.
-async fn run(state: ApiState, rows: Vec<ImportRow>, job: Arc<Mutex<Job>>, on_done: impl FnOnce(&Value)) {
+async fn run(state: ApiState, rows: Vec<ImportRow>, job: Arc<Mutex<Job>>, on_done: impl FnOnce(&ImportReport)) {
     let dry_run = lock(&job).dry_run;
     let mut outcomes = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(CHUNK_ROWS) {
@@ -133,10 +142,8 @@ async fn run(state: ApiState, rows: Vec<ImportRow>, job: Arc<Mutex<Job>>, on_don
         }
         lock(&job).rows_done += chunk.len();
     }
-    let mut report = api::import_report(rows, outcomes);
-    if dry_run {
-        report["dry_run"] = Value::Bool(true);
-    } else {
+    let mut report = ImportReport { dry_run, ..ImportReport::new(rows, outcomes) };
+    if !dry_run {
         report = api::count_import(&state, report);
         on_done(&report);
     }

@@ -63,6 +63,12 @@ pub const MAX_BATCHES_PER_COMMIT: usize = 1024;
 /// (a batch is never split: it is then committed on its own).
 pub const MAX_OPS_PER_COMMIT: usize = 65_536;
 
+/// Most memory redb's page cache may take (its own default is 1 GiB). The node keeps what it
+/// needs on every request in its own memory and reads the store only for bodies and history, so
+/// a small cache costs a lookup nothing; 32 MiB holds the interior pages of every table at
+/// national size.
+const CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
+
 /// What a batch's waiter receives: the batch id once durable, or why it is not.
 pub type CommitResult = Result<u64, StoreError>;
 
@@ -205,7 +211,7 @@ impl Store {
     /// [`Table::ALL`] that does not exist yet, and starts the writer thread.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let open_err = |e: redb::Error| StoreError::Open { path: path.to_path_buf(), source: Arc::new(e) };
-        let db = Database::create(path).map_err(|e| open_err(e.into()))?;
+        let db = Database::builder().set_cache_size(CACHE_BYTES_MAX).create(path).map_err(|e| open_err(e.into()))?;
         // Owner-only, whatever the umask (and tightened if an older file was looser).
         #[cfg(unix)]
         std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))

@@ -126,7 +126,8 @@ pub enum CommandError {
 pub(crate) enum After {
     /// A feed entry became durable.
     Durable(SignedEntry),
-    Send(Transmit),
+    /// Boxed: an import holds one `Durable` per row until its write is durable.
+    Send(Box<Transmit>),
     Event(Event),
 }
 
@@ -151,8 +152,9 @@ pub struct Authority {
     /// The authority's own records, with every command applied (durable or not).
     plans: BTreeMap<PlanRef, Plan>,
     /// The references of `plans` by NHS number (a notification is checked against the plans for
-    /// its child: a scan of every plan would cost each notification the whole register).
-    plans_by_nhs: BTreeMap<NhsNumber, BTreeSet<PlanRef>>,
+    /// its child: a scan of every plan would cost each notification the whole register). Sorted
+    /// vectors, as most children have one plan: a set per child would cost hundreds of bytes each.
+    plans_by_nhs: BTreeMap<NhsNumber, Vec<PlanRef>>,
     contacts: Option<Contacts>,
     /// The published live set, durable entries only.
     feed: LiveFeed,
@@ -246,7 +248,7 @@ impl Authority {
                 return Err(mismatch(schema::Table::Entries));
             }
             if let EntryBody::Contacts(c) = &entry.body.body {
-                self.contacts = Some(c.clone());
+                self.contacts = Some((**c).clone());
             }
             self.last_seq = self.last_seq.max(seq);
             self.feed.apply(entry);
@@ -495,7 +497,7 @@ impl Authority {
             return Ok(Change::Unchanged);
         }
         self.contacts = Some(contacts.clone());
-        self.append(EntryBody::Contacts(contacts), now, ops, after);
+        self.append(EntryBody::Contacts(Box::new(contacts)), now, ops, after);
         Ok(Change::Applied)
     }
 
@@ -855,7 +857,7 @@ impl Authority {
                     ops.push(schema::PLANS.put(&plan.reference, &plan));
                     self.put_plan(plan);
                 }
-                EntryBody::Contacts(c) => self.contacts = Some(c.clone()),
+                EntryBody::Contacts(c) => self.contacts = Some((**c).clone()),
                 EntryBody::Visit(_) => continue,
             }
             self.append(e.body.body.clone(), now, &mut ops, &mut after);
@@ -877,9 +879,9 @@ impl Authority {
             // A retry: answer with a receipt, but only once the first copy's write (and every
             // write before it) is durable.
             let receipt = self.receipt(&signed.body, entry.received_at);
-            let send = After::Send(Transmit { to: from.clone(), message: Message::Receipt(receipt) });
+            let send = After::Send(Box::new(Transmit { to: from.clone(), message: Message::Receipt(receipt) }));
             if let Some(After::Send(t)) = self.out.after_pending(send) {
-                self.out.transmits.push_back(t);
+                self.out.transmits.push_back(*t);
             }
             return;
         }
@@ -888,7 +890,7 @@ impl Authority {
         let item = InboxItem { notification: signed, received_at: now };
         self.inbox.insert(lookup_id, InboxEntry { received_at: now, acknowledged: false });
         let after = vec![
-            After::Send(Transmit { to: from.clone(), message: Message::Receipt(receipt) }),
+            After::Send(Box::new(Transmit { to: from.clone(), message: Message::Receipt(receipt) })),
             After::Event(Event::NotificationReceived { lookup_id, hub }),
         ];
         self.out.write(vec![schema::INBOX.put(&lookup_id, &item)], after);
@@ -966,13 +968,16 @@ impl Authority {
         if let Some(old) = self.plans.get(&plan.reference).filter(|old| old.nhs != plan.nhs) {
             let old_nhs = old.nhs;
             if let Some(refs) = self.plans_by_nhs.get_mut(&old_nhs) {
-                refs.remove(&plan.reference);
+                refs.retain(|r| *r != plan.reference);
                 if refs.is_empty() {
                     self.plans_by_nhs.remove(&old_nhs);
                 }
             }
         }
-        self.plans_by_nhs.entry(plan.nhs).or_default().insert(plan.reference.clone());
+        let refs = self.plans_by_nhs.entry(plan.nhs).or_default();
+        if let Err(at) = refs.binary_search(&plan.reference) {
+            refs.insert(at, plan.reference.clone());
+        }
         self.plans.insert(plan.reference.clone(), plan);
     }
 
@@ -1056,7 +1061,7 @@ impl Authority {
                         fresh.push(entry.body.seq);
                     }
                 }
-                After::Send(t) => self.out.transmits.push_back(t),
+                After::Send(t) => self.out.transmits.push_back(*t),
                 After::Event(e) => self.out.event(e),
             }
         }

@@ -19,7 +19,7 @@ use crate::records::{AccessEvent, Contacts, Plan, PlanError, TextError};
 use crate::sign::{Signable, Signed, Verified, signing_bytes};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 impl Signable for AccessEvent {
     const DOMAIN: &'static str = "cpis/access-event";
@@ -41,12 +41,13 @@ pub struct FeedEntry {
 pub enum EntryBody {
     /// A plan's current state at its authority (the alert summary).
     Plan(Plan),
-    /// The authority's contacts.
-    Contacts(Contacts),
+    /// The authority's contacts (boxed, as the visit: an entry in memory is the size of its
+    /// largest variant, and most entries are plans).
+    Contacts(Box<Contacts>),
     /// The authority no longer publishes this plan: hubs drop it (a tombstone).
     Removed(Removal),
     /// An unscheduled lookup a hub answered, as the care setting signed it.
-    Visit(Signed<AccessEvent>),
+    Visit(Box<Signed<AccessEvent>>),
 }
 
 /// A plan the authority stops publishing, and why.
@@ -144,7 +145,7 @@ pub fn verify_entry(dir: &TrustedDirectory, entry: SignedEntry) -> Result<Verifi
     check_body(&entry.body)?;
     let (origin, seq) = (entry.body.origin.clone(), entry.body.seq);
     if let EntryBody::Visit(v) = &entry.body.body {
-        dir.verify_at(v.clone(), &v.body.setting, Role::Setting, v.body.at)
+        dir.verify_at((**v).clone(), &v.body.setting, Role::Setting, v.body.at)
             .map_err(|source| EntryError::VisitSignature { origin: origin.clone(), seq, source })?;
     }
     let (role, at) = (entry.body.writer_role(), entry.body.at);
@@ -211,19 +212,31 @@ pub fn plans_value<'a>(nhs: NhsNumber, entries: impl Iterator<Item = &'a FeedEnt
     Digest::of(&refs)
 }
 
+/// The reference of a plan entry (None for any other entry).
+fn plan_reference(e: &SignedEntry) -> Option<&PlanRef> {
+    match &e.body.body {
+        EntryBody::Plan(p) => Some(&p.reference),
+        _ => None,
+    }
+}
+
 /// The live set of one origin's feed: the latest entry of every key (tombstones included), the
 /// plans it publishes by NHS number, and the map whose root a head signs.
 #[derive(Clone, Default)]
 pub struct LiveFeed {
     entries: BTreeMap<u64, SignedEntry>,
     latest: HashMap<EntryKey, u64>,
-    by_nhs: HashMap<NhsNumber, BTreeMap<PlanRef, u64>>,
+    /// (NHS number, sequence) of every plan entry, so that a child's plans are one range: about
+    /// 16 bytes a plan, where a map of maps cost hundreds.
+    by_nhs: BTreeSet<(NhsNumber, u64)>,
+    /// How many NHS numbers `by_nhs` holds.
+    children: u64,
     map: PlanMap,
 }
 
 impl std::fmt::Debug for LiveFeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LiveFeed({} entries, {} children)", self.entries.len(), self.by_nhs.len())
+        write!(f, "LiveFeed({} entries, {} children)", self.entries.len(), self.children)
     }
 }
 
@@ -281,7 +294,10 @@ impl LiveFeed {
         self.latest.insert(key, entry.body.seq);
         let nhs = match &entry.body.body {
             EntryBody::Plan(p) => {
-                self.by_nhs.entry(p.nhs).or_default().insert(p.reference.clone(), entry.body.seq);
+                if self.seqs_of(p.nhs).next().is_none() {
+                    self.children += 1;
+                }
+                self.by_nhs.insert((p.nhs, entry.body.seq));
                 Some(p.nhs)
             }
             _ => None,
@@ -301,11 +317,8 @@ impl LiveFeed {
             self.latest.remove(&key);
         }
         if let EntryBody::Plan(p) = &e.body.body {
-            if let Some(refs) = self.by_nhs.get_mut(&p.nhs) {
-                refs.remove(&p.reference);
-                if refs.is_empty() {
-                    self.by_nhs.remove(&p.nhs);
-                }
+            if self.by_nhs.remove(&(p.nhs, seq)) && self.seqs_of(p.nhs).next().is_none() {
+                self.children -= 1;
             }
             self.refresh(p.nhs);
         }
@@ -315,29 +328,30 @@ impl LiveFeed {
     /// Recomputes the map's value for `nhs` from the plans held for it.
     fn refresh(&mut self, nhs: NhsNumber) {
         let key = key_of(nhs);
-        match self.by_nhs.get(&nhs) {
-            None => self.map.remove(&key),
-            Some(refs) => {
-                let entries = refs.values().filter_map(|seq| self.entries.get(seq)).map(|e| &e.body);
-                self.map.insert(key, plans_value(nhs, entries));
-            }
+        if self.seqs_of(nhs).next().is_none() {
+            self.map.remove(&key);
+        } else {
+            let entries = self.seqs_of(nhs).filter_map(|seq| self.entries.get(&seq)).map(|e| &e.body);
+            self.map.insert(key, plans_value(nhs, entries));
         }
+    }
+
+    /// The sequences of the plan entries held for `nhs`.
+    fn seqs_of(&self, nhs: NhsNumber) -> impl Iterator<Item = u64> + '_ {
+        self.by_nhs.range((nhs, 0)..=(nhs, u64::MAX)).map(|&(_, seq)| seq)
     }
 
     /// Every published plan entry for `nhs`, in order of reference.
     pub fn plans_of(&self, nhs: NhsNumber) -> Vec<&SignedEntry> {
-        self.by_nhs.get(&nhs).map_or(vec![], |refs| refs.values().filter_map(|s| self.entries.get(s)).collect())
-    }
-
-    /// Every NHS number with a published plan.
-    pub fn children(&self) -> impl Iterator<Item = &NhsNumber> {
-        self.by_nhs.keys()
+        let mut plans: Vec<&SignedEntry> = self.seqs_of(nhs).filter_map(|seq| self.entries.get(&seq)).collect();
+        plans.sort_by(|a, b| plan_reference(a).cmp(&plan_reference(b)));
+        plans
     }
 
     /// The map's root, the number of children and the contacts digest: what a head signs.
     pub fn commitment(&mut self) -> (Digest, u64, Option<Digest>) {
         let contacts = self.latest(&EntryKey::Contacts).map(|e| e.body.digest());
-        (self.map.root(), self.by_nhs.len() as u64, contacts)
+        (self.map.root(), self.children, contacts)
     }
 
     /// Whether `head` signs exactly this live set.
@@ -411,6 +425,28 @@ mod tests {
             }
         }
         assert_ne!(full.commitment(), partial.commitment());
+    }
+
+    #[test]
+    fn a_childs_plans_come_in_order_of_reference_and_children_are_counted_once() {
+        let child = NhsNumber::parse("9434765919").unwrap();
+        let mut f = LiveFeed::new();
+        f.apply(entry(1, "B", "9434765919", false));
+        f.apply(entry(2, "A", "9434765919", false));
+        let refs = |f: &LiveFeed| f.plans_of(child).iter().map(|e| e.body.key()).collect::<Vec<_>>();
+        let plan = |r: &str| EntryKey::Plan(PlanRef::parse(r).unwrap());
+        assert_eq!(refs(&f), [plan("A"), plan("B")], "by reference, not by sequence");
+        assert_eq!(f.commitment().1, 1, "two plans, one child");
+        // Plan B moves to another child (a corrected NHS number), then A is withdrawn.
+        f.apply(entry(3, "B", "4010232137", false));
+        assert_eq!((refs(&f), f.commitment().1), (vec![plan("A")], 2));
+        f.apply(entry(4, "A", "9434765919", true));
+        assert_eq!((refs(&f), f.commitment().1), (vec![], 1));
+        let mut same = LiveFeed::new();
+        for e in [entry(3, "B", "4010232137", false), entry(4, "A", "9434765919", true)] {
+            same.apply(e);
+        }
+        assert_eq!(f.commitment(), same.commitment(), "the same live set, reached another way");
     }
 
     #[test]

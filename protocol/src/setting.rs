@@ -367,7 +367,7 @@ fn check_contacts(
         return Err(AnswerError::Misplaced("contacts the head does not sign"));
     }
     match entry.body {
-        EntryBody::Contacts(c) => Ok(c),
+        EntryBody::Contacts(c) => Ok(*c),
         _ => Err(AnswerError::Misplaced("contacts that are not contacts")),
     }
 }

@@ -653,7 +653,7 @@ impl HostileSetting {
                     let cpis_protocol::feed::EntryBody::Visit(event) = v.body.body else { continue };
                     let other = cluster.world.id(&event.body.setting).is_some_and(|s| s != self.setting);
                     if other && self.captured.len() < 16 {
-                        self.captured.push_back(event);
+                        self.captured.push_back(*event);
                     }
                 }
             }

@@ -1072,7 +1072,7 @@ fn camden_entry(w: &World, n: u64) -> SignedEntry {
 fn visit(w: &World, hub: &str, signer: &str, seq: u64) -> SignedEntry {
     let at = now();
     let event = lookup_by(w, signer, SETTING, person("N-V"), flagged(), at);
-    entry(w, hub, hub, seq, at, EntryBody::Visit(event))
+    entry(w, hub, hub, seq, at, EntryBody::Visit(Box::new(event)))
 }
 
 /// A notification of a lookup at `setting`, as `HUBX` would send it to 204 (not yet signed).

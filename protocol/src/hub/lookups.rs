@@ -210,8 +210,12 @@ impl Hub {
         let mark = self.visits.get(&own).map_or(0, |f| f.mark);
         // Sequence by clock, so that a hub restored from an empty store never reuses a number.
         let seq = mark.saturating_add(1).max(now.as_millis());
-        let entry =
-            self.identity.sign(FeedEntry { origin: own.clone(), seq, at: now, body: EntryBody::Visit(signed.clone()) });
+        let entry = self.identity.sign(FeedEntry {
+            origin: own.clone(),
+            seq,
+            at: now,
+            body: EntryBody::Visit(Box::new(signed.clone())),
+        });
         ops.push(schema::ENTRIES.put(&(own.clone(), seq), &entry));
         ops.push(schema::MARKS.put(&own, &seq));
         self.index_visit(entry.clone());

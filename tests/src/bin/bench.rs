@@ -35,6 +35,8 @@ const LOOKUP_PLANS: usize = 20_000;
 const SCALE_PLANS: usize = 200_000;
 /// Notifications the scale run's council receives.
 const SCALE_NOTIFICATIONS: usize = 100_000;
+/// The children those notifications are about.
+const NOTIFIED_CHILDREN: usize = 2_000;
 /// Samples of the latency runs.
 const SAMPLES: usize = 100;
 const LONG_WAIT: Duration = Duration::from_secs(900);
@@ -344,24 +346,32 @@ async fn visible_at_all_hubs(report: &mut Report) {
     }
 }
 
-/// Separate processes: a hub with 200,000 plans, a fresh hub catching them up, a council with
-/// 100,000 notifications.
+/// Separate processes: a hub with 200,000 plans (all of one council's), a fresh hub catching them
+/// up, and another council, with 2,000 plans, receiving 100,000 notifications (50 unscheduled
+/// lookups of each of its children).
 async fn scale(report: &mut Report) {
     eprintln!("scale: 200,000 plans, a hub catching up, 100,000 notifications…");
     let codes: Vec<String> = (0..16).map(|i| format!("S{i:04}")).collect();
-    let mut spec = FederationSpec::new("scale").hub("HUBS").hub("HUBT").authority("204", "Hackney", &["HUBS"]);
+    let mut spec = FederationSpec::new("scale")
+        .hub("HUBS")
+        .hub("HUBT")
+        .authority("204", "Hackney", &["HUBS"])
+        .authority("202", "Camden", &["HUBS"]);
     for code in &codes {
         spec = spec.setting(code, "Bench ED", SettingType::EmergencyDepartment, &["HUBS"]);
     }
     let fed = Arc::new(Fed::create(spec));
     let hubs = spawn(&fed, "HUBS").await;
     let authority = spawn(&fed, "204").await;
+    let notified = spawn(&fed, "202").await;
     let plans = children(SCALE_PLANS, 0);
     for (i, half) in plans.chunks(SCALE_PLANS / 2).enumerate() {
         import(&fed, "204", &plans_csv(half, i * SCALE_PLANS / 2)).await;
     }
     wait_until("HUBS holds 200,000 plans", LONG_WAIT, || hub_caught_up(&fed, "HUBS", "204")).await;
     report.add("hub_rss_mb_200k", "hub holding 200,000 plans, peak RSS", peak_rss_mb(hubs.0.id()), "MB");
+    let rss = peak_rss_mb(authority.0.id());
+    report.add("authority_rss_mb_200k_plans", "council with those 200,000 plans, peak RSS", rss, "MB");
 
     let started = Instant::now();
     let hubt = spawn(&fed, "HUBT").await;
@@ -373,14 +383,17 @@ async fn scale(report: &mut Report) {
         "s",
     );
     report.add("catch_up_hub_rss_mb", "that hub, peak RSS", peak_rss_mb(hubt.0.id()), "MB");
-    drop(hubt);
+    drop((hubt, authority));
 
+    let flagged = children(NOTIFIED_CHILDREN, 500_000_000);
+    import(&fed, "202", &plans_csv(&flagged, SCALE_PLANS)).await;
+    wait_until("HUBS holds Camden's plans", LONG_WAIT, || hub_caught_up(&fed, "HUBS", "202")).await;
     let per = SCALE_NOTIFICATIONS / codes.len();
     let tasks: Vec<_> = codes
         .iter()
         .enumerate()
         .map(|(s, code)| {
-            let nhs = plans[s * per..(s + 1) * per].to_vec();
+            let nhs = (0..per).map(|i| flagged[(s * per + i) % flagged.len()]).collect();
             tokio::spawn(setting_lookups(fed.clone(), code.clone(), "HUBS".into(), nhs))
         })
         .collect();
@@ -388,13 +401,13 @@ async fn scale(report: &mut Report) {
         t.await.expect("lookups");
     }
     wait_until("the council holds 100,000 notifications", LONG_WAIT, || async {
-        api_json(&fed, "204", "GET", "/status", None).await.1["notifications"].as_u64()
+        api_json(&fed, "202", "GET", "/status", None).await.1["notifications"].as_u64()
             >= Some(SCALE_NOTIFICATIONS as u64)
     })
     .await;
-    let rss = peak_rss_mb(authority.0.id());
+    let rss = peak_rss_mb(notified.0.id());
     report.add("authority_rss_mb_100k_notifications", "council with 100,000 notifications, peak RSS", rss, "MB");
-    drop((authority, hubs));
+    drop((notified, hubs));
 }
 
 fn main() -> std::process::ExitCode {
@@ -404,17 +417,21 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json_out = args.iter().any(|a| a == "--json");
     let part = args.iter().find(|a| !a.starts_with("--")).map_or("all", String::as_str);
-    if !matches!(part, "all" | "lookups") {
-        eprintln!("usage: cpis-bench [all|lookups] [--json]");
+    if !matches!(part, "all" | "lookups" | "scale") {
+        eprintln!("usage: cpis-bench [all|lookups|scale] [--json]");
         return std::process::ExitCode::from(2);
     }
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let mut report = Report { rows: Vec::new(), json: serde_json::Map::new() };
     let started = Instant::now();
     runtime.block_on(async {
-        lookups(&mut report).await;
+        if part != "scale" {
+            lookups(&mut report).await;
+        }
         if part == "all" {
             visible_at_all_hubs(&mut report).await;
+        }
+        if part != "lookups" {
             scale(&mut report).await;
         }
     });

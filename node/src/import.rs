@@ -50,18 +50,14 @@ impl ImportReport {
         let outcomes: BTreeMap<usize, RowOutcome> = outcomes.into_iter().collect();
         let mut report = ImportReport { rows: Vec::with_capacity(rows.len()), ..ImportReport::default() };
         for ImportRow { row, reference, plan } in rows {
-            let outcome = match plan {
-                Err(reason) => Err(reason),
-                Ok(_) => match outcomes.get(&row) {
-                    Some(RowOutcome::Applied) => Ok("applied"),
-                    Some(RowOutcome::Unchanged) => Ok("unchanged"),
-                    Some(RowOutcome::Refused(e)) => Err(e.to_string()),
-                    None => Err("the node gave no outcome for this row".into()),
-                },
-            };
-            let (result, reason) = match outcome {
-                Ok(result) => (result, None),
+            let (result, reason) = match plan {
                 Err(reason) => ("refused", Some(reason)),
+                Ok(_) => match outcomes.get(&row) {
+                    Some(RowOutcome::Applied) => ("applied", None),
+                    Some(RowOutcome::Unchanged) => ("unchanged", None),
+                    Some(RowOutcome::Refused(e)) => ("refused", Some(e.to_string())),
+                    None => ("refused", Some("the node gave no outcome for this row".into())),
+                },
             };
             match result {
                 "applied" => report.applied += 1,

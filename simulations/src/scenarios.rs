@@ -444,7 +444,11 @@ impl ScenarioActor {
         let s = self.scenario;
         let a = Scenario::target(world);
         if let Some((per_hour, for_ms)) = s.focus() {
-            work.focus = Some(Focus { authority: a, per_hour: per_hour * intensity, until: start + for_ms });
+            // Stale answers need a child looked up again through the hostile hub after its
+            // authority signed a newer head: a few children, looked up often, make that certain
+            // (with 500, one seed in twenty saw no child twice there).
+            let children = if s == Scenario::HostileHubServesStaleAnswers { 20 } else { 500 };
+            work.focus = Some(Focus { authority: a, per_hour: per_hour * intensity, until: start + for_ms, children });
         }
         match s {
             Scenario::AuthorityEquivocates => {

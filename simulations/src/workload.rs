@@ -74,6 +74,8 @@ pub struct Focus {
     pub per_hour: f64,
     /// No focus lookups are planned from this time on.
     pub until: u64,
+    /// Lookups are of the authority's first this many children.
+    pub children: usize,
 }
 
 /// A plan the workload created.
@@ -397,7 +399,7 @@ impl Workload {
         }
         if let Some(f) = self.focus.filter(|f| now < f.until) {
             let n = self.per_hour(f.per_hour * 24.8, 1.0);
-            self.plan_focus(now, f.authority, n);
+            self.plan_focus(now, f.authority, f.children, n);
         }
         for _ in 0..self.per_hour(spec.starts_per_day, 1.0) {
             let a = w.authorities.start + self.rng.below(w.authorities.len() as u64) as usize;
@@ -412,9 +414,9 @@ impl Workload {
         self.agenda.at((now / HOUR_MS + 1) * HOUR_MS, WorkEv::Hour);
     }
 
-    fn plan_focus(&mut self, now: u64, authority: NodeId, n: u64) {
+    fn plan_focus(&mut self, now: u64, authority: NodeId, children: usize, n: u64) {
         let theirs: Vec<NhsNumber> =
-            self.registry.iter().filter(|p| p.authority == authority).map(|p| p.nhs).take(500).collect();
+            self.registry.iter().filter(|p| p.authority == authority).map(|p| p.nhs).take(children).collect();
         if theirs.is_empty() || self.unscheduled.is_empty() {
             return;
         }

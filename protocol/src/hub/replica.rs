@@ -448,7 +448,8 @@ impl Hub {
         head: &Verified<FeedHead>,
     ) -> Option<(Vec<StoreOp>, Vec<SignedEntry>)> {
         let replica = self.authorities.entry(origin.clone()).or_default();
-        let mut undo: Vec<(u64, Option<SignedEntry>)> = Vec::new();
+        // Boxed, as `apply` gives them: most entries supersede nothing, and a run may be long.
+        let mut undo: Vec<(u64, Option<Box<SignedEntry>>)> = Vec::new();
         let mut ops = Vec::new();
         let mut fresh = Vec::new();
         for e in entries {
@@ -458,7 +459,7 @@ impl Hub {
                     ops.push(schema::ENTRIES.delete(&(origin.clone(), old.body.seq)));
                 }
                 ops.push(schema::ENTRIES.put(&(origin.clone(), seq), &e));
-                undo.push((seq, superseded.map(|b| *b)));
+                undo.push((seq, superseded));
                 fresh.push(e);
             }
         }
@@ -468,7 +469,7 @@ impl Hub {
         for (seq, superseded) in undo.into_iter().rev() {
             replica.feed.take(seq);
             if let Some(old) = superseded {
-                replica.feed.apply(old);
+                replica.feed.apply(*old);
             }
         }
         // Recompute the (unchanged) root now, so that proofs read cached hashes.

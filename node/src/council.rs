@@ -893,7 +893,7 @@ async fn import_job(State(council): State<Arc<Council>>, headers: HeaderMap, Pat
             progress id="progress" max=(total.max(1)) value=(done) aria-labelledby="progress-text" { (done) " of " (total) }
             p class="govuk-body-s" { "This page refreshes every second until the import ends." }
         } @else {
-            (import_markup(&session, report.as_ref(), error.as_deref()))
+            (import_markup(&session, report.as_deref(), error.as_deref()))
             @if report.is_some() {
                 p class="govuk-body" { a class="govuk-link" href=(format!("/import/jobs/{id}/results.csv")) download { "Download the results (CSV)" } }
             }

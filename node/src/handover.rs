@@ -21,6 +21,7 @@
 
 use crate::api::{self, ApiState};
 use crate::config::{MeshConfig, NodeConfig, WebhookConfig};
+use crate::import::ImportReport;
 use crate::store::Store;
 use cpis_protocol::ids::LookupId;
 use cpis_protocol::schema::{StoreOp, Table, WriteBatch};
@@ -314,11 +315,19 @@ pub async fn run_mesh_inbox(sink: Sink, state: ApiState, mut stop: watch::Receiv
 /// What became of a plan file given to the import.
 enum Imported {
     /// The per-row report.
-    Report(Value),
+    Report(ImportReport),
     /// Refused whole, and why: it will never be imported as it is.
     Refused(String),
     /// Not imported now (the node is stopping, say), and why: try again later.
     Later(String),
+}
+
+/// The answer to an imported plan file: the import report, and which upload it answers.
+#[derive(serde::Serialize)]
+struct ImportAnswer<'a> {
+    upload: &'a str,
+    #[serde(flatten)]
+    report: &'a ImportReport,
 }
 
 /// Where the plan files from MESH are imported.
@@ -329,7 +338,7 @@ trait PlanImport {
 impl PlanImport for ApiState {
     async fn import(&self, csv: &[u8]) -> Imported {
         match crate::api::run_import(self, csv, false).await {
-            Ok(report) => Imported::Report(serde_json::to_value(report).unwrap_or_default()),
+            Ok(report) => Imported::Report(report),
             Err(refused) => {
                 let status = refused.status();
                 let bytes = axum::body::to_bytes(refused.into_body(), ANSWER_BYTES_MAX).await.unwrap_or_default();
@@ -407,18 +416,18 @@ async fn mesh_take(
         (_, None) => Imported::Refused(format!("the file is larger than {most}: split it")),
         (_, Some(csv)) => importer.import(csv).await,
     };
-    let mut answer = match imported {
+    let body = match imported {
         Imported::Report(report) => {
-            info!(message = %id, applied = %report["applied"], refused = %report["refused"], "plan file from MESH imported");
-            report
+            info!(message = %id, applied = report.applied, refused = report.refused, "plan file from MESH imported");
+            serde_json::to_vec(&ImportAnswer { upload: id, report: &report })
         }
         Imported::Refused(reason) => {
             warn!(message = %id, %reason, "a plan file from MESH was refused whole: its sender is told why");
-            serde_json::json!({ "error": reason })
+            serde_json::to_vec(&serde_json::json!({ "upload": id, "error": reason }))
         }
         Imported::Later(reason) => return Err(format!("it could not be imported now: {reason}")),
-    };
-    answer["upload"] = Value::String(id.to_string());
+    }
+    .map_err(|e| e.to_string())?;
     let from = header("mex-from");
     let result = MeshMessage {
         to: &from,
@@ -426,7 +435,6 @@ async fn mesh_take(
         local_id: format!("result-{id}"),
         subject: "Plan file import results",
     };
-    let body = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
     let sent = mesh_send_once(config, to, auth, result, body).await.map_err(|e| format!("answering it: {e}"))?;
     if sent == Sent::SeveralBefore {
         warn!(message = %id, "MESH's tracking shows the answer to this plan file left the mailbox more than once");
@@ -756,7 +764,7 @@ mod tests {
     impl PlanImport for ParseOnly {
         async fn import(&self, csv: &[u8]) -> Imported {
             match crate::import::parse_csv(csv) {
-                Ok(rows) => Imported::Report(json!({ "applied": rows.len(), "refused": 0 })),
+                Ok(rows) => Imported::Report(ImportReport { applied: rows.len(), ..ImportReport::default() }),
                 Err(e) => Imported::Refused(e),
             }
         }

@@ -32,7 +32,8 @@ pub struct Job {
     pub dry_run: bool,
     pub rows_total: usize,
     pub rows_done: usize,
-    pub report: Option<ImportReport>,
+    /// Shared, as every read of the job copies it: a report may have 200,000 rows.
+    pub report: Option<Arc<ImportReport>>,
     pub error: Option<String>,
 }
 
@@ -57,7 +58,7 @@ impl Job {
             dry_run: self.dry_run,
             rows_total: self.rows_total,
             rows_done: self.rows_done,
-            report: self.report.as_ref(),
+            report: self.report.as_deref(),
             error: self.error.as_deref(),
         }
     }
@@ -147,5 +148,5 @@ async fn run(state: ApiState, rows: Vec<ImportRow>, job: Arc<Mutex<Job>>, on_don
         report = api::count_import(&state, report);
         on_done(&report);
     }
-    lock(&job).report = Some(report);
+    lock(&job).report = Some(Arc::new(report));
 }

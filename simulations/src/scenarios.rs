@@ -203,6 +203,17 @@ impl Scenario {
         }
     }
 
+    /// How many of the target authority's children the focus lookups are of. Stale answers need
+    /// a child looked up again through the hostile hub after its authority signed a newer head: a
+    /// few children, looked up often, make that certain (with 500, one seed in twenty saw no child
+    /// twice there).
+    fn focus_children(self) -> usize {
+        match self {
+            Scenario::HostileHubServesStaleAnswers => 20,
+            _ => 500,
+        }
+    }
+
     /// Whether a member is hostile in this scenario.
     pub fn is_hostile(self) -> bool {
         matches!(
@@ -444,10 +455,7 @@ impl ScenarioActor {
         let s = self.scenario;
         let a = Scenario::target(world);
         if let Some((per_hour, for_ms)) = s.focus() {
-            // Stale answers need a child looked up again through the hostile hub after its
-            // authority signed a newer head: a few children, looked up often, make that certain
-            // (with 500, one seed in twenty saw no child twice there).
-            let children = if s == Scenario::HostileHubServesStaleAnswers { 20 } else { 500 };
+            let children = s.focus_children();
             work.focus = Some(Focus { authority: a, per_hour: per_hour * intensity, until: start + for_ms, children });
         }
         match s {

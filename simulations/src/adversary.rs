@@ -217,6 +217,7 @@ impl HostileHub {
                     let i = self.rng.below(b.entries.len() as u64) as usize;
                     b.entries.remove(i);
                     self.stats.entries_omitted += 1;
+                    cluster.watch_tampered_run(to, &b.origin, b.upto);
                 }
             }
             Message::Head(h) if tamper && self.attacks.forge_heads && w.is_hub(to) => {

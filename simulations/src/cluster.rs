@@ -26,12 +26,13 @@ use cpis_protocol::directory::{Directory, Role, SignedDirectory, TrustedDirector
 use cpis_protocol::driver::MemDisk;
 use cpis_protocol::harness::SplitMix64;
 use cpis_protocol::hub::{Hub, HubConfig};
+use cpis_protocol::ids::OdsCode;
 use cpis_protocol::machine::{Command, CommandId, Event, Machine, Outputs, RoleConfig, Transmit};
 use cpis_protocol::schema::WriteBatch;
 use cpis_protocol::sign::{Identity, KeyId};
 use cpis_protocol::time::Timestamp;
-use cpis_protocol::wire::{self, Message};
-use std::collections::{BTreeMap, VecDeque};
+use cpis_protocol::wire::{self, FeedBatch, Message};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::Hasher;
 use std::rc::Rc;
 
@@ -41,6 +42,9 @@ pub const REFUSED_RETRY_MS: u64 = 30_000;
 /// Most reports waiting to be taken (a driver takes them after every step; past this the oldest
 /// are dropped and counted, which a run reports as a failure).
 pub const REPORTS_MAX: usize = 1 << 20;
+
+/// Tampered runs watched at once (more are sent than this only in very long runs).
+const TAMPERED_RUNS_MAX: usize = 4096;
 
 /// One member: its machine (none while down, none ever for a setting), disk and clock.
 pub struct Node {
@@ -181,6 +185,8 @@ pub struct Cluster {
     rng: SplitMix64,
     trace: Fnv,
     intercepted: Option<NodeId>,
+    /// Runs the adversary cut an entry from, `(to, origin, upto)`, until they arrive.
+    tampered_runs: BTreeSet<(NodeId, OdsCode, u64)>,
     reports: VecDeque<Report>,
     next_command: u64,
     pub counters: Counters,
@@ -227,6 +233,7 @@ impl Cluster {
             rng,
             trace: Fnv::default(),
             intercepted: None,
+            tampered_runs: BTreeSet::new(),
             reports: VecDeque::new(),
             next_command: 0,
             counters: Counters::default(),
@@ -377,6 +384,24 @@ impl Cluster {
     /// Hands every message member `n` would send to the adversary instead ([`Report::Intercepted`]).
     pub fn intercept(&mut self, n: NodeId) {
         self.intercepted = Some(n);
+    }
+
+    /// Notes a run the adversary cut an entry from, to judge at its arrival whether the
+    /// receiving hub could have been misled by it.
+    pub fn watch_tampered_run(&mut self, to: NodeId, origin: &OdsCode, upto: u64) {
+        if self.tampered_runs.len() < TAMPERED_RUNS_MAX {
+            self.tampered_runs.insert((to, origin.clone(), upto));
+        }
+    }
+
+    /// Whether hub `to` would apply this run rather than ignore it (it holds the run already) or
+    /// ask for what comes before it.
+    fn would_apply(&self, to: NodeId, b: &FeedBatch) -> bool {
+        let held = self.hub(to).and_then(|h| h.replicas().get(&b.origin)).and_then(|r| r.head());
+        match held {
+            None => b.after == 0,
+            Some(h) => h.body.seq < b.upto && b.after <= h.body.seq,
+        }
     }
 
     // ---- Lifecycle ----
@@ -699,6 +724,13 @@ impl Cluster {
                 return;
             }
         };
+        if let Message::Feed(b) = &message
+            && self.intercepted == Some(from)
+            && self.tampered_runs.remove(&(to, b.origin.clone(), b.upto))
+            && self.would_apply(to, b)
+        {
+            self.counters.tampered_runs_applicable += 1;
+        }
         let now = self.node_now(to);
         let code = self.world.codes[from].clone();
         let Some(m) = self.nodes[to].machine.as_mut() else { return };

@@ -22,6 +22,9 @@ pub struct Counters {
     /// Frames the receiving driver could not decode (it closed the connection).
     pub frames_refused_undecodable: u64,
     pub reports_dropped: u64,
+    /// Runs the hostile hub cut an entry from that arrived at a hub able to apply them (not
+    /// holding the run already, not missing what comes before it): each must be refused.
+    pub tampered_runs_applicable: u64,
     /// Directories a node's driver took from a hub whose key it did not know yet.
     pub directories_learned: u64,
     /// Messages sent, by kind.

@@ -7,7 +7,7 @@ use cpis_protocol::ids::{OdsCode, PlanRef};
 use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::records::AccessEvent;
 use cpis_protocol::sign::{PublicKey, Verified};
-use cpis_protocol::wire::Message;
+use cpis_protocol::wire::{Message, VerifiedBatch};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
 /// Inputs waiting for the event loop before senders wait (back-pressure onto the network).
@@ -25,6 +25,8 @@ pub enum Delivered {
     /// key the directory lists under its key id (so that verification runs beside the event
     /// loop, not on it).
     VerifiedLookup(Verified<AccessEvent>),
+    /// A feed batch whose entries' signatures the connection's task already checked, likewise.
+    VerifiedFeed(VerifiedBatch),
 }
 
 /// How a connection carries our frames.

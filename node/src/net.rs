@@ -13,9 +13,10 @@ use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::sign::PublicKey;
 use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{self, Message};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tracing::{debug, info, warn};
@@ -51,6 +52,13 @@ pub struct NetContext {
     pub input_bytes: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
     pub next_conn_id: Arc<AtomicU64>,
+    /// How far this node holds each authority's feed (the event loop keeps it): a run it holds
+    /// already is passed on unverified, for the loop to drop, rather than verified again.
+    pub held: Arc<RwLock<HashMap<OdsCode, u64>>>,
+    /// Members with a session open now, whichever side dialled: a dial loop does not open a
+    /// second connection to a member that already has one (the newer would replace it, and
+    /// whatever was on its way on the older would be sent again).
+    pub member_sessions: Arc<Mutex<HashMap<OdsCode, u32>>>,
     /// The TLS client config for dialling members: as `admit_fn`, and also a key the directory
     /// does not know at all (see [`learn_directory`]).
     pub dial_config: quinn::ClientConfig,
@@ -73,6 +81,10 @@ impl NetContext {
         let dir = self.directory.read().map_err(|_| "directory lock poisoned")?;
         let member = dir.admit(&key, now(), roles).map_err(|e| e.to_string())?;
         Ok((member.code.clone(), member.role, key))
+    }
+
+    fn has_session(&self, peer: &OdsCode) -> bool {
+        self.member_sessions.lock().is_ok_and(|s| s.contains_key(peer))
     }
 
     /// Whether the peer's key is not in our directory at all.
@@ -235,6 +247,16 @@ pub async fn dial_loop(
         if *shutdown.borrow() {
             return;
         }
+        if ctx.has_session(&peer) {
+            // The peer dialled us: that connection serves; look again later.
+            if dial == Dial::Once {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(backoff_ms.0)) => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
         let connect = transport::connect_with(&endpoint, ctx.dial_config.clone(), addr);
         let attempt = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect);
         match attempt.await {
@@ -309,6 +331,7 @@ impl Backoff {
 
 /// A member connection: one outgoing and one incoming unidirectional stream.
 async fn run_member_session(conn: quinn::Connection, peer: OdsCode, key: PublicKey, ctx: NetContext) {
+    let _open = SessionOpen::new(&ctx, &peer);
     let conn_id = ctx.conn_id();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(PEER_QUEUE_FRAMES_MAX);
     let connected =
@@ -322,6 +345,34 @@ async fn run_member_session(conn: quinn::Connection, peer: OdsCode, key: PublicK
     writer.abort();
     info!(%peer, %reason, "disconnected");
     let _ = ctx.inputs.send(Input::Disconnected { peer, conn_id }).await;
+}
+
+/// Counts a member's session in [`NetContext::member_sessions`] for as long as it lives.
+struct SessionOpen {
+    sessions: Arc<Mutex<HashMap<OdsCode, u32>>>,
+    peer: OdsCode,
+}
+
+impl SessionOpen {
+    fn new(ctx: &NetContext, peer: &OdsCode) -> SessionOpen {
+        if let Ok(mut s) = ctx.member_sessions.lock() {
+            *s.entry(peer.clone()).or_default() += 1;
+        }
+        SessionOpen { sessions: ctx.member_sessions.clone(), peer: peer.clone() }
+    }
+}
+
+impl Drop for SessionOpen {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.sessions.lock()
+            && let Some(n) = s.get_mut(&self.peer)
+        {
+            *n -= 1;
+            if *n == 0 {
+                s.remove(&self.peer);
+            }
+        }
+    }
 }
 
 async fn write_frames_uni(conn: quinn::Connection, mut rx: mpsc::Receiver<Vec<u8>>) {
@@ -344,12 +395,12 @@ async fn deliver(
     own: &Arc<Semaphore>,
     from: &OdsCode,
     conn_id: u64,
-    (message, size): (Delivered, usize),
+    (message, size): (Box<Delivered>, usize),
 ) -> Result<(), ()> {
     let bytes = u32::try_from(size).unwrap_or(u32::MAX).max(1);
     let mine = own.clone().acquire_many_owned(bytes).await.map_err(|_| ())?;
     let node = ctx.input_bytes.clone().acquire_many_owned(bytes).await.map_err(|_| ())?;
-    let input = Input::Frame { from: from.clone(), conn_id, message: Box::new(message), _bytes: [mine, node] };
+    let input = Input::Frame { from: from.clone(), conn_id, message, _bytes: [mine, node] };
     ctx.inputs.send(input).await.map_err(|_| ())
 }
 
@@ -370,10 +421,11 @@ fn connection_budget() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(PEER_INPUT_BYTES_MAX))
 }
 
-/// Reads frames from the peer until the connection ends; returns why it ended.
+/// Reads frames from the peer until the connection ends; returns why it ended. Feed batches have
+/// their signatures checked here, beside the event loop, a few at once on the blocking pool (so
+/// that a hub catching up verifies on every core); frames reach the loop in the order they came.
 async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u64, ctx: &NetContext) -> String {
     let mut shutdown = ctx.shutdown.clone();
-    let own = connection_budget();
     let mut recv = tokio::select! {
         r = conn.accept_uni() => match r {
             Ok(r) => r,
@@ -381,27 +433,74 @@ async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u
         },
         _ = shutdown.changed() => return "shutting down".into(),
     };
-    loop {
-        let frame = tokio::select! {
-            f = transport::read_frame(&mut recv) => f,
-            _ = shutdown.changed() => return "shutting down".into(),
-        };
-        let (message, size) = match frame {
-            Ok(Some(m)) => m,
-            Ok(None) => return "stream finished".into(),
-            Err(FrameError::Read(e)) => return e.to_string(),
-            Err(e) => {
-                let reason = e.to_string();
-                warn!(%peer, %reason, "bad frame: closing the connection");
-                let _ = ctx.inputs.send(Input::BadFrame).await;
-                conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
-                return reason;
-            }
-        };
-        if deliver(ctx, &own, peer, conn_id, (Delivered::Message(message), size)).await.is_err() {
-            return "node stopping".into();
+    let (tx, mut rx) = mpsc::channel::<(Checking, usize)>(BATCHES_VERIFYING_MAX);
+    let deliverer = async move {
+        let own = connection_budget();
+        while let Some((checking, size)) = rx.recv().await {
+            let delivered = match checking {
+                Checking::Done(d) => d,
+                Checking::Pending(task) => Box::new(task.await.map_err(|_| ())?),
+            };
+            deliver(ctx, &own, peer, conn_id, (delivered, size)).await?;
         }
+        Ok::<(), ()>(())
+    };
+    let reader = async move {
+        loop {
+            let frame = tokio::select! {
+                f = transport::read_frame(&mut recv) => f,
+                _ = shutdown.changed() => return "shutting down".into(),
+            };
+            let (message, size) = match frame {
+                Ok(Some(m)) => m,
+                Ok(None) => return "stream finished".into(),
+                Err(FrameError::Read(e)) => return e.to_string(),
+                Err(e) => {
+                    let reason = e.to_string();
+                    warn!(%peer, %reason, "bad frame: closing the connection");
+                    let _ = ctx.inputs.send(Input::BadFrame).await;
+                    conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
+                    return reason;
+                }
+            };
+            if tx.send((check_feed(ctx, message), size)).await.is_err() {
+                return "node stopping".to_string();
+            }
+        }
+    };
+    let (reason, delivered) = tokio::join!(reader, deliverer);
+    if delivered.is_err() { "node stopping".into() } else { reason }
+}
+
+/// Feed batches whose signatures are being checked at once, per connection, on top of the one
+/// waiting for the event loop.
+const BATCHES_VERIFYING_MAX: usize = 2;
+/// A batch this short is checked in the connection's task rather than on the blocking pool.
+const BATCH_VERIFIED_INLINE_MAX: usize = 16;
+
+/// A frame on its way to the event loop.
+enum Checking {
+    Done(Box<Delivered>),
+    Pending(tokio::task::JoinHandle<Delivered>),
+}
+
+/// A feed batch's signatures checked with the directory's keys; anything else passes as it came.
+fn check_feed(ctx: &NetContext, message: Message) -> Checking {
+    let Message::Feed(batch) = message else { return Checking::Done(Box::new(Delivered::Message(message))) };
+    let held = ctx.held.read().is_ok_and(|h| h.get(&batch.origin).is_some_and(|seq| *seq >= batch.upto));
+    if held {
+        return Checking::Done(Box::new(Delivered::Message(Message::Feed(batch))));
     }
+    let inline = batch.entries.len() <= BATCH_VERIFIED_INLINE_MAX;
+    let directory = ctx.directory.clone();
+    let check = move || match directory.read() {
+        Ok(dir) => match batch.verify_signatures(&dir) {
+            Ok(verified) => Delivered::VerifiedFeed(verified),
+            Err(batch) => Delivered::Message(Message::Feed(batch)),
+        },
+        Err(_) => Delivered::Message(Message::Feed(batch)),
+    };
+    if inline { Checking::Done(Box::new(check())) } else { Checking::Pending(tokio::task::spawn_blocking(check)) }
 }
 
 /// A care setting's connection: each bidirectional stream is one lookup session.
@@ -452,7 +551,7 @@ async fn setting_session(
             }
             Ok(Some((message, size))) => {
                 let delivered = pre_verify(&ctx, &code, message);
-                if deliver(&ctx, &own, &code, conn_id, (delivered, size)).await.is_err() {
+                if deliver(&ctx, &own, &code, conn_id, (Box::new(delivered), size)).await.is_err() {
                     break;
                 }
             }

@@ -130,6 +130,8 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
         input_bytes: Arc::new(Semaphore::new(INPUT_QUEUE_BYTES_MAX)),
         shutdown: shutdown_rx.clone(),
         next_conn_id: Arc::new(AtomicU64::new(1)),
+        held: Arc::new(RwLock::new(held_feeds(&machine))),
+        member_sessions: Arc::default(),
         dial_config: transport::client_config(&seed, net::dial_admit_fn(directory.clone()))?,
     };
     let span = tracing::Span::current();
@@ -227,6 +229,14 @@ fn key_status(k: &cpis_protocol::directory::MemberKey, now: Timestamp) -> &'stat
         KeyStatus::Retired { .. } => "retired",
         KeyStatus::Active if !k.usable_at(now) => "outside its validity window",
         KeyStatus::Active => "active",
+    }
+}
+
+/// How far a hub holds each authority's feed (an authority holds no one's).
+fn held_feeds(machine: &Machine) -> HashMap<OdsCode, u64> {
+    match machine {
+        Machine::Hub(hub) => hub.replicas().iter().map(|(origin, r)| (origin.clone(), r.seq())).collect(),
+        Machine::Authority(_) => HashMap::new(),
     }
 }
 
@@ -533,7 +543,7 @@ impl Node {
         let lookup_id = match &delivered {
             Delivered::VerifiedLookup(l) => Some(l.body().lookup_id),
             Delivered::Message(Message::Lookup(l)) => Some(l.body.lookup_id),
-            Delivered::Message(_) => None,
+            Delivered::Message(_) | Delivered::VerifiedFeed(_) => None,
         };
         if setting {
             if let Some(id) = lookup_id {
@@ -550,6 +560,10 @@ impl Node {
             Delivered::VerifiedLookup(lookup) => {
                 self.metrics.received("lookup");
                 self.machine.handle_verified_lookup(&from, lookup, now);
+            }
+            Delivered::VerifiedFeed(batch) => {
+                self.metrics.received("feed");
+                self.machine.handle_verified_feed(&from, batch, now);
             }
             Delivered::Message(message) => {
                 if let (Message::Sync { directory_version, .. }, Some(seen)) = (&message, self.seen.get_mut(&from)) {
@@ -691,7 +705,11 @@ impl Node {
                 warn!(%hub, entries, "took back entries of our own feed from a hub (restored from an older copy?) and re-signed them")
             }
             Event::EntriesAccepted { origin, from, count, upto } => {
-                tracing::debug!(%origin, %from, count, upto, "entries accepted")
+                tracing::debug!(%origin, %from, count, upto, "entries accepted");
+                if let Ok(mut held) = self.ctx.held.write() {
+                    let seq = held.entry(origin).or_default();
+                    *seq = upto.max(*seq);
+                }
             }
         }
     }

@@ -425,6 +425,11 @@ impl TrustedDirectory {
         Ok(verified)
     }
 
+    /// The key listed under `id`, decoded and checked strong.
+    pub(crate) fn prepared_key(&self, id: KeyId) -> Option<&PreparedKey> {
+        self.prepared.get(&id)
+    }
+
     /// The signature, with the key prepared for its key id (after [`Self::signer_key`]).
     fn check_signature<T: Signable>(&self, signed: Signed<T>, signer: &OdsCode) -> Result<Verified<T>, RecordError> {
         let bad = || RecordError::BadSignature { code: signer.clone() };

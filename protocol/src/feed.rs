@@ -142,14 +142,32 @@ pub fn check_body(entry: &FeedEntry) -> Result<(), EntryError> {
 /// Verifies an entry end to end: the origin's signature with a key valid at the entry's time, the
 /// rules of its body, and for a visit the care setting's signature too.
 pub fn verify_entry(dir: &TrustedDirectory, entry: SignedEntry) -> Result<Verified<FeedEntry>, EntryError> {
-    check_body(&entry.body)?;
-    let (origin, seq) = (entry.body.origin.clone(), entry.body.seq);
-    if let EntryBody::Visit(v) = &entry.body.body {
-        dir.verify_at((**v).clone(), &v.body.setting, Role::Setting, v.body.at)
-            .map_err(|source| EntryError::VisitSignature { origin: origin.clone(), seq, source })?;
-    }
-    let (role, at) = (entry.body.writer_role(), entry.body.at);
+    check_inside(dir, &entry.body)?;
+    let (origin, seq, role, at) = (entry.body.origin.clone(), entry.body.seq, entry.body.writer_role(), entry.body.at);
     dir.verify_at(entry, &origin, role, at).map_err(|source| EntryError::Signature { origin, seq, source })
+}
+
+/// [`verify_entry`] for an entry whose signature a driver already checked, off its event loop,
+/// with the key the directory lists under its key id: every other check, against `dir` now.
+pub fn admit_verified_entry(
+    dir: &TrustedDirectory,
+    entry: Verified<FeedEntry>,
+) -> Result<Verified<FeedEntry>, EntryError> {
+    let body = entry.body();
+    check_inside(dir, body)?;
+    dir.admit_verified_at(&entry, &body.origin, body.writer_role(), body.at)
+        .map_err(|source| EntryError::Signature { origin: body.origin.clone(), seq: body.seq, source })?;
+    Ok(entry)
+}
+
+/// The body's rules, and the care setting's signature inside a visit.
+fn check_inside(dir: &TrustedDirectory, entry: &FeedEntry) -> Result<(), EntryError> {
+    check_body(entry)?;
+    if let EntryBody::Visit(v) = &entry.body {
+        dir.verify_at((**v).clone(), &v.body.setting, Role::Setting, v.body.at)
+            .map_err(|source| EntryError::VisitSignature { origin: entry.origin.clone(), seq: entry.seq, source })?;
+    }
+    Ok(())
 }
 
 /// An authority's signed word on its whole feed at `seq`: the plans it publishes and its contacts.

@@ -9,7 +9,9 @@
 
 use crate::authority::{ADMISSION_CHECK_INTERVAL_MS, CommandError};
 use crate::directory::{KeyStatus, Role, SignedDirectory, TrustedDirectory};
-use crate::feed::{EntryBody, LiveFeed, SignedEntry, SignedHead};
+use crate::feed::{
+    EntryBody, EntryError, FeedEntry, LiveFeed, SignedEntry, SignedHead, admit_verified_entry, verify_entry,
+};
 use crate::ids::{LookupId, NhsNumber, OdsCode};
 use crate::machine::{CommandId, DirectoryState, Event, Queues, Reply, RestoreError, Transmit, earliest};
 use crate::records::AccessEvent;
@@ -17,7 +19,7 @@ use crate::refusal::Refusal;
 use crate::schema::{self, RowError, StoreOp, StoredRow};
 use crate::sign::{Identity, KeyId, Signed, Verified};
 use crate::time::Timestamp;
-use crate::wire::{HeldBy, Message, Notification, Receipt, Refused};
+use crate::wire::{FeedBatch, HeldBy, Message, Notification, Receipt, Refused, VerifiedBatch};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -152,7 +154,69 @@ struct VisitFeed {
 struct Staging {
     after: u64,
     upto: u64,
-    entries: Vec<SignedEntry>,
+    entries: Vec<Incoming>,
+}
+
+/// An entry as it came: its signature already checked by the driver, or not yet.
+enum Incoming {
+    Signed(SignedEntry),
+    Verified(Verified<FeedEntry>),
+}
+
+impl Incoming {
+    fn body(&self) -> &FeedEntry {
+        match self {
+            Incoming::Signed(e) => &e.body,
+            Incoming::Verified(e) => e.body(),
+        }
+    }
+
+    fn into_signed(self) -> SignedEntry {
+        match self {
+            Incoming::Signed(e) => e,
+            Incoming::Verified(e) => e.into_signed(),
+        }
+    }
+
+    /// Every check of the entry; its signature only if the driver did not check it.
+    fn verify(self, dir: &TrustedDirectory) -> Result<SignedEntry, EntryError> {
+        let verified = match self {
+            Incoming::Signed(e) => verify_entry(dir, e)?,
+            Incoming::Verified(e) => admit_verified_entry(dir, e)?,
+        };
+        Ok(verified.into_signed())
+    }
+}
+
+/// A feed batch as a hub takes it: a [`FeedBatch`], or a [`VerifiedBatch`].
+struct InBatch {
+    origin: OdsCode,
+    after: u64,
+    upto: u64,
+    entries: Vec<Incoming>,
+    head: Option<SignedHead>,
+    more: bool,
+}
+
+impl From<FeedBatch> for InBatch {
+    fn from(b: FeedBatch) -> InBatch {
+        let entries = b.entries.into_iter().map(Incoming::Signed).collect();
+        InBatch { origin: b.origin, after: b.after, upto: b.upto, entries, head: b.head, more: b.more }
+    }
+}
+
+impl From<VerifiedBatch> for InBatch {
+    fn from(b: VerifiedBatch) -> InBatch {
+        let entries = b.entries.into_iter().map(Incoming::Verified).collect();
+        InBatch { origin: b.origin, after: b.after, upto: b.upto, entries, head: b.head, more: b.more }
+    }
+}
+
+impl InBatch {
+    fn into_feed_batch(self) -> FeedBatch {
+        let entries = self.entries.into_iter().map(Incoming::into_signed).collect();
+        FeedBatch { origin: self.origin, after: self.after, upto: self.upto, entries, head: self.head, more: self.more }
+    }
 }
 
 /// A connected peer: its role and the key it connected with.
@@ -220,6 +284,9 @@ pub struct Hub {
     forks_offered: BTreeSet<OdsCode>,
     /// The last [`Message::Held`] sent to each connected authority (sent again only changed).
     held_sent: BTreeMap<OdsCode, Vec<HeldBy>>,
+    /// The last run of each origin sent to each peer hub, `(peer, origin) → (after, upto, when)`:
+    /// the same run is not sent again while it may still be on its way (see `RUN_RESEND_MS`).
+    runs_sent: HashMap<(OdsCode, OdsCode), (u64, u64, Timestamp)>,
     /// Origins and sequences at which an equivocation was proven (proof in the store).
     equivocations: BTreeSet<(OdsCode, u64)>,
     own_recovery: OwnRecovery,
@@ -259,6 +326,7 @@ impl Hub {
             peer_marks: BTreeMap::new(),
             forks_offered: BTreeSet::new(),
             held_sent: BTreeMap::new(),
+            runs_sent: HashMap::new(),
             equivocations: BTreeSet::new(),
             own_recovery: if rows.is_empty() { OwnRecovery::AwaitingPeer } else { OwnRecovery::Done },
             next_sync_at: now,
@@ -466,6 +534,7 @@ impl Hub {
     pub(crate) fn handle_disconnected(&mut self, peer: &OdsCode) {
         self.peers.remove(peer);
         self.held_sent.remove(peer);
+        self.runs_sent.retain(|(to, _), _| to != peer);
         self.staging.retain(|(from, _), _| from != peer);
     }
 
@@ -521,6 +590,13 @@ impl Hub {
         }
     }
 
+    pub(crate) fn handle_verified_feed(&mut self, from: &OdsCode, batch: VerifiedBatch, now: Timestamp) {
+        match self.peers.get(from).map(|p| p.role) {
+            Some(role @ (Role::Hub | Role::Authority)) => self.on_feed(from, role, batch.into(), now),
+            _ => self.handle_message(from, Message::Feed(batch.into_batch()), now),
+        }
+    }
+
     pub(crate) fn handle_message(&mut self, from: &OdsCode, message: Message, now: Timestamp) {
         let kind = message.kind();
         let Some(role) = self.peers.get(from).map(|p| p.role) else {
@@ -541,7 +617,7 @@ impl Hub {
                     self.out.event(Event::DirectoryRefused { from: Some(from.clone()), reason });
                 }
             }
-            (Role::Hub | Role::Authority, Message::Feed(batch)) => self.on_feed(from, role, batch, now),
+            (Role::Hub | Role::Authority, Message::Feed(batch)) => self.on_feed(from, role, batch.into(), now),
             (Role::Hub | Role::Authority, Message::Head(head)) => self.on_head(from, role, head, now),
             (Role::Setting, Message::Lookup(event)) => self.on_lookup(from, IncomingLookup::Signed(event), now),
             (Role::Hub, Message::Notify(n)) => self.on_relay(from, n, now),

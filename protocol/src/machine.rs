@@ -14,7 +14,7 @@ use crate::refusal::Refusal;
 use crate::schema::{self, RowError, StoreOp, StoredRow, WriteBatch};
 use crate::sign::{Identity, KeyId, Verified};
 use crate::time::{Date, Timestamp};
-use crate::wire::{DIRECTORY_CHAIN_MAX, FRAME_BYTES_MAX, Message};
+use crate::wire::{DIRECTORY_CHAIN_MAX, FRAME_BYTES_MAX, Message, VerifiedBatch};
 use std::collections::{BTreeMap, VecDeque};
 
 /// A message for the driver to send to a peer.
@@ -225,6 +225,16 @@ impl Machine {
         match self {
             Machine::Hub(h) => h.handle_verified_lookup(from, lookup, now),
             Machine::Authority(a) => a.handle_message(from, Message::Lookup(lookup.into_signed()), now),
+        }
+    }
+
+    /// A feed batch whose entries' signatures the driver already checked, off its event loop
+    /// ([`FeedBatch::verify_signatures`](crate::wire::FeedBatch::verify_signatures)). The machine
+    /// makes every other check, as for [`Message::Feed`].
+    pub fn handle_verified_feed(&mut self, from: &OdsCode, batch: VerifiedBatch, now: Timestamp) {
+        match self {
+            Machine::Hub(h) => h.handle_verified_feed(from, batch, now),
+            Machine::Authority(a) => a.handle_message(from, Message::Feed(batch.into_batch()), now),
         }
     }
 

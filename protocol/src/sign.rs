@@ -192,12 +192,28 @@ impl<T: Signable> Signed<T> {
     /// Checks the signature against a key already decoded and checked strong (the directory
     /// keeps its members' keys so), with `verify_strict` as always.
     pub(crate) fn verify_prepared(self, key: &PreparedKey) -> Result<Verified<T>, SignatureError> {
-        if key.id != self.key_id {
+        if !self.holds_with(key) {
             return Err(SignatureError::BadSignature);
         }
-        let sig = ed25519_dalek::Signature::from_bytes(&self.signature.to_bytes());
-        key.key.verify_strict(&signing_bytes(&self.body), &sig).map_err(|_| SignatureError::BadSignature)?;
         Ok(Verified(self))
+    }
+
+    fn holds_with(&self, key: &PreparedKey) -> bool {
+        let sig = ed25519_dalek::Signature::from_bytes(&self.signature.to_bytes());
+        key.id == self.key_id && key.key.verify_strict(&signing_bytes(&self.body), &sig).is_ok()
+    }
+}
+
+/// Checks every record's signature with the key `key_of` gives for it, all or nothing: if any
+/// has no key or does not hold, the records come back as they were.
+pub(crate) fn verify_all_prepared<'k, T: Signable>(
+    records: Vec<Signed<T>>,
+    key_of: impl Fn(&Signed<T>) -> Option<&'k PreparedKey>,
+) -> Result<Vec<Verified<T>>, Vec<Signed<T>>> {
+    if records.iter().all(|r| key_of(r).is_some_and(|k| r.holds_with(k))) {
+        Ok(records.into_iter().map(Verified).collect())
+    } else {
+        Err(records)
     }
 }
 

@@ -8,13 +8,13 @@
 //! sends [`encode_frame`]. Decoding any bytes gives a message or an error, never a panic.
 
 use crate::codec::{self, DecodeError};
-use crate::directory::SignedDirectory;
-use crate::feed::{FeedEntry, SignedEntry, SignedHead};
+use crate::directory::{SignedDirectory, TrustedDirectory};
+use crate::feed::{EntryBody, FeedEntry, SignedEntry, SignedHead};
 use crate::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
 use crate::merkle::MapProof;
 use crate::records::AccessEvent;
 use crate::refusal::RefusalCode;
-use crate::sign::{Signable, Signed};
+use crate::sign::{self, Signable, Signed, Verified};
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -105,6 +105,50 @@ pub struct FeedBatch {
     pub head: Option<SignedHead>,
     /// The sender stopped early (a reply's byte budget): ask again.
     pub more: bool,
+}
+
+/// A [`FeedBatch`] of an authority's entries whose signatures a driver already checked, off its
+/// event loop ([`FeedBatch::verify_signatures`]). The machine makes every other check of each
+/// entry (its body's rules, that its key is the origin's and valid at its time) as for any batch.
+#[derive(Debug)]
+pub struct VerifiedBatch {
+    pub(crate) origin: OdsCode,
+    pub(crate) after: u64,
+    pub(crate) upto: u64,
+    pub(crate) entries: Vec<Verified<FeedEntry>>,
+    pub(crate) head: Option<SignedHead>,
+    pub(crate) more: bool,
+}
+
+impl VerifiedBatch {
+    /// The batch as it came.
+    pub fn into_batch(self) -> FeedBatch {
+        let VerifiedBatch { origin, after, upto, entries, head, more } = self;
+        let entries = entries.into_iter().map(Verified::into_signed).collect();
+        FeedBatch { origin, after, upto, entries, head, more }
+    }
+}
+
+impl FeedBatch {
+    /// Checks every entry's signature with the key `dir` lists under its key id, for a driver
+    /// that verifies beside its event loop rather than on it (`verify_strict`, as everywhere).
+    /// Only a batch of an authority's entries (no visits) with every signature holding is
+    /// verified; any other comes back as it was, for the machine to check and refuse with its
+    /// reason.
+    #[allow(clippy::result_large_err)] // The `Err` is the batch given back, as large as the `Ok`.
+    pub fn verify_signatures(self, dir: &TrustedDirectory) -> Result<VerifiedBatch, FeedBatch> {
+        let FeedBatch { origin, after, upto, entries, head, more } = self;
+        let visits = entries.iter().any(|e| matches!(e.body.body, EntryBody::Visit(_)));
+        let verified = if visits || entries.is_empty() {
+            Err(entries)
+        } else {
+            sign::verify_all_prepared(entries, |e| dir.prepared_key(e.key_id))
+        };
+        match verified {
+            Ok(entries) => Ok(VerifiedBatch { origin, after, upto, entries, head, more }),
+            Err(entries) => Err(FeedBatch { origin, after, upto, entries, head, more }),
+        }
+    }
 }
 
 /// A notification that a child with a plan at `authority` was looked up: signed by the hub that

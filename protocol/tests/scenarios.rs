@@ -12,7 +12,7 @@ use cpis_protocol::records::{Person, Plan, PlanError, PlanType, SettingType};
 use cpis_protocol::refusal::{Refusal, RefusalCode};
 use cpis_protocol::schema::{self, Table, WriteBatch};
 use cpis_protocol::setting::{AnswerError, AuthorityStatus, VerifiedAnswer};
-use cpis_protocol::time::{DAY_MS, Date};
+use cpis_protocol::time::{DAY_MS, Date, Timestamp};
 use cpis_protocol::wire::{FeedBatch, Mark, Message};
 
 const CHILD: &str = "9434765919";
@@ -1210,4 +1210,81 @@ fn plan_stored_with_a_date_the_rules_now_refuse__can_still_be_ended_and_withdraw
     new.start = Date::parse("1985-03-01").unwrap();
     let reply = net.command("204", Command::RecordPlan(new));
     assert!(matches!(reply, Some(Reply::Refused(CommandError::Plan(PlanError::StartTooEarly(_))))), "{reply:?}");
+}
+
+#[test]
+fn feed_batch_verified_beside_the_loop__applied_as_if_checked_on_it__a_misattributed_or_altered_entry_still_refused() {
+    let mut net = net();
+    record(&mut net, "204", plan("CPP-1", CHILD, PlanType::ChildProtection));
+    net.run_for(1_000);
+    // HUBS misses two changes while cut from 204's home hub; the run it lacks is taken as a
+    // driver would take it off the wire, its signatures checked beside the event loop.
+    net.cut("HUBN", "HUBS");
+    record(&mut net, "204", plan("CPP-2", OTHER_CHILD, PlanType::ChildProtection));
+    record(&mut net, "204", plan("LAC-3", THIRD_CHILD, PlanType::LookedAfter));
+    net.run_for(1_000);
+    let fed = net.fed.clone();
+    let dir = fed.trusted();
+    let mark = net.hub("HUBS").replicas()[&code("204")].seq();
+    let head = net.authority("204").head().unwrap().clone();
+    let entries: Vec<SignedEntry> =
+        net.authority("204").feed().entries().range(mark + 1..).map(|(_, e)| e.clone()).collect();
+    assert_eq!(entries.len(), 2);
+    let run =
+        FeedBatch { origin: code("204"), after: mark, upto: head.body.seq, entries, head: Some(head), more: false };
+    // Connected again, the run is handed to HUBS before anything else reaches it.
+    net.heal();
+
+    // An altered entry does not verify: the batch comes back as it was, for the loop to refuse.
+    let mut altered = run.clone();
+    altered.entries[1].body.at = Timestamp(altered.entries[1].body.at.0 + 1);
+    let back = altered.clone().verify_signatures(&dir).expect_err("an altered entry's signature does not hold");
+    assert_eq!(back, altered);
+
+    // 204's own entry signed with another authority's key holds under that key, so it passes the
+    // signature check, and the run still matches 204's head; the hub refuses it all the same (the
+    // key is not 204's), and stores nothing.
+    let mut misattributed = run.clone();
+    misattributed.entries[1] = fed.identity("E5A1B").sign(misattributed.entries[1].body.clone());
+    let verified = misattributed.verify_signatures(&dir).expect("the signature holds under E5A1B's key");
+    let before = net.disk("HUBS").clone();
+    net.with_machine("HUBS", |m, now| m.handle_verified_feed(&code("HUBN"), verified, now));
+    assert_eq!(refused(&net, "HUBS", |r| matches!(r, Refusal::Entry(_))), 1);
+    assert_eq!(net.disk("HUBS"), &before);
+    assert!(!hub_holds(&net, "HUBS", "204", THIRD_CHILD));
+
+    // The genuine run, verified beside the loop, gives the replica 204's home hub holds.
+    let verified = run.verify_signatures(&dir).expect("the authority's own signatures hold");
+    net.with_machine("HUBS", |m, now| m.handle_verified_feed(&code("HUBN"), verified, now));
+    net.run_for(100);
+    let (s, n) = (&net.hub("HUBS").replicas()[&code("204")], &net.hub("HUBN").replicas()[&code("204")]);
+    assert_eq!(s.head(), n.head());
+    assert_eq!(s.feed().entries(), n.feed().entries());
+    assert!(hub_holds(&net, "HUBS", "204", OTHER_CHILD) && hub_holds(&net, "HUBS", "204", THIRD_CHILD));
+}
+
+#[test]
+fn peer_hub_syncing_again_while_a_run_is_on_its_way__run_not_sent_twice__sent_again_once_lost() {
+    let mut net = net();
+    net.run_for(1_000);
+    net.cut("HUBN", "HUBS");
+    record(&mut net, "204", plan("CPP-1", CHILD, PlanType::ChildProtection));
+    net.run_for(1_000);
+    let behind = Mark { origin: code("204"), seq: net.hub("HUBS").replicas()[&code("204")].seq(), head_at: net.now };
+    // Connected again, HUBN sends the run HUBS lacks; it is lost on the way.
+    net.lose_next("HUBN", "HUBS", "feed");
+    net.heal();
+    net.run_for(500);
+    let sent = net.traffic("HUBN", "HUBS", "feed");
+    assert_eq!(sent, 1);
+    assert!(!hub_holds(&net, "HUBS", "204", CHILD));
+    // Syncs from HUBS while the run may still be on its way bring nothing more.
+    for _ in 0..3 {
+        net.send_as("HUBS", "HUBN", Message::Sync { directory_version: 1, marks: vec![behind.clone()] });
+        net.run_for(1_000);
+    }
+    assert_eq!(net.traffic("HUBN", "HUBS", "feed"), sent, "the run is not sent at every sync");
+    // Once the wait has passed, the next sync brings it again.
+    net.run_for(90_000);
+    assert!(hub_holds(&net, "HUBS", "204", CHILD), "sent again once the wait passed");
 }

@@ -2,7 +2,7 @@
 //! authority's signed head; hubs' visit feeds taken only from the hub that made them;
 //! anti-entropy by digests and marks; pruning of old tombstones and visits.
 
-use super::{After, Hub, Replica, Staging};
+use super::{After, Hub, InBatch, Incoming, Replica, Staging};
 use crate::authority::{FEED_ENTRIES_MAX, run_batches};
 use crate::codec;
 use crate::directory::Role;
@@ -18,6 +18,12 @@ use std::collections::HashMap;
 
 /// A rough size of one entry on the wire, for a sync reply's byte budget.
 const ENTRY_BYTES_ESTIMATE: usize = 320;
+
+/// How long a run sent to a peer hub is not sent again, unchanged: a long run takes seconds to
+/// reach the peer and be checked there, and every sync meanwhile (one a second, by default) would
+/// otherwise send it whole once more. A run lost on the way goes again after this, or at once if
+/// the peer connects again.
+pub(super) const RUN_RESEND_MS: u64 = 30_000;
 
 /// A sync's scope when it covers every origin (a [`Message::Sync`]).
 pub(super) const ALL_BUCKETS: u16 = u16::MAX;
@@ -92,7 +98,7 @@ impl Hub {
                 peer.sync_budget = peer.sync_budget.saturating_add(refill).min(cap);
                 peer.budget_at = now.max(peer.budget_at);
                 let budget = peer.sync_budget;
-                let spent = self.send_missing(from, marks, buckets, budget);
+                let spent = self.send_missing(from, marks, buckets, budget, now);
                 if let Some(peer) = self.peers.get_mut(from) {
                     peer.sync_budget = peer.sync_budget.saturating_sub(spent);
                 }
@@ -149,6 +155,20 @@ impl Hub {
         }
     }
 
+    /// Whether the run `(after, upto)` of `origin` went to peer hub `to` less than
+    /// [`RUN_RESEND_MS`] ago; if not, notes that it goes now.
+    fn sent_lately(&mut self, to: &OdsCode, origin: &OdsCode, run: (u64, u64), now: Timestamp) -> bool {
+        let key = (to.clone(), origin.clone());
+        if let Some(&(after, upto, at)) = self.runs_sent.get(&key)
+            && (after, upto) == run
+            && now.since(at) < RUN_RESEND_MS
+        {
+            return true;
+        }
+        self.runs_sent.insert(key, (run.0, run.1, now));
+        false
+    }
+
     /// Sends `to` the run of `origin`'s replica after `after`, its head on the last batch.
     fn send_run(&mut self, to: &OdsCode, origin: &OdsCode, after: u64) -> usize {
         let Some(replica) = self.authorities.get(origin) else { return 0 };
@@ -164,7 +184,7 @@ impl Hub {
     /// Answers a hub's sync over the origins in `buckets`: every authority run it lacks (within
     /// `budget` bytes; at least one run), newer heads, and the visits it may take from us.
     /// Returns the bytes spent.
-    fn send_missing(&mut self, to: &OdsCode, marks: &[Mark], buckets: u16, budget: usize) -> usize {
+    fn send_missing(&mut self, to: &OdsCode, marks: &[Mark], buckets: u16, budget: usize, now: Timestamp) -> usize {
         let theirs: HashMap<&OdsCode, &Mark> = marks.iter().map(|m| (&m.origin, m)).collect();
         let mut spent = 0usize;
         let mut more = false;
@@ -176,6 +196,9 @@ impl Hub {
             if head.body.seq > their_seq {
                 if spent > 0 && spent >= budget {
                     more = true;
+                    continue;
+                }
+                if self.sent_lately(to, &origin, (their_seq, head.body.seq), now) {
                     continue;
                 }
                 spent += ENTRY_BYTES_ESTIMATE * (1 + self.send_run(to, &origin, their_seq));
@@ -216,7 +239,7 @@ impl Hub {
         spent
     }
 
-    pub(super) fn on_feed(&mut self, from: &OdsCode, role: Role, batch: FeedBatch, now: Timestamp) {
+    pub(super) fn on_feed(&mut self, from: &OdsCode, role: Role, batch: InBatch, now: Timestamp) {
         let origin = batch.origin.clone();
         let more = batch.more;
         let result = match self.dir.trusted.member(&origin).map(|m| m.role) {
@@ -224,7 +247,7 @@ impl Hub {
             Some(Role::Authority) => self.on_authority_batch(from, role, batch, now),
             // Visits come only from the hub that made them (or, our own, back from anyone).
             Some(Role::Hub) if role == Role::Hub && (origin == *from || origin == self.code) => {
-                self.on_visits(from, batch, now)
+                self.on_visits(from, batch.into_feed_batch(), now)
             }
             Some(Role::Hub) => Err(Refusal::RelayedVisits(origin.clone())),
             _ => Err(Refusal::UnknownOrigin(origin.clone())),
@@ -249,10 +272,10 @@ impl Hub {
         &mut self,
         from: &OdsCode,
         role: Role,
-        batch: FeedBatch,
+        batch: InBatch,
         now: Timestamp,
     ) -> Result<(), Refusal> {
-        let FeedBatch { origin, after, upto, entries, head, .. } = batch;
+        let InBatch { origin, after, upto, entries, head, .. } = batch;
         if after > upto {
             return Err(Refusal::BatchBounds { after, upto });
         }
@@ -281,15 +304,15 @@ impl Hub {
         if staged_by_peer + staged.entries.len() + entries.len() > FEED_ENTRIES_MAX {
             return Err(Refusal::RunTooLong(FEED_ENTRIES_MAX));
         }
-        let mut prev = staged.entries.last().map_or(after, |e| e.body.seq);
-        for e in &entries {
-            if e.body.origin != origin {
-                return Err(Refusal::EntryOrigin(e.body.origin.clone()));
+        let mut prev = staged.entries.last().map_or(after, |e| e.body().seq);
+        for e in entries.iter().map(Incoming::body) {
+            if e.origin != origin {
+                return Err(Refusal::EntryOrigin(e.origin.clone()));
             }
-            if e.body.seq <= prev || e.body.seq > upto {
-                return Err(Refusal::EntryOrder { seq: e.body.seq });
+            if e.seq <= prev || e.seq > upto {
+                return Err(Refusal::EntryOrder { seq: e.seq });
             }
-            prev = e.body.seq;
+            prev = e.seq;
         }
         staged.entries.extend(entries);
         let Some(head) = head else { return Ok(()) };
@@ -316,7 +339,7 @@ impl Hub {
         role: Role,
         origin: &OdsCode,
         after: u64,
-        entries: Vec<SignedEntry>,
+        entries: Vec<Incoming>,
         head: SignedHead,
         now: Timestamp,
     ) -> Result<(), Refusal> {
@@ -340,7 +363,7 @@ impl Hub {
         }
         let mut verified = Vec::with_capacity(entries.len());
         for e in entries {
-            let e = verify_entry(&self.dir.trusted, e)?.into_signed();
+            let e = e.verify(&self.dir.trusted)?;
             self.check_equivocation(from, &e)?;
             verified.push(e);
         }

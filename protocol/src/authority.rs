@@ -1082,17 +1082,13 @@ impl Authority {
 /// A run of `origin`'s live entries after `after` cut into batches, the head on the last.
 pub(crate) fn run_batches(origin: &OdsCode, after: u64, live: Vec<SignedEntry>, head: SignedHead) -> Vec<FeedBatch> {
     let upto = head.body.seq;
-    let mut batches: Vec<FeedBatch> = live
-        .chunks(BATCH_ENTRIES_MAX)
-        .map(|chunk| FeedBatch {
-            origin: origin.clone(),
-            after,
-            upto,
-            entries: chunk.to_vec(),
-            head: None,
-            more: false,
-        })
-        .collect();
+    // The entries move into the batches (a long run is not held twice).
+    let mut live = live.into_iter().peekable();
+    let mut batches: Vec<FeedBatch> = Vec::new();
+    while live.peek().is_some() {
+        let entries = live.by_ref().take(BATCH_ENTRIES_MAX).collect();
+        batches.push(FeedBatch { origin: origin.clone(), after, upto, entries, head: None, more: false });
+    }
     match batches.last_mut() {
         Some(last) => last.head = Some(head),
         None => batches.push(FeedBatch {

@@ -416,9 +416,15 @@ fn main() -> std::process::ExitCode {
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let json_out = args.iter().any(|a| a == "--json");
-    let part = args.iter().find(|a| !a.starts_with("--")).map_or("all", String::as_str);
-    if !matches!(part, "all" | "lookups" | "scale") {
-        eprintln!("usage: cpis-bench [all|lookups|scale] [--json]");
+    let part = args.iter().find(|a| !a.starts_with('-')).map_or("all", String::as_str);
+    let usage = "usage: cpis-bench [all|lookups|scale] [--json]";
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{usage}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let unknown = args.iter().find(|a| a.starts_with('-') && *a != "--json");
+    if !matches!(part, "all" | "lookups" | "scale") || unknown.is_some() {
+        eprintln!("{usage}");
         return std::process::ExitCode::from(2);
     }
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");

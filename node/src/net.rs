@@ -409,11 +409,13 @@ async fn deliver(
 /// to the loop as it came (the hub refuses it there, with its reason).
 fn pre_verify(ctx: &NetContext, from: &OdsCode, message: Message) -> Delivered {
     let Message::Lookup(signed) = message else { return Delivered::Message(message) };
-    let key =
-        ctx.directory.read().ok().and_then(|d| d.member(from).and_then(|m| m.key(signed.key_id)).map(|k| k.public));
-    match key.map(|k| signed.clone().verify_with(&k)) {
-        Some(Ok(verified)) => Delivered::VerifiedLookup(verified),
-        _ => Delivered::Message(Message::Lookup(signed)),
+    let checked = match ctx.directory.read() {
+        Ok(dir) => dir.verify_signature_only(from, signed),
+        Err(_) => Err(signed),
+    };
+    match checked {
+        Ok(verified) => Delivered::VerifiedLookup(verified),
+        Err(signed) => Delivered::Message(Message::Lookup(signed)),
     }
 }
 

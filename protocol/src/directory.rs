@@ -425,6 +425,23 @@ impl TrustedDirectory {
         Ok(verified)
     }
 
+    /// The signature only, with the key `signer` lists under the record's key id (decoded once,
+    /// when the directory was taken): for a driver that checks signatures beside its event loop,
+    /// which then makes every other check (`admit_verified_at`). The record comes back as it was
+    /// if the key is not the signer's or the signature does not hold.
+    #[allow(clippy::result_large_err)] // The `Err` is the record given back, as large as the `Ok`.
+    pub fn verify_signature_only<T: Signable>(
+        &self,
+        signer: &OdsCode,
+        signed: Signed<T>,
+    ) -> Result<Verified<T>, Signed<T>> {
+        let listed = self.member(signer).is_some_and(|m| m.key(signed.key_id).is_some());
+        match self.prepared.get(&signed.key_id) {
+            Some(key) if listed => signed.verify_prepared_or_back(key),
+            _ => Err(signed),
+        }
+    }
+
     /// The key listed under `id`, decoded and checked strong.
     pub(crate) fn prepared_key(&self, id: KeyId) -> Option<&PreparedKey> {
         self.prepared.get(&id)
@@ -656,6 +673,23 @@ mod tests {
         assert!(here(DAY).is_ok());
         assert!(matches!(here(6 * DAY), Err(RecordError::SignedAfterRetirement { .. })));
         assert!(matches!(here(2000 * DAY), Err(RecordError::OutsideWindow { .. })));
+    }
+
+    #[test]
+    fn a_signature_checked_beside_the_loop_holds_only_under_a_key_of_the_named_signer() {
+        let r = roots();
+        let trusted =
+            TrustedDirectory::bootstrap(SignedDirectory::sign(directory(1, &r), &[&r[0], &r[1]]), now()).unwrap();
+        let (authority, hub) = (OdsCode::parse("204").unwrap(), OdsCode::parse("HUB01").unwrap());
+        let signed = Identity::from_seed([11; 32]).sign(directory(9, &r));
+        assert!(trusted.verify_signature_only(&authority, signed.clone()).is_ok());
+        // The key is in the directory, but not the hub's: given back as it came.
+        assert_eq!(trusted.verify_signature_only(&hub, signed.clone()).unwrap_err(), signed);
+        let mut tampered = signed.clone();
+        tampered.body.version = 10;
+        assert_eq!(trusted.verify_signature_only(&authority, tampered.clone()).unwrap_err(), tampered);
+        let stranger = Identity::from_seed([99; 32]).sign(directory(9, &r));
+        assert!(trusted.verify_signature_only(&authority, stranger).is_err());
     }
 
     #[test]

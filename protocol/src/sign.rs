@@ -198,6 +198,11 @@ impl<T: Signable> Signed<T> {
         Ok(Verified(self))
     }
 
+    /// [`Self::verify_prepared`], giving the record back as it was if it does not hold.
+    pub(crate) fn verify_prepared_or_back(self, key: &PreparedKey) -> Result<Verified<T>, Signed<T>> {
+        if self.holds_with(key) { Ok(Verified(self)) } else { Err(self) }
+    }
+
     fn holds_with(&self, key: &PreparedKey) -> bool {
         let sig = ed25519_dalek::Signature::from_bytes(&self.signature.to_bytes());
         key.id == self.key_id && key.key.verify_strict(&signing_bytes(&self.body), &sig).is_ok()

@@ -92,7 +92,8 @@ fn check_header(header: &csv::StringRecord) -> Result<(), String> {
     for (i, h) in header.iter().enumerate() {
         let name = h.trim().to_ascii_lowercase();
         if !COLUMNS.contains(&name.as_str()) {
-            let near = COLUMNS.iter().find(|c| name.len() >= 3 && c.starts_with(&name[..3.min(name.len())]));
+            // The first three bytes, where they end a character (a name may be any text).
+            let near = name.get(..3).and_then(|start| COLUMNS.iter().find(|c| c.starts_with(start)));
             let hint = near.map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
             let shown: String = h.trim().chars().take(40).collect();
             return Err(format!(
@@ -225,6 +226,17 @@ mod tests {
         assert!(twice.err().unwrap().contains("`reference` twice"));
         let empty = parse_csv(b"reference,nhs_number,plan_type,start_date\n").err().unwrap();
         assert!(empty.contains("no rows"), "{empty}");
+    }
+
+    #[test]
+    fn a_header_column_of_any_text_is_named_in_the_refusal_never_a_panic() {
+        // Found by fuzzing: a multi-byte character across the third byte of an unknown column.
+        let err = parse_csv("reference,nhs_number,plan_type,start_date,e5\u{3be}026\n".as_bytes()).err().unwrap();
+        assert!(err.contains("column 5 `e5\u{3be}026` is not a column of the format"), "{err}");
+        let err = parse_csv("reference,nhs_number,plan_type,start_date,st\u{e9}rt\n".as_bytes()).err().unwrap();
+        assert!(err.contains("is not a column of the format;"), "{err}");
+        let err = parse_csv(b"reference,nhs_number,plan_type,start_date,withdrawl\n").err().unwrap();
+        assert!(err.contains("(did you mean `withdrawn`?)"), "{err}");
     }
 
     #[test]

@@ -219,9 +219,9 @@ impl Machine {
 
     /// A care setting's lookup whose signature the driver already checked, off its event loop,
     /// with the key the directory lists for the setting under the lookup's key id
-    /// ([`TrustedDirectory::verify_signature_only`](crate::directory::TrustedDirectory::verify_signature_only)). The hub
-    /// makes every other check of [`Message::Lookup`] (key window, kind, replay, limits); an
-    /// authority refuses it as it refuses any lookup.
+    /// ([`verify_signature_only`](crate::directory::TrustedDirectory::verify_signature_only)).
+    /// The hub makes every other check of [`Message::Lookup`] (key window, kind, replay,
+    /// limits); an authority refuses it as it refuses any lookup.
     pub fn handle_verified_lookup(&mut self, from: &OdsCode, lookup: Verified<AccessEvent>, now: Timestamp) {
         match self {
             Machine::Hub(h) => h.handle_verified_lookup(from, lookup, now),

@@ -841,21 +841,24 @@ impl Authority {
                     self.put_plan(p.clone());
                     ops.push(schema::PLANS.put(&p.reference, p));
                 }
+                // A plan both made and removed after the copy is not known here: only its removal
+                // is published again (the hubs hold it, and it stays theirs until it expires).
                 EntryBody::Removed(r) => {
-                    let Some(mut plan) = self.plans.get(&r.reference).cloned() else { continue };
-                    let removed_on = e.body.at.date();
-                    match r.reason {
-                        RemovalReason::Withdrawn => plan.withdrawn = true,
-                        // Ended after the copy: the removal does not say on which day, only that
-                        // the plan was past its visibility by then. The latest end that agrees
-                        // keeps it from being published as open again.
-                        RemovalReason::PastVisibility if plan.visible_on(removed_on) => {
-                            plan.end = Some(removed_on.plus_days(-VISIBLE_AFTER_END_DAYS - 1));
+                    if let Some(mut plan) = self.plans.get(&r.reference).cloned() {
+                        let removed_on = e.body.at.date();
+                        match r.reason {
+                            RemovalReason::Withdrawn => plan.withdrawn = true,
+                            // Ended after the copy: the removal does not say on which day, only
+                            // that the plan was past its visibility by then. The latest end that
+                            // agrees keeps it from being published as open again.
+                            RemovalReason::PastVisibility if plan.visible_on(removed_on) => {
+                                plan.end = Some(removed_on.plus_days(-VISIBLE_AFTER_END_DAYS - 1));
+                            }
+                            RemovalReason::PastVisibility => {}
                         }
-                        RemovalReason::PastVisibility => {}
+                        ops.push(schema::PLANS.put(&plan.reference, &plan));
+                        self.put_plan(plan);
                     }
-                    ops.push(schema::PLANS.put(&plan.reference, &plan));
-                    self.put_plan(plan);
                 }
                 EntryBody::Contacts(c) => self.contacts = Some((**c).clone()),
                 EntryBody::Visit(_) => continue,

@@ -787,6 +787,9 @@ fn authority_restored_from_an_older_copy__takes_back_later_plans_and_withdrawals
     let backup = net.disk("204").clone();
     record(&mut net, "204", plan("LAC-2", OTHER_CHILD, PlanType::LookedAfter));
     net.command("204", Command::WithdrawPlan(PlanRef::parse("LAC-1").unwrap()));
+    // Made and withdrawn after the copy: only its removal is at the hubs.
+    record(&mut net, "204", plan("CPP-9", THIRD_CHILD, PlanType::ChildProtection));
+    net.command("204", Command::WithdrawPlan(PlanRef::parse("CPP-9").unwrap()));
     // Ended long ago: it leaves the feed as past its visibility.
     let long_ago = Date::parse("2021-01-04").unwrap();
     net.command("204", Command::EndPlan { reference: PlanRef::parse("LAC-3").unwrap(), end: long_ago });
@@ -805,6 +808,14 @@ fn authority_restored_from_an_older_copy__takes_back_later_plans_and_withdrawals
     );
     assert_eq!(net.events_of("204", |e| matches!(e, Event::FeedRecovered { .. })).len(), 1);
     assert!(net.events.iter().all(|(_, e)| !matches!(e, Event::Equivocation { .. })), "no equivocation");
+    // The hubs hold exactly the feed the council publishes again, that removal included.
+    for hub in ["HUBN", "HUBS"] {
+        assert_eq!(
+            net.hub(hub).replicas()[&code("204")].feed().entries(),
+            net.authority("204").feed().entries(),
+            "{hub}"
+        );
+    }
     net.command("204", Command::EndPlan { reference: PlanRef::parse("LAC-2").unwrap(), end: net.now.date() });
     net.run_for(5_000);
     assert!(!hub_holds(&net, "HUBS", "204", CHILD), "the withdrawn plan stays withdrawn at the hubs");

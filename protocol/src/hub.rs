@@ -189,35 +189,7 @@ impl Incoming {
 }
 
 /// A feed batch as a hub takes it: a [`FeedBatch`], or a [`VerifiedBatch`].
-struct InBatch {
-    origin: OdsCode,
-    after: u64,
-    upto: u64,
-    entries: Vec<Incoming>,
-    head: Option<SignedHead>,
-    more: bool,
-}
-
-impl From<FeedBatch> for InBatch {
-    fn from(b: FeedBatch) -> InBatch {
-        let entries = b.entries.into_iter().map(Incoming::Signed).collect();
-        InBatch { origin: b.origin, after: b.after, upto: b.upto, entries, head: b.head, more: b.more }
-    }
-}
-
-impl From<VerifiedBatch> for InBatch {
-    fn from(b: VerifiedBatch) -> InBatch {
-        let entries = b.entries.into_iter().map(Incoming::Verified).collect();
-        InBatch { origin: b.origin, after: b.after, upto: b.upto, entries, head: b.head, more: b.more }
-    }
-}
-
-impl InBatch {
-    fn into_feed_batch(self) -> FeedBatch {
-        let entries = self.entries.into_iter().map(Incoming::into_signed).collect();
-        FeedBatch { origin: self.origin, after: self.after, upto: self.upto, entries, head: self.head, more: self.more }
-    }
-}
+type InBatch = FeedBatch<Incoming>;
 
 /// A connected peer: its role and the key it connected with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -592,7 +564,9 @@ impl Hub {
 
     pub(crate) fn handle_verified_feed(&mut self, from: &OdsCode, batch: VerifiedBatch, now: Timestamp) {
         match self.peers.get(from).map(|p| p.role) {
-            Some(role @ (Role::Hub | Role::Authority)) => self.on_feed(from, role, batch.into(), now),
+            Some(role @ (Role::Hub | Role::Authority)) => {
+                self.on_feed(from, role, batch.map_entries(Incoming::Verified), now)
+            }
             _ => self.handle_message(from, Message::Feed(batch.into_batch()), now),
         }
     }
@@ -617,7 +591,9 @@ impl Hub {
                     self.out.event(Event::DirectoryRefused { from: Some(from.clone()), reason });
                 }
             }
-            (Role::Hub | Role::Authority, Message::Feed(batch)) => self.on_feed(from, role, batch.into(), now),
+            (Role::Hub | Role::Authority, Message::Feed(batch)) => {
+                self.on_feed(from, role, batch.map_entries(Incoming::Signed), now)
+            }
             (Role::Hub | Role::Authority, Message::Head(head)) => self.on_head(from, role, head, now),
             (Role::Setting, Message::Lookup(event)) => self.on_lookup(from, IncomingLookup::Signed(event), now),
             (Role::Hub, Message::Notify(n)) => self.on_relay(from, n, now),

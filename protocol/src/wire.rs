@@ -95,12 +95,14 @@ pub fn directory_fingerprint(directory: &crate::directory::Directory) -> u64 {
 /// `after < seq <= upto`. A run of an authority's feed ends with the authority's head at `upto`
 /// (longer runs come in several batches, the head on the last); `after == 0` means the run is the
 /// whole live set, to replace what the receiver holds.
+///
+/// `E` is how its entries are held: as signed on the wire, or verified ([`VerifiedBatch`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FeedBatch {
+pub struct FeedBatch<E = SignedEntry> {
     pub origin: OdsCode,
     pub after: u64,
     pub upto: u64,
-    pub entries: Vec<SignedEntry>,
+    pub entries: Vec<E>,
     /// The origin's signed head at `upto`, on the last batch of an authority's run.
     pub head: Option<SignedHead>,
     /// The sender stopped early (a reply's byte budget): ask again.
@@ -110,22 +112,20 @@ pub struct FeedBatch {
 /// A [`FeedBatch`] of an authority's entries whose signatures a driver already checked, off its
 /// event loop ([`FeedBatch::verify_signatures`]). The machine makes every other check of each
 /// entry (its body's rules, that its key is the origin's and valid at its time) as for any batch.
-#[derive(Debug)]
-pub struct VerifiedBatch {
-    pub(crate) origin: OdsCode,
-    pub(crate) after: u64,
-    pub(crate) upto: u64,
-    pub(crate) entries: Vec<Verified<FeedEntry>>,
-    pub(crate) head: Option<SignedHead>,
-    pub(crate) more: bool,
+pub type VerifiedBatch = FeedBatch<Verified<FeedEntry>>;
+
+impl<E> FeedBatch<E> {
+    /// The same batch, each entry turned by `f`.
+    pub fn map_entries<F>(self, f: impl FnMut(E) -> F) -> FeedBatch<F> {
+        let FeedBatch { origin, after, upto, entries, head, more } = self;
+        FeedBatch { origin, after, upto, entries: entries.into_iter().map(f).collect(), head, more }
+    }
 }
 
 impl VerifiedBatch {
     /// The batch as it came.
     pub fn into_batch(self) -> FeedBatch {
-        let VerifiedBatch { origin, after, upto, entries, head, more } = self;
-        let entries = entries.into_iter().map(Verified::into_signed).collect();
-        FeedBatch { origin, after, upto, entries, head, more }
+        self.map_entries(Verified::into_signed)
     }
 }
 
@@ -145,7 +145,7 @@ impl FeedBatch {
             sign::verify_all_prepared(entries, |e| dir.prepared_key(e.key_id))
         };
         match verified {
-            Ok(entries) => Ok(VerifiedBatch { origin, after, upto, entries, head, more }),
+            Ok(entries) => Ok(FeedBatch { origin, after, upto, entries, head, more }),
             Err(entries) => Err(FeedBatch { origin, after, upto, entries, head, more }),
         }
     }

@@ -247,7 +247,7 @@ impl Hub {
             Some(Role::Authority) => self.on_authority_batch(from, role, batch, now),
             // Visits come only from the hub that made them (or, our own, back from anyone).
             Some(Role::Hub) if role == Role::Hub && (origin == *from || origin == self.code) => {
-                self.on_visits(from, batch.into_feed_batch(), now)
+                self.on_visits(from, batch.map_entries(Incoming::into_signed), now)
             }
             Some(Role::Hub) => Err(Refusal::RelayedVisits(origin.clone())),
             _ => Err(Refusal::UnknownOrigin(origin.clone())),

@@ -15,6 +15,7 @@ use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 /// Most members a directory may list.
 pub const MEMBERS_MAX: usize = 4096;
@@ -281,10 +282,14 @@ pub enum RecordError {
     SignedAfterRetirement { code: OdsCode, key: KeyId, at: Timestamp, retired_at: Timestamp },
 }
 
-/// A directory whose signatures and rules have been checked; what a node trusts.
+/// A directory whose signatures and rules have been checked; what a node trusts. It never
+/// changes once trusted (a newer version is a new value), so its clones share one copy.
 #[derive(Clone)]
-pub struct TrustedDirectory {
-    signed: SignedDirectory,
+pub struct TrustedDirectory(Arc<Indexed>);
+
+/// A trusted directory with its indexes.
+struct Indexed {
+    signed: Arc<SignedDirectory>,
     by_code: HashMap<OdsCode, usize>,
     by_key: HashMap<KeyId, usize>,
     /// Every member key, decoded once.
@@ -293,7 +298,7 @@ pub struct TrustedDirectory {
 
 impl fmt::Debug for TrustedDirectory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TrustedDirectory(v{}, {} members)", self.version(), self.signed.directory.members.len())
+        write!(f, "TrustedDirectory(v{}, {} members)", self.version(), self.0.signed.directory.members.len())
     }
 }
 
@@ -350,11 +355,11 @@ impl TrustedDirectory {
                 }
             }
         }
-        TrustedDirectory { signed, by_code, by_key, prepared }
+        TrustedDirectory(Arc::new(Indexed { signed: Arc::new(signed), by_code, by_key, prepared }))
     }
 
     pub fn directory(&self) -> &Directory {
-        &self.signed.directory
+        &self.0.signed.directory
     }
 
     /// Refuses a directory that has expired at `now`.
@@ -362,16 +367,20 @@ impl TrustedDirectory {
         check_unexpired(self.directory(), now)
     }
     pub fn signed(&self) -> &SignedDirectory {
-        &self.signed
+        &self.0.signed
+    }
+    /// The signed directory, shared rather than copied.
+    pub fn shared_signed(&self) -> Arc<SignedDirectory> {
+        Arc::clone(&self.0.signed)
     }
     pub fn version(&self) -> u64 {
-        self.signed.directory.version
+        self.0.signed.directory.version
     }
     pub fn members(&self) -> &[Member] {
-        &self.signed.directory.members
+        &self.0.signed.directory.members
     }
     pub fn member(&self, code: &OdsCode) -> Option<&Member> {
-        self.by_code.get(code).map(|&i| &self.signed.directory.members[i])
+        self.0.by_code.get(code).map(|&i| &self.0.signed.directory.members[i])
     }
 
     /// Members with a role, in directory order.
@@ -383,7 +392,7 @@ impl TrustedDirectory {
     /// and the member has one of `roles`.
     pub fn admit(&self, key: &PublicKey, now: Timestamp, roles: &[Role]) -> Result<&Member, AdmissionError> {
         let id = key.id();
-        let member = self.by_key.get(&id).map(|&i| &self.signed.directory.members[i]);
+        let member = self.0.by_key.get(&id).map(|&i| &self.0.signed.directory.members[i]);
         let (member, mk) = member
             .and_then(|m| m.key(id).filter(|k| k.public == *key).map(|k| (m, k)))
             .ok_or(AdmissionError::UnknownKey(id))?;
@@ -436,7 +445,7 @@ impl TrustedDirectory {
         signed: Signed<T>,
     ) -> Result<Verified<T>, Signed<T>> {
         let listed = self.member(signer).is_some_and(|m| m.key(signed.key_id).is_some());
-        match self.prepared.get(&signed.key_id) {
+        match self.0.prepared.get(&signed.key_id) {
             Some(key) if listed => signed.verify_prepared_or_back(key),
             _ => Err(signed),
         }
@@ -444,13 +453,13 @@ impl TrustedDirectory {
 
     /// The key listed under `id`, decoded and checked strong.
     pub(crate) fn prepared_key(&self, id: KeyId) -> Option<&PreparedKey> {
-        self.prepared.get(&id)
+        self.0.prepared.get(&id)
     }
 
     /// The signature, with the key prepared for its key id (after [`Self::signer_key`]).
     fn check_signature<T: Signable>(&self, signed: Signed<T>, signer: &OdsCode) -> Result<Verified<T>, RecordError> {
         let bad = || RecordError::BadSignature { code: signer.clone() };
-        let prepared = self.prepared.get(&signed.key_id).ok_or_else(bad)?;
+        let prepared = self.0.prepared.get(&signed.key_id).ok_or_else(bad)?;
         signed.verify_prepared(prepared).map_err(|_| bad())
     }
 

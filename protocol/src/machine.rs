@@ -16,6 +16,7 @@ use crate::sign::{Identity, KeyId, Verified};
 use crate::time::{Date, Timestamp};
 use crate::wire::{DIRECTORY_CHAIN_MAX, FRAME_BYTES_MAX, Message, VerifiedBatch};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 /// A message for the driver to send to a peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -403,7 +404,8 @@ pub(crate) struct DirectoryState {
     /// The version before the trusted one, when this node accepted the trusted one as its
     /// update: what a different version with the trusted one's number is checked against.
     previous: Option<TrustedDirectory>,
-    chain: BTreeMap<u64, SignedDirectory>,
+    /// The versions kept to pass on; the trusted one shares its copy.
+    chain: BTreeMap<u64, Arc<SignedDirectory>>,
 }
 
 /// Most directory versions a node keeps to pass on (older ones are dropped, oldest first).
@@ -412,7 +414,7 @@ pub const DIRECTORY_VERSIONS_KEPT_MAX: usize = 256;
 impl DirectoryState {
     pub(crate) fn new(trusted: TrustedDirectory) -> Self {
         let mut chain = BTreeMap::new();
-        chain.insert(trusted.version(), trusted.signed().clone());
+        chain.insert(trusted.version(), trusted.shared_signed());
         let fingerprint = crate::wire::directory_fingerprint(trusted.directory());
         DirectoryState { trusted, fingerprint, previous: None, chain }
     }
@@ -444,14 +446,15 @@ impl DirectoryState {
             }
             // Versions passed through on the way may have expired since; only the newest must
             // be current (as in TUF).
-            let newer = trusted.accept_update(next.clone(), Timestamp(0))?;
+            let newer = trusted.accept_update(next, Timestamp(0))?;
+            accepted.push(newer.shared_signed());
             previous = Some(std::mem::replace(&mut trusted, newer));
-            accepted.push(next);
         }
         if !accepted.is_empty() {
             trusted.check_unexpired(now)?;
         }
-        let mut ops: Vec<StoreOp> = accepted.iter().map(|d| schema::DIRECTORY.put(&d.directory.version, d)).collect();
+        let mut ops: Vec<StoreOp> =
+            accepted.iter().map(|d| schema::DIRECTORY.put(&d.directory.version, &**d)).collect();
         for d in accepted {
             self.chain.insert(d.directory.version, d);
         }
@@ -487,11 +490,11 @@ impl DirectoryState {
         let mut bytes = 0usize;
         let mut chain = Vec::new();
         for (_, d) in self.chain.range(version.saturating_add(1)..).take(DIRECTORY_CHAIN_MAX) {
-            bytes += codec::encode(d).len();
+            bytes += codec::encode(&**d).len();
             if !chain.is_empty() && bytes > FRAME_BYTES_MAX / 2 {
                 break;
             }
-            chain.push(d.clone());
+            chain.push(SignedDirectory::clone(d));
         }
         chain
     }
@@ -512,8 +515,8 @@ impl DirectoryState {
         for (_, d) in stored.range(trusted.version() + 1..) {
             match trusted.accept_update(d.clone(), Timestamp(0)) {
                 Ok(next) => {
+                    self.chain.insert(d.directory.version, next.shared_signed());
                     previous = Some(std::mem::replace(&mut trusted, next));
-                    self.chain.insert(d.directory.version, d.clone());
                 }
                 // A gap or a version from another chain: keep the longest chain that holds.
                 Err(_) => break,

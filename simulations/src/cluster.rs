@@ -64,6 +64,8 @@ pub struct Node {
     fired_at: u64,
     pub sent_msgs: u64,
     pub sent_bytes: u64,
+    /// Bytes of the frames delivered to it.
+    pub received_bytes: u64,
 }
 
 impl Node {
@@ -81,6 +83,7 @@ impl Node {
             fired_at: 0,
             sent_msgs: 0,
             sent_bytes: 0,
+            received_bytes: 0,
         }
     }
 
@@ -364,6 +367,7 @@ impl Cluster {
         for n in &mut self.nodes {
             n.sent_msgs = 0;
             n.sent_bytes = 0;
+            n.received_bytes = 0;
         }
     }
 
@@ -708,6 +712,7 @@ impl Cluster {
             return;
         }
         self.counters.frames_delivered += 1;
+        self.nodes[to].received_bytes += frame.len() as u64;
         self.trace.write_u64(self.now);
         self.trace.write_u64(((from as u64) << 32) | to as u64);
         self.trace.write_words(&frame);

@@ -8,6 +8,7 @@ use cpis_simulations::report::{RunReport, Summary};
 use cpis_simulations::run::{LoadMode, Progress, RunConfig, run_with_progress, violation_lines};
 use cpis_simulations::scenarios::Scenario;
 use cpis_simulations::timeline::Timeline;
+use cpis_simulations::world::SCALE_MAX;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -27,7 +28,8 @@ struct Cli {
     #[arg(long)]
     scenario: Option<String>,
     /// Size of the federation: 1.0 is England (7 hubs, 152 authorities, 1,200 settings,
-    /// 135,000 plans); below 0.1 there are 3 hubs.
+    /// 135,000 plans); below 0.1 there are 3 hubs; up to 10, several Englands (7 hubs for each,
+    /// members and plans in proportion).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Hours of the measured period (default 24, or the scenario's own).
@@ -84,8 +86,8 @@ fn configs(cli: &Cli) -> anyhow::Result<Vec<RunConfig>> {
         "snapshot" => LoadMode::Snapshot,
         other => bail!("--load is replicate or snapshot, not {other:?}"),
     };
-    if !(cli.scale > 0.0 && cli.scale <= 1.0) {
-        bail!("--scale must be in (0, 1], not {}", cli.scale);
+    if !(cli.scale > 0.0 && cli.scale <= SCALE_MAX) {
+        bail!("--scale must be in (0, {SCALE_MAX}], not {}", cli.scale);
     }
     let base = RunConfig {
         seed: 1,

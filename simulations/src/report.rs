@@ -89,6 +89,9 @@ pub struct MessageReport {
     pub per_node_mean: u64,
     pub per_node_max_bytes: u64,
     pub per_node_mean_bytes: u64,
+    /// Bytes sent and received by a hub, on average over the hubs.
+    pub per_hub_mean_sent_bytes: u64,
+    pub per_hub_mean_received_bytes: u64,
     pub busiest: String,
 }
 

@@ -11,7 +11,7 @@
 
 use crate::adversary::{Attacks, HostileHub, HostileSetting};
 use crate::checker::{FeedView, History, HubView, Violations, feed_view};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Node};
 use crate::faults::{FaultPlan, Faults};
 use crate::human;
 use crate::report::{HostileReport, HostileSettingReport, MessageReport, NotificationReport, Percentiles, RunReport};
@@ -530,6 +530,10 @@ fn message_report(c: &Cluster) -> MessageReport {
     r.per_node_max = busiest.1;
     r.per_node_mean = r.total / n;
     r.per_node_mean_bytes = r.bytes / n;
+    let hubs = c.world.hubs.clone();
+    let per_hub = |f: fn(&Node) -> u64| hubs.clone().map(|h| f(c.node(h))).sum::<u64>() / hubs.len().max(1) as u64;
+    r.per_hub_mean_sent_bytes = per_hub(|n| n.sent_bytes);
+    r.per_hub_mean_received_bytes = per_hub(|n| n.received_bytes);
     r.busiest = c.world.code(busiest.0).to_string();
     r
 }

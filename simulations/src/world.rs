@@ -2,7 +2,7 @@
 //! their caseloads and 1,200 care settings, shrunk by `--scale`.
 
 use crate::fnv::FnvMap;
-use cpis_protocol::directory::Role;
+use cpis_protocol::directory::{MEMBERS_MAX, Role};
 use cpis_protocol::harness::{FederationSpec, SplitMix64, TestFederation};
 use cpis_protocol::ids::{NhsNumber, OdsCode};
 use cpis_protocol::records::{LookupKind, SettingType};
@@ -25,27 +25,48 @@ pub const NATIONAL_SETTINGS: usize = 1_200;
 /// A region with its hub, its share of authorities and its neighbours (second home hubs).
 #[derive(Clone, Debug)]
 pub struct Region {
-    pub name: &'static str,
-    pub hub: &'static str,
+    pub name: String,
+    pub hub: String,
     pub authorities_national: usize,
-    pub neighbours: &'static [usize],
+    pub neighbours: Vec<usize>,
 }
 
-const ENGLAND: [Region; 7] = [
-    Region { name: "London", hub: "HUBLDN", authorities_national: 33, neighbours: &[1, 3] },
-    Region { name: "South East", hub: "HUBSE", authorities_national: 19, neighbours: &[0, 2] },
-    Region { name: "South West", hub: "HUBSW", authorities_national: 15, neighbours: &[1, 4] },
-    Region { name: "East of England", hub: "HUBEOE", authorities_national: 11, neighbours: &[0, 4] },
-    Region { name: "Midlands", hub: "HUBMID", authorities_national: 34, neighbours: &[5, 3] },
-    Region { name: "North West", hub: "HUBNW", authorities_national: 23, neighbours: &[4, 6] },
-    Region { name: "North East and Yorkshire", hub: "HUBNEY", authorities_national: 17, neighbours: &[5, 4] },
+/// A region as the tables below give it: name, hub, authorities, neighbours.
+type RegionRow = (&'static str, &'static str, usize, &'static [usize]);
+
+const ENGLAND: [RegionRow; 7] = [
+    ("London", "HUBLDN", 33, &[1, 3]),
+    ("South East", "HUBSE", 19, &[0, 2]),
+    ("South West", "HUBSW", 15, &[1, 4]),
+    ("East of England", "HUBEOE", 11, &[0, 4]),
+    ("Midlands", "HUBMID", 34, &[5, 3]),
+    ("North West", "HUBNW", 23, &[4, 6]),
+    ("North East and Yorkshire", "HUBNEY", 17, &[5, 4]),
 ];
 
-const SMALL: [Region; 3] = [
-    Region { name: "London", hub: "HUBLDN", authorities_national: 33, neighbours: &[1] },
-    Region { name: "Midlands", hub: "HUBMID", authorities_national: 71, neighbours: &[2, 0] },
-    Region { name: "North", hub: "HUBNTH", authorities_national: 48, neighbours: &[1] },
-];
+const SMALL: [RegionRow; 3] =
+    [("London", "HUBLDN", 33, &[1]), ("Midlands", "HUBMID", 71, &[2, 0]), ("North", "HUBNTH", 48, &[1])];
+
+/// `copies` countries of `rows`' regions: the first as given, the others with their number after
+/// each name and hub code, each copy's neighbours within it.
+fn regions(rows: &[RegionRow], copies: usize) -> Vec<Region> {
+    let mut out = vec![];
+    for c in 0..copies {
+        let suffix = if c == 0 { String::new() } else { (c + 1).to_string() };
+        for (name, hub, authorities, neighbours) in rows {
+            out.push(Region {
+                name: if c == 0 { name.to_string() } else { format!("{name} {suffix}") },
+                hub: format!("{hub}{suffix}"),
+                authorities_national: *authorities,
+                neighbours: neighbours.iter().map(|n| n + c * rows.len()).collect(),
+            });
+        }
+    }
+    out
+}
+
+/// The largest scale: ten Englands.
+pub const SCALE_MAX: f64 = 10.0;
 
 /// How many of each member, for a scale.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,16 +80,25 @@ pub struct WorldSpec {
 
 impl WorldSpec {
     /// England at `scale` (1.0 is the whole country): seven regions from scale 0.1 up, three
-    /// below; at least two authorities and two settings per region.
+    /// below; at least two authorities and two settings per region. Above 1 (up to
+    /// [`SCALE_MAX`]), a federation of several Englands: seven regions and hubs for each whole
+    /// or part England, authorities, settings and plans in proportion.
     pub fn england(scale: f64) -> WorldSpec {
-        let scale = scale.clamp(0.001, 1.0);
-        let regions: Vec<Region> = if scale >= 0.1 { ENGLAND.to_vec() } else { SMALL.to_vec() };
+        let scale = scale.clamp(0.001, SCALE_MAX);
+        let regions = match scale {
+            s if s < 0.1 => regions(&SMALL, 1),
+            s => regions(&ENGLAND, s.ceil() as usize),
+        };
         let floor = 2 * regions.len();
         let scaled = |n: usize| ((n as f64) * scale).round() as usize;
+        let authorities = scaled(NATIONAL_AUTHORITIES).max(floor);
+        // The directory lists every member, at most MEMBERS_MAX: beyond about three Englands the
+        // settings are fewer than in proportion (the national lookup rate is kept, so each is busier).
+        let settings_max = MEMBERS_MAX.saturating_sub(regions.len() + authorities);
         WorldSpec {
             scale,
-            authorities: scaled(NATIONAL_AUTHORITIES).max(floor),
-            settings: scaled(NATIONAL_SETTINGS).max(floor),
+            authorities,
+            settings: scaled(NATIONAL_SETTINGS).max(floor).min(settings_max),
             plans: scaled(NATIONAL_PLANS).max(10 * floor),
             regions,
         }
@@ -115,6 +145,23 @@ fn apportion(total: usize, weights: &[usize]) -> Vec<usize> {
         left -= 1;
     }
     out
+}
+
+/// The code of the `i`th authority: 100 to 999, then letter-digit-letter-digit-letter as the
+/// directory's rule allows (A0A0A, A0A0B, ..., A0A1A, ...), for federations of more than one England.
+fn authority_code(i: usize) -> String {
+    if i < 900 {
+        return (100 + i).to_string();
+    }
+    // Mixed radix, last place first: letter, digit, letter, digit, letter.
+    let mut j = i - 900;
+    let mut places = [' '; 5];
+    for (p, radix) in [(4, 26), (3, 10), (2, 26), (1, 10), (0, 26)] {
+        let base = if radix == 26 { b'A' } else { b'0' };
+        places[p] = char::from(base + (j % radix) as u8);
+        j /= radix;
+    }
+    places.iter().collect()
 }
 
 fn code(text: &str) -> OdsCode {
@@ -200,15 +247,15 @@ impl World {
         };
         let mut b = Builder { spec: FederationSpec::new(FEDERATION), world: empty };
         for (r, region) in spec.regions.iter().enumerate() {
-            b.add(region.hub, Role::Hub, r, vec![]);
-            b.grow(|s| s.hub(region.hub));
+            b.add(&region.hub, Role::Hub, r, vec![]);
+            b.grow(|s| s.hub(&region.hub));
         }
         b.world.hubs = 0..spec.regions.len();
         let weights: Vec<usize> = spec.regions.iter().map(|r| r.authorities_national).collect();
         let start = b.world.codes.len();
         for (r, n) in apportion(spec.authorities, &weights).into_iter().enumerate() {
             for i in 0..n {
-                let text = format!("{}", 100 + b.world.codes.len() - start);
+                let text = authority_code(b.world.codes.len() - start);
                 let homes = b.homes(r, i);
                 let name = format!("{} council {}", spec.regions[r].name, i + 1);
                 let hubs = b.hub_codes(&homes);
@@ -336,6 +383,32 @@ mod tests {
             assert_eq!(w.home_hubs[a][0], w.region[a]);
             assert_ne!(w.home_hubs[a][1], w.region[a]);
         }
+    }
+
+    #[test]
+    fn scale_three__three_englands_of_hubs_and_members() {
+        let w = World::build(WorldSpec::england(3.0));
+        assert_eq!(w.hubs.len(), 21);
+        assert_eq!(w.authorities.len(), 456);
+        assert_eq!(w.settings.len(), 3600);
+        assert_eq!(w.spec.plans, 405_000);
+        assert_eq!(w.code(20).to_string(), "HUBNEY3");
+        for a in w.authorities.clone() {
+            // Both home hubs in the authority's own England.
+            assert!(w.home_hubs[a].iter().all(|h| h / 7 == w.region[a] / 7));
+        }
+    }
+
+    #[test]
+    fn scale_ten__settings_fewer_so_that_the_directory_holds_every_member() {
+        let spec = WorldSpec::england(10.0);
+        assert_eq!((spec.regions.len(), spec.authorities), (70, 1520));
+        assert_eq!(spec.regions.len() + spec.authorities + spec.settings, MEMBERS_MAX);
+        assert_eq!(spec.plans, 1_350_000);
+        let w = World::build(spec);
+        assert_eq!(w.code(w.authorities.start + 899).to_string(), "999");
+        assert_eq!(w.code(w.authorities.start + 900).to_string(), "A0A0A");
+        assert_eq!(w.code(w.authorities.start + 927).to_string(), "A0A1B");
     }
 
     #[test]

@@ -774,7 +774,7 @@ impl Authority {
     /// Sends `hub` every live, durable entry after `seq`, in batches, the head on the last.
     fn push_from(&mut self, hub: &OdsCode, seq: u64) {
         let Some(head) = self.head.clone().filter(|h| h.body.seq == self.durable_seq) else { return };
-        let live: Vec<SignedEntry> = self.feed.entries().range(seq + 1..).map(|(_, e)| e.clone()).collect();
+        let live = self.feed.entries().range(seq + 1..).map(|(_, e)| e.clone());
         for batch in run_batches(&self.code, seq, live, head) {
             self.out.send(hub, Message::Feed(batch));
         }
@@ -1083,9 +1083,15 @@ impl Authority {
 }
 
 /// A run of `origin`'s live entries after `after` cut into batches, the head on the last.
-pub(crate) fn run_batches(origin: &OdsCode, after: u64, live: Vec<SignedEntry>, head: SignedHead) -> Vec<FeedBatch> {
+/// `live` is taken entry by entry: given the replica's entries cloned one at a time, a long run is
+/// held once, in its batches.
+pub(crate) fn run_batches(
+    origin: &OdsCode,
+    after: u64,
+    live: impl IntoIterator<Item = SignedEntry>,
+    head: SignedHead,
+) -> Vec<FeedBatch> {
     let upto = head.body.seq;
-    // The entries move into the batches (a long run is not held twice).
     let mut live = live.into_iter().peekable();
     let mut batches: Vec<FeedBatch> = Vec::new();
     while live.peek().is_some() {

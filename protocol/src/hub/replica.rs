@@ -173,9 +173,10 @@ impl Hub {
     fn send_run(&mut self, to: &OdsCode, origin: &OdsCode, after: u64) -> usize {
         let Some(replica) = self.authorities.get(origin) else { return 0 };
         let Some(head) = replica.head.clone() else { return 0 };
-        let live: Vec<SignedEntry> = replica.feed.entries().range(after + 1..).map(|(_, e)| e.clone()).collect();
-        let count = live.len();
-        for batch in run_batches(origin, after, live, head) {
+        let live = replica.feed.entries().range(after + 1..).map(|(_, e)| e.clone());
+        let batches = run_batches(origin, after, live, head);
+        let count = batches.iter().map(|b| b.entries.len()).sum();
+        for batch in batches {
             self.out.send(to, Message::Feed(batch));
         }
         count

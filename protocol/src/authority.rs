@@ -964,8 +964,6 @@ impl Authority {
         Ok(())
     }
 
-    /// Our plans for `nhs` that were in their window around `at` (a withdrawal recorded since
-    /// does not undo a lookup that happened).
     /// Records a plan (new or changed), keeping the index by NHS number in step.
     fn put_plan(&mut self, plan: Plan) {
         if let Some(old) = self.plans.get(&plan.reference).filter(|old| old.nhs != plan.nhs) {
@@ -984,6 +982,10 @@ impl Authority {
         self.plans.insert(plan.reference.clone(), plan);
     }
 
+    /// Our plans for `nhs` that a hub may have shown at `at`. A hub shows the version of a plan
+    /// it holds, which may be older than ours (it was cut off from us, or had not yet taken the
+    /// change), so an end or a withdrawal recorded since, even with an earlier date, does not
+    /// undo a lookup that happened; an unborn child's plan is still bounded by its due date.
     fn plans_in_window(&self, nhs: NhsNumber, at: Timestamp) -> Vec<&PlanRef> {
         let skew = self.config.clock_skew_max_ms;
         let days = [at.minus_ms(skew).date(), at.date(), at.plus_ms(skew).date()];
@@ -993,8 +995,8 @@ impl Authority {
             .flatten()
             .filter_map(|reference| self.plans.get(reference))
             .filter(|p| {
-                let unwithdrawn = Plan { withdrawn: false, ..(*p).clone() };
-                days.iter().any(|d| unwithdrawn.visible_on(*d))
+                let as_published_before = Plan { withdrawn: false, end: None, ..(*p).clone() };
+                days.iter().any(|d| as_published_before.visible_on(*d))
             })
             .map(|p| &p.reference)
             .collect()

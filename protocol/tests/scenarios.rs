@@ -699,6 +699,31 @@ fn plan_moved_to_a_corrected_nhs_number__notifications_match_the_new_number_only
 }
 
 #[test]
+fn plan_ended_with_a_past_date_while_a_hub_was_cut_off__its_notification_is_still_taken() {
+    let mut net = net();
+    let mut p = plan("CPP-1", CHILD, PlanType::ChildProtection);
+    p.start = net.now.date().plus_days(-500);
+    record(&mut net, "204", p);
+    net.run_for(2_000);
+    net.cut("HUBS", "HUBN");
+    // The plan ended long ago, recorded only now: past its window, shown nowhere from now on.
+    let long_ago = net.now.date().plus_days(-400);
+    let reply = net.command("204", Command::EndPlan { reference: PlanRef::parse("CPP-1").unwrap(), end: long_ago });
+    assert_eq!(reply, Some(Reply::Changed(Change::Applied)));
+    net.run_for(2_000);
+    assert!(!hub_holds(&net, "HUBN", "204", CHILD), "the connected hub no longer shows it");
+    // The cut-off hub still holds the open plan, answers with it, and owes Hackney a notice.
+    let lookup = net.lookup("RXH01", "HUBS", nhs(CHILD));
+    net.run_for(1_000);
+    assert_eq!(shown(&verified(&net, "RXH01", lookup)), vec![("204".into(), "CPP-1".into())]);
+    net.heal();
+    net.run_for(120_000);
+    assert_eq!(inbox_len(&net, "204"), 1, "the lookup happened: the later end does not undo it");
+    assert_eq!(refused(&net, "204", |r| *r == Refusal::NoMatchingPlan), 0);
+    assert!(net.hub("HUBS").outbox_depths().values().all(|n| *n == 0), "nothing left waiting");
+}
+
+#[test]
 fn authority_equivocates__second_entry_refused__proof_kept__alarm_raised() {
     let mut net = net();
     record(&mut net, "316", plan("CPP-1", CHILD, PlanType::ChildProtection));

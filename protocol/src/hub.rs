@@ -22,6 +22,7 @@ use crate::time::Timestamp;
 use crate::wire::{FeedBatch, HeldBy, Message, Notification, Receipt, Refused, VerifiedBatch};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 mod lookups;
 mod notify;
@@ -191,6 +192,59 @@ impl Incoming {
 /// A feed batch as a hub takes it: a [`FeedBatch`], or a [`VerifiedBatch`].
 type InBatch = FeedBatch<Incoming>;
 
+/// A hub's marks, as its syncs and digests carry them. Every change of a mark is written (a
+/// head, an entry, a mark of visits), so they hold until the hub's next write, or until it ends
+/// taking back its own visits (which adds its own mark): a hub computes them once for all the
+/// digests it sends and receives meanwhile, whatever the number of authorities.
+#[derive(Debug, PartialEq)]
+pub(crate) struct OwnMarks {
+    /// The hub's `writes_queued` when they were taken.
+    writes: u64,
+    recovered: bool,
+    /// Each authority's mark, by origin.
+    authorities: Vec<crate::wire::Mark>,
+    /// The marks of the hubs' visit feeds held.
+    visits: Vec<crate::wire::Mark>,
+    fingerprints: [u64; crate::wire::DIGEST_BUCKETS],
+}
+
+impl OwnMarks {
+    fn all(&self) -> impl Iterator<Item = &crate::wire::Mark> {
+        self.authorities.iter().chain(&self.visits)
+    }
+}
+
+/// How far a peer hub holds each authority's feed.
+enum PeerMarks {
+    /// Its digest agreed with ours in every bucket: it holds what our marks then said. Kept as
+    /// those marks, shared: a digest that agrees costs nothing per authority.
+    Agreed(Arc<OwnMarks>),
+    /// The sequence of each authority's feed it holds, as its syncs and digests showed.
+    Known(BTreeMap<OdsCode, u64>),
+}
+
+impl PeerMarks {
+    fn seq(&self, authority: &OdsCode) -> Option<u64> {
+        match self {
+            PeerMarks::Agreed(own) => {
+                own.authorities.binary_search_by(|m| m.origin.cmp(authority)).ok().map(|i| own.authorities[i].seq)
+            }
+            PeerMarks::Known(known) => known.get(authority).copied(),
+        }
+    }
+
+    /// The marks as a map, to be changed.
+    fn known(&mut self) -> &mut BTreeMap<OdsCode, u64> {
+        if let PeerMarks::Agreed(own) = self {
+            *self = PeerMarks::Known(own.authorities.iter().map(|m| (m.origin.clone(), m.seq)).collect());
+        }
+        match self {
+            PeerMarks::Known(known) => known,
+            PeerMarks::Agreed(_) => unreachable!("made known above"),
+        }
+    }
+}
+
 /// A connected peer: its role and the key it connected with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Peer {
@@ -250,7 +304,9 @@ pub struct Hub {
     due: BTreeSet<(Timestamp, LookupId, OdsCode)>,
     peers: BTreeMap<OdsCode, Peer>,
     /// How far each peer hub holds each authority's feed, as its last sync or digest showed.
-    peer_marks: BTreeMap<OdsCode, BTreeMap<OdsCode, u64>>,
+    peer_marks: BTreeMap<OdsCode, PeerMarks>,
+    /// This hub's own marks and their fingerprints, as of `OwnMarks::writes`.
+    own_marks: Option<Arc<OwnMarks>>,
     /// Peer hubs sent our directory because their digest showed the same version with other
     /// content (once per peer and version).
     forks_offered: BTreeSet<OdsCode>,
@@ -296,6 +352,7 @@ impl Hub {
             due: BTreeSet::new(),
             peers: BTreeMap::new(),
             peer_marks: BTreeMap::new(),
+            own_marks: None,
             forks_offered: BTreeSet::new(),
             held_sent: BTreeMap::new(),
             runs_sent: HashMap::new(),
@@ -692,21 +749,39 @@ impl Hub {
         ops
     }
 
-    /// Every mark this hub holds: each authority's sequence and head time, each hub's visits.
-    fn sync_marks(&self) -> Vec<crate::wire::Mark> {
-        let mut marks: Vec<crate::wire::Mark> = self.authorities.keys().map(|o| self.authority_mark(o)).collect();
-        for (origin, feed) in &self.visits {
-            // A hub whose store started empty asks peers for every visit of its own they hold.
-            if *origin == self.code && self.own_recovery != OwnRecovery::Done {
-                continue;
-            }
-            marks.push(crate::wire::Mark { origin: origin.clone(), seq: feed.mark, head_at: Timestamp(0) });
+    /// Every mark this hub holds: each authority's sequence and head time, each hub's visits;
+    /// computed again only after a write (see [`OwnMarks`]).
+    fn own_marks(&mut self) -> Arc<OwnMarks> {
+        let (writes, recovered) = (self.out.writes_queued(), self.own_recovery == OwnRecovery::Done);
+        if let Some(own) = &self.own_marks
+            && own.writes == writes
+            && own.recovered == recovered
+        {
+            debug_assert_eq!(**own, self.marks_now(), "a mark changed without a write");
+            return own.clone();
         }
-        marks
+        let own = Arc::new(self.marks_now());
+        self.own_marks = Some(own.clone());
+        own
+    }
+
+    fn marks_now(&self) -> OwnMarks {
+        let authorities: Vec<crate::wire::Mark> = self.authorities.keys().map(|o| self.authority_mark(o)).collect();
+        let recovered = self.own_recovery == OwnRecovery::Done;
+        let visits: Vec<crate::wire::Mark> = self
+            .visits
+            .iter()
+            // A hub whose store started empty asks peers for every visit of its own they hold.
+            .filter(|(origin, _)| **origin != self.code || recovered)
+            .map(|(origin, feed)| crate::wire::Mark { origin: origin.clone(), seq: feed.mark, head_at: Timestamp(0) })
+            .collect();
+        let all: Vec<crate::wire::Mark> = authorities.iter().chain(&visits).cloned().collect();
+        let fingerprints = crate::wire::fingerprints(&all);
+        OwnMarks { writes: self.out.writes_queued(), recovered, authorities, visits, fingerprints }
     }
 
     fn send_sync(&mut self, peer: &OdsCode) {
-        let marks = self.sync_marks();
+        let marks = self.own_marks().all().cloned().collect();
         self.out.send(peer, Message::Sync { directory_version: self.dir.version(), marks });
     }
 
@@ -716,7 +791,7 @@ impl Hub {
         if self.own_recovery != OwnRecovery::Done {
             return self.send_sync(peer);
         }
-        let fingerprints = crate::wire::fingerprints(&self.sync_marks());
+        let fingerprints = self.own_marks().fingerprints;
         let (directory_version, directory) = (self.dir.version(), self.dir.fingerprint());
         self.out.send(peer, Message::Digest { directory_version, directory, fingerprints });
     }
@@ -728,7 +803,7 @@ impl Hub {
         hubs.extend(
             self.peer_marks
                 .iter()
-                .filter_map(|(hub, marks)| marks.get(authority).map(|&seq| HeldBy { hub: hub.clone(), seq })),
+                .filter_map(|(hub, marks)| marks.seq(authority).map(|seq| HeldBy { hub: hub.clone(), seq })),
         );
         if self.held_sent.get(authority) != Some(&hubs) {
             self.held_sent.insert(authority.clone(), hubs.clone());

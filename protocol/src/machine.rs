@@ -363,6 +363,12 @@ impl<A> Queues<A> {
         self.events.push_back(event);
     }
 
+    /// How many writes were queued so far: a state that changes only with a write is unchanged
+    /// while this is.
+    pub(crate) fn writes_queued(&self) -> u64 {
+        self.next_write_id
+    }
+
     /// Queues `ops` as one write; `after` runs once it is durable. Returns the write's id.
     pub(crate) fn write(&mut self, ops: Vec<StoreOp>, after: Vec<A>) -> u64 {
         let id = self.next_write_id;

@@ -29,7 +29,8 @@ struct Cli {
     scenario: Option<String>,
     /// Size of the federation: 1.0 is England (7 hubs, 152 authorities, 1,200 settings,
     /// 135,000 plans); below 0.1 there are 3 hubs; up to 10, several Englands (7 hubs for each,
-    /// members and plans in proportion).
+    /// members and plans in proportion; above 3, settings are capped so that the directory's
+    /// 4,096 members hold everyone).
     #[arg(long, default_value_t = 1.0)]
     scale: f64,
     /// Hours of the measured period (default 24, or the scenario's own).

@@ -2,7 +2,7 @@
 //! authority's signed head; hubs' visit feeds taken only from the hub that made them;
 //! anti-entropy by digests and marks; pruning of old tombstones and visits.
 
-use super::{After, Hub, InBatch, Incoming, Replica, Staging};
+use super::{After, Hub, InBatch, Incoming, PeerMarks, Replica, Staging};
 use crate::authority::{FEED_ENTRIES_MAX, run_batches};
 use crate::codec;
 use crate::directory::Role;
@@ -13,8 +13,8 @@ use crate::refusal::Refusal;
 use crate::schema::{self, StoreOp};
 use crate::sign::Verified;
 use crate::time::{DAY_MS, Timestamp};
-use crate::wire::{BATCH_ENTRIES_MAX, DIGEST_BUCKETS, FeedBatch, Mark, Message, bucket_of, fingerprints};
-use std::collections::HashMap;
+use crate::wire::{BATCH_ENTRIES_MAX, DIGEST_BUCKETS, FeedBatch, Mark, Message, bucket_of};
+use std::collections::{BTreeMap, HashMap};
 
 /// A rough size of one entry on the wire, for a sync reply's byte budget.
 const ENTRY_BYTES_ESTIMATE: usize = 320;
@@ -119,25 +119,26 @@ impl Hub {
         {
             self.out.send(from, Message::Directories(vec![self.dir.trusted.signed().clone()]));
         }
-        let marks = self.sync_marks();
-        let ours = fingerprints(&marks);
-        let buckets = (0..DIGEST_BUCKETS).filter(|&i| ours[i] != theirs[i]).fold(0u16, |b, i| b | 1 << i);
-        // Where the fingerprints agree, the peer holds exactly what we hold.
-        let same: Vec<crate::wire::Mark> = marks.iter().filter(|m| !in_scope(&m.origin, buckets)).cloned().collect();
-        self.note_peer_marks(from, &same, !buckets);
+        let own = self.own_marks();
+        let buckets = (0..DIGEST_BUCKETS).filter(|&i| own.fingerprints[i] != theirs[i]).fold(0u16, |b, i| b | 1 << i);
         if buckets == 0 {
+            // The peer holds exactly what we hold.
+            self.peer_marks.insert(from.clone(), PeerMarks::Agreed(own));
             return;
         }
-        let marks = marks.into_iter().filter(|m| in_scope(&m.origin, buckets)).collect();
+        // Where the fingerprints agree, the peer holds exactly what we hold.
+        let same: Vec<Mark> = own.all().filter(|m| !in_scope(&m.origin, buckets)).cloned().collect();
+        self.note_peer_marks(from, &same, !buckets);
+        let marks = own.all().filter(|m| in_scope(&m.origin, buckets)).cloned().collect();
         self.out.send(from, Message::SyncPart { directory_version: self.dir.version(), buckets, marks });
     }
 
     /// Remembers how far peer hub `from` holds each authority's feed in `buckets`, from its marks
     /// there (an authority replica of ours it has no mark for, it does not hold), for
     /// [`Message::Held`].
-    fn note_peer_marks(&mut self, from: &OdsCode, marks: &[crate::wire::Mark], buckets: u16) {
+    fn note_peer_marks(&mut self, from: &OdsCode, marks: &[Mark], buckets: u16) {
         let dir = &self.dir.trusted;
-        let known = self.peer_marks.entry(from.clone()).or_default();
+        let known = self.peer_marks.entry(from.clone()).or_insert_with(|| PeerMarks::Known(BTreeMap::new())).known();
         for origin in self.authorities.keys().filter(|o| in_scope(o, buckets)) {
             known.insert(origin.clone(), 0);
         }

@@ -17,7 +17,7 @@ use crate::transport;
 use anyhow::Context;
 use cpis_protocol::directory::{DirectoryError, KeyStatus, Role, TrustedDirectory};
 use cpis_protocol::ids::{LookupId, OdsCode};
-use cpis_protocol::machine::{CommandId, Event, Machine, ReadRequest, Reply, Transmit, WRITES_IN_FLIGHT_MAX};
+use cpis_protocol::machine::{CommandId, Event, Machine, ReadRequest, Reply, Transmit};
 use cpis_protocol::schema::StoredRow;
 use cpis_protocol::sign::{Identity, PublicKey};
 use cpis_protocol::time::Timestamp;
@@ -32,6 +32,10 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 /// Most lookup sessions of care settings open at once; more are turned away.
 pub const SETTING_SESSIONS_MAX: usize = 4_096;
+/// Writes handed to the store and not yet durable past which the loop takes no new input (what
+/// waits goes back to the network as back-pressure): four commits' worth, so that however slow
+/// the disk, what waits for it in memory stays a few MB (a notification's write is about 1 KB).
+const WRITES_WAITING_MAX: u64 = 4 * crate::store::MAX_BATCHES_PER_COMMIT as u64;
 /// Longest the loop sleeps without looking at the clock (clocks can jump).
 const TIMER_CAP: Duration = Duration::from_secs(1);
 
@@ -354,7 +358,7 @@ impl Node {
         loop {
             let wait = self.timer();
             // Writes the store has not yet made durable bound how much new work is taken in.
-            let accepting = self.writes_submitted - self.writes_durable < WRITES_IN_FLIGHT_MAX as u64;
+            let accepting = self.writes_submitted - self.writes_durable < WRITES_WAITING_MAX;
             tokio::select! {
                 input = inputs.recv(), if accepting => {
                     let Some(input) = input else { break };

@@ -5,7 +5,8 @@
 //!
 //! - **bound**: this machine's ed25519 signing and `verify_strict` rates, measured in the same run,
 //!   and the lookup rate they allow if a lookup cost only the setting's signature and the hub's
-//!   verification, on every core;
+//!   verification, on every core; and the disk's sync (a 4 KiB write made durable), the floor of
+//!   one setting's lookup;
 //! - **lookups** at 1, 16 and 64 care settings against one hub (20,000 plans loaded through the
 //!   council's CSV import; one lookup in ten of a flagged child), and the ratio to the bound;
 //! - **notified**: a lookup of a flagged child answered → its notification in the council's inbox;
@@ -196,7 +197,6 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
-/// A node process, killed when dropped (also when the bench panics).
 /// How long the disk under `dir` takes to make a 4 KiB write durable (`fdatasync`), p50 and
 /// p99 in ms: a lookup's answer waits for its access record's commit, which costs at least one.
 fn disk_sync_ms(dir: &std::path::Path) -> (f64, f64) {
@@ -217,6 +217,7 @@ fn disk_sync_ms(dir: &std::path::Path) -> (f64, f64) {
     (ms(&samples, 0.5), ms(&samples, 0.99))
 }
 
+/// A node process, killed when dropped (also when the bench panics).
 struct NodeProcess(std::process::Child);
 
 impl Drop for NodeProcess {

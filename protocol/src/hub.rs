@@ -215,8 +215,7 @@ impl OwnMarks {
     /// The same marks as `other`, but for marks at zero (nothing held, as good as no mark: a
     /// failed merge may leave an empty replica without a write).
     fn agree(&self, other: &OwnMarks) -> bool {
-        let held = |m: &&crate::wire::Mark| m.seq != 0 || m.head_at != Timestamp(0);
-        self.fingerprints == other.fingerprints && self.all().filter(held).eq(other.all().filter(held))
+        self.fingerprints == other.fingerprints && self.all().filter(|m| m.held()).eq(other.all().filter(|m| m.held()))
     }
 }
 

@@ -48,6 +48,13 @@ pub struct Mark {
     pub head_at: Timestamp,
 }
 
+impl Mark {
+    /// Whether it says anything is held: a mark at zero counts as no mark.
+    pub fn held(&self) -> bool {
+        self.seq != 0 || self.head_at != Timestamp(0)
+    }
+}
+
 /// How far one hub holds an authority's feed (the sequence of the head its replica matches; 0
 /// for none), as the hub reporting it last learnt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +77,7 @@ pub fn bucket_of(origin: &OdsCode) -> usize {
 /// bucket's marks, encoded, in origin order. Equal sets of marks give equal fingerprints; a mark
 /// at zero (nothing held) counts as no mark.
 pub fn fingerprints(marks: &[Mark]) -> [u64; DIGEST_BUCKETS] {
-    let mut sorted: Vec<&Mark> = marks.iter().filter(|m| m.seq != 0 || m.head_at != Timestamp(0)).collect();
+    let mut sorted: Vec<&Mark> = marks.iter().filter(|m| m.held()).collect();
     sorted.sort_by(|a, b| a.origin.cmp(&b.origin));
     let mut hashers: [Sha256; DIGEST_BUCKETS] = std::array::from_fn(|_| Sha256::new());
     for mark in sorted {

@@ -3,6 +3,7 @@
 //! state and answers through the channels they carry.
 
 use crate::status::{PlansHeld, Snapshot};
+use cpis_protocol::feed::FeedHead;
 use cpis_protocol::ids::{OdsCode, PlanRef};
 use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::records::AccessEvent;
@@ -27,6 +28,8 @@ pub enum Delivered {
     VerifiedLookup(Verified<AccessEvent>),
     /// A feed batch whose entries' signatures the connection's task already checked, likewise.
     VerifiedFeed(VerifiedBatch),
+    /// An authority's head whose signature the connection's task already checked, likewise.
+    VerifiedHead(Verified<FeedHead>),
 }
 
 /// How a connection carries our frames.

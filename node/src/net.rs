@@ -8,6 +8,7 @@
 use crate::inputs::{Delivered, Input, Link, PEER_INPUT_BYTES_MAX};
 use crate::transport::{self, FrameError, read_message, write_frame};
 use cpis_protocol::directory::{AdmissionError, Role, TrustedDirectory};
+use cpis_protocol::feed::SignedHead;
 use cpis_protocol::ids::OdsCode;
 use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::sign::PublicKey;
@@ -465,7 +466,7 @@ async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u
                     return reason;
                 }
             };
-            if tx.send((check_feed(ctx, message), size)).await.is_err() {
+            if tx.send((check_member_frame(ctx, message), size)).await.is_err() {
                 return "node stopping".to_string();
             }
         }
@@ -486,9 +487,14 @@ enum Checking {
     Pending(tokio::task::JoinHandle<Delivered>),
 }
 
-/// A feed batch's signatures checked with the directory's keys; anything else passes as it came.
-fn check_feed(ctx: &NetContext, message: Message) -> Checking {
-    let Message::Feed(batch) = message else { return Checking::Done(Box::new(Delivered::Message(message))) };
+/// A feed batch's signatures checked with the directory's keys, and a head's; anything else
+/// passes as it came.
+fn check_member_frame(ctx: &NetContext, message: Message) -> Checking {
+    let batch = match message {
+        Message::Feed(batch) => batch,
+        Message::Head(head) => return Checking::Done(Box::new(check_head(ctx, head))),
+        message => return Checking::Done(Box::new(Delivered::Message(message))),
+    };
     let held = ctx.held.read().is_ok_and(|h| h.get(&batch.origin).is_some_and(|seq| *seq >= batch.upto));
     if held {
         return Checking::Done(Box::new(Delivered::Message(Message::Feed(batch))));
@@ -503,6 +509,20 @@ fn check_feed(ctx: &NetContext, message: Message) -> Checking {
         Err(_) => Delivered::Message(Message::Feed(batch)),
     };
     if inline { Checking::Done(Box::new(check())) } else { Checking::Pending(tokio::task::spawn_blocking(check)) }
+}
+
+/// An authority's head checked with the key the directory lists for its origin; as it came if
+/// there is none or the signature does not hold (the machine refuses it with its reason).
+fn check_head(ctx: &NetContext, head: SignedHead) -> Delivered {
+    let origin = head.body.origin.clone();
+    let checked = match ctx.directory.read() {
+        Ok(dir) => dir.verify_signature_only(&origin, head),
+        Err(_) => Err(head),
+    };
+    match checked {
+        Ok(verified) => Delivered::VerifiedHead(verified),
+        Err(head) => Delivered::Message(Message::Head(head)),
+    }
 }
 
 /// A care setting's connection: each bidirectional stream is one lookup session.

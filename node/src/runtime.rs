@@ -547,7 +547,7 @@ impl Node {
         let lookup_id = match &delivered {
             Delivered::VerifiedLookup(l) => Some(l.body().lookup_id),
             Delivered::Message(Message::Lookup(l)) => Some(l.body.lookup_id),
-            Delivered::Message(_) | Delivered::VerifiedFeed(_) => None,
+            Delivered::Message(_) | Delivered::VerifiedFeed(_) | Delivered::VerifiedHead(_) => None,
         };
         if setting {
             if let Some(id) = lookup_id {
@@ -568,6 +568,10 @@ impl Node {
             Delivered::VerifiedFeed(batch) => {
                 self.metrics.received("feed");
                 self.machine.handle_verified_feed(&from, batch, now);
+            }
+            Delivered::VerifiedHead(head) => {
+                self.metrics.received("head");
+                self.machine.handle_verified_head(&from, head, now);
             }
             Delivered::Message(message) => {
                 if let (Message::Sync { directory_version, .. }, Some(seen)) = (&message, self.seen.get_mut(&from)) {

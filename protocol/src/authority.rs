@@ -181,6 +181,9 @@ pub struct Authority {
     next_head_at: Timestamp,
     next_sweep_at: Timestamp,
     next_admission_at: Timestamp,
+    /// Until when every connected hub stays admitted, as the last check of them found (see
+    /// [`crate::machine::DirectoryState::next_admission_change`]).
+    admitted_until: Timestamp,
     pub(crate) out: Queues<After>,
 }
 
@@ -217,6 +220,7 @@ impl Authority {
             next_head_at: now,
             next_sweep_at: now,
             next_admission_at: now,
+            admitted_until: now,
             out: Queues::new(),
         };
         a.restore_rows(rows)?;
@@ -638,7 +642,9 @@ impl Authority {
     pub(crate) fn handle_timeout(&mut self, now: Timestamp) {
         if now >= self.next_admission_at {
             self.next_admission_at = now.plus_ms(ADMISSION_CHECK_INTERVAL_MS);
-            self.check_admissions(now);
+            if now >= self.admitted_until {
+                self.check_admissions(now);
+            }
         }
         if now >= self.next_sweep_at {
             self.next_sweep_at = now.plus_ms(self.config.sweep_interval_ms);
@@ -655,6 +661,8 @@ impl Authority {
     }
 
     fn check_admissions(&mut self, now: Timestamp) {
+        self.admitted_until = self.dir.next_admission_change(now).unwrap_or(Timestamp(u64::MAX));
+
         let refused: Vec<(OdsCode, crate::directory::AdmissionError)> =
             self.hubs.iter().filter_map(|(h, k)| self.dir.admits(h, *k, now).err().map(|e| (h.clone(), e))).collect();
         for (peer, reason) in refused {

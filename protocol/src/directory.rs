@@ -434,6 +434,24 @@ impl TrustedDirectory {
         Ok(verified)
     }
 
+    /// [`Self::verify_at`] of a record identical to `held`, one this node verified when it took
+    /// it: the signature cannot give another verdict, so only the key's standing and window are
+    /// checked again, against this directory now. Any other record is verified in full.
+    pub fn verify_at_or_held<T: Signable + PartialEq>(
+        &self,
+        signed: Signed<T>,
+        held: Option<&Signed<T>>,
+        signer: &OdsCode,
+        role: Role,
+        at: Timestamp,
+    ) -> Result<Verified<T>, RecordError> {
+        if held != Some(&signed) {
+            return self.verify_at(signed, signer, role, at);
+        }
+        self.check_window(self.signer_key(signed.key_id, signer, role)?, signer, at)?;
+        Ok(Verified::held(signed))
+    }
+
     /// The signature only, with the key `signer` lists under the record's key id (decoded once,
     /// when the directory was taken): for a driver that checks signatures beside its event loop,
     /// which then makes every other check (`admit_verified_at`). The record comes back as it was
@@ -699,6 +717,31 @@ mod tests {
         assert_eq!(trusted.verify_signature_only(&authority, tampered.clone()).unwrap_err(), tampered);
         let stranger = Identity::from_seed([99; 32]).sign(directory(9, &r));
         assert!(trusted.verify_signature_only(&authority, stranger).is_err());
+    }
+
+    #[test]
+    fn a_record_identical_to_one_held_is_still_refused_when_its_key_no_longer_stands() {
+        let r = roots();
+        let code = OdsCode::parse("204").unwrap();
+        let signed = Identity::from_seed([11; 32]).sign(directory(9, &r));
+        let trust =
+            |d: Directory| TrustedDirectory::bootstrap(SignedDirectory::sign(d, &[&r[0], &r[1]]), now()).unwrap();
+        let check = |dir: &TrustedDirectory, record: &Signed<Directory>, at| {
+            dir.verify_at_or_held(record.clone(), Some(&signed), &code, Role::Authority, Timestamp(at)).map(drop)
+        };
+        let trusted = trust(directory(1, &r));
+        assert!(check(&trusted, &signed, DAY).is_ok());
+        assert!(matches!(check(&trusted, &signed, 2000 * DAY), Err(RecordError::OutsideWindow { .. })));
+        // Anything but the very record held is verified in full.
+        let mut forged = signed.clone();
+        forged.body.version = 10;
+        assert!(matches!(check(&trusted, &forged, DAY), Err(RecordError::BadSignature { .. })));
+        let mut revoked = directory(1, &r);
+        revoked.members[1].keys[0].status = KeyStatus::Revoked { at: Timestamp(DAY) };
+        assert!(matches!(check(&trust(revoked), &signed, DAY), Err(RecordError::RevokedKey { .. })));
+        let mut rotated = directory(1, &r);
+        rotated.members[1].keys[0].public = Identity::from_seed([12; 32]).public();
+        assert!(matches!(check(&trust(rotated), &signed, DAY), Err(RecordError::UnknownKey { .. })));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 use crate::authority::{ADMISSION_CHECK_INTERVAL_MS, CommandError};
 use crate::directory::{KeyStatus, Role, SignedDirectory, TrustedDirectory};
 use crate::feed::{
-    EntryBody, EntryError, FeedEntry, LiveFeed, SignedEntry, SignedHead, admit_verified_entry, verify_entry,
+    EntryBody, EntryError, FeedEntry, FeedHead, LiveFeed, SignedEntry, SignedHead, admit_verified_entry, verify_entry,
 };
 use crate::ids::{LookupId, NhsNumber, OdsCode};
 use crate::machine::{CommandId, DirectoryState, Event, Queues, Reply, RestoreError, Transmit, earliest};
@@ -158,27 +158,29 @@ struct Staging {
     entries: Vec<Incoming>,
 }
 
-/// An entry as it came: its signature already checked by the driver, or not yet.
-enum Incoming {
-    Signed(SignedEntry),
-    Verified(Verified<FeedEntry>),
+/// An entry or a head as it came: its signature already checked by the driver, or not yet.
+enum Incoming<T = FeedEntry> {
+    Signed(Signed<T>),
+    Verified(Verified<T>),
 }
 
-impl Incoming {
-    fn body(&self) -> &FeedEntry {
+impl<T> Incoming<T> {
+    fn body(&self) -> &T {
         match self {
             Incoming::Signed(e) => &e.body,
             Incoming::Verified(e) => e.body(),
         }
     }
 
-    fn into_signed(self) -> SignedEntry {
+    fn into_signed(self) -> Signed<T> {
         match self {
             Incoming::Signed(e) => e,
             Incoming::Verified(e) => e.into_signed(),
         }
     }
+}
 
+impl Incoming {
     /// Every check of the entry; its signature only if the driver did not check it.
     fn verify(self, dir: &TrustedDirectory) -> Result<SignedEntry, EntryError> {
         let verified = match self {
@@ -326,6 +328,9 @@ pub struct Hub {
     next_sync_at: Timestamp,
     next_prune_at: Timestamp,
     next_admission_at: Timestamp,
+    /// Until when every connected peer stays admitted, as the last check of them found (see
+    /// [`crate::machine::DirectoryState::next_admission_change`]).
+    admitted_until: Timestamp,
     pub(crate) out: Queues<After>,
 }
 
@@ -366,6 +371,7 @@ impl Hub {
             next_sync_at: now,
             next_prune_at: now,
             next_admission_at: now,
+            admitted_until: now,
             out: Queues::new(),
         };
         hub.restore_rows(rows, now)?;
@@ -578,7 +584,9 @@ impl Hub {
         }
         if now >= self.next_admission_at {
             self.next_admission_at = now.plus_ms(ADMISSION_CHECK_INTERVAL_MS);
-            self.check_admissions(now);
+            if now >= self.admitted_until {
+                self.check_admissions(now);
+            }
         }
         if now >= self.next_sync_at {
             self.next_sync_at = now.plus_ms(self.config.sync_interval_ms);
@@ -604,6 +612,8 @@ impl Hub {
 
     /// Closes (in the driver) every connection whose key the directory no longer admits.
     fn check_admissions(&mut self, now: Timestamp) {
+        self.admitted_until = self.dir.next_admission_change(now).unwrap_or(Timestamp(u64::MAX));
+
         let refused: Vec<(OdsCode, crate::directory::AdmissionError)> = self
             .peers
             .iter()
@@ -621,6 +631,13 @@ impl Hub {
         match self.peers.get(from).map(|p| p.role) {
             Some(Role::Setting) => self.on_lookup(from, IncomingLookup::Verified(lookup), now),
             _ => self.handle_message(from, Message::Lookup(lookup.into_signed()), now),
+        }
+    }
+
+    pub(crate) fn handle_verified_head(&mut self, from: &OdsCode, head: Verified<FeedHead>, now: Timestamp) {
+        match self.peers.get(from).map(|p| p.role) {
+            Some(role @ (Role::Hub | Role::Authority)) => self.on_head(from, role, Incoming::Verified(head), now),
+            _ => self.handle_message(from, Message::Head(head.into_signed()), now),
         }
     }
 
@@ -656,7 +673,7 @@ impl Hub {
             (Role::Hub | Role::Authority, Message::Feed(batch)) => {
                 self.on_feed(from, role, batch.map_entries(Incoming::Signed), now)
             }
-            (Role::Hub | Role::Authority, Message::Head(head)) => self.on_head(from, role, head, now),
+            (Role::Hub | Role::Authority, Message::Head(head)) => self.on_head(from, role, Incoming::Signed(head), now),
             (Role::Setting, Message::Lookup(event)) => self.on_lookup(from, IncomingLookup::Signed(event), now),
             (Role::Hub, Message::Notify(n)) => self.on_relay(from, n, now),
             (Role::Hub | Role::Authority, Message::Receipt(r)) => self.on_receipt(from, r, now),

@@ -7,6 +7,7 @@
 use crate::authority::{Authority, AuthorityConfig, Change, CommandError, ImportReport};
 use crate::codec;
 use crate::directory::{AdmissionError, DirectoryError, Role, SignedDirectory, TrustedDirectory};
+use crate::feed::FeedHead;
 use crate::hub::{Hub, HubConfig};
 use crate::ids::{LookupId, OdsCode, PlanRef};
 use crate::records::{AccessEvent, Contacts, LookupKind, Plan};
@@ -227,6 +228,17 @@ impl Machine {
         match self {
             Machine::Hub(h) => h.handle_verified_lookup(from, lookup, now),
             Machine::Authority(a) => a.handle_message(from, Message::Lookup(lookup.into_signed()), now),
+        }
+    }
+
+    /// An authority's head whose signature the driver already checked, off its event loop, with
+    /// the key the directory lists for the head's origin under its key id
+    /// ([`verify_signature_only`](crate::directory::TrustedDirectory::verify_signature_only)).
+    /// A hub makes every other check of [`Message::Head`]; an authority takes it as off the wire.
+    pub fn handle_verified_head(&mut self, from: &OdsCode, head: Verified<FeedHead>, now: Timestamp) {
+        match self {
+            Machine::Hub(h) => h.handle_verified_head(from, head, now),
+            Machine::Authority(a) => a.handle_message(from, Message::Head(head.into_signed()), now),
         }
     }
 
@@ -543,6 +555,15 @@ impl DirectoryState {
                 before.and_then(|p| TrustedDirectory::bootstrap(p, Timestamp(0)).ok()).filter(|p| follows(p));
         }
         Ok(())
+    }
+
+    /// The first instant after `now` at which a key this directory lists enters or leaves its
+    /// window, or the directory expires: until then, and until the directory changes, what
+    /// [`Self::admits`] says of a connected peer cannot change. None once nothing is left to pass.
+    pub(crate) fn next_admission_change(&self, now: Timestamp) -> Option<Timestamp> {
+        let d = self.trusted.directory();
+        let windows = d.members.iter().flat_map(|m| &m.keys).flat_map(|k| [k.valid_from, k.valid_until]);
+        windows.chain([d.expires_at]).filter(|t| *t > now).min()
     }
 
     /// Whether `peer` with `key` is still admitted in the role the machine knows it by.

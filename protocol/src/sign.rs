@@ -243,6 +243,11 @@ impl PreparedKey {
 pub struct Verified<T>(Signed<T>);
 
 impl<T> Verified<T> {
+    /// A record identical to one this node verified when it took it (see
+    /// [`crate::directory::TrustedDirectory::verify_at_or_held`]).
+    pub(crate) fn held(signed: Signed<T>) -> Verified<T> {
+        Verified(signed)
+    }
     pub fn body(&self) -> &T {
         &self.0.body
     }

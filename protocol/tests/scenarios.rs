@@ -3,7 +3,7 @@
 #![allow(non_snake_case)]
 
 use cpis_protocol::authority::{Change, CommandError, RowOutcome};
-use cpis_protocol::directory::{DirectoryError, KeyStatus, SignedDirectory};
+use cpis_protocol::directory::{AdmissionError, DirectoryError, KeyStatus, SignedDirectory};
 use cpis_protocol::feed::{EntryBody, FeedEntry, FeedHead, SignedEntry};
 use cpis_protocol::harness::{FederationSpec, Net, NetConfig, TestFederation, code};
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
@@ -575,6 +575,35 @@ fn setting_connection_opened_before_its_key_was_revoked__closed_at_once() {
     let closed =
         net.events_of("HUBS", |e| matches!(e, Event::PeerNotAdmitted { peer, .. } if peer.as_str() == "RXH01"));
     assert_eq!(closed.len(), 1);
+    assert!(net.hub("HUBS").peers().all(|(p, _)| p.as_str() != "RXH01"));
+}
+
+#[test]
+fn setting_connection_whose_key_window_ends__closed_when_it_ends_not_before() {
+    let mut net = net();
+    net.run_for(1_000);
+    net.lookup("RXH01", "HUBS", nhs(CHILD));
+    net.run_for(1_000);
+    let fed = net.fed.clone();
+    let current = net.hub("HUBS").directory().directory().clone();
+    let until = net.now.plus_ms(10_000);
+    let v2 = fed.next_directory(&current, |d| {
+        let m = d.members.iter_mut().find(|m| m.code.as_str() == "RXH01").unwrap();
+        m.keys[0].valid_until = until;
+    });
+    net.command("HUBS", Command::PublishDirectories(vec![v2]));
+    let closed = |net: &Net| {
+        let outside = |e: &Event| {
+            matches!(e, Event::PeerNotAdmitted { peer, reason: AdmissionError::OutsideWindow { .. } }
+                if peer.as_str() == "RXH01")
+        };
+        net.events_of("HUBS", outside).len()
+    };
+    net.run_for(7_000);
+    assert_eq!(closed(&net), 0, "admitted until its window ends");
+    assert!(net.hub("HUBS").peers().any(|(p, _)| p.as_str() == "RXH01"));
+    net.run_for(5_000);
+    assert!(closed(&net) >= 1, "closed once its window ended");
     assert!(net.hub("HUBS").peers().all(|(p, _)| p.as_str() != "RXH01"));
 }
 

@@ -24,12 +24,13 @@ use crate::world::{NodeId, World};
 use cpis_protocol::authority::{Authority, AuthorityConfig};
 use cpis_protocol::directory::{Directory, Role, SignedDirectory, TrustedDirectory};
 use cpis_protocol::driver::MemDisk;
+use cpis_protocol::feed::{FeedHead, SignedHead};
 use cpis_protocol::harness::SplitMix64;
 use cpis_protocol::hub::{Hub, HubConfig};
 use cpis_protocol::ids::OdsCode;
 use cpis_protocol::machine::{Command, CommandId, Event, Machine, Outputs, RoleConfig, Transmit};
 use cpis_protocol::schema::WriteBatch;
-use cpis_protocol::sign::{Identity, KeyId};
+use cpis_protocol::sign::{Identity, KeyId, SignatureBytes, Verified};
 use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{self, FeedBatch, Message};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -192,7 +193,37 @@ pub struct Cluster {
     tampered_runs: BTreeSet<(NodeId, OdsCode, u64)>,
     reports: VecDeque<Report>,
     next_command: u64,
+    checked_heads: CheckedHeads,
     pub counters: Counters,
+}
+
+/// Heads whose signatures were checked, by signature. A node's driver checks a head's signature
+/// beside its event loop and the hub makes every other check; here every hub is driven by one
+/// process, which checks each head's signature once however many hubs it reaches.
+#[derive(Default)]
+struct CheckedHeads(FnvMap<SignatureBytes, Verified<FeedHead>>);
+
+/// Most heads [`CheckedHeads`] keeps; a head reaches every hub within seconds.
+const CHECKED_HEADS_KEPT: usize = 4096;
+
+impl CheckedHeads {
+    /// The head, its signature checked with the key `dir` lists for its origin; as it came if
+    /// there is none or the signature does not hold (the hub then refuses it with its reason).
+    #[allow(clippy::result_large_err)] // The `Err` is the head given back, as large as the `Ok`.
+    fn check(&mut self, dir: &TrustedDirectory, head: SignedHead) -> Result<Verified<FeedHead>, SignedHead> {
+        if let Some(v) = self.0.get(&head.signature)
+            && *v.signed() == head
+        {
+            return Ok(v.clone());
+        }
+        let origin = head.body.origin.clone();
+        let verified = dir.verify_signature_only(&origin, head)?;
+        if self.0.len() >= CHECKED_HEADS_KEPT {
+            self.0.clear();
+        }
+        self.0.insert(verified.signed().signature, verified.clone());
+        Ok(verified)
+    }
 }
 
 impl Cluster {
@@ -239,6 +270,7 @@ impl Cluster {
             tampered_runs: BTreeSet::new(),
             reports: VecDeque::new(),
             next_command: 0,
+            checked_heads: CheckedHeads::default(),
             counters: Counters::default(),
             world,
         }
@@ -739,7 +771,15 @@ impl Cluster {
         let now = self.node_now(to);
         let code = self.world.codes[from].clone();
         let Some(m) = self.nodes[to].machine.as_mut() else { return };
-        m.handle_message(&code, message, now);
+        match message {
+            Message::Head(head) if self.world.roles[to] == Role::Hub => {
+                match self.checked_heads.check(&self.latest, head) {
+                    Ok(head) => m.handle_verified_head(&code, head, now),
+                    Err(head) => m.handle_message(&code, Message::Head(head), now),
+                }
+            }
+            message => m.handle_message(&code, message, now),
+        }
         self.pump(to);
     }
 

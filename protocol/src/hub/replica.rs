@@ -6,7 +6,7 @@ use super::{After, Hub, InBatch, Incoming, PeerMarks, Replica, Staging};
 use crate::authority::{FEED_ENTRIES_MAX, run_batches};
 use crate::codec;
 use crate::directory::Role;
-use crate::feed::{Applied, EntryBody, FeedHead, LiveFeed, SignedEntry, SignedHead, verify_entry, verify_head};
+use crate::feed::{Applied, EntryBody, FeedHead, LiveFeed, SignedEntry, SignedHead, verify_entry};
 use crate::ids::OdsCode;
 use crate::machine::{Event, Transmit};
 use crate::refusal::Refusal;
@@ -323,10 +323,24 @@ impl Hub {
     }
 
     /// Checks a head: its origin's signature with a key valid at its time, not from the future.
-    fn check_head(&self, origin: &OdsCode, head: SignedHead, now: Timestamp) -> Result<Verified<FeedHead>, Refusal> {
-        let head =
-            verify_head(&self.dir.trusted, head).map_err(|source| Refusal::Head { origin: origin.clone(), source })?;
-        let at = head.body().at;
+    fn check_head(
+        &self,
+        origin: &OdsCode,
+        head: Incoming<FeedHead>,
+        now: Timestamp,
+    ) -> Result<Verified<FeedHead>, Refusal> {
+        let (signer, at) = (head.body().origin.clone(), head.body().at);
+        let dir = &self.dir.trusted;
+        let head = match head {
+            // Each hub receives a head about once per home hub of its authority: the copies
+            // after the first are the head held, whose signature is not checked again.
+            Incoming::Signed(head) => {
+                let held = self.authorities.get(origin).and_then(|r| r.head.as_ref());
+                dir.verify_at_or_held(head, held, &signer, Role::Authority, at)
+            }
+            Incoming::Verified(head) => dir.admit_verified_at(&head, &signer, Role::Authority, at).map(|()| head),
+        }
+        .map_err(|source| Refusal::Head { origin: origin.clone(), source })?;
         if at.since(now) > self.config.clock_skew_max_ms {
             return Err(Refusal::HeadFromTheFuture { origin: origin.clone(), at, now });
         }
@@ -346,7 +360,7 @@ impl Hub {
         now: Timestamp,
     ) -> Result<(), Refusal> {
         let upto = head.body.seq;
-        let head = self.check_head(origin, head, now)?;
+        let head = self.check_head(origin, Incoming::Signed(head), now)?;
         if head.body().origin != *origin {
             return Err(Refusal::HeadNotAtUpto { head_seq: head.body().seq, upto });
         }
@@ -578,8 +592,8 @@ impl Hub {
         self.peers.get(from).is_some_and(|p| p.role == Role::Authority)
     }
 
-    pub(super) fn on_head(&mut self, from: &OdsCode, role: Role, head: SignedHead, now: Timestamp) {
-        let origin = head.body.origin.clone();
+    pub(super) fn on_head(&mut self, from: &OdsCode, role: Role, head: Incoming<FeedHead>, now: Timestamp) {
+        let origin = head.body().origin.clone();
         let result = (|| {
             if role == Role::Authority && origin != *from {
                 return Err(Refusal::NotOwnFeed);

@@ -20,7 +20,7 @@ use crate::ids::{LookupId, NhsNumber, OdsCode};
 use crate::machine::DirectoryState;
 use crate::merkle::{ProofError, key_of};
 use crate::records::{AccessEvent, Contacts, LookupKind, Person, Plan, SettingType, TextError};
-use crate::sign::{Identity, Signed, Verified};
+use crate::sign::{Identity, SignatureBytes, Signed, Verified};
 use crate::time::Timestamp;
 use crate::wire::{AuthorityAnswer, LookupAnswer};
 use std::collections::{BTreeMap, HashMap};
@@ -32,6 +32,9 @@ pub const STALE_AFTER_MS_DEFAULT: u64 = 15 * 60_000;
 pub const HEAD_SKEW_MAX_MS: u64 = 5 * 60_000;
 /// Most verified heads a setting remembers (so that it checks each signature once).
 pub const HEAD_CACHE_MAX: usize = 8_192;
+/// Most verified visits a setting remembers: a child looked up again comes with the visits
+/// already shown, each of whose signatures is checked once.
+pub const VISIT_CACHE_MAX: usize = 8_192;
 
 /// A care setting's identity and the directory it trusts.
 pub struct Setting {
@@ -42,6 +45,8 @@ pub struct Setting {
     stale_after_ms: u64,
     /// Heads whose signatures were verified, by origin: the signed head as verified.
     verified_heads: HashMap<OdsCode, SignedHead>,
+    /// Visits whose signatures were verified, by signature: the signed visit as verified.
+    verified_visits: HashMap<SignatureBytes, SignedEntry>,
 }
 
 /// Why an authority could not be checked.
@@ -164,6 +169,7 @@ impl Setting {
             dir: DirectoryState::new(directory),
             stale_after_ms: STALE_AFTER_MS_DEFAULT,
             verified_heads: HashMap::new(),
+            verified_visits: HashMap::new(),
         })
     }
 
@@ -191,8 +197,9 @@ impl Setting {
     pub fn handle_directories(&mut self, chain: Vec<SignedDirectory>, now: Timestamp) -> Result<u64, DirectoryError> {
         let ops = self.dir.accept(chain, now)?;
         if !ops.is_empty() {
-            // Keys may have been revoked: every head is checked again.
+            // Keys may have been revoked: every head and visit is checked again.
             self.verified_heads.clear();
+            self.verified_visits.clear();
         }
         Ok(self.dir.version())
     }
@@ -251,8 +258,11 @@ impl Setting {
             };
             authorities.push(view);
         }
-        let dir = &self.dir.trusted;
-        let history = answer.history.into_iter().map(|e| shown_visit(dir, e, lookup.nhs)).collect::<Result<_, _>>()?;
+        let mut history = Vec::with_capacity(answer.history.len());
+        for visit in answer.history {
+            let visit = self.visit_valid(visit)?;
+            history.push(shown_visit(&self.dir.trusted, visit, lookup.nhs)?);
+        }
         Ok(VerifiedAnswer { lookup_id: answer.lookup_id, nhs: answer.nhs, hub: answer.hub, authorities, history })
     }
 
@@ -285,6 +295,19 @@ impl Setting {
         }
         self.verified_heads.insert(head.body.origin.clone(), head.clone());
         Ok(())
+    }
+
+    /// Verifies a visit once; a visit already verified (same bytes) is taken as it is.
+    fn visit_valid(&mut self, visit: SignedEntry) -> Result<SignedEntry, AnswerError> {
+        if self.verified_visits.get(&visit.signature) == Some(&visit) {
+            return Ok(visit);
+        }
+        let visit = verify_entry(&self.dir.trusted, visit)?.into_signed();
+        if self.verified_visits.len() >= VISIT_CACHE_MAX {
+            self.verified_visits.clear();
+        }
+        self.verified_visits.insert(visit.signature, visit.clone());
+        Ok(visit)
     }
 
     fn check_authority(
@@ -372,8 +395,8 @@ fn check_contacts(
     }
 }
 
+/// A visit whose signature was verified, as shown.
 fn shown_visit(dir: &TrustedDirectory, e: SignedEntry, nhs: NhsNumber) -> Result<ShownVisit, AnswerError> {
-    let e = verify_entry(dir, e)?.into_signed();
     let EntryBody::Visit(v) = e.body.body else {
         return Err(AnswerError::Misplaced("visit"));
     };

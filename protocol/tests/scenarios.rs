@@ -374,6 +374,37 @@ fn hub_answer_omitting_a_plan__proof_fails__setting_refuses_the_answer() {
     assert!(matches!(setting.verify_answer(&event, answer, net.now), Err(AnswerError::Proof { .. })));
 }
 
+#[test]
+fn visit_checked_once__another_under_its_signature_refused__all_checked_again_after_a_revocation() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    net.lookup("RXH02", "HUBS", nhs(CHILD));
+    net.run_for(2_000);
+    let lookup = net.lookup("RXH01", "HUBS", nhs(CHILD));
+    net.run_for(1_000);
+    let Some(Message::Answer(answer)) = net.reply_to(lookup).cloned() else { panic!("no answer") };
+    let mut setting = net.setting("RXH01");
+    let event = setting.lookup(nhs(CHILD), person(), lookup, net.now).unwrap().body;
+    let shown = setting.verify_answer(&event, answer.clone(), net.now).unwrap().history;
+    assert_eq!(shown.len(), 1, "the walk-in centre's visit");
+    // The hub's signature on a visit the setting already took, under another role.
+    let mut forged = answer.clone();
+    let EntryBody::Visit(visit) = &mut forged.history[0].body.body else { panic!("not a visit") };
+    visit.body.person.role = "Receptionist".into();
+    assert!(matches!(setting.verify_answer(&event, forged, net.now), Err(AnswerError::Record(_))));
+    assert_eq!(setting.verify_answer(&event, answer.clone(), net.now).unwrap().history, shown);
+    // The hub's key is revoked: the visit it signed is no longer taken.
+    let current = net.hub("HUBS").directory().directory().clone();
+    let at = net.now;
+    let v2 = net.fed.next_directory(&current, |d| {
+        let hub = d.members.iter_mut().find(|m| m.code.as_str() == "HUBS").unwrap();
+        hub.keys[0].status = KeyStatus::Revoked { at };
+    });
+    setting.handle_directories(vec![v2], net.now).unwrap();
+    assert!(matches!(setting.verify_answer(&event, answer, net.now), Err(AnswerError::Record(_))));
+}
+
 fn person() -> Person {
     Person { id: "U1".into(), name: "Dr A Clinician".into(), role: "Nurse".into() }
 }

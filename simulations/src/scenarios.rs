@@ -343,6 +343,9 @@ enum Step {
     /// ones are retired.
     RotateWhileDown,
     TakeCopy,
+    /// The target authority records a plan of a new child, which only its hubs hold once its
+    /// store is replaced by the copy.
+    RecordPlanAfterCopy,
     RestoreCopy,
     /// The restored authority ends a plan it recorded after the copy was taken.
     EndPlanAddedAfterCopy,
@@ -492,6 +495,9 @@ impl ScenarioActor {
                 for k in 0..14 {
                     self.agenda.at(start + 2 * HOUR_MS + k * 12 * HOUR_MS, Step::ChangeTargetPlan);
                 }
+                // After the last change: the workload may record none for this authority in the
+                // week, and its random ends and withdrawals may take the ones it does record.
+                self.agenda.at(start + 160 * HOUR_MS, Step::RecordPlanAfterCopy);
                 self.agenda.at(start + (7 * 24 + 1) * HOUR_MS, Step::RestoreCopy);
                 self.agenda.at(start + (7 * 24 + 2) * HOUR_MS, Step::EndPlanAddedAfterCopy);
             }
@@ -600,6 +606,13 @@ impl ScenarioActor {
                 cluster.restart(a);
                 self.redelivery_due = history.on_restored_from_copy(a, copied_at);
                 self.restored = true;
+            }
+            Step::RecordPlanAfterCopy => {
+                let code = cluster.world.code(a).to_string();
+                let plan = work.new_plan(a, &code, cluster.node_now(a).date());
+                // Out of reach of the workload's random ends and withdrawals: it is for this step.
+                work.registry.retain(|p| p.reference != plan.reference);
+                work.command(cluster, a, Command::RecordPlan(plan));
             }
             Step::EndPlanAddedAfterCopy => {
                 let Some((copied_at, _)) = self.copy else { return };

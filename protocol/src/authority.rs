@@ -662,7 +662,6 @@ impl Authority {
 
     fn check_admissions(&mut self, now: Timestamp) {
         self.admitted_until = self.dir.next_admission_change(now).unwrap_or(Timestamp(u64::MAX));
-
         let refused: Vec<(OdsCode, crate::directory::AdmissionError)> =
             self.hubs.iter().filter_map(|(h, k)| self.dir.admits(h, *k, now).err().map(|e| (h.clone(), e))).collect();
         for (peer, reason) in refused {

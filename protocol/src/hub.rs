@@ -613,7 +613,6 @@ impl Hub {
     /// Closes (in the driver) every connection whose key the directory no longer admits.
     fn check_admissions(&mut self, now: Timestamp) {
         self.admitted_until = self.dir.next_admission_change(now).unwrap_or(Timestamp(u64::MAX));
-
         let refused: Vec<(OdsCode, crate::directory::AdmissionError)> = self
             .peers
             .iter()

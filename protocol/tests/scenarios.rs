@@ -3,7 +3,7 @@
 #![allow(non_snake_case)]
 
 use cpis_protocol::authority::{Change, CommandError, RowOutcome};
-use cpis_protocol::directory::{AdmissionError, DirectoryError, KeyStatus, SignedDirectory};
+use cpis_protocol::directory::{AdmissionError, DirectoryError, KeyStatus, MemberKey, SignedDirectory};
 use cpis_protocol::feed::{EntryBody, FeedEntry, FeedHead, SignedEntry};
 use cpis_protocol::harness::{FederationSpec, Net, NetConfig, TestFederation, code};
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
@@ -588,20 +588,26 @@ fn two_hubs_given_different_versions_with_one_number_while_apart__each_finds_the
     assert!(net.hub("HUBS").directory().member(&code("RXH02")).is_none());
 }
 
-#[test]
-fn setting_connection_opened_before_its_key_was_revoked__closed_at_once() {
+/// RXH01 connected to HUBS (it made a lookup there), then HUBS given a directory version in
+/// which `change` was made to RXH01's key at the time `now`.
+fn connected_setting_key_changed(change: impl Fn(&mut MemberKey, Timestamp)) -> Net {
     let mut net = net();
     net.run_for(1_000);
     net.lookup("RXH01", "HUBS", nhs(CHILD));
     net.run_for(1_000);
-    let fed = net.fed.clone();
     let current = net.hub("HUBS").directory().directory().clone();
-    let at = net.now;
-    let v2 = fed.next_directory(&current, |d| {
+    let now = net.now;
+    let v2 = net.fed.next_directory(&current, |d| {
         let m = d.members.iter_mut().find(|m| m.code.as_str() == "RXH01").unwrap();
-        m.keys[0].status = KeyStatus::Revoked { at };
+        change(&mut m.keys[0], now);
     });
     net.command("HUBS", Command::PublishDirectories(vec![v2]));
+    net
+}
+
+#[test]
+fn setting_connection_opened_before_its_key_was_revoked__closed_at_once() {
+    let mut net = connected_setting_key_changed(|key, now| key.status = KeyStatus::Revoked { at: now });
     net.run_for(2_000);
     let closed =
         net.events_of("HUBS", |e| matches!(e, Event::PeerNotAdmitted { peer, .. } if peer.as_str() == "RXH01"));
@@ -611,18 +617,7 @@ fn setting_connection_opened_before_its_key_was_revoked__closed_at_once() {
 
 #[test]
 fn setting_connection_whose_key_window_ends__closed_when_it_ends_not_before() {
-    let mut net = net();
-    net.run_for(1_000);
-    net.lookup("RXH01", "HUBS", nhs(CHILD));
-    net.run_for(1_000);
-    let fed = net.fed.clone();
-    let current = net.hub("HUBS").directory().directory().clone();
-    let until = net.now.plus_ms(10_000);
-    let v2 = fed.next_directory(&current, |d| {
-        let m = d.members.iter_mut().find(|m| m.code.as_str() == "RXH01").unwrap();
-        m.keys[0].valid_until = until;
-    });
-    net.command("HUBS", Command::PublishDirectories(vec![v2]));
+    let mut net = connected_setting_key_changed(|key, now| key.valid_until = now.plus_ms(10_000));
     let closed = |net: &Net| {
         let outside = |e: &Event| {
             matches!(e, Event::PeerNotAdmitted { peer, reason: AdmissionError::OutsideWindow { .. } }

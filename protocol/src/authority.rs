@@ -1082,9 +1082,10 @@ impl Authority {
         }
         self.sign_head(now);
         let Some(head) = self.head.clone() else { return };
-        let live: Vec<SignedEntry> = fresh.iter().filter_map(|s| self.feed.at(*s).cloned()).collect();
+        // Cloned from the feed batch by batch, for each hub: a long import is not held again whole.
         for hub in self.hubs.keys() {
-            for batch in run_batches(&self.code, before, live.clone(), head.clone()) {
+            let live = fresh.iter().filter_map(|s| self.feed.at(*s).cloned());
+            for batch in run_batches(&self.code, before, live, head.clone()) {
                 self.out.transmits.push_back(Transmit { to: hub.clone(), message: Message::Feed(batch) });
             }
         }

@@ -262,6 +262,10 @@ struct Peer {
     /// over.
     sync_budget: usize,
     budget_at: Timestamp,
+    /// When it last sent us a feed batch: an authority whose run is still arriving (a long
+    /// import takes seconds to check) is not asked for its feed again meanwhile, which would
+    /// have it send the whole run once more for every sync.
+    feed_at: Timestamp,
 }
 
 /// Whether a hub that started from an empty store has taken back its own earlier visits from
@@ -280,6 +284,13 @@ pub(crate) enum After {
     Queue(Box<OutboxRecord>),
     /// Send to every connected hub (and, for a directory update, authority) but the one named.
     Forward(Box<Message>, Option<OdsCode>),
+    /// Send every connected hub but `except` the run of `origin`'s replica after `after`, as the
+    /// replica holds it then: a run that came from the authority itself, passed on.
+    ForwardRun {
+        origin: OdsCode,
+        after: u64,
+        except: OdsCode,
+    },
 }
 
 /// Most lookups remembered for replay protection (older ones leave first).
@@ -552,7 +563,7 @@ impl Hub {
             Err(reason) => return self.out.event(Event::PeerNotAdmitted { peer: peer.clone(), reason }),
         };
         let budget = self.config.sync_reply_bytes_max;
-        self.peers.insert(peer.clone(), Peer { role, key, sync_budget: budget, budget_at: now });
+        self.peers.insert(peer.clone(), Peer { role, key, sync_budget: budget, budget_at: now, feed_at: Timestamp(0) });
         match role {
             Role::Hub => {
                 if self.own_recovery == OwnRecovery::AwaitingPeer {
@@ -595,11 +606,17 @@ impl Hub {
             for peer in hubs {
                 self.send_digest(&peer);
             }
-            let authorities: Vec<OdsCode> =
-                self.peers.iter().filter(|(_, p)| p.role == Role::Authority).map(|(c, _)| c.clone()).collect();
-            for peer in authorities {
-                let marks = vec![self.authority_mark(&peer)];
-                self.out.send(&peer, Message::Sync { directory_version: self.dir.version(), marks });
+            let authorities: Vec<(OdsCode, bool)> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.role == Role::Authority)
+                .map(|(c, p)| (c.clone(), now.since(p.feed_at) < self.config.sync_interval_ms))
+                .collect();
+            for (peer, arriving) in authorities {
+                if !arriving {
+                    let marks = vec![self.authority_mark(&peer)];
+                    self.out.send(&peer, Message::Sync { directory_version: self.dir.version(), marks });
+                }
                 self.send_held(&peer);
             }
         }
@@ -900,6 +917,17 @@ impl Hub {
                     queued = true;
                 }
                 After::Forward(message, except) => self.forward(*message, except.as_ref()),
+                After::ForwardRun { origin, after, except } => {
+                    let to: Vec<OdsCode> = self
+                        .peers
+                        .iter()
+                        .filter(|(p, peer)| peer.role == Role::Hub && **p != except)
+                        .map(|(p, _)| p.clone())
+                        .collect();
+                    for peer in to {
+                        self.send_run(&peer, &origin, after);
+                    }
+                }
             }
         }
         if queued {

@@ -126,9 +126,15 @@ impl fmt::Display for NhsNumber {
 
 /// An ODS code naming a member: an authority (3 digits, or letter-digit-letter-digit-letter), a
 /// hub or a care-setting site (3 to 10 upper-case letters and digits).
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct OdsCode(String);
+///
+/// Held inline (11 bytes, no allocation of its own): every entry, visit and message names one or
+/// more, and a hub holds hundreds of thousands of entries. Unused bytes are zero, so that the
+/// derived order is the order of the codes as strings; it hashes as its string too.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OdsCode {
+    bytes: [u8; ODS_CODE_LEN_MAX],
+    len: u8,
+}
 
 /// Why a string is not an ODS code.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -157,7 +163,9 @@ impl OdsCode {
         if !t.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
             return Err(OdsCodeError::Character);
         }
-        Ok(OdsCode(t.to_string()))
+        let mut bytes = [0; ODS_CODE_LEN_MAX];
+        bytes[..t.len()].copy_from_slice(t.as_bytes());
+        Ok(OdsCode { bytes, len: t.len() as u8 })
     }
 
     /// Parses an authority's code: 3 digits (`204`) or letter-digit-letter-digit-letter (`E5A1B`).
@@ -171,7 +179,7 @@ impl OdsCode {
 
     /// Whether the code has the form of an authority's code.
     pub fn is_authority_form(&self) -> bool {
-        let b = self.0.as_bytes();
+        let b = &self.bytes[..usize::from(self.len)];
         match b.len() {
             3 => b.iter().all(u8::is_ascii_digit),
             5 => {
@@ -182,38 +190,72 @@ impl OdsCode {
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only upper-case letters and digits are ever held (see `parse`).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
-}
 
-/// Decoding (the wire, the store, JSON) takes only the canonical form: no surrounding spaces, so
-/// that one code has one encoding.
-impl TryFrom<String> for OdsCode {
-    type Error = OdsCodeError;
-    fn try_from(v: String) -> Result<Self, Self::Error> {
-        let code = OdsCode::parse(&v)?;
-        if code.0.len() != v.len() {
+    /// Decoding (the wire, the store, JSON) takes only the canonical form: no surrounding
+    /// spaces, so that one code has one encoding.
+    fn canonical(text: &str) -> Result<OdsCode, OdsCodeError> {
+        let code = OdsCode::parse(text)?;
+        if usize::from(code.len) != text.len() {
             return Err(OdsCodeError::Character);
         }
         Ok(code)
     }
 }
 
+impl TryFrom<String> for OdsCode {
+    type Error = OdsCodeError;
+    fn try_from(v: String) -> Result<Self, Self::Error> {
+        OdsCode::canonical(&v)
+    }
+}
+
+impl std::hash::Hash for OdsCode {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+/// Encoded as its string.
+impl Serialize for OdsCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for OdsCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<OdsCode, D::Error> {
+        struct Code;
+        impl serde::de::Visitor<'_> for Code {
+            type Value = OdsCode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an ODS code")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<OdsCode, E> {
+                OdsCode::canonical(text).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Code)
+    }
+}
+
 impl From<OdsCode> for String {
     fn from(c: OdsCode) -> String {
-        c.0
+        c.as_str().to_string()
     }
 }
 
 impl fmt::Debug for OdsCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Display for OdsCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -379,5 +421,21 @@ mod tests {
         assert_eq!(PlanRef::try_from("LAC-1 ".to_string()), Err(PlanRefError::Spaces));
         let padded = crate::codec::encode(&" 204".to_string());
         assert!(crate::codec::decode::<OdsCode>(&padded, 64).is_err(), "a padded code is not a second encoding");
+    }
+
+    #[test]
+    fn a_code_is_encoded_and_ordered_as_its_string() {
+        let texts = ["RXH01", "204", "HUBMID", "2040", "E5A1B", "ABCDEFGHIJ", "ABC", "ABCD"];
+        let mut codes: Vec<OdsCode> = texts.iter().map(|t| OdsCode::parse(t).unwrap()).collect();
+        for (code, text) in codes.iter().zip(texts) {
+            assert_eq!(crate::codec::encode(code), crate::codec::encode(&text.to_string()));
+            assert_eq!(crate::codec::decode::<OdsCode>(&crate::codec::encode(code), 64).as_ref(), Ok(code));
+        }
+        codes.sort();
+        let mut sorted = texts.to_vec();
+        sorted.sort();
+        assert_eq!(codes.iter().map(OdsCode::as_str).collect::<Vec<_>>(), sorted);
+        let eleven = crate::codec::encode(&"ABCDEFGHIJK".to_string());
+        assert_eq!(crate::codec::decode::<OdsCode>(&eleven, 64).ok(), None, "eleven characters");
     }
 }

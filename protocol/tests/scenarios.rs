@@ -6,6 +6,7 @@ use cpis_protocol::authority::{Change, CommandError, RowOutcome};
 use cpis_protocol::directory::{AdmissionError, DirectoryError, KeyStatus, MemberKey, SignedDirectory};
 use cpis_protocol::feed::{EntryBody, FeedEntry, FeedHead, SignedEntry};
 use cpis_protocol::harness::{FederationSpec, Net, NetConfig, TestFederation, code};
+use cpis_protocol::hub::HubConfig;
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
 use cpis_protocol::machine::{Command, Event, Reply};
 use cpis_protocol::records::{Person, Plan, PlanError, PlanType, SettingType};
@@ -1378,4 +1379,31 @@ fn peer_hub_syncing_again_while_a_run_is_on_its_way__run_not_sent_twice__sent_ag
     // Once the wait has passed, the next sync brings it again.
     net.run_for(90_000);
     assert!(hub_holds(&net, "HUBS", "204", CHILD), "sent again once the wait passed");
+}
+
+#[test]
+fn authority_run_still_arriving__its_home_hub_does_not_ask_for_it_again__asks_once_it_stops() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(1_000);
+    let interval = HubConfig::default().sync_interval_ms;
+    let before = net.traffic("HUBN", "204", "sync");
+    let mark = net.hub("HUBN").replicas()[&code("204")].seq();
+    // The batches of a long run keep coming, one every half interval, its head still to come:
+    // a sync meanwhile would have the authority send the whole run again.
+    for _ in 0..6 {
+        let part = FeedBatch {
+            origin: code("204"),
+            after: mark,
+            upto: mark + 10_000,
+            entries: vec![],
+            head: None,
+            more: false,
+        };
+        net.send_as("204", "HUBN", Message::Feed(part));
+        net.run_for(interval / 2);
+    }
+    assert_eq!(net.traffic("HUBN", "204", "sync"), before, "no sync while the run arrives");
+    net.run_for(interval * 2);
+    assert!(net.traffic("HUBN", "204", "sync") > before, "asked again once it stopped");
 }

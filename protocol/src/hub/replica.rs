@@ -171,7 +171,7 @@ impl Hub {
     }
 
     /// Sends `to` the run of `origin`'s replica after `after`, its head on the last batch.
-    fn send_run(&mut self, to: &OdsCode, origin: &OdsCode, after: u64) -> usize {
+    pub(super) fn send_run(&mut self, to: &OdsCode, origin: &OdsCode, after: u64) -> usize {
         let Some(replica) = self.authorities.get(origin) else { return 0 };
         let Some(head) = replica.head.clone() else { return 0 };
         let live = replica.feed.entries().range(after + 1..).map(|(_, e)| e.clone());
@@ -242,6 +242,9 @@ impl Hub {
     }
 
     pub(super) fn on_feed(&mut self, from: &OdsCode, role: Role, batch: InBatch, now: Timestamp) {
+        if let Some(peer) = self.peers.get_mut(from).filter(|p| p.role == Role::Authority) {
+            peer.feed_at = now;
+        }
         let origin = batch.origin.clone();
         let more = batch.more;
         let result = match self.dir.trusted.member(&origin).map(|m| m.role) {
@@ -385,11 +388,11 @@ impl Hub {
         }
         let applied =
             if after == 0 { self.replace(origin, verified, &head) } else { self.merge(origin, verified, &head) };
-        let Some((ops, fresh)) = applied else {
+        let Some((ops, count)) = applied else {
             self.on_mismatch(from, role, origin);
             return Err(Refusal::HeadMismatch { origin: origin.clone(), seq: upto });
         };
-        self.commit_run(from, origin, mark, after, ops, fresh, head.into_signed());
+        self.commit_run(from, origin, mark, after, ops, count, head.into_signed());
         Ok(())
     }
 
@@ -452,7 +455,7 @@ impl Hub {
         origin: &OdsCode,
         entries: Vec<SignedEntry>,
         head: &Verified<FeedHead>,
-    ) -> Option<(Vec<StoreOp>, Vec<SignedEntry>)> {
+    ) -> Option<(Vec<StoreOp>, usize)> {
         let mut fresh = LiveFeed::new();
         for e in entries {
             fresh.apply(e);
@@ -468,15 +471,17 @@ impl Hub {
             .filter(|(seq, e)| fresh.at(**seq).is_none_or(|f| f.body != e.body))
             .map(|(seq, _)| schema::ENTRIES.delete(&(origin.clone(), *seq)))
             .collect();
-        let new: Vec<SignedEntry> = fresh
-            .entries()
-            .values()
-            .filter(|e| old.feed.at(e.body.seq).is_none_or(|o| o.body != e.body))
-            .cloned()
-            .collect();
-        ops.extend(new.iter().map(|e| schema::ENTRIES.put(&(origin.clone(), e.body.seq), e)));
+        let deleted = ops.len();
+        ops.extend(
+            fresh
+                .entries()
+                .values()
+                .filter(|e| old.feed.at(e.body.seq).is_none_or(|o| o.body != e.body))
+                .map(|e| schema::ENTRIES.put(&(origin.clone(), e.body.seq), e)),
+        );
+        let count = ops.len() - deleted;
         self.authorities.insert(origin.clone(), Replica { feed: fresh, head: old.head });
-        Some((ops, new))
+        Some((ops, count))
     }
 
     /// New entries merged into the replica, if the result matches the head; else undone.
@@ -485,25 +490,23 @@ impl Hub {
         origin: &OdsCode,
         entries: Vec<SignedEntry>,
         head: &Verified<FeedHead>,
-    ) -> Option<(Vec<StoreOp>, Vec<SignedEntry>)> {
+    ) -> Option<(Vec<StoreOp>, usize)> {
         let replica = self.authorities.entry(origin.clone()).or_default();
         // Boxed, as `apply` gives them: most entries supersede nothing, and a run may be long.
         let mut undo: Vec<(u64, Option<Box<SignedEntry>>)> = Vec::new();
         let mut ops = Vec::new();
-        let mut fresh = Vec::new();
         for e in entries {
-            let seq = e.body.seq;
-            if let Applied::New { superseded } = replica.feed.apply(e.clone()) {
+            let (seq, put) = (e.body.seq, schema::ENTRIES.put(&(origin.clone(), e.body.seq), &e));
+            if let Applied::New { superseded } = replica.feed.apply(e) {
                 if let Some(old) = &superseded {
                     ops.push(schema::ENTRIES.delete(&(origin.clone(), old.body.seq)));
                 }
-                ops.push(schema::ENTRIES.put(&(origin.clone(), seq), &e));
+                ops.push(put);
                 undo.push((seq, superseded));
-                fresh.push(e);
             }
         }
         if replica.feed.matches(head.body()) {
-            return Some((ops, fresh));
+            return Some((ops, undo.len()));
         }
         for (seq, superseded) in undo.into_iter().rev() {
             replica.feed.take(seq);
@@ -538,7 +541,7 @@ impl Hub {
         mark: u64,
         after: u64,
         mut ops: Vec<StoreOp>,
-        fresh: Vec<SignedEntry>,
+        count: usize,
         head: SignedHead,
     ) {
         ops.push(schema::HEADS.put(origin, &head));
@@ -546,19 +549,16 @@ impl Hub {
         if let Some(replica) = self.authorities.get_mut(origin) {
             replica.head = Some(head.clone());
         }
-        let count = fresh.len();
         let mut after_write =
             vec![After::Event(Event::EntriesAccepted { origin: origin.clone(), from: from.clone(), count, upto })];
-        let forward: Vec<Message> = if !self.first_hop(from) {
-            vec![]
-        } else if after == 0 {
-            // A replaced replica: peers behind will ask; tell them there is a newer head.
-            vec![Message::Head(head)]
-        } else {
-            run_batches(origin, mark, fresh, head).into_iter().map(Message::Feed).collect()
-        };
-        for m in forward {
-            after_write.push(After::Forward(Box::new(m), Some(from.clone())));
+        if self.first_hop(from) {
+            after_write.push(if after == 0 {
+                // A replaced replica: peers behind will ask; tell them there is a newer head.
+                After::Forward(Box::new(Message::Head(head)), Some(from.clone()))
+            } else {
+                // The run is read from the replica once durable, not held twice until then.
+                After::ForwardRun { origin: origin.clone(), after: mark, except: from.clone() }
+            });
         }
         self.out.write(ops, after_write);
     }

@@ -124,25 +124,34 @@ fn configs(cli: &Cli) -> anyhow::Result<Vec<RunConfig>> {
 fn print_run(r: &RunReport, json: bool) {
     if json {
         match serde_json::to_string(r) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => say(format_args!("{text}")),
             Err(e) => eprintln!("cannot print the report of seed {}: {e}", r.seed),
         }
         return;
     }
-    println!("{}", r.line());
+    say(format_args!("{}", r.line()));
     match r.faults.len() {
-        0 => println!("  faults drawn: none"),
-        n => println!("  faults drawn ({n}): {}", r.faults.join("; ")),
+        0 => say(format_args!("  faults drawn: none")),
+        n => say(format_args!("  faults drawn ({n}): {}", r.faults.join("; "))),
     }
     if !r.ok {
-        println!("  FAILED seed {} ({})", r.seed, r.scenario);
+        say(format_args!("  FAILED seed {} ({})", r.seed, r.scenario));
         for line in violation_lines(&r.lost) {
-            println!("  lost: {line}");
+            say(format_args!("  lost: {line}"));
         }
         for line in violation_lines(&r.unexpected) {
-            println!("  unexpected: {line}");
+            say(format_args!("  unexpected: {line}"));
         }
-        println!("  reproduce with: {}", r.reproduce);
+        say(format_args!("  reproduce with: {}", r.reproduce));
+    }
+}
+
+/// Prints one line; a reader that has gone away (`cpis-sim … | head`) ends the run quietly
+/// instead of a panic.
+fn say(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if writeln!(std::io::stdout().lock(), "{text}").is_err() {
+        std::process::exit(0);
     }
 }
 
@@ -151,7 +160,7 @@ fn main() -> ExitCode {
     if cli.list {
         let width = Scenario::ALL.iter().map(|s| s.name().len()).max().unwrap_or(0);
         for s in Scenario::ALL {
-            println!("{:<width$}  {}", s.name(), s.description());
+            say(format_args!("{:<width$}  {}", s.name(), s.description()));
         }
         return ExitCode::SUCCESS;
     }
@@ -184,16 +193,16 @@ fn main() -> ExitCode {
     let summary = Summary::of(&reports);
     if cli.json {
         match serde_json::to_string(&serde_json::json!({ "summary": summary })) {
-            Ok(text) => println!("{text}"),
+            Ok(text) => say(format_args!("{text}")),
             Err(e) => eprintln!("cannot print the summary: {e}"),
         }
     } else if reports.len() > 1 {
-        println!("{}", summary.text());
+        say(format_args!("{}", summary.text()));
     }
     if let Some(dir) = &cli.report {
         match assurance::write_index(dir, &reports, &summary) {
             Ok(path) if cli.json => eprintln!("assurer's report: {}", path.display()),
-            Ok(path) => println!("assurer's report: {}", path.display()),
+            Ok(path) => say(format_args!("assurer's report: {}", path.display())),
             Err(e) => {
                 eprintln!("cpis-sim: {e}");
                 written = false;

@@ -918,13 +918,7 @@ impl Hub {
                 }
                 After::Forward(message, except) => self.forward(*message, except.as_ref()),
                 After::ForwardRun { origin, after, except } => {
-                    let to: Vec<OdsCode> = self
-                        .peers
-                        .iter()
-                        .filter(|(p, peer)| peer.role == Role::Hub && **p != except)
-                        .map(|(p, _)| p.clone())
-                        .collect();
-                    for peer in to {
+                    for peer in self.peers_but(Some(&except), false) {
                         self.send_run(&peer, &origin, after);
                     }
                 }
@@ -939,15 +933,18 @@ impl Hub {
     /// connected authority (it would otherwise learn of it only when it next connects).
     fn forward(&mut self, message: Message, except: Option<&OdsCode>) {
         let also_authorities = matches!(message, Message::Directories(_));
-        let to: Vec<OdsCode> = self
-            .peers
+        for peer in self.peers_but(except, also_authorities) {
+            self.out.send(&peer, message.clone());
+        }
+    }
+
+    /// Every connected hub (and authority, if asked) but `except`.
+    fn peers_but(&self, except: Option<&OdsCode>, also_authorities: bool) -> Vec<OdsCode> {
+        self.peers
             .iter()
             .filter(|(_, peer)| peer.role == Role::Hub || (also_authorities && peer.role == Role::Authority))
             .filter(|(p, _)| Some(*p) != except)
             .map(|(p, _)| p.clone())
-            .collect();
-        for peer in to {
-            self.out.send(&peer, message.clone());
-        }
+            .collect()
     }
 }

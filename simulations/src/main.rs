@@ -66,6 +66,17 @@ struct Cli {
     report: Option<PathBuf>,
 }
 
+/// `println!`, except that a reader that has gone away (`cpis-sim … | head`) ends the run
+/// quietly instead of a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if writeln!(std::io::stdout().lock(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 fn parse_seeds(text: &str) -> anyhow::Result<Vec<u64>> {
     let (a, b, inclusive) = match (text.split_once("..="), text.split_once("..")) {
         (Some((a, b)), _) => (a, b, true),
@@ -124,34 +135,25 @@ fn configs(cli: &Cli) -> anyhow::Result<Vec<RunConfig>> {
 fn print_run(r: &RunReport, json: bool) {
     if json {
         match serde_json::to_string(r) {
-            Ok(text) => say(format_args!("{text}")),
+            Ok(text) => say!("{text}"),
             Err(e) => eprintln!("cannot print the report of seed {}: {e}", r.seed),
         }
         return;
     }
-    say(format_args!("{}", r.line()));
+    say!("{}", r.line());
     match r.faults.len() {
-        0 => say(format_args!("  faults drawn: none")),
-        n => say(format_args!("  faults drawn ({n}): {}", r.faults.join("; "))),
+        0 => say!("  faults drawn: none"),
+        n => say!("  faults drawn ({n}): {}", r.faults.join("; ")),
     }
     if !r.ok {
-        say(format_args!("  FAILED seed {} ({})", r.seed, r.scenario));
+        say!("  FAILED seed {} ({})", r.seed, r.scenario);
         for line in violation_lines(&r.lost) {
-            say(format_args!("  lost: {line}"));
+            say!("  lost: {line}");
         }
         for line in violation_lines(&r.unexpected) {
-            say(format_args!("  unexpected: {line}"));
+            say!("  unexpected: {line}");
         }
-        say(format_args!("  reproduce with: {}", r.reproduce));
-    }
-}
-
-/// Prints one line; a reader that has gone away (`cpis-sim … | head`) ends the run quietly
-/// instead of a panic.
-fn say(text: std::fmt::Arguments<'_>) {
-    use std::io::Write;
-    if writeln!(std::io::stdout().lock(), "{text}").is_err() {
-        std::process::exit(0);
+        say!("  reproduce with: {}", r.reproduce);
     }
 }
 
@@ -160,7 +162,7 @@ fn main() -> ExitCode {
     if cli.list {
         let width = Scenario::ALL.iter().map(|s| s.name().len()).max().unwrap_or(0);
         for s in Scenario::ALL {
-            say(format_args!("{:<width$}  {}", s.name(), s.description()));
+            say!("{:<width$}  {}", s.name(), s.description());
         }
         return ExitCode::SUCCESS;
     }
@@ -193,16 +195,16 @@ fn main() -> ExitCode {
     let summary = Summary::of(&reports);
     if cli.json {
         match serde_json::to_string(&serde_json::json!({ "summary": summary })) {
-            Ok(text) => say(format_args!("{text}")),
+            Ok(text) => say!("{text}"),
             Err(e) => eprintln!("cannot print the summary: {e}"),
         }
     } else if reports.len() > 1 {
-        say(format_args!("{}", summary.text()));
+        say!("{}", summary.text());
     }
     if let Some(dir) = &cli.report {
         match assurance::write_index(dir, &reports, &summary) {
             Ok(path) if cli.json => eprintln!("assurer's report: {}", path.display()),
-            Ok(path) => say(format_args!("assurer's report: {}", path.display())),
+            Ok(path) => say!("assurer's report: {}", path.display()),
             Err(e) => {
                 eprintln!("cpis-sim: {e}");
                 written = false;

@@ -124,8 +124,8 @@ pub enum CommandError {
 
 /// Work held until a write is durable.
 pub(crate) enum After {
-    /// A feed entry became durable.
-    Durable(SignedEntry),
+    /// The feed entry of this sequence (the oldest pending) became durable.
+    Durable(u64),
     /// Boxed: an import holds one `Durable` per row until its write is durable.
     Send(Box<Transmit>),
     Event(Event),
@@ -575,8 +575,8 @@ impl Authority {
         ops.push(schema::MARKS.put(&self.code, &seq));
         self.last_seq = seq;
         self.pending_latest.insert(entry.body.key(), seq);
-        self.pending.push_back(entry.clone());
-        after.push(After::Durable(entry));
+        self.pending.push_back(entry);
+        after.push(After::Durable(seq));
     }
 
     fn check_own_key(&self, now: Timestamp) -> Result<(), CommandError> {
@@ -679,7 +679,6 @@ impl Authority {
         let due: Vec<PlanRef> = self
             .feed
             .entries()
-            .values()
             .filter_map(|e| match &e.body.body {
                 EntryBody::Plan(p) if !p.visible_on(today) => Some(p.reference.clone()),
                 _ => None,
@@ -781,7 +780,7 @@ impl Authority {
     /// Sends `hub` every live, durable entry after `seq`, in batches, the head on the last.
     fn push_from(&mut self, hub: &OdsCode, seq: u64) {
         let Some(head) = self.head.clone().filter(|h| h.body.seq == self.durable_seq) else { return };
-        let live = self.feed.entries().range(seq + 1..).map(|(_, e)| e.clone());
+        let live = self.feed.entries_after(seq).cloned();
         for batch in run_batches(&self.code, seq, live, head) {
             self.out.send(hub, Message::Feed(batch));
         }
@@ -835,12 +834,11 @@ impl Authority {
         }
         let newer: Vec<SignedEntry> = held
             .entries()
-            .values()
             .filter(|e| self.published(&e.body.key()).is_none_or(|mine| mine.body.seq < e.body.seq))
             .cloned()
             .collect();
         // Never number a new entry at or below one we signed before the copy was taken.
-        self.last_seq = self.last_seq.max(held.entries().keys().next_back().copied().unwrap_or(0));
+        self.last_seq = self.last_seq.max(held.entries().next_back().map_or(0, |e| e.body.seq));
         let (mut ops, mut after) = (Vec::new(), Vec::new());
         for e in &newer {
             match &e.body.body {
@@ -1028,7 +1026,6 @@ impl Authority {
         let revoked: Vec<EntryBody> = self
             .feed
             .entries()
-            .values()
             .chain(self.pending.iter())
             .filter(|e| me.key(e.key_id).is_none_or(|k| matches!(k.status, KeyStatus::Revoked { .. })))
             .map(|e| e.body.body.clone())
@@ -1057,20 +1054,17 @@ impl Authority {
         let mut fresh = Vec::new();
         for action in self.out.durable(write_id) {
             match action {
-                After::Durable(entry) => {
-                    let front = self.pending.pop_front();
-                    assert_eq!(
-                        front.as_ref().map(|e| e.body.seq),
-                        Some(entry.body.seq),
-                        "entries become durable in order"
-                    );
+                After::Durable(seq) => {
+                    let entry = self.pending.pop_front();
+                    assert_eq!(entry.as_ref().map(|e| e.body.seq), Some(seq), "entries become durable in order");
+                    let Some(entry) = entry else { continue };
                     let key = entry.body.key();
                     if self.pending_latest.get(&key) == Some(&entry.body.seq) {
                         self.pending_latest.remove(&key);
                     }
                     self.durable_seq = self.durable_seq.max(entry.body.seq);
-                    if matches!(self.feed.apply(entry.clone()), Applied::New { .. }) {
-                        fresh.push(entry.body.seq);
+                    if matches!(self.feed.apply(entry), Applied::New { .. }) {
+                        fresh.push(seq);
                     }
                 }
                 After::Send(t) => self.out.transmits.push_back(*t),

@@ -18,8 +18,10 @@ use crate::merkle::{Digest, MapProof, PlanMap, key_of};
 use crate::records::{AccessEvent, Contacts, Plan, PlanError, TextError};
 use crate::sign::{Signable, Signed, Verified, signing_bytes};
 use crate::time::Timestamp;
+use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher, RandomState};
 
 impl Signable for AccessEvent {
     const DOMAIN: &'static str = "cpis/access-event";
@@ -238,12 +240,44 @@ fn plan_reference(e: &SignedEntry) -> Option<&PlanRef> {
     }
 }
 
+/// An entry's key borrowed from the entry, as [`LiveFeed`] hashes and compares it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum KeyRef<'a> {
+    Plan(&'a str),
+    Contacts,
+    Visit(&'a LookupId),
+}
+
+impl<'a> KeyRef<'a> {
+    fn of(entry: &'a FeedEntry) -> KeyRef<'a> {
+        match &entry.body {
+            EntryBody::Plan(p) => KeyRef::Plan(p.reference.as_str()),
+            EntryBody::Removed(r) => KeyRef::Plan(r.reference.as_str()),
+            EntryBody::Contacts(_) => KeyRef::Contacts,
+            EntryBody::Visit(v) => KeyRef::Visit(&v.body.lookup_id),
+        }
+    }
+
+    fn of_key(key: &'a EntryKey) -> KeyRef<'a> {
+        match key {
+            EntryKey::Plan(r) => KeyRef::Plan(r.as_str()),
+            EntryKey::Contacts => KeyRef::Contacts,
+            EntryKey::Visit(id) => KeyRef::Visit(id),
+        }
+    }
+}
+
 /// The live set of one origin's feed: the latest entry of every key (tombstones included), the
 /// plans it publishes by NHS number, and the map whose root a head signs.
 #[derive(Clone, Default)]
 pub struct LiveFeed {
-    entries: BTreeMap<u64, SignedEntry>,
-    latest: HashMap<EntryKey, u64>,
+    /// Boxed: a map filled in order of sequence keeps its nodes about half full, and a node of
+    /// pointers wastes far less than a node of whole entries.
+    entries: BTreeMap<u64, Box<SignedEntry>>,
+    /// The sequence of the live entry of each key, found by the key's hash and compared with
+    /// the entry itself: the keys (a plan's reference, mostly) are not held a second time.
+    latest: HashTable<u64>,
+    hasher: RandomState,
     /// (NHS number, sequence) of every plan entry, so that a child's plans are one range: about
     /// 16 bytes a plan, where a map of maps cost hundreds.
     by_nhs: BTreeSet<(NhsNumber, u64)>,
@@ -275,8 +309,13 @@ impl LiveFeed {
     }
 
     /// Every live entry, by sequence.
-    pub fn entries(&self) -> &BTreeMap<u64, SignedEntry> {
-        &self.entries
+    pub fn entries(&self) -> impl DoubleEndedIterator<Item = &SignedEntry> + '_ {
+        self.entries.values().map(|e| &**e)
+    }
+
+    /// The live entries after sequence `seq`, by sequence.
+    pub fn entries_after(&self, seq: u64) -> impl Iterator<Item = &SignedEntry> + '_ {
+        self.entries.range(seq.saturating_add(1)..).map(|(_, e)| &**e)
     }
 
     pub fn len(&self) -> usize {
@@ -289,38 +328,44 @@ impl LiveFeed {
 
     /// The live entry of `key`.
     pub fn latest(&self, key: &EntryKey) -> Option<&SignedEntry> {
-        self.entries.get(self.latest.get(key)?)
+        self.at(self.latest_seq(KeyRef::of_key(key))?)
+    }
+
+    fn latest_seq(&self, key: KeyRef<'_>) -> Option<u64> {
+        let live_of = |seq: &u64| self.at(*seq).is_some_and(|e| KeyRef::of(&e.body) == key);
+        self.latest.find(self.hasher.hash_one(key), live_of).copied()
     }
 
     /// The entry held at `seq`, if it is live.
     pub fn at(&self, seq: u64) -> Option<&SignedEntry> {
-        self.entries.get(&seq)
+        self.entries.get(&seq).map(|e| &**e)
     }
 
     /// Puts `entry` in if it is the newest of its key.
     pub fn apply(&mut self, entry: SignedEntry) -> Applied {
-        let key = entry.body.key();
-        if let Some(&held) = self.latest.get(&key) {
-            if held == entry.body.seq {
-                return Applied::Held;
-            }
-            if held > entry.body.seq {
-                return Applied::Stale;
-            }
+        let (key, seq) = (KeyRef::of(&entry.body), entry.body.seq);
+        let held = self.latest_seq(key);
+        match held {
+            Some(held) if held == seq => return Applied::Held,
+            Some(held) if held > seq => return Applied::Stale,
+            _ => {}
         }
-        let superseded = self.latest.get(&key).copied().and_then(|seq| self.take(seq)).map(Box::new);
-        self.latest.insert(key, entry.body.seq);
+        let hash = self.hasher.hash_one(key);
+        let superseded = held.and_then(|seq| self.take(seq));
         let nhs = match &entry.body.body {
             EntryBody::Plan(p) => {
                 if self.seqs_of(p.nhs).next().is_none() {
                     self.children += 1;
                 }
-                self.by_nhs.insert((p.nhs, entry.body.seq));
+                self.by_nhs.insert((p.nhs, seq));
                 Some(p.nhs)
             }
             _ => None,
         };
-        self.entries.insert(entry.body.seq, entry);
+        self.entries.insert(seq, Box::new(entry));
+        let (entries, hasher) = (&self.entries, &self.hasher);
+        let rehash = |s: &u64| entries.get(s).map_or(0, |e| hasher.hash_one(KeyRef::of(&e.body)));
+        self.latest.insert_unique(hash, seq, rehash);
         if let Some(nhs) = nhs {
             self.refresh(nhs);
         }
@@ -328,11 +373,11 @@ impl LiveFeed {
     }
 
     /// Takes the entry at `seq` out (pruning, or a newer one replacing it); returns it.
-    pub fn take(&mut self, seq: u64) -> Option<SignedEntry> {
+    pub fn take(&mut self, seq: u64) -> Option<Box<SignedEntry>> {
         let e = self.entries.remove(&seq)?;
-        let key = e.body.key();
-        if self.latest.get(&key) == Some(&seq) {
-            self.latest.remove(&key);
+        let hash = self.hasher.hash_one(KeyRef::of(&e.body));
+        if let Ok(live) = self.latest.find_entry(hash, |s| *s == seq) {
+            live.remove();
         }
         if let EntryBody::Plan(p) = &e.body.body {
             if self.by_nhs.remove(&(p.nhs, seq)) && self.seqs_of(p.nhs).next().is_none() {
@@ -349,7 +394,7 @@ impl LiveFeed {
         if self.seqs_of(nhs).next().is_none() {
             self.map.remove(&key);
         } else {
-            let entries = self.seqs_of(nhs).filter_map(|seq| self.entries.get(&seq)).map(|e| &e.body);
+            let entries = self.seqs_of(nhs).filter_map(|seq| self.at(seq)).map(|e| &e.body);
             self.map.insert(key, plans_value(nhs, entries));
         }
     }
@@ -361,7 +406,7 @@ impl LiveFeed {
 
     /// Every published plan entry for `nhs`, in order of reference.
     pub fn plans_of(&self, nhs: NhsNumber) -> Vec<&SignedEntry> {
-        let mut plans: Vec<&SignedEntry> = self.seqs_of(nhs).filter_map(|seq| self.entries.get(&seq)).collect();
+        let mut plans: Vec<&SignedEntry> = self.seqs_of(nhs).filter_map(|seq| self.at(seq)).collect();
         plans.sort_by(|a, b| plan_reference(a).cmp(&plan_reference(b)));
         plans
     }
@@ -473,5 +518,35 @@ mod tests {
         f.apply(entry(5, "A", "9434765919", false));
         assert_eq!(f.apply(entry(3, "A", "9434765919", true)), Applied::Stale);
         assert_eq!(f.apply(entry(5, "A", "9434765919", false)), Applied::Held);
+    }
+
+    #[test]
+    fn the_live_entry_of_each_key_is_found_as_the_feed_grows_and_shrinks() {
+        let key = |n: u64| EntryKey::Plan(PlanRef::parse(&format!("LAC-{n}")).unwrap());
+        let live_seq = |f: &LiveFeed, n: u64| f.latest(&key(n)).map(|e| e.body.seq);
+        let mut f = LiveFeed::new();
+        for n in 1..=1_000 {
+            f.apply(entry(n, &format!("LAC-{n}"), "9434765919", false));
+        }
+        // The even plans withdrawn (a tombstone takes each one's place), then the tombstones of
+        // the first hundred pruned.
+        for n in (2..=1_000).step_by(2) {
+            let applied = f.apply(entry(1_000 + n, &format!("LAC-{n}"), "9434765919", true));
+            assert!(matches!(applied, Applied::New { superseded: Some(ref old) } if old.body.seq == n));
+        }
+        for n in (2..=100).step_by(2) {
+            assert_eq!(f.take(1_000 + n).map(|e| e.body.seq), Some(1_000 + n));
+        }
+        for n in 1..=1_000 {
+            let expected = match n {
+                n if n % 2 == 1 => Some(n),
+                n if n <= 100 => None,
+                n => Some(1_000 + n),
+            };
+            assert_eq!(live_seq(&f, n), expected, "LAC-{n}");
+        }
+        assert_eq!(f.len(), 950);
+        assert_eq!(live_seq(&f, 1_001), None);
+        assert_eq!(f.apply(entry(2, "LAC-2", "9434765919", false)), Applied::New { superseded: None });
     }
 }

@@ -509,7 +509,7 @@ impl Hub {
 
     /// Every entry held: authorities' published entries, then visits.
     pub fn entries(&self) -> impl Iterator<Item = &SignedEntry> {
-        let published = self.authorities.values().flat_map(|r| r.feed.entries().values());
+        let published = self.authorities.values().flat_map(|r| r.feed.entries());
         published.chain(self.visits.values().flat_map(|f| f.entries.values()))
     }
 
@@ -763,7 +763,7 @@ impl Hub {
             .iter()
             .filter(|(origin, r)| {
                 r.head.as_ref().is_some_and(|h| revoked(origin, h.key_id))
-                    || r.feed.entries().values().any(|e| revoked(origin, e.key_id))
+                    || r.feed.entries().any(|e| revoked(origin, e.key_id))
             })
             .map(|(o, _)| o.clone())
             .collect();

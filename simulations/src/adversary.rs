@@ -392,7 +392,7 @@ impl HostileHub {
     fn logged(&self, cluster: &Cluster, id: &LookupId) -> Option<Signed<AccessEvent>> {
         let key = schema::ACCESS_LOG.key(id);
         let value = cluster.disk(self.hub).get(Table::AccessLog, &key)?;
-        let row = StoredRow { table: Table::AccessLog, key, value: value.clone() };
+        let row = StoredRow { table: Table::AccessLog, key, value: value.to_vec() };
         schema::ACCESS_LOG.decode(&row).ok().map(|(_, s)| s)
     }
 

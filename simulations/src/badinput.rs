@@ -302,7 +302,7 @@ impl BadInput {
         let disk = cluster.disk(hub);
         let k = self.rng.below(8) as usize;
         let (key, value) = disk.table(Table::AccessLog).nth(k).or_else(|| disk.table(Table::AccessLog).next())?;
-        let row = StoredRow { table: Table::AccessLog, key: key.clone(), value: value.clone() };
+        let row = StoredRow { table: Table::AccessLog, key: key.to_vec(), value: value.to_vec() };
         let (_, signed) = schema::ACCESS_LOG.decode(&row).ok()?;
         let from = cluster.world.id(&signed.body.setting)?;
         Some((from, signed))

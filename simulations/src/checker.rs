@@ -221,7 +221,8 @@ pub struct History {
     /// Each node's clock minus true time.
     pub skews: Vec<i64>,
     versions: FnvMap<(NodeId, PlanRef), Vec<Version>>,
-    by_nhs: FnvMap<NhsNumber, BTreeSet<(NodeId, PlanRef)>>,
+    /// The plans of each child: one or two, so a vector (a set's node is hundreds of bytes).
+    by_nhs: FnvMap<NhsNumber, Vec<(NodeId, PlanRef)>>,
     /// Per authority: (true time durable, seq) of every entry, in order.
     acks: Vec<Vec<(u64, u64)>>,
     /// Every entry an origin made durable itself: (origin, seq, digest).
@@ -538,9 +539,14 @@ impl History {
             EntryBody::Contacts(_) | EntryBody::Visit(_) => return,
         };
         if let Some(p) = &plan {
-            self.by_nhs.entry(p.nhs).or_default().insert((a, reference.clone()));
+            let plans = self.by_nhs.entry(p.nhs).or_default();
+            if !plans.iter().any(|(o, r)| *o == a && *r == reference) {
+                plans.push((a, reference.clone()));
+            }
         }
-        self.versions.entry((a, reference)).or_default().push(Version { seq, acked_at: now, plan });
+        // Most plans have one version: room for one, where a vector's first push makes four.
+        let versions = self.versions.entry((a, reference)).or_insert_with(|| Vec::with_capacity(1));
+        versions.push(Version { seq, acked_at: now, plan });
         let change = if now < self.measure_from { Change::Load } else { change };
         if matches!(change, Change::Start | Change::End | Change::Withdraw) {
             self.spread[a].insert(seq, Spread { acked_at: now, change, hubs: 0 });
@@ -924,7 +930,8 @@ impl History {
     /// Invariants 1, 4 and 5 at rest: every hub's replica of every authority is that authority's
     /// published feed (same entries by sequence, same head), but for tombstones past retention;
     /// and every hub holds every visit it must.
-    pub fn check_hubs(&mut self, feeds: &BTreeMap<NodeId, FeedView>, hubs: &[HubView]) {
+    /// The hubs' views come one at a time: all of them at once would be every replica again.
+    pub fn check_hubs(&mut self, feeds: &BTreeMap<NodeId, FeedView>, hubs: impl Iterator<Item = HubView>) {
         let mut lost = Violations::default();
         let mut unexpected = Violations::default();
         for h in hubs {
@@ -977,9 +984,9 @@ pub fn near_visibility_edge(plan: &Plan, at: u64, margin_ms: u64) -> bool {
 }
 
 /// A feed as the final checks see it.
-pub fn feed_view(head: Option<&SignedHead>, entries: &BTreeMap<u64, SignedEntry>) -> FeedView {
+pub fn feed_view<'a>(head: Option<&SignedHead>, entries: impl Iterator<Item = &'a SignedEntry>) -> FeedView {
     FeedView {
         head_seq: head.map_or(0, |h| h.body.seq),
-        entries: entries.iter().map(|(s, e)| (*s, EntryView::of(e))).collect(),
+        entries: entries.map(|e| (e.body.seq, EntryView::of(e))).collect(),
     }
 }

@@ -23,7 +23,7 @@ use crate::report::{Counters, KindCount};
 use crate::world::{NodeId, World};
 use cpis_protocol::authority::{Authority, AuthorityConfig};
 use cpis_protocol::directory::{Directory, Role, SignedDirectory, TrustedDirectory};
-use cpis_protocol::driver::MemDisk;
+use cpis_protocol::driver::{MemDisk, SharedEntries};
 use cpis_protocol::feed::{FeedHead, SignedHead};
 use cpis_protocol::harness::SplitMix64;
 use cpis_protocol::hub::{Hub, HubConfig};
@@ -70,10 +70,10 @@ pub struct Node {
 }
 
 impl Node {
-    fn fresh(disk_ms: u64) -> Node {
+    fn fresh(disk_ms: u64, shared: &SharedEntries) -> Node {
         Node {
             machine: None,
-            disk: MemDisk::new(),
+            disk: MemDisk::sharing(shared.clone()),
             pending: vec![],
             flush_due: false,
             incarnation: 0,
@@ -231,9 +231,10 @@ impl Cluster {
     pub fn new(world: World, seed: u64, hub_config: HubConfig, authority_config: AuthorityConfig) -> Cluster {
         let trusted = world.fed.trusted();
         let mut rng = SplitMix64::new(seed ^ 0x005E_ED0F_C915);
+        let shared = SharedEntries::default();
         let nodes = (0..world.codes.len())
             .map(|_| {
-                let mut n = Node::fresh(1 + rng.below(5));
+                let mut n = Node::fresh(1 + rng.below(5), &shared);
                 n.down = true;
                 n
             })

@@ -402,7 +402,7 @@ pub fn wipe(cluster: &mut Cluster, history: &mut History, hub: NodeId) {
     for h in cluster.world.hubs.clone().filter(|h| *h != hub) {
         let disk = cluster.disk(h);
         for (key, value) in disk.table(Table::Outbox) {
-            let row = StoredRow { table: Table::Outbox, key: key.clone(), value: value.clone() };
+            let row = StoredRow { table: Table::Outbox, key: key.to_vec(), value: value.to_vec() };
             if let Ok(((id, authority), _)) = schema::OUTBOX.decode(&row)
                 && let Some(a) = cluster.world.id(&authority)
             {

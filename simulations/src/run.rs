@@ -255,11 +255,11 @@ fn copy_feed(c: &Cluster, a: NodeId) -> Vec<StoreOp> {
     let disk = c.disk(a);
     let mut ops: Vec<StoreOp> = disk
         .table(Table::Entries)
-        .map(|(k, v)| StoreOp::Put { table: Table::Entries, key: k.clone(), value: v.clone() })
+        .map(|(k, v)| StoreOp::Put { table: Table::Entries, key: k.to_vec(), value: v.to_vec() })
         .collect();
     let head_key = schema::HEADS.key(c.world.code(a));
     if let Some(v) = disk.get(Table::Heads, &head_key) {
-        ops.push(StoreOp::Put { table: Table::Heads, key: head_key, value: v.clone() });
+        ops.push(StoreOp::Put { table: Table::Heads, key: head_key, value: v.to_vec() });
     }
     ops
 }
@@ -405,13 +405,12 @@ fn final_report(sim: &mut Sim, config: &RunConfig, convergence: Option<u64>) -> 
         .clone()
         .filter_map(|a| c.authority(a).map(|x| (a, feed_view(x.head(), x.feed().entries()))))
         .collect();
-    let views: Vec<HubView> = c.world.hubs.clone().filter_map(|h| hub_view(c, h)).collect();
     let down: Vec<String> = (c.world.hubs.start..c.world.authorities.end)
         .filter(|n| c.machine(*n).is_none())
         .map(|n| c.world.code(n).to_string())
         .collect();
     sim.history.check_notifications(&inboxes);
-    sim.history.check_hubs(&feeds, &views);
+    sim.history.check_hubs(&feeds, c.world.hubs.clone().filter_map(|h| hub_view(c, h)));
     match convergence {
         Some(ms) if ms <= config.bound_ms => {}
         Some(ms) => {

@@ -280,7 +280,7 @@ fn replica_lacking_an_entry_or_behind_the_head__is_lost() {
         replicas: BTreeMap::from([(f.a, feed(&[(10, &e10)], 10))]),
         visits: BTreeSet::new(),
     };
-    f.h.check_hubs(&feeds, &[view]);
+    f.h.check_hubs(&feeds, [view].into_iter());
     assert!(f.h.lost.has("replica"), "{:?}", f.h.lost);
     assert_eq!(f.h.lost.count, 2, "the head and the entry: {:?}", f.h.lost);
 }
@@ -306,6 +306,6 @@ fn a_clean_history__passes() {
                 visits: BTreeSet::new(),
             })
             .collect();
-    f.h.check_hubs(&feeds, &views);
+    f.h.check_hubs(&feeds, views.into_iter());
     assert!(f.h.lost.is_empty() && f.h.unexpected.is_empty(), "{:?} {:?}", f.h.lost, f.h.unexpected);
 }

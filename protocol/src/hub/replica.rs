@@ -60,7 +60,7 @@ impl Hub {
     pub(super) fn drop_replica(&mut self, origin: &OdsCode) -> Vec<StoreOp> {
         let Some(replica) = self.authorities.remove(origin) else { return vec![] };
         let mut ops: Vec<StoreOp> =
-            replica.feed.entries().keys().map(|seq| schema::ENTRIES.delete(&(origin.clone(), *seq))).collect();
+            replica.feed.entries().map(|e| schema::ENTRIES.delete(&(origin.clone(), e.body.seq))).collect();
         ops.push(schema::HEADS.delete(origin));
         ops
     }
@@ -174,7 +174,7 @@ impl Hub {
     pub(super) fn send_run(&mut self, to: &OdsCode, origin: &OdsCode, after: u64) -> usize {
         let Some(replica) = self.authorities.get(origin) else { return 0 };
         let Some(head) = replica.head.clone() else { return 0 };
-        let live = replica.feed.entries().range(after + 1..).map(|(_, e)| e.clone());
+        let live = replica.feed.entries_after(after).cloned();
         let batches = run_batches(origin, after, live, head);
         let count = batches.iter().map(|b| b.entries.len()).sum();
         for batch in batches {
@@ -467,15 +467,13 @@ impl Hub {
         let mut ops: Vec<StoreOp> = old
             .feed
             .entries()
-            .iter()
-            .filter(|(seq, e)| fresh.at(**seq).is_none_or(|f| f.body != e.body))
-            .map(|(seq, _)| schema::ENTRIES.delete(&(origin.clone(), *seq)))
+            .filter(|e| fresh.at(e.body.seq).is_none_or(|f| f.body != e.body))
+            .map(|e| schema::ENTRIES.delete(&(origin.clone(), e.body.seq)))
             .collect();
         let deleted = ops.len();
         ops.extend(
             fresh
                 .entries()
-                .values()
                 .filter(|e| old.feed.at(e.body.seq).is_none_or(|o| o.body != e.body))
                 .map(|e| schema::ENTRIES.put(&(origin.clone(), e.body.seq), e)),
         );
@@ -696,7 +694,6 @@ impl Hub {
             let old: Vec<u64> = replica
                 .feed
                 .entries()
-                .values()
                 .filter(|e| matches!(e.body.body, EntryBody::Removed(_)) && e.body.at < tombstone_cutoff)
                 .map(|e| e.body.seq)
                 .collect();

@@ -784,6 +784,12 @@ impl Cluster {
         self.pump(to);
     }
 
+    /// `head` with its signature checked (once for every hub and setting it reaches) with the
+    /// key the newest directory lists for its origin; none if that does not hold.
+    pub fn checked_head(&mut self, head: &SignedHead) -> Option<Verified<FeedHead>> {
+        self.checked_heads.check(&self.latest, head.clone()).ok()
+    }
+
     // ---- Outputs ----
 
     /// Carries a machine's outputs out: writes to its pending queue, frames to the network (or

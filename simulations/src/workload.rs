@@ -11,6 +11,7 @@ use crate::cluster::Cluster;
 use crate::fnv::FnvMap;
 use crate::world::{self, NodeId, World};
 use cpis_protocol::authority::RowOutcome;
+use cpis_protocol::directory::Role;
 use cpis_protocol::harness::SplitMix64;
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
 use cpis_protocol::machine::{Command, CommandId, Reply};
@@ -202,6 +203,23 @@ pub struct Workload {
     commands: FnvMap<CommandId, NodeId>,
     agenda: Agenda<WorkEv>,
     pub stats: LookupStats,
+}
+
+/// Gives `setting` the heads of `answer` it does not hold yet, as a node's client does
+/// ([`Setting::remember_heads`]) after checking them on its own cores. Here every setting and hub
+/// is played by one process, which checks each head's signature once for all of them (as it does
+/// for the hubs), then each setting's directory makes every other check of its own. A head
+/// refused by either is left to the setting to judge.
+fn give_checked_heads(cluster: &mut Cluster, setting: &mut Setting, answer: &LookupAnswer) {
+    let mut checked = vec![];
+    for head in answer.authorities.iter().map(|a| &a.head).filter(|h| !setting.knows_head(h)) {
+        let Some(verified) = cluster.checked_head(head) else { continue };
+        let (origin, at) = (&head.body.origin, head.body.at);
+        if setting.directory().admit_verified_at(&verified, origin, Role::Authority, at).is_ok() {
+            checked.push(verified);
+        }
+    }
+    setting.remember_heads(checked);
 }
 
 impl Workload {
@@ -564,6 +582,7 @@ impl Workload {
             answer.authorities.iter().map(|x| (x.head.body.origin.clone(), x.head.body.seq, x.head.body.at)).collect();
         let offset = setting - cluster.world.settings.start;
         let Some(s) = self.settings.get_mut(offset).and_then(Option::as_mut) else { return };
+        give_checked_heads(cluster, s, &answer);
         let result = s.verify_answer(&event, answer, setting_now);
         let req = &self.requests[r];
         let record = AnswerRecord {

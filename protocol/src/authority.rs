@@ -1055,9 +1055,9 @@ impl Authority {
         for action in self.out.durable(write_id) {
             match action {
                 After::Durable(seq) => {
-                    let entry = self.pending.pop_front();
-                    assert_eq!(entry.as_ref().map(|e| e.body.seq), Some(seq), "entries become durable in order");
-                    let Some(entry) = entry else { continue };
+                    let Some(entry) = self.pending.pop_front().filter(|e| e.body.seq == seq) else {
+                        panic!("entries become durable in order: {seq} was not the oldest pending");
+                    };
                     let key = entry.body.key();
                     if self.pending_latest.get(&key) == Some(&entry.body.seq) {
                         self.pending_latest.remove(&key);

@@ -85,11 +85,10 @@ pub enum EntryKey {
 
 impl FeedEntry {
     pub fn key(&self) -> EntryKey {
-        match &self.body {
-            EntryBody::Plan(p) => EntryKey::Plan(p.reference.clone()),
-            EntryBody::Removed(r) => EntryKey::Plan(r.reference.clone()),
-            EntryBody::Contacts(_) => EntryKey::Contacts,
-            EntryBody::Visit(v) => EntryKey::Visit(v.body.lookup_id),
+        match KeyRef::of(self) {
+            KeyRef::Plan(reference) => EntryKey::Plan(reference.clone()),
+            KeyRef::Contacts => EntryKey::Contacts,
+            KeyRef::Visit(id) => EntryKey::Visit(*id),
         }
     }
 
@@ -240,10 +239,11 @@ fn plan_reference(e: &SignedEntry) -> Option<&PlanRef> {
     }
 }
 
-/// An entry's key borrowed from the entry, as [`LiveFeed`] hashes and compares it.
+/// An entry's key borrowed from the entry ([`FeedEntry::key`] is its owned copy), as
+/// [`LiveFeed`] hashes and compares it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum KeyRef<'a> {
-    Plan(&'a str),
+    Plan(&'a PlanRef),
     Contacts,
     Visit(&'a LookupId),
 }
@@ -251,8 +251,8 @@ enum KeyRef<'a> {
 impl<'a> KeyRef<'a> {
     fn of(entry: &'a FeedEntry) -> KeyRef<'a> {
         match &entry.body {
-            EntryBody::Plan(p) => KeyRef::Plan(p.reference.as_str()),
-            EntryBody::Removed(r) => KeyRef::Plan(r.reference.as_str()),
+            EntryBody::Plan(p) => KeyRef::Plan(&p.reference),
+            EntryBody::Removed(r) => KeyRef::Plan(&r.reference),
             EntryBody::Contacts(_) => KeyRef::Contacts,
             EntryBody::Visit(v) => KeyRef::Visit(&v.body.lookup_id),
         }
@@ -260,7 +260,7 @@ impl<'a> KeyRef<'a> {
 
     fn of_key(key: &'a EntryKey) -> KeyRef<'a> {
         match key {
-            EntryKey::Plan(r) => KeyRef::Plan(r.as_str()),
+            EntryKey::Plan(r) => KeyRef::Plan(r),
             EntryKey::Contacts => KeyRef::Contacts,
             EntryKey::Visit(id) => KeyRef::Visit(id),
         }
@@ -328,12 +328,14 @@ impl LiveFeed {
 
     /// The live entry of `key`.
     pub fn latest(&self, key: &EntryKey) -> Option<&SignedEntry> {
-        self.at(self.latest_seq(KeyRef::of_key(key))?)
+        let key = KeyRef::of_key(key);
+        self.at(self.latest_seq(key, self.hasher.hash_one(key))?)
     }
 
-    fn latest_seq(&self, key: KeyRef<'_>) -> Option<u64> {
+    /// The sequence of the live entry of `key`, whose hash is `hash`.
+    fn latest_seq(&self, key: KeyRef<'_>, hash: u64) -> Option<u64> {
         let live_of = |seq: &u64| self.at(*seq).is_some_and(|e| KeyRef::of(&e.body) == key);
-        self.latest.find(self.hasher.hash_one(key), live_of).copied()
+        self.latest.find(hash, live_of).copied()
     }
 
     /// The entry held at `seq`, if it is live.
@@ -344,13 +346,13 @@ impl LiveFeed {
     /// Puts `entry` in if it is the newest of its key.
     pub fn apply(&mut self, entry: SignedEntry) -> Applied {
         let (key, seq) = (KeyRef::of(&entry.body), entry.body.seq);
-        let held = self.latest_seq(key);
+        let hash = self.hasher.hash_one(key);
+        let held = self.latest_seq(key, hash);
         match held {
             Some(held) if held == seq => return Applied::Held,
             Some(held) if held > seq => return Applied::Stale,
             _ => {}
         }
-        let hash = self.hasher.hash_one(key);
         let superseded = held.and_then(|seq| self.take(seq));
         let nhs = match &entry.body.body {
             EntryBody::Plan(p) => {

@@ -930,6 +930,7 @@ impl History {
     /// Invariants 1, 4 and 5 at rest: every hub's replica of every authority is that authority's
     /// published feed (same entries by sequence, same head), but for tombstones past retention;
     /// and every hub holds every visit it must.
+    ///
     /// The hubs' views come one at a time: all of them at once would be every replica again.
     pub fn check_hubs(&mut self, feeds: &BTreeMap<NodeId, FeedView>, hubs: impl Iterator<Item = HubView>) {
         let mut lost = Violations::default();

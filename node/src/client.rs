@@ -346,8 +346,18 @@ impl Client {
     /// or gives nothing within `pace.hedge_after`; the first verified answer wins. With none by
     /// `pace.deadline`, every hub still out is listed as timed out.
     pub async fn lookup(self: &Arc<Self>, request: LookupRequest, pace: Pace) -> Result<LookupOutcome, ClientError> {
+        self.lookup_as(LookupId(rand::random()), request, pace).await
+    }
+
+    /// [`Client::lookup`] under a lookup id the caller chose (fresh and random: a hub takes a
+    /// known id for a retry of the same signed lookup, or refuses it as a replay).
+    pub async fn lookup_as(
+        self: &Arc<Self>,
+        lookup_id: LookupId,
+        request: LookupRequest,
+        pace: Pace,
+    ) -> Result<LookupOutcome, ClientError> {
         let at = now();
-        let lookup_id = LookupId(rand::random());
         let (signed, version_before) = {
             let setting = self.setting();
             let version = setting.directory_version();

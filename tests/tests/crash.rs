@@ -229,8 +229,11 @@ async fn gateway_killed_after_answering__every_answered_lookup_is_in_its_audit_l
     let _ = gateway.wait();
     let audit = std::fs::read_to_string(home.join("gateway").join("audit.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), answered, "every answered lookup was on disk before its answer left");
-    let numbers: BTreeSet<String> = lines.iter().filter_map(|l| l["nhs"].as_str().map(String::from)).collect();
+    let asked: Vec<&serde_json::Value> = lines.iter().filter(|l| l["result"] == "asked").collect();
+    assert_eq!(asked.len(), answered, "every answered lookup was on disk before its answer left");
+    // What each came to is synced with the next lookup's line: only the last may be missing.
+    assert!(lines.len() - asked.len() >= answered - 1, "{audit}");
+    let numbers: BTreeSet<String> = asked.iter().filter_map(|l| l["nhs"].as_str().map(String::from)).collect();
     assert_eq!(numbers, children(12).iter().map(|n| n.digits()).collect());
     hubn.shutdown().await;
     hubs.shutdown().await;

@@ -295,8 +295,14 @@ async fn fhir_api__found_two_councils_unborn_none_history_unavailable_every_erro
     fhir.save("error-no-hub", &down);
 
     let audit = std::fs::read_to_string(world.fed.home("RXH01").join("gateway").join("audit.jsonl")).unwrap();
-    let entries: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert!(entries.iter().all(|e| e["via"] == "fhir" && e["user_name"] == "Dr Ada Okafor"), "{audit}");
+    let lines: Vec<Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.iter().all(|e| e["via"] == "fhir" && e["user_name"] == "Dr Ada Okafor"), "{audit}");
+    // Each new lookup: its `asked` line, then what it came to.
+    let (asked, entries): (Vec<Value>, Vec<Value>) = lines.into_iter().partition(|e| e["result"] == "asked");
+    let ids = |lines: &[Value], skip: &str| -> Vec<String> {
+        lines.iter().filter(|e| e["result"] != skip).map(|e| e["lookup_id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(ids(&asked, ""), ids(&entries, "cached"), "{audit}");
     assert_eq!(
         entries.iter().map(|e| e["system"].as_str().unwrap()).filter(|s| *s == "PAS").count(),
         1,

@@ -1,5 +1,6 @@
-//! The gateway's own audit log: one JSON line per lookup (`audit.jsonl` in its data folder,
-//! owner-only), written and synced to disk before the answer leaves the gateway.
+//! The gateway's own audit log (`audit.jsonl` in its data folder, owner-only): one JSON line when
+//! a lookup is asked, synced to disk while the hubs are asked and before the answer leaves the
+//! gateway, and one line with what it came to, synced with the next batch.
 //!
 //! It is a record the setting keeps of who looked up which child, so it holds the whole NHS
 //! number; the operator's log (tracing) never does. A writer thread appends lines in batches,
@@ -16,6 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 pub const AUDIT_RECENT_MAX: usize = 500;
 /// Lines waiting for the writer before new lookups wait.
 const AUDIT_QUEUE_MAX: usize = 4_096;
+/// The `result` of the line written when a lookup is asked, before its answer is known. On its
+/// own (no later line with the same `lookup_id`) it is a lookup whose answer was never recorded:
+/// the gateway stopped first.
+pub const ASKED: &str = "asked";
 
 /// One lookup, as the audit log keeps it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,8 +39,9 @@ pub struct AuditEntry {
     pub nhs: String,
     /// `unscheduled` or `scheduled`.
     pub kind: String,
-    /// `alert`, `no-records`, `could-not-check`, `refused` or `cached` (history served from an
-    /// earlier lookup, with no new one).
+    /// `asked` (the lookup is on its way; see [`ASKED`]), then `alert`, `no-records`,
+    /// `could-not-check` or `refused`; or `cached` (history served from an earlier lookup, with
+    /// no new one).
     pub result: String,
     pub lookup_id: Option<String>,
     pub hub: Option<String>,
@@ -58,10 +64,7 @@ impl AuditLog {
         if let Ok(text) = std::fs::read_to_string(path) {
             for line in text.lines() {
                 if let Ok(entry) = serde_json::from_str::<AuditEntry>(line) {
-                    if recent.len() == AUDIT_RECENT_MAX {
-                        recent.pop_front();
-                    }
-                    recent.push_back(entry);
+                    remember(&mut recent, entry);
                 }
             }
         }
@@ -79,20 +82,47 @@ impl AuditLog {
     /// Appends one entry; returns once it is on disk.
     pub async fn record(&self, entry: AuditEntry) -> Result<(), String> {
         let (done, written) = oneshot::channel();
-        if self.queue.send((entry, done)).await.is_err() {
-            return Err(format!("the audit log {} is closed", self.path.display()));
-        }
+        self.queue(entry, Some(done)).await?;
         written.await.map_err(|_| format!("the audit log {} stopped", self.path.display()))?
     }
 
-    /// The newest entries, newest first.
+    /// Appends one entry without waiting for it to reach the disk (it is synced with the next
+    /// batch); returns once the writer has it.
+    pub async fn append(&self, entry: AuditEntry) -> Result<(), String> {
+        self.queue(entry, None).await
+    }
+
+    async fn queue(&self, entry: AuditEntry, done: Option<Done>) -> Result<(), String> {
+        self.queue.send((entry, done)).await.map_err(|_| format!("the audit log {} is closed", self.path.display()))
+    }
+
+    /// The newest entries, newest first; a lookup's `asked` line is replaced by its outcome's.
     pub fn recent(&self, count: usize) -> Vec<AuditEntry> {
         let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         recent.iter().rev().take(count).cloned().collect()
     }
 }
 
-type Waiting = (AuditEntry, oneshot::Sender<Result<(), String>>);
+type Done = oneshot::Sender<Result<(), String>>;
+type Waiting = (AuditEntry, Option<Done>);
+
+/// Keeps `entry` among the newest: in place of the `asked` line of the same lookup, if it is still
+/// there, else as the newest.
+fn remember(recent: &mut VecDeque<AuditEntry>, entry: AuditEntry) {
+    let asked = entry
+        .lookup_id
+        .as_ref()
+        .and_then(|id| recent.iter().rposition(|e| e.result == ASKED && e.lookup_id.as_ref() == Some(id)));
+    match asked {
+        Some(at) if entry.result != ASKED => recent[at] = entry,
+        _ => {
+            if recent.len() == AUDIT_RECENT_MAX {
+                recent.pop_front();
+            }
+            recent.push_back(entry);
+        }
+    }
+}
 
 fn write_loop(mut file: std::fs::File, mut lines: mpsc::Receiver<Waiting>, recent: Arc<Mutex<VecDeque<AuditEntry>>>) {
     while let Some(first) = lines.blocking_recv() {
@@ -108,16 +138,17 @@ fn write_loop(mut file: std::fs::File, mut lines: mpsc::Receiver<Waiting>, recen
             }
         }
         let result = file.write_all(&bytes).and_then(|()| file.sync_data()).map_err(|e| e.to_string());
+        if let Err(reason) = &result {
+            // Lines appended without a waiter have no one else to tell.
+            tracing::error!(%reason, lines = batch.len(), "audit log lines could not be written");
+        }
         if result.is_ok() {
             let mut recent = recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (entry, _) in &batch {
-                if recent.len() == AUDIT_RECENT_MAX {
-                    recent.pop_front();
-                }
-                recent.push_back(entry.clone());
+                remember(&mut recent, entry.clone());
             }
         }
-        for (_, done) in batch {
+        for done in batch.into_iter().filter_map(|(_, done)| done) {
             let _ = done.send(result.clone());
         }
     }
@@ -159,5 +190,30 @@ mod tests {
         let reopened = AuditLog::open(&path).unwrap();
         let ids: Vec<String> = reopened.recent(10).into_iter().filter_map(|e| e.lookup_id).collect();
         assert_eq!(ids, [format!("{:032x}", 2), format!("{:032x}", 1), format!("{:032x}", 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_lookups_asked_line_is_shown_as_its_outcome_once_that_is_written_and_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        let asked = |n| AuditEntry { result: ASKED.into(), hub: None, ..entry(n) };
+        log.record(asked(1)).await.unwrap();
+        log.record(asked(2)).await.unwrap();
+        let results = |log: &AuditLog| log.recent(10).into_iter().map(|e| e.result).collect::<Vec<_>>();
+        assert_eq!(results(&log), [ASKED, ASKED]);
+        log.append(entry(1)).await.unwrap();
+        // Appended lines are written in order: once the next recorded line is on disk, so is it.
+        log.record(entry(3)).await.unwrap();
+        assert_eq!(results(&log), ["alert", ASKED, "alert"]);
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(on_disk.lines().count(), 4, "both lines of a lookup stay in the file");
+        drop(log);
+        // Lookup 2's answer was never recorded: it stays `asked`.
+        let reopened = AuditLog::open(&path).unwrap();
+        let shown: Vec<(String, String)> =
+            reopened.recent(10).into_iter().map(|e| (e.lookup_id.unwrap(), e.result)).collect();
+        let id = |n: u32| format!("{n:032x}");
+        assert_eq!(shown, [(id(3), "alert".into()), (id(2), ASKED.into()), (id(1), "alert".into())]);
     }
 }

@@ -34,7 +34,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use cpis_protocol::ids::NhsNumber;
+use cpis_protocol::ids::{LookupId, NhsNumber};
 use cpis_protocol::records::{LookupKind, Person};
 use cpis_protocol::time::Timestamp;
 use prometheus_client::encoding::prometheus_text;
@@ -100,18 +100,24 @@ impl Gateway {
         }
     }
 
-    /// Looks a child up for `caller` and records it in the audit log before returning.
+    /// Looks a child up for `caller`. The lookup is in the audit log, on disk, before this
+    /// returns: its `asked` line is synced while the hubs are asked; the line with what it came
+    /// to follows, synced with the next batch.
     pub async fn look_up(&self, nhs: NhsNumber, caller: Caller) -> Result<LookupOutcome, ClientError> {
         let request = LookupRequest { nhs, person: caller.person.clone() };
+        let lookup_id = LookupId(rand::random());
+        let kind = self.client.describe().3;
         let began = Instant::now();
-        let result = self.client.lookup(request, self.pace()).await;
-        let (result_name, lookup_id, hub) = match &result {
-            Ok(o) => (result_name(o), Some(o.lookup_id.to_hex()), Some(o.answer.hub.to_string())),
-            Err(ClientError::Refused { .. }) => ("refused", None, None),
-            Err(_) => ("could-not-check", None, None),
+        let asked = self.audit_entry(&caller, nhs, kind, audit::ASKED, lookup_id, None);
+        let (result, recorded) =
+            tokio::join!(self.client.lookup_as(lookup_id, request, self.pace()), self.audit.record(asked));
+        self.audit_failed(recorded);
+        let (result_name, hub) = match &result {
+            Ok(o) => (result_name(o), Some(o.answer.hub.to_string())),
+            Err(ClientError::Refused { .. }) => ("refused", None),
+            Err(_) => ("could-not-check", None),
         };
         self.metrics.lookup(result_name, caller.via.name(), began.elapsed());
-        let kind = self.client.describe().3;
         info!(
             nhs = %nhs.masked(),
             result = result_name,
@@ -119,7 +125,8 @@ impl Gateway {
             trace_id = caller.trace_id.as_deref().unwrap_or(""),
             "lookup"
         );
-        self.audit(&caller, nhs, kind, result_name, lookup_id, hub).await;
+        let outcome = self.audit_entry(&caller, nhs, kind, result_name, lookup_id, hub);
+        self.audit_failed(self.audit.append(outcome).await);
         if let Ok(outcome) = &result {
             let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if recent.len() == HISTORY_REUSE_MAX {
@@ -142,23 +149,24 @@ impl Gateway {
             Some(outcome) => {
                 self.metrics.reused(caller.via.name());
                 let hub = Some(outcome.answer.hub.to_string());
-                self.audit(&caller, nhs, outcome.kind, "cached", Some(outcome.lookup_id.to_hex()), hub).await;
+                let entry = self.audit_entry(&caller, nhs, outcome.kind, "cached", outcome.lookup_id, hub);
+                self.audit_failed(self.audit.record(entry).await);
                 Ok(outcome)
             }
             None => self.look_up(nhs, caller).await,
         }
     }
 
-    async fn audit(
+    fn audit_entry(
         &self,
         caller: &Caller,
         nhs: NhsNumber,
         kind: LookupKind,
         result: &str,
-        lookup_id: Option<String>,
+        lookup_id: LookupId,
         hub: Option<String>,
-    ) {
-        let entry = AuditEntry {
+    ) -> AuditEntry {
+        AuditEntry {
             at: now().to_string(),
             via: caller.via.name().into(),
             user_id: caller.person.id.clone(),
@@ -171,13 +179,16 @@ impl Gateway {
             nhs: nhs.digits(),
             kind: kind_name(kind).into(),
             result: result.into(),
-            lookup_id,
+            lookup_id: Some(lookup_id.to_hex()),
             hub,
             trace_id: caller.trace_id.clone(),
-        };
-        // The answer is shown even if the audit log cannot be written: an alert withheld for a
-        // full disk would be worse. The operator is told.
-        if let Err(e) = self.audit.record(entry).await {
+        }
+    }
+
+    /// The answer is shown even if the audit log cannot be written: an alert withheld for a full
+    /// disk would be worse. The operator is told.
+    fn audit_failed(&self, written: Result<(), String>) {
+        if let Err(e) = written {
             self.metrics.audit_failed();
             error!(reason = %e, "a lookup could not be written to the audit log");
         }

@@ -33,7 +33,7 @@
 //!
 //! # Reads
 //!
-//! [`Store::load_all`] reads every row once at start; [`Store::get`] and [`Store::scan`] serve API
+//! [`Store::load`] reads the rows the node needs once at start; [`Store::get`] and [`Store::scan`] serve API
 //! queries from a fresh read transaction each, which sees every commit whose waiter has been
 //! woken. Reads never wait for the writer.
 //!
@@ -249,13 +249,22 @@ impl Store {
     }
 
     /// Every row of every table, table by table in [`Table::ALL`] order, keys ascending within a
-    /// table. Meant for the one read at start.
+    /// table.
     pub fn load_all(&self) -> Result<Vec<StoredRow>, StoreError> {
+        self.load(|_, _| true)
+    }
+
+    /// As [`Store::load_all`], but only the rows whose table and value `keep` accepts; the others
+    /// are read past, never held. Meant for the one read at start, with
+    /// [`cpis_protocol::machine::RoleConfig::restores`] as `keep`.
+    pub fn load(&self, mut keep: impl FnMut(Table, &[u8]) -> bool) -> Result<Vec<StoredRow>, StoreError> {
         let txn = self.begin_read()?;
         let mut rows = Vec::new();
         for table in Table::ALL {
             scan_into(&txn, table, |key, value| {
-                rows.push(StoredRow { table, key: key.to_vec(), value: value.to_vec() })
+                if keep(table, value) {
+                    rows.push(StoredRow { table, key: key.to_vec(), value: value.to_vec() })
+                }
             })?;
         }
         Ok(rows)
@@ -615,6 +624,8 @@ mod tests {
             row(Table::Inbox, b"lookup-0000000002", b"in"),
         ]);
         assert_eq!(sorted(store.load_all().unwrap()), expected);
+        let kept = store.load(|table, value| table != Table::Marks && value != b"in").unwrap();
+        assert_eq!(sorted(kept), [&expected[..1], &expected[2..3]].concat(), "only the rows `keep` accepts");
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use crate::ids::{LookupId, NhsNumber, OdsCode, PlanRef};
 use crate::machine::{Command, CommandId, DirectoryState, Event, Queues, Reply, RestoreError, Transmit, earliest};
 use crate::records::{Contacts, LookupKind, Plan, PlanError, TextError, VISIBLE_AFTER_END_DAYS, check_text};
 use crate::refusal::Refusal;
-use crate::schema::{self, RowError, StoreOp, StoredRow};
+use crate::schema::{self, RowError, StoreOp};
 use crate::sign::{Identity, KeyId, Signed};
 use crate::time::{DAY_MS, Date, Timestamp};
 use crate::wire::{BATCH_ENTRIES_MAX, FeedBatch, Mark, Message, Notification, Receipt, Refused};
@@ -194,7 +194,7 @@ impl Authority {
         identity: Identity,
         dir: DirectoryState,
         config: AuthorityConfig,
-        rows: &[StoredRow],
+        rows: &mut schema::Rows,
         now: Timestamp,
     ) -> Result<Authority, RestoreError> {
         let mut a = Authority {
@@ -226,7 +226,7 @@ impl Authority {
         a.restore_rows(rows)?;
         let newest = a.inbox.values().map(|e| e.received_at).max().unwrap_or(Timestamp(0));
         a.redeliver_since = newest.minus_ms(a.config.clock_skew_max_ms);
-        if rows.is_empty() {
+        if rows.store_was_empty() {
             a.out.write(vec![schema::schema_op()], vec![]);
         }
         // Entries under a key revoked while the node was down are re-signed first (their head
@@ -237,16 +237,16 @@ impl Authority {
         Ok(a)
     }
 
-    fn restore_rows(&mut self, rows: &[StoredRow]) -> Result<(), RowError> {
+    fn restore_rows(&mut self, rows: &mut schema::Rows) -> Result<(), RowError> {
         let mismatch = |t: schema::Table| RowError::Mismatch(t.name());
-        for row in schema::PLANS.decode_all(rows) {
+        for row in schema::PLANS.take(rows) {
             let (reference, plan) = row?;
             if plan.reference != reference {
                 return Err(mismatch(schema::Table::Plans));
             }
             self.put_plan(plan);
         }
-        for row in schema::ENTRIES.decode_all(rows) {
+        for row in schema::ENTRIES.take(rows) {
             let ((origin, seq), entry) = row?;
             if origin != self.code || entry.body.origin != origin || entry.body.seq != seq {
                 return Err(mismatch(schema::Table::Entries));
@@ -257,14 +257,14 @@ impl Authority {
             self.last_seq = self.last_seq.max(seq);
             self.feed.apply(entry);
         }
-        for row in schema::MARKS.decode_all(rows) {
+        for row in schema::MARKS.read(rows) {
             let (origin, seq) = row?;
             if origin == self.code {
                 self.last_seq = self.last_seq.max(seq);
             }
         }
         self.durable_seq = self.last_seq;
-        for row in schema::HEADS.decode_all(rows) {
+        for row in schema::HEADS.read(rows) {
             let (origin, head) = row?;
             // The head is written after its entries: it may lag them, never disagree with them.
             if origin == self.code && head.body.seq == self.durable_seq && !self.feed.matches(&head.body) {
@@ -274,14 +274,14 @@ impl Authority {
                 });
             }
         }
-        for row in schema::INBOX.decode_all(rows) {
+        for row in schema::INBOX.take(rows) {
             let (id, item) = row?;
             if item.notification.body.event.body.lookup_id != id {
                 return Err(mismatch(schema::Table::Inbox));
             }
             self.inbox.insert(id, InboxEntry { received_at: item.received_at, acknowledged: false });
         }
-        for row in schema::INBOX_ACKS.decode_all(rows) {
+        for row in schema::INBOX_ACKS.read(rows) {
             let (id, _) = row?;
             let entry = self.inbox.get_mut(&id).ok_or(mismatch(schema::Table::InboxAcks))?;
             entry.acknowledged = true;

@@ -101,9 +101,16 @@ impl MemDisk {
         }
     }
 
-    /// Every row, as a driver hands them to `Machine::restore`.
+    /// Every row.
     pub fn rows(&self) -> Vec<StoredRow> {
-        self.iter().map(|(table, key, value)| StoredRow { table, key: key.to_vec(), value: value.to_vec() }).collect()
+        self.load(|_, _| true)
+    }
+
+    /// The rows whose table and value `keep` accepts; a driver hands `Machine::restore` those
+    /// [`crate::machine::RoleConfig::restores`] accepts.
+    pub fn load(&self, mut keep: impl FnMut(Table, &[u8]) -> bool) -> Vec<StoredRow> {
+        let kept = self.iter().filter(|(table, _, value)| keep(*table, value));
+        kept.map(|(table, key, value)| StoredRow { table, key: key.to_vec(), value: value.to_vec() }).collect()
     }
 
     fn iter(&self) -> impl Iterator<Item = (Table, &[u8], &[u8])> {

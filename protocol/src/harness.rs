@@ -295,13 +295,13 @@ impl Net {
     }
 
     fn start_machine(&mut self, code: &OdsCode) {
-        let rows = self.disks[code].rows();
         let identity = self.fed.identity(code.as_str());
         let config = match self.roles[code] {
             Role::Hub => RoleConfig::Hub(self.config.hub.clone()),
             _ => RoleConfig::Authority(self.config.authority.clone()),
         };
-        match Machine::restore(code.clone(), identity, self.fed.trusted(), config, &rows, self.now) {
+        let rows = self.disks[code].load(|table, value| config.restores(table, value, self.now));
+        match Machine::restore(code.clone(), identity, self.fed.trusted(), config, rows, self.now) {
             Ok(m) => {
                 self.machines.insert(code.clone(), m);
             }

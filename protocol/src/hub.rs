@@ -65,6 +65,15 @@ pub struct HubConfig {
     pub outbox_bodies_max: usize,
 }
 
+impl HubConfig {
+    /// Whether a lookup made at `at` is still remembered at `now`, against its replay: one
+    /// further than the clock skew from the hub's clock is refused anyway, so one made more than
+    /// twice that ago cannot come again.
+    pub fn remembers_lookup(&self, at: Timestamp, now: Timestamp) -> bool {
+        now.since(at) <= self.clock_skew_max_ms.saturating_mul(2)
+    }
+}
+
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
@@ -352,7 +361,7 @@ impl Hub {
         identity: Identity,
         dir: DirectoryState,
         config: HubConfig,
-        rows: &[StoredRow],
+        rows: &mut schema::Rows,
         now: Timestamp,
     ) -> Result<Hub, RestoreError> {
         let mut hub = Hub {
@@ -378,7 +387,7 @@ impl Hub {
             held_sent: BTreeMap::new(),
             runs_sent: HashMap::new(),
             equivocations: BTreeSet::new(),
-            own_recovery: if rows.is_empty() { OwnRecovery::AwaitingPeer } else { OwnRecovery::Done },
+            own_recovery: if rows.store_was_empty() { OwnRecovery::AwaitingPeer } else { OwnRecovery::Done },
             next_sync_at: now,
             next_prune_at: now,
             next_admission_at: now,
@@ -386,7 +395,7 @@ impl Hub {
             out: Queues::new(),
         };
         hub.restore_rows(rows, now)?;
-        if rows.is_empty() {
+        if rows.store_was_empty() {
             hub.out.write(vec![schema::schema_op()], vec![]);
         }
         hub.resign_outbox(rows, now);
@@ -396,14 +405,14 @@ impl Hub {
     /// Re-signs, under the key the hub now runs on, the notifications it answered that wait in
     /// its outbox (or that it keeps as delivered, read from its `rows`) under an older key,
     /// revoked or retired since: none is lost to a key change.
-    fn resign_outbox(&mut self, rows: &[StoredRow], now: Timestamp) {
+    fn resign_outbox(&mut self, rows: &schema::Rows, now: Timestamp) {
         let (code, identity) = (&self.code, &self.identity);
         let resign = |old: &Signed<Notification>| {
             (old.body.hub == *code && old.key_id != identity.key_id())
                 .then(|| identity.sign(Notification { signed_at: now, ..old.body.clone() }))
         };
         let mut ops = Vec::new();
-        for (key, mut record) in schema::OUTBOX.decode_all(rows).flatten() {
+        for (key, mut record) in schema::OUTBOX.read(rows).flatten() {
             let (Some(notification), Some(item)) = (resign(&record.notification), self.outbox.get_mut(&key)) else {
                 continue;
             };
@@ -414,7 +423,7 @@ impl Hub {
             record.notification = notification;
             ops.push(schema::OUTBOX.put(&key, &record));
         }
-        for row in schema::DELIVERED.decode_all(rows).flatten() {
+        for row in schema::DELIVERED.read(rows).flatten() {
             let (key, mut held) = row;
             if let Some(notification) = resign(&held.notification) {
                 held.notification = notification;
@@ -426,8 +435,8 @@ impl Hub {
         }
     }
 
-    fn restore_rows(&mut self, rows: &[StoredRow], now: Timestamp) -> Result<(), RowError> {
-        for row in schema::ENTRIES.decode_all(rows) {
+    fn restore_rows(&mut self, rows: &mut schema::Rows, now: Timestamp) -> Result<(), RowError> {
+        for row in schema::ENTRIES.take(rows) {
             let ((origin, seq), entry) = row?;
             if entry.body.origin != origin || entry.body.seq != seq {
                 return Err(RowError::Mismatch(schema::Table::Entries.name()));
@@ -439,7 +448,7 @@ impl Hub {
                 _ => self.index_visit(entry),
             }
         }
-        for row in schema::HEADS.decode_all(rows) {
+        for row in schema::HEADS.read(rows) {
             let (origin, head) = row?;
             let replica = self.authorities.entry(origin.clone()).or_default();
             // Entries and their head are written in one transaction: they must agree.
@@ -451,26 +460,26 @@ impl Hub {
             }
             replica.head = Some(head);
         }
-        for row in schema::MARKS.decode_all(rows) {
+        for row in schema::MARKS.read(rows) {
             let (origin, seq) = row?;
             let feed = self.visits.entry(origin).or_default();
             feed.mark = feed.mark.max(seq);
         }
-        for row in schema::ACCESS_LOG.decode_all(rows) {
+        for row in schema::ACCESS_LOG.take(rows) {
             let (id, e) = row?;
-            if now.since(e.body.at) <= self.config.clock_skew_max_ms.saturating_mul(2) {
+            if self.config.remembers_lookup(e.body.at, now) {
                 self.recent_lookups.insert(id, (e.body.at, e.signature));
             }
         }
-        for row in schema::EQUIVOCATIONS.decode_all(rows) {
+        for row in schema::EQUIVOCATIONS.read(rows) {
             let (key, _) = row?;
             self.equivocations.insert(key);
         }
-        for row in schema::OUTBOX.decode_all(rows) {
+        for row in schema::OUTBOX.read(rows) {
             let (_, record) = row?;
             self.queue(record, now);
         }
-        for row in schema::DELIVERED.decode_all(rows) {
+        for row in schema::DELIVERED.read(rows) {
             let ((lookup_id, authority), record) = row?;
             if record.notification.body.event.body.lookup_id != lookup_id
                 || record.notification.body.authority != authority

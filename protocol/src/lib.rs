@@ -56,7 +56,7 @@
 //! let (code, now) = (OdsCode::parse("204").unwrap(), fed.start);
 //! let config = RoleConfig::Authority(Default::default());
 //! let mut disk = MemDisk::new();
-//! let mut authority = Machine::restore(code, fed.identity("204"), fed.trusted(), config, &disk.rows(), now).unwrap();
+//! let mut authority = Machine::restore(code, fed.identity("204"), fed.trusted(), config, disk.rows(), now).unwrap();
 //! let plan = Plan {
 //!     reference: PlanRef::parse("LAC-1").unwrap(),
 //!     nhs: NhsNumber::parse("943 476 5919").unwrap(),

@@ -111,6 +111,22 @@ pub enum RoleConfig {
     Authority(AuthorityConfig),
 }
 
+impl RoleConfig {
+    /// Whether [`Machine::restore`] at `now` uses a stored row of `table` holding `value`, so that
+    /// a driver need not read into memory those it would not: a hub's records of lookups older
+    /// than its replay window stay on disk, as its record of them, and are not read at start.
+    /// Every other row is used, and so is one that does not decode (restore names what is wrong).
+    pub fn restores(&self, table: schema::Table, value: &[u8], now: Timestamp) -> bool {
+        match (self, table) {
+            (RoleConfig::Hub(c), schema::Table::AccessLog) => {
+                codec::decode::<crate::sign::Signed<AccessEvent>>(value, schema::ROW_BYTES_MAX)
+                    .map_or(true, |e| c.remembers_lookup(e.body.at, now))
+            }
+            _ => true,
+        }
+    }
+}
+
 /// Why a machine could not be restored from its rows.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
@@ -145,9 +161,10 @@ impl Machine {
         identity: Identity,
         directory: TrustedDirectory,
         config: RoleConfig,
-        rows: &[StoredRow],
+        rows: Vec<StoredRow>,
         now: Timestamp,
     ) -> Result<Machine, RestoreError> {
+        let rows = &mut schema::Rows::new(rows);
         schema::check_schema(rows)?;
         let role = match config {
             RoleConfig::Hub(_) => Role::Hub,
@@ -160,7 +177,7 @@ impl Machine {
         dir.restore(rows, now)?;
         // The trusted version is kept in the store too (a node's first comes from its file): a
         // later version's predecessor is then at hand to check a fork against after a restart.
-        let stored = schema::DIRECTORY.decode_all(rows).any(|r| r.is_ok_and(|(v, _)| v == dir.version()));
+        let stored = schema::DIRECTORY.read(rows).any(|r| r.is_ok_and(|(v, _)| v == dir.version()));
         let keep = (!stored).then(|| schema::DIRECTORY.put(&dir.version(), dir.trusted.signed()));
         let mut machine = match config {
             RoleConfig::Hub(c) => Machine::Hub(Box::new(Hub::restore(code, identity, dir, c, rows, now)?)),
@@ -519,9 +536,9 @@ impl DirectoryState {
 
     /// Restores the stored versions: those that chain on from the trusted one are applied in
     /// order, one pass; a stored version that does not decode is an error.
-    pub(crate) fn restore(&mut self, rows: &[StoredRow], now: Timestamp) -> Result<(), RowError> {
+    pub(crate) fn restore(&mut self, rows: &schema::Rows, now: Timestamp) -> Result<(), RowError> {
         let mut stored = BTreeMap::new();
-        for row in schema::DIRECTORY.decode_all(rows) {
+        for row in schema::DIRECTORY.read(rows) {
             let (version, d) = row?;
             if d.directory.version != version {
                 return Err(RowError::Mismatch(schema::Table::Directory.name()));

@@ -146,6 +146,30 @@ impl std::fmt::Debug for StoredRow {
     }
 }
 
+/// A store's rows as read at start, by table. Restore takes the large tables' rows as it decodes
+/// them, so that each row's bytes are freed once what it holds is in memory, rather than the whole
+/// store being held twice.
+pub struct Rows {
+    by_table: std::collections::BTreeMap<Table, Vec<StoredRow>>,
+    empty: bool,
+}
+
+impl Rows {
+    pub fn new(rows: Vec<StoredRow>) -> Rows {
+        let empty = rows.is_empty();
+        let mut by_table = std::collections::BTreeMap::<Table, Vec<StoredRow>>::new();
+        for row in rows {
+            by_table.entry(row.table).or_default().push(row);
+        }
+        Rows { by_table, empty }
+    }
+
+    /// Whether the store held no row at all (a new node).
+    pub fn store_was_empty(&self) -> bool {
+        self.empty
+    }
+}
+
 /// Why a stored row cannot be read: the local store is corrupt or foreign.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RowError {
@@ -202,6 +226,17 @@ impl<K, V: Serialize + DeserializeOwned> TableDef<K, V> {
     /// Decodes every row of this table among `rows`.
     pub fn decode_all<'a>(&'a self, rows: &'a [StoredRow]) -> impl Iterator<Item = Result<(K, V), RowError>> + 'a {
         rows.iter().filter(move |r| r.table == self.table).map(move |r| self.decode(r))
+    }
+
+    /// Decodes every row of this table among `rows`, leaving them there.
+    pub fn read<'a>(&'a self, rows: &'a Rows) -> impl Iterator<Item = Result<(K, V), RowError>> + 'a {
+        rows.by_table.get(&self.table).into_iter().flatten().map(move |r| self.decode(r))
+    }
+
+    /// Takes this table's rows out of `rows`, decoding each and freeing its bytes in turn.
+    pub fn take<'a>(&'a self, rows: &mut Rows) -> impl Iterator<Item = Result<(K, V), RowError>> + 'a {
+        let taken = rows.by_table.remove(&self.table).unwrap_or_default();
+        taken.into_iter().map(move |r| self.decode(&r))
     }
 }
 
@@ -304,15 +339,15 @@ pub fn schema_op() -> StoreOp {
 }
 
 /// Checks the stored schema version: a store with rows must carry this build's.
-pub fn check_schema(rows: &[StoredRow]) -> Result<(), RowError> {
+pub fn check_schema(rows: &Rows) -> Result<(), RowError> {
     let mut found = None;
-    for r in META.decode_all(rows) {
+    for r in META.read(rows) {
         found = Some(r?.1);
     }
     match found {
         Some(SCHEMA_VERSION) => Ok(()),
         Some(v) => Err(RowError::Schema { found: v }),
-        None if rows.is_empty() => Ok(()),
+        None if rows.store_was_empty() => Ok(()),
         // Rows but no version: written before versions were recorded.
         None => Err(RowError::Schema { found: 1 }),
     }
@@ -337,11 +372,11 @@ mod tests {
 
     #[test]
     fn a_store_of_another_schema_version_is_refused() {
-        assert_eq!(check_schema(&[]), Ok(()));
+        assert_eq!(check_schema(&Rows::new(vec![])), Ok(()));
         let StoreOp::Put { table, key, .. } = schema_op() else { unreachable!() };
         let old = StoredRow { table, key, value: codec::encode(&1u32) };
-        assert_eq!(check_schema(&[old]), Err(RowError::Schema { found: 1 }));
+        assert_eq!(check_schema(&Rows::new(vec![old])), Err(RowError::Schema { found: 1 }));
         let unversioned = StoredRow { table: Table::Marks, key: b"204".to_vec(), value: codec::encode(&1u64) };
-        assert_eq!(check_schema(&[unversioned]), Err(RowError::Schema { found: 1 }));
+        assert_eq!(check_schema(&Rows::new(vec![unversioned])), Err(RowError::Schema { found: 1 }));
     }
 }

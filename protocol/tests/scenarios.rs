@@ -8,7 +8,7 @@ use cpis_protocol::feed::{EntryBody, FeedEntry, FeedHead, SignedEntry};
 use cpis_protocol::harness::{FederationSpec, Net, NetConfig, TestFederation, code};
 use cpis_protocol::hub::HubConfig;
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
-use cpis_protocol::machine::{Command, Event, Reply};
+use cpis_protocol::machine::{Command, Event, Reply, RoleConfig};
 use cpis_protocol::records::{Person, Plan, PlanError, PlanType, SettingType};
 use cpis_protocol::refusal::{Refusal, RefusalCode};
 use cpis_protocol::schema::{self, Table, WriteBatch};
@@ -838,6 +838,31 @@ fn replayed_lookup_id_with_other_content__refused__nothing_changes() {
     assert_eq!(refused(&net, "HUBS", |r| matches!(r, Refusal::Replayed(_))), 1);
     assert_eq!(inbox_len(&net, "204"), 1);
     assert_eq!(net.disk("HUBS").table(Table::AccessLog).count(), before.table(Table::AccessLog).count());
+}
+
+#[test]
+fn hub_restarted__recent_lookups_still_refused_as_replays__older_records_kept_on_disk_not_read() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    net.lookup("RXH01", "HUBS", nhs(CHILD));
+    net.run_for(net.config.hub.clock_skew_max_ms * 2 + 60_000);
+    let recent = net.lookup("RXH01", "HUBS", nhs(OTHER_CHILD));
+    net.run_for(2_000);
+    net.crash("HUBS");
+    net.restart("HUBS");
+
+    let config = RoleConfig::Hub(net.config.hub.clone());
+    let read = net.disk("HUBS").load(|table, value| config.restores(table, value, net.now));
+    let read: Vec<LookupId> = schema::ACCESS_LOG.decode_all(&read).map(|r| r.unwrap().0).collect();
+    assert_eq!(read, vec![recent], "only the lookup within the replay window is read at start");
+    assert_eq!(net.disk("HUBS").table(Table::AccessLog).count(), 2, "both stay on disk");
+    assert!(config.restores(Table::AccessLog, b"not a record", net.now), "a bad row is read, for restore to name");
+
+    let replay = net.setting("RXH01").lookup(nhs(CHILD), person(), recent, net.now).unwrap();
+    net.send_from_setting("RXH01", "HUBS", Message::Lookup(replay));
+    net.run_for(10_000);
+    assert_eq!(refused(&net, "HUBS", |r| matches!(r, Refusal::Replayed(_))), 1, "remembered after the restart");
 }
 
 #[test]

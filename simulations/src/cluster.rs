@@ -449,7 +449,6 @@ impl Cluster {
             self.nodes[n].down = false;
             return;
         }
-        let rows = self.nodes[n].disk.rows();
         let code = self.world.code(n).clone();
         let identity = Identity::from_seed(self.identities[n].seed());
         let config = match self.world.roles[n] {
@@ -457,7 +456,8 @@ impl Cluster {
             _ => RoleConfig::Authority(self.authority_config.clone()),
         };
         let now = self.node_now(n);
-        match Machine::restore(code, identity, self.trusted.clone(), config, &rows, now) {
+        let rows = self.nodes[n].disk.load(|table, value| config.restores(table, value, now));
+        match Machine::restore(code, identity, self.trusted.clone(), config, rows, now) {
             Ok(m) => self.nodes[n].machine = Some(m),
             Err(e) => {
                 self.report(Report::RestoreFailed { node: n, error: e.to_string() });

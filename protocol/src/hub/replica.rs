@@ -716,8 +716,8 @@ impl Hub {
         if !ops.is_empty() {
             self.out.write(ops, vec![]);
         }
-        let window = self.config.clock_skew_max_ms.saturating_mul(2);
-        self.recent_lookups.retain(|_, (at, _)| now.since(*at) <= window);
+        let config = &self.config;
+        self.recent_lookups.retain(|_, (at, _)| config.remembers_lookup(*at, now));
         self.limits.prune(now);
     }
 }

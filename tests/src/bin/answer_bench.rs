@@ -117,8 +117,9 @@ fn main() {
     let restored = Instant::now();
     let config = RoleConfig::Hub(Default::default());
     let hub_code = OdsCode::parse("HUB01").unwrap();
-    let mut hub = Machine::restore(hub_code, fed.identity("HUB01"), fed.trusted(), config, &rows, now).unwrap();
-    println!("hub restored from {} rows in {:.2?}", rows.len(), restored.elapsed());
+    let count = rows.len();
+    let mut hub = Machine::restore(hub_code, fed.identity("HUB01"), fed.trusted(), config, rows, now).unwrap();
+    println!("hub restored from {count} rows in {:.2?}", restored.elapsed());
     let setting_code = OdsCode::parse("RXH01").unwrap();
     hub.handle_connected(&setting_code, fed.identity("RXH01").key_id(), now);
     let _ = hub.drain();

@@ -13,15 +13,18 @@
 //! - **visible at all hubs**: a plan recorded at a council → held by each of 7 hubs;
 //! - **scale** (separate processes, so that memory is per node): a hub holding 200,000 plans (peak
 //!   RSS), a fresh hub catching up those 200,000 summaries from it, and a council with 100,000
-//!   notifications in its inbox (peak RSS).
+//!   notifications in its inbox (peak RSS), and that hub restarting with 1,100,000 lookups on
+//!   record (time to its API answering, peak RSS).
 //!
 //! Prints a table; with `--json` the last line is one JSON object. Asserts nothing about speed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a failed precondition panics.
 
 use cpis_node::transport;
-use cpis_protocol::harness::FederationSpec;
+use cpis_protocol::harness::{FederationSpec, code};
 use cpis_protocol::ids::{LookupId, NhsNumber, OdsCode};
-use cpis_protocol::records::{Person, SettingType};
+use cpis_protocol::records::{AccessEvent, Person, SettingType};
+use cpis_protocol::schema;
+use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{self, Message};
 use cpis_tests::{Fed, api_json, authority_seq, children, http, hub_caught_up, hub_seq, wait_until};
 use serde_json::{Value, json};
@@ -38,6 +41,8 @@ const SCALE_PLANS: usize = 200_000;
 const SCALE_NOTIFICATIONS: usize = 100_000;
 /// The children those notifications are about.
 const NOTIFIED_CHILDREN: usize = 2_000;
+/// Lookups of a day before that the scale run's hub finds in its store when it restarts.
+const OLD_LOOKUPS: usize = 1_000_000;
 /// Samples of the latency runs.
 const SAMPLES: usize = 100;
 const LONG_WAIT: Duration = Duration::from_secs(900);
@@ -432,6 +437,46 @@ async fn scale(report: &mut Report) {
     let rss = peak_rss_mb(notified.0.id());
     report.add("authority_rss_mb_100k_notifications", "council with 100,000 notifications, peak RSS", rss, "MB");
     drop((notified, hubs));
+
+    // The hub restarts with a long history of lookups: its own 100,000 and a million more from
+    // a day before, as a hub in the field holds after some weeks.
+    let at = cpis_node::net::now().minus_ms(cpis_protocol::time::DAY_MS);
+    add_old_lookups(&fed, "HUBS", &codes, at, OLD_LOOKUPS).await;
+    let started = Instant::now();
+    let hubs = spawn(&fed, "HUBS").await;
+    report.add(
+        "hub_restart_s",
+        "that hub restarting with 1,100,000 lookups on record",
+        started.elapsed().as_secs_f64(),
+        "s",
+    );
+    report.add("hub_restart_rss_mb", "its peak RSS", peak_rss_mb(hubs.0.id()), "MB");
+}
+
+/// Writes `count` access records of lookups made at `at` into a stopped hub's store, signed by
+/// `settings` in turn (on every core).
+async fn add_old_lookups(fed: &Fed, hub: &str, settings: &[String], at: Timestamp, count: usize) {
+    let store = cpis_node::store::Store::open(&fed.node_config(hub).store_path()).expect("the hub's store");
+    let settings: Vec<_> = settings.iter().map(|c| (code(c), fed.fed.identity(c))).collect();
+    let nhs = children(1, 800_000_000)[0];
+    let record = |i: usize| {
+        let (setting, identity) = &settings[i % settings.len()];
+        let lookup_id = LookupId(rand::random());
+        let event = AccessEvent { lookup_id, setting: setting.clone(), person: person(), at, nhs };
+        schema::ACCESS_LOG.put(&lookup_id, &identity.sign(event))
+    };
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    for (id, first) in (0..count).step_by(50_000).enumerate() {
+        let chunk: Vec<usize> = (first..count.min(first + 50_000)).collect();
+        let ops = std::thread::scope(|scope| {
+            let parts: Vec<_> = chunk
+                .chunks(chunk.len().div_ceil(threads))
+                .map(|part| scope.spawn(move || part.iter().map(|i| record(*i)).collect::<Vec<_>>()))
+                .collect();
+            parts.into_iter().flat_map(|p| p.join().expect("signing")).collect()
+        });
+        store.commit(schema::WriteBatch { id: id as u64, ops }).await.expect("access records written");
+    }
 }
 
 fn main() -> std::process::ExitCode {

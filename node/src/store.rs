@@ -33,9 +33,9 @@
 //!
 //! # Reads
 //!
-//! [`Store::load`] reads the rows the node needs once at start; [`Store::get`] and [`Store::scan`] serve API
-//! queries from a fresh read transaction each, which sees every commit whose waiter has been
-//! woken. Reads never wait for the writer.
+//! [`Store::load`] reads the rows the node needs once at start; [`Store::get`] and
+//! [`Store::scan`] serve API queries from a fresh read transaction each, which sees every commit
+//! whose waiter has been woken. Reads never wait for the writer.
 //!
 //! # Sharing and shutdown
 //!

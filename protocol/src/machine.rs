@@ -155,7 +155,8 @@ macro_rules! each {
 
 impl Machine {
     /// A machine for member `code` with `identity`, trusting `directory`, restored from `rows`
-    /// (every row of its store; none for a new node).
+    /// (the rows of its store that [`RoleConfig::restores`] accepts, or every row; none for a
+    /// new node).
     pub fn restore(
         code: OdsCode,
         identity: Identity,

@@ -101,11 +101,10 @@ async fn start(config: NodeConfig, code: OdsCode) -> anyhow::Result<RunningNode>
     let trusted = TrustedDirectory::bootstrap(initial, now).context("the directory file is not trustworthy")?;
     let store = Store::open(&config.store_path())?;
     let role = config.role_config();
-    let rows = store.load(|table, value| role.restores(table, value, now))?;
+    let rows = store.rows_to_restore(&role, now)?;
     let own_key = identity.public();
-    let read = rows.len();
     let machine = Machine::restore(code.clone(), identity, trusted, role, rows, now)?;
-    info!(rows = read, directory_version = machine.directory().version(), key = %own_key.id(), "restored from the store");
+    info!(directory_version = machine.directory().version(), key = %own_key.id(), "restored from the store");
     if let Some(problem) = own_key_problem(machine.directory(), &code, own_key, now) {
         // A key only a newer directory knows: peers that hold it admit us and pass it on.
         warn!(key = %own_key.id(), %problem, "this node's key is not active in its directory: it signs nothing until a newer directory (from a peer, or `cpis federation publish`) makes it so");

@@ -33,7 +33,7 @@
 //!
 //! # Reads
 //!
-//! [`Store::load`] reads the rows the node needs once at start; [`Store::get`] and
+//! [`Store::rows_to_restore`] reads the rows the node needs once at start; [`Store::get`] and
 //! [`Store::scan`] serve API queries from a fresh read transaction each, which sees every commit
 //! whose waiter has been woken. Reads never wait for the writer.
 //!
@@ -52,7 +52,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use cpis_protocol::schema::{StoreOp, StoredRow, Table, WriteBatch};
+use cpis_protocol::machine::RoleConfig;
+use cpis_protocol::schema::{RowSource, Rows, StoreOp, StoredRow, Table, WriteBatch};
+use cpis_protocol::time::Timestamp;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
 
@@ -251,23 +253,30 @@ impl Store {
     /// Every row of every table, table by table in [`Table::ALL`] order, keys ascending within a
     /// table.
     pub fn load_all(&self) -> Result<Vec<StoredRow>, StoreError> {
-        self.load(|_, _| true)
+        load_from(&self.begin_read()?, |_, _| true)
     }
 
-    /// As [`Store::load_all`], but only the rows whose table and value `keep` accepts; the others
-    /// are read past, never held. Meant for the one read at start, with
-    /// [`cpis_protocol::machine::RoleConfig::restores`] as `keep`.
-    pub fn load(&self, mut keep: impl FnMut(Table, &[u8]) -> bool) -> Result<Vec<StoredRow>, StoreError> {
+    /// What a machine restores from at start: the rows
+    /// [`cpis_protocol::machine::RoleConfig::restores`] accepts, those of the large tables
+    /// ([`Rows::TAKEN`]) read one by one as restore takes them, from one read transaction.
+    pub fn rows_to_restore(&self, role: &RoleConfig, now: Timestamp) -> Result<Rows, StoreError> {
         let txn = self.begin_read()?;
-        let mut rows = Vec::new();
-        for table in Table::ALL {
-            scan_into(&txn, table, |key, value| {
-                if keep(table, value) {
-                    rows.push(StoredRow { table, key: key.to_vec(), value: value.to_vec() })
-                }
-            })?;
+        let held = load_from(&txn, |table, value| !Rows::TAKEN.contains(&table) && role.restores(table, value, now))?;
+        let mut sources = std::collections::BTreeMap::new();
+        for table in Rows::TAKEN {
+            let read_err = move |e: redb::StorageError| StoreError::Read { table: table.name(), source: arc(e) };
+            let range = open_read(&txn, table)?.range::<&[u8]>(..).map_err(read_err)?;
+            let role = role.clone();
+            let rows = range.filter_map(move |entry| match entry {
+                Ok((key, value)) => role
+                    .restores(table, value.value(), now)
+                    .then(|| Ok(StoredRow { table, key: key.value().to_vec(), value: value.value().to_vec() })),
+                Err(e) => Some(Err(read_err(e).to_string())),
+            });
+            sources.insert(table, Box::new(rows) as RowSource);
         }
-        Ok(rows)
+        let empty = || Box::new(std::iter::empty()) as RowSource;
+        Ok(Rows::new(held).streaming(|table| sources.remove(&table).unwrap_or_else(empty)))
     }
 
     /// The value at `key` in `table`, as of the latest durable commit.
@@ -402,6 +411,22 @@ fn open_read(
     table: Table,
 ) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
     txn.open_table(definition(table)).map_err(|e| StoreError::Table { table: table.name(), source: arc(e) })
+}
+
+/// The rows of every table that `keep` accepts; the others are read past, never held.
+fn load_from(
+    txn: &redb::ReadTransaction,
+    mut keep: impl FnMut(Table, &[u8]) -> bool,
+) -> Result<Vec<StoredRow>, StoreError> {
+    let mut rows = Vec::new();
+    for table in Table::ALL {
+        scan_into(txn, table, |key, value| {
+            if keep(table, value) {
+                rows.push(StoredRow { table, key: key.to_vec(), value: value.to_vec() })
+            }
+        })?;
+    }
+    Ok(rows)
 }
 
 fn scan_into(txn: &redb::ReadTransaction, table: Table, mut row: impl FnMut(&[u8], &[u8])) -> Result<(), StoreError> {
@@ -624,8 +649,34 @@ mod tests {
             row(Table::Inbox, b"lookup-0000000002", b"in"),
         ]);
         assert_eq!(sorted(store.load_all().unwrap()), expected);
-        let kept = store.load(|table, value| table != Table::Marks && value != b"in").unwrap();
-        assert_eq!(sorted(kept), [&expected[..1], &expected[2..3]].concat(), "only the rows `keep` accepts");
+    }
+
+    #[tokio::test]
+    async fn the_rows_to_restore_leave_a_hubs_older_lookups_on_disk_unread_and_read_the_rest() {
+        use cpis_protocol::ids::{LookupId, NhsNumber, OdsCode};
+        use cpis_protocol::records::{AccessEvent, Person};
+        use cpis_protocol::schema::{ACCESS_LOG, MARKS};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("node.redb")).unwrap();
+        let now = Timestamp(1_800_000_000_000);
+        let identity = cpis_protocol::sign::Identity::from_seed([7; 32]);
+        let lookup = |n: u8, at: Timestamp| {
+            let person = Person { id: "U1".into(), name: "A Nurse".into(), role: "Nurse".into() };
+            let (setting, nhs) = (OdsCode::parse("RXH01").unwrap(), NhsNumber::parse("943 476 5919").unwrap());
+            let event = AccessEvent { lookup_id: LookupId([n; 16]), setting, person, at, nhs };
+            ACCESS_LOG.put(&LookupId([n; 16]), &identity.sign(event))
+        };
+        let hub = OdsCode::parse("HUBS").unwrap();
+        let ops = vec![lookup(1, now.minus_ms(86_400_000)), lookup(2, now.minus_ms(1_000)), MARKS.put(&hub, &3)];
+        store.commit(batch(1, ops)).await.unwrap();
+
+        let role = RoleConfig::Hub(Default::default());
+        let mut rows = store.rows_to_restore(&role, now).unwrap();
+        let lookups: Vec<LookupId> = ACCESS_LOG.take(&mut rows).map(|r| r.unwrap().0).collect();
+        assert_eq!(lookups, vec![LookupId([2; 16])], "only the lookup within the replay window");
+        assert_eq!(MARKS.read(&rows).map(|r| r.unwrap()).collect::<Vec<_>>(), vec![(hub, 3)]);
+        assert!(!rows.store_was_empty());
+        assert_eq!(store.scan(Table::AccessLog).unwrap().len(), 2, "both stay on disk");
     }
 
     #[tokio::test]

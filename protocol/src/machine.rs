@@ -162,10 +162,10 @@ impl Machine {
         identity: Identity,
         directory: TrustedDirectory,
         config: RoleConfig,
-        rows: Vec<StoredRow>,
+        rows: impl Into<schema::Rows>,
         now: Timestamp,
     ) -> Result<Machine, RestoreError> {
-        let rows = &mut schema::Rows::new(rows);
+        let rows = &mut rows.into();
         schema::check_schema(rows)?;
         let role = match config {
             RoleConfig::Hub(_) => Role::Hub,

@@ -12,6 +12,7 @@
 use crate::codec::{self, DecodeError};
 use crate::ids::{LookupId, OdsCode, PlanRef};
 use serde::{Serialize, de::DeserializeOwned};
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 /// The version of the tables below. A store written with another version is refused.
@@ -146,22 +147,47 @@ impl std::fmt::Debug for StoredRow {
     }
 }
 
-/// A store's rows as read at start, by table. Restore takes the large tables' rows as it decodes
-/// them, so that each row's bytes are freed once what it holds is in memory, rather than the whole
-/// store being held twice.
+/// A store's rows as read at start, by table. Restore takes the large tables' rows
+/// ([`Rows::TAKEN`]) as it decodes them, so that each row's bytes are freed once what it holds is
+/// in memory; a driver may also hand those tables over unread, as sources it reads as restore
+/// goes ([`Rows::streaming`]), so that the store is never held in memory whole.
 pub struct Rows {
-    by_table: std::collections::BTreeMap<Table, Vec<StoredRow>>,
+    by_table: BTreeMap<Table, Vec<StoredRow>>,
+    streamed: BTreeMap<Table, RowSource>,
     empty: bool,
 }
 
+impl From<Vec<StoredRow>> for Rows {
+    fn from(rows: Vec<StoredRow>) -> Rows {
+        Rows::new(rows)
+    }
+}
+
+/// One table's rows, read from a driver's store as restore takes them, or why they could not be.
+pub type RowSource = Box<dyn Iterator<Item = Result<StoredRow, String>> + Send>;
+
 impl Rows {
+    /// The tables restore takes row by row rather than reading in place: a store's largest.
+    pub const TAKEN: [Table; 4] = [Table::Entries, Table::Plans, Table::Inbox, Table::AccessLog];
+
     pub fn new(rows: Vec<StoredRow>) -> Rows {
         let empty = rows.is_empty();
-        let mut by_table = std::collections::BTreeMap::<Table, Vec<StoredRow>>::new();
+        let mut by_table = BTreeMap::<Table, Vec<StoredRow>>::new();
         for row in rows {
             by_table.entry(row.table).or_default().push(row);
         }
-        Rows { by_table, empty }
+        Rows { by_table, streamed: BTreeMap::new(), empty }
+    }
+
+    /// These rows, with each of the [`Rows::TAKEN`] tables read from the source `source_of` gives
+    /// for it, as restore takes them (`rows` then leaves those tables out).
+    pub fn streaming(mut self, mut source_of: impl FnMut(Table) -> RowSource) -> Rows {
+        for table in Rows::TAKEN {
+            let mut source = source_of(table).peekable();
+            self.empty &= source.peek().is_none();
+            self.streamed.insert(table, Box::new(source));
+        }
+        self
     }
 
     /// Whether the store held no row at all (a new node).
@@ -176,6 +202,9 @@ pub enum RowError {
     /// A key does not have the table's form.
     #[error("table {0}: a key is malformed")]
     Key(&'static str),
+    /// The store could not be read.
+    #[error("table {table}: the store could not be read: {reason}")]
+    Read { table: &'static str, reason: String },
     /// A value does not decode.
     #[error("table {table}: a value does not decode: {source}")]
     Value { table: &'static str, source: DecodeError },
@@ -235,8 +264,13 @@ impl<K, V: Serialize + DeserializeOwned> TableDef<K, V> {
 
     /// Takes this table's rows out of `rows`, decoding each and freeing its bytes in turn.
     pub fn take<'a>(&'a self, rows: &mut Rows) -> impl Iterator<Item = Result<(K, V), RowError>> + 'a {
-        let taken = rows.by_table.remove(&self.table).unwrap_or_default();
-        taken.into_iter().map(move |r| self.decode(&r))
+        let held = rows.by_table.remove(&self.table).unwrap_or_default().into_iter().map(Ok);
+        let streamed = rows.streamed.remove(&self.table).into_iter().flatten();
+        let name = self.table.name();
+        held.chain(streamed).map(move |r| match r {
+            Ok(row) => self.decode(&row),
+            Err(reason) => Err(RowError::Read { table: name, reason }),
+        })
     }
 }
 
@@ -368,6 +402,29 @@ mod tests {
         assert!(matches!(MARKS.decode(&truncated), Err(RowError::Value { table: "marks", .. })));
         let k = (LookupId([3; 16]), code);
         assert_eq!(parse_outbox(&outbox(&k)), Some(k));
+    }
+
+    #[test]
+    fn streamed_rows_are_decoded_as_restore_takes_them_once_and_a_failed_read_is_named() {
+        let at = crate::time::Timestamp(5);
+        let (id, setting) = (LookupId([1; 16]), OdsCode::parse("RXH01").unwrap());
+        let person = crate::records::Person { id: "U1".into(), name: "A Nurse".into(), role: "Nurse".into() };
+        let nhs = crate::ids::NhsNumber::parse("943 476 5919").unwrap();
+        let signed =
+            crate::sign::Identity::from_seed([7; 32]).sign(AccessEvent { lookup_id: id, setting, person, at, nhs });
+        let StoreOp::Put { table, key, value } = ACCESS_LOG.put(&id, &signed) else { unreachable!() };
+        let row = StoredRow { table, key, value };
+        let mut rows = Rows::new(vec![]).streaming(|table| match table {
+            Table::AccessLog => Box::new(vec![Ok(row.clone())].into_iter()),
+            Table::Entries => Box::new(vec![Err("the disk failed".to_string())].into_iter()),
+            _ => Box::new(std::iter::empty()),
+        });
+        assert!(!rows.store_was_empty());
+        assert_eq!(ACCESS_LOG.take(&mut rows).collect::<Vec<_>>(), vec![Ok((id, signed))]);
+        assert_eq!(ACCESS_LOG.take(&mut rows).count(), 0, "taken once");
+        let failed = ENTRIES.take(&mut rows).next().map(|r| r.map(|_| ()));
+        assert_eq!(failed, Some(Err(RowError::Read { table: "entries", reason: "the disk failed".into() })));
+        assert!(Rows::new(vec![]).streaming(|_| Box::new(std::iter::empty())).store_was_empty());
     }
 
     #[test]

@@ -442,6 +442,7 @@ async fn scale(report: &mut Report) {
     // a day before, as a hub in the field holds after some weeks.
     let at = cpis_node::net::now().minus_ms(cpis_protocol::time::DAY_MS);
     add_old_lookups(&fed, "HUBS", &codes, at, OLD_LOOKUPS).await;
+    eprintln!("scale: the hub restarts with 1,100,000 lookups on record…");
     let started = Instant::now();
     let hubs = spawn(&fed, "HUBS").await;
     report.add(

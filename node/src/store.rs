@@ -253,7 +253,7 @@ impl Store {
     /// Every row of every table, table by table in [`Table::ALL`] order, keys ascending within a
     /// table.
     pub fn load_all(&self) -> Result<Vec<StoredRow>, StoreError> {
-        load_from(&self.begin_read()?, |_, _| true)
+        load_from(&self.begin_read()?, Table::ALL, |_, _| true)
     }
 
     /// What a machine restores from at start: the rows
@@ -261,7 +261,8 @@ impl Store {
     /// ([`Rows::TAKEN`]) read one by one as restore takes them, from one read transaction.
     pub fn rows_to_restore(&self, role: &RoleConfig, now: Timestamp) -> Result<Rows, StoreError> {
         let txn = self.begin_read()?;
-        let held = load_from(&txn, |table, value| !Rows::TAKEN.contains(&table) && role.restores(table, value, now))?;
+        let held_tables = Table::ALL.into_iter().filter(|t| !Rows::TAKEN.contains(t));
+        let held = load_from(&txn, held_tables, |table, value| role.restores(table, value, now))?;
         let mut sources = std::collections::BTreeMap::new();
         for table in Rows::TAKEN {
             let read_err = move |e: redb::StorageError| StoreError::Read { table: table.name(), source: arc(e) };
@@ -413,13 +414,14 @@ fn open_read(
     txn.open_table(definition(table)).map_err(|e| StoreError::Table { table: table.name(), source: arc(e) })
 }
 
-/// The rows of every table that `keep` accepts; the others are read past, never held.
+/// The rows of `tables` that `keep` accepts; the others are read past, never held.
 fn load_from(
     txn: &redb::ReadTransaction,
+    tables: impl IntoIterator<Item = Table>,
     mut keep: impl FnMut(Table, &[u8]) -> bool,
 ) -> Result<Vec<StoredRow>, StoreError> {
     let mut rows = Vec::new();
-    for table in Table::ALL {
+    for table in tables {
         scan_into(txn, table, |key, value| {
             if keep(table, value) {
                 rows.push(StoredRow { table, key: key.to_vec(), value: value.to_vec() })

@@ -257,7 +257,8 @@ impl<K, V: Serialize + DeserializeOwned> TableDef<K, V> {
         rows.iter().filter(move |r| r.table == self.table).map(move |r| self.decode(r))
     }
 
-    /// Decodes every row of this table among `rows`, leaving them there.
+    /// Decodes every row of this table among `rows`, leaving them there. Not for the
+    /// [`Rows::TAKEN`] tables, which a driver may hand over as sources: those are taken.
     pub fn read<'a>(&'a self, rows: &'a Rows) -> impl Iterator<Item = Result<(K, V), RowError>> + 'a {
         rows.by_table.get(&self.table).into_iter().flatten().map(move |r| self.decode(r))
     }

@@ -15,6 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Entries the gateway keeps in memory for its audit page.
 pub const AUDIT_RECENT_MAX: usize = 500;
+/// Most bytes read back from the end of the log at start, for the newest entries: the file grows
+/// for as long as the gateway runs, and [`AUDIT_RECENT_MAX`] lookups of two lines take about
+/// 400 KB.
+const AUDIT_TAIL_BYTES: u64 = 2 << 20;
 /// Lines waiting for the writer before new lookups wait.
 const AUDIT_QUEUE_MAX: usize = 4_096;
 /// The `result` of the line written when a lookup is asked, before its answer is known. On its
@@ -58,10 +62,11 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Opens (or creates) the log and starts its writer thread; the newest entries already in the
-    /// file are read back for the audit page (lines that do not parse are skipped).
+    /// file are read back for the audit page from its last [`AUDIT_TAIL_BYTES`] (lines that do
+    /// not parse are skipped).
     pub fn open(path: &Path) -> std::io::Result<AuditLog> {
         let mut recent = VecDeque::new();
-        if let Ok(text) = std::fs::read_to_string(path) {
+        if let Ok(text) = read_tail(path, AUDIT_TAIL_BYTES) {
             for line in text.lines() {
                 if let Ok(entry) = serde_json::from_str::<AuditEntry>(line) {
                     remember(&mut recent, entry);
@@ -122,6 +127,20 @@ fn remember(recent: &mut VecDeque<AuditEntry>, entry: AuditEntry) {
             recent.push_back(entry);
         }
     }
+}
+
+/// The whole lines in the last `max` bytes of the file at `path`.
+fn read_tail(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    // From one byte before the cut, so that a line starting at the cut follows a newline.
+    let cut = len > max;
+    file.seek(SeekFrom::Start(if cut { len - max - 1 } else { 0 }))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    let start = if cut { bytes.iter().position(|b| *b == b'\n').map_or(bytes.len(), |i| i + 1) } else { 0 };
+    Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
 }
 
 fn write_loop(mut file: std::fs::File, mut lines: mpsc::Receiver<Waiting>, recent: Arc<Mutex<VecDeque<AuditEntry>>>) {
@@ -190,6 +209,16 @@ mod tests {
         let reopened = AuditLog::open(&path).unwrap();
         let ids: Vec<String> = reopened.recent(10).into_iter().filter_map(|e| e.lookup_id).collect();
         assert_eq!(ids, [format!("{:032x}", 2), format!("{:032x}", 1), format!("{:032x}", 0)]);
+    }
+
+    #[test]
+    fn only_the_whole_lines_at_the_end_of_the_file_are_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, "first\nsecond\nthird\n").unwrap();
+        assert_eq!(read_tail(&path, 9).unwrap(), "third\n", "the cut line is left out");
+        assert_eq!(read_tail(&path, 13).unwrap(), "second\nthird\n", "a whole line at the cut is kept");
+        assert_eq!(read_tail(&path, 100).unwrap(), "first\nsecond\nthird\n");
     }
 
     #[tokio::test]

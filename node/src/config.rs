@@ -702,7 +702,7 @@ pub struct GatewayConfig {
     /// With no answer from a hub after this long, the next hub is asked too. Default 250 ms.
     pub hedge_after_ms: u64,
     /// With no verified answer after this long, the lookup says "could not check". Default 1800
-    /// ms: the page or the calling system has that answer within 2 s, with the rest for showing it.
+    /// ms, leaving the rest of 2 s for checking and showing the answer.
     pub deadline_ms: u64,
     /// A signed-in person idle this long is signed out. Default 1800000 ms (30 minutes).
     pub session_idle_ms: u64,

@@ -234,6 +234,11 @@ fn check_handle(field: &'static str, text: &str) -> Result<(), AccountsError> {
     }
 }
 
+/// The hash a sign-in with no such account is checked against: of a random password, with the
+/// same parameters as every account's.
+static NO_ACCOUNT_HASH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| hash_password(&hex::encode(rand::random::<[u8; 16]>())).unwrap_or_default());
+
 /// The argon2id hash of a password, as a PHC string.
 pub fn hash_password(password: &str) -> Result<String, AccountsError> {
     let chars = password.chars().count();
@@ -409,9 +414,21 @@ impl Accounts {
         Ok(token)
     }
 
-    /// The enabled person with this user name and password.
+    /// The enabled person with this user name and password. A name that is no enabled account
+    /// costs the same password check, so that the time taken does not tell which names exist.
     pub fn sign_in(&self, user: &str, password: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.user == user && !u.disabled).filter(|u| password_matches(&u.password, password))
+        match self.users.iter().find(|u| u.user == user && !u.disabled) {
+            Some(u) => password_matches(&u.password, password).then_some(u),
+            None => {
+                password_matches(&NO_ACCOUNT_HASH, password);
+                None
+            }
+        }
+    }
+
+    /// Whether `user` names a person's account (enabled or not).
+    pub fn has_user(&self, user: &str) -> bool {
+        self.users.iter().any(|u| u.user == user)
     }
 
     /// The enabled system whose token this is.
@@ -434,6 +451,8 @@ mod tests {
         assert_eq!(accounts.sign_in("sam", "correct horse battery").map(|u| u.name.as_str()), Some("Sam Patel"));
         assert!(accounts.sign_in("sam", "wrong horse battery").is_none());
         assert!(accounts.sign_in("nobody", "correct horse battery").is_none());
+        assert!(NO_ACCOUNT_HASH.starts_with("$argon2id$"), "a name with no account costs a real check");
+        assert!(accounts.has_user("sam") && !accounts.has_user("correct horse battery"));
         let token = accounts.add_system("EPIC", "Epic ED", &Access::ALL, 30, Date(20_000)).unwrap();
         assert_eq!(accounts.system_with_token(&token).map(|s| s.system.as_str()), Some("EPIC"));
         assert!(accounts.system_with_token("not-a-token").is_none());

@@ -219,8 +219,9 @@ impl GatewayMetrics {
         self.lookups.get_or_create(&[("result", "cached"), ("via", via)]).inc();
     }
 
-    pub fn audit_failed(&self) {
-        self.audit_failures.inc();
+    /// `lines` of the audit log that could not be written.
+    pub fn audit_failed(&self, lines: u64) {
+        self.audit_failures.inc_by(lines);
     }
 
     /// The Prometheus text (version 0.0.4) of the gateway's `GET /metrics`; `tokens` are the
@@ -249,7 +250,7 @@ impl GatewayMetrics {
         );
         r.register(
             "cpis_gateway_audit_failures",
-            "Lookups whose line could not be written to the audit log (the answer was still shown)",
+            "Audit log lines that could not be written (the answer was still given)",
             self.audit_failures.clone(),
         );
         register_process(&mut r, start_time_s);

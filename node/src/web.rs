@@ -25,8 +25,10 @@ use tracing::{error, warn};
 
 /// Most signed-in sessions held at once (the oldest goes first).
 const SESSIONS_MAX: usize = 10_000;
-/// Most accounts whose failed sign-ins are counted at once.
+/// Most user names whose failed sign-ins are counted at once.
 const FAILURES_MAX: usize = 10_000;
+/// Passwords checked at once: each argon2id check holds 19 MiB and most of a core.
+const PASSWORD_CHECKS_MAX: usize = 2;
 pub const SESSION_COOKIE: &str = "cpis_session";
 pub const SIGN_IN_COOKIE: &str = "cpis_sign_in";
 
@@ -63,10 +65,18 @@ pub struct Door {
     https: bool,
     accounts: Mutex<(Option<SystemTime>, Arc<Accounts>)>,
     sessions: Mutex<Sessions>,
+    password_checks: tokio::sync::Semaphore,
 }
 
 /// Why a sign-in was refused, in words for the person.
 pub struct SignInRefused(pub String);
+
+/// A sign-in attempt, as the failure table takes it.
+enum Attempt {
+    Counted,
+    Locked,
+    Busy,
+}
 
 /// The sign-in form's fields.
 #[derive(serde::Deserialize)]
@@ -120,6 +130,7 @@ impl Door {
             https,
             accounts: Mutex::new((None, Arc::new(Accounts::default()))),
             sessions: Mutex::new(Sessions::default()),
+            password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS_MAX),
         }
     }
 
@@ -174,20 +185,34 @@ impl Door {
         if !cookie(headers, SIGN_IN_COOKIE).is_some_and(|c| constant_time_eq(c, csrf)) {
             return Err(SignInRefused("The sign-in form had expired: enter your user name and password again".into()));
         }
-        if self.locked(user) {
-            warn!(user = %user, "sign-in refused: the account is locked");
-            let minutes = self.rules.lockout_ms.div_ceil(60_000);
-            return Err(SignInRefused(format!(
-                "This account is locked after repeated failed sign-ins. Try again in up to {minutes} minutes, or ask your administrator"
-            )));
-        }
         let accounts = self.accounts();
+        // Logged only if it is an account's name: a password typed into the wrong field is not.
+        let named = if accounts.has_user(user) { user } else { "(not an account)" };
+        // Counted as a failure before the password is checked (and forgiven if it is right), so
+        // that attempts made at once cannot outrun the lockout.
+        match self.attempt(user) {
+            Attempt::Counted => {}
+            Attempt::Locked => {
+                warn!(user = named, "sign-in refused: the account is locked");
+                let minutes = self.rules.lockout_ms.div_ceil(60_000);
+                return Err(SignInRefused(format!(
+                    "This account is locked after repeated failed sign-ins. Try again in up to {minutes} minutes, or ask your administrator"
+                )));
+            }
+            Attempt::Busy => {
+                warn!("sign-in refused: too many accounts have failed sign-ins to count more");
+                return Err(SignInRefused("Signing in is not possible just now: try again in a few minutes".into()));
+            }
+        }
         let name = user.to_string();
-        let found =
-            tokio::task::spawn_blocking(move || accounts.sign_in(&name, &password).cloned()).await.ok().flatten();
+        let found = match self.password_checks.acquire().await {
+            Ok(_permit) => {
+                tokio::task::spawn_blocking(move || accounts.sign_in(&name, &password).cloned()).await.ok().flatten()
+            }
+            Err(_) => None,
+        };
         let Some(found) = found.filter(|u| self.roles.contains(&u.role)) else {
-            self.sign_in_failed(user);
-            warn!(user = %user, "sign-in refused: wrong user name or password");
+            warn!(user = named, "sign-in refused: wrong user name or password");
             return Err(SignInRefused("The user name or password is not right".into()));
         };
         tracing::info!(user = %found.user, role = found.role.name(), "signed in");
@@ -203,27 +228,30 @@ impl Door {
         Some(session)
     }
 
-    fn locked(&self, user: &str) -> bool {
-        let sessions = lock(&self.sessions);
-        sessions.failures.get(user).and_then(|(_, until)| *until).is_some_and(|until| Instant::now() < until)
-    }
-
-    fn sign_in_failed(&self, user: &str) {
+    /// Counts a sign-in attempt for `user` as failed until its password proves right; locks the
+    /// account at the configured number. When the table is full, the counts of accounts not
+    /// locked now are dropped; if every entry is a lock in force, nobody new is counted, and so
+    /// nobody new may try (refusing rather than letting guesses go uncounted).
+    fn attempt(&self, user: &str) -> Attempt {
+        let now = Instant::now();
         let mut sessions = lock(&self.sessions);
         if sessions.failures.len() >= FAILURES_MAX && !sessions.failures.contains_key(user) {
-            sessions.failures.retain(|_, (_, until)| until.is_some());
+            sessions.failures.retain(|_, (_, until)| until.is_some_and(|until| now < until));
             if sessions.failures.len() >= FAILURES_MAX {
-                return;
+                return Attempt::Busy;
             }
         }
         let entry = sessions.failures.entry(user.to_string()).or_insert((0, None));
-        if entry.1.is_some_and(|until| Instant::now() >= until) {
-            *entry = (0, None);
+        match entry.1 {
+            Some(until) if now < until => return Attempt::Locked,
+            Some(_) => *entry = (0, None),
+            None => {}
         }
         entry.0 += 1;
         if entry.0 >= self.rules.lockout_failures {
-            entry.1 = Some(Instant::now() + Duration::from_millis(self.rules.lockout_ms));
+            entry.1 = Some(now + Duration::from_millis(self.rules.lockout_ms));
         }
+        Attempt::Counted
     }
 
     fn start_session(&self, user: &User) -> String {
@@ -280,11 +308,13 @@ pub async fn sign_in(
     }
 }
 
-/// `POST /sign-out`: ends the session if the form is its own, and goes back to signing in.
+/// `POST /sign-out`: ends the session if the form is its own (and only then clears its cookie,
+/// so that a form from elsewhere changes nothing), and goes back to signing in.
 pub fn sign_out(door: &Door, headers: &HeaderMap, form: &CsrfForm) -> Response {
-    door.sign_out(headers, &form.csrf);
     let mut response = Redirect::to("/sign-in").into_response();
-    response.headers_mut().append(header::SET_COOKIE, door.set_cookie(SESSION_COOKIE, "", 0));
+    if door.sign_out(headers, &form.csrf).is_some() {
+        response.headers_mut().append(header::SET_COOKIE, door.set_cookie(SESSION_COOKIE, "", 0));
+    }
     response
 }
 
@@ -350,6 +380,11 @@ async fn serve_plain(listener: tokio::net::TcpListener, app: Router, mut stop: w
 const TLS_HANDSHAKES_MAX: usize = 256;
 /// Longest a client may take over its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Most HTTPS connections open at once; one more is closed as soon as it is accepted.
+const TLS_CONNECTIONS_MAX: usize = 1_024;
+/// Longest a connection may take to send a request's headers, the first or the next (an idle
+/// connection is closed after it).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(if cfg!(test) { 1 } else { 30 });
 
 async fn serve_tls(
     listener: tokio::net::TcpListener,
@@ -365,6 +400,7 @@ async fn serve_tls(
         response
     }));
     let handshakes = Arc::new(tokio::sync::Semaphore::new(TLS_HANDSHAKES_MAX));
+    let connections = Arc::new(tokio::sync::Semaphore::new(TLS_CONNECTIONS_MAX));
     loop {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -373,6 +409,7 @@ async fn serve_tls(
             },
             _ = stop.changed() => return,
         };
+        let Ok(open) = connections.clone().try_acquire_owned() else { continue };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else { continue };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
@@ -380,7 +417,12 @@ async fn serve_tls(
             let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(tcp)).await else { return };
             drop(permit);
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+            drop(open);
         });
     }
 }
@@ -480,6 +522,13 @@ mod tests {
         let mut response = String::new();
         tls.read_to_string(&mut response).await.unwrap();
         let lower = response.to_ascii_lowercase();
+        // A connection that says nothing after its handshake is closed, not held for ever.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut idle = connector.connect(name, tcp).await.unwrap();
+        let mut nothing = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut nothing)).await;
+        assert!(closed.is_ok(), "an idle connection is closed after {HEADER_READ_TIMEOUT:?}");
         assert!(lower.starts_with("http/1.1 200"), "{response}");
         assert!(lower.contains("strict-transport-security: max-age=31536000"), "{response}");
         assert!(lower.contains("content-security-policy:") && lower.contains("x-frame-options: deny"), "{response}");
@@ -493,5 +542,64 @@ mod tests {
         tcp.read_to_string(&mut response).await.unwrap();
         assert!(!response.to_ascii_lowercase().contains("strict-transport-security"), "{response}");
         let _ = stop_tx.send(true);
+    }
+
+    fn door(dir: &Path, lockout_failures: u32, lockout_ms: u64) -> Door {
+        let rules = SessionRules { idle_ms: 60_000, lockout_failures, lockout_ms };
+        Door::new(dir.join("users.toml"), &[AccountRole::Clinician], rules, false)
+    }
+
+    /// Wrong passwords sent all at once lock the account after as many checks as the lockout
+    /// allows, not one check each: every attempt is counted before its password is checked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sign_ins_sent_at_once_cannot_outrun_the_lockout__and_the_right_password_still_signs_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut accounts = Accounts::default();
+        let password = "correct horse battery";
+        accounts.add_user("sam", "Sam Patel", "Staff nurse", AccountRole::Clinician, password).unwrap();
+        accounts.save(&dir.path().join("users.toml")).unwrap();
+        let door = Arc::new(door(dir.path(), 5, 60_000));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::COOKIE, HeaderValue::from_static("cpis_sign_in=t"));
+
+        assert!(door.sign_in(&headers, "sam", password.into(), "t").await.is_ok(), "the right password signs in");
+        let attempts = (0..20).map(|_| {
+            let (door, headers) = (door.clone(), headers.clone());
+            tokio::spawn(async move { door.sign_in(&headers, "sam", "a wrong guess here".into(), "t").await })
+        });
+        let mut refusals = vec![];
+        for attempt in attempts {
+            let Err(SignInRefused(why)) = attempt.await.unwrap() else { panic!("a wrong password signed in") };
+            refusals.push(why);
+        }
+        let checked = refusals.iter().filter(|w| w.contains("not right")).count();
+        assert_eq!(checked, 5, "five passwords checked, the rest refused as locked: {refusals:?}");
+        assert_eq!(refusals.iter().filter(|w| w.contains("locked")).count(), 15);
+        let refused = door.sign_in(&headers, "sam", password.into(), "t").await;
+        assert!(refused.is_err_and(|SignInRefused(why)| why.contains("locked")), "locked even with the right password");
+    }
+
+    /// A full table of failed sign-ins drops the counts of accounts not locked now (locks that
+    /// have run out included) to count a new name; if every entry is a lock in force, a new name
+    /// is refused rather than let through uncounted.
+    #[test]
+    fn a_full_failure_table_makes_room_from_expired_locks__and_refuses_rather_than_stop_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let quick = door(dir.path(), 1, 1);
+        for n in 0..FAILURES_MAX {
+            assert!(matches!(quick.attempt(&format!("name{n}")), Attempt::Counted));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(matches!(quick.attempt("victim"), Attempt::Counted), "room made from expired locks");
+        let failures = &lock(&quick.sessions).failures;
+        assert!(failures.get("victim").is_some_and(|(n, until)| *n == 1 && until.is_some()), "counted, and locked");
+        assert_eq!(failures.len(), 1, "the expired locks are gone");
+
+        let long = door(dir.path(), 1, 3_600_000);
+        for n in 0..FAILURES_MAX {
+            assert!(matches!(long.attempt(&format!("name{n}")), Attempt::Counted));
+        }
+        assert!(matches!(long.attempt("victim"), Attempt::Busy), "every entry a lock in force: refused");
+        assert!(matches!(long.attempt("name7"), Attempt::Locked), "the locked stay locked");
     }
 }

@@ -414,7 +414,10 @@ async fn clinician_page__sign_in_search_alert_roles_csrf_lockout__and_the_counci
     assert_eq!(status, 200);
     assert!(audit.contains("Sam Patel (Staff nurse, sam.patel)") && audit.contains("9434765919"), "{audit}");
 
-    let (_, _, again) = page.send("GET", "/", None).await;
+    let (status, headers, _) = page.send("POST", "/sign-out", Some(&[("csrf", "forged")])).await;
+    assert_eq!((status, header(&headers, "set-cookie")), (303, None), "a sign-out from elsewhere clears nothing");
+    let (status, _, again) = page.send("GET", "/", None).await;
+    assert_eq!(status, 200, "still signed in");
     let (status, _, _) = page.send("POST", "/sign-out", Some(&[("csrf", &csrf(&again))])).await;
     assert_eq!(status, 303);
     assert_eq!(page.send("GET", "/", None).await.0, 303, "signed out");
@@ -426,6 +429,17 @@ async fn clinician_page__sign_in_search_alert_roles_csrf_lockout__and_the_counci
     let (status, body) = guesser.sign_in("lee.jones", PASSWORD).await;
     assert_eq!(status, 401, "locked after five failures, even with the right password");
     assert!(body.contains("locked"), "{body}");
+
+    // A council that cannot be checked: a child with no plan elsewhere is not "no plan found".
+    let mut world = world;
+    world.nodes.remove("204").unwrap().shutdown().await;
+    tokio::time::sleep(Duration::from_millis(5_000)).await;
+    let (_, _, search) = lead.send("GET", "/", None).await;
+    let (status, _, unchecked) = lead.send("POST", "/search", Some(&[("nhs", NONE), ("csrf", &csrf(&search))])).await;
+    assert_eq!(status, 200);
+    assert!(unchecked.contains("id=\"could-not-check\"") && unchecked.contains("Hackney (204)"), "{unchecked}");
+    assert!(!unchecked.contains("id=\"no-records\"") && !unchecked.contains("no plan was found"), "{unchecked}");
+    assert!(unchecked.contains("1 could not be checked"), "{unchecked}");
 
     let gateway = world.gateway;
     for node in world.nodes.into_values() {

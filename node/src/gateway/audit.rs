@@ -27,7 +27,7 @@ const AUDIT_QUEUE_MAX: usize = 4_096;
 pub const ASKED: &str = "asked";
 
 /// One lookup, as the audit log keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// When the gateway answered (RFC 3339).
     pub at: String,
@@ -52,6 +52,20 @@ pub struct AuditEntry {
     pub trace_id: Option<String>,
 }
 
+/// Without the child's NHS number or the person: `Debug` output may reach a log.
+impl std::fmt::Debug for AuditEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditEntry")
+            .field("at", &self.at)
+            .field("via", &self.via)
+            .field("kind", &self.kind)
+            .field("result", &self.result)
+            .field("lookup_id", &self.lookup_id)
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Appends entries durably and keeps the most recent in memory.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -63,8 +77,9 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens (or creates) the log and starts its writer thread; the newest entries already in the
     /// file are read back for the audit page from its last [`AUDIT_TAIL_BYTES`] (lines that do
-    /// not parse are skipped).
-    pub fn open(path: &Path) -> std::io::Result<AuditLog> {
+    /// not parse are skipped). `lost(n)` is called when `n` lines appended without waiting (see
+    /// [`AuditLog::append`]) could not be written: nobody else learns of those.
+    pub fn open(path: &Path, lost: impl Fn(u64) + Send + 'static) -> std::io::Result<AuditLog> {
         let mut recent = VecDeque::new();
         if let Ok(text) = read_tail(path, AUDIT_TAIL_BYTES) {
             for line in text.lines() {
@@ -80,7 +95,9 @@ impl AuditLog {
         let (queue, lines) = mpsc::channel(AUDIT_QUEUE_MAX);
         let recent = Arc::new(Mutex::new(recent));
         let for_writer = recent.clone();
-        std::thread::Builder::new().name("audit-log".into()).spawn(move || write_loop(file, lines, for_writer))?;
+        std::thread::Builder::new()
+            .name("audit-log".into())
+            .spawn(move || write_loop(file, lines, for_writer, lost))?;
         Ok(AuditLog { queue, recent, path: path.to_path_buf() })
     }
 
@@ -143,22 +160,44 @@ fn read_tail(path: &Path, max: u64) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&bytes[start..]).into_owned())
 }
 
-fn write_loop(mut file: std::fs::File, mut lines: mpsc::Receiver<Waiting>, recent: Arc<Mutex<VecDeque<AuditEntry>>>) {
+/// What the writer appends to: written, then made durable.
+trait AuditFile: Write {
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+impl AuditFile for std::fs::File {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_data()
+    }
+}
+
+fn write_loop(
+    mut file: impl AuditFile,
+    mut lines: mpsc::Receiver<Waiting>,
+    recent: Arc<Mutex<VecDeque<AuditEntry>>>,
+    lost: impl Fn(u64),
+) {
+    // Set by a failed write, which may have left part of a line at the end of the file.
+    let mut torn = false;
     while let Some(first) = lines.blocking_recv() {
         let mut batch = vec![first];
         while let (true, Ok(next)) = (batch.len() < AUDIT_QUEUE_MAX, lines.try_recv()) {
             batch.push(next);
         }
-        let mut bytes = Vec::new();
+        // After a failed write, a newline first ends whatever it left (read back, that part
+        // does not parse and is skipped), so that this batch's first line stays whole.
+        let mut bytes = if torn { vec![b'\n'] } else { Vec::new() };
         for (entry, _) in &batch {
             if let Ok(line) = serde_json::to_string(entry) {
                 bytes.extend_from_slice(line.as_bytes());
                 bytes.push(b'\n');
             }
         }
-        let result = file.write_all(&bytes).and_then(|()| file.sync_data()).map_err(|e| e.to_string());
+        let result = file.write_all(&bytes).and_then(|()| file.sync()).map_err(|e| e.to_string());
+        torn = result.is_err();
         if let Err(reason) = &result {
             // Lines appended without a waiter have no one else to tell.
+            lost(batch.iter().filter(|(_, done)| done.is_none()).count() as u64);
             tracing::error!(%reason, lines = batch.len(), "audit log lines could not be written");
         }
         if result.is_ok() {
@@ -199,14 +238,14 @@ mod tests {
     async fn entries_are_on_disk_when_recorded_and_read_back_newest_first_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&path, |_| {}).unwrap();
         for n in 0..3 {
             log.record(entry(n)).await.unwrap();
         }
         let on_disk = std::fs::read_to_string(&path).unwrap();
         assert_eq!(on_disk.lines().count(), 3);
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"not json\n").unwrap();
-        let reopened = AuditLog::open(&path).unwrap();
+        let reopened = AuditLog::open(&path, |_| {}).unwrap();
         let ids: Vec<String> = reopened.recent(10).into_iter().filter_map(|e| e.lookup_id).collect();
         assert_eq!(ids, [format!("{:032x}", 2), format!("{:032x}", 1), format!("{:032x}", 0)]);
     }
@@ -225,7 +264,7 @@ mod tests {
     async fn a_lookups_asked_line_is_shown_as_its_outcome_once_that_is_written_and_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&path, |_| {}).unwrap();
         let asked = |n| AuditEntry { result: ASKED.into(), hub: None, ..entry(n) };
         log.record(asked(1)).await.unwrap();
         log.record(asked(2)).await.unwrap();
@@ -239,10 +278,82 @@ mod tests {
         assert_eq!(on_disk.lines().count(), 4, "both lines of a lookup stay in the file");
         drop(log);
         // Lookup 2's answer was never recorded: it stays `asked`.
-        let reopened = AuditLog::open(&path).unwrap();
+        let reopened = AuditLog::open(&path, |_| {}).unwrap();
         let shown: Vec<(String, String)> =
             reopened.recent(10).into_iter().map(|e| (e.lookup_id.unwrap(), e.result)).collect();
         let id = |n: u32| format!("{n:032x}");
         assert_eq!(shown, [(id(3), "alert".into()), (id(2), ASKED.into()), (id(1), "alert".into())]);
+    }
+
+    /// A disk that writes part of each batch and fails while `failing` is set.
+    struct Flaky {
+        written: Arc<Mutex<Vec<u8>>>,
+        failing: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Write for Flaky {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let mut written = self.written.lock().unwrap();
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                written.extend_from_slice(&bytes[..bytes.len() / 2]);
+                return Err(std::io::Error::other("the disk is full"));
+            }
+            written.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl AuditFile for Flaky {
+        fn sync(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_a_failed_write_loses_are_counted__and_the_next_batch_is_whole_after_the_torn_one() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (queue, lines) = mpsc::channel(AUDIT_QUEUE_MAX);
+        let recent = Arc::new(Mutex::new(VecDeque::new()));
+        let file = Flaky { written: written.clone(), failing: failing.clone() };
+        let counted = lost.clone();
+        let count = move |n| {
+            counted.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        };
+        let writer = std::thread::spawn({
+            let recent = recent.clone();
+            move || write_loop(file, lines, recent, count)
+        });
+        let log = AuditLog { queue, recent, path: "audit.jsonl".into() };
+
+        log.record(entry(1)).await.unwrap();
+        failing.store(true, std::sync::atomic::Ordering::SeqCst);
+        log.append(entry(2)).await.unwrap();
+        log.append(entry(3)).await.unwrap();
+        assert!(log.record(entry(4)).await.is_err(), "the waiter learns its line was not written");
+        assert_eq!(lost.load(std::sync::atomic::Ordering::SeqCst), 2, "the two lines nobody waited for");
+        failing.store(false, std::sync::atomic::Ordering::SeqCst);
+        log.record(entry(5)).await.unwrap();
+        drop(log);
+        writer.join().unwrap();
+
+        let text = String::from_utf8_lossy(&written.lock().unwrap()).into_owned();
+        let parsed: Vec<String> =
+            text.lines().filter_map(|l| serde_json::from_str::<AuditEntry>(l).ok()?.lookup_id).collect();
+        // A line may have reached the file whole before the write failed; none is glued to the
+        // torn one after it.
+        assert_eq!(parsed.first(), Some(&format!("{:032x}", 1)), "{text}");
+        assert_eq!(parsed.last(), Some(&format!("{:032x}", 5)), "the line after the torn one is whole: {text}");
+    }
+
+    #[test]
+    fn an_entrys_debug_shows_neither_the_child_nor_the_person() {
+        let debug = format!("{:?}", entry(1));
+        assert!(debug.contains("alert"), "{debug}");
+        assert!(!debug.contains("9434765919") && !debug.contains("Sam Patel") && !debug.contains("sam"), "{debug}");
     }
 }

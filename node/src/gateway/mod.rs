@@ -189,7 +189,7 @@ impl Gateway {
     /// disk would be worse. The operator is told.
     fn audit_failed(&self, written: Result<(), String>) {
         if let Err(e) = written {
-            self.metrics.audit_failed();
+            self.metrics.audit_failed(1);
             error!(reason = %e, "a lookup could not be written to the audit log");
         }
     }
@@ -284,7 +284,9 @@ impl RunningGateway {
             .with_context(|| format!("creating the gateway's folder {}", config.gateway.data_dir.display()))?;
         let client = Arc::new(Client::open(config.clone())?);
         let metrics_token = crate::api::load_or_create_token(&config.gateway.metrics_token_path())?;
-        let audit = AuditLog::open(&config.gateway.audit_path())
+        let metrics = GatewayMetrics::default();
+        let counted = metrics.clone();
+        let audit = AuditLog::open(&config.gateway.audit_path(), move |lines| counted.audit_failed(lines))
             .with_context(|| format!("opening the audit log {}", config.gateway.audit_path().display()))?;
         let g = &config.gateway;
         let bound = web::bind(g.listen, (g.tls_cert.as_ref(), g.tls_key.as_ref())).await?;
@@ -302,7 +304,7 @@ impl RunningGateway {
             base_url: url.clone(),
             client: client.clone(),
             config,
-            metrics: GatewayMetrics::default(),
+            metrics,
             metrics_token,
             started_s: now().as_millis() as f64 / 1000.0,
         });

@@ -348,7 +348,11 @@ fn result_content(outcome: &LookupOutcome, now: Timestamp) -> Markup {
         p class="nhsuk-body-s" {
             @match (outcome.kind, notified.is_empty()) {
                 (LookupKind::Unscheduled, false) => { "This visit is recorded and " (notified.join(", ")) " will be told." }
-                (LookupKind::Unscheduled, true) => { "Nobody is told: no plan was found for this number." }
+                (LookupKind::Unscheduled, true) if unavailable.is_empty() => { "Nobody is told: no plan was found for this number." }
+                (LookupKind::Unscheduled, true) => {
+                    "No council is told: none of those checked shows a plan now, and " (unavailable.len())
+                    " could not be checked (above)."
+                }
                 (LookupKind::Scheduled, _) => { "A scheduled lookup: audited, but no council is told and no visit is recorded." }
             }
             " Answered by hub " (answer.hub) " (" (outcome.hub_name) "); " (kind_name(outcome.kind)) " lookup " (outcome.lookup_id.to_hex()) "."

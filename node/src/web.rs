@@ -552,7 +552,7 @@ mod tests {
     /// Wrong passwords sent all at once lock the account after as many checks as the lockout
     /// allows, not one check each: every attempt is counted before its password is checked.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sign_ins_sent_at_once_cannot_outrun_the_lockout__and_the_right_password_still_signs_in() {
+    async fn sign_ins_sent_at_once_cannot_outrun_the_lockout_and_the_right_password_still_signs_in() {
         let dir = tempfile::tempdir().unwrap();
         let mut accounts = Accounts::default();
         let password = "correct horse battery";
@@ -583,7 +583,7 @@ mod tests {
     /// have run out included) to count a new name; if every entry is a lock in force, a new name
     /// is refused rather than let through uncounted.
     #[test]
-    fn a_full_failure_table_makes_room_from_expired_locks__and_refuses_rather_than_stop_counting() {
+    fn a_full_failure_table_makes_room_from_expired_locks_and_refuses_rather_than_stop_counting() {
         let dir = tempfile::tempdir().unwrap();
         let quick = door(dir.path(), 1, 1);
         for n in 0..FAILURES_MAX {

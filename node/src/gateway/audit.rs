@@ -313,7 +313,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn lines_a_failed_write_loses_are_counted__and_the_next_batch_is_whole_after_the_torn_one() {
+    async fn lines_a_failed_write_loses_are_counted_and_the_next_batch_is_whole_after_the_torn_one() {
         let written = Arc::new(Mutex::new(Vec::new()));
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let lost = Arc::new(std::sync::atomic::AtomicU64::new(0));

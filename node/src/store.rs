@@ -53,7 +53,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use cpis_protocol::machine::RoleConfig;
-use cpis_protocol::schema::{RowSource, Rows, StoreOp, StoredRow, Table, WriteBatch};
+use cpis_protocol::schema::{self, RowSource, Rows, StoreOp, StoredRow, Table, WriteBatch};
 use cpis_protocol::time::Timestamp;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::oneshot;
@@ -133,7 +133,14 @@ pub enum StoreError {
     /// The writer thread has stopped (the store is shutting down, or the writer panicked).
     #[error("the store's writer has stopped")]
     Closed,
+    /// A store of an earlier schema version could not be brought up to this one: a row did not
+    /// convert. Nothing was changed by the commit that met it.
+    #[error("cannot bring the store file {} up to schema version {}: {source}", path.display(), schema::SCHEMA_VERSION)]
+    Upgrade { path: PathBuf, source: schema::RowError },
 }
+
+/// Rows of an earlier schema version converted in one commit when a store is brought up to date.
+const UPGRADE_ROWS_PER_COMMIT: usize = 50_000;
 
 /// Counters of the writer's work since the store was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -224,6 +231,7 @@ impl Store {
             txn.open_table(definition(table)).map_err(|e| open_err(e.into()))?;
         }
         txn.commit().map_err(|e| open_err(e.into()))?;
+        upgrade_from_v2(&db, path)?;
 
         let db = Arc::new(db);
         let stats = Arc::new(Counters::default());
@@ -262,15 +270,21 @@ impl Store {
     pub fn rows_to_restore(&self, role: &RoleConfig, now: Timestamp) -> Result<Rows, StoreError> {
         let txn = self.begin_read()?;
         let held_tables = Table::ALL.into_iter().filter(|t| !Rows::TAKEN.contains(t));
-        let held = load_from(&txn, held_tables, |table, value| role.restores(table, value, now))?;
+        let held = load_from(&txn, held_tables, |table, key| role.restores(table, key, now))?;
         let mut sources = std::collections::BTreeMap::new();
         for table in Rows::TAKEN {
             let read_err = move |e: redb::StorageError| StoreError::Read { table: table.name(), source: arc(e) };
-            let range = open_read(&txn, table)?.range::<&[u8]>(..).map_err(read_err)?;
+            let t = open_read(&txn, table)?;
+            // Rows before the first key restore uses are not read at all.
+            let range = match role.first_restored_key(table, now) {
+                Some(first) => t.range::<&[u8]>(first.as_slice()..),
+                None => t.range::<&[u8]>(..),
+            }
+            .map_err(read_err)?;
             let role = role.clone();
             let rows = range.filter_map(move |entry| match entry {
                 Ok((key, value)) => role
-                    .restores(table, value.value(), now)
+                    .restores(table, key.value(), now)
                     .then(|| Ok(StoredRow { table, key: key.value().to_vec(), value: value.value().to_vec() })),
                 Err(e) => Some(Err(read_err(e).to_string())),
             });
@@ -395,6 +409,56 @@ impl Store {
     }
 }
 
+/// Brings a store of schema version 2 up to this version: its access log moves from the table
+/// keyed by lookup id ([`schema::ACCESS_LOG_V2`]) to the one keyed by time
+/// ([`schema::access_row_from_v2`]), [`UPGRADE_ROWS_PER_COMMIT`] rows a commit, and the last
+/// commit drops the old table and writes the new version. A node stopped half way goes on from
+/// where it stopped at its next start. Any other version is left for restore to refuse.
+fn upgrade_from_v2(db: &Database, path: &Path) -> Result<(), StoreError> {
+    let begin_err = |e: redb::Error| StoreError::Begin { path: path.to_path_buf(), source: Arc::new(e) };
+    let table_err = |table: &'static str| move |e: redb::TableError| StoreError::Table { table, source: arc(e) };
+    let read = db.begin_read().map_err(|e| begin_err(e.into()))?;
+    let meta = open_read(&read, Table::Meta)?;
+    let version = meta.get(b"schema".as_slice()).map_err(|e| StoreError::Read { table: "meta", source: arc(e) })?;
+    let version = version.map(|v| StoredRow { table: Table::Meta, key: b"schema".to_vec(), value: v.value().to_vec() });
+    if !version.is_some_and(|row| schema::META.decode(&row).is_ok_and(|(_, v)| v == 2)) {
+        return Ok(());
+    }
+    drop((meta, read));
+    let old: Def = TableDefinition::new(schema::ACCESS_LOG_V2);
+    loop {
+        let mut txn = db.begin_write().map_err(|e| begin_err(e.into()))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| begin_err(e.into()))?;
+        let last = {
+            let mut from = txn.open_table(old).map_err(table_err(schema::ACCESS_LOG_V2))?;
+            let mut to = txn.open_table(definition(Table::AccessLog)).map_err(table_err(Table::AccessLog.name()))?;
+            let read_err = |e: redb::StorageError| StoreError::Read { table: schema::ACCESS_LOG_V2, source: arc(e) };
+            let mut rows = Vec::new();
+            for entry in from.iter().map_err(read_err)?.take(UPGRADE_ROWS_PER_COMMIT) {
+                let (key, value) = entry.map_err(read_err)?;
+                rows.push((key.value().to_vec(), value.value().to_vec()));
+            }
+            for (key, value) in &rows {
+                let row = schema::access_row_from_v2(key, value)
+                    .map_err(|source| StoreError::Upgrade { path: path.to_path_buf(), source })?;
+                let write_err = |table| move |e: redb::StorageError| StoreError::Write { table, source: arc(e) };
+                to.insert(row.key.as_slice(), row.value.as_slice()).map_err(write_err(Table::AccessLog.name()))?;
+                from.remove(key.as_slice()).map_err(write_err(schema::ACCESS_LOG_V2))?;
+            }
+            rows.len() < UPGRADE_ROWS_PER_COMMIT
+        };
+        if last {
+            txn.delete_table(old).map_err(table_err(schema::ACCESS_LOG_V2))?;
+            apply_ops(&txn, [schema::schema_op()].iter())?;
+        }
+        txn.commit().map_err(|e| StoreError::Commit { path: path.to_path_buf(), source: arc(e) })?;
+        if last {
+            tracing::info!(path = %path.display(), version = schema::SCHEMA_VERSION, "store brought up to date");
+            return Ok(());
+        }
+    }
+}
+
 /// Creates a new file readable only by its owner; refuses an existing one.
 fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
@@ -414,7 +478,7 @@ fn open_read(
     txn.open_table(definition(table)).map_err(|e| StoreError::Table { table: table.name(), source: arc(e) })
 }
 
-/// The rows of `tables` that `keep` accepts; the others are read past, never held.
+/// The rows of `tables` whose key `keep` accepts; the others are read past, never held.
 fn load_from(
     txn: &redb::ReadTransaction,
     tables: impl IntoIterator<Item = Table>,
@@ -423,7 +487,7 @@ fn load_from(
     let mut rows = Vec::new();
     for table in tables {
         scan_into(txn, table, |key, value| {
-            if keep(table, value) {
+            if keep(table, key) {
                 rows.push(StoredRow { table, key: key.to_vec(), value: value.to_vec() })
             }
         })?;
@@ -666,7 +730,7 @@ mod tests {
             let person = Person { id: "U1".into(), name: "A Nurse".into(), role: "Nurse".into() };
             let (setting, nhs) = (OdsCode::parse("RXH01").unwrap(), NhsNumber::parse("943 476 5919").unwrap());
             let event = AccessEvent { lookup_id: LookupId([n; 16]), setting, person, at, nhs };
-            ACCESS_LOG.put(&LookupId([n; 16]), &identity.sign(event))
+            ACCESS_LOG.put(&(at, LookupId([n; 16])), &identity.sign(event))
         };
         let hub = OdsCode::parse("HUBS").unwrap();
         let ops = vec![lookup(1, now.minus_ms(86_400_000)), lookup(2, now.minus_ms(1_000)), MARKS.put(&hub, &3)];
@@ -674,11 +738,80 @@ mod tests {
 
         let role = RoleConfig::Hub(Default::default());
         let mut rows = store.rows_to_restore(&role, now).unwrap();
-        let lookups: Vec<LookupId> = ACCESS_LOG.take(&mut rows).map(|r| r.unwrap().0).collect();
+        let lookups: Vec<LookupId> = ACCESS_LOG.take(&mut rows).map(|r| r.unwrap().0.1).collect();
         assert_eq!(lookups, vec![LookupId([2; 16])], "only the lookup within the replay window");
         assert_eq!(MARKS.read(&rows).map(|r| r.unwrap()).collect::<Vec<_>>(), vec![(hub, 3)]);
         assert!(!rows.store_was_empty());
         assert_eq!(store.scan(Table::AccessLog).unwrap().len(), 2, "both stay on disk");
+    }
+
+    /// A hub's store of schema version 2 (its access log keyed by lookup id) is brought up to
+    /// date at open, in several commits: every lookup is kept, now in time order, the old table
+    /// is gone and the version is this one; a row that does not convert stops it, naming why.
+    #[test]
+    fn a_version_2_store_is_brought_up_to_date_at_open_with_every_lookup_kept_in_time_order() {
+        use cpis_protocol::ids::{LookupId, NhsNumber, OdsCode};
+        use cpis_protocol::records::{AccessEvent, Person};
+        use cpis_protocol::schema::{ACCESS_LOG, ACCESS_LOG_V2, META};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let identity = cpis_protocol::sign::Identity::from_seed([7; 32]);
+        let count = UPGRADE_ROWS_PER_COMMIT + 10;
+        let at = |i: usize| Timestamp(1_800_000_000_000 - i as u64 * 1_000);
+        // Ids in the opposite order to the times: the old table was in id order.
+        let id = |i: usize| {
+            let mut id = [0xA5; 16];
+            id[8..].copy_from_slice(&(i as u64).to_be_bytes());
+            LookupId(id)
+        };
+        let person = Person { id: "U1".into(), name: "A Nurse".into(), role: "Nurse".into() };
+        let (setting, nhs) = (OdsCode::parse("RXH01").unwrap(), NhsNumber::parse("943 476 5919").unwrap());
+        let write_v2 = |rows: &[(Vec<u8>, Vec<u8>)]| {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(definition(Table::Meta)).unwrap();
+                meta.insert(b"schema".as_slice(), cpis_protocol::codec::encode(&2u32).as_slice()).unwrap();
+                let mut log = txn.open_table(Def::new(ACCESS_LOG_V2)).unwrap();
+                for (key, value) in rows {
+                    log.insert(key.as_slice(), value.as_slice()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        };
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = (0..count)
+            .map(|i| {
+                let event =
+                    AccessEvent { lookup_id: id(i), setting: setting.clone(), person: person.clone(), at: at(i), nhs };
+                (id(i).0.to_vec(), cpis_protocol::codec::encode(&identity.sign(event)))
+            })
+            .collect();
+        write_v2(&rows);
+
+        let store = Store::open(&path).unwrap();
+        let upgraded = store.scan(Table::AccessLog).unwrap();
+        assert_eq!(upgraded.len(), count, "every lookup kept");
+        let times: Vec<Timestamp> = upgraded.iter().map(|(k, _)| ACCESS_LOG.parse_key(k).unwrap().0).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]) && times[0] == at(count - 1), "in time order");
+        let meta = store.get(Table::Meta, b"schema").unwrap().unwrap();
+        let row = StoredRow { table: Table::Meta, key: b"schema".to_vec(), value: meta };
+        assert_eq!(META.decode(&row).unwrap().1, cpis_protocol::schema::SCHEMA_VERSION);
+        let txn = store.inner.db.begin_read().unwrap();
+        assert!(txn.open_table(Def::new(ACCESS_LOG_V2)).is_err(), "the old table is gone");
+        drop((txn, store));
+        let reopened = Store::open(&path).unwrap();
+        assert_eq!(reopened.scan(Table::AccessLog).unwrap().len(), count, "opening again changes nothing");
+        drop(reopened);
+
+        std::fs::remove_file(&path).unwrap();
+        let mut broken = rows[..3].to_vec();
+        broken[1].1 = b"not a record".to_vec();
+        write_v2(&broken);
+        let refused = Store::open(&path).unwrap_err().to_string();
+        assert!(refused.contains("schema version") && refused.contains("access_log"), "{refused}");
+        let db = Database::open(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        assert_eq!(txn.open_table(Def::new(ACCESS_LOG_V2)).unwrap().iter().unwrap().count(), 3, "nothing moved");
     }
 
     #[tokio::test]

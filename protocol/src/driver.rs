@@ -106,10 +106,10 @@ impl MemDisk {
         self.load(|_, _| true)
     }
 
-    /// The rows whose table and value `keep` accepts; a driver hands `Machine::restore` those
+    /// The rows whose table and key `keep` accepts; a driver hands `Machine::restore` those
     /// [`crate::machine::RoleConfig::restores`] accepts.
     pub fn load(&self, mut keep: impl FnMut(Table, &[u8]) -> bool) -> Vec<StoredRow> {
-        let kept = self.iter().filter(|(table, _, value)| keep(*table, value));
+        let kept = self.iter().filter(|(table, key, _)| keep(*table, key));
         kept.map(|(table, key, value)| StoredRow { table, key: key.to_vec(), value: value.to_vec() }).collect()
     }
 

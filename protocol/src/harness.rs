@@ -300,7 +300,7 @@ impl Net {
             Role::Hub => RoleConfig::Hub(self.config.hub.clone()),
             _ => RoleConfig::Authority(self.config.authority.clone()),
         };
-        let rows = self.disks[code].load(|table, value| config.restores(table, value, self.now));
+        let rows = self.disks[code].load(|table, key| config.restores(table, key, self.now));
         match Machine::restore(code.clone(), identity, self.fed.trusted(), config, rows, self.now) {
             Ok(m) => {
                 self.machines.insert(code.clone(), m);

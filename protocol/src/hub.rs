@@ -72,6 +72,13 @@ impl HubConfig {
     pub fn remembers_lookup(&self, at: Timestamp, now: Timestamp) -> bool {
         now.since(at) <= self.clock_skew_max_ms.saturating_mul(2)
     }
+
+    /// The earliest answer time of a lookup still remembered at `now`: a lookup's own time is
+    /// within the clock skew of its answer's, so one answered more than three times the skew ago
+    /// was made more than twice the skew ago.
+    pub fn oldest_answer_remembered(&self, now: Timestamp) -> Timestamp {
+        now.minus_ms(self.clock_skew_max_ms.saturating_mul(3))
+    }
 }
 
 impl Default for HubConfig {
@@ -466,7 +473,10 @@ impl Hub {
             feed.mark = feed.mark.max(seq);
         }
         for row in schema::ACCESS_LOG.take(rows) {
-            let (id, e) = row?;
+            let ((_, id), e) = row?;
+            if e.body.lookup_id != id {
+                return Err(RowError::Mismatch(schema::Table::AccessLog.name()));
+            }
             if self.config.remembers_lookup(e.body.at, now) {
                 self.recent_lookups.insert(id, (e.body.at, e.signature));
             }

@@ -112,17 +112,26 @@ pub enum RoleConfig {
 }
 
 impl RoleConfig {
-    /// Whether [`Machine::restore`] at `now` uses a stored row of `table` holding `value`, so that
-    /// a driver need not read into memory those it would not: a hub's records of lookups older
-    /// than its replay window stay on disk, as its record of them, and are not read at start.
-    /// Every other row is used, and so is one that does not decode (restore names what is wrong).
-    pub fn restores(&self, table: schema::Table, value: &[u8], now: Timestamp) -> bool {
+    /// The first key of `table` (keys sort as bytes) whose row [`Machine::restore`] at `now`
+    /// uses, if it does not use them all, so that a driver need not read the rows before it: a
+    /// hub's records of lookups answered before its replay window stay on disk, as its record of
+    /// them, and are not read at start.
+    pub fn first_restored_key(&self, table: schema::Table, now: Timestamp) -> Option<Vec<u8>> {
         match (self, table) {
             (RoleConfig::Hub(c), schema::Table::AccessLog) => {
-                codec::decode::<crate::sign::Signed<AccessEvent>>(value, schema::ROW_BYTES_MAX)
-                    .map_or(true, |e| c.remembers_lookup(e.body.at, now))
+                Some(schema::ACCESS_LOG.key(&(c.oldest_answer_remembered(now), LookupId([0; 16]))))
             }
-            _ => true,
+            _ => None,
+        }
+    }
+
+    /// Whether [`Machine::restore`] at `now` uses the stored row of `table` at `key` (see
+    /// [`RoleConfig::first_restored_key`]). A row whose key is not of the table's length is used,
+    /// for restore to name what is wrong.
+    pub fn restores(&self, table: schema::Table, key: &[u8], now: Timestamp) -> bool {
+        match self.first_restored_key(table, now) {
+            Some(first) => key.len() != first.len() || key >= first.as_slice(),
+            None => true,
         }
     }
 }

@@ -11,12 +11,13 @@
 
 use crate::codec::{self, DecodeError};
 use crate::ids::{LookupId, OdsCode, PlanRef};
+use crate::time::Timestamp;
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 
 /// The version of the tables below. A store written with another version is refused.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Largest value a row may hold, checked before decoding allocates.
 pub const ROW_BYTES_MAX: u64 = 16 << 20;
@@ -38,8 +39,9 @@ pub enum Table {
     /// Every directory version seen after the first. Key: version (u64 big-endian). Value:
     /// `SignedDirectory`.
     Directory,
-    /// Lookups a hub accepted (replay protection and audit). Key: lookup id (16 bytes). Value:
-    /// `Signed<AccessEvent>`.
+    /// Lookups a hub accepted (replay protection and audit). Key: when the hub answered (ms since
+    /// the epoch, u64 big-endian), then the lookup id (16 bytes), so that new rows go at the end
+    /// and a restart reads only the recent ones. Value: `Signed<AccessEvent>`.
     AccessLog,
     /// Notifications a hub must still see acknowledged end to end. Key: lookup id (16 bytes) then
     /// authority code. Value: `OutboxRecord`.
@@ -91,7 +93,7 @@ impl Table {
             Table::Heads => "heads",
             Table::Marks => "marks",
             Table::Directory => "directory",
-            Table::AccessLog => "access_log",
+            Table::AccessLog => "access_log_by_time",
             Table::Outbox => "outbox",
             Table::Inbox => "inbox",
             Table::InboxAcks => "inbox_acks",
@@ -243,6 +245,11 @@ impl<K, V: Serialize + DeserializeOwned> TableDef<K, V> {
         (self.encode_key)(key)
     }
 
+    /// The key these bytes hold, if they have the table's form.
+    pub fn parse_key(&self, bytes: &[u8]) -> Option<K> {
+        (self.decode_key)(bytes)
+    }
+
     /// Decodes a row of this table.
     pub fn decode(&self, row: &StoredRow) -> Result<(K, V), RowError> {
         let name = self.table.name();
@@ -305,6 +312,17 @@ fn parse_lookup(bytes: &[u8]) -> Option<LookupId> {
     Some(LookupId(bytes.try_into().ok()?))
 }
 
+fn at_lookup(key: &(Timestamp, LookupId)) -> Vec<u8> {
+    let mut k = key.0.as_millis().to_be_bytes().to_vec();
+    k.extend_from_slice(&key.1.0);
+    k
+}
+
+fn parse_at_lookup(bytes: &[u8]) -> Option<(Timestamp, LookupId)> {
+    let (at, id) = bytes.split_at_checked(8)?;
+    Some((Timestamp(u64::from_be_bytes(at.try_into().ok()?)), parse_lookup(id)?))
+}
+
 fn outbox(key: &(LookupId, OdsCode)) -> Vec<u8> {
     let mut k = key.0.0.to_vec();
     k.extend_from_slice(key.1.as_str().as_bytes());
@@ -359,7 +377,8 @@ pub const ENTRIES: TableDef<(OdsCode, u64), SignedEntry> = def(Table::Entries, o
 pub const HEADS: TableDef<OdsCode, SignedHead> = def(Table::Heads, origin, parse_origin);
 pub const MARKS: TableDef<OdsCode, u64> = def(Table::Marks, origin, parse_origin);
 pub const DIRECTORY: TableDef<u64, SignedDirectory> = def(Table::Directory, version, parse_version);
-pub const ACCESS_LOG: TableDef<LookupId, Signed<AccessEvent>> = def(Table::AccessLog, lookup, parse_lookup);
+pub const ACCESS_LOG: TableDef<(Timestamp, LookupId), Signed<AccessEvent>> =
+    def(Table::AccessLog, at_lookup, parse_at_lookup);
 pub const OUTBOX: TableDef<(LookupId, OdsCode), OutboxRecord> = def(Table::Outbox, outbox, parse_outbox);
 pub const DELIVERED: TableDef<(LookupId, OdsCode), DeliveredRecord> = def(Table::Delivered, outbox, parse_outbox);
 pub const INBOX: TableDef<LookupId, InboxItem> = def(Table::Inbox, lookup, parse_lookup);
@@ -367,6 +386,22 @@ pub const INBOX_ACKS: TableDef<LookupId, Acknowledgement> = def(Table::InboxAcks
 pub const PLANS: TableDef<PlanRef, Plan> = def(Table::Plans, plan, parse_plan);
 pub const EQUIVOCATIONS: TableDef<(OdsCode, u64), EquivocationProof> =
     def(Table::Equivocations, origin_seq, parse_origin_seq);
+
+/// The table in which schema version 2 kept the access log, keyed by lookup id alone.
+pub const ACCESS_LOG_V2: &str = "access_log";
+
+/// A row of version 2's access log ([`ACCESS_LOG_V2`]) as this version keeps it. The hub's
+/// answer time was not recorded then, so the row is filed under the lookup's own time (within
+/// the clock skew of it).
+pub fn access_row_from_v2(key: &[u8], value: &[u8]) -> Result<StoredRow, RowError> {
+    let id = parse_lookup(key).ok_or(RowError::Key(ACCESS_LOG_V2))?;
+    let signed: Signed<AccessEvent> =
+        codec::decode(value, ROW_BYTES_MAX).map_err(|source| RowError::Value { table: ACCESS_LOG_V2, source })?;
+    if signed.body.lookup_id != id {
+        return Err(RowError::Mismatch(ACCESS_LOG_V2));
+    }
+    Ok(StoredRow { table: Table::AccessLog, key: ACCESS_LOG.key(&(signed.body.at, id)), value: value.to_vec() })
+}
 
 /// The op that records this build's schema version (a driver writes it into a new store).
 pub fn schema_op() -> StoreOp {
@@ -413,7 +448,7 @@ mod tests {
         let nhs = crate::ids::NhsNumber::parse("943 476 5919").unwrap();
         let signed =
             crate::sign::Identity::from_seed([7; 32]).sign(AccessEvent { lookup_id: id, setting, person, at, nhs });
-        let StoreOp::Put { table, key, value } = ACCESS_LOG.put(&id, &signed) else { unreachable!() };
+        let StoreOp::Put { table, key, value } = ACCESS_LOG.put(&(at, id), &signed) else { unreachable!() };
         let row = StoredRow { table, key, value };
         let mut rows = Rows::new(vec![]).streaming(|table| match table {
             Table::AccessLog => Box::new(vec![Ok(row.clone())].into_iter()),
@@ -421,7 +456,7 @@ mod tests {
             _ => Box::new(std::iter::empty()),
         });
         assert!(!rows.store_was_empty());
-        assert_eq!(ACCESS_LOG.take(&mut rows).collect::<Vec<_>>(), vec![Ok((id, signed))]);
+        assert_eq!(ACCESS_LOG.take(&mut rows).collect::<Vec<_>>(), vec![Ok(((at, id), signed))]);
         assert_eq!(ACCESS_LOG.take(&mut rows).count(), 0, "taken once");
         let failed = ENTRIES.take(&mut rows).next().map(|r| r.map(|_| ()));
         assert_eq!(failed, Some(Err(RowError::Read { table: "entries", reason: "the disk failed".into() })));

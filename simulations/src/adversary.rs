@@ -390,9 +390,10 @@ impl HostileHub {
 
     /// A signed lookup from its own access log.
     fn logged(&self, cluster: &Cluster, id: &LookupId) -> Option<Signed<AccessEvent>> {
-        let key = schema::ACCESS_LOG.key(id);
-        let value = cluster.disk(self.hub).get(Table::AccessLog, &key)?;
-        let row = StoredRow { table: Table::AccessLog, key, value: value.to_vec() };
+        let disk = cluster.disk(self.hub);
+        let mut rows = disk.table(Table::AccessLog);
+        let (key, value) = rows.find(|(key, _)| schema::ACCESS_LOG.parse_key(key).is_some_and(|(_, i)| i == *id))?;
+        let row = StoredRow { table: Table::AccessLog, key: key.to_vec(), value: value.to_vec() };
         schema::ACCESS_LOG.decode(&row).ok().map(|(_, s)| s)
     }
 

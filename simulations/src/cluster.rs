@@ -456,7 +456,7 @@ impl Cluster {
             _ => RoleConfig::Authority(self.authority_config.clone()),
         };
         let now = self.node_now(n);
-        let rows = self.nodes[n].disk.load(|table, value| config.restores(table, value, now));
+        let rows = self.nodes[n].disk.load(|table, key| config.restores(table, key, now));
         match Machine::restore(code, identity, self.trusted.clone(), config, rows, now) {
             Ok(m) => self.nodes[n].machine = Some(m),
             Err(e) => {

@@ -119,7 +119,7 @@ impl Hub {
         let nhs = signed.body.nhs;
         let answer = self.answer(&signed.body, now);
         let matched = self.visible_matches(nhs, now);
-        let mut ops = vec![schema::ACCESS_LOG.put(&lookup_id, &signed)];
+        let mut ops = vec![schema::ACCESS_LOG.put(&(now, lookup_id), &signed)];
         let mut after = Vec::new();
         let notify = kind == LookupKind::Unscheduled && !matched.is_empty();
         if notify {

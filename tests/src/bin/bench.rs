@@ -464,7 +464,7 @@ async fn add_old_lookups(fed: &Fed, hub: &str, settings: &[String], at: Timestam
         let (setting, identity) = &settings[i % settings.len()];
         let lookup_id = LookupId(rand::random());
         let event = AccessEvent { lookup_id, setting: setting.clone(), person: person(), at, nhs };
-        schema::ACCESS_LOG.put(&lookup_id, &identity.sign(event))
+        schema::ACCESS_LOG.put(&(at, lookup_id), &identity.sign(event))
     };
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
     for (id, first) in (0..count).step_by(50_000).enumerate() {

@@ -40,7 +40,7 @@ pub const BODY_BYTES_MAX: usize = 64 << 20;
 #[derive(Clone)]
 pub struct ApiState {
     inputs: mpsc::Sender<Input>,
-    store: Store,
+    pub(crate) store: Store,
     directory: Arc<RwLock<TrustedDirectory>>,
     token: String,
     /// The token of `GET /metrics` alone (a scraper's: it can change nothing).

@@ -330,12 +330,33 @@ struct ImportAnswer<'a> {
     report: &'a ImportReport,
 }
 
-/// Where the plan files from MESH are imported.
+/// Where the plan files from MESH are imported, and the answers to those whose answer or
+/// acknowledgement has not gone through yet.
 trait PlanImport {
     fn import(&self, csv: &[u8]) -> impl Future<Output = Imported> + Send;
+    /// The answer to upload `id` if it was imported before (`Err`: it cannot be told now).
+    fn answered(&self, id: &str) -> Result<Option<Vec<u8>>, String>;
+    /// Keeps the answer to upload `id`, durably, before it is sent.
+    fn remember(&self, id: &str, answer: &[u8]) -> impl Future<Output = Result<(), String>> + Send;
+    /// Lets the answer to upload `id` go, once MESH has the upload acknowledged.
+    fn forget(&self, id: &str) -> impl Future<Output = Result<(), String>> + Send;
 }
 
 impl PlanImport for ApiState {
+    fn answered(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+        self.store.get(Table::MeshUploads, id.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    async fn remember(&self, id: &str, answer: &[u8]) -> Result<(), String> {
+        let op = StoreOp::Put { table: Table::MeshUploads, key: id.as_bytes().to_vec(), value: answer.to_vec() };
+        self.store.commit(WriteBatch { id: 0, ops: vec![op] }).await.map(drop).map_err(|e| e.to_string())
+    }
+
+    async fn forget(&self, id: &str) -> Result<(), String> {
+        let op = StoreOp::Delete { table: Table::MeshUploads, key: id.as_bytes().to_vec() };
+        self.store.commit(WriteBatch { id: 0, ops: vec![op] }).await.map(drop).map_err(|e| e.to_string())
+    }
+
     async fn import(&self, csv: &[u8]) -> Imported {
         match crate::api::run_import(self, csv, false).await {
             Ok(report) => Imported::Report(report),
@@ -385,7 +406,9 @@ async fn mesh_inbox_once(
 
 /// Takes one message from the inbox: a plan file is imported (if it can be), answered and
 /// acknowledged; a message of another workflow is left. `Err`: it could not be done now, and the
-/// message stays in the mailbox for the next pass.
+/// message stays in the mailbox for the next pass. The answer is kept durably before it is sent,
+/// until the message is acknowledged: a file imported once is never imported again (a later
+/// change to its plans would be undone), only answered again.
 async fn mesh_take(
     config: &MeshConfig,
     to: &Endpoint,
@@ -406,6 +429,10 @@ async fn mesh_take(
         info!(message = %id, workflow = %header("mex-workflowid"), "a MESH message of another workflow is left in the mailbox");
         left.insert(id.to_string());
         return Ok(());
+    }
+    if let Some(body) = importer.answered(id)? {
+        info!(message = %id, "a plan file from MESH imported before: answered again, not imported again");
+        return answer_and_acknowledge(config, to, auth, importer, id, &header("mex-from"), body).await;
     }
     let most = format!("{} MiB", UPLOAD_BYTES_MAX >> 20);
     let imported = match (message.status, &message.body) {
@@ -428,9 +455,23 @@ async fn mesh_take(
         Imported::Later(reason) => return Err(format!("it could not be imported now: {reason}")),
     }
     .map_err(|e| e.to_string())?;
-    let from = header("mex-from");
+    importer.remember(id, &body).await.map_err(|e| format!("keeping its answer: {e}"))?;
+    answer_and_acknowledge(config, to, auth, importer, id, &header("mex-from"), body).await
+}
+
+/// Sends the answer to upload `id` to `from` and acknowledges the upload; then lets the kept
+/// answer go.
+async fn answer_and_acknowledge(
+    config: &MeshConfig,
+    to: &Endpoint,
+    auth: &impl Fn() -> (&'static str, String),
+    importer: &impl PlanImport,
+    id: &str,
+    from: &str,
+    body: Vec<u8>,
+) -> Result<(), String> {
     let result = MeshMessage {
-        to: &from,
+        to: from,
         workflow: &config.result_workflow_id,
         local_id: format!("result-{id}"),
         subject: "Plan file import results",
@@ -439,10 +480,14 @@ async fn mesh_take(
     if sent == Sent::SeveralBefore {
         warn!(message = %id, "MESH's tracking shows the answer to this plan file left the mailbox more than once");
     }
-    let acknowledge = format!("{path}/status/acknowledged");
+    let acknowledge = format!("/messageexchange/{}/inbox/{id}/status/acknowledged", config.mailbox);
     let status = exchange(to, hyper::Method::PUT, &acknowledge, vec![auth()], vec![]).await?;
     if !(200..300).contains(&status) {
         return Err(format!("MESH answered {status} to acknowledging it"));
+    }
+    if let Err(reason) = importer.forget(id).await {
+        // Kept, it only takes room: the message is gone from the mailbox.
+        warn!(message = %id, %reason, "the answer to an acknowledged plan file could not be let go");
     }
     Ok(())
 }
@@ -646,6 +691,8 @@ mod tests {
         /// The messages sent: recipient, local id, body.
         sent: Vec<(String, String, Value)>,
         acknowledged: Vec<String>,
+        /// Sending is refused (400), as when the sender's mailbox may not receive answers.
+        refuse_sends: bool,
     }
 
     enum Stored {
@@ -706,6 +753,7 @@ mod tests {
                 let status = mesh.tracking.get(*local_id).copied().unwrap_or(404);
                 hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR).into_response()
             }
+            ("POST", [_, "outbox"]) if mesh.refuse_sends => hyper::StatusCode::BAD_REQUEST.into_response(),
             ("POST", [_, "outbox"]) => {
                 let local_id = header("mex-localid");
                 mesh.tracking.insert(local_id.clone(), 200);
@@ -758,16 +806,67 @@ mod tests {
         Sink::Mesh { config, password: "password".into(), shared_key: "key".into(), to }
     }
 
-    /// Imports what the CSV parser takes; refuses the rest, as the node's import does.
-    struct ParseOnly;
+    /// Imports what the CSV parser takes; refuses the rest, as the node's import does. Counts the
+    /// files imported, and keeps answers as the node's store does.
+    #[derive(Default)]
+    struct ParseOnly {
+        imports: std::sync::atomic::AtomicUsize,
+        answers: Mutex<HashMap<String, Vec<u8>>>,
+    }
 
     impl PlanImport for ParseOnly {
         async fn import(&self, csv: &[u8]) -> Imported {
+            self.imports.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match crate::import::parse_csv(csv) {
                 Ok(rows) => Imported::Report(ImportReport { applied: rows.len(), ..ImportReport::default() }),
                 Err(e) => Imported::Refused(e),
             }
         }
+
+        fn answered(&self, id: &str) -> Result<Option<Vec<u8>>, String> {
+            Ok(self.answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(id).cloned())
+        }
+
+        async fn remember(&self, id: &str, answer: &[u8]) -> Result<(), String> {
+            let mut answers = self.answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            answers.insert(id.into(), answer.to_vec());
+            Ok(())
+        }
+
+        async fn forget(&self, id: &str) -> Result<(), String> {
+            self.answers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(id);
+            Ok(())
+        }
+    }
+
+    /// The answer to a plan file cannot be sent for a while (its sender's mailbox may not
+    /// receive it): the file stays in the mailbox and is tried again, but it is imported once,
+    /// so that a change to its plans made meanwhile is not undone; once answered it is
+    /// acknowledged and its kept answer let go.
+    #[tokio::test]
+    async fn a_plan_file_whose_answer_cannot_be_sent_yet_is_imported_once_and_answered_when_it_can_be() {
+        let mesh = Arc::new(Mutex::new(FakeMesh::default()));
+        lock(&mesh).inbox = vec![("GOOD".into(), Stored::Whole(UPLOAD, Bytes::from_static(GOOD_CSV.as_bytes())))];
+        lock(&mesh).refuse_sends = true;
+        let url = serve_fake_mesh(mesh.clone()).await;
+        let to = Endpoint::new(&url, None, None).unwrap_or_else(|e| panic!("{e}"));
+        let config = mesh_config(url);
+        let (importer, mut left) = (ParseOnly::default(), HashSet::new());
+        for _ in 0..3 {
+            assert_eq!(mesh_inbox_once(&config, &to, "password", "key", &importer, &mut left).await, Ok(()));
+        }
+        assert_eq!(importer.imports.load(std::sync::atomic::Ordering::SeqCst), 1, "imported once, not each pass");
+        assert!(lock(&mesh).acknowledged.is_empty(), "left in the mailbox until answered");
+        assert!(importer.answered("GOOD").is_ok_and(|a| a.is_some()), "its answer is kept");
+
+        lock(&mesh).refuse_sends = false;
+        assert_eq!(mesh_inbox_once(&config, &to, "password", "key", &importer, &mut left).await, Ok(()));
+        assert_eq!(importer.imports.load(std::sync::atomic::Ordering::SeqCst), 1, "answered, not imported again");
+        let mesh = lock(&mesh);
+        assert_eq!(mesh.acknowledged, ["GOOD"]);
+        assert_eq!(mesh.sent.len(), 1);
+        assert_eq!(mesh.sent[0].2["applied"], json!(1), "the answer is the first import's report");
+        assert!(importer.answered("GOOD").is_ok_and(|a| a.is_none()), "let go once acknowledged");
     }
 
     #[tokio::test]
@@ -801,8 +900,8 @@ mod tests {
         let url = serve_fake_mesh(mesh.clone()).await;
         let to = Endpoint::new(&url, None, None).unwrap_or_else(|e| panic!("{e}"));
         let config = mesh_config(url);
-        let mut left = HashSet::new();
-        assert_eq!(mesh_inbox_once(&config, &to, "password", "key", &ParseOnly, &mut left).await, Ok(()));
+        let (importer, mut left) = (ParseOnly::default(), HashSet::new());
+        assert_eq!(mesh_inbox_once(&config, &to, "password", "key", &importer, &mut left).await, Ok(()));
         {
             let mesh = lock(&mesh);
             let answers: HashMap<&str, &Value> = mesh
@@ -826,7 +925,7 @@ mod tests {
 
         // The message that failed for a while is taken on a later pass.
         lock(&mesh).inbox[2].1 = Stored::Whole(UPLOAD, Bytes::from_static(GOOD_CSV.as_bytes()));
-        assert_eq!(mesh_inbox_once(&config, &to, "password", "key", &ParseOnly, &mut left).await, Ok(()));
+        assert_eq!(mesh_inbox_once(&config, &to, "password", "key", &importer, &mut left).await, Ok(()));
         let mesh = lock(&mesh);
         assert_eq!(mesh.acknowledged.last().map(String::as_str), Some("FAILING"));
         assert_eq!(mesh.sent.len(), 5, "each answered once");

@@ -65,11 +65,16 @@ pub enum Table {
     /// webhook answered 2xx). Written by the node, not by the machine. Key: lookup id (16 bytes).
     /// Value: when, in ms since the epoch (u64 big-endian).
     Handed,
+    /// Plan files an authority's node took from MESH and imported, whose answer or
+    /// acknowledgement has not yet gone through: a retry sends the answer again rather than
+    /// import the file again. Written and read by the node, not the machine. Key: the MESH
+    /// message id. Value: the answer (JSON).
+    MeshUploads,
 }
 
 impl Table {
     /// Every table, in the order a driver creates them.
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::Meta,
         Table::Entries,
         Table::Heads,
@@ -83,6 +88,7 @@ impl Table {
         Table::Equivocations,
         Table::Delivered,
         Table::Handed,
+        Table::MeshUploads,
     ];
 
     /// The table's name in the node's database file.
@@ -101,6 +107,7 @@ impl Table {
             Table::Equivocations => "equivocations",
             Table::Delivered => "delivered",
             Table::Handed => "handed",
+            Table::MeshUploads => "mesh_uploads",
         }
     }
 }

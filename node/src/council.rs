@@ -39,6 +39,8 @@ const SERVICE_NAME: &str = "Child protection notifications";
 const PAGE_ROWS_MAX: usize = 200;
 /// Largest CSV file the import page takes.
 const IMPORT_BYTES_MAX: usize = 64 << 20;
+/// Largest body any other page takes (its forms are a few fields).
+const FORM_BYTES_MAX: usize = 64 << 10;
 
 /// What every council page shares.
 pub struct Council {
@@ -120,13 +122,13 @@ pub fn router(council: Arc<Council>) -> Router {
         .route("/plans", get(plans).post(add_plan))
         .route("/plans/{reference}/end", post(end_plan))
         .route("/plans/{reference}/withdraw", post(withdraw_plan))
-        .route("/import", get(import_page).post(import))
+        .route("/import", get(import_page).post(import).layer(DefaultBodyLimit::max(IMPORT_BYTES_MAX)))
         .route("/import/jobs/{id}", get(import_job))
         .route("/import/jobs/{id}/results.csv", get(import_results_csv))
         .route("/audit", get(audit))
         .route("/assets/{*file}", get(asset))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(IMPORT_BYTES_MAX))
+        .layer(DefaultBodyLimit::max(FORM_BYTES_MAX))
         .layer(axum::middleware::from_fn(web::security_headers))
         .layer(axum::middleware::from_fn_with_state(council.api.metrics.clone(), api::count_requests))
         .with_state(council)
@@ -469,8 +471,11 @@ async fn acknowledge(
     let by = format!("{} ({})", session.name, session.user);
     let command = Command::Acknowledge { lookup_id, by, note: form.note.trim().to_string() };
     match api::ask(&council.api, command).await {
-        Ok(Reply::Changed(_)) => {
-            council.record(&session, "acknowledged", format!("notification {}", lookup_id.to_hex()));
+        Ok(Reply::Changed(change)) => {
+            // Already acknowledged (by someone else, say): nothing done, nothing to record.
+            if change == Change::Applied {
+                council.record(&session, "acknowledged", format!("notification {}", lookup_id.to_hex()));
+            }
             Redirect::to(&format!("/inbox/{}", lookup_id.to_hex())).into_response()
         }
         Ok(Reply::Refused(e)) => match find_notification(&council, &id) {
@@ -668,7 +673,9 @@ fn field_of(message: &str) -> &'static str {
 async fn change_result(council: &Council, session: &Session, command: Command, what: String) -> Result<Change, String> {
     match api::ask(&council.api, command).await {
         Ok(Reply::Changed(change)) => {
-            council.record(session, "changed a plan", what);
+            if change == Change::Applied {
+                council.record(session, "changed a plan", what);
+            }
             Ok(change)
         }
         Ok(Reply::Refused(e)) => Err(e.to_string()),
@@ -834,16 +841,19 @@ async fn import_page(State(council): State<Arc<Council>>, headers: HeaderMap) ->
     page(StatusCode::OK, layout(&council, "Import plans", Some(&session), import_markup(&session, None, None)))
 }
 
-async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, mut multipart: Multipart) -> Response {
-    let (mut csrf, mut file, mut dry_run) = (String::new(), Vec::new(), false);
-    while let Ok(Some(field)) = multipart.next_field().await {
-        match field.name() {
-            Some("csrf") => csrf = field.text().await.unwrap_or_default(),
-            Some("dry_run") => dry_run = true,
-            Some("file") => file = field.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
-            _ => {}
+async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, multipart: Multipart) -> Response {
+    // Who is asking, before the body is read: only a manager's upload is taken in.
+    match signed_in(&council, &headers) {
+        Ok(session) if !session.role.changes_plans() => {
+            return forbidden(&council, &session, "Only team managers and administrators can import plans.");
         }
+        Ok(_) => {}
+        Err(r) => return r,
     }
+    let (csrf, file, dry_run) = match import_form(multipart).await {
+        Ok(form) => form,
+        Err(e) => (String::new(), Err(e), false),
+    };
     let session = match manager(&council, &headers, &csrf) {
         Ok(s) => s,
         Err(r) => return r,
@@ -851,6 +861,13 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, mut mul
     let refuse = |message: String| {
         let markup = import_markup(&session, None, Some(&message));
         page(StatusCode::BAD_REQUEST, layout(&council, "Error: Import plans", Some(&session), markup))
+    };
+    let file = match file {
+        Ok(file) => file,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(format!("The file is larger than {} MiB: split it", IMPORT_BYTES_MAX >> 20));
+        }
+        Err(e) => return refuse(format!("The upload could not be read: {}", e.body_text())),
     };
     if file.is_empty() {
         return refuse("Choose a CSV file to import".into());
@@ -869,6 +886,31 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, mut mul
         Ok(id) => Redirect::to(&format!("/import/jobs/{id}")).into_response(),
         Err(e) => refuse(e),
     }
+}
+
+/// The import form's fields: its CSRF token, the file (or why the upload could not be read) and
+/// whether it is a dry run. A field read after a failed one is not read.
+async fn import_form(
+    mut multipart: Multipart,
+) -> Result<
+    (String, Result<Vec<u8>, axum::extract::multipart::MultipartError>, bool),
+    axum::extract::multipart::MultipartError,
+> {
+    let (mut csrf, mut file, mut dry_run) = (String::new(), Ok(Vec::new()), false);
+    while let Some(field) = multipart.next_field().await? {
+        match field.name() {
+            Some("csrf") => csrf = field.text().await?,
+            Some("dry_run") => dry_run = true,
+            Some("file") => {
+                file = field.bytes().await.map(|b| b.to_vec());
+                if file.is_err() {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((csrf, file, dry_run))
 }
 
 /// Job `id` if the signed-in person started it.

@@ -122,30 +122,51 @@ fn columns(header: &csv::StringRecord) -> Result<Columns, String> {
     })
 }
 
-/// Parses the whole file; an error means the file itself is unusable (no header, too big).
+/// Most characters of a row's reference kept in its report (a valid one has at most 64).
+const REPORTED_REFERENCE_CHARS: usize = 64;
+
+/// Parses the whole file; an error means the file itself is unusable (no header, too big, a
+/// quote not closed). A row is numbered by the line of the file it starts on (the header is
+/// line 1). A reference that appears more than once is refused at every row that has it: which
+/// of them is meant is not for the import to guess.
 pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(bytes);
     let header = reader.headers().map_err(|e| format!("cannot read the header row: {e}"))?.clone();
     let cols = columns(&header)?;
     check_header(&header)?;
     let mut rows = Vec::new();
-    let mut seen = BTreeSet::new();
-    for (i, record) in reader.records().enumerate() {
+    let mut r = csv::StringRecord::new();
+    loop {
+        let read = reader.read_record(&mut r);
+        // The line a record ends on (the reader is then past it; csv counts a record from the
+        // blank lines before it).
+        let end = reader.position();
+        let ended_line = end.byte().checked_sub(1).and_then(|i| bytes.get(i as usize)) == Some(&b'\n');
+        let row = (end.line() as usize).saturating_sub(usize::from(ended_line));
+        let record = match read {
+            Ok(false) => break,
+            Ok(true) => Ok(&r),
+            Err(e) => Err(e),
+        };
         if rows.len() >= IMPORT_ROWS_MAX {
             return Err(format!("more than {IMPORT_ROWS_MAX} rows: split the file"));
         }
-        let row = i + 2;
         let (reference, plan) = match record {
             Ok(r) => {
-                let reference = r.get(cols.reference).unwrap_or("").to_string();
-                let plan = row_shape(&r, header.len()).and_then(|()| parse_row(&cols, &r)).and_then(|p| {
-                    if seen.insert(p.reference.clone()) {
-                        Ok(p)
-                    } else {
-                        Err("this reference appears twice in the file".into())
-                    }
-                });
-                (reference, plan)
+                // No field of the format spans lines: one that does began at a quote not closed,
+                // and every row after it would run together.
+                if r.iter().any(|f| f.contains(['\n', '\r'])) {
+                    let opened = r.position().map_or(row, |p| p.line() as usize);
+                    return Err(format!(
+                        "line {opened}: a quote (\") is not closed, so the rows after it run together: nothing was imported"
+                    ));
+                }
+                let mut reference: String =
+                    r.get(cols.reference).unwrap_or("").chars().take(REPORTED_REFERENCE_CHARS).collect();
+                if r.get(cols.reference).is_some_and(|f| f.chars().nth(REPORTED_REFERENCE_CHARS).is_some()) {
+                    reference.push('…');
+                }
+                (reference, row_shape(r, header.len()).and_then(|()| parse_row(&cols, r)))
             }
             Err(e) => (String::new(), Err(format!("unreadable row: {e}"))),
         };
@@ -154,15 +175,33 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
     if rows.is_empty() {
         return Err("the file has a header but no rows: is the export empty?".into());
     }
+    refuse_repeated_references(&mut rows);
     Ok(rows)
 }
 
-/// A row must have the header's number of fields, none spanning lines (an unterminated quote
-/// would otherwise swallow the rows after it).
-fn row_shape(r: &csv::StringRecord, fields: usize) -> Result<(), String> {
-    if r.iter().any(|f| f.contains(['\n', '\r'])) {
-        return Err("a field runs over several lines: is a quote (\") not closed?".into());
+/// Refuses every row whose reference another row has too (a row refused for another reason
+/// counts: it may have been the one meant), naming the rows.
+fn refuse_repeated_references(rows: &mut [ImportRow]) {
+    let mut at: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| !r.reference.is_empty()) {
+        at.entry(r.reference.clone()).or_default().push(r.row);
     }
+    for r in rows.iter_mut() {
+        if r.plan.is_err() {
+            continue;
+        }
+        let Some(lines) = at.get(&r.reference).filter(|lines| lines.len() > 1) else { continue };
+        let lines: Vec<String> = lines.iter().map(usize::to_string).collect();
+        r.plan = Err(format!(
+            "this reference is on {} rows (lines {}): none of them is imported; keep one",
+            lines.len(),
+            lines.join(", ")
+        ));
+    }
+}
+
+/// A row must have the header's number of fields.
+fn row_shape(r: &csv::StringRecord, fields: usize) -> Result<(), String> {
     if r.len() != fields {
         return Err(format!("the row has {} fields, the header has {fields}", r.len()));
     }
@@ -208,13 +247,22 @@ mod tests {
         let rows = parse_csv(csv.as_bytes()).unwrap();
         let reasons: Vec<(usize, Result<(), String>)> =
             rows.iter().map(|r| (r.row, r.plan.as_ref().map(|_| ()).map_err(Clone::clone))).collect();
-        assert_eq!(reasons[0], (2, Ok(())));
+        assert_eq!(reasons[0].0, 2);
         assert!(reasons[1].1.as_ref().unwrap_err().contains("check digit"));
         assert!(reasons[2].1.as_ref().unwrap_err().contains("unknown plan type"));
         assert!(reasons[3].1.as_ref().unwrap_err().contains("end date is before"));
         assert!(reasons[4].1.as_ref().unwrap_err().contains("due date"));
         assert_eq!(reasons[5].0, 7);
-        assert!(reasons[5].1.as_ref().unwrap_err().contains("twice"));
+        assert!(reasons[5].1.as_ref().unwrap_err().contains("on 2 rows (lines 2, 7)"), "{reasons:?}");
+        assert_eq!(reasons[0].1, reasons[5].1, "both rows of the reference refused: {reasons:?}");
+
+        // The other row of the reference is refused for its own reason: this one is not taken.
+        let csv = "reference,nhs_number,plan_type,start_date,withdrawn\n\
+                   LAC-1,9434765919,LAC,2026-01-05,no\n\
+                   LAC-1,943476591,LAC,2026-01-05,yes\n";
+        let rows = parse_csv(csv.as_bytes()).unwrap();
+        assert!(rows[0].plan.as_ref().is_err_and(|e| e.contains("on 2 rows (lines 2, 3)")), "{:?}", rows[0].plan);
+        assert!(rows[1].plan.as_ref().is_err_and(|e| e.contains("nhs_number")), "{:?}", rows[1].plan);
     }
 
     #[test]
@@ -240,17 +288,37 @@ mod tests {
     }
 
     #[test]
-    fn rows_of_the_wrong_shape_are_refused_and_an_open_quote_swallows_nothing_silently() {
+    fn rows_of_the_wrong_shape_are_refused_and_an_open_quote_refuses_the_whole_file() {
         let csv = "reference,nhs_number,plan_type,start_date\n\
                    A-1,9434765919,LAC,2026-01-05,extra\n\
-                   A-2,9434765919\n\
-                   \"A-3,9434765919,LAC,2026-01-05\n\
-                   A-4,4010232137,CPP,2026-01-05\n";
+                   A-2,9434765919\n";
         let rows = parse_csv(csv.as_bytes()).unwrap();
         let reasons: Vec<String> = rows.iter().map(|r| r.plan.as_ref().err().cloned().unwrap_or_default()).collect();
         assert!(reasons[0].contains("5 fields, the header has 4"), "{reasons:?}");
         assert!(reasons[1].contains("2 fields"), "{reasons:?}");
-        assert!(rows.iter().all(|r| r.plan.is_err()), "the row after the open quote is not taken as data: {reasons:?}");
+
+        // The quote opened on line 3 closes on line 5: without the refusal, lines 3 to 5 would
+        // be one refused row and line 6 imported.
+        let csv = "reference,nhs_number,plan_type,start_date\n\
+                   A-1,9434765919,LAC,2026-01-05\n\
+                   \"A-3,9434765919,LAC,2026-01-05\n\
+                   A-4,4010232137,CPP,2026-01-05\n\
+                   A-5\",4010232137,CPP,2026-01-05\n\
+                   A-6,4010232137,CPP,2026-01-05\n";
+        let err = parse_csv(csv.as_bytes()).err().unwrap();
+        assert!(err.contains("line 3: a quote") && err.contains("nothing was imported"), "{err}");
+    }
+
+    #[test]
+    fn a_row_is_numbered_by_its_line_blank_lines_counted_and_a_long_reference_is_reported_short() {
+        let long = "R".repeat(10_000);
+        let csv = format!(
+            "reference,nhs_number,plan_type,start_date\n\nA-1,9434765919,LAC,2026-01-05\n{long},9434765919,LAC,2026-01-05\n"
+        );
+        let rows = parse_csv(csv.as_bytes()).unwrap();
+        assert_eq!(rows.iter().map(|r| r.row).collect::<Vec<_>>(), [3, 4], "the blank line 2 is counted");
+        assert_eq!(rows[1].reference.chars().count(), 65, "64 characters and an ellipsis");
+        assert!(rows[1].plan.is_err());
     }
 
     #[test]

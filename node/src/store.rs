@@ -1055,4 +1055,62 @@ mod tests {
         });
         report("all submitted at once", &store, start);
     }
+
+    /// What the order of a table's keys costs a hub's access log: 64 callers each committing one
+    /// 300-byte record at a time into a table already holding 300,000, keyed by random lookup
+    /// ids (schema version 2) or by time first (version 3). Run with
+    /// `cargo test -p cpis-node --release store_bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "benchmark: prints figures, asserts no timing"]
+    fn store_bench_access_log_keys() {
+        const HELD: u64 = 300_000;
+        const CALLERS: u64 = 64;
+        const EACH: u64 = 200;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let value = [7u8; 300];
+        for (label, time_first) in
+            [("random ids", false), ("time first", true), ("random ids", false), ("time first", true)]
+        {
+            let key = move |n: u64| -> Vec<u8> {
+                let id: [u8; 16] = rand::random();
+                if time_first { n.to_be_bytes().into_iter().chain(id).collect() } else { id.to_vec() }
+            };
+            let path = dir.path().join(format!("{label}-{}", rand::random::<u32>()));
+            let store = Store::open(&path).unwrap();
+            rt.block_on(async {
+                for first in (0..HELD).step_by(50_000) {
+                    let ops = (first..first + 50_000).map(|n| put(Table::AccessLog, &key(n), &value)).collect();
+                    store.commit(batch(first + 1, ops)).await.unwrap();
+                }
+            });
+            let before = store.stats();
+            let start = Instant::now();
+            rt.block_on(async {
+                let callers: Vec<_> = (0..CALLERS)
+                    .map(|c| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            for i in 0..EACH {
+                                let n = HELD + i * CALLERS + c;
+                                store.commit(batch(n, vec![put(Table::AccessLog, &key(n), &value)])).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for c in callers {
+                    c.await.unwrap();
+                }
+            });
+            let secs = start.elapsed().as_secs_f64();
+            let commits = store.stats().commits - before.commits;
+            println!(
+                "{label}: {} records in {secs:.2} s = {:.0}/s, {commits} commits of {:.1} records, {:.2} ms a commit",
+                CALLERS * EACH,
+                (CALLERS * EACH) as f64 / secs,
+                (CALLERS * EACH) as f64 / commits as f64,
+                secs * 1000.0 / commits as f64,
+            );
+        }
+    }
 }

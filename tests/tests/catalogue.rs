@@ -2612,9 +2612,9 @@ fn csv_entries() -> Entries<()> {
         row_with_fewer_fields_than_the_header__refused__nothing_stored,
         header_with_a_misspelt_column__400_names_it_and_the_right_one__nothing_stored,
         header_without_rows__400_says_the_export_is_empty__nothing_stored,
-        row_with_an_unclosed_quote__refused_with_what_it_swallowed__nothing_stored,
+        row_with_an_unclosed_quote__400_names_its_line__nothing_stored,
         row_that_is_not_utf8__refused__nothing_stored,
-        row_repeating_a_reference__second_refused__nothing_stored,
+        row_repeating_a_reference__every_row_of_it_refused__nothing_stored,
     ]
 }
 
@@ -2731,8 +2731,9 @@ async fn header_without_rows__400_says_the_export_is_empty__nothing_stored(c: Ar
     file_refused(&c, HEADER.as_bytes().to_vec(), 400, &["no rows"]).await;
 }
 
-async fn row_with_an_unclosed_quote__refused_with_what_it_swallowed__nothing_stored(c: Arc<Ctx<()>>) {
-    rows_refused(&c, b"\"A-1,9434765919,LAC,2026-01-05,,,\nA-2,4010232137,CPP,2026-01-05,,,\n", &[(2, "quote")]).await;
+async fn row_with_an_unclosed_quote__400_names_its_line__nothing_stored(c: Arc<Ctx<()>>) {
+    let body = format!("{HEADER}\"A-1,9434765919,LAC,2026-01-05,,,\nA-2,4010232137,CPP,2026-01-05,,,\n");
+    file_refused(&c, body.into_bytes(), 400, &["line 2", "quote"]).await;
 }
 
 async fn row_with_fewer_fields_than_the_header__refused__nothing_stored(c: Arc<Ctx<()>>) {
@@ -2743,22 +2744,10 @@ async fn row_that_is_not_utf8__refused__nothing_stored(c: Arc<Ctx<()>>) {
     rows_refused(&c, b"A-\xff\xfe1,9434765919,LAC,2026-01-05,,,\n", &[(2, "utf-8")]).await;
 }
 
-async fn row_repeating_a_reference__second_refused__nothing_stored(c: Arc<Ctx<()>>) {
-    let w = &c.w;
-    let q = w.quiet().await;
-    // LAC-1 exactly as the authority holds it (unchanged), then again.
-    let row = "LAC-1,9434765919,LAC,2026-01-05,,,\n";
-    let (status, text) = import(AUTH, format!("{HEADER}{row}{row}").into_bytes()).send(w).await;
-    assert_eq!(status, 200, "{text}");
-    let report: Value = serde_json::from_str(&text).expect("a JSON report");
-    assert_eq!(
-        (report["applied"].as_u64(), report["unchanged"].as_u64(), report["refused"].as_u64()),
-        (Some(0), Some(1), Some(1))
-    );
-    let second = &report["rows"][1];
-    assert_eq!((second["row"].as_u64(), second["result"].as_str()), (Some(3), Some("refused")), "{report}");
-    assert!(second["reason"].as_str().unwrap_or_default().contains("reference"), "{report}");
-    w.still_quiet(q).await;
+async fn row_repeating_a_reference__every_row_of_it_refused__nothing_stored(c: Arc<Ctx<()>>) {
+    // LAC-1 exactly as the authority holds it, then again ended: which is meant is not guessed.
+    let rows = b"LAC-1,9434765919,LAC,2026-01-05,,,\nLAC-1,9434765919,LAC,2026-01-05,2026-02-01,,\n";
+    rows_refused(&c, rows, &[(2, "on 2 rows (lines 2, 3)"), (3, "on 2 rows (lines 2, 3)")]).await;
 }
 
 // =============================================================================================

@@ -155,6 +155,15 @@ async fn council_pages__acknowledge_a_real_notification__import_with_broken_rows
     assert!(csv.starts_with("row,reference,result,reason\n2,CPP-10,applied,\n3,CPP-11,refused,"), "{csv}");
     assert_eq!(worker.send("GET", &link, None).await.0, 404, "another person's import is not theirs to see");
 
+    // A form larger than any page takes is refused unread; a file larger than the import takes
+    // is refused saying so.
+    let big = "x".repeat(100 << 10);
+    assert_eq!(manager.send("POST", "/plans", Some(&[("reference", big.as_str()), ("csrf", &token)])).await.0, 413);
+    let huge = "a".repeat((64 << 20) + 1);
+    let (status, _, refused) =
+        manager.post_multipart("/import", &[("csrf", None, &token), ("file", Some("huge.csv"), &huge)]).await;
+    assert!(status == 400 && refused.contains("larger than 64 MiB: split it"), "{status} {refused}");
+
     // Plans: an error names the field; a change goes through the node.
     let (_, _, plans) = manager.send("GET", "/plans", None).await;
     let token = csrf(&plans);

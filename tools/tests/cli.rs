@@ -45,7 +45,7 @@ async fn csv_import__good_bad_and_repeated_file__each_row_answered_and_second_im
         (11, "needs an expected due date"),
         (12, "only an unborn-child plan has an expected due date"),
         (13, "no such day"),
-        (14, "twice"),
+        (14, "on 2 rows (lines 8, 14)"),
         (15, "reference"),
     ];
     for ((row, reason), (want_row, want)) in refused.iter().zip(expect) {
@@ -59,7 +59,7 @@ async fn csv_import__good_bad_and_repeated_file__each_row_answered_and_second_im
     assert_eq!(second.code, 3);
     assert!(second.stdout.contains("0 applied, 6 unchanged, 8 refused"), "{}", second.stdout);
     assert!(
-        second.stdout.contains("row     14  LAC-2026-0001             refused: this reference appears twice"),
+        second.stdout.contains("row     14  CPP-2026-0007             refused: this reference is on 2 rows"),
         "{}",
         second.stdout
     );

@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use cpis_protocol::authority::{Acknowledgement, Change, CommandError, InboxItem, RowOutcome};
+use cpis_protocol::authority::{Acknowledgement, Change, CommandError, InboxItem};
 use cpis_protocol::directory::{SignedDirectory, TrustedDirectory};
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
 use cpis_protocol::machine::{Command, Reply};
@@ -348,19 +348,15 @@ pub(crate) fn read_plans(state: &ApiState) -> Result<Vec<Plan>, Response> {
     })
 }
 
-/// Runs an import of CSV bytes: the per-row report, or why the file was refused as a whole.
+/// Runs an import of CSV bytes, in chunks of [`crate::jobs::CHUNK_ROWS`] rows: the per-row
+/// report, or why the file was refused as a whole (or, after some chunks, why it stopped).
 pub(crate) async fn run_import(state: &ApiState, body: &[u8], dry_run: bool) -> Result<ImportReport, Response> {
     let rows = import::parse_csv(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
-    let valid: Vec<(usize, Plan)> =
-        rows.iter().filter_map(|r| r.plan.as_ref().ok().map(|p| (r.row, p.clone()))).collect();
-    if dry_run {
-        let outcomes = valid.iter().map(|(row, _)| (*row, RowOutcome::Applied)).collect();
-        return Ok(ImportReport { dry_run: true, ..ImportReport::new(rows, outcomes) });
-    }
-    match ask(state, Command::ImportPlans(valid)).await? {
-        Reply::Imported(report) => Ok(count_import(state, ImportReport::new(rows, report.rows))),
-        Reply::Refused(e) => Err(error(refusal_status(&e), e)),
-        _ => Err(error(StatusCode::INTERNAL_SERVER_ERROR, "an unexpected reply to an import")),
+    match crate::jobs::apply_in_chunks(state, &rows, dry_run, |_| {}).await {
+        Ok(outcomes) if dry_run => Ok(ImportReport { dry_run: true, ..ImportReport::new(rows, outcomes) }),
+        Ok(outcomes) => Ok(count_import(state, ImportReport::new(rows, outcomes))),
+        Err(crate::jobs::Stopped::Refused(e)) => Err(error(refusal_status(&e), e)),
+        Err(stopped) => Err(error(StatusCode::SERVICE_UNAVAILABLE, stopped.to_string())),
     }
 }
 

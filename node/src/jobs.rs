@@ -118,10 +118,32 @@ fn lock(job: &Mutex<Job>) -> std::sync::MutexGuard<'_, Job> {
     job.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Sends the valid rows to the node [`CHUNK_ROWS`] at a time, moving the job's progress, then
-/// builds the per-row report.
-async fn run(state: ApiState, rows: Vec<ImportRow>, job: Arc<Mutex<Job>>, on_done: impl FnOnce(&ImportReport)) {
-    let dry_run = lock(&job).dry_run;
+/// Why an import stopped part way: rows already applied stay applied.
+pub(crate) enum Stopped {
+    Refused(cpis_protocol::authority::CommandError),
+    NodeStopping,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::Refused(e) => e.fmt(f),
+            Stopped::NodeStopping => f.write_str(
+                "the node stopped during the import: rows already applied stay applied; import the file again",
+            ),
+        }
+    }
+}
+
+/// Sends the valid rows to the node [`CHUNK_ROWS`] at a time (each chunk durable before the
+/// next, so that the node's event loop is never held by one large file), telling `done` of each
+/// chunk's rows; every valid row's outcome.
+pub(crate) async fn apply_in_chunks(
+    state: &ApiState,
+    rows: &[ImportRow],
+    dry_run: bool,
+    mut done: impl FnMut(usize),
+) -> Result<Vec<(usize, RowOutcome)>, Stopped> {
     let mut outcomes = Vec::with_capacity(rows.len());
     for chunk in rows.chunks(CHUNK_ROWS) {
         let valid: Vec<(usize, Plan)> =
@@ -129,20 +151,24 @@ async fn run(state: ApiState, rows: Vec<ImportRow>, job: Arc<Mutex<Job>>, on_don
         if dry_run {
             outcomes.extend(valid.iter().map(|(row, _)| (*row, RowOutcome::Applied)));
         } else {
-            match api::ask(&state, Command::ImportPlans(valid)).await {
+            match api::ask(state, Command::ImportPlans(valid)).await {
                 Ok(Reply::Imported(report)) => outcomes.extend(report.rows),
-                Ok(Reply::Refused(e)) => return lock(&job).error = Some(e.to_string()),
-                Ok(_) | Err(_) => {
-                    lock(&job).error = Some(
-                        "the node stopped during the import: rows already applied stay applied; import the file again"
-                            .into(),
-                    );
-                    return;
-                }
+                Ok(Reply::Refused(e)) => return Err(Stopped::Refused(e)),
+                Ok(_) | Err(_) => return Err(Stopped::NodeStopping),
             }
         }
-        lock(&job).rows_done += chunk.len();
+        done(chunk.len());
     }
+    Ok(outcomes)
+}
+
+/// Applies the rows in chunks, moving the job's progress, then builds the per-row report.
+async fn run(state: ApiState, rows: Vec<ImportRow>, job: Arc<Mutex<Job>>, on_done: impl FnOnce(&ImportReport)) {
+    let dry_run = lock(&job).dry_run;
+    let outcomes = match apply_in_chunks(&state, &rows, dry_run, |n| lock(&job).rows_done += n).await {
+        Ok(outcomes) => outcomes,
+        Err(stopped) => return lock(&job).error = Some(stopped.to_string()),
+    };
     let mut report = ImportReport { dry_run, ..ImportReport::new(rows, outcomes) };
     if !dry_run {
         report = api::count_import(&state, report);

@@ -504,14 +504,21 @@ pub fn handed(store: &Store) -> anyhow::Result<HashSet<String>> {
 
 /// Hands every notification on, until `stop` changes.
 pub async fn run(sink: Sink, state: ApiState, store: Store, mut stop: watch::Receiver<bool>) {
-    let mut done = match handed(&store) {
-        Ok(done) => done,
-        Err(e) => {
-            warn!(reason = %e, "cannot read which notifications were handed on: notifications are not handed on");
-            return;
+    let mut wait_ms = RETRY_FIRST_MS;
+    let mut done = loop {
+        match handed(&store) {
+            Ok(done) => break done,
+            Err(e) => {
+                warn!(reason = %e, retry_in_ms = wait_ms, "cannot read which notifications were handed on: none is handed on until it can be");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(wait_ms)) => {}
+                    _ = stop.changed() => return,
+                }
+                wait_ms = (wait_ms * 2).min(sink.retry_max_ms());
+            }
         }
     };
-    let mut wait_ms = RETRY_FIRST_MS;
+    wait_ms = RETRY_FIRST_MS;
     let mut seen_commits = None;
     let mut all_handed = false;
     loop {
@@ -532,22 +539,26 @@ pub async fn run(sink: Sink, state: ApiState, store: Store, mut stop: watch::Rec
                 .collect();
             if new.is_empty() { Ok(vec![]) } else { api::read_notifications(&state, Some(&new)) }
         });
+        let mut pause = Duration::from_millis(POLL_MS);
+        all_handed = true;
         let pending: Vec<Value> = match pending {
             Ok(items) => items.into_iter().rev().collect(),
             Err(e) => {
-                warn!(reason = %e, "cannot read the inbox to hand notifications on");
+                // Read again after a pause, whether or not anything is written meanwhile.
+                warn!(reason = %e, retry_in_ms = wait_ms, "cannot read the inbox to hand notifications on");
+                (all_handed, pause) = (false, Duration::from_millis(wait_ms));
+                wait_ms = (wait_ms * 2).min(sink.retry_max_ms());
                 vec![]
             }
         };
-        let mut pause = Duration::from_millis(POLL_MS);
-        all_handed = true;
         for item in pending {
             let id = api::text(&item, "lookup_id");
             match sink.hand(&id, &item).await {
                 Ok(()) => {
                     if let Err(e) = record(&store, &id).await {
-                        warn!(lookup = %id, by = sink.name(), reason = %e, "{}", sink.unrecorded());
-                        all_handed = false;
+                        warn!(lookup = %id, by = sink.name(), reason = %e, retry_in_ms = wait_ms, "{}", sink.unrecorded());
+                        (all_handed, pause) = (false, Duration::from_millis(wait_ms));
+                        wait_ms = (wait_ms * 2).min(sink.retry_max_ms());
                         break;
                     }
                     info!(lookup = %id, by = sink.name(), "notification handed to the case-management system");

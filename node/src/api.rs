@@ -480,7 +480,11 @@ async fn import_job(State(state): State<ApiState>, Path(id): Path<String>) -> Re
         Some((n, job)) => axum::Json(job.json(n)).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
-            format!("no import job {id} (the node remembers the last {} jobs until it restarts)", jobs::JOBS_MAX),
+            format!(
+                "no import job {id} (the node remembers the last {} jobs, of at most {} rows together, until it restarts)",
+                jobs::JOBS_MAX,
+                jobs::JOBS_ROWS_MAX
+            ),
         ),
     }
 }

@@ -16,6 +16,9 @@ pub const CHUNK_ROWS: usize = 1_000;
 /// Jobs remembered (when full, the oldest finished one goes first; a running one never does, so
 /// at most this many run at once).
 pub const JOBS_MAX: usize = 32;
+/// Rows of the jobs remembered, together (their reports are held in memory): two of the largest
+/// files a job takes. Finished jobs go, oldest first, to make room for a new one.
+pub const JOBS_ROWS_MAX: usize = 400_000;
 
 /// Imports running or finished, newest last (at most [`JOBS_MAX`]).
 #[derive(Default)]
@@ -93,12 +96,7 @@ pub fn start(
         Arc::new(Mutex::new(Job { owner, dry_run, rows_total: rows.len(), rows_done: 0, report: None, error: None }));
     let id = {
         let mut jobs = state.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        if jobs.list.len() >= JOBS_MAX {
-            let Some(finished) = jobs.list.iter().position(|(_, j)| !lock(j).running()) else {
-                return Err(format!("{JOBS_MAX} imports are running: start this one when one of them has ended"));
-            };
-            jobs.list.remove(finished);
-        }
+        make_room(&mut jobs, rows.len())?;
         jobs.next += 1;
         let id = jobs.next;
         jobs.list.push((id, job.clone()));
@@ -106,6 +104,24 @@ pub fn start(
     };
     tokio::spawn(run(state.clone(), rows, job, on_done));
     Ok(id)
+}
+
+/// Lets the oldest finished jobs go until one more of `rows` rows fits within [`JOBS_MAX`] and
+/// [`JOBS_ROWS_MAX`]; refuses if the running ones leave no room.
+fn make_room(jobs: &mut Jobs, rows: usize) -> Result<(), String> {
+    loop {
+        let held: usize = jobs.list.iter().map(|(_, j)| lock(j).rows_total).sum();
+        if jobs.list.len() < JOBS_MAX && held + rows <= JOBS_ROWS_MAX {
+            return Ok(());
+        }
+        let Some(finished) = jobs.list.iter().position(|(_, j)| !lock(j).running()) else {
+            return Err(format!(
+                "the imports running hold {held} rows, and at most {JOBS_ROWS_MAX} are held together: \
+                 start this one when one of them has ended"
+            ));
+        };
+        jobs.list.remove(finished);
+    }
 }
 
 /// A copy of job `id` as it is now, if it is remembered.
@@ -175,4 +191,31 @@ async fn run(state: ApiState, rows: Vec<ImportRow>, job: Arc<Mutex<Job>>, on_don
         on_done(&report);
     }
     lock(&job).report = Some(Arc::new(report));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(rows: usize, finished: bool) -> Arc<Mutex<Job>> {
+        let error = finished.then(|| "ended".to_string());
+        let owner = API_OWNER.to_string();
+        Arc::new(Mutex::new(Job { owner, dry_run: false, rows_total: rows, rows_done: 0, report: None, error }))
+    }
+
+    /// Finished jobs go, oldest first, until the rows held with the new job's are within the
+    /// bound; running ones never do, and a job that cannot fit beside them is refused.
+    #[test]
+    fn the_jobs_remembered_hold_a_bounded_number_of_rows() {
+        let mut jobs = Jobs::default();
+        jobs.list = vec![(1, job(150_000, true)), (2, job(150_000, false)), (3, job(50_000, true))];
+        assert!(make_room(&mut jobs, 100_000).is_ok());
+        let kept: Vec<u64> = jobs.list.iter().map(|(id, _)| *id).collect();
+        assert_eq!(kept, [2, 3], "the oldest finished job went; 200,000 held, 100,000 more fit");
+        assert!(make_room(&mut jobs, 250_000).is_ok(), "the other finished one goes too");
+        assert_eq!(jobs.list.len(), 1);
+        let refused = make_room(&mut jobs, 300_000).unwrap_err();
+        assert!(refused.contains("the imports running hold 150000 rows"), "{refused}");
+        assert_eq!(jobs.list.len(), 1, "a running job is never let go");
+    }
 }

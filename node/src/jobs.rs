@@ -207,8 +207,8 @@ mod tests {
     /// bound; running ones never do, and a job that cannot fit beside them is refused.
     #[test]
     fn the_jobs_remembered_hold_a_bounded_number_of_rows() {
-        let mut jobs = Jobs::default();
-        jobs.list = vec![(1, job(150_000, true)), (2, job(150_000, false)), (3, job(50_000, true))];
+        let list = vec![(1, job(150_000, true)), (2, job(150_000, false)), (3, job(50_000, true))];
+        let mut jobs = Jobs { list, ..Jobs::default() };
         assert!(make_room(&mut jobs, 100_000).is_ok());
         let kept: Vec<u64> = jobs.list.iter().map(|(id, _)| *id).collect();
         assert_eq!(kept, [2, 3], "the oldest finished job went; 200,000 held, 100,000 more fit");

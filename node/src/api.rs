@@ -350,8 +350,8 @@ pub(crate) fn read_plans(state: &ApiState) -> Result<Vec<Plan>, Response> {
 
 /// Runs an import of CSV bytes, in chunks of [`crate::jobs::CHUNK_ROWS`] rows: the per-row
 /// report, or why the file was refused as a whole (or, after some chunks, why it stopped).
-pub(crate) async fn run_import(state: &ApiState, body: &[u8], dry_run: bool) -> Result<ImportReport, Response> {
-    let rows = import::parse_csv(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+pub(crate) async fn run_import(state: &ApiState, body: Bytes, dry_run: bool) -> Result<ImportReport, Response> {
+    let rows = import::parse_csv_apart(body).await.map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     match crate::jobs::apply_in_chunks(state, &rows, dry_run, |_| {}).await {
         Ok(outcomes) if dry_run => Ok(ImportReport { dry_run: true, ..ImportReport::new(rows, outcomes) }),
         Ok(outcomes) => Ok(count_import(state, ImportReport::new(rows, outcomes))),
@@ -437,7 +437,7 @@ async fn withdraw_plan(State(state): State<ApiState>, Path(reference): Path<Stri
 
 /// `POST /plans/import[?dry_run=true]`.
 async fn import_csv(State(state): State<ApiState>, Query(q): Query<ImportQuery>, body: Bytes) -> Response {
-    match run_import(&state, &body, q.dry_run).await {
+    match run_import(&state, body, q.dry_run).await {
         Ok(report) => axum::Json(report).into_response(),
         Err(r) => r,
     }
@@ -450,7 +450,7 @@ async fn start_import_job(State(state): State<ApiState>, Query(q): Query<ImportQ
     if let Err(r) = authority_only(&state) {
         return r;
     }
-    let rows = match import::parse_csv(&body) {
+    let rows = match import::parse_csv_apart(body).await {
         Ok(rows) => rows,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };

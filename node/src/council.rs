@@ -872,7 +872,7 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, multipa
     if file.is_empty() {
         return refuse("Choose a CSV file to import".into());
     }
-    let rows = match crate::import::parse_csv(&file) {
+    let rows = match crate::import::parse_csv_apart(file).await {
         Ok(rows) => rows,
         Err(e) => return refuse(e.to_string()),
     };

@@ -358,7 +358,7 @@ impl PlanImport for ApiState {
     }
 
     async fn import(&self, csv: &[u8]) -> Imported {
-        match crate::api::run_import(self, csv, false).await {
+        match crate::api::run_import(self, axum::body::Bytes::copy_from_slice(csv), false).await {
             Ok(report) => Imported::Report(report),
             Err(refused) => {
                 let status = refused.status();

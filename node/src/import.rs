@@ -179,6 +179,14 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
     Ok(rows)
 }
 
+/// [`parse_csv`] on the blocking pool: a file of 64 MiB takes a while to parse, and the web
+/// server's worker threads are few.
+pub async fn parse_csv_apart(bytes: impl AsRef<[u8]> + Send + 'static) -> Result<Vec<ImportRow>, String> {
+    tokio::task::spawn_blocking(move || parse_csv(bytes.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(format!("the file could not be read: {e}")))
+}
+
 /// Refuses every row whose reference another row has too (a row refused for another reason
 /// counts: it may have been the one meant), naming the rows.
 fn refuse_repeated_references(rows: &mut [ImportRow]) {

@@ -136,13 +136,21 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
     check_header(&header)?;
     let mut rows = Vec::new();
     let mut r = csv::StringRecord::new();
+    let at = |reader: &csv::Reader<&[u8]>| {
+        usize::try_from(reader.position().byte()).map_or(bytes.len(), |b| b.min(bytes.len()))
+    };
+    // How far the line ends are counted (to the reader's position), and how many there were.
+    let mut counted = at(&reader);
+    let mut lines_ended = count_line_ends(bytes, 0, counted);
     loop {
         let read = reader.read_record(&mut r);
-        // The line a record ends on (the reader is then past it; csv counts a record from the
-        // blank lines before it).
-        let end = reader.position();
-        let ended_line = end.byte().checked_sub(1).and_then(|i| bytes.get(i as usize)) == Some(&b'\n');
-        let row = (end.line() as usize).saturating_sub(usize::from(ended_line));
+        // The line the record is on: line ends up to its own, which the reader is now past.
+        let end = at(&reader);
+        let own = end - line_end_len(&bytes[counted..end]);
+        lines_ended += count_line_ends(bytes, counted, own);
+        let row = lines_ended + 1;
+        lines_ended += count_line_ends(bytes, own, end);
+        counted = end;
         let record = match read {
             Ok(false) => break,
             Ok(true) => Ok(&r),
@@ -177,6 +185,22 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
     }
     refuse_repeated_references(&mut rows);
     Ok(rows)
+}
+
+/// Line ends in `bytes[from..to]` as the CSV reader takes them: `\n`, `\r\n` (counted at its
+/// `\n`) or a lone `\r`.
+fn count_line_ends(bytes: &[u8], from: usize, to: usize) -> usize {
+    let lone_cr = |i: usize| bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n');
+    (from..to).filter(|&i| bytes[i] == b'\n' || lone_cr(i)).count()
+}
+
+/// The length of the line end `bytes` ends with (0 if none).
+fn line_end_len(bytes: &[u8]) -> usize {
+    match bytes {
+        [.., b'\r', b'\n'] => 2,
+        [.., b'\n' | b'\r'] => 1,
+        _ => 0,
+    }
 }
 
 /// [`parse_csv`] on the blocking pool: a file of 64 MiB takes a while to parse, and the web
@@ -319,6 +343,16 @@ mod tests {
 
     #[test]
     fn a_row_is_numbered_by_its_line_blank_lines_counted_and_a_long_reference_is_reported_short() {
+        // Found by fuzzing: a lone carriage return ends a row (and a line), as a newline does.
+        let csv = "reference,nhs_number,plan_type,start_date\r\nA-1,9434765919,LAC,2026-01\r05\rA-2,9434765919,LAC,2026-01-05\n";
+        let rows = parse_csv(csv.as_bytes()).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.row).collect::<Vec<_>>(),
+            [2, 3, 4],
+            "{:?}",
+            rows.iter().map(|r| &r.plan).collect::<Vec<_>>()
+        );
+
         let long = "R".repeat(10_000);
         let csv = format!(
             "reference,nhs_number,plan_type,start_date\n\nA-1,9434765919,LAC,2026-01-05\n{long},9434765919,LAC,2026-01-05\n"

@@ -1,5 +1,6 @@
 //! Bytes as a plan import file (`cpis_node::import::parse_csv`): the file refused with a reason,
-//! or every row answered, in order, with a plan that passes `Plan::check` or a reason.
+//! or every row answered, in order and numbered by its line, with a plan that passes `Plan::check`
+//! or a reason.
 #![no_main]
 
 use cpis_node::import::{IMPORT_ROWS_MAX, parse_csv};
@@ -16,8 +17,11 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(rows.len() <= IMPORT_ROWS_MAX, "more rows than the maximum");
     let mut references = BTreeSet::new();
-    for (i, row) in rows.iter().enumerate() {
-        assert_eq!(row.row, i + 2, "rows are numbered from 2 (the header is row 1), in order");
+    let lines = 1 + data.iter().enumerate().filter(|&(i, b)| *b == b'\n' || (*b == b'\r' && data.get(i + 1) != Some(&b'\n'))).count();
+    let mut last = 1;
+    for row in &rows {
+        assert!(row.row > last && row.row <= lines, "rows are numbered by their line, after the header's, in order");
+        last = row.row;
         match &row.plan {
             Ok(plan) => {
                 if let Err(e) = plan.check() {

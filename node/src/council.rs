@@ -850,10 +850,7 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, multipa
         Ok(_) => {}
         Err(r) => return r,
     }
-    let (csrf, file, dry_run) = match import_form(multipart).await {
-        Ok(form) => form,
-        Err(e) => (String::new(), Err(e), false),
-    };
+    let (csrf, file, dry_run) = import_form(multipart).await;
     let session = match manager(&council, &headers, &csrf) {
         Ok(s) => s,
         Err(r) => return r,
@@ -889,28 +886,24 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, multipa
 }
 
 /// The import form's fields: its CSRF token, the file (or why the upload could not be read) and
-/// whether it is a dry run. A field read after a failed one is not read.
+/// whether it is a dry run. No field is read after one that failed.
 async fn import_form(
     mut multipart: Multipart,
-) -> Result<
-    (String, Result<Vec<u8>, axum::extract::multipart::MultipartError>, bool),
-    axum::extract::multipart::MultipartError,
-> {
-    let (mut csrf, mut file, mut dry_run) = (String::new(), Ok(Vec::new()), false);
-    while let Some(field) = multipart.next_field().await? {
-        match field.name() {
-            Some("csrf") => csrf = field.text().await?,
-            Some("dry_run") => dry_run = true,
-            Some("file") => {
-                file = field.bytes().await.map(|b| b.to_vec());
-                if file.is_err() {
-                    break;
-                }
+) -> (String, Result<Vec<u8>, axum::extract::multipart::MultipartError>, bool) {
+    let (mut csrf, mut file, mut dry_run) = (String::new(), Vec::new(), false);
+    let read = async {
+        while let Some(field) = multipart.next_field().await? {
+            match field.name() {
+                Some("csrf") => csrf = field.text().await?,
+                Some("dry_run") => dry_run = true,
+                Some("file") => file = field.bytes().await?.to_vec(),
+                _ => {}
             }
-            _ => {}
         }
+        Ok(())
     }
-    Ok((csrf, file, dry_run))
+    .await;
+    (csrf, read.map(|()| file), dry_run)
 }
 
 /// Job `id` if the signed-in person started it.

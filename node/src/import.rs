@@ -169,9 +169,9 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
                         "line {opened}: a quote (\") is not closed, so the rows after it run together: nothing was imported"
                     ));
                 }
-                let mut reference: String =
-                    r.get(cols.reference).unwrap_or("").chars().take(REPORTED_REFERENCE_CHARS).collect();
-                if r.get(cols.reference).is_some_and(|f| f.chars().nth(REPORTED_REFERENCE_CHARS).is_some()) {
+                let field = r.get(cols.reference).unwrap_or("");
+                let mut reference: String = field.chars().take(REPORTED_REFERENCE_CHARS).collect();
+                if reference.len() < field.len() {
                     reference.push('…');
                 }
                 (reference, row_shape(r, header.len()).and_then(|()| parse_row(&cols, r)))

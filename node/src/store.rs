@@ -275,18 +275,15 @@ impl Store {
         for table in Rows::TAKEN {
             let read_err = move |e: redb::StorageError| StoreError::Read { table: table.name(), source: arc(e) };
             let t = open_read(&txn, table)?;
-            // Rows before the first key restore uses are not read at all.
+            // Rows before the first key restore uses are not read at all; every one after it is.
             let range = match role.first_restored_key(table, now) {
                 Some(first) => t.range::<&[u8]>(first.as_slice()..),
                 None => t.range::<&[u8]>(..),
             }
             .map_err(read_err)?;
-            let role = role.clone();
-            let rows = range.filter_map(move |entry| match entry {
-                Ok((key, value)) => role
-                    .restores(table, key.value(), now)
-                    .then(|| Ok(StoredRow { table, key: key.value().to_vec(), value: value.value().to_vec() })),
-                Err(e) => Some(Err(read_err(e).to_string())),
+            let rows = range.map(move |entry| match entry {
+                Ok((key, value)) => Ok(StoredRow { table, key: key.value().to_vec(), value: value.value().to_vec() }),
+                Err(e) => Err(read_err(e).to_string()),
             });
             sources.insert(table, Box::new(rows) as RowSource);
         }

@@ -355,8 +355,10 @@ pub(crate) async fn run_import(state: &ApiState, body: Bytes, dry_run: bool) -> 
     match crate::jobs::apply_in_chunks(state, &rows, dry_run, |_| {}).await {
         Ok(outcomes) if dry_run => Ok(ImportReport { dry_run: true, ..ImportReport::new(rows, outcomes) }),
         Ok(outcomes) => Ok(count_import(state, ImportReport::new(rows, outcomes))),
-        Err(crate::jobs::Stopped::Refused(e)) => Err(error(refusal_status(&e), e)),
-        Err(stopped) => Err(error(StatusCode::SERVICE_UNAVAILABLE, stopped.to_string())),
+        Err(crate::jobs::Partial { stopped: crate::jobs::Stopped::Refused(e), .. }) => {
+            Err(error(refusal_status(&e), e))
+        }
+        Err(partial) => Err(error(StatusCode::SERVICE_UNAVAILABLE, partial.stopped.to_string())),
     }
 }
 
@@ -454,13 +456,15 @@ async fn start_import_job(State(state): State<ApiState>, Query(q): Query<ImportQ
         Ok(rows) => rows,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let started = jobs::start(&state, jobs::API_OWNER.into(), rows, q.dry_run, |report| {
+    let started = jobs::start(&state, jobs::API_OWNER.into(), rows, q.dry_run, |report, stopped| {
         tracing::info!(
             applied = report.applied,
             unchanged = report.unchanged,
             refused = report.refused,
+            stopped,
             "plans imported by an API import job"
         );
+        Ok(())
     });
     let id = match started {
         Ok(id) => id,

@@ -30,7 +30,7 @@ use cpis_protocol::time::Date;
 use maud::{DOCTYPE, Markup, html};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +41,8 @@ const PAGE_ROWS_MAX: usize = 200;
 const IMPORT_BYTES_MAX: usize = 64 << 20;
 /// Largest body any other page takes (its forms are a few fields).
 const FORM_BYTES_MAX: usize = 64 << 10;
+/// The audit page reads the log's last this many bytes (well over [`PAGE_ROWS_MAX`] lines).
+const AUDIT_TAIL_BYTES: u64 = 1 << 20;
 
 /// What every council page shares.
 pub struct Council {
@@ -80,8 +82,10 @@ impl Council {
         Ok(Council { api, door, name, overdue_after_ms, actions, actions_path })
     }
 
-    /// Appends to the audit log and syncs it (actions are rare: a sync each is cheap).
-    fn record(&self, session: &Session, action: &str, detail: String) {
+    /// Appends to the audit log and syncs it (actions are rare: a sync each is cheap). If it
+    /// cannot, the failure is counted and logged, and the answer is what to tell the person: what
+    /// they did stands.
+    fn record(&self, session: &Session, action: &str, detail: String) -> Result<(), String> {
         let entry = Action {
             at: crate::net::now().to_string(),
             user: session.user.clone(),
@@ -94,15 +98,28 @@ impl Council {
             .map_err(std::io::Error::other)
             .and_then(|line| writeln!(file, "{line}"))
             .and_then(|()| file.sync_data());
-        if let Err(e) = written {
-            tracing::error!(reason = %e, "an action could not be written to the council's audit log");
-        }
         tracing::info!(user = %session.user, action, "council page action");
+        written.map_err(|e| {
+            tracing::error!(reason = %e, "an action could not be written to the council's audit log");
+            self.api.metrics.council_audit_failed();
+            format!(
+                "This was done, but the council's audit log could not record it ({e}): \
+                 tell your IT team, who will find it in the node's log"
+            )
+        })
     }
 
-    /// The newest entries of the audit log, newest first.
+    /// The newest entries of the audit log, newest first (read from its last
+    /// [`AUDIT_TAIL_BYTES`]: the log grows for as long as the council uses its pages).
     fn recent_actions(&self) -> Vec<Action> {
-        let text = std::fs::read_to_string(&self.actions_path).unwrap_or_default();
+        let mut text = Vec::new();
+        if let Ok(mut file) = std::fs::File::open(&self.actions_path) {
+            let len = file.metadata().map_or(0, |m| m.len());
+            let from = len.saturating_sub(AUDIT_TAIL_BYTES);
+            let _ = file.seek(SeekFrom::Start(from)).and_then(|_| file.take(AUDIT_TAIL_BYTES).read_to_end(&mut text));
+        }
+        let text = String::from_utf8_lossy(&text);
+        // The first line read may be the end of a longer one: it does not parse, and is skipped.
         let mut entries: Vec<Action> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         entries.reverse();
         entries.truncate(PAGE_ROWS_MAX);
@@ -215,6 +232,19 @@ fn layout_with(council: &Council, title: &str, session: Option<&Session>, conten
                         p class="govuk-body-s" { (council.name) ": what you do here is recorded with your name." }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A warning above a page's content: something that was done, with what went wrong with it.
+fn warning(message: &str) -> Markup {
+    html! {
+        div class="govuk-warning-text" role="alert" {
+            span class="govuk-warning-text__icon" aria-hidden="true" { "!" }
+            strong class="govuk-warning-text__text" {
+                span class="govuk-visually-hidden" { "Warning" } " "
+                (message)
             }
         }
     }
@@ -381,7 +411,8 @@ fn find_notification(council: &Council, id: &str) -> Option<Value> {
     api::read_notifications(&council.api, Some(&[id])).ok()?.into_iter().next()
 }
 
-fn notification_markup(council: &Council, session: &Session, item: &Value, error: Option<String>) -> Markup {
+/// A notification's page; `above` is an error summary or a warning to show first.
+fn notification_markup(council: &Council, session: &Session, item: &Value, above: Option<Markup>) -> Markup {
     let row = |key: &str, value: String| {
         html! { div class="govuk-summary-list__row" { dt class="govuk-summary-list__key" { (key) } dd class="govuk-summary-list__value" { (value) } } }
     };
@@ -391,7 +422,7 @@ fn notification_markup(council: &Council, session: &Session, item: &Value, error
         item["matched"].as_array().map_or(vec![], |m| m.iter().filter_map(|x| x.as_str().map(String::from)).collect());
     let contact = council_setting_contact(council, &text(setting, "code"));
     let content = html! {
-        @if let Some(e) = &error { (error_summary(&[("note", e.clone())])) }
+        @if let Some(above) = above { (above) }
         span class="govuk-caption-l" { "Notification" }
         h1 class="govuk-heading-l" { "Child " (text(item, "nhs")) " was looked up" }
         dl class="govuk-summary-list" {
@@ -473,14 +504,25 @@ async fn acknowledge(
     match api::ask(&council.api, command).await {
         Ok(Reply::Changed(change)) => {
             // Already acknowledged (by someone else, say): nothing done, nothing to record.
-            if change == Change::Applied {
-                council.record(&session, "acknowledged", format!("notification {}", lookup_id.to_hex()));
+            let recorded = match change {
+                Change::Applied => {
+                    council.record(&session, "acknowledged", format!("notification {}", lookup_id.to_hex()))
+                }
+                Change::Unchanged => Ok(()),
+            };
+            match (recorded, find_notification(&council, &id)) {
+                (Ok(()), _) => Redirect::to(&format!("/inbox/{}", lookup_id.to_hex())).into_response(),
+                (Err(message), Some(item)) => {
+                    let markup = notification_markup(&council, &session, &item, Some(warning(&message)));
+                    page(StatusCode::INTERNAL_SERVER_ERROR, markup)
+                }
+                (Err(_), None) => not_found(State(council), headers).await,
             }
-            Redirect::to(&format!("/inbox/{}", lookup_id.to_hex())).into_response()
         }
         Ok(Reply::Refused(e)) => match find_notification(&council, &id) {
             Some(item) => {
-                page(StatusCode::BAD_REQUEST, notification_markup(&council, &session, &item, Some(e.to_string())))
+                let summary = error_summary(&[("note", e.to_string())]);
+                page(StatusCode::BAD_REQUEST, notification_markup(&council, &session, &item, Some(summary)))
             }
             None => not_found(State(council), headers).await,
         },
@@ -670,14 +712,17 @@ fn field_of(message: &str) -> &'static str {
         .unwrap_or("reference")
 }
 
-async fn change_result(council: &Council, session: &Session, command: Command, what: String) -> Result<Change, String> {
+/// Asks the node to change a plan and records it: why it was refused, or, if it was done but its
+/// audit line could not be written, what to tell the person.
+async fn change_result(
+    council: &Council,
+    session: &Session,
+    command: Command,
+    what: String,
+) -> Result<Option<String>, String> {
     match api::ask(&council.api, command).await {
-        Ok(Reply::Changed(change)) => {
-            if change == Change::Applied {
-                council.record(session, "changed a plan", what);
-            }
-            Ok(change)
-        }
+        Ok(Reply::Changed(Change::Applied)) => Ok(council.record(session, "changed a plan", what).err()),
+        Ok(Reply::Changed(Change::Unchanged)) => Ok(None),
         Ok(Reply::Refused(e)) => Err(e.to_string()),
         Ok(_) => Err("an unexpected reply from the node".into()),
         Err(_) => Err("the node is stopping: nothing was changed".into()),
@@ -706,7 +751,8 @@ async fn add_plan(State(council): State<Arc<Council>>, headers: HeaderMap, Form(
         Err(e) => Err(e),
     };
     match result {
-        Ok(_) => Redirect::to(&format!("/plans?q={}", path_segment(&form.reference))).into_response(),
+        Ok(None) => Redirect::to(&format!("/plans?q={}", path_segment(&form.reference))).into_response(),
+        Ok(Some(message)) => not_recorded(&council, &session, &form.reference, &message).await,
         Err(e) => {
             let errors = [(field_of(&e), e.clone())];
             let markup = plans_markup(&council, &session, "", &errors, Some(&form)).await;
@@ -770,16 +816,23 @@ async fn plan_change_answer(
     council: &Council,
     session: &Session,
     reference: &str,
-    result: Result<Change, String>,
+    result: Result<Option<String>, String>,
 ) -> Response {
     match result {
-        Ok(_) => Redirect::to(&format!("/plans?q={}", path_segment(reference))).into_response(),
+        Ok(None) => Redirect::to(&format!("/plans?q={}", path_segment(reference))).into_response(),
+        Ok(Some(message)) => not_recorded(council, session, reference, &message).await,
         Err(e) => {
             let errors = [(field_of(&e), e.clone())];
             let markup = plans_markup(council, session, reference, &errors, None).await;
             page(StatusCode::BAD_REQUEST, layout(council, "Error: Plans", Some(session), markup))
         }
     }
+}
+
+/// A plan changed whose audit line could not be written: the plan as it now is, under a warning.
+async fn not_recorded(council: &Council, session: &Session, reference: &str, message: &str) -> Response {
+    let markup = html! { (warning(message)) (plans_markup(council, session, reference, &[], None).await) };
+    page(StatusCode::INTERNAL_SERVER_ERROR, layout(council, "Plans", Some(session), markup))
 }
 
 fn import_markup(session: &Session, report: Option<&ImportReport>, error: Option<&str>) -> Markup {
@@ -874,10 +927,14 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, multipa
         Err(e) => return refuse(e.to_string()),
     };
     let recorder = council.clone();
-    let (user, who) = (session.user.clone(), session.clone());
-    let started = crate::jobs::start(&council.api, user, rows, dry_run, move |report| {
-        let what = format!("{} applied, {} unchanged, {} refused", report.applied, report.unchanged, report.refused);
-        recorder.record(&who, "imported plans", what);
+    let (user, who, total) = (session.user.clone(), session.clone(), rows.len());
+    let started = crate::jobs::start(&council.api, user, rows, dry_run, move |report, stopped| {
+        let counts = format!("{} applied, {} unchanged, {} refused", report.applied, report.unchanged, report.refused);
+        let what = match stopped {
+            None => counts,
+            Some(why) => format!("stopped after {} of {total} rows were answered ({why}): {counts}", report.rows.len()),
+        };
+        recorder.record(&who, "imported plans", what)
     });
     match started {
         Ok(id) => Redirect::to(&format!("/import/jobs/{id}")).into_response(),
@@ -919,9 +976,10 @@ async fn import_job(State(council): State<Arc<Council>>, headers: HeaderMap, Pat
     let Some(job) = own_job(&council, &session, &id) else {
         return not_found(State(council), headers).await;
     };
-    let running = job.running();
-    let crate::jobs::Job { rows_total: total, rows_done: done, report, error, .. } = job;
+    let (running, not_sent) = (job.running(), job.rows_not_sent());
+    let crate::jobs::Job { rows_total: total, rows_done: done, report, error, audit, .. } = job;
     let content = html! {
+        @if let Some(message) = &audit { (warning(message)) }
         @if running {
             h1 class="govuk-heading-l" { "Importing plans" }
             p class="govuk-body" id="progress-text" { (done) " of " (total) " rows done" }
@@ -929,6 +987,12 @@ async fn import_job(State(council): State<Arc<Council>>, headers: HeaderMap, Pat
             p class="govuk-body-s" { "This page refreshes every second until the import ends." }
         } @else {
             (import_markup(&session, report.as_deref(), error.as_deref()))
+            @if error.is_some() && report.is_some() {
+                p class="govuk-body" id="not-sent" {
+                    "The results are of the first " (total - not_sent) " of " (total) " rows, answered before it stopped; the other "
+                    (not_sent) " were not answered (the first of them may have been imported). Import the file again: rows already imported come back unchanged."
+                }
+            }
             @if report.is_some() {
                 p class="govuk-body" { a class="govuk-link" href=(format!("/import/jobs/{id}/results.csv")) download { "Download the results (CSV)" } }
             }

@@ -35,9 +35,13 @@ pub struct Job {
     pub dry_run: bool,
     pub rows_total: usize,
     pub rows_done: usize,
-    /// Shared, as every read of the job copies it: a report may have 200,000 rows.
+    /// Shared, as every read of the job copies it: a report may have 200,000 rows. A job that
+    /// stopped part way has the report of the rows sent before it stopped.
     pub report: Option<Arc<ImportReport>>,
+    /// Why it stopped part way.
     pub error: Option<String>,
+    /// Why its audit line could not be written (the import stands).
+    pub audit: Option<String>,
 }
 
 /// The owner of jobs started through the API (its token holder, who may read every job).
@@ -48,11 +52,16 @@ impl Job {
         self.report.is_none() && self.error.is_none()
     }
 
+    /// Rows still to import once it has ended: after the rows of its report, if it stopped part way.
+    pub fn rows_not_sent(&self) -> usize {
+        self.rows_total - self.report.as_ref().map_or(0, |r| r.rows.len())
+    }
+
     /// The job as `GET /plans/import/jobs/N` shows it.
     pub fn json(&self, id: u64) -> JobView<'_> {
         let state = match (&self.report, &self.error) {
-            (Some(_), _) => "done",
-            (None, Some(_)) => "failed",
+            (_, Some(_)) => "failed",
+            (Some(_), None) => "done",
             (None, None) => "running",
         };
         JobView {
@@ -83,17 +92,18 @@ pub struct JobView<'a> {
 
 /// Starts importing `rows` (already parsed: the file as a whole was accepted) in the background
 /// and returns the job's number, or why it cannot start (every remembered job still running).
-/// `on_done` gets the report of a finished import that stored something (not a dry run), for the
-/// caller's audit line.
+/// `on_done` gets the report of an import that stored something (not a dry run), with why it
+/// stopped if it stopped part way (its report then has the rows sent before), for the caller's
+/// audit line; before the job shows as ended, it returns why that line could not be written.
 pub fn start(
     state: &ApiState,
     owner: String,
     rows: Vec<ImportRow>,
     dry_run: bool,
-    on_done: impl FnOnce(&ImportReport) + Send + 'static,
+    on_done: impl FnOnce(&ImportReport, Option<&str>) -> Result<(), String> + Send + 'static,
 ) -> Result<u64, String> {
-    let job =
-        Arc::new(Mutex::new(Job { owner, dry_run, rows_total: rows.len(), rows_done: 0, report: None, error: None }));
+    let job = Job { owner, dry_run, rows_total: rows.len(), rows_done: 0, report: None, error: None, audit: None };
+    let job = Arc::new(Mutex::new(job));
     let id = {
         let mut jobs = state.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         make_room(&mut jobs, rows.len())?;
@@ -134,7 +144,15 @@ fn lock(job: &Mutex<Job>) -> std::sync::MutexGuard<'_, Job> {
     job.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Why an import stopped part way: rows already applied stay applied.
+/// Why an import stopped part way, and the outcomes of the rows sent before: they stay applied.
+pub(crate) struct Partial {
+    pub(crate) stopped: Stopped,
+    /// The rows sent before it stopped (the first ones; their chunks were durable).
+    pub(crate) rows_sent: usize,
+    pub(crate) outcomes: Vec<(usize, RowOutcome)>,
+}
+
+/// Why an import stopped part way.
 pub(crate) enum Stopped {
     Refused(cpis_protocol::authority::CommandError),
     NodeStopping,
@@ -159,8 +177,9 @@ pub(crate) async fn apply_in_chunks(
     rows: &[ImportRow],
     dry_run: bool,
     mut done: impl FnMut(usize),
-) -> Result<Vec<(usize, RowOutcome)>, Stopped> {
+) -> Result<Vec<(usize, RowOutcome)>, Partial> {
     let mut outcomes = Vec::with_capacity(rows.len());
+    let mut rows_sent = 0;
     for chunk in rows.chunks(CHUNK_ROWS) {
         let valid: Vec<(usize, Plan)> =
             chunk.iter().filter_map(|r| r.plan.as_ref().ok().map(|p| (r.row, p.clone()))).collect();
@@ -169,28 +188,40 @@ pub(crate) async fn apply_in_chunks(
         } else {
             match api::ask(state, Command::ImportPlans(valid)).await {
                 Ok(Reply::Imported(report)) => outcomes.extend(report.rows),
-                Ok(Reply::Refused(e)) => return Err(Stopped::Refused(e)),
-                Ok(_) | Err(_) => return Err(Stopped::NodeStopping),
+                Ok(Reply::Refused(e)) => return Err(Partial { stopped: Stopped::Refused(e), rows_sent, outcomes }),
+                Ok(_) | Err(_) => return Err(Partial { stopped: Stopped::NodeStopping, rows_sent, outcomes }),
             }
         }
+        rows_sent += chunk.len();
         done(chunk.len());
     }
     Ok(outcomes)
 }
 
-/// Applies the rows in chunks, moving the job's progress, then builds the per-row report.
-async fn run(state: ApiState, rows: Vec<ImportRow>, job: Arc<Mutex<Job>>, on_done: impl FnOnce(&ImportReport)) {
+/// Applies the rows in chunks, moving the job's progress, then builds the per-row report (of
+/// the rows sent, if it stopped part way) and has its audit line written before it shows as ended.
+async fn run(
+    state: ApiState,
+    mut rows: Vec<ImportRow>,
+    job: Arc<Mutex<Job>>,
+    on_done: impl FnOnce(&ImportReport, Option<&str>) -> Result<(), String>,
+) {
     let dry_run = lock(&job).dry_run;
-    let outcomes = match apply_in_chunks(&state, &rows, dry_run, |n| lock(&job).rows_done += n).await {
-        Ok(outcomes) => outcomes,
-        Err(stopped) => return lock(&job).error = Some(stopped.to_string()),
+    let (outcomes, error) = match apply_in_chunks(&state, &rows, dry_run, |n| lock(&job).rows_done += n).await {
+        Ok(outcomes) => (outcomes, None),
+        Err(Partial { stopped, rows_sent, outcomes }) => {
+            rows.truncate(rows_sent);
+            (outcomes, Some(stopped.to_string()))
+        }
     };
     let mut report = ImportReport { dry_run, ..ImportReport::new(rows, outcomes) };
+    let mut audit = None;
     if !dry_run {
         report = api::count_import(&state, report);
-        on_done(&report);
+        audit = on_done(&report, error.as_deref()).err();
     }
-    lock(&job).report = Some(Arc::new(report));
+    let mut job = lock(&job);
+    (job.report, job.error, job.audit) = (Some(Arc::new(report)), error, audit);
 }
 
 #[cfg(test)]
@@ -200,7 +231,8 @@ mod tests {
     fn job(rows: usize, finished: bool) -> Arc<Mutex<Job>> {
         let error = finished.then(|| "ended".to_string());
         let owner = API_OWNER.to_string();
-        Arc::new(Mutex::new(Job { owner, dry_run: false, rows_total: rows, rows_done: 0, report: None, error }))
+        let job = Job { owner, dry_run: false, rows_total: rows, rows_done: 0, report: None, error, audit: None };
+        Arc::new(Mutex::new(job))
     }
 
     /// Finished jobs go, oldest first, until the rows held with the new job's are within the

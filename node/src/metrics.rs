@@ -36,6 +36,7 @@ pub struct Metrics {
     delivery: Histogram,
     api_requests: Family<[(&'static str, String); 1], Counter>,
     import_rows: Family<Label, Counter>,
+    council_audit_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -53,6 +54,7 @@ impl Default for Metrics {
             delivery: Histogram::new(DELIVERY_BUCKETS_S),
             api_requests: Family::default(),
             import_rows: Family::default(),
+            council_audit_failures: Counter::default(),
         };
         // Series an alert watches exist from the start at 0, so that their first increase shows.
         for outcome in ["applied", "unchanged", "refused"] {
@@ -134,6 +136,11 @@ impl Metrics {
         self.import_rows.get_or_create(&[("outcome", outcome)]).inc_by(rows);
     }
 
+    /// An action on the council's pages that its audit log could not record.
+    pub fn council_audit_failed(&self) {
+        self.council_audit_failures.inc();
+    }
+
     /// Registers the counters and histograms (names without the `_total` the encoder adds).
     pub fn register(&self, r: &mut Registry) {
         r.register("cpis_messages_received", "Messages received from peers, by kind", self.messages_in.clone());
@@ -178,6 +185,11 @@ impl Metrics {
             "cpis_import_rows",
             "Rows of plan imports, by outcome (applied, unchanged, refused)",
             self.import_rows.clone(),
+        );
+        r.register(
+            "cpis_council_audit_failures",
+            "Actions on the council's pages that their audit log could not record (each stood; the person was told)",
+            self.council_audit_failures.clone(),
         );
     }
 }

@@ -417,3 +417,131 @@ async fn plans_show_whether_every_hub_holds_their_latest_version__a_stopped_hub_
     south.shutdown().await;
     north.shutdown().await;
 }
+
+/// Accounts for the tests below: a social worker and a team manager.
+fn save_accounts(fed: &Fed) {
+    let mut accounts = Accounts::default();
+    accounts.add_user("ali.khan", "Ali Khan", "Duty social worker", AccountRole::SocialWorker, PASSWORD).unwrap();
+    accounts.add_user("jo.smith", "Jo Smith", "Team manager", AccountRole::TeamManager, PASSWORD).unwrap();
+    accounts.save(&fed.home("204").join("users.json")).unwrap();
+}
+
+/// The council's audit log on a disk that takes no more (its file is `/dev/full`): an
+/// acknowledgement, a plan recorded and an import each stand, the person is told that the audit
+/// log could not record it, and each is counted for the alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_the_audit_log_cannot_record_stands__the_person_is_told__and_it_is_counted() {
+    let fed = Fed::create(spec());
+    let hub = fed.start("HUBN").await;
+    save_accounts(&fed);
+    std::os::unix::fs::symlink("/dev/full", fed.home("204").join("pages-audit.jsonl")).unwrap();
+    let hackney = fed.start_with("204", |c| c.pages = Some(PagesConfig::default())).await;
+    let addr = hackney.pages_url().unwrap().trim_start_matches("http://").parse().unwrap();
+    let plan = json!({ "reference": "LAC-1", "nhs": CHILD, "plan_type": "LAC", "start": "2026-01-05" });
+    assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan)).await.0, 200);
+    wait_until("the plan reaches the hub", Duration::from_secs(20), || hub_caught_up(&fed, "HUBN", "204")).await;
+    let nurse = Person { id: "N1".into(), name: "Sam Patel".into(), role: "Staff nurse".into() };
+    let request = LookupRequest { nhs: NhsNumber::parse(CHILD).unwrap(), person: nurse };
+    lookup(&fed.setting_config("RXH01"), request).await.expect("the lookup is answered");
+    wait_until("the notification reaches Hackney", Duration::from_secs(20), || async {
+        let (_, inbox) = api_json(&fed, "204", "GET", "/notifications", None).await;
+        inbox["notifications"].as_array().is_some_and(|n| n.len() == 1)
+    })
+    .await;
+    let told = "This was done, but the council's audit log could not record it";
+
+    let mut worker = Page::new(addr);
+    assert_eq!(worker.sign_in("ali.khan", PASSWORD).await.0, 303);
+    let (_, _, inbox) = worker.send("GET", "/inbox", None).await;
+    let id = first_notification(&inbox);
+    let (_, _, detail) = worker.send("GET", &format!("/inbox/{id}"), None).await;
+    let token = csrf(&detail);
+    let ack = [("note", "Called the UTC"), ("csrf", token.as_str())];
+    let (status, _, page) = worker.send("POST", &format!("/inbox/{id}/ack"), Some(&ack)).await;
+    assert_eq!(status, 500, "{page}");
+    assert!(page.contains(told) && page.contains("govuk-warning-text"), "{page}");
+    assert!(page.contains("Acknowledged by Ali Khan (ali.khan)"), "the acknowledgement stands: {page}");
+
+    let mut manager = Page::new(addr);
+    assert_eq!(manager.sign_in("jo.smith", PASSWORD).await.0, 303);
+    let (_, _, plans) = manager.send("GET", "/plans", None).await;
+    let token = csrf(&plans);
+    let form = [
+        ("reference", "CPP-30"),
+        ("nhs", "4010232137"),
+        ("plan_type", "CPP"),
+        ("start", "2026-02-01"),
+        ("csrf", token.as_str()),
+    ];
+    let (status, _, page) = manager.send("POST", "/plans", Some(&form)).await;
+    assert!(status == 500 && page.contains(told), "{status} {page}");
+    assert!(page.contains("CPP-30") && page.contains("1 of 2 plans"), "the plan stands, shown: {page}");
+    let csv = "reference,nhs_number,plan_type,start_date\nCPP-31,4010232137,CPP,2026-03-01\n";
+    let (_, _, page) = import(&mut manager, &[("csrf", None, token.as_str()), ("file", Some("plans.csv"), csv)]).await;
+    assert!(page.contains(told) && page.contains("1 applied, 0 unchanged, 0 refused"), "{page}");
+
+    let (addr, token) = fed.api_of("204");
+    let (_, metrics) = cpis_tests::http(addr, &token, "GET", "/metrics", None).await;
+    assert!(metrics.contains("cpis_council_audit_failures_total 3\n"), "{metrics}");
+    hackney.shutdown().await;
+    hub.shutdown().await;
+}
+
+/// An import that stops part way (its node stops): the audit log says how many rows were answered
+/// before, and what they did; after a restart the council holds those plans, and no more than one
+/// chunk beyond them (the chunk in flight when the node stopped may have been stored unanswered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_stopped_part_way_leaves_an_audit_line_for_the_rows_it_applied() {
+    let fed = Fed::create(spec());
+    let hub = fed.start("HUBN").await;
+    save_accounts(&fed);
+    let pages = |c: &mut cpis_node::config::NodeConfig| c.pages = Some(PagesConfig::default());
+    let hackney = fed.start_with("204", pages).await;
+    let addr = hackney.pages_url().unwrap().trim_start_matches("http://").parse().unwrap();
+    let rows = 40 * cpis_node::jobs::CHUNK_ROWS;
+    let mut csv = String::from("reference,nhs_number,plan_type,start_date\n");
+    for (i, nhs) in cpis_tests::children(rows, 0).iter().enumerate() {
+        csv.push_str(&format!("CPP-{i},{},CPP,2026-02-01\n", nhs.digits()));
+    }
+    let mut manager = Page::new(addr);
+    assert_eq!(manager.sign_in("jo.smith", PASSWORD).await.0, 303);
+    let (_, _, form) = manager.send("GET", "/import", None).await;
+    let parts = [("csrf", None, csrf(&form)), ("file", Some("plans.csv"), csv)];
+    let parts: Vec<_> = parts.iter().map(|(n, f, v)| (*n, *f, v.as_str())).collect();
+    let (status, headers, _) = manager.post_multipart("/import", &parts).await;
+    let job = header(&headers, "location").map(String::from).unwrap_or_else(|| panic!("{status}: no job"));
+    // Stopped once a chunk is done, well before the last.
+    for poll in 0.. {
+        let (_, _, page) = manager.send("GET", &job, None).await;
+        assert!(page.contains("rows done"), "the import is no longer running: {page}");
+        if !page.contains(">0 of ") {
+            break;
+        }
+        assert!(poll < 600, "no chunk imported after 600 polls");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hackney.shutdown().await;
+
+    let audit_path = fed.home("204").join("pages-audit.jsonl");
+    let line = || {
+        let text = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        text.lines().find(|l| l.contains("imported plans")).map(String::from)
+    };
+    wait_until("the import's audit line", Duration::from_secs(10), || async { line().is_some() }).await;
+    let entry: serde_json::Value = serde_json::from_str(&line().unwrap()).unwrap();
+    assert_eq!(entry["user"], "jo.smith");
+    let detail = entry["detail"].as_str().unwrap();
+    let number = |text: &str| text.trim().parse::<usize>().unwrap_or_else(|_| panic!("{text:?} in {detail}"));
+    let (sent, rest) = detail.strip_prefix("stopped after ").and_then(|d| d.split_once(" of ")).expect(detail);
+    let (applied, rest) = rest.split_once("): ").and_then(|(_, r)| r.split_once(" applied")).expect(detail);
+    let (sent, applied) = (number(sent), number(applied));
+    assert!(rest.starts_with(", 0 unchanged, 0 refused") && detail.contains("the node stopped"), "{detail}");
+    assert!(sent > 0 && sent < rows && applied == sent, "{detail}");
+
+    let hackney = fed.start("204").await;
+    let (_, plans) = api_json(&fed, "204", "GET", "/plans", None).await;
+    let held = plans["plans"].as_array().map_or(0, Vec::len);
+    assert!((applied..=applied + cpis_node::jobs::CHUNK_ROWS).contains(&held), "{held} held, {detail}");
+    hackney.shutdown().await;
+    hub.shutdown().await;
+}

@@ -128,8 +128,8 @@ pub const DELIVERED_PER_AUTHORITY_MAX: usize = 65_536;
 struct OutboxItem {
     notification: Option<Signed<Notification>>,
     queued_at: Timestamp,
-    /// The notification's answering hub is this one (not a relayed copy).
-    answered_here: bool,
+    /// The notification's answering hub (this one, or the hub whose copy this relays).
+    answered_by: OdsCode,
     answered_at: Timestamp,
     key_id: KeyId,
     attempts: u32,
@@ -346,9 +346,10 @@ pub struct Hub {
     forks_offered: BTreeSet<OdsCode>,
     /// The last [`Message::Held`] sent to each connected authority (sent again only changed).
     held_sent: BTreeMap<OdsCode, Vec<HeldBy>>,
-    /// The last run of each origin sent to each peer hub, `(peer, origin) → (after, upto, when)`:
-    /// the same run is not sent again while it may still be on its way (see `RUN_RESEND_MS`).
-    runs_sent: HashMap<(OdsCode, OdsCode), (u64, u64, Timestamp)>,
+    /// The last run of each origin (an authority's feed, or a hub's visits) sent to each peer hub,
+    /// `(peer, origin) → (upto, when)`: a run up to the same point is not sent again while it may
+    /// still be on its way (see `RUN_RESEND_MS`), whatever point the peer says it starts from.
+    runs_sent: HashMap<(OdsCode, OdsCode), (u64, Timestamp)>,
     /// Origins and sequences at which an equivocation was proven (proof in the store).
     equivocations: BTreeSet<(OdsCode, u64)>,
     own_recovery: OwnRecovery,

@@ -1204,6 +1204,74 @@ fn invented_notification_relayed_through_an_honest_home_hub__refused_by_the_auth
 }
 
 #[test]
+fn another_hubs_copy_with_other_matches__does_not_replace_the_answering_hubs_own__the_notification_arrives() {
+    let mut net = net();
+    record(&mut net, "316", plan("CPP-1", CHILD, PlanType::ChildProtection));
+    net.run_for(2_000);
+    // Newham is away while HUBS answers a lookup of its child: HUBS holds its own notification.
+    net.isolate("316");
+    let lookup = net.lookup("RXH01", "HUBS", nhs(CHILD));
+    net.run_for(2_000);
+    let (_, row) = net.disk("HUBS").table(Table::AccessLog).next().map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap();
+    let event: cpis_protocol::sign::Signed<cpis_protocol::records::AccessEvent> =
+        cpis_protocol::codec::decode(&row, 1 << 20).unwrap();
+    // HUBN, hostile (and never reaching Newham itself), signs its own copy of that lookup naming
+    // no plan, and hands it to HUBS: were it to replace HUBS's, Newham would refuse it and HUBS
+    // would drop it, and the notification would be lost.
+    let fed = net.fed.clone();
+    let n = cpis_protocol::wire::Notification {
+        event,
+        authority: code("316"),
+        matched: vec![],
+        hub: code("HUBN"),
+        answered_at: net.now,
+        signed_at: net.now,
+    };
+    net.send_as("HUBN", "HUBS", Message::Notify(fed.identity("HUBN").sign(n)));
+    net.run_for(1_000);
+    net.heal();
+    net.cut("316", "HUBN");
+    net.run_for(60_000);
+    assert!(net.authority("316").inbox_state(&lookup).is_some(), "HUBS delivered its own");
+    assert_eq!(refused(&net, "316", |_| true), 0, "the hostile copy never reached Newham");
+}
+
+/// Feed batches a hub sends peer hub HUBN in answer to one sync naming `marks`, by origin.
+fn feeds_for_sync(net: &mut Net, marks: Vec<Mark>) -> Vec<String> {
+    let version = net.hub("HUBS").directory().version();
+    net.with_machine("HUBS", |m, now| {
+        m.handle_message(&code("HUBN"), Message::Sync { directory_version: version, marks }, now);
+        std::iter::from_fn(|| m.poll_transmit())
+            .filter_map(|t| match t.message {
+                Message::Feed(b) if t.to == code("HUBN") => Some(b.origin.to_string()),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn a_peer_hub_naming_other_marks_in_each_sync__draws_a_run_once_while_it_may_be_on_its_way__a_top_mark_panics_nothing()
+{
+    let mut net = net();
+    record(&mut net, "316", plan("CPP-1", CHILD, PlanType::ChildProtection));
+    record(&mut net, "316", plan("CPP-2", OTHER_CHILD, PlanType::ChildProtection));
+    // A lookup answered at HUBN: HUBS holds HUBN's visits too.
+    net.lookup("RXH01", "HUBN", nhs(CHILD));
+    net.run_for(5_000);
+    let mark = |origin: &str, seq: u64| Mark { origin: code(origin), seq, head_at: Timestamp(0) };
+    // HUBN names its own visits at the top of the range: nothing of them comes back (nor panics).
+    let first = feeds_for_sync(&mut net, vec![mark("316", 1), mark("HUBN", u64::MAX)]);
+    assert!(first.contains(&"316".to_string()) && !first.contains(&"HUBN".to_string()), "{first:?}");
+    // Naming another start for the same run draws nothing while the run may be on its way.
+    assert_eq!(feeds_for_sync(&mut net, vec![mark("316", 0), mark("HUBN", u64::MAX)]), Vec::<String>::new());
+    assert_eq!(feeds_for_sync(&mut net, vec![mark("316", 1), mark("HUBN", u64::MAX)]), Vec::<String>::new());
+    net.run_for(31_000);
+    let again = feeds_for_sync(&mut net, vec![mark("316", 0), mark("HUBN", u64::MAX)]);
+    assert!(again.contains(&"316".to_string()), "a run that may have been lost goes again after a while: {again:?}");
+}
+
+#[test]
 fn conflicting_head_seen_again__equivocation_alarm_raised_once() {
     let mut net = net();
     record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));

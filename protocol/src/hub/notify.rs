@@ -27,7 +27,7 @@ impl Hub {
         self.due.insert((now, key.0, key.1.clone()));
         let item = OutboxItem {
             queued_at: record.queued_at,
-            answered_here: n.hub == self.code,
+            answered_by: n.hub.clone(),
             answered_at: n.answered_at,
             key_id: record.notification.key_id,
             notification: (self.outbox_bodies < self.config.outbox_bodies_max).then_some(record.notification),
@@ -120,7 +120,8 @@ impl Hub {
                 }
                 continue;
             };
-            let (answered_here, attempts, waiting_ms) = (item.answered_here, item.attempts, now.since(item.queued_at));
+            let (answered_here, attempts, waiting_ms) =
+                (item.answered_by == self.code, item.attempts, now.since(item.queued_at));
             let route = self.route(&key.1, answered_here, attempts);
             let salt = u64::from_le_bytes([
                 key.0.0[0], key.0.0[1], key.0.0[2], key.0.0[3], key.0.0[4], key.0.0[5], key.0.0[6], key.0.0[7],
@@ -167,10 +168,15 @@ impl Hub {
     pub(super) fn on_relay(&mut self, from: &OdsCode, signed: Signed<Notification>, now: Timestamp) {
         let n = &signed.body;
         let key = (n.event.body.lookup_id, n.authority.clone());
-        let held = self.outbox.get(&key).map(|item| item.key_id);
-        if held == Some(signed.key_id) {
-            // Already held (and checked when it arrived): a retry changes nothing.
-            return;
+        if let Some(held) = self.outbox.get(&key) {
+            // A retry of what is held changes nothing; nor does another hub's copy of a lookup
+            // held already (answered here too, say, when the setting asked both): this hub's own
+            // is its promise, and a copy with other matches (a hostile hub's) that the authority
+            // refused would take it down too. Only the same answering hub, re-signing under its
+            // new key, replaces its copy; another's may come once this one is done.
+            if held.key_id == signed.key_id || held.answered_by == self.code || held.answered_by != n.hub {
+                return;
+            }
         }
         if let Err(reason) = self.check_relayed(&signed) {
             return self.refuse(from, "notify", reason);
@@ -301,7 +307,7 @@ impl Hub {
         let from_authority = self.peers.get(from).map(|p| p.role) == Some(Role::Authority);
         let judged = matches!(refused.code, RefusalCode::BadNotification | RefusalCode::BadSignature);
         let key = (lookup_id, from.clone());
-        let relayed = self.outbox.get(&key).is_some_and(|i| !i.answered_here);
+        let relayed = self.outbox.get(&key).is_some_and(|i| i.answered_by != self.code);
         if from_authority && judged && relayed && self.unqueue(&key).is_some() {
             self.out.write(vec![schema::OUTBOX.delete(&key)], vec![]);
         }

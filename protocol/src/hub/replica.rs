@@ -19,9 +19,10 @@ use std::collections::{BTreeMap, HashMap};
 /// A rough size of one entry on the wire, for a sync reply's byte budget.
 const ENTRY_BYTES_ESTIMATE: usize = 320;
 
-/// How long a run sent to a peer hub is not sent again, unchanged: a long run takes seconds to
-/// reach the peer and be checked there, and every sync meanwhile (one a second, by default) would
-/// otherwise send it whole once more. A run lost on the way goes again after this, or at once if
+/// How long a run sent to a peer hub is not sent again up to the same point: a long run takes
+/// seconds to reach the peer and be checked there, and every sync meanwhile (one a second, by
+/// default) would otherwise send it whole once more; nor can a peer that names other marks in
+/// each sync draw it again and again. A run lost on the way goes again after this, or at once if
 /// the peer connects again.
 pub(super) const RUN_RESEND_MS: u64 = 30_000;
 
@@ -156,17 +157,17 @@ impl Hub {
         }
     }
 
-    /// Whether the run `(after, upto)` of `origin` went to peer hub `to` less than
-    /// [`RUN_RESEND_MS`] ago; if not, notes that it goes now.
-    fn sent_lately(&mut self, to: &OdsCode, origin: &OdsCode, run: (u64, u64), now: Timestamp) -> bool {
+    /// Whether a run of `origin` up to `upto` went to peer hub `to` less than [`RUN_RESEND_MS`]
+    /// ago; if not, notes that one goes now.
+    fn sent_lately(&mut self, to: &OdsCode, origin: &OdsCode, upto: u64, now: Timestamp) -> bool {
         let key = (to.clone(), origin.clone());
-        if let Some(&(after, upto, at)) = self.runs_sent.get(&key)
-            && (after, upto) == run
+        if let Some(&(sent_upto, at)) = self.runs_sent.get(&key)
+            && sent_upto == upto
             && now.since(at) < RUN_RESEND_MS
         {
             return true;
         }
-        self.runs_sent.insert(key, (run.0, run.1, now));
+        self.runs_sent.insert(key, (upto, now));
         false
     }
 
@@ -183,9 +184,9 @@ impl Hub {
         count
     }
 
-    /// Answers a hub's sync over the origins in `buckets`: every authority run it lacks (within
-    /// `budget` bytes; at least one run), newer heads, and the visits it may take from us.
-    /// Returns the bytes spent.
+    /// Answers a hub's sync over the origins in `buckets`: every run it lacks (authorities' feeds,
+    /// then the visits it may take from us) within `budget` bytes (the run that crosses it goes
+    /// whole; none goes once it is spent), and newer heads. Returns the bytes spent.
     fn send_missing(&mut self, to: &OdsCode, marks: &[Mark], buckets: u16, budget: usize, now: Timestamp) -> usize {
         let theirs: HashMap<&OdsCode, &Mark> = marks.iter().map(|m| (&m.origin, m)).collect();
         let mut spent = 0usize;
@@ -196,11 +197,11 @@ impl Hub {
             let their = theirs.get(&origin);
             let their_seq = their.map_or(0, |m| m.seq);
             if head.body.seq > their_seq {
-                if spent > 0 && spent >= budget {
+                if spent >= budget {
                     more = true;
                     continue;
                 }
-                if self.sent_lately(to, &origin, (their_seq, head.body.seq), now) {
+                if self.sent_lately(to, &origin, head.body.seq, now) {
                     continue;
                 }
                 spent += ENTRY_BYTES_ESTIMATE * (1 + self.send_run(to, &origin, their_seq));
@@ -215,15 +216,28 @@ impl Hub {
             }
             let their_seq = theirs.get(&origin).map_or(0, |m| m.seq);
             let Some(feed) = self.visits.get(&origin).filter(|f| f.mark > their_seq || origin == *to) else { continue };
-            let live: Vec<SignedEntry> = feed.entries.range(their_seq + 1..).map(|(_, e)| e.clone()).collect();
+            let live: Vec<SignedEntry> =
+                feed.entries.range(their_seq.saturating_add(1)..).map(|(_, e)| e.clone()).collect();
             if live.is_empty() && feed.mark <= their_seq {
                 continue;
             }
+            if spent >= budget {
+                more = true;
+                continue;
+            }
+            let mark = feed.mark;
+            if self.sent_lately(to, &origin, mark, now) {
+                continue;
+            }
+            spent += ENTRY_BYTES_ESTIMATE * (1 + live.len());
             let mut after = their_seq;
             let chunks: Vec<&[SignedEntry]> = live.chunks(BATCH_ENTRIES_MAX).collect();
             for (i, chunk) in chunks.iter().enumerate() {
-                let upto =
-                    if i + 1 == chunks.len() { feed.mark.max(after + 1) } else { chunk[chunk.len() - 1].body.seq };
+                let upto = if i + 1 == chunks.len() {
+                    mark.max(after.saturating_add(1))
+                } else {
+                    chunk[chunk.len() - 1].body.seq
+                };
                 let batch =
                     FeedBatch { origin: origin.clone(), after, upto, entries: chunk.to_vec(), head: None, more: false };
                 self.out.send(to, Message::Feed(batch));

@@ -25,7 +25,7 @@ use crate::sign::{Identity, KeyId, Signed};
 use crate::time::{DAY_MS, Date, Timestamp};
 use crate::wire::{BATCH_ENTRIES_MAX, FeedBatch, Mark, Message, Notification, Receipt, Refused};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Timings and windows of an authority; every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,7 +175,8 @@ pub struct Authority {
     /// held at the start, less the clock margin: after a restore from an older copy, what the
     /// copy lacks), and the hubs asked since the start (each once).
     redeliver_since: Timestamp,
-    redelivery_asked: BTreeSet<OdsCode>,
+    /// Hubs asked this start to deliver again what they delivered (true: every page came).
+    redelivery: BTreeMap<OdsCode, bool>,
     /// Chunks of a run of our own feed a hub is sending back, until its head arrives.
     staging: BTreeMap<OdsCode, Vec<SignedEntry>>,
     next_head_at: Timestamp,
@@ -215,7 +216,7 @@ impl Authority {
             hubs: BTreeMap::new(),
             held: BTreeMap::new(),
             redeliver_since: Timestamp(0),
-            redelivery_asked: BTreeSet::new(),
+            redelivery: BTreeMap::new(),
             staging: BTreeMap::new(),
             next_head_at: now,
             next_sweep_at: now,
@@ -635,6 +636,10 @@ impl Authority {
     pub(crate) fn handle_disconnected(&mut self, hub: &OdsCode) {
         self.hubs.remove(hub);
         self.staging.remove(hub);
+        // Pages not all come yet: asked again, from the start, when it is back.
+        if self.redelivery.get(hub) == Some(&false) {
+            self.redelivery.remove(hub);
+        }
         // Its report would go stale: the other home hubs' word on it stands meanwhile.
         self.held.remove(hub);
     }
@@ -710,6 +715,7 @@ impl Authority {
             Message::Feed(batch) => self.on_own_feed(from, batch, now),
             Message::Notify(n) => self.on_notify(from, n, now),
             Message::Redelivered { notification, receipt } => self.on_redelivered(from, *notification, receipt),
+            Message::RedeliverPage { next } => self.on_redeliver_page(from, next),
             Message::Held { hubs } => {
                 let dir = &self.dir.trusted;
                 let named = hubs.into_iter().filter(|h| dir.member(&h.hub).is_some_and(|m| m.role == Role::Hub));
@@ -772,8 +778,22 @@ impl Authority {
     /// and only once our own feed is taken back from it, so that a notification naming a plan
     /// recorded after the copy finds that plan here.
     fn ask_redelivery(&mut self, hub: &OdsCode) {
-        if self.redelivery_asked.insert(hub.clone()) {
-            self.out.send(hub, Message::Redeliver { since: self.redeliver_since });
+        if !self.redelivery.contains_key(hub) {
+            self.redelivery.insert(hub.clone(), false);
+            self.out.send(hub, Message::Redeliver { since: self.redeliver_since, from: LookupId([0; 16]) });
+        }
+    }
+
+    /// A page of redelivered notifications has come from `hub`: ask for the next, if any.
+    fn on_redeliver_page(&mut self, hub: &OdsCode, next: Option<(Timestamp, LookupId)>) {
+        if self.redelivery.get(hub) != Some(&false) {
+            return; // Not asked of it this start, or every page came already.
+        }
+        match next {
+            Some((since, from)) => self.out.send(hub, Message::Redeliver { since, from }),
+            None => {
+                self.redelivery.insert(hub.clone(), true);
+            }
         }
     }
 

@@ -121,6 +121,10 @@ pub struct DeliveredRecord {
 pub const DELIVERED_KEPT_DAYS: u64 = 30;
 /// Most delivered notifications a hub keeps per authority; the oldest go first.
 pub const DELIVERED_PER_AUTHORITY_MAX: usize = 65_536;
+/// Most delivered notifications sent again for one [`Message::Redeliver`]: the authority asks for
+/// the next page once it has this one, so that a connection's queue holds a page or two of them,
+/// never the tens of thousands a council restored from an old copy may ask back.
+pub const REDELIVER_PAGE_MAX: usize = 512;
 
 /// A notification waiting for its receipt. Its body is held in memory within
 /// [`HubConfig::outbox_bodies_max`]; beyond that it stays in the store (the outbox table) and is
@@ -334,6 +338,9 @@ pub struct Hub {
     /// What this hub delivered, per authority, by receipt time: the keys only (the records stay
     /// in the store, read back for a [`Message::Redeliver`]).
     delivered: BTreeMap<OdsCode, BTreeSet<(Timestamp, LookupId)>>,
+    /// Per authority whose page of redelivered notifications is being read back: where its next
+    /// page starts (none: it is the last), told the authority once the page has gone.
+    redelivery_next: BTreeMap<OdsCode, Option<(Timestamp, LookupId)>>,
     /// Outbox keys by when they are next due.
     due: BTreeSet<(Timestamp, LookupId, OdsCode)>,
     peers: BTreeMap<OdsCode, Peer>,
@@ -387,6 +394,7 @@ impl Hub {
             outbox_bodies: 0,
             receipts_waiting: BTreeMap::new(),
             delivered: BTreeMap::new(),
+            redelivery_next: BTreeMap::new(),
             due: BTreeSet::new(),
             peers: BTreeMap::new(),
             peer_marks: BTreeMap::new(),
@@ -607,6 +615,7 @@ impl Hub {
         self.held_sent.remove(peer);
         self.runs_sent.retain(|(to, _), _| to != peer);
         self.staging.retain(|(from, _), _| from != peer);
+        self.redelivery_next.remove(peer);
     }
 
     pub(crate) fn handle_timeout(&mut self, now: Timestamp) {
@@ -714,7 +723,7 @@ impl Hub {
             (Role::Hub, Message::Notify(n)) => self.on_relay(from, n, now),
             (Role::Hub | Role::Authority, Message::Receipt(r)) => self.on_receipt(from, r, now),
             (Role::Hub | Role::Authority, Message::Refused(r)) => self.on_refused(from, r),
-            (Role::Authority, Message::Redeliver { since }) => self.redeliver(from, since),
+            (Role::Authority, Message::Redeliver { since, from: start }) => self.redeliver(from, since, start),
             (role, _) => {
                 let reason = Refusal::NotAllowed { sender: role.name(), kind, receiver: "hub" };
                 self.refuse(from, kind, reason)
@@ -895,6 +904,7 @@ impl Hub {
     /// waiting notifications whose turn has come (or whose receipt came).
     pub(crate) fn handle_read(&mut self, rows: Vec<StoredRow>, now: Timestamp) {
         // A row that does not decode was refused at restore already; a read cannot add one.
+        let mut paged = BTreeSet::new();
         for row in &rows {
             match row.table {
                 schema::Table::Delivered => {
@@ -902,6 +912,7 @@ impl Hub {
                     if self.peers.get(&authority).is_some_and(|p| p.role == Role::Authority) {
                         let notification = Box::new(record.notification);
                         self.out.send(&authority, Message::Redelivered { notification, receipt: record.receipt });
+                        paged.insert(authority);
                     }
                 }
                 schema::Table::Outbox => {
@@ -912,6 +923,13 @@ impl Hub {
                     }
                 }
                 _ => {}
+            }
+        }
+        // Each page that went tells its authority where the next starts (a page of which no row
+        // came back tells it nothing: the authority asks again from the start when it reconnects).
+        for authority in paged {
+            if let Some(next) = self.redelivery_next.remove(&authority) {
+                self.out.send(&authority, Message::RedeliverPage { next });
             }
         }
         // A body asked for and not found is asked for again only after a retry's wait.

@@ -247,10 +247,11 @@ pub enum Message {
     Receipt(Signed<Receipt>),
     /// A request was refused.
     Refused(Refused),
-    /// An authority to its home hub, on connect: send again every notification you delivered to
-    /// me, and hold my receipt for, from this time on (hub's clock). An authority restored from
-    /// an older copy of its store gets back what reached it after the copy.
-    Redeliver { since: Timestamp },
+    /// An authority to its home hub, on connect: send again the notifications you delivered to
+    /// me, and hold my receipt for, from this point on (the hub's clock when the receipt came,
+    /// then the lookup id), a page at a time. An authority restored from an older copy of its
+    /// store gets back what reached it after the copy.
+    Redeliver { since: Timestamp, from: LookupId },
     /// A hub to an authority that asked with [`Message::Redeliver`]: a notification it delivered,
     /// with the authority's own receipt for it.
     Redelivered { notification: Box<Signed<Notification>>, receipt: Signed<Receipt> },
@@ -269,6 +270,10 @@ pub enum Message {
     /// syncs and digests showed). The authority shows it to the council (whether a change has
     /// reached every hub); it is the hub's unsigned word and changes nothing.
     Held { hubs: Vec<HeldBy> },
+    /// A hub to an authority, after a page of [`Message::Redelivered`]: the point the next page
+    /// starts from (the authority asks again from there once it has this one), or none: that was
+    /// all.
+    RedeliverPage { next: Option<(Timestamp, LookupId)> },
 }
 
 impl Message {
@@ -289,6 +294,7 @@ impl Message {
             Message::Digest { .. } => "digest",
             Message::SyncPart { .. } => "sync-part",
             Message::Held { .. } => "held",
+            Message::RedeliverPage { .. } => "redeliver-page",
         }
     }
 }
@@ -394,6 +400,7 @@ fn check_limits(message: &Message) -> Result<(), WireError> {
         | Message::Receipt(_)
         | Message::Refused(_)
         | Message::Redeliver { .. }
+        | Message::RedeliverPage { .. }
         | Message::Digest { .. } => Ok(()),
     }
 }

@@ -1,7 +1,10 @@
 //! Notifications: store-and-forward to the owning authority, directly or through one of its home
 //! hubs, retried with capped backoff until the authority's signed receipt comes back.
 
-use super::{After, DELIVERED_KEPT_DAYS, DELIVERED_PER_AUTHORITY_MAX, DeliveredRecord, Hub, OutboxItem, OutboxRecord};
+use super::{
+    After, DELIVERED_KEPT_DAYS, DELIVERED_PER_AUTHORITY_MAX, DeliveredRecord, Hub, OutboxItem, OutboxRecord,
+    REDELIVER_PAGE_MAX,
+};
 use crate::directory::Role;
 use crate::ids::{LookupId, OdsCode};
 use crate::machine::ReadRequest;
@@ -279,21 +282,27 @@ impl Hub {
     }
 
     /// An authority (restored from an older copy, perhaps) asks again for what we delivered to it
-    /// from `since` on: each goes with its own receipt for it, and it stores what it lacks.
-    /// The records stay in the store: they are read back, and sent in [`Hub::handle_read`].
-    pub(super) fn redeliver(&mut self, authority: &OdsCode, since: Timestamp) {
-        let keys: Vec<Vec<u8>> = self
-            .delivered
-            .get(authority)
-            .map(|kept| {
-                kept.range((since, LookupId([0; 16]))..)
+    /// from `(since, from)` on: a page of at most [`REDELIVER_PAGE_MAX`], each with its own receipt
+    /// for it (it stores what it lacks), then where the next page starts. The records stay in the
+    /// store: they are read back, and sent in [`Hub::handle_read`].
+    pub(super) fn redeliver(&mut self, authority: &OdsCode, since: Timestamp, from: LookupId) {
+        let (keys, next) = match self.delivered.get(authority) {
+            Some(kept) => {
+                let mut page = kept.range((since, from)..);
+                let keys: Vec<Vec<u8>> = page
+                    .by_ref()
+                    .take(REDELIVER_PAGE_MAX)
                     .map(|(_, id)| schema::DELIVERED.key(&(*id, authority.clone())))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if !keys.is_empty() {
-            self.out.reads.push_back(crate::machine::ReadRequest { table: schema::Table::Delivered, keys });
+                    .collect();
+                (keys, page.next().copied())
+            }
+            None => (Vec::new(), None),
+        };
+        if keys.is_empty() {
+            return self.out.send(authority, Message::RedeliverPage { next: None });
         }
+        self.redelivery_next.insert(authority.clone(), next);
+        self.out.reads.push_back(crate::machine::ReadRequest { table: schema::Table::Delivered, keys });
     }
 
     /// A peer refused something we sent (an authority refusing a notification, a hub a relay):

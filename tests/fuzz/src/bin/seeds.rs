@@ -130,7 +130,8 @@ fn main() {
         Message::Refused(Refused { lookup_id: Some(LookupId([7; 16])), code: RefusalCode::ClockSkew }),
     );
     seen.insert("lookup", Message::Lookup(lookup));
-    seen.insert("redeliver", Message::Redeliver { since: fed.start });
+    seen.insert("redeliver", Message::Redeliver { since: fed.start, from: LookupId([0; 16]) });
+    seen.insert("redeliver-page", Message::RedeliverPage { next: Some((net.now, LookupId([9; 16]))) });
     // The periodic sync between hubs: a digest, and the marks of a bucket that differed.
     let marks = vec![wire::Mark { origin: code("204"), seq: 2, head_at: net.now }];
     let (directory, fingerprints) = (wire::directory_fingerprint(&fed.directory.directory), wire::fingerprints(&marks));

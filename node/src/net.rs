@@ -42,6 +42,9 @@ pub const CLOSE_SHUTDOWN: u32 = 4;
 const SESSION_OK_MS: u64 = 10_000;
 /// Frames a setting may send in one lookup session (a `Sync` and a `Lookup`).
 const SETTING_SESSION_FRAMES_MAX: usize = 4;
+/// A lookup session's frames all come within this (a setting sends them at once); a stream that
+/// stays open longer is let go, so that idle streams cannot hold the hub's sessions.
+const SETTING_SESSION_READ: Duration = Duration::from_secs(10);
 
 /// What every connection task shares.
 #[derive(Clone)]
@@ -563,8 +566,28 @@ async fn setting_session(
     });
     // A session is a Sync then a Lookup: at most a few frames; one more closes the connection.
     let own = connection_budget();
+    let reading = read_setting_session(&conn, &code, conn_id, &mut recv, &own, &ctx);
+    if tokio::time::timeout(SETTING_SESSION_READ, reading).await.is_ok() {
+        // The event loop drops its sender once the session is answered (or the peer left).
+        let _ = tokio::time::timeout(Duration::from_secs(30), writer).await;
+    } else {
+        warn!(setting = %code, "a lookup session's frames did not all come within 10 s: let go");
+        writer.abort();
+    }
+    let _ = ctx.inputs.send(Input::Disconnected { peer: code, conn_id }).await;
+}
+
+/// Reads a lookup session's frames (at most [`SETTING_SESSION_FRAMES_MAX`]) and hands them on.
+async fn read_setting_session(
+    conn: &quinn::Connection,
+    code: &OdsCode,
+    conn_id: u64,
+    recv: &mut quinn::RecvStream,
+    own: &Arc<Semaphore>,
+    ctx: &NetContext,
+) {
     for read in 0..=SETTING_SESSION_FRAMES_MAX {
-        match transport::read_frame(&mut recv).await {
+        match transport::read_frame(recv).await {
             Ok(Some(_)) if read == SETTING_SESSION_FRAMES_MAX => {
                 warn!(setting = %code, "more frames than a lookup session holds: closing the connection");
                 let _ = ctx.inputs.send(Input::BadFrame).await;
@@ -572,8 +595,8 @@ async fn setting_session(
                 break;
             }
             Ok(Some((message, size))) => {
-                let delivered = pre_verify(&ctx, &code, message);
-                if deliver(&ctx, &own, &code, conn_id, (Box::new(delivered), size)).await.is_err() {
+                let delivered = pre_verify(ctx, code, message);
+                if deliver(ctx, own, code, conn_id, (Box::new(delivered), size)).await.is_err() {
                     break;
                 }
             }
@@ -586,9 +609,6 @@ async fn setting_session(
             }
         }
     }
-    // The event loop drops its sender once the session is answered (or the peer left).
-    let _ = tokio::time::timeout(Duration::from_secs(30), writer).await;
-    let _ = ctx.inputs.send(Input::Disconnected { peer: code, conn_id }).await;
 }
 
 #[cfg(test)]

@@ -32,6 +32,9 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 /// Most lookup sessions of care settings open at once; more are turned away.
 pub const SETTING_SESSIONS_MAX: usize = 4_096;
+/// Most lookup sessions of one care setting open at once (its gateway's callers, hedged): more
+/// are turned away, so that one setting (or one stolen key) cannot hold every session.
+pub const SETTING_SESSIONS_PER_SETTING_MAX: usize = 256;
 /// Writes handed to the store and not yet durable past which the loop takes no new input (what
 /// waits goes back to the network as back-pressure): four commits' worth, so that however slow
 /// the disk, what waits for it in memory stays a few MB (a notification's write is about 1 KB).
@@ -294,6 +297,8 @@ struct Node {
     seen: BTreeMap<OdsCode, Seen>,
     /// Setting sessions by connection id (one lookup each); the sender is dropped once answered.
     settings: HashMap<u64, SettingSession>,
+    /// Sessions open per setting (those in `settings`).
+    sessions_of: HashMap<OdsCode, usize>,
     /// Sessions waiting for the answer to a lookup id, oldest first (a retry adds one).
     lookup_routes: HashMap<LookupId, VecDeque<(u64, Instant)>>,
     /// Each setting's session that last sent something other than a lookup (its `Sync`): where
@@ -335,6 +340,7 @@ impl Node {
             peers: BTreeMap::new(),
             seen: BTreeMap::new(),
             settings: HashMap::new(),
+            sessions_of: HashMap::new(),
             lookup_routes: HashMap::new(),
             sync_routes: HashMap::new(),
             dialing: BTreeMap::new(),
@@ -498,15 +504,21 @@ impl Node {
         out: mpsc::Sender<Vec<u8>>,
         conn: quinn::Connection,
     ) {
+        let open = self.sessions_of.get(&peer).copied().unwrap_or(0);
         if self.settings.len() >= SETTING_SESSIONS_MAX {
             warn!(setting = %peer, "too many setting sessions open: this one is turned away");
             self.metrics.connection_refused("setting_sessions_full");
             return;
         }
-        let first = !self.settings.values().any(|s| s.code == peer);
+        if open >= SETTING_SESSIONS_PER_SETTING_MAX {
+            warn!(setting = %peer, "too many sessions of this setting open: this one is turned away");
+            self.metrics.connection_refused("setting_sessions_of_one_setting");
+            return;
+        }
         self.saw(&peer, key);
         self.settings.insert(conn_id, SettingSession { code: peer.clone(), out: Some(out), conn });
-        if first {
+        self.sessions_of.insert(peer.clone(), open + 1);
+        if open == 0 {
             self.machine.handle_connected(&peer, key.id(), net::now());
         }
     }
@@ -520,7 +532,13 @@ impl Node {
     }
 
     fn on_disconnected(&mut self, peer: &OdsCode, conn_id: u64) {
-        if self.settings.remove(&conn_id).is_some() {
+        if let Some(session) = self.settings.remove(&conn_id) {
+            let open = self.sessions_of.get(&session.code).map_or(0, |n| n.saturating_sub(1));
+            if open == 0 {
+                self.sessions_of.remove(&session.code);
+            } else {
+                self.sessions_of.insert(session.code, open);
+            }
             self.lookup_routes.retain(|_, waiting| {
                 waiting.retain(|(c, _)| *c != conn_id);
                 !waiting.is_empty()
@@ -528,7 +546,7 @@ impl Node {
             if self.sync_routes.get(peer) == Some(&conn_id) {
                 self.sync_routes.remove(peer);
             }
-            if !self.settings.values().any(|s| s.code == *peer) {
+            if open == 0 {
                 self.machine.handle_disconnected(peer);
             }
             return;

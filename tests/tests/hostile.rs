@@ -23,6 +23,11 @@ fn spec() -> FederationSpec {
     )
 }
 
+/// [`spec`] with a second care setting.
+fn two_settings() -> FederationSpec {
+    spec().setting("RXH02", "Brighton Walk-in Centre", SettingType::WalkInCentre, &["HUBS"])
+}
+
 fn request() -> LookupRequest {
     LookupRequest {
         nhs: NhsNumber::parse("9434765919").unwrap(),
@@ -36,8 +41,8 @@ async fn metric(fed: &Fed, code: &str, line_start: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(line_start))
         .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+        .and_then(|v| v.parse::<f64>().ok()) // gauges are written as floats
+        .map_or(0, |v| v as u64)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,4 +171,45 @@ async fn garbage_bytes_and_oversized_frame__connection_closed__nothing_stored_ch
         "only the good lookup was stored: {changed:?}"
     );
     assert_eq!(changed.len(), 1);
+}
+
+/// One setting (or one stolen key) opening lookup streams and sending a byte on each, never a
+/// whole frame: it holds no more than its share of the hub's sessions (the rest are turned away
+/// and counted), another setting is still answered, and the streams are let go after 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_holding_idle_streams__holds_no_more_than_its_share__is_let_go__another_is_answered() {
+    let fed = Fed::create(two_settings());
+    let hub = fed.start("HUBS").await;
+    let admit: transport::Admit = Arc::new(|_| Ok(()));
+    let endpoint =
+        transport::endpoint("127.0.0.1:0".parse().unwrap(), &fed.fed.identity("RXH01").seed(), admit).unwrap();
+    let per_connection = 16;
+    let connections = cpis_node::runtime::SETTING_SESSIONS_PER_SETTING_MAX / per_connection + 2;
+    let (mut conns, mut streams) = (Vec::new(), Vec::new());
+    for _ in 0..connections {
+        let conn = transport::connect(&endpoint, fed.hub_addresses["HUBS"]).await.unwrap();
+        for _ in 0..per_connection {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_all(&[0]).await.unwrap();
+            streams.push((send, recv));
+        }
+        conns.push(conn);
+    }
+    let turned_away = "cpis_connections_refused_total{reason=\"setting_sessions_of_one_setting\"}";
+    wait_until("the sessions past its share are turned away", Duration::from_secs(10), || async {
+        metric(&fed, "HUBS", turned_away).await >= 2 * per_connection as u64
+    })
+    .await;
+    wait_until("its share of sessions open", Duration::from_secs(5), || async {
+        metric(&fed, "HUBS", "cpis_settings_connected").await == 256
+    })
+    .await;
+    lookup(&fed.setting_config("RXH02"), request()).await.expect("another setting is answered");
+    wait_until("the idle streams are let go", Duration::from_secs(20), || async {
+        metric(&fed, "HUBS", "cpis_settings_connected").await == 0
+    })
+    .await;
+    drop((streams, conns));
+    endpoint.close(0u32.into(), b"");
+    hub.shutdown().await;
 }

@@ -9,7 +9,7 @@ use cpis_protocol::machine::{Command, Reply};
 use cpis_protocol::records::AccessEvent;
 use cpis_protocol::sign::{PublicKey, Verified};
 use cpis_protocol::wire::{Message, VerifiedBatch};
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 /// Inputs waiting for the event loop before senders wait (back-pressure onto the network).
 pub const INPUT_QUEUE_MAX: usize = 16_384;
@@ -49,7 +49,7 @@ pub enum Input {
         conn_id: u64,
         link: Link,
         /// Frames towards the peer (whole frames, as `wire::encode_frame` made them).
-        out: mpsc::Sender<Vec<u8>>,
+        out: crate::net::FrameSender,
         conn: quinn::Connection,
     },
     /// That connection (or setting session) ended.

@@ -16,7 +16,7 @@ use cpis_protocol::time::Timestamp;
 use cpis_protocol::wire::{self, Message};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -25,6 +25,59 @@ use tracing::{debug, info, warn};
 /// Frames queued towards one peer before new ones are dropped (the protocol's anti-entropy and
 /// retries recover anything dropped).
 pub const PEER_QUEUE_FRAMES_MAX: usize = 8_192;
+/// Bytes of frames queued towards one peer before new ones are dropped: a peer that reads slowly,
+/// or not at all, holds at most this much of the node's memory.
+pub const PEER_QUEUE_BYTES_MAX: usize = 64 << 20;
+/// A peer that takes none of a frame for this long is let go (a member reconnects and syncs).
+const PEER_WRITE_STALL: Duration = Duration::from_secs(60);
+
+/// The sending end of a connection's queue of frames, bounded in frames and in bytes.
+#[derive(Clone, Debug)]
+pub struct FrameSender {
+    tx: mpsc::Sender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl FrameSender {
+    /// Queues a frame, or gives it back if the queue is full (in frames or in bytes) or closed.
+    pub fn try_send(&self, frame: Vec<u8>) -> Result<(), Vec<u8>> {
+        let len = frame.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > PEER_QUEUE_BYTES_MAX {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return Err(frame);
+        }
+        self.tx.try_send(frame).map_err(|e| {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            e.into_inner()
+        })
+    }
+
+    /// Frames queued now.
+    pub fn frames(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+/// The receiving end of [`FrameSender`]'s queue, held by the connection's writer.
+pub struct FrameReceiver {
+    rx: mpsc::Receiver<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl FrameReceiver {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        let frame = self.rx.recv().await?;
+        self.queued.fetch_sub(frame.len(), Ordering::Relaxed);
+        Some(frame)
+    }
+}
+
+/// A queue of at most `frames` frames and [`PEER_QUEUE_BYTES_MAX`] bytes.
+pub fn frame_queue(frames: usize) -> (FrameSender, FrameReceiver) {
+    let (tx, rx) = mpsc::channel(frames);
+    let queued = Arc::new(AtomicUsize::new(0));
+    (FrameSender { tx, queued: queued.clone() }, FrameReceiver { rx, queued })
+}
 /// Longest wait for a QUIC handshake when dialling.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// QUIC application error code: the peer sent bytes that are not a valid frame.
@@ -337,7 +390,7 @@ impl Backoff {
 async fn run_member_session(conn: quinn::Connection, peer: OdsCode, key: PublicKey, ctx: NetContext) {
     let _open = SessionOpen::new(&ctx, &peer);
     let conn_id = ctx.conn_id();
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(PEER_QUEUE_FRAMES_MAX);
+    let (tx, rx) = frame_queue(PEER_QUEUE_FRAMES_MAX);
     let connected =
         Input::Connected { peer: peer.clone(), key, conn_id, link: Link::Member, out: tx, conn: conn.clone() };
     if ctx.inputs.send(connected).await.is_err() {
@@ -379,14 +432,15 @@ impl Drop for SessionOpen {
     }
 }
 
-async fn write_frames_uni(conn: quinn::Connection, mut rx: mpsc::Receiver<Vec<u8>>) {
+async fn write_frames_uni(conn: quinn::Connection, mut rx: FrameReceiver) {
     let Ok(mut send) = conn.open_uni().await else {
         return;
     };
     while let Some(frame) = rx.recv().await {
-        if write_frame(&mut send, &frame).await.is_err() {
-            // A connection that can no longer carry our frames must not look alive.
-            conn.close(CLOSE_BAD_FRAME.into(), b"stream failed");
+        if !matches!(tokio::time::timeout(PEER_WRITE_STALL, write_frame(&mut send, &frame)).await, Ok(Ok(()))) {
+            // A connection that can no longer carry our frames (or whose peer takes none) must
+            // not look alive.
+            conn.close(CLOSE_BAD_FRAME.into(), b"stream failed or stalled");
             return;
         }
     }
@@ -550,13 +604,13 @@ async fn setting_session(
     ctx: NetContext,
 ) {
     let conn_id = ctx.conn_id();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let (tx, mut rx) = frame_queue(64);
     let connected =
         Input::Connected { peer: code.clone(), key, conn_id, link: Link::Setting, out: tx, conn: conn.clone() };
     if ctx.inputs.send(connected).await.is_err() {
         return;
     }
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
             if write_frame(&mut send, &frame).await.is_err() {
                 return;
@@ -568,8 +622,11 @@ async fn setting_session(
     let own = connection_budget();
     let reading = read_setting_session(&conn, &code, conn_id, &mut recv, &own, &ctx);
     if tokio::time::timeout(SETTING_SESSION_READ, reading).await.is_ok() {
-        // The event loop drops its sender once the session is answered (or the peer left).
-        let _ = tokio::time::timeout(Duration::from_secs(30), writer).await;
+        // The event loop drops its sender once the session is answered (or the peer left); a
+        // setting that does not take its answer is let go.
+        if tokio::time::timeout(Duration::from_secs(30), &mut writer).await.is_err() {
+            writer.abort();
+        }
     } else {
         warn!(setting = %code, "a lookup session's frames did not all come within 10 s: let go");
         writer.abort();
@@ -615,6 +672,25 @@ async fn read_setting_session(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A peer that reads nothing holds at most [`PEER_QUEUE_BYTES_MAX`] of frames (and at most
+    /// the queue's frames); what its writer takes is freed.
+    #[tokio::test]
+    async fn a_frame_queue_holds_at_most_its_bytes_and_frames_freed_as_its_writer_takes_them() {
+        let (tx, mut rx) = frame_queue(PEER_QUEUE_FRAMES_MAX);
+        let frame = vec![0u8; 4 << 20];
+        for _ in 0..PEER_QUEUE_BYTES_MAX / frame.len() {
+            tx.try_send(frame.clone()).unwrap();
+        }
+        assert!(tx.try_send(vec![0]).is_err(), "64 MiB queued: one byte more is refused");
+        assert_eq!(tx.frames(), 16);
+        assert_eq!(rx.recv().await.map(|f| f.len()), Some(frame.len()));
+        assert!(tx.try_send(frame.clone()).is_ok(), "a frame taken frees its bytes");
+        assert!(tx.try_send(vec![0]).is_err());
+        let (tx, _rx) = frame_queue(2);
+        assert!(tx.try_send(vec![0]).is_ok() && tx.try_send(vec![0]).is_ok());
+        assert_eq!(tx.try_send(vec![7]), Err(vec![7]), "two frames queued: a third is given back");
+    }
 
     fn waits(backoff: &mut Backoff, n: usize, random: u64) -> Vec<u64> {
         (0..n).map(|_| backoff.next_wait(random).as_millis() as u64).collect()

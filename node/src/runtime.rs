@@ -257,7 +257,7 @@ const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_secs(3_600);
 struct PeerConn {
     conn_id: u64,
     role: Role,
-    out: mpsc::Sender<Vec<u8>>,
+    out: net::FrameSender,
     conn: quinn::Connection,
 }
 
@@ -271,14 +271,14 @@ struct Seen {
 
 impl PeerConn {
     fn queued(&self) -> usize {
-        self.out.max_capacity() - self.out.capacity()
+        self.out.frames()
     }
 }
 
 /// One lookup session of a care setting.
 struct SettingSession {
     code: OdsCode,
-    out: Option<mpsc::Sender<Vec<u8>>>,
+    out: Option<net::FrameSender>,
     conn: quinn::Connection,
 }
 
@@ -483,7 +483,7 @@ impl Node {
         peer: OdsCode,
         key: PublicKey,
         conn_id: u64,
-        out: mpsc::Sender<Vec<u8>>,
+        out: net::FrameSender,
         conn: quinn::Connection,
     ) {
         let role = self.machine.directory().member(&peer).map_or(Role::Setting, |m| m.role);
@@ -501,7 +501,7 @@ impl Node {
         peer: OdsCode,
         key: PublicKey,
         conn_id: u64,
-        out: mpsc::Sender<Vec<u8>>,
+        out: net::FrameSender,
         conn: quinn::Connection,
     ) {
         let open = self.sessions_of.get(&peer).copied().unwrap_or(0);

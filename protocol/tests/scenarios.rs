@@ -505,6 +505,33 @@ fn visits_relayed_by_a_third_hub__refused() {
 }
 
 #[test]
+fn a_hub_wrapping_one_lookup_in_several_visits_of_its_own__only_the_first_is_kept() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    net.lookup("RXH01", "HUBS", nhs(CHILD));
+    net.run_for(2_000);
+    // HUBN, hostile, wraps the access event of HUBS's visit in three visits of its own.
+    let visit = net.hub("HUBS").history(nhs(CHILD))[0].clone();
+    let fed = net.fed.clone();
+    let wrap = |seq| {
+        let mut entry = visit.body.clone();
+        (entry.origin, entry.seq) = (code("HUBN"), seq);
+        fed.identity("HUBN").sign(entry)
+    };
+    let stored = |net: &Net| net.disk("HUBS").table(Table::Entries).count();
+    let before = stored(&net);
+    let first =
+        FeedBatch { origin: code("HUBN"), after: 0, upto: 2, entries: vec![wrap(1), wrap(2)], head: None, more: false };
+    net.send_as("HUBN", "HUBS", Message::Feed(first));
+    net.run_for(1_000);
+    let again = FeedBatch { origin: code("HUBN"), after: 2, upto: 3, entries: vec![wrap(3)], head: None, more: false };
+    net.send_as("HUBN", "HUBS", Message::Feed(again));
+    net.run_for(1_000);
+    assert_eq!(stored(&net) - before, 1, "one visit of that lookup from HUBN, the first");
+}
+
+#[test]
 fn record_signed_after_its_key_was_retired__refused() {
     let mut net = net();
     net.run_for(2_000);

@@ -7,14 +7,14 @@ use crate::authority::{FEED_ENTRIES_MAX, run_batches};
 use crate::codec;
 use crate::directory::Role;
 use crate::feed::{Applied, EntryBody, FeedHead, LiveFeed, SignedEntry, SignedHead, verify_entry};
-use crate::ids::OdsCode;
+use crate::ids::{LookupId, OdsCode};
 use crate::machine::{Event, Transmit};
 use crate::refusal::Refusal;
 use crate::schema::{self, StoreOp};
 use crate::sign::Verified;
 use crate::time::{DAY_MS, Timestamp};
 use crate::wire::{BATCH_ENTRIES_MAX, DIGEST_BUCKETS, FeedBatch, Mark, Message, bucket_of};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A rough size of one entry on the wire, for a sync reply's byte budget.
 const ENTRY_BYTES_ESTIMATE: usize = 320;
@@ -640,6 +640,16 @@ impl Hub {
         }
     }
 
+    /// Whether `origin`'s visits hold one of the lookup `e` is a visit of.
+    fn visit_held(&self, origin: &OdsCode, e: &SignedEntry) -> bool {
+        let (EntryBody::Visit(v), Some(feed)) = (&e.body.body, self.visits.get(origin)) else { return false };
+        let Some(of_child) = self.visits_by_nhs.get(&v.body.nhs) else { return false };
+        let same_time = (v.body.at, origin.clone(), 0)..=(v.body.at, origin.clone(), u64::MAX);
+        of_child
+            .range(same_time)
+            .any(|(_, _, seq)| feed.entries.get(seq).and_then(visit_lookup) == Some(v.body.lookup_id))
+    }
+
     /// A run of a hub's visits, from that hub (or ours, back from a peer).
     fn on_visits(&mut self, from: &OdsCode, batch: FeedBatch, _now: Timestamp) -> Result<(), Refusal> {
         let origin = batch.origin.clone();
@@ -654,6 +664,7 @@ impl Hub {
         }
         let mut prev = batch.after;
         let mut new = Vec::new();
+        let mut lookups = BTreeSet::new();
         for e in batch.entries {
             if e.body.origin != origin {
                 return Err(Refusal::EntryOrigin(e.body.origin.clone()));
@@ -676,6 +687,10 @@ impl Hub {
                     });
                 }
                 None if e.body.seq <= mark && origin != self.code => continue,
+                // A hub records a lookup once: another visit of it from the same hub (a hostile
+                // one wrapping the access events it relays) adds nothing.
+                None if self.visit_held(&origin, &e) => continue,
+                None if visit_lookup(&e).is_some_and(|id| !lookups.insert(id)) => continue,
                 None => new.push(verify_entry(&self.dir.trusted, e)?.into_signed()),
             }
         }
@@ -733,5 +748,13 @@ impl Hub {
         let config = &self.config;
         self.recent_lookups.retain(|_, (at, _)| config.remembers_lookup(*at, now));
         self.limits.prune(now);
+    }
+}
+
+/// The lookup a visit entry records.
+fn visit_lookup(e: &SignedEntry) -> Option<LookupId> {
+    match &e.body.body {
+        EntryBody::Visit(v) => Some(v.body.lookup_id),
+        _ => None,
     }
 }

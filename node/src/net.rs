@@ -294,7 +294,7 @@ pub async fn dial_loop(
     endpoint: quinn::Endpoint,
     ctx: NetContext,
     peer: OdsCode,
-    addr: SocketAddr,
+    address: DialAddress,
     dial: Dial,
     backoff_ms: (u64, u64),
 ) {
@@ -304,6 +304,17 @@ pub async fn dial_loop(
         if *shutdown.borrow() {
             return;
         }
+        let Some(addr) = address.resolve().await else {
+            warn!(%peer, "none of the hub's addresses in the directory could be looked up");
+            if dial == Dial::Once {
+                return;
+            }
+            let wait = backoff.next_wait(rand::random());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => continue,
+                _ = shutdown.changed() => return,
+            }
+        };
         if ctx.has_session(&peer) {
             // The peer dialled us: that connection serves; look again later.
             if dial == Dial::Once {
@@ -354,6 +365,33 @@ pub async fn dial_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Where a hub is dialled: the address its config gives, or the names the directory lists, looked
+/// up at each attempt (in the dialling task: a slow DNS never holds the event loop).
+#[derive(Clone, Debug)]
+pub enum DialAddress {
+    Fixed(SocketAddr),
+    Listed(Vec<String>),
+}
+
+impl DialAddress {
+    /// The first address a name gives, each name looked up within [`CONNECT_TIMEOUT_MS`].
+    async fn resolve(&self) -> Option<SocketAddr> {
+        let names = match self {
+            DialAddress::Fixed(addr) => return Some(*addr),
+            DialAddress::Listed(names) => names,
+        };
+        for name in names {
+            let lookup = tokio::net::lookup_host(name.as_str());
+            if let Ok(Ok(mut addrs)) = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), lookup).await
+                && let Some(addr) = addrs.next()
+            {
+                return Some(addr);
+            }
+        }
+        None
     }
 }
 
@@ -690,6 +728,17 @@ mod tests {
         let (tx, _rx) = frame_queue(2);
         assert!(tx.try_send(vec![0]).is_ok() && tx.try_send(vec![0]).is_ok());
         assert_eq!(tx.try_send(vec![7]), Err(vec![7]), "two frames queued: a third is given back");
+    }
+
+    /// A hub's address is looked up in the dialling task, the first name that gives one used.
+    #[tokio::test]
+    async fn a_hubs_listed_names_are_looked_up_in_turn_a_fixed_address_is_itself() {
+        let fixed: SocketAddr = "127.0.0.1:4433".parse().unwrap();
+        assert_eq!(DialAddress::Fixed(fixed).resolve().await, Some(fixed));
+        let listed = DialAddress::Listed(vec!["a name without a port".into(), "localhost:4433".into()]);
+        let found = listed.resolve().await.expect("localhost is looked up");
+        assert!(found.ip().is_loopback() && found.port() == 4433, "{found}");
+        assert_eq!(DialAddress::Listed(vec!["no port".into()]).resolve().await, None);
     }
 
     fn waits(backoff: &mut Backoff, n: usize, random: u64) -> Vec<u64> {

@@ -771,7 +771,7 @@ impl Node {
             }
             let Some(addr) = self.address_of(&dir, &target) else {
                 if !again {
-                    warn!(peer = %target, "no usable address for this hub: set hub_addresses in the config");
+                    warn!(peer = %target, "the directory lists no address for this hub: set hub_addresses in the config");
                 }
                 continue;
             };
@@ -781,12 +781,12 @@ impl Node {
         }
     }
 
-    fn address_of(&self, dir: &TrustedDirectory, hub: &OdsCode) -> Option<SocketAddr> {
+    fn address_of(&self, dir: &TrustedDirectory, hub: &OdsCode) -> Option<net::DialAddress> {
         if let Some(addr) = self.config.hub_addresses.get(hub.as_str()) {
-            return Some(*addr);
+            return Some(net::DialAddress::Fixed(*addr));
         }
-        let member = dir.member(hub)?;
-        member.addresses.iter().find_map(|a| std::net::ToSocketAddrs::to_socket_addrs(a).ok()?.next())
+        let listed = &dir.member(hub)?.addresses;
+        (!listed.is_empty()).then(|| net::DialAddress::Listed(listed.clone()))
     }
 
     /// The oldest session waiting for this lookup's answer.

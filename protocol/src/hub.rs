@@ -313,9 +313,6 @@ pub(crate) enum After {
     },
 }
 
-/// Most lookups remembered for replay protection (older ones leave first).
-pub const RECENT_LOOKUPS_MAX: usize = 1 << 20;
-
 /// A hub's state machine.
 pub struct Hub {
     code: OdsCode,
@@ -326,7 +323,9 @@ pub struct Hub {
     visits: BTreeMap<OdsCode, VisitFeed>,
     visits_by_nhs: HashMap<NhsNumber, BTreeSet<(Timestamp, OdsCode, u64)>>,
     staging: BTreeMap<(OdsCode, OdsCode), Staging>,
-    /// Lookups seen within the replay window: their time and signature.
+    /// Lookups seen within the replay window: their time and signature. Bounded by the lookups
+    /// the rate limits let in over that window (twice the clock skew); none may leave early, or
+    /// a replay inside the window would be answered again.
     recent_lookups: HashMap<LookupId, (Timestamp, crate::sign::SignatureBytes)>,
     limits: RateLimits,
     outbox: BTreeMap<(LookupId, OdsCode), OutboxItem>,

@@ -532,6 +532,29 @@ fn a_hub_wrapping_one_lookup_in_several_visits_of_its_own__only_the_first_is_kep
 }
 
 #[test]
+fn a_run_begun_with_an_entry_its_origin_did_not_sign__refused_before_it_is_kept() {
+    let mut net = net();
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    net.run_for(2_000);
+    let held = net.hub("HUBN").replicas()[&code("204")].feed().entries().next().unwrap().clone();
+    // A later entry of Hackney's in a run with no head yet, its signature Hackney's over another body.
+    let mut forged = held.clone();
+    forged.body.seq = held.body.seq + 1;
+    let batch = FeedBatch {
+        origin: code("204"),
+        after: held.body.seq,
+        upto: held.body.seq + 10,
+        entries: vec![forged],
+        head: None,
+        more: true,
+    };
+    let before = refused(&net, "HUBN", |_| true);
+    net.send_as("HUBS", "HUBN", Message::Feed(batch));
+    net.run_for(100);
+    assert_eq!(refused(&net, "HUBN", |_| true) - before, 1, "refused as it comes, not kept for its head");
+}
+
+#[test]
 fn record_signed_after_its_key_was_retired__refused() {
     let mut net = net();
     net.run_for(2_000);

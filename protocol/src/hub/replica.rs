@@ -303,6 +303,18 @@ impl Hub {
         {
             return Err(Refusal::HeadNotAtUpto { head_seq: head.body.seq, upto });
         }
+        // Entries kept until their run's head comes are first checked as their origin's (the
+        // driver's check failed, or it had none): a peer cannot park what no authority signed.
+        let entries = if head.is_some() {
+            entries
+        } else {
+            let dir = &self.dir.trusted;
+            let checked = entries.into_iter().map(|e| match e {
+                Incoming::Signed(e) => verify_entry(dir, e).map(Incoming::Verified),
+                verified => Ok(verified),
+            });
+            checked.collect::<Result<Vec<_>, _>>()?
+        };
         let key = (from.clone(), origin.clone());
         // Every run this peer has begun, across origins, counts against one bound.
         let staged_by_peer: usize = self

@@ -303,18 +303,7 @@ impl Hub {
         {
             return Err(Refusal::HeadNotAtUpto { head_seq: head.body.seq, upto });
         }
-        // Entries kept until their run's head comes are first checked as their origin's (the
-        // driver's check failed, or it had none): a peer cannot park what no authority signed.
-        let entries = if head.is_some() {
-            entries
-        } else {
-            let dir = &self.dir.trusted;
-            let checked = entries.into_iter().map(|e| match e {
-                Incoming::Signed(e) => verify_entry(dir, e).map(Incoming::Verified),
-                verified => Ok(verified),
-            });
-            checked.collect::<Result<Vec<_>, _>>()?
-        };
+        let held = self.authorities.get(&origin).and_then(|r| r.head.as_ref()).map_or(0, |h| h.body.seq);
         let key = (from.clone(), origin.clone());
         // Every run this peer has begun, across origins, counts against one bound.
         let staged_by_peer: usize = self
@@ -345,7 +334,23 @@ impl Hub {
             }
             prev = e.seq;
         }
-        staged.entries.extend(entries);
+        // A run up to what we hold already: only its head counts (a fresher signature of it, or an
+        // equivocation), its entries are not kept. Entries kept until a newer run's head comes
+        // are first checked as their origin's (the driver's check failed, or it had none): a
+        // peer cannot park what no authority signed.
+        if upto <= held {
+            staged.entries.clear();
+        } else if head.is_some() {
+            staged.entries.extend(entries);
+        } else {
+            let dir = &self.dir.trusted;
+            for e in entries {
+                staged.entries.push(match e {
+                    Incoming::Signed(e) => Incoming::Verified(verify_entry(dir, e)?),
+                    verified => verified,
+                });
+            }
+        }
         let Some(head) = head else { return Ok(()) };
         let run = self.staging.remove(&key).map(|s| s.entries).unwrap_or_default();
         self.apply_run(from, role, &origin, after, run, head, now)

@@ -31,6 +31,27 @@ pub const PEER_QUEUE_BYTES_MAX: usize = 64 << 20;
 /// A peer that takes none of a frame for this long is let go (a member reconnects and syncs).
 const PEER_WRITE_STALL: Duration = Duration::from_secs(60);
 
+/// Longest wait for a QUIC handshake when dialling.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// QUIC application error code: the peer sent bytes that are not a valid frame.
+pub const CLOSE_BAD_FRAME: u32 = 1;
+/// QUIC application error code: the peer's key is no longer admitted by the directory.
+pub const CLOSE_NOT_ADMITTED: u32 = 2;
+/// QUIC application error code: replaced by a newer connection from the same peer.
+pub const CLOSE_REPLACED: u32 = 3;
+/// QUIC application error code: the node is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 4;
+
+/// A session with a member that lasts at least this long counts as a success: the next
+/// redial starts again from the shortest delay. A shorter one (a refusal shows only on the first
+/// stream in TLS 1.3) keeps backing off.
+const SESSION_OK_MS: u64 = 10_000;
+/// Frames a setting may send in one lookup session (a `Sync` and a `Lookup`).
+const SETTING_SESSION_FRAMES_MAX: usize = 4;
+/// A lookup session's frames all come within this (a setting sends them at once); a stream that
+/// stays open longer is let go, so that idle streams cannot hold the hub's sessions.
+const SETTING_SESSION_READ: Duration = Duration::from_secs(10);
+
 /// The sending end of a connection's queue of frames, bounded in frames and in bytes.
 #[derive(Clone, Debug)]
 pub struct FrameSender {
@@ -78,27 +99,6 @@ pub fn frame_queue(frames: usize) -> (FrameSender, FrameReceiver) {
     let queued = Arc::new(AtomicUsize::new(0));
     (FrameSender { tx, queued: queued.clone() }, FrameReceiver { rx, queued })
 }
-/// Longest wait for a QUIC handshake when dialling.
-pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// QUIC application error code: the peer sent bytes that are not a valid frame.
-pub const CLOSE_BAD_FRAME: u32 = 1;
-/// QUIC application error code: the peer's key is no longer admitted by the directory.
-pub const CLOSE_NOT_ADMITTED: u32 = 2;
-/// QUIC application error code: replaced by a newer connection from the same peer.
-pub const CLOSE_REPLACED: u32 = 3;
-/// QUIC application error code: the node is shutting down.
-pub const CLOSE_SHUTDOWN: u32 = 4;
-
-/// A session with a member that lasts at least this long counts as a success: the next
-/// redial starts again from the shortest delay. A shorter one (a refusal shows only on the first
-/// stream in TLS 1.3) keeps backing off.
-const SESSION_OK_MS: u64 = 10_000;
-/// Frames a setting may send in one lookup session (a `Sync` and a `Lookup`).
-const SETTING_SESSION_FRAMES_MAX: usize = 4;
-/// A lookup session's frames all come within this (a setting sends them at once); a stream that
-/// stays open longer is let go, so that idle streams cannot hold the hub's sessions.
-const SETTING_SESSION_READ: Duration = Duration::from_secs(10);
-
 /// What every connection task shares.
 #[derive(Clone)]
 pub struct NetContext {
@@ -304,6 +304,16 @@ pub async fn dial_loop(
         if *shutdown.borrow() {
             return;
         }
+        if ctx.has_session(&peer) {
+            // The peer dialled us: that connection serves; look again later.
+            if dial == Dial::Once {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(backoff_ms.0)) => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
         let Some(addr) = address.resolve().await else {
             warn!(%peer, "none of the hub's addresses in the directory could be looked up");
             if dial == Dial::Once {
@@ -315,16 +325,6 @@ pub async fn dial_loop(
                 _ = shutdown.changed() => return,
             }
         };
-        if ctx.has_session(&peer) {
-            // The peer dialled us: that connection serves; look again later.
-            if dial == Dial::Once {
-                return;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(backoff_ms.0)) => continue,
-                _ = shutdown.changed() => return,
-            }
-        }
         let connect = transport::connect_with(&endpoint, ctx.dial_config.clone(), addr);
         let attempt = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect);
         match attempt.await {

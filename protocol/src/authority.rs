@@ -173,9 +173,10 @@ pub struct Authority {
     held: BTreeMap<OdsCode, BTreeMap<OdsCode, u64>>,
     /// From when each hub is asked to deliver again what it delivered (the newest notification
     /// held at the start, less the clock margin: after a restore from an older copy, what the
-    /// copy lacks), and the hubs asked since the start (each once).
+    /// copy lacks).
     redeliver_since: Timestamp,
-    /// Hubs asked this start to deliver again what they delivered (true: every page came).
+    /// Hubs asked this start to deliver again what they delivered, a page at a time (true: every
+    /// page came; one that left before the last is asked again from the start when it is back).
     redelivery: BTreeMap<OdsCode, bool>,
     /// Chunks of a run of our own feed a hub is sending back, until its head arrives.
     staging: BTreeMap<OdsCode, Vec<SignedEntry>>,

@@ -976,7 +976,7 @@ async fn import_job(State(council): State<Arc<Council>>, headers: HeaderMap, Pat
     let Some(job) = own_job(&council, &session, &id) else {
         return not_found(State(council), headers).await;
     };
-    let (running, not_sent) = (job.running(), job.rows_not_sent());
+    let running = job.running();
     let crate::jobs::Job { rows_total: total, rows_done: done, report, error, audit, .. } = job;
     let content = html! {
         @if let Some(message) = &audit { (warning(message)) }
@@ -987,10 +987,10 @@ async fn import_job(State(council): State<Arc<Council>>, headers: HeaderMap, Pat
             p class="govuk-body-s" { "This page refreshes every second until the import ends." }
         } @else {
             (import_markup(&session, report.as_deref(), error.as_deref()))
-            @if error.is_some() && report.is_some() {
+            @if let (Some(_), Some(sent)) = (&error, report.as_ref().map(|r| r.rows.len())) {
                 p class="govuk-body" id="not-sent" {
-                    "The results are of the first " (total - not_sent) " of " (total) " rows, answered before it stopped; the other "
-                    (not_sent) " were not answered (the first of them may have been imported). Import the file again: rows already imported come back unchanged."
+                    "The results are of the first " (sent) " of " (total) " rows, answered before it stopped; the other "
+                    (total - sent) " were not answered (the first of them may have been imported). Import the file again: rows already imported come back unchanged."
                 }
             }
             @if report.is_some() {

@@ -52,11 +52,6 @@ impl Job {
         self.report.is_none() && self.error.is_none()
     }
 
-    /// Rows still to import once it has ended: after the rows of its report, if it stopped part way.
-    pub fn rows_not_sent(&self) -> usize {
-        self.rows_total - self.report.as_ref().map_or(0, |r| r.rows.len())
-    }
-
     /// The job as `GET /plans/import/jobs/N` shows it.
     pub fn json(&self, id: u64) -> JobView<'_> {
         let state = match (&self.report, &self.error) {

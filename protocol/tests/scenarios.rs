@@ -9,12 +9,13 @@ use cpis_protocol::harness::{FederationSpec, Net, NetConfig, TestFederation, cod
 use cpis_protocol::hub::{HubConfig, REDELIVER_PAGE_MAX};
 use cpis_protocol::ids::{LookupId, NhsNumber, PlanRef};
 use cpis_protocol::machine::{Command, Event, Reply, RoleConfig};
-use cpis_protocol::records::{Person, Plan, PlanError, PlanType, SettingType};
+use cpis_protocol::records::{AccessEvent, Person, Plan, PlanError, PlanType, SettingType};
 use cpis_protocol::refusal::{Refusal, RefusalCode};
 use cpis_protocol::schema::{self, Table, WriteBatch};
 use cpis_protocol::setting::{AnswerError, AuthorityStatus, VerifiedAnswer};
+use cpis_protocol::sign::Signed;
 use cpis_protocol::time::{DAY_MS, Date, Timestamp};
-use cpis_protocol::wire::{FeedBatch, Mark, Message};
+use cpis_protocol::wire::{FeedBatch, Mark, Message, Notification};
 
 const CHILD: &str = "9434765919";
 const OTHER_CHILD: &str = "4010232137";
@@ -1235,6 +1236,31 @@ fn lossy_network(seed: u64) -> usize {
     net.authority("204").inbox_ids().count()
 }
 
+/// The access event of the first lookup in a hub's access log.
+fn first_access_event(net: &Net, hub: &str) -> Signed<AccessEvent> {
+    let (_, row) = net.disk(hub).table(Table::AccessLog).next().unwrap();
+    cpis_protocol::codec::decode(row, 1 << 20).unwrap()
+}
+
+/// A notification of `event` for `authority` naming `matched`, signed by `hub` as its answering hub.
+fn signed_notification(
+    net: &Net,
+    event: Signed<AccessEvent>,
+    authority: &str,
+    matched: Vec<PlanRef>,
+    hub: &str,
+) -> Signed<Notification> {
+    let n = Notification {
+        event,
+        authority: code(authority),
+        matched,
+        hub: code(hub),
+        answered_at: net.now,
+        signed_at: net.now,
+    };
+    net.fed.identity(hub).sign(n)
+}
+
 #[test]
 fn invented_notification_relayed_through_an_honest_home_hub__refused_by_the_authority__the_relay_drops_it() {
     let mut net = net();
@@ -1243,21 +1269,11 @@ fn invented_notification_relayed_through_an_honest_home_hub__refused_by_the_auth
     // A real lookup of a child Newham has no plan for, answered at HUBS.
     net.lookup("RXH01", "HUBS", nhs(OTHER_CHILD));
     net.run_for(2_000);
-    let (_, row) = net.disk("HUBS").table(Table::AccessLog).next().map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap();
-    let event: cpis_protocol::sign::Signed<cpis_protocol::records::AccessEvent> =
-        cpis_protocol::codec::decode(&row, 1 << 20).unwrap();
+    let event = first_access_event(&net, "HUBS");
     // HUBS, hostile, signs a notification of it for Newham naming Newham's plan of another child,
     // and hands it to HUBN (Newham's other home hub) to relay.
-    let fed = net.fed.clone();
-    let n = cpis_protocol::wire::Notification {
-        event,
-        authority: code("316"),
-        matched: vec![PlanRef::parse("CPP-1").unwrap()],
-        hub: code("HUBS"),
-        answered_at: net.now,
-        signed_at: net.now,
-    };
-    net.send_as("HUBS", "HUBN", Message::Notify(fed.identity("HUBS").sign(n)));
+    let n = signed_notification(&net, event, "316", vec![PlanRef::parse("CPP-1").unwrap()], "HUBS");
+    net.send_as("HUBS", "HUBN", Message::Notify(n));
     net.run_for(600_000);
     assert!(refused(&net, "316", |r| *r == Refusal::NoMatchingPlan) >= 1, "Newham refuses it");
     assert_eq!(inbox_len(&net, "316"), 0);
@@ -1274,22 +1290,12 @@ fn another_hubs_copy_with_other_matches__does_not_replace_the_answering_hubs_own
     net.isolate("316");
     let lookup = net.lookup("RXH01", "HUBS", nhs(CHILD));
     net.run_for(2_000);
-    let (_, row) = net.disk("HUBS").table(Table::AccessLog).next().map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap();
-    let event: cpis_protocol::sign::Signed<cpis_protocol::records::AccessEvent> =
-        cpis_protocol::codec::decode(&row, 1 << 20).unwrap();
+    let event = first_access_event(&net, "HUBS");
     // HUBN, hostile (and never reaching Newham itself), signs its own copy of that lookup naming
     // no plan, and hands it to HUBS: were it to replace HUBS's, Newham would refuse it and HUBS
     // would drop it, and the notification would be lost.
-    let fed = net.fed.clone();
-    let n = cpis_protocol::wire::Notification {
-        event,
-        authority: code("316"),
-        matched: vec![],
-        hub: code("HUBN"),
-        answered_at: net.now,
-        signed_at: net.now,
-    };
-    net.send_as("HUBN", "HUBS", Message::Notify(fed.identity("HUBN").sign(n)));
+    let n = signed_notification(&net, event, "316", vec![], "HUBN");
+    net.send_as("HUBN", "HUBS", Message::Notify(n));
     net.run_for(1_000);
     net.heal();
     net.cut("316", "HUBN");

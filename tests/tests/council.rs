@@ -41,6 +41,22 @@ async fn import(page: &mut Page, parts: &[(&str, Option<&str>, &str)]) -> (u16, 
     panic!("the import job {job} did not end after 200 polls");
 }
 
+/// Hackney records LAC-1 for [`CHILD`], a nurse at RXH01 looks the child up, and the notification
+/// reaches Hackney's inbox.
+async fn notified_of_a_lookup(fed: &Fed) {
+    let plan = json!({ "reference": "LAC-1", "nhs": CHILD, "plan_type": "LAC", "start": "2026-01-05" });
+    assert_eq!(api_json(fed, "204", "POST", "/plans", Some(plan)).await.0, 200);
+    wait_until("the plan reaches the hub", Duration::from_secs(20), || hub_caught_up(fed, "HUBN", "204")).await;
+    let nurse = Person { id: "N1".into(), name: "Sam Patel".into(), role: "Staff nurse".into() };
+    let request = LookupRequest { nhs: NhsNumber::parse(CHILD).unwrap(), person: nurse };
+    lookup(&fed.setting_config("RXH01"), request).await.expect("the lookup is answered");
+    wait_until("the notification reaches Hackney", Duration::from_secs(20), || async {
+        let (_, inbox) = api_json(fed, "204", "GET", "/notifications", None).await;
+        inbox["notifications"].as_array().is_some_and(|n| n.len() == 1)
+    })
+    .await;
+}
+
 /// The lookup id in the first inbox row's link.
 fn first_notification(html: &str) -> String {
     let at = html.find("href=\"/inbox/").expect("a notification link") + "href=\"/inbox/".len();
@@ -61,17 +77,7 @@ async fn council_pages__acknowledge_a_real_notification__import_with_broken_rows
     let url = hackney.pages_url().expect("the pages are served").to_string();
     let addr = url.trim_start_matches("http://").parse().unwrap();
 
-    let plan = json!({ "reference": "LAC-1", "nhs": CHILD, "plan_type": "LAC", "start": "2026-01-05" });
-    assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan)).await.0, 200);
-    wait_until("the plan reaches the hub", Duration::from_secs(20), || hub_caught_up(&fed, "HUBN", "204")).await;
-    let nurse = Person { id: "N1".into(), name: "Sam Patel".into(), role: "Staff nurse".into() };
-    let request = LookupRequest { nhs: NhsNumber::parse(CHILD).unwrap(), person: nurse };
-    lookup(&fed.setting_config("RXH01"), request).await.expect("the lookup is answered");
-    wait_until("the notification reaches Hackney", Duration::from_secs(20), || async {
-        let (_, inbox) = api_json(&fed, "204", "GET", "/notifications", None).await;
-        inbox["notifications"].as_array().is_some_and(|n| n.len() == 1)
-    })
-    .await;
+    notified_of_a_lookup(&fed).await;
 
     // A social worker sees it, opens it and acknowledges it with a note.
     let mut worker = Page::new(addr);
@@ -437,17 +443,7 @@ async fn an_action_the_audit_log_cannot_record_stands__the_person_is_told__and_i
     std::os::unix::fs::symlink("/dev/full", fed.home("204").join("pages-audit.jsonl")).unwrap();
     let hackney = fed.start_with("204", |c| c.pages = Some(PagesConfig::default())).await;
     let addr = hackney.pages_url().unwrap().trim_start_matches("http://").parse().unwrap();
-    let plan = json!({ "reference": "LAC-1", "nhs": CHILD, "plan_type": "LAC", "start": "2026-01-05" });
-    assert_eq!(api_json(&fed, "204", "POST", "/plans", Some(plan)).await.0, 200);
-    wait_until("the plan reaches the hub", Duration::from_secs(20), || hub_caught_up(&fed, "HUBN", "204")).await;
-    let nurse = Person { id: "N1".into(), name: "Sam Patel".into(), role: "Staff nurse".into() };
-    let request = LookupRequest { nhs: NhsNumber::parse(CHILD).unwrap(), person: nurse };
-    lookup(&fed.setting_config("RXH01"), request).await.expect("the lookup is answered");
-    wait_until("the notification reaches Hackney", Duration::from_secs(20), || async {
-        let (_, inbox) = api_json(&fed, "204", "GET", "/notifications", None).await;
-        inbox["notifications"].as_array().is_some_and(|n| n.len() == 1)
-    })
-    .await;
+    notified_of_a_lookup(&fed).await;
     let told = "This was done, but the council's audit log could not record it";
 
     let mut worker = Page::new(addr);

@@ -625,7 +625,7 @@ impl Node {
             // an authority asked for again): read at once; what they bring goes out next round.
             for request in out.reads {
                 let rows = self.read_rows(&request);
-                self.machine.handle_read(rows, net::now());
+                self.machine.handle_read(&request, rows, net::now());
             }
         }
     }

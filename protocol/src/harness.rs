@@ -569,10 +569,9 @@ impl Net {
                 return;
             };
             let out = m.drain();
-            if !out.reads.is_empty() {
-                let disk = self.disks.get(node);
-                let rows = out.reads.iter().flat_map(|r| disk.map(|d| d.read(r)).unwrap_or_default()).collect();
-                m.handle_read(rows, self.now);
+            for request in &out.reads {
+                let rows = self.disks.get(node).map(|d| d.read(request)).unwrap_or_default();
+                m.handle_read(request, rows, self.now);
             }
             let read = !out.reads.is_empty();
             for e in out.events {

@@ -13,7 +13,7 @@ use crate::feed::{
     EntryBody, EntryError, FeedEntry, FeedHead, LiveFeed, SignedEntry, SignedHead, admit_verified_entry, verify_entry,
 };
 use crate::ids::{LookupId, NhsNumber, OdsCode};
-use crate::machine::{CommandId, DirectoryState, Event, Queues, Reply, RestoreError, Transmit, earliest};
+use crate::machine::{CommandId, DirectoryState, Event, Queues, ReadRequest, Reply, RestoreError, Transmit, earliest};
 use crate::records::AccessEvent;
 use crate::refusal::Refusal;
 use crate::schema::{self, RowError, StoreOp, StoredRow};
@@ -901,9 +901,8 @@ impl Hub {
 
     /// Rows read back at our request: delivered notifications an authority asked for again, and
     /// waiting notifications whose turn has come (or whose receipt came).
-    pub(crate) fn handle_read(&mut self, rows: Vec<StoredRow>, now: Timestamp) {
+    pub(crate) fn handle_read(&mut self, request: &ReadRequest, rows: Vec<StoredRow>, now: Timestamp) {
         // A row that does not decode was refused at restore already; a read cannot add one.
-        let mut paged = BTreeSet::new();
         for row in &rows {
             match row.table {
                 schema::Table::Delivered => {
@@ -911,7 +910,6 @@ impl Hub {
                     if self.peers.get(&authority).is_some_and(|p| p.role == Role::Authority) {
                         let notification = Box::new(record.notification);
                         self.out.send(&authority, Message::Redelivered { notification, receipt: record.receipt });
-                        paged.insert(authority);
                     }
                 }
                 schema::Table::Outbox => {
@@ -924,9 +922,10 @@ impl Hub {
                 _ => {}
             }
         }
-        // Each page that went tells its authority where the next starts (a page of which no row
-        // came back tells it nothing: the authority asks again from the start when it reconnects).
-        for authority in paged {
+        // A page of redelivery (the keys of one authority) then tells it where the next starts,
+        // even when none of its rows was left to send (pruned since, or not read back).
+        let paged = request.keys.first().and_then(|key| schema::DELIVERED.parse_key(key));
+        if let (schema::Table::Delivered, Some((_, authority))) = (request.table, paged) {
             if let Some(next) = self.redelivery_next.remove(&authority) {
                 self.out.send(&authority, Message::RedeliverPage { next });
             }

@@ -22,7 +22,8 @@
 //!      [`poll_timeout`](machine::Machine::poll_timeout) gave has come;
 //!    - [`handle_command`](machine::Machine::handle_command) for an operator's command;
 //!    - [`handle_durable`](machine::Machine::handle_durable) once writes are durable;
-//!    - [`handle_read`](machine::Machine::handle_read) with the rows a read request asked for.
+//!    - [`handle_read`](machine::Machine::handle_read) with a read request and the rows it asked
+//!      for (one call for each request, even when the store held none of its keys).
 //! 3. **Outputs**, after every input, until each queue is empty:
 //!    - [`poll_write`](machine::Machine::poll_write): make each batch durable, **in order**, in one
 //!      transaction, and only then call `handle_durable(batch.id)`. **Persist before you
@@ -35,7 +36,7 @@
 //!      a peer named by [`Event::PeerNotAdmitted`](machine::Event::PeerNotAdmitted); hand
 //!      [`Event::Replied`](machine::Event::Replied) to whoever sent the command;
 //!    - [`poll_read`](machine::Machine::poll_read): read those keys of that table from the store
-//!      (durable rows; a missing key is left out) and give the rows to `handle_read`. A machine
+//!      (durable rows; a missing key is left out) and give the request and its rows to `handle_read`. A machine
 //!      keeps in memory only what it needs for every input, and reads back the rest (a hub's
 //!      delivered notifications, asked for again by an authority restored from an older copy;
 //!      waiting notifications beyond its memory budget, when their turn comes).

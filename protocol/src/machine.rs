@@ -327,11 +327,11 @@ impl Machine {
         each!(self, m => m.out.reads.pop_front())
     }
 
-    /// The rows of a [`ReadRequest`] that the store holds (durable ones; a key it lacks is left
-    /// out).
-    pub fn handle_read(&mut self, rows: Vec<StoredRow>, now: Timestamp) {
+    /// The rows of one [`ReadRequest`] that the store holds (durable ones; a key it lacks is left
+    /// out), with the request they answer: one call for each request, even when no row came.
+    pub fn handle_read(&mut self, request: &ReadRequest, rows: Vec<StoredRow>, now: Timestamp) {
         match self {
-            Machine::Hub(h) => h.handle_read(rows, now),
+            Machine::Hub(h) => h.handle_read(request, rows, now),
             // An authority asks for nothing.
             Machine::Authority(_) => {}
         }

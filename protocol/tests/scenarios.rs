@@ -1380,8 +1380,9 @@ fn authority_restored_from_an_older_copy__gets_back_a_notification_naming_a_plan
     assert_eq!(refused(&net, "204", |_| true), 0, "nothing refused on the way back");
 }
 
-#[test]
-fn authority_restored_from_an_older_copy__gets_back_more_notifications_than_a_page__a_page_at_a_time() {
+/// An authority that had more than two pages of notifications delivered, crashed and restored
+/// from a copy taken before any: the net, and how many were delivered.
+fn authority_restored_from_before_more_than_two_pages() -> (Net, usize) {
     let hub = HubConfig { setting_lookups_per_hour: 100_000, person_lookups_per_hour: 100_000, ..HubConfig::default() };
     let mut net = Net::new(federation(), NetConfig { hub, ..NetConfig::default() });
     record(&mut net, "E5A1B", plan("CPP-1", CHILD, PlanType::ChildProtection));
@@ -1396,6 +1397,12 @@ fn authority_restored_from_an_older_copy__gets_back_more_notifications_than_a_pa
     assert_eq!(inbox_len(&net, "E5A1B"), lookups);
     net.crash("E5A1B");
     net.replace_disk("E5A1B", backup);
+    (net, lookups)
+}
+
+#[test]
+fn authority_restored_from_an_older_copy__gets_back_more_notifications_than_a_page__a_page_at_a_time() {
+    let (mut net, lookups) = authority_restored_from_before_more_than_two_pages();
     let (asked, pages) = (net.traffic("E5A1B", "HUBS", "redeliver"), net.traffic("HUBS", "E5A1B", "redeliver-page"));
     net.restart("E5A1B");
     net.run_for(60_000);
@@ -1403,6 +1410,30 @@ fn authority_restored_from_an_older_copy__gets_back_more_notifications_than_a_pa
     assert_eq!(net.traffic("E5A1B", "HUBS", "redeliver") - asked, 3, "asked for three pages, one after another");
     assert_eq!(net.traffic("HUBS", "E5A1B", "redeliver-page") - pages, 3);
     assert_eq!(refused(&net, "E5A1B", |_| true), 0, "nothing refused on the way back");
+}
+
+#[test]
+fn authority_restored_from_an_older_copy__gets_the_pages_after_one_whose_rows_the_hub_no_longer_holds() {
+    let (mut net, lookups) = authority_restored_from_before_more_than_two_pages();
+    // The rows of the first page are gone from the hub's store, though its index still names
+    // them (pruned or lost between the two): the page sends none, and must still say where the
+    // next one starts.
+    let mut hub_disk = net.disk("HUBS").clone();
+    let mut delivered: Vec<_> = hub_disk
+        .load(|table, _| table == Table::Delivered)
+        .iter()
+        .map(|row| schema::DELIVERED.decode(row).unwrap())
+        .map(|((id, authority), record)| (record.receipted_at, id, authority))
+        .collect();
+    delivered.sort();
+    let ops = delivered[..REDELIVER_PAGE_MAX].iter().map(|(_, id, a)| schema::DELIVERED.delete(&(*id, a.clone())));
+    hub_disk.apply(&WriteBatch { id: 0, ops: ops.collect() });
+    net.replace_disk("HUBS", hub_disk);
+    let asked = net.traffic("E5A1B", "HUBS", "redeliver");
+    net.restart("E5A1B");
+    net.run_for(60_000);
+    assert_eq!(inbox_len(&net, "E5A1B"), lookups - REDELIVER_PAGE_MAX, "every notification the hub still holds is back");
+    assert_eq!(net.traffic("E5A1B", "HUBS", "redeliver") - asked, 3, "asked for the pages after the empty one");
 }
 
 #[test]

@@ -803,12 +803,12 @@ impl Cluster {
     fn route(&mut self, n: NodeId, out: Outputs) {
         let Outputs { writes, transmits, events, reads } = out;
         // Rows the machine asked for come from its disk at once; what they bring goes out below.
-        if !reads.is_empty() {
-            let now = self.node_now(n);
-            let node = &mut self.nodes[n];
-            let rows = reads.iter().flat_map(|r| node.disk.read(r)).collect();
+        let now = self.node_now(n);
+        let node = &mut self.nodes[n];
+        for request in &reads {
+            let rows = node.disk.read(request);
             if let Some(m) = node.machine.as_mut() {
-                m.handle_read(rows, now);
+                m.handle_read(request, rows, now);
             }
         }
         let read = !reads.is_empty();

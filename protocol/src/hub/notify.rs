@@ -302,7 +302,7 @@ impl Hub {
             return self.out.send(authority, Message::RedeliverPage { next: None });
         }
         self.redelivery_next.insert(authority.clone(), next);
-        self.out.reads.push_back(crate::machine::ReadRequest { table: schema::Table::Delivered, keys });
+        self.out.reads.push_back(ReadRequest { table: schema::Table::Delivered, keys });
     }
 
     /// A peer refused something we sent (an authority refusing a notification, a hub a relay):

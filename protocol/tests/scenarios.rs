@@ -1413,6 +1413,27 @@ fn authority_restored_from_an_older_copy__gets_back_more_notifications_than_a_pa
 }
 
 #[test]
+fn authority_restored_from_an_older_copy__whose_hub_drops_between_pages__asks_again_from_the_start() {
+    let (mut net, lookups) = authority_restored_from_before_more_than_two_pages();
+    net.restart("E5A1B");
+    for _ in 0..10_000 {
+        if inbox_len(&net, "E5A1B") >= REDELIVER_PAGE_MAX {
+            break;
+        }
+        net.run_for(1);
+    }
+    net.cut("E5A1B", "HUBS");
+    net.run_for(1_000);
+    assert_eq!(inbox_len(&net, "E5A1B"), REDELIVER_PAGE_MAX, "one page came back before the link dropped");
+    let asked = net.traffic("E5A1B", "HUBS", "redeliver");
+    net.heal();
+    net.run_for(60_000);
+    assert_eq!(inbox_len(&net, "E5A1B"), lookups, "every notification is back");
+    assert_eq!(net.traffic("E5A1B", "HUBS", "redeliver") - asked, 3, "three pages, from the start again");
+    assert_eq!(refused(&net, "E5A1B", |_| true), 0, "what came twice is not refused, nor stored twice");
+}
+
+#[test]
 fn authority_restored_from_an_older_copy__gets_the_pages_after_one_whose_rows_the_hub_no_longer_holds() {
     let (mut net, lookups) = authority_restored_from_before_more_than_two_pages();
     // The rows of the first page are gone from the hub's store, though its index still names

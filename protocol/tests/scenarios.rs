@@ -1340,6 +1340,24 @@ fn a_peer_hub_naming_other_marks_in_each_sync__draws_a_run_once_while_it_may_be_
 }
 
 #[test]
+fn a_peer_hub_whose_sync_budget_is_spent__draws_no_run_until_it_has_refilled() {
+    // A budget of one byte a second: each sync may draw one run (the one that crosses it goes
+    // whole), then none until a second has refilled it.
+    let hub = HubConfig { sync_reply_bytes_max: 1, ..HubConfig::default() };
+    let mut net = Net::new(federation(), NetConfig { hub, ..NetConfig::default() });
+    record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
+    record(&mut net, "E5A1B", plan("CPP-1", OTHER_CHILD, PlanType::ChildProtection));
+    // Long enough that the runs the hubs sent each other as the plans came may be sent again.
+    net.run_for(31_000);
+    let behind =
+        || ["204", "E5A1B"].map(|origin| Mark { origin: code(origin), seq: 0, head_at: Timestamp(0) }).to_vec();
+    assert_eq!(feeds_for_sync(&mut net, behind()), vec!["204".to_string()], "one run, then the budget is spent");
+    assert_eq!(feeds_for_sync(&mut net, behind()), Vec::<String>::new(), "a spent budget sends nothing");
+    net.run_for(1_000);
+    assert_eq!(feeds_for_sync(&mut net, behind()), vec!["E5A1B".to_string()], "refilled: the next run");
+}
+
+#[test]
 fn conflicting_head_seen_again__equivocation_alarm_raised_once() {
     let mut net = net();
     record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));
@@ -1453,7 +1471,11 @@ fn authority_restored_from_an_older_copy__gets_the_pages_after_one_whose_rows_th
     let asked = net.traffic("E5A1B", "HUBS", "redeliver");
     net.restart("E5A1B");
     net.run_for(60_000);
-    assert_eq!(inbox_len(&net, "E5A1B"), lookups - REDELIVER_PAGE_MAX, "every notification the hub still holds is back");
+    assert_eq!(
+        inbox_len(&net, "E5A1B"),
+        lookups - REDELIVER_PAGE_MAX,
+        "every notification the hub still holds is back"
+    );
     assert_eq!(net.traffic("E5A1B", "HUBS", "redeliver") - asked, 3, "asked for the pages after the empty one");
 }
 

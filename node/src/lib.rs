@@ -19,6 +19,7 @@ pub mod handover;
 pub mod import;
 pub mod inputs;
 pub mod jobs;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod runtime;

@@ -26,6 +26,7 @@ const DELIVERY_BUCKETS_S: [f64; 10] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 60.0, 600
 pub struct Metrics {
     messages_in: Family<Label, Counter>,
     messages_out: Family<Label, Counter>,
+    messages_dropped: Family<Label, Counter>,
     messages_refused: Family<Label, Counter>,
     connections_refused: Family<Label, Counter>,
     events: Family<Label, Counter>,
@@ -44,6 +45,7 @@ impl Default for Metrics {
         let metrics = Metrics {
             messages_in: Family::default(),
             messages_out: Family::default(),
+            messages_dropped: Family::default(),
             messages_refused: Family::default(),
             connections_refused: Family::default(),
             events: Family::default(),
@@ -98,6 +100,10 @@ impl Metrics {
         self.messages_out.get_or_create(&[("kind", kind)]).inc();
         self.bytes_out.inc_by(bytes as u64);
     }
+    /// A message not sent: its peer's queue was full (or the connection closing).
+    pub fn dropped(&self, kind: &'static str) {
+        self.messages_dropped.get_or_create(&[("kind", kind)]).inc();
+    }
     /// A connection turned away (handshake, admission, role, session limit).
     pub fn connection_refused(&self, reason: &'static str) {
         self.connections_refused.get_or_create(&[("reason", reason)]).inc();
@@ -145,6 +151,11 @@ impl Metrics {
     pub fn register(&self, r: &mut Registry) {
         r.register("cpis_messages_received", "Messages received from peers, by kind", self.messages_in.clone());
         r.register("cpis_messages_sent", "Messages sent to peers and settings, by kind", self.messages_out.clone());
+        r.register(
+            "cpis_messages_dropped",
+            "Messages not sent because their peer's queue was full, by kind",
+            self.messages_dropped.clone(),
+        );
         r.register(
             "cpis_messages_refused",
             "Frames and messages refused (bad frames, refused batches, lookups and directories), by reason",

@@ -6,6 +6,7 @@
 //! reads the hub's replies on it.
 
 use crate::inputs::{Delivered, Input, Link, PEER_INPUT_BYTES_MAX};
+use crate::logs::{self, throttled};
 use crate::transport::{self, FrameError, read_message, write_frame};
 use cpis_protocol::directory::{AdmissionError, Role, TrustedDirectory};
 use cpis_protocol::feed::SignedHead;
@@ -254,7 +255,10 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, ctx: NetContext, roles: &'st
             match incoming.await {
                 Ok(conn) => serve_incoming(conn, ctx, roles).await,
                 Err(e) => {
-                    info!(%remote, reason = %e, "connection refused in handshake");
+                    throttled!(
+                        logs::CONNECTION_REFUSED,
+                        info!(%remote, reason = %e, "connection refused in handshake")
+                    );
                     let _ = ctx.inputs.send(Input::Refused { reason: "handshake_failed" }).await;
                 }
             }
@@ -266,7 +270,10 @@ async fn serve_incoming(conn: quinn::Connection, ctx: NetContext, roles: &[Role]
     let (code, role, key) = match ctx.identify(&conn, roles) {
         Ok(who) => who,
         Err(reason) => {
-            info!(remote = %conn.remote_address(), %reason, "connection refused after handshake");
+            throttled!(
+                logs::CONNECTION_REFUSED,
+                info!(remote = %conn.remote_address(), %reason, "connection refused after handshake")
+            );
             let _ = ctx.inputs.send(Input::Refused { reason: "role_not_allowed" }).await;
             conn.close(CLOSE_NOT_ADMITTED.into(), b"not admitted");
             return;
@@ -555,7 +562,7 @@ async fn read_member_frames(conn: &quinn::Connection, peer: &OdsCode, conn_id: u
                 Err(FrameError::Read(e)) => return e.to_string(),
                 Err(e) => {
                     let reason = e.to_string();
-                    warn!(%peer, %reason, "bad frame: closing the connection");
+                    throttled!(logs::BAD_FRAME, warn!(%peer, %reason, "bad frame: closing the connection"));
                     let _ = ctx.inputs.send(Input::BadFrame).await;
                     conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
                     return reason;
@@ -666,7 +673,10 @@ async fn setting_session(
             writer.abort();
         }
     } else {
-        warn!(setting = %code, "a lookup session's frames did not all come within 10 s: let go");
+        throttled!(
+            logs::SESSION_TURNED_AWAY,
+            warn!(setting = %code, "a lookup session's frames did not all come within 10 s: let go")
+        );
         writer.abort();
     }
     let _ = ctx.inputs.send(Input::Disconnected { peer: code, conn_id }).await;
@@ -684,7 +694,10 @@ async fn read_setting_session(
     for read in 0..=SETTING_SESSION_FRAMES_MAX {
         match transport::read_frame(recv).await {
             Ok(Some(_)) if read == SETTING_SESSION_FRAMES_MAX => {
-                warn!(setting = %code, "more frames than a lookup session holds: closing the connection");
+                throttled!(
+                    logs::BAD_FRAME,
+                    warn!(setting = %code, "more frames than a lookup session holds: closing the connection")
+                );
                 let _ = ctx.inputs.send(Input::BadFrame).await;
                 conn.close(CLOSE_BAD_FRAME.into(), b"too many frames");
                 break;
@@ -697,7 +710,10 @@ async fn read_setting_session(
             }
             Ok(None) | Err(FrameError::Read(_)) => break,
             Err(e) => {
-                warn!(setting = %code, reason = %e, "bad frame from a setting: closing the connection");
+                throttled!(
+                    logs::BAD_FRAME,
+                    warn!(setting = %code, reason = %e, "bad frame from a setting: closing the connection")
+                );
                 let _ = ctx.inputs.send(Input::BadFrame).await;
                 conn.close(CLOSE_BAD_FRAME.into(), b"bad frame");
                 break;

@@ -9,6 +9,7 @@
 
 use crate::config::{self, NodeConfig, NodeRole};
 use crate::inputs::{Delivered, Durability, INPUT_QUEUE_BYTES_MAX, INPUT_QUEUE_MAX, Input, Link};
+use crate::logs::{self, throttled};
 use crate::metrics::Metrics;
 use crate::net::{self, NetContext};
 use crate::status::{AuthorityState, HubState, OriginState, PeerState, PlansHeld, Snapshot};
@@ -506,12 +507,18 @@ impl Node {
     ) {
         let open = self.sessions_of.get(&peer).copied().unwrap_or(0);
         if self.settings.len() >= SETTING_SESSIONS_MAX {
-            warn!(setting = %peer, "too many setting sessions open: this one is turned away");
+            throttled!(
+                logs::SESSION_TURNED_AWAY,
+                warn!(setting = %peer, "too many setting sessions open: this one is turned away")
+            );
             self.metrics.connection_refused("setting_sessions_full");
             return;
         }
         if open >= SETTING_SESSIONS_PER_SETTING_MAX {
-            warn!(setting = %peer, "too many sessions of this setting open: this one is turned away");
+            throttled!(
+                logs::SESSION_TURNED_AWAY,
+                warn!(setting = %peer, "too many sessions of this setting open: this one is turned away")
+            );
             self.metrics.connection_refused("setting_sessions_of_one_setting");
             return;
         }
@@ -645,7 +652,12 @@ impl Node {
         self.metrics.sent(t.message.kind(), frame.len());
         if let Some(peer) = self.peers.get(&t.to) {
             if peer.out.try_send(frame).is_err() {
-                warn!(peer = %t.to, kind = t.message.kind(), "peer queue full or closed: message dropped (sync will resend)");
+                let kind = t.message.kind();
+                self.metrics.dropped(kind);
+                throttled!(
+                    logs::FRAME_DROPPED,
+                    warn!(peer = %t.to, kind, "peer queue full or closed: message dropped (sync will resend)")
+                );
             }
             return;
         }
@@ -708,18 +720,26 @@ impl Node {
             Event::NotificationOverdue { lookup_id, authority, waiting_ms } => {
                 warn!(%lookup_id, %authority, waiting_ms, "notification overdue")
             }
-            Event::BatchRefused { from, origin, reason } => warn!(%from, %origin, %reason, "feed batch refused"),
-            Event::MessageRefused { from, kind, reason } => warn!(%from, kind, %reason, "message refused"),
-            Event::LookupRefused { lookup_id, from, reason } => warn!(%lookup_id, %from, %reason, "lookup refused"),
+            Event::BatchRefused { from, origin, reason } => {
+                throttled!(logs::REFUSED, warn!(%from, %origin, %reason, "feed batch refused"))
+            }
+            Event::MessageRefused { from, kind, reason } => {
+                throttled!(logs::REFUSED, warn!(%from, kind, %reason, "message refused"))
+            }
+            Event::LookupRefused { lookup_id, from, reason } => {
+                throttled!(logs::REFUSED, warn!(%lookup_id, %from, %reason, "lookup refused"))
+            }
             Event::RateLimited { setting, per_person } => {
                 warn!(%setting, per_person, "ALARM: lookup rate limit reached (enumeration?)")
             }
             Event::DirectoryRefused { from, reason: reason @ DirectoryError::Forked { .. } } => {
                 error!(from = ?from, %reason, "directory version refused")
             }
-            Event::DirectoryRefused { from, reason } => warn!(from = ?from, %reason, "directory version refused"),
+            Event::DirectoryRefused { from, reason } => {
+                throttled!(logs::REFUSED, warn!(from = ?from, %reason, "directory version refused"))
+            }
             Event::RefusedByPeer { from, lookup_id, code } => {
-                warn!(%from, lookup = ?lookup_id, %code, "a peer refused what we sent")
+                throttled!(logs::REFUSED, warn!(%from, lookup = ?lookup_id, %code, "a peer refused what we sent"))
             }
             Event::LookupAnswered { lookup_id, setting, kind, notified } => {
                 info!(%lookup_id, %setting, ?kind, ?notified, "lookup answered")

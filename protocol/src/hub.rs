@@ -925,10 +925,10 @@ impl Hub {
         // A page of redelivery (the keys of one authority) then tells it where the next starts,
         // even when none of its rows was left to send (pruned since, or not read back).
         let paged = request.keys.first().and_then(|key| schema::DELIVERED.parse_key(key));
-        if let (schema::Table::Delivered, Some((_, authority))) = (request.table, paged) {
-            if let Some(next) = self.redelivery_next.remove(&authority) {
-                self.out.send(&authority, Message::RedeliverPage { next });
-            }
+        if let (schema::Table::Delivered, Some((_, authority))) = (request.table, paged)
+            && let Some(next) = self.redelivery_next.remove(&authority)
+        {
+            self.out.send(&authority, Message::RedeliverPage { next });
         }
         // A body asked for and not found is asked for again only after a retry's wait.
         let missing: Vec<(LookupId, OdsCode)> =

@@ -442,7 +442,7 @@ async fn run_member_session(conn: quinn::Connection, peer: OdsCode, key: PublicK
         return;
     }
     info!(%peer, "connected");
-    let writer = tokio::spawn(write_frames_uni(conn.clone(), rx));
+    let writer = tokio::spawn(write_frames_uni(conn.clone(), rx, PEER_WRITE_STALL));
     let reason = read_member_frames(&conn, &peer, conn_id, &ctx).await;
     writer.abort();
     info!(%peer, %reason, "disconnected");
@@ -477,12 +477,14 @@ impl Drop for SessionOpen {
     }
 }
 
-async fn write_frames_uni(conn: quinn::Connection, mut rx: FrameReceiver) {
+/// Writes the queue's frames to a stream of their own, until the queue closes or `stall` passes
+/// with the peer taking none of a frame ([`PEER_WRITE_STALL`]).
+async fn write_frames_uni(conn: quinn::Connection, mut rx: FrameReceiver, stall: Duration) {
     let Ok(mut send) = conn.open_uni().await else {
         return;
     };
     while let Some(frame) = rx.recv().await {
-        if !matches!(tokio::time::timeout(PEER_WRITE_STALL, write_frame(&mut send, &frame)).await, Ok(Ok(()))) {
+        if !matches!(tokio::time::timeout(stall, write_frame(&mut send, &frame)).await, Ok(Ok(()))) {
             // A connection that can no longer carry our frames (or whose peer takes none) must
             // not look alive.
             conn.close(CLOSE_BAD_FRAME.into(), b"stream failed or stalled");
@@ -744,6 +746,44 @@ mod tests {
         let (tx, _rx) = frame_queue(2);
         assert!(tx.try_send(vec![0]).is_ok() && tx.try_send(vec![0]).is_ok());
         assert_eq!(tx.try_send(vec![7]), Err(vec![7]), "two frames queued: a third is given back");
+    }
+
+    /// A peer that takes none of our frames is disconnected once a frame has waited the stall;
+    /// one that reads them is not.
+    #[tokio::test]
+    async fn a_peer_that_takes_none_of_a_frame_for_the_stall_is_disconnected() {
+        let stall = Duration::from_secs(2);
+        let (_a, _b, client, server) = transport::tests::pair().await;
+        let (tx, rx) = frame_queue(PEER_QUEUE_FRAMES_MAX);
+        let writer = tokio::spawn(write_frames_uni(client.clone(), rx, stall));
+        // More than the stream's receive window and our send buffer, which a peer that reads
+        // nothing fills.
+        for _ in 0..32 {
+            tx.try_send(vec![0u8; 1 << 20]).unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer gave up").unwrap();
+        match client.close_reason() {
+            Some(quinn::ConnectionError::LocallyClosed) => {}
+            other => panic!("closed by us for the stall: {other:?}"),
+        }
+        drop(server);
+
+        let (_a, _b, client, server) = transport::tests::pair().await;
+        let (tx, rx) = frame_queue(PEER_QUEUE_FRAMES_MAX);
+        let writer = tokio::spawn(write_frames_uni(client.clone(), rx, stall));
+        let reader = tokio::spawn(async move {
+            let mut recv = server.accept_uni().await.unwrap();
+            let mut all = vec![0u8; 32 << 20];
+            recv.read_exact(&mut all).await.is_ok()
+        });
+        for _ in 0..32 {
+            tx.try_send(vec![0u8; 1 << 20]).unwrap();
+        }
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), writer).await.expect("the writer finished").unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(10), reader).await.expect("the reader ended").unwrap();
+        assert!(read, "every frame came");
+        assert!(client.close_reason().is_none(), "a peer that reads stays connected");
     }
 
     /// A hub's address is looked up in the dialling task, the first name that gives one used.

@@ -373,7 +373,7 @@ fn exact_error(error: ReadExactError, expected: usize) -> FrameError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::time::timeout;
@@ -405,7 +405,7 @@ mod tests {
     }
 
     /// Two mutually admitted endpoints and the connection between them (client, server).
-    async fn pair() -> (quinn::Endpoint, quinn::Endpoint, quinn::Connection, quinn::Connection) {
+    pub(crate) async fn pair() -> (quinn::Endpoint, quinn::Endpoint, quinn::Connection, quinn::Connection) {
         let a = endpoint(local(), &seed(1), open(vec![public(2)])).unwrap();
         let b = endpoint(local(), &seed(2), open(vec![public(1)])).unwrap();
         let addr = b.local_addr().unwrap();

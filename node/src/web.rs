@@ -29,6 +29,8 @@ const SESSIONS_MAX: usize = 10_000;
 const FAILURES_MAX: usize = 10_000;
 /// Passwords checked at once: each argon2id check holds 19 MiB and most of a core.
 const PASSWORD_CHECKS_MAX: usize = 2;
+/// Longest a session lasts, however busy (a long shift); its cookie lasts as long.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 pub const SESSION_COOKIE: &str = "cpis_session";
 pub const SIGN_IN_COOKIE: &str = "cpis_sign_in";
 
@@ -40,6 +42,9 @@ pub struct Session {
     pub job: String,
     pub role: AccountRole,
     pub csrf: String,
+    /// The account's password hash at sign-in: a new password ends the session.
+    password: String,
+    started: Instant,
     last_seen: Instant,
 }
 
@@ -63,10 +68,14 @@ pub struct Door {
     roles: &'static [AccountRole],
     rules: SessionRules,
     https: bool,
-    accounts: Mutex<(Option<SystemTime>, Arc<Accounts>)>,
+    accounts: Mutex<(Option<FileStamp>, Arc<Accounts>)>,
     sessions: Mutex<Sessions>,
     password_checks: tokio::sync::Semaphore,
 }
+
+/// When and as what the accounts file was last written (it is replaced whole, so a new one is a
+/// new inode even within one tick of the clock).
+type FileStamp = (SystemTime, u64, u64);
 
 /// Why a sign-in was refused, in words for the person.
 pub struct SignInRefused(pub String);
@@ -136,7 +145,9 @@ impl Door {
 
     /// The accounts file as it is now (read again whenever it changed on disk).
     pub fn accounts(&self) -> Arc<Accounts> {
-        let modified = std::fs::metadata(&self.users_path).and_then(|m| m.modified()).ok();
+        use std::os::unix::fs::MetadataExt;
+        let stamp = |m: std::fs::Metadata| Some((m.modified().ok()?, m.ino(), m.len()));
+        let modified = std::fs::metadata(&self.users_path).ok().and_then(stamp);
         let mut held = lock(&self.accounts);
         if held.0 != modified {
             match Accounts::load(&self.users_path) {
@@ -154,18 +165,29 @@ impl Door {
         HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 
-    /// The `Set-Cookie` value that starts a session, for a token from [`Door::sign_in`].
+    /// The `Set-Cookie` value that starts a session, for a token from [`Door::sign_in`]. It
+    /// lasts as long as a session may (the door ends an idle one sooner).
     pub fn session_cookie(&self, token: &str) -> HeaderValue {
-        self.set_cookie(SESSION_COOKIE, token, self.rules.idle_ms / 1000)
+        self.set_cookie(SESSION_COOKIE, token, SESSION_LIFETIME.as_secs())
     }
 
-    /// The signed-in session of this request, if any (touching it keeps it alive).
+    /// The signed-in session of this request, if any (touching it keeps it alive). A session
+    /// ends when it has been idle too long, at [`SESSION_LIFETIME`], and as soon as its account
+    /// is changed in the accounts file (disabled, given another role, name, job or password, or
+    /// removed): the person signs in again as the account now is.
     pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
         let token = cookie(headers, SESSION_COOKIE)?;
+        let accounts = self.accounts();
         let idle = Duration::from_millis(self.rules.idle_ms);
         let mut sessions = lock(&self.sessions);
         let session = sessions.by_token.get_mut(token)?;
-        if session.last_seen.elapsed() > idle {
+        let unchanged = accounts.users.iter().find(|u| u.user == session.user).is_some_and(|u| {
+            !u.disabled
+                && self.roles.contains(&u.role)
+                && (u.role, &u.name, &u.job, &u.password)
+                    == (session.role, &session.name, &session.job, &session.password)
+        });
+        if session.last_seen.elapsed() > idle || session.started.elapsed() > SESSION_LIFETIME || !unchanged {
             sessions.by_token.remove(token);
             return None;
         }
@@ -270,6 +292,8 @@ impl Door {
             job: user.job.clone(),
             role: user.role,
             csrf: random_token(),
+            password: user.password.clone(),
+            started: Instant::now(),
             last_seen: Instant::now(),
         };
         sessions.by_token.insert(token.clone(), session);
@@ -577,6 +601,44 @@ mod tests {
         assert_eq!(refusals.iter().filter(|w| w.contains("locked")).count(), 15);
         let refused = door.sign_in(&headers, "sam", password.into(), "t").await;
         assert!(refused.is_err_and(|SignInRefused(why)| why.contains("locked")), "locked even with the right password");
+    }
+
+    /// A session stands while its account does, and ends as soon as the accounts file changes
+    /// it: a new password, disabled (another account's change ends nothing).
+    #[tokio::test]
+    async fn a_session_ends_when_its_account_gets_a_new_password_or_is_disabled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let mut accounts = Accounts::default();
+        let (password, other) = ("correct horse battery", "another good password");
+        accounts.add_user("sam", "Sam Patel", "Staff nurse", AccountRole::Clinician, password).unwrap();
+        accounts.add_user("alex", "Alex Jones", "Doctor", AccountRole::Clinician, password).unwrap();
+        accounts.save(&path).unwrap();
+        let door = door(dir.path(), 5, 60_000);
+        let mut form = HeaderMap::new();
+        form.insert(header::COOKIE, HeaderValue::from_static("cpis_sign_in=t"));
+        let signed_in = async |password: &str| {
+            let (token, _) = door.sign_in(&form, "sam", password.into(), "t").await.ok().expect("signed in");
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COOKIE, HeaderValue::from_str(&format!("{SESSION_COOKIE}={token}")).unwrap());
+            headers
+        };
+        let change = |f: &dyn Fn(&mut Accounts)| {
+            let mut accounts = Accounts::load(&path).unwrap();
+            f(&mut accounts);
+            accounts.save(&path).unwrap();
+        };
+
+        let sam = signed_in(password).await;
+        assert!(door.session(&sam).is_some());
+        change(&|a| a.set_password("alex", other).unwrap());
+        assert!(door.session(&sam).is_some(), "another account's change ends nothing");
+        change(&|a| a.set_password("sam", other).unwrap());
+        assert!(door.session(&sam).is_none(), "a new password ends the session");
+        let sam = signed_in(other).await;
+        assert!(door.session(&sam).is_some());
+        change(&|a| a.disable("sam").unwrap());
+        assert!(door.session(&sam).is_none(), "a disabled account's session ends");
     }
 
     /// A full table of failed sign-ins drops the counts of accounts not locked now (locks that

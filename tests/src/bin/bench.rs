@@ -14,7 +14,7 @@
 //! - **scale** (separate processes, so that memory is per node): a hub holding 200,000 plans (peak
 //!   RSS), a fresh hub catching up those 200,000 summaries from it, and a council with 100,000
 //!   notifications in its inbox (peak RSS), and that hub restarting with 1,100,000 lookups on
-//!   record (time to its API answering, peak RSS).
+//!   record (time to its API answering, peak RSS), then answering 16 settings' lookups.
 //!
 //! Prints a table; with `--json` the last line is one JSON object. Asserts nothing about speed.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test support: a failed precondition panics.
@@ -452,6 +452,14 @@ async fn scale(report: &mut Report) {
         "s",
     );
     report.add("hub_restart_rss_mb", "its peak RSS", peak_rss_mb(hubs.0.id()), "MB");
+
+    // Lookups at that hub, whose access log is long: each new record goes at its end.
+    eprintln!("scale: lookups by 16 settings at that hub…");
+    let others = children(10_000, 600_000_000);
+    let (rate, latencies) = run_lookups(&fed, &codes, 500, &flagged, &others).await;
+    report.add("lookups_per_s_16_long_log", "lookups/s, 16 settings, at that hub", rate, "/s");
+    report.add("p50_ms_16_long_log", "lookup p50, 16 settings, at that hub", ms(&latencies, 0.5), "ms");
+    report.add("p99_ms_16_long_log", "lookup p99, 16 settings, at that hub", ms(&latencies, 0.99), "ms");
 }
 
 /// Writes `count` access records of lookups made at `at` into a stopped hub's store, signed by

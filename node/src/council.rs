@@ -139,11 +139,19 @@ pub fn router(council: Arc<Council>) -> Router {
         .route("/plans", get(plans).post(add_plan))
         .route("/plans/{reference}/end", post(end_plan))
         .route("/plans/{reference}/withdraw", post(withdraw_plan))
-        .route("/import", get(import_page).post(import).layer(DefaultBodyLimit::max(IMPORT_BYTES_MAX)))
         .route("/import/jobs/{id}", get(import_job))
         .route("/import/jobs/{id}/results.csv", get(import_results_csv))
         .route("/audit", get(audit))
         .route("/assets/{*file}", get(asset))
+        .route_layer(axum::middleware::from_fn(web::request_deadline))
+        // Added after the layer above: an upload has a deadline of its own.
+        .route(
+            "/import",
+            get(import_page)
+                .post(import)
+                .layer(DefaultBodyLimit::max(IMPORT_BYTES_MAX))
+                .layer(axum::middleware::from_fn(web::upload_deadline)),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(FORM_BYTES_MAX))
         .layer(axum::middleware::from_fn(web::security_headers))

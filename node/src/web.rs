@@ -363,6 +363,30 @@ pub async fn security_headers(request: Request<Body>, next: Next) -> Response {
     response
 }
 
+/// Longest a request may take from its headers to its answer, its body included (a client that
+/// sends a body slowly, or never, must not hold a connection for ever).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+/// [`REQUEST_DEADLINE`] for a route that takes an upload (a council's file of plans, up to
+/// 64 MiB over a slow link); only those signed in to it may send one.
+pub const UPLOAD_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Answers 408 to a request not answered within [`REQUEST_DEADLINE`] (a route layer).
+pub async fn request_deadline(request: Request<Body>, next: Next) -> Response {
+    within(REQUEST_DEADLINE, request, next).await
+}
+
+/// Answers 408 to an upload not answered within [`UPLOAD_DEADLINE`] (a route layer).
+pub async fn upload_deadline(request: Request<Body>, next: Next) -> Response {
+    within(UPLOAD_DEADLINE, request, next).await
+}
+
+async fn within(deadline: Duration, request: Request<Body>, next: Next) -> Response {
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "The request was not complete in time: send it again").into_response(),
+    }
+}
+
 /// A listener bound, with its URL (`http://…` or `https://…`) and what serves it.
 pub struct Bound {
     pub listener: tokio::net::TcpListener,
@@ -566,6 +590,27 @@ mod tests {
         tcp.read_to_string(&mut response).await.unwrap();
         assert!(!response.to_ascii_lowercase().contains("strict-transport-security"), "{response}");
         let _ = stop_tx.send(true);
+    }
+
+    /// A client that sends a request's headers and never its body is answered 408 at the
+    /// deadline and its connection closed: it does not hold one of the connections for ever.
+    #[tokio::test]
+    async fn a_request_whose_body_never_comes_is_answered_at_the_deadline() {
+        let deadline = Duration::from_millis(500);
+        let app = Router::new()
+            .route("/", axum::routing::post(|body: String| async move { body }))
+            .route_layer(axum::middleware::from_fn(move |r, n| within(deadline, r, n)));
+        let plain = bind("127.0.0.1:0".parse().unwrap(), (None, None)).await.unwrap();
+        let addr = plain.listener.local_addr().unwrap();
+        let (_stop_tx, stop) = watch::channel(false);
+        tokio::spawn(serve(plain, app, stop));
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc").await.unwrap();
+        let mut response = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut response)).await;
+        assert!(read.is_ok(), "answered and closed");
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     }
 
     fn door(dir: &Path, lockout_failures: u32, lockout_ms: u64) -> Door {

@@ -236,6 +236,7 @@ fn router(gateway: Arc<Gateway>) -> Router {
         .route("/audit", get(pages::audit_page))
         .route("/assets/{*file}", get(pages::asset))
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn(web::request_deadline))
         .fallback(pages::not_found)
         .layer(axum::middleware::from_fn(web::security_headers))
         .with_state(gateway)

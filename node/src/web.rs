@@ -25,7 +25,8 @@ use tracing::{error, warn};
 
 /// Most signed-in sessions held at once (the oldest goes first).
 const SESSIONS_MAX: usize = 10_000;
-/// Most user names whose failed sign-ins are counted at once.
+/// Most names that are no account whose failed sign-ins are counted at once (an account's are
+/// always counted: there are at most `ACCOUNTS_MAX`).
 const FAILURES_MAX: usize = 10_000;
 /// Passwords checked at once: each argon2id check holds 19 MiB and most of a core.
 const PASSWORD_CHECKS_MAX: usize = 2;
@@ -59,7 +60,20 @@ pub struct SessionRules {
 #[derive(Default)]
 struct Sessions {
     by_token: HashMap<String, Session>,
-    failures: HashMap<String, (u32, Option<Instant>)>,
+    /// Failed sign-ins of each account.
+    failures: HashMap<String, Failures>,
+    /// Failed sign-ins of names that are no account, counted alike (so that the answers do not
+    /// tell which names are accounts), apart, so that they cannot crowd out an account's count.
+    unknown: HashMap<String, Failures>,
+}
+
+/// Failed sign-ins in a row of one name, and its lock; `password` is the account's password hash
+/// when they were counted (a new password, set by an administrator, unlocks the account).
+#[derive(Default)]
+struct Failures {
+    count: u32,
+    locked_until: Option<Instant>,
+    password: String,
 }
 
 /// One web door: its accounts file, the roles it lets in, and its sessions.
@@ -81,10 +95,10 @@ type FileStamp = (SystemTime, u64, u64);
 pub struct SignInRefused(pub String);
 
 /// A sign-in attempt, as the failure table takes it.
+#[derive(Debug, PartialEq, Eq)]
 enum Attempt {
     Counted,
     Locked,
-    Busy,
 }
 
 /// The sign-in form's fields.
@@ -212,19 +226,12 @@ impl Door {
         let named = if accounts.has_user(user) { user } else { "(not an account)" };
         // Counted as a failure before the password is checked (and forgiven if it is right), so
         // that attempts made at once cannot outrun the lockout.
-        match self.attempt(user) {
-            Attempt::Counted => {}
-            Attempt::Locked => {
-                warn!(user = named, "sign-in refused: the account is locked");
-                let minutes = self.rules.lockout_ms.div_ceil(60_000);
-                return Err(SignInRefused(format!(
-                    "This account is locked after repeated failed sign-ins. Try again in up to {minutes} minutes, or ask your administrator"
-                )));
-            }
-            Attempt::Busy => {
-                warn!("sign-in refused: too many accounts have failed sign-ins to count more");
-                return Err(SignInRefused("Signing in is not possible just now: try again in a few minutes".into()));
-            }
+        if self.attempt(user, &accounts) == Attempt::Locked {
+            warn!(user = named, "sign-in refused: the account is locked");
+            let minutes = self.rules.lockout_ms.div_ceil(60_000);
+            return Err(SignInRefused(format!(
+                "This account is locked after repeated failed sign-ins. Try again in up to {minutes} minutes, or ask your administrator to set a new password"
+            )));
         }
         let name = user.to_string();
         let found = match self.password_checks.acquire().await {
@@ -251,27 +258,34 @@ impl Door {
     }
 
     /// Counts a sign-in attempt for `user` as failed until its password proves right; locks the
-    /// account at the configured number. When the table is full, the counts of accounts not
-    /// locked now are dropped; if every entry is a lock in force, nobody new is counted, and so
-    /// nobody new may try (refusing rather than letting guesses go uncounted).
-    fn attempt(&self, user: &str) -> Attempt {
+    /// name at the configured number, whether it is an account or not. An account's count is
+    /// always kept (until it signs in, its lock runs out, or it is given a new password). Names
+    /// that are no account are counted in a table of their own: when it is full, the counts not
+    /// locked now are dropped, and if every one is a lock in force, all are.
+    fn attempt(&self, user: &str, accounts: &Accounts) -> Attempt {
         let now = Instant::now();
         let mut sessions = lock(&self.sessions);
-        if sessions.failures.len() >= FAILURES_MAX && !sessions.failures.contains_key(user) {
-            sessions.failures.retain(|_, (_, until)| until.is_some_and(|until| now < until));
-            if sessions.failures.len() >= FAILURES_MAX {
-                return Attempt::Busy;
+        let account = accounts.users.iter().find(|u| u.user == user);
+        let table = if account.is_some() { &mut sessions.failures } else { &mut sessions.unknown };
+        if table.len() >= FAILURES_MAX && !table.contains_key(user) {
+            table.retain(|_, f| f.locked_until.is_some_and(|until| now < until));
+            if table.len() >= FAILURES_MAX {
+                table.clear();
             }
         }
-        let entry = sessions.failures.entry(user.to_string()).or_insert((0, None));
-        match entry.1 {
+        let password = account.map_or("", |u| u.password.as_str());
+        let entry = table.entry(user.to_string()).or_default();
+        if entry.password != password {
+            *entry = Failures { password: password.to_string(), ..Failures::default() };
+        }
+        match entry.locked_until {
             Some(until) if now < until => return Attempt::Locked,
-            Some(_) => *entry = (0, None),
+            Some(_) => *entry = Failures { password: password.to_string(), ..Failures::default() },
             None => {}
         }
-        entry.0 += 1;
-        if entry.0 >= self.rules.lockout_failures {
-            entry.1 = Some(now + Duration::from_millis(self.rules.lockout_ms));
+        entry.count += 1;
+        if entry.count >= self.rules.lockout_failures {
+            entry.locked_until = Some(now + Duration::from_millis(self.rules.lockout_ms));
         }
         Attempt::Counted
     }
@@ -686,27 +700,41 @@ mod tests {
         assert!(door.session(&sam).is_none(), "a disabled account's session ends");
     }
 
-    /// A full table of failed sign-ins drops the counts of accounts not locked now (locks that
-    /// have run out included) to count a new name; if every entry is a lock in force, a new name
-    /// is refused rather than let through uncounted.
-    #[test]
-    fn a_full_failure_table_makes_room_from_expired_locks_and_refuses_rather_than_stop_counting() {
+    /// Names that are no account cannot crowd out an account's count: however many are tried,
+    /// the account still locks at its number; when their own table is full of locks in force, a
+    /// new name is still counted (it is emptied), and an account still signs in. A new password
+    /// unlocks an account.
+    #[tokio::test]
+    async fn names_that_are_no_account_cannot_crowd_out_an_accounts_count_and_a_new_password_unlocks_it() {
         let dir = tempfile::tempdir().unwrap();
-        let quick = door(dir.path(), 1, 1);
-        for n in 0..FAILURES_MAX {
-            assert!(matches!(quick.attempt(&format!("name{n}")), Attempt::Counted));
+        let path = dir.path().join("users.toml");
+        let mut accounts = Accounts::default();
+        let (password, other) = ("correct horse battery", "another good password");
+        accounts.add_user("victim", "Sam Patel", "Staff nurse", AccountRole::Clinician, password).unwrap();
+        accounts.save(&path).unwrap();
+        let door = door(dir.path(), 5, 3_600_000);
+        let accounts = door.accounts();
+        for _ in 0..4 {
+            assert_eq!(door.attempt("victim", &accounts), Attempt::Counted);
         }
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(matches!(quick.attempt("victim"), Attempt::Counted), "room made from expired locks");
-        let failures = &lock(&quick.sessions).failures;
-        assert!(failures.get("victim").is_some_and(|(n, until)| *n == 1 && until.is_some()), "counted, and locked");
-        assert_eq!(failures.len(), 1, "the expired locks are gone");
+        for n in 0..2 * FAILURES_MAX {
+            door.attempt(&format!("name{n}"), &accounts);
+        }
+        assert_eq!(lock(&door.sessions).unknown.len(), FAILURES_MAX, "at most the table's size");
+        assert_eq!(door.attempt("victim", &accounts), Attempt::Counted, "the fifth failure");
+        assert_eq!(
+            door.attempt("victim", &accounts),
+            Attempt::Locked,
+            "locked, the names tried between counting for nothing"
+        );
 
-        let long = door(dir.path(), 1, 3_600_000);
-        for n in 0..FAILURES_MAX {
-            assert!(matches!(long.attempt(&format!("name{n}")), Attempt::Counted));
-        }
-        assert!(matches!(long.attempt("victim"), Attempt::Busy), "every entry a lock in force: refused");
-        assert!(matches!(long.attempt("name7"), Attempt::Locked), "the locked stay locked");
+        let mut form = HeaderMap::new();
+        form.insert(header::COOKIE, HeaderValue::from_static("cpis_sign_in=t"));
+        let refused = door.sign_in(&form, "victim", password.into(), "t").await;
+        assert!(refused.is_err_and(|SignInRefused(why)| why.contains("locked")));
+        let mut changed = Accounts::load(&path).unwrap();
+        changed.set_password("victim", other).unwrap();
+        changed.save(&path).unwrap();
+        assert!(door.sign_in(&form, "victim", other.into(), "t").await.is_ok(), "a new password unlocks the account");
     }
 }

@@ -130,6 +130,7 @@ const REPORTED_REFERENCE_CHARS: usize = 64;
 /// line 1). A reference that appears more than once is refused at every row that has it: which
 /// of them is meant is not for the import to guess.
 pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
+    check_line_fields(bytes)?;
     let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(bytes);
     let header = reader.headers().map_err(|e| format!("cannot read the header row: {e}"))?.clone();
     let cols = columns(&header)?;
@@ -189,6 +190,25 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
 
 /// Line ends in `bytes[from..to]` as the CSV reader takes them: `\n`, `\r\n` (counted at its
 /// `\n`) or a lone `\r`.
+/// Most fields a line may hold: a row of the format has at most seven. (The CSV reader keeps
+/// where each field of a row ends: a line of millions of commas would take gigabytes before any
+/// check of its columns.)
+const LINE_FIELDS_MAX: usize = 256;
+
+fn check_line_fields(bytes: &[u8]) -> Result<(), String> {
+    let mut start = 0;
+    for line in bytes.split(|b| matches!(b, b'\n' | b'\r')) {
+        if line.iter().filter(|b| **b == b',').count() >= LINE_FIELDS_MAX {
+            let number = count_line_ends(bytes, 0, start) + 1;
+            return Err(format!(
+                "line {number} has more than {LINE_FIELDS_MAX} fields, which no row of the format has: nothing was imported"
+            ));
+        }
+        start += line.len() + 1;
+    }
+    Ok(())
+}
+
 fn count_line_ends(bytes: &[u8], from: usize, to: usize) -> usize {
     let lone_cr = |i: usize| bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n');
     (from..to).filter(|&i| bytes[i] == b'\n' || lone_cr(i)).count()
@@ -266,6 +286,19 @@ fn parse_row(cols: &Columns, r: &csv::StringRecord) -> Result<Plan, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_of_more_fields_than_any_row_refuses_the_file_with_its_number() {
+        let header = "reference,nhs_number,plan_type,start_date";
+        let commas = format!("{header}{}\n", ",".repeat(1 << 20));
+        let refused = parse_csv(commas.as_bytes()).err().unwrap();
+        assert!(refused.starts_with("line 1 has more than 256 fields"), "{refused}");
+        let many = format!("{header}\r\nLAC-1,9434765919,LAC,2026-01-05\r\nLAC-2{}\r\n", ",".repeat(300));
+        let refused = parse_csv(many.as_bytes()).err().unwrap();
+        assert!(refused.starts_with("line 3 has more"), "{refused}");
+        let fine = format!("{header}\rLAC-1,9434765919,LAC,2026-01-05\r");
+        assert_eq!(parse_csv(fine.as_bytes()).map(|rows| rows.len()).ok(), Some(1), "lines ended by CR alone");
+    }
 
     #[test]
     fn rows_are_answered_with_row_numbers_and_reasons() {

@@ -2600,6 +2600,7 @@ fn csv_entries() -> Entries<()> {
         header_missing_a_required_column__400_names_it__nothing_stored,
         binary_file__400_names_header__nothing_stored,
         more_rows_than_allowed__400_names_rows__nothing_stored,
+        a_line_of_a_million_commas__400_names_its_fields__nothing_stored,
         import_without_a_token__401__nothing_stored,
         import_sent_to_a_hub__404__nothing_stored,
         rows_with_invalid_nhs_numbers__each_refused__nothing_stored,
@@ -2675,6 +2676,12 @@ async fn more_rows_than_allowed__400_names_rows__nothing_stored(c: Arc<Ctx<()>>)
         body.extend_from_slice(b"R,1,X,2\n");
     }
     file_refused(&c, body, 400, &["rows"]).await;
+}
+
+async fn a_line_of_a_million_commas__400_names_its_fields__nothing_stored(c: Arc<Ctx<()>>) {
+    let mut body = HEADER.as_bytes().to_vec();
+    body.extend_from_slice(format!("LAC-9{}\n", ",".repeat(1 << 20)).as_bytes());
+    file_refused(&c, body, 400, &["line 2", "fields"]).await;
 }
 
 async fn import_without_a_token__401__nothing_stored(c: Arc<Ctx<()>>) {

@@ -13,6 +13,7 @@ use crate::jobs;
 use crate::metrics::Metrics;
 use crate::status::{PlansHeld, Spread};
 use crate::store::{Store, StoreError};
+use anyhow::Context;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -70,10 +71,25 @@ impl ApiState {
     }
 }
 
-/// Reads the API token, creating it (owner-only) on first start.
+/// Shortest token a node takes from its file (one it makes has 64 hex digits).
+const TOKEN_CHARS_MIN: usize = 16;
+
+/// Reads the API token, creating it (owner-only) on first start, or if the file is empty (left so
+/// by a crash as it was made: nobody can hold its token).
 pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
-    if let Ok(text) = std::fs::read_to_string(path) {
-        return Ok(text.trim().to_string());
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => {
+            let token = text.trim();
+            anyhow::ensure!(
+                token.len() >= TOKEN_CHARS_MIN,
+                "the token in {} is shorter than {TOKEN_CHARS_MIN} characters: delete the file, and the node makes a new one when it starts",
+                path.display()
+            );
+            return Ok(token.to_string());
+        }
+        Ok(_) => std::fs::remove_file(path).with_context(|| format!("removing the empty token {}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading the token {}", path.display())),
     }
     let token = hex::encode(rand::random::<[u8; 32]>());
     crate::config::write_private(path, token.as_bytes())?;
@@ -762,6 +778,22 @@ async fn publish_directory(State(state): State<ApiState>, body: Bytes) -> Respon
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_file_left_empty_gets_a_new_token_and_one_too_short_stops_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.token");
+        let made = load_or_create_token(&path).unwrap();
+        assert_eq!(made.len(), 64);
+        assert_eq!(load_or_create_token(&path).unwrap(), made, "read back");
+        std::fs::write(&path, " \n").unwrap();
+        let remade = load_or_create_token(&path).unwrap();
+        assert!(remade.len() == 64 && remade != made, "an empty file gets a new token");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), remade);
+        std::fs::write(&path, "short\n").unwrap();
+        let refused = load_or_create_token(&path).unwrap_err().to_string();
+        assert!(refused.contains("shorter than 16 characters"), "{refused}");
+    }
 
     fn with(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();

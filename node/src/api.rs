@@ -74,14 +74,14 @@ impl ApiState {
 /// Shortest token a node takes from its file (one it makes has 64 hex digits).
 const TOKEN_CHARS_MIN: usize = 16;
 
-/// Reads the API token, creating it (owner-only) on first start, or if the file is empty (left so
-/// by a crash as it was made: nobody can hold its token).
+/// Reads a token (the API's, the metrics'), creating it (owner-only) on first start, or if the
+/// file is empty (left so by a crash as it was made: nobody can hold its token).
 pub fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
         Ok(text) if !text.trim().is_empty() => {
             let token = text.trim();
             anyhow::ensure!(
-                token.len() >= TOKEN_CHARS_MIN,
+                token.chars().count() >= TOKEN_CHARS_MIN,
                 "the token in {} is shorter than {TOKEN_CHARS_MIN} characters: delete the file, and the node makes a new one when it starts",
                 path.display()
             );

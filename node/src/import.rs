@@ -130,7 +130,7 @@ const REPORTED_REFERENCE_CHARS: usize = 64;
 /// line 1). A reference that appears more than once is refused at every row that has it: which
 /// of them is meant is not for the import to guess.
 pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
-    check_line_fields(bytes)?;
+    check_record_fields(bytes)?;
     let mut reader = csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_reader(bytes);
     let header = reader.headers().map_err(|e| format!("cannot read the header row: {e}"))?.clone();
     let cols = columns(&header)?;
@@ -188,27 +188,42 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<ImportRow>, String> {
     Ok(rows)
 }
 
-/// Line ends in `bytes[from..to]` as the CSV reader takes them: `\n`, `\r\n` (counted at its
-/// `\n`) or a lone `\r`.
-/// Most fields a line may hold: a row of the format has at most seven. (The CSV reader keeps
-/// where each field of a row ends: a line of millions of commas would take gigabytes before any
-/// check of its columns.)
-const LINE_FIELDS_MAX: usize = 256;
+/// Most fields a record may hold: a row of the format has at most seven. (The CSV reader keeps
+/// where each field of a record ends: a record of millions of fields would take gigabytes before
+/// any check of its columns; quoted line ends can make one record of many lines.)
+const RECORD_FIELDS_MAX: usize = 256;
 
-fn check_line_fields(bytes: &[u8]) -> Result<(), String> {
-    let mut start = 0;
-    for line in bytes.split(|b| matches!(b, b'\n' | b'\r')) {
-        if line.iter().filter(|b| **b == b',').count() >= LINE_FIELDS_MAX {
-            let number = count_line_ends(bytes, 0, start) + 1;
-            return Err(format!(
-                "line {number} has more than {LINE_FIELDS_MAX} fields, which no row of the format has: nothing was imported"
-            ));
+/// Counts each record's fields as the CSV reader will split them, before it builds any.
+fn check_record_fields(bytes: &[u8]) -> Result<(), String> {
+    let mut reader = csv_core::Reader::new();
+    let mut discard = [0u8; 4096];
+    let (mut at, mut fields, mut record_start) = (0, 0, 0);
+    loop {
+        let (result, read, _) = reader.read_field(&bytes[at..], &mut discard);
+        at += read;
+        match result {
+            csv_core::ReadFieldResult::InputEmpty | csv_core::ReadFieldResult::OutputFull => {}
+            csv_core::ReadFieldResult::Field { record_end } => {
+                fields += 1;
+                if fields > RECORD_FIELDS_MAX {
+                    // The record begins past the line ends (and blank lines) before it.
+                    let skipped = bytes[record_start..].iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+                    let line = count_line_ends(bytes, 0, record_start + skipped) + 1;
+                    return Err(format!(
+                        "line {line} has more than {RECORD_FIELDS_MAX} fields, which no row of the format has: nothing was imported"
+                    ));
+                }
+                if record_end {
+                    (fields, record_start) = (0, at);
+                }
+            }
+            csv_core::ReadFieldResult::End => return Ok(()),
         }
-        start += line.len() + 1;
     }
-    Ok(())
 }
 
+/// Line ends in `bytes[from..to]` as the CSV reader takes them: `\n`, `\r\n` (counted at its
+/// `\n`) or a lone `\r`.
 fn count_line_ends(bytes: &[u8], from: usize, to: usize) -> usize {
     let lone_cr = |i: usize| bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n');
     (from..to).filter(|&i| bytes[i] == b'\n' || lone_cr(i)).count()
@@ -288,7 +303,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_line_of_more_fields_than_any_row_refuses_the_file_with_its_number() {
+    fn a_record_of_more_fields_than_any_row_refuses_the_file_with_its_line() {
         let header = "reference,nhs_number,plan_type,start_date";
         let commas = format!("{header}{}\n", ",".repeat(1 << 20));
         let refused = parse_csv(commas.as_bytes()).err().unwrap();
@@ -296,6 +311,14 @@ mod tests {
         let many = format!("{header}\r\nLAC-1,9434765919,LAC,2026-01-05\r\nLAC-2{}\r\n", ",".repeat(300));
         let refused = parse_csv(many.as_bytes()).err().unwrap();
         assert!(refused.starts_with("line 3 has more"), "{refused}");
+        // Quoted line ends join lines of few fields into one record of many.
+        let joined = format!("{header}\nLAC-1{}\n", ",\"\n\"".repeat(300));
+        let refused = parse_csv(joined.as_bytes()).err().unwrap();
+        assert!(refused.starts_with("line 2 has more"), "{refused}");
+        // Commas inside quotes are not fields.
+        let quoted = format!("{header}\n\"LAC{}1\",9434765919,LAC,2026-01-05\n", ",".repeat(300));
+        let rows = parse_csv(quoted.as_bytes()).map(|rows| rows.len()).ok();
+        assert_eq!(rows, Some(1), "one row (refused for its reference, not the file)");
         let fine = format!("{header}\rLAC-1,9434765919,LAC,2026-01-05\r");
         assert_eq!(parse_csv(fine.as_bytes()).map(|rows| rows.len()).ok(), Some(1), "lines ended by CR alone");
     }

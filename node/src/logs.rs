@@ -1,7 +1,8 @@
 //! Log lines that others can cause at will (anyone who reaches the port, with a refused
 //! handshake; a member, with refused messages or sessions turned away), held to a rate: each kind
 //! writes at most [`LINES_PER_MINUTE`] lines a minute, and the first line after a pause says how
-//! many of its kind were held back (`held_back`). The metrics still count every one.
+//! many of its kind were held back (`held_back`). The metrics still count every one a peer
+//! causes; refused sign-ins have only these lines.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -29,9 +30,16 @@ pub static BAD_FRAME: Throttle = Throttle::new();
 pub static SESSION_TURNED_AWAY: Throttle = Throttle::new();
 /// A frame dropped because its peer's queue was full.
 pub static FRAME_DROPPED: Throttle = Throttle::new();
-/// Something a peer sent that the protocol refused: a message, a lookup, a feed batch, a
-/// directory; or a peer's refusal of what we sent.
+/// Something a peer sent that the protocol refused: a message, a lookup, a feed batch.
 pub static REFUSED: Throttle = Throttle::new();
+/// A directory a peer passed on that was refused (not a fork: that is an error, never held back).
+pub static DIRECTORY_REFUSED: Throttle = Throttle::new();
+/// A peer's refusal of what we sent (a council refusing a notification, say): apart, so that
+/// what a hostile member sends cannot crowd these out.
+pub static REFUSED_BY_PEER: Throttle = Throttle::new();
+
+/// A sign-in refused (a wrong password, a locked name): anyone who reaches the pages can cause one.
+pub static SIGN_IN_REFUSED: Throttle = Throttle::new();
 
 /// The rate of one kind of line, shared by every task of the process that writes it.
 pub struct Throttle {

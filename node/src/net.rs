@@ -679,6 +679,7 @@ async fn setting_session(
             logs::SESSION_TURNED_AWAY,
             warn!(setting = %code, "a lookup session's frames did not all come within 10 s: let go")
         );
+        let _ = ctx.inputs.send(Input::Refused { reason: "setting_session_frames_late" }).await;
         writer.abort();
     }
     let _ = ctx.inputs.send(Input::Disconnected { peer: code, conn_id }).await;

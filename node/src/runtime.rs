@@ -649,10 +649,11 @@ impl Node {
 
     fn send(&mut self, t: Transmit) {
         let frame = wire::encode_frame(&t.message);
-        self.metrics.sent(t.message.kind(), frame.len());
+        let (kind, bytes) = (t.message.kind(), frame.len());
         if let Some(peer) = self.peers.get(&t.to) {
-            if peer.out.try_send(frame).is_err() {
-                let kind = t.message.kind();
+            if peer.out.try_send(frame).is_ok() {
+                self.metrics.sent(kind, bytes);
+            } else {
                 self.metrics.dropped(kind);
                 throttled!(
                     logs::FRAME_DROPPED,
@@ -669,6 +670,7 @@ impl Node {
         let Some((conn_id, since)) = route else {
             return;
         };
+        self.metrics.sent(kind, bytes);
         let finished = matches!(t.message, Message::Answer(_) | Message::Refused(_));
         if matches!(t.message, Message::Answer(_)) {
             self.metrics.lookup_answered(since.elapsed());
@@ -736,10 +738,13 @@ impl Node {
                 error!(from = ?from, %reason, "directory version refused")
             }
             Event::DirectoryRefused { from, reason } => {
-                throttled!(logs::REFUSED, warn!(from = ?from, %reason, "directory version refused"))
+                throttled!(logs::DIRECTORY_REFUSED, warn!(from = ?from, %reason, "directory version refused"))
             }
             Event::RefusedByPeer { from, lookup_id, code } => {
-                throttled!(logs::REFUSED, warn!(%from, lookup = ?lookup_id, %code, "a peer refused what we sent"))
+                throttled!(
+                    logs::REFUSED_BY_PEER,
+                    warn!(%from, lookup = ?lookup_id, %code, "a peer refused what we sent")
+                )
             }
             Event::LookupAnswered { lookup_id, setting, kind, notified } => {
                 info!(%lookup_id, %setting, ?kind, ?notified, "lookup answered")

@@ -9,6 +9,7 @@
 //! failed sign-ins in a row an account is locked for `lockout_ms`, whether it exists or not.
 
 use crate::accounts::{AccountRole, Accounts, User};
+use crate::logs::{self, throttled};
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
@@ -84,7 +85,7 @@ pub struct Door {
     https: bool,
     accounts: Mutex<(Option<FileStamp>, Arc<Accounts>)>,
     sessions: Mutex<Sessions>,
-    password_checks: tokio::sync::Semaphore,
+    password_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// When and as what the accounts file was last written (it is replaced whole, so a new one is a
@@ -153,7 +154,7 @@ impl Door {
             https,
             accounts: Mutex::new((None, Arc::new(Accounts::default()))),
             sessions: Mutex::new(Sessions::default()),
-            password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS_MAX),
+            password_checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS_MAX)),
         }
     }
 
@@ -164,8 +165,10 @@ impl Door {
         let modified = std::fs::metadata(&self.users_path).ok().and_then(stamp);
         let mut held = lock(&self.accounts);
         if held.0 != modified {
+            // A file that cannot be read is tried again only once it changes.
+            held.0 = modified;
             match Accounts::load(&self.users_path) {
-                Ok(accounts) => *held = (modified, Arc::new(accounts)),
+                Ok(accounts) => held.1 = Arc::new(accounts),
                 Err(e) => warn!(reason = %e, "the accounts file cannot be read: keeping the accounts last read"),
             }
         }
@@ -191,6 +194,9 @@ impl Door {
     /// removed): the person signs in again as the account now is.
     pub fn session(&self, headers: &HeaderMap) -> Option<Session> {
         let token = cookie(headers, SESSION_COOKIE)?;
+        if !lock(&self.sessions).by_token.contains_key(token) {
+            return None;
+        }
         let accounts = self.accounts();
         let idle = Duration::from_millis(self.rules.idle_ms);
         let mut sessions = lock(&self.sessions);
@@ -224,24 +230,28 @@ impl Door {
         let accounts = self.accounts();
         // Logged only if it is an account's name: a password typed into the wrong field is not.
         let named = if accounts.has_user(user) { user } else { "(not an account)" };
-        // Counted as a failure before the password is checked (and forgiven if it is right), so
-        // that attempts made at once cannot outrun the lockout.
+        // Counted as a failure once its turn to be checked has come (and forgiven if the
+        // password is right): attempts made at once cannot outrun the lockout, and each one
+        // counted costs a whole check. The check holds its turn until it is done, even if the
+        // request is given up meanwhile (its deadline passed, its connection closed).
+        let Ok(turn) = self.password_checks.clone().acquire_owned().await else {
+            return Err(SignInRefused("The user name or password is not right".into()));
+        };
         if self.attempt(user, &accounts) == Attempt::Locked {
-            warn!(user = named, "sign-in refused: the account is locked");
+            throttled!(logs::SIGN_IN_REFUSED, warn!(user = named, "sign-in refused: the account is locked"));
             let minutes = self.rules.lockout_ms.div_ceil(60_000);
             return Err(SignInRefused(format!(
                 "This account is locked after repeated failed sign-ins. Try again in up to {minutes} minutes, or ask your administrator to set a new password"
             )));
         }
         let name = user.to_string();
-        let found = match self.password_checks.acquire().await {
-            Ok(_permit) => {
-                tokio::task::spawn_blocking(move || accounts.sign_in(&name, &password).cloned()).await.ok().flatten()
-            }
-            Err(_) => None,
+        let check = move || {
+            let _turn = turn;
+            accounts.sign_in(&name, &password).cloned()
         };
+        let found = tokio::task::spawn_blocking(check).await.ok().flatten();
         let Some(found) = found.filter(|u| self.roles.contains(&u.role)) else {
-            warn!(user = named, "sign-in refused: wrong user name or password");
+            throttled!(logs::SIGN_IN_REFUSED, warn!(user = named, "sign-in refused: wrong user name or password"));
             return Err(SignInRefused("The user name or password is not right".into()));
         };
         tracing::info!(user = %found.user, role = found.role.name(), "signed in");
@@ -701,9 +711,8 @@ mod tests {
     }
 
     /// Names that are no account cannot crowd out an account's count: however many are tried,
-    /// the account still locks at its number; when their own table is full of locks in force, a
-    /// new name is still counted (it is emptied), and an account still signs in. A new password
-    /// unlocks an account.
+    /// the account still locks at its number, and a new password unlocks it. When their own
+    /// table is full of locks in force, a new name is still counted (the table is emptied).
     #[tokio::test]
     async fn names_that_are_no_account_cannot_crowd_out_an_accounts_count_and_a_new_password_unlocks_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -736,5 +745,13 @@ mod tests {
         changed.set_password("victim", other).unwrap();
         changed.save(&path).unwrap();
         assert!(door.sign_in(&form, "victim", other.into(), "t").await.is_ok(), "a new password unlocks the account");
+
+        let quick = self::door(dir.path(), 1, 3_600_000);
+        for n in 0..FAILURES_MAX {
+            assert_eq!(quick.attempt(&format!("name{n}"), &accounts), Attempt::Counted, "each locked at once");
+        }
+        assert_eq!(quick.attempt("name7", &accounts), Attempt::Locked);
+        assert_eq!(quick.attempt("one more", &accounts), Attempt::Counted, "a full table of locks is emptied");
+        assert_eq!(quick.attempt("name7", &accounts), Attempt::Counted, "and its locks are gone");
     }
 }

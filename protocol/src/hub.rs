@@ -930,9 +930,13 @@ impl Hub {
         {
             self.out.send(&authority, Message::RedeliverPage { next });
         }
-        // A body asked for and not found is asked for again only after a retry's wait.
-        let missing: Vec<(LookupId, OdsCode)> =
-            self.outbox.iter().filter(|(_, i)| i.reading && i.notification.is_none()).map(|(k, _)| k.clone()).collect();
+        // A body this request asked for and did not find is asked for again only after a
+        // retry's wait (another request's keys are its own call's to judge).
+        let asked = request.keys.iter().filter(|_| request.table == schema::Table::Outbox);
+        let missing: Vec<(LookupId, OdsCode)> = asked
+            .filter_map(|key| schema::OUTBOX.parse_key(key))
+            .filter(|key| self.outbox.get(key).is_some_and(|i| i.reading && i.notification.is_none()))
+            .collect();
         for key in missing {
             if let Some(item) = self.outbox.get_mut(&key) {
                 item.reading = false;

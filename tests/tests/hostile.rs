@@ -209,6 +209,9 @@ async fn a_setting_holding_idle_streams__holds_no_more_than_its_share__is_let_go
         metric(&fed, "HUBS", "cpis_settings_connected").await == 0
     })
     .await;
+    let late = "cpis_connections_refused_total{reason=\"setting_session_frames_late\"}";
+    wait_until("each let go is counted", Duration::from_secs(5), || async { metric(&fed, "HUBS", late).await >= 256 })
+        .await;
     drop((streams, conns));
     endpoint.close(0u32.into(), b"");
     hub.shutdown().await;

@@ -936,6 +936,12 @@ async fn import(State(council): State<Arc<Council>>, headers: HeaderMap, multipa
     };
     let recorder = council.clone();
     let (user, who, total) = (session.user.clone(), session.clone(), rows.len());
+    // Recorded before any row is sent, so that a node killed part way leaves a line naming who
+    // changed the plans it had stored (the line at the end says what came of each row). A line
+    // the log cannot take is counted and shown as the end's is; the import stands.
+    if !dry_run {
+        let _ = council.record(&session, "started importing plans", format!("{total} rows"));
+    }
     let started = crate::jobs::start(&council.api, user, rows, dry_run, move |report, stopped| {
         let counts = format!("{} applied, {} unchanged, {} refused", report.applied, report.unchanged, report.refused);
         let what = match stopped {

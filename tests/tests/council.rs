@@ -434,7 +434,7 @@ fn save_accounts(fed: &Fed) {
 
 /// The council's audit log on a disk that takes no more (its file is `/dev/full`): an
 /// acknowledgement, a plan recorded and an import each stand, the person is told that the audit
-/// log could not record it, and each is counted for the alert.
+/// log could not record it, and each line not written is counted for the alert.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_the_audit_log_cannot_record_stands__the_person_is_told__and_it_is_counted() {
     let fed = Fed::create(spec());
@@ -478,7 +478,8 @@ async fn an_action_the_audit_log_cannot_record_stands__the_person_is_told__and_i
 
     let (addr, token) = fed.api_of("204");
     let (_, metrics) = cpis_tests::http(addr, &token, "GET", "/metrics", None).await;
-    assert!(metrics.contains("cpis_council_audit_failures_total 3\n"), "{metrics}");
+    // The import's two lines (its start and its end) are two failures.
+    assert!(metrics.contains("cpis_council_audit_failures_total 4\n"), "{metrics}");
     hackney.shutdown().await;
     hub.shutdown().await;
 }
@@ -516,9 +517,14 @@ async fn an_import_stopped_part_way_leaves_an_audit_line_for_the_rows_it_applied
         assert!(poll < 600, "no chunk imported after 600 polls");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Who started it is on record before its rows change anything (a node killed now would
+    // leave no line of the end).
+    let audit_path = fed.home("204").join("pages-audit.jsonl");
+    let audit = std::fs::read_to_string(&audit_path).unwrap_or_default();
+    let started = audit.lines().find(|l| l.contains("started importing plans")).expect("the import's first line");
+    assert!(started.contains("jo.smith") && started.contains(&format!("{rows} rows")), "{started}");
     hackney.shutdown().await;
 
-    let audit_path = fed.home("204").join("pages-audit.jsonl");
     let line = || {
         let text = std::fs::read_to_string(&audit_path).unwrap_or_default();
         text.lines().find(|l| l.contains("imported plans")).map(String::from)

@@ -18,7 +18,7 @@ use crate::transport;
 use anyhow::Context;
 use cpis_protocol::directory::{DirectoryError, KeyStatus, Role, TrustedDirectory};
 use cpis_protocol::ids::{LookupId, OdsCode};
-use cpis_protocol::machine::{CommandId, Event, Machine, ReadRequest, Reply, Transmit};
+use cpis_protocol::machine::{CommandId, Event, Machine, Reply, Transmit};
 use cpis_protocol::schema::StoredRow;
 use cpis_protocol::sign::{Identity, PublicKey};
 use cpis_protocol::time::Timestamp;
@@ -360,10 +360,10 @@ impl Node {
     async fn run(mut self, mut inputs: mpsc::Receiver<Input>, mut shutdown: watch::Receiver<bool>) {
         let mut durability = self.spawn_durability_forwarder();
         self.refresh_dialers(false);
-        self.drain();
+        let mut stopped = !self.drain();
         let mut expiries = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
         let mut redials = tokio::time::interval(Duration::from_millis(self.config.timing.reconnect_cap_ms.max(1)));
-        loop {
+        while !stopped {
             let wait = self.timer();
             // Writes the store has not yet made durable bound how much new work is taken in.
             let accepting = self.writes_submitted - self.writes_durable < WRITES_WAITING_MAX;
@@ -388,7 +388,7 @@ impl Node {
                 _ = redials.tick() => self.refresh_dialers(true),
                 _ = shutdown.changed() => break,
             }
-            self.drain();
+            stopped = !self.drain();
         }
         for (_, handle) in std::mem::take(&mut self.dialing) {
             handle.abort();
@@ -609,13 +609,14 @@ impl Node {
         }
     }
 
-    /// Lets the machine's outputs out.
-    fn drain(&mut self) {
+    /// Lets the machine's outputs out; false if the store could not read back what the machine
+    /// asked for, and the node must stop (as when it cannot write).
+    fn drain(&mut self) -> bool {
         // Bounded: each round moves queued outputs; new ones come only from the previous round.
         for _ in 0..64 {
             let out = self.machine.drain();
             if out.is_empty() {
-                return;
+                return true;
             }
             for w in out.writes {
                 self.metrics.write_submitted();
@@ -630,21 +631,21 @@ impl Node {
             }
             // Rows the machine keeps in the store rather than in memory (delivered notifications
             // an authority asked for again): read at once; what they bring goes out next round.
+            // A failed read stops the node: answered as rows the store does not hold, it would
+            // pass them over for good (a page of redelivery, a waiting notification).
             for request in out.reads {
-                let rows = self.read_rows(&request);
-                self.machine.handle_read(&request, rows, net::now());
+                let rows = match self.store.get_many(request.table, &request.keys) {
+                    Ok(rows) => rows.into_iter().map(|(key, value)| StoredRow { table: request.table, key, value }),
+                    Err(e) => {
+                        let table = request.table.name();
+                        error!(error = %e, table, "the store failed to read back rows: stopping rather than pass them over");
+                        return false;
+                    }
+                };
+                self.machine.handle_read(&request, rows.collect(), net::now());
             }
         }
-    }
-
-    fn read_rows(&self, request: &ReadRequest) -> Vec<StoredRow> {
-        match self.store.get_many(request.table, &request.keys) {
-            Ok(rows) => rows.into_iter().map(|(key, value)| StoredRow { table: request.table, key, value }).collect(),
-            Err(e) => {
-                warn!(error = %e, table = request.table.name(), "rows could not be read back");
-                vec![]
-            }
-        }
+        true
     }
 
     fn send(&mut self, t: Transmit) {

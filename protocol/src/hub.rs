@@ -749,8 +749,12 @@ impl Hub {
     }
 
     fn reply(&mut self, id: CommandId, reply: Reply) {
-        let event = After::Event(Event::Replied { command: id, reply });
-        if let Some(After::Event(e)) = self.out.after_pending(event) {
+        self.event_when_durable(Event::Replied { command: id, reply });
+    }
+
+    /// An event that tells of what the writes queued so far store: let out once they are durable.
+    pub(crate) fn event_when_durable(&mut self, event: Event) {
+        if let Some(After::Event(e)) = self.out.after_pending(After::Event(event)) {
             self.out.event(e);
         }
     }

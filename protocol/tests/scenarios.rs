@@ -1376,6 +1376,27 @@ fn conflicting_head_seen_again__equivocation_alarm_raised_once() {
 }
 
 #[test]
+fn equivocation_alarm__raised_only_once_its_proof_is_durable() {
+    let mut net = Net::new(federation(), NetConfig { durable_delay_ms: 50, ..NetConfig::default() });
+    // Its reply comes once durable, later: the plan is recorded all the same.
+    net.command("204", Command::RecordPlan(plan("LAC-1", CHILD, PlanType::LookedAfter)));
+    net.run_for(2_000);
+    let fed = net.fed.clone();
+    let mut head: FeedHead = net.authority("204").head().unwrap().body.clone();
+    (head.children, head.at) = (head.children + 1, head.at.plus_ms(1));
+    net.send_as("HUBS", "HUBN", Message::Head(fed.identity("204").sign(head)));
+    let alarm = |net: &Net| net.events_of("HUBN", |e| matches!(e, Event::Equivocation { .. })).len();
+    for _ in 0..1_000 {
+        if alarm(&net) > 0 {
+            break;
+        }
+        net.run_for(1);
+    }
+    assert_eq!(alarm(&net), 1, "the alarm is raised");
+    assert_eq!(net.disk("HUBN").table(Table::Equivocations).count(), 1, "and its proof was durable by then");
+}
+
+#[test]
 fn authority_restored_from_an_older_copy__gets_back_a_notification_naming_a_plan_recorded_after_the_copy() {
     let mut net = net();
     record(&mut net, "204", plan("LAC-1", CHILD, PlanType::LookedAfter));

@@ -273,13 +273,13 @@ impl Hub {
         };
         if let Err(reason) = result {
             self.staging.remove(&(from.clone(), origin.clone()));
-            let event = match reason {
+            match reason {
+                // Its alarm says the proof is kept: once it is.
                 Refusal::Equivocation(seq) | Refusal::HeadEquivocation { seq, .. } => {
-                    Event::Equivocation { origin, seq, from: from.clone() }
+                    self.event_when_durable(Event::Equivocation { origin, seq, from: from.clone() })
                 }
-                reason => Event::BatchRefused { from: from.clone(), origin, reason },
-            };
-            self.out.event(event);
+                reason => self.out.event(Event::BatchRefused { from: from.clone(), origin, reason }),
+            }
         }
         if more && role == Role::Hub {
             self.send_sync(from);
@@ -649,11 +649,12 @@ impl Hub {
             }
         })();
         if let Err(reason) = result {
-            let event = match reason {
-                Refusal::HeadEquivocation { seq, .. } => Event::Equivocation { origin, seq, from: from.clone() },
-                reason => Event::BatchRefused { from: from.clone(), origin, reason },
-            };
-            self.out.event(event);
+            match reason {
+                Refusal::HeadEquivocation { seq, .. } => {
+                    self.event_when_durable(Event::Equivocation { origin, seq, from: from.clone() })
+                }
+                reason => self.out.event(Event::BatchRefused { from: from.clone(), origin, reason }),
+            }
         }
     }
 

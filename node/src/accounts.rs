@@ -301,9 +301,7 @@ impl Accounts {
             crate::config::create_private_dir(dir).map_err(write)?;
         }
         let text = serde_json::to_string_pretty(self).map_err(|e| write(std::io::Error::other(e)))?;
-        let fresh = path.with_extension("json.new");
-        crate::config::write_private(&fresh, text.as_bytes()).map_err(write)?;
-        std::fs::rename(&fresh, path).map_err(write)
+        crate::config::replace_file(path, text.as_bytes()).map_err(write)
     }
 
     /// Adds a person; the password is hashed here.

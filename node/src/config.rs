@@ -867,14 +867,42 @@ pub fn read_directory(path: &Path) -> Result<SignedDirectory, ConfigError> {
 
 /// Writes a directory file (replacing any).
 pub fn write_directory(path: &Path, directory: &SignedDirectory) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, cpis_protocol::codec::encode(directory))?;
-    std::fs::rename(tmp, path)
+    replace_file(path, &cpis_protocol::codec::encode(directory))
+}
+
+/// Replaces `path` whole (owner-only), so that a crash or a power cut leaves the old file or the
+/// new one, never a part or neither: written beside it and synced, renamed over it, and the
+/// folder synced so that the rename lasts.
+pub fn replace_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut fresh = path.as_os_str().to_owned();
+    fresh.push(".new");
+    let fresh = std::path::PathBuf::from(fresh);
+    // One left by a crash as it was written.
+    match std::fs::remove_file(&fresh) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    write_private(&fresh, contents)?;
+    std::fs::rename(&fresh, path)?;
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::File::open(folder)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_replaced_whole_over_one_a_crash_left_half_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.json");
+        std::fs::write(dir.path().join("users.json.new"), "half").unwrap();
+        replace_file(&path, b"first").unwrap();
+        replace_file(&path, b"second").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["users.json"], "nothing beside it");
+    }
 
     fn parse(text: &str) -> Result<NodeConfig, ConfigError> {
         let dir = tempfile::tempdir().unwrap();

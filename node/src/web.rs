@@ -277,7 +277,7 @@ impl Door {
         let mut sessions = lock(&self.sessions);
         let account = accounts.users.iter().find(|u| u.user == user);
         let table = if account.is_some() { &mut sessions.failures } else { &mut sessions.unknown };
-        if table.len() >= FAILURES_MAX && !table.contains_key(user) {
+        if account.is_none() && table.len() >= FAILURES_MAX && !table.contains_key(user) {
             table.retain(|_, f| f.locked_until.is_some_and(|until| now < until));
             if table.len() >= FAILURES_MAX {
                 table.clear();
